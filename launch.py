@@ -1,0 +1,58 @@
+"""xrec launcher: flags only; the work is in xrec.train.loop.train_and_evaluate.
+
+  python launch.py --config configs/sasrec_synthetic.py --workdir runs/x [--config.model.num_layers=4]
+
+Multi-host: when cluster variables are present (SLURM with several tasks, Open MPI,
+Cloud TPU pods, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID),
+jax.distributed.initialize() is called first; each process then feeds its slice
+of every global batch.
+"""
+
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[:arg]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.json.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+_CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
+                 "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def in_cluster(env=os.environ) -> bool:
+  if any(v in env for v in _CLUSTER_VARS):
+    return True
+  return int(env.get("SLURM_NTASKS", "1")) > 1
+
+
+def summary(results: dict) -> str:
+  if "test" not in results:
+    return json.dumps(results)
+  lines = [f"protocol: {json.dumps(results['protocol'])}"]
+  for split in ("valid", "test"):
+    m = results[split]
+    lines.append(f"{split:5s} " + "  ".join(f"{k}={m[k]:.4f}" for k in
+                                           ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@50")))
+  lines.append(f"params={results['param_count']:,}  best_step={results.get('best_step')}  "
+               f"wall={results['wall_seconds']['total']:.1f}s  device={results['device_kind']}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  if in_cluster():
+    import jax
+    jax.distributed.initialize()
+  from xrec.train.loop import train_and_evaluate
+  results = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  print(summary(results), flush=True)
+
+
+if __name__ == "__main__":
+  logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+  app.run(main)

@@ -1,0 +1,95 @@
+"""Base ConfigDict shared by configs/*.py, and its validation.
+
+Every field that exists here can be overridden from the command line
+(`--config.model.num_layers=4`); configs are locked, so a misspelt field fails
+before any work with the valid names.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# logical axis -> mesh axis (None = replicated). The item table and the scoring
+# over the catalogue are split on 'vocab' over 'model'.
+DEFAULT_RULES = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("embed", None),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("layers", None),
+    ("length", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic"
+  c.data.domain = "source"  # split of the dataset to train and evaluate on
+  c.data.user_fraction = 1.0  # few-shot: keep this fraction of users (nested by fraction_seed)
+  c.data.fraction_seed = 0
+  c.data.data_dir = ""  # "" = $XREC_DATA_DIR or ~/.cache/xrec/datasets
+  c.data.synthetic = ml_collections.ConfigDict(dict(
+      scenario="cross_region",
+      num_source_users=3000, num_target_users=3000,
+      num_source_items=1000, num_target_items=1000,
+      shift=0.2, popularity_skew=1.0,
+      min_seq_len=5, mean_seq_len=20.0, max_seq_len=100, seed=0))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "sasrec"
+  c.model.max_len = 50
+  c.model.embed_dim = 64
+  c.model.num_layers = 2
+  c.model.num_heads = 2
+  c.model.mlp_dim = 256
+  c.model.dropout = 0.2
+  c.model.tie_embeddings = True
+  c.model.remat = False
+  c.model.compute_dtype = "float32"  # "bfloat16": bf16 compute, fp32 params
+  c.model.vocab_multiple = 128  # item table rows rounded up to this (even sharding on 'vocab')
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "full_softmax"  # full_softmax | sampled_softmax | bce
+  c.loss.num_negatives = 256  # sampled_softmax only
+  c.loss.sampling = "uniform"  # sampled_softmax negatives: uniform | popularity (logQ-corrected)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.lr = 1e-3
+  c.optim.schedule = "cosine"  # cosine | constant (both after linear warmup)
+  c.optim.warmup_steps = 100
+  c.optim.end_lr_factor = 0.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.98
+  c.optim.weight_decay = 0.0
+  c.optim.clip_norm = 1.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128
+  c.train.num_epochs = 20.0
+  c.train.num_steps = 0  # > 0 overrides num_epochs
+  c.train.eval_every_steps = 500
+  c.train.eval_at_start = True  # step 0 is a candidate for the best checkpoint
+  c.train.checkpoint_every_steps = 500
+  c.train.keep_checkpoints = 2
+  c.train.log_every_steps = 50
+  c.train.best_metric = "ndcg@10"  # on the validation split, higher is better
+  c.train.early_stopping_patience = 0  # evaluations without improvement; 0 = off
+  c.train.resume_from = ""  # explicit resume: another run's workdir (state, optimizer, step)
+  c.train.init_from = ""  # pretrained init: a workdir whose best params initialise this model
+  c.train.stop_after_steps = 0  # > 0: stop this process after that many steps (simulates a kill)
+  c.train.progress_bar = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 256
+  c.eval.ks = (1, 5, 10, 20, 50)
+  c.eval.mask_history = True
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+  c.sharding = ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))
+  return c

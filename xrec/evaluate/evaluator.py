@@ -1,0 +1,54 @@
+"""Sharded full-ranking evaluation: users in batches over 'data', the catalogue over 'model'."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from xrec.data import pipeline
+from xrec.evaluate import metrics as M
+from xrec.train import sharding as S
+
+
+def protocol(eval_cfg) -> dict:
+  """What every result states about how it was measured."""
+  return {
+      "split": "leave_one_out_by_time",
+      "ranking": "full",  # all catalogue items, no sampled negatives
+      "mask_history": bool(eval_cfg.mask_history),
+      "ties": M.TIES,
+      "ks": list(eval_cfg.ks),
+  }
+
+
+class Evaluator:
+  def __init__(self, module, num_items: int, max_len: int, eval_cfg, mesh, param_shardings):
+    self.eval_cfg, self.mesh, self.num_items, self.max_len = eval_cfg, mesh, num_items, max_len
+    ks, mask_history = tuple(eval_cfg.ks), bool(eval_cfg.mask_history)
+    scores_sharding = NamedSharding(mesh, P("data", "model"))
+
+    def step(params, batch):
+      scores = module.apply({"params": params}, batch["inputs"], method="score_last")
+      scores = jax.lax.with_sharding_constraint(scores, scores_sharding)  # [batch, vocab]
+      rank = M.target_rank(scores, batch["target"], num_items,
+                           batch["history"] if mask_history else None)
+      return M.metric_sums(rank, batch["weight"], ks)
+
+    self._step = jax.jit(step, in_shardings=(param_shardings, S.batch_sharding(mesh)),
+                         out_shardings=S.replicated(mesh))
+
+  def __call__(self, params, domain: pipeline.DomainSequences, split: str) -> dict:
+    start = time.time()
+    batches = pipeline.eval_batches(domain, split, self.eval_cfg.batch_size, self.max_len,
+                                    jax.process_index(), jax.process_count())
+    total = None
+    for batch in batches:
+      sums = self._step(params, S.put_batch(batch, self.mesh))
+      total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
+    out = M.finalize(jax.device_get(total))
+    out["eval_seconds"] = time.time() - start
+    out["users_per_second"] = out["num_users"] / max(out["eval_seconds"], 1e-9)
+    return out

@@ -1,0 +1,100 @@
+"""Full-ranking metrics over the whole catalogue (no sampled negatives).
+
+With one held-out target per user (leave-one-out), everything follows from
+the target's 0-based rank among all valid items:
+
+  HR@K = Recall@K = [rank < K]
+  NDCG@K          = [rank < K] / log2(rank + 2)
+  MRR@K           = [rank < K] / (rank + 1)
+
+Ties are counted against the target (rank = number of other valid items
+scoring >= the target), so a model that scores everything equally gets the
+worst rank, never a lucky one. With `mask_history`, items the user
+interacted with before the target are removed from the ranking (the target
+itself is never removed).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_KS = (1, 5, 10, 20, 50)
+METRIC_NAMES = ("hr", "recall", "ndcg", "mrr")
+TIES = "pessimistic"
+
+
+def mask_scores(scores, num_items: int, history=None):
+  """scores [batch, vocab] -> -inf at padding id 0, sharding-padding ids and (optionally) history."""
+  vocab = scores.shape[-1]
+  ids = jnp.arange(vocab)
+  scores = jnp.where((ids >= 1) & (ids <= num_items), scores, -jnp.inf)
+  if history is not None:
+    rows = jnp.arange(scores.shape[0])[:, None]
+    scores = scores.at[rows, history].set(-jnp.inf)
+  return scores
+
+
+def target_rank(scores, targets, num_items: int, history=None):
+  """0-based pessimistic rank [batch] of each target among valid items.
+
+  scores [batch, vocab] (any float dtype), targets [batch] ids in [1, num_items],
+  history [batch, hist] ids to exclude (0 = padding) or None.
+  """
+  rows = jnp.arange(scores.shape[0])
+  target_score = scores[rows, targets]
+  masked = mask_scores(scores, num_items, history)
+  ids = jnp.arange(scores.shape[-1])
+  beats = (masked >= target_score[:, None]) & (ids[None, :] != targets[:, None])
+  return beats.sum(-1).astype(jnp.int32)
+
+
+def metric_sums(rank, weight, ks=DEFAULT_KS) -> dict:
+  """Weighted sums over the batch of every metric@K (divide by the weight sum for means)."""
+  rank_f = rank.astype(jnp.float32)
+  out = {"count": weight.sum()}
+  for k in ks:
+    hit = (rank < k).astype(jnp.float32) * weight
+    out[f"hr@{k}"] = hit.sum()
+    out[f"recall@{k}"] = hit.sum()
+    out[f"ndcg@{k}"] = (hit / jnp.log2(rank_f + 2.0)).sum()
+    out[f"mrr@{k}"] = (hit / (rank_f + 1.0)).sum()
+  return out
+
+
+def top_k_items(scores, k: int, num_items: int, history=None):
+  """Top-k recommendations on device: (item ids [batch, k], scores [batch, k])."""
+  masked = mask_scores(scores, num_items, history)
+  values, ids = jax.lax.top_k(masked, k)
+  return ids, values
+
+
+def finalize(sums: dict) -> dict:
+  """Host-side: summed metrics -> means (floats), plus the number of users."""
+  count = float(sums["count"])
+  if count <= 0:
+    raise ValueError("evaluation saw no users")
+  out = {k: float(v) / count for k, v in sums.items() if k != "count"}
+  out["num_users"] = int(round(count))
+  return out
+
+
+def reference_metrics(scores: np.ndarray, targets: np.ndarray, num_items: int, history=None,
+                      ks=DEFAULT_KS) -> dict:
+  """Brute-force numpy version (per user, explicit sort) used to check the device path."""
+  out = {f"{m}@{k}": 0.0 for k in ks for m in METRIC_NAMES}
+  n = len(targets)
+  for b in range(n):
+    s = scores[b].astype(np.float64)
+    t = int(targets[b])
+    excluded = set(int(h) for h in (history[b] if history is not None else []) if h != 0) - {t}
+    others = [s[i] for i in range(1, num_items + 1) if i != t and i not in excluded]
+    rank = sum(1 for v in others if v >= s[t])
+    for k in ks:
+      if rank < k:
+        out[f"hr@{k}"] += 1 / n
+        out[f"recall@{k}"] += 1 / n
+        out[f"ndcg@{k}"] += 1 / np.log2(rank + 2) / n
+        out[f"mrr@{k}"] += 1 / (rank + 1) / n
+  return out

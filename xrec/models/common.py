@@ -1,0 +1,65 @@
+"""Param trees by name: flatten to `a/b/c` paths and strict loading of a checkpoint into a model."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+
+
+def flatten(tree, prefix: str = "") -> dict:
+  """Nested dict -> {"a/b/c": leaf}."""
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}{k}"
+    if isinstance(v, dict) or hasattr(v, "items") and not hasattr(v, "shape"):
+      out.update(flatten(v, name + "/"))
+    else:
+      out[name] = v
+  return out
+
+
+def unflatten(flat: dict) -> dict:
+  out: dict = {}
+  for path, v in flat.items():
+    node = out
+    *parents, leaf = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return out
+
+
+def param_count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def merge_params(init_params, ckpt_params, dont_load=()) -> dict:
+  """A tree shaped exactly like `init_params` with values from `ckpt_params`.
+
+  Paths matching a `dont_load` regex keep their fresh init. Any other path
+  present on only one side, or with a different shape, is an error that lists
+  each as `+ path shape` (checkpoint only) / `- path shape` (model only).
+  """
+  model, ckpt = flatten(init_params), flatten(ckpt_params)
+  skip = [re.compile(p) for p in dont_load]
+
+  def skipped(path):
+    return any(r.fullmatch(path) for r in skip)
+
+  problems = []
+  for path in sorted(set(ckpt) - set(model)):
+    if not skipped(path):
+      problems.append(f"+ {path} {tuple(ckpt[path].shape)}")
+  for path in sorted(set(model) - set(ckpt)):
+    if not skipped(path):
+      problems.append(f"- {path} {tuple(model[path].shape)}")
+  for path in sorted(set(model) & set(ckpt)):
+    if not skipped(path) and tuple(model[path].shape) != tuple(ckpt[path].shape):
+      problems.append(f"+ {path} {tuple(ckpt[path].shape)}\n- {path} {tuple(model[path].shape)}")
+  if problems:
+    raise ValueError("Checkpoint does not fit the model (+ checkpoint only, - model only):\n"
+                     + "\n".join(problems))
+  merged = {p: (model[p] if skipped(p) or p not in ckpt else ckpt[p]) for p in model}
+  return unflatten(merged)

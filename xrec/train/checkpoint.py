@@ -1,0 +1,135 @@
+"""Checkpoints in the workdir (orbax) and the load priority.
+
+  WORKDIR/checkpoints/<step>/  latest train states (params, optimizer, step) + loop meta,
+                               saved every `checkpoint_every_steps`, last `keep_checkpoints` kept
+  WORKDIR/best/<step>/         params of the best validation evaluation so far (one kept)
+
+Load priority (first that applies wins), see `resolve_init`:
+  1. resume from WORKDIR        the workdir already has a train state: continue it
+  2. explicit resume path       `train.resume_from`: another run's latest train state
+  3. pretrained init            `train.init_from`: another run's best params, fresh optimizer
+  4. scratch                    random init
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+INIT_KINDS = ("resume_workdir", "resume_path", "pretrained", "scratch")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSource:
+  kind: str  # one of INIT_KINDS
+  path: str = ""
+
+
+def _manager(directory: str, max_to_keep: int, create: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def latest_manager(workdir: str, keep: int = 2) -> ocp.CheckpointManager:
+  return _manager(os.path.join(workdir, LATEST_DIR), keep)
+
+
+def best_manager(workdir: str) -> ocp.CheckpointManager:
+  return _manager(os.path.join(workdir, BEST_DIR), 1)
+
+
+def _latest_step(directory: str):
+  if not os.path.isdir(directory):
+    return None
+  mgr = _manager(directory, 1, create=False)
+  try:
+    return mgr.latest_step()
+  finally:
+    mgr.close()
+
+
+def has_train_state(workdir: str) -> bool:
+  return bool(workdir) and _latest_step(os.path.join(workdir, LATEST_DIR)) is not None
+
+
+def has_best_params(workdir: str) -> bool:
+  return bool(workdir) and _latest_step(os.path.join(workdir, BEST_DIR)) is not None
+
+
+def resolve_init(workdir: str, train_cfg) -> InitSource:
+  """The load priority, in one place: resume workdir > resume path > pretrained > scratch."""
+  if has_train_state(workdir):
+    return InitSource("resume_workdir", workdir)
+  if train_cfg.resume_from:
+    if not has_train_state(train_cfg.resume_from):
+      raise FileNotFoundError(
+          f"train.resume_from={train_cfg.resume_from!r} has no train state under "
+          f"{os.path.join(train_cfg.resume_from, LATEST_DIR)}")
+    return InitSource("resume_path", train_cfg.resume_from)
+  if train_cfg.init_from:
+    if not has_best_params(train_cfg.init_from):
+      raise FileNotFoundError(
+          f"train.init_from={train_cfg.init_from!r} has no best params under "
+          f"{os.path.join(train_cfg.init_from, BEST_DIR)}")
+    return InitSource("pretrained", train_cfg.init_from)
+  return InitSource("scratch")
+
+
+def abstract_like(tree):
+  """ShapeDtypeStructs (with shardings) of a concrete tree: the restore target."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def save_state(mgr: ocp.CheckpointManager, step: int, state: dict, meta: dict) -> None:
+  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                         meta=ocp.args.JsonSave(meta)))
+
+
+def restore_state(directory_workdir: str, target_state: dict):
+  """Latest (state, meta) of a run's workdir, restored with target's shapes and shardings."""
+  mgr = _manager(os.path.join(directory_workdir, LATEST_DIR), 1, create=False)
+  try:
+    step = mgr.latest_step()
+    restored = mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_like(target_state)), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+  finally:
+    mgr.close()
+
+
+def save_best(mgr: ocp.CheckpointManager, step: int, params, meta: dict) -> None:
+  mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                         meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def best_meta(workdir: str) -> dict:
+  mgr = _manager(os.path.join(workdir, BEST_DIR), 1, create=False)
+  try:
+    step = mgr.latest_step()
+    return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  finally:
+    mgr.close()
+
+
+def restore_best_params(workdir: str, target_params=None):
+  """Best params of a run. With `target_params`, shapes/shardings must match it exactly;
+  without, the tree comes back as saved (for surgery into another model)."""
+  mgr = _manager(os.path.join(workdir, BEST_DIR), 1, create=False)
+  try:
+    step = mgr.latest_step()
+    if target_params is None:
+      # Restore as host numpy arrays in the saved structure (any device count).
+      meta = mgr.item_metadata(step)["params"]
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta.tree
+                            if hasattr(meta, "tree") else meta)
+      args = ocp.args.Composite(params=ocp.args.StandardRestore(target))
+    else:
+      args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_like(target_params)))
+    return mgr.restore(step, args=args)["params"], step
+  finally:
+    mgr.close()
