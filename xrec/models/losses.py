@@ -50,23 +50,24 @@ def full_softmax(hidden, targets, table, bias, *, num_items, rng=None, **_):
 
 def sampled_softmax(hidden, targets, table, bias, *, num_items, rng, num_negatives=256,
                     sampling_probs=None, **_):
-  """Softmax over the target plus `num_negatives` shared negatives with logQ correction.
+  """Softmax over the target plus `num_negatives` shared negatives, logQ-corrected.
 
   Negatives are drawn with replacement from `sampling_probs` [vocab] (uniform
-  over real items when None); every logit is corrected by -log(num_negatives * q),
-  and negatives equal to the target (accidental hits) are masked.
+  over real items when None). Each negative logit is corrected by
+  -log(num_negatives * q(j)) and negatives equal to the target (accidental
+  hits) are dropped, so sum_j exp(logit_j) over the samples is an unbiased
+  estimate of the partition function over the other items; the target's own
+  logit is left uncorrected. As num_negatives grows the loss tends to the full
+  softmax cross-entropy (tested).
   """
   vocab = table.shape[0]
   if sampling_probs is None:
     sampling_probs = _valid_vocab(vocab, num_items).astype(jnp.float32) / num_items
   log_q = jnp.log(jnp.maximum(sampling_probs, 1e-30))
   neg = jax.random.categorical(rng, log_q, shape=(num_negatives,))  # [neg]
-  h = hidden
-  pos_logit = _target_logit(h, targets, table, bias)
-  neg_logit = score_items(h, table[neg], bias[neg])  # [batch, len, neg]
-  correction = jnp.log(float(num_negatives))
-  pos_logit = pos_logit - (log_q[targets] + correction)
-  neg_logit = neg_logit - (log_q[neg] + correction)[None, None, :]
+  pos_logit = _target_logit(hidden, targets, table, bias)  # [batch, len]
+  neg_logit = score_items(hidden, table[neg], bias[neg])  # [batch, len, neg]
+  neg_logit = neg_logit - (log_q[neg] + jnp.log(float(num_negatives)))[None, None, :]
   neg_logit = jnp.where(neg[None, None, :] == targets[..., None], _NEG, neg_logit)
   logits = jnp.concatenate([pos_logit[..., None], neg_logit], axis=-1)
   loss = _logsumexp(logits) - pos_logit

@@ -94,7 +94,7 @@ def make_train_step(module, tx, loss_cfg, num_items: int, state_sh, mesh, sampli
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
-    return new_state, {"loss": loss, "positions": count, "grad_norm": optax.global_norm(grads)}
+    return new_state, {"loss": loss, "positions": count, "grad_norm": optax.tree.norm(grads)}
 
   return jax.jit(step, in_shardings=(state_sh, S.batch_sharding(mesh), None),
                  out_shardings=(state_sh, S.replicated(mesh)), donate_argnums=(0,))

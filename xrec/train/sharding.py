@@ -21,10 +21,12 @@ def make_mesh(mesh_cfg) -> jax.sharding.Mesh:
     data = n // max(model, 1)
   if model == -1:
     model = n // max(data, 1)
-  if data * model != n or data < 1 or model < 1:
-    raise ValueError(f"mesh data={mesh_cfg.data} x model={mesh_cfg.model} does not match the "
+  if data * model > n or data < 1 or model < 1:
+    raise ValueError(f"mesh data={mesh_cfg.data} x model={mesh_cfg.model} needs more than the "
                      f"{n} available devices ({jax.devices()[0].platform})")
-  return jax.make_mesh((data, model), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  # an explicit smaller mesh uses the first data*model devices (e.g. a 1-device reference run)
+  return jax.make_mesh((data, model), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                       devices=jax.devices()[: data * model])
 
 
 def logical_rules(rules_cfg) -> tuple[tuple[str, str | None], ...]:

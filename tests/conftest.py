@@ -1,0 +1,35 @@
+"""Test setup: 4 simulated CPU devices (before JAX starts), a shared tiny synthetic dataset."""
+
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """One dataset cache for the whole session (each tiny dataset is prepared once)."""
+  path = str(tmp_path_factory.mktemp("datasets"))
+  os.environ["XREC_DATA_DIR"] = path
+  return path
+
+
+def tiny_config(data_dir: str):
+  """A SASRec run that takes seconds: 120 users, 200 items, 2 tiny blocks."""
+  from xrec.config import base_config
+  c = base_config()
+  c.data.data_dir = data_dir
+  c.data.synthetic.update(dict(num_source_users=120, num_target_users=60, num_source_items=200,
+                               num_target_items=200, mean_seq_len=12.0, max_seq_len=30))
+  c.model.update(dict(max_len=20, embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32, vocab_multiple=8))
+  c.train.update(dict(batch_size=16, num_steps=12, eval_every_steps=6, checkpoint_every_steps=4,
+                      log_every_steps=1, progress_bar=False))
+  c.optim.warmup_steps = 2
+  c.eval.batch_size = 32
+  c.mesh.data = 1
+  c.mesh.model = 1
+  return c

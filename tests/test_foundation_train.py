@@ -1,0 +1,202 @@
+"""Training end to end: sharding, kill-and-resume, load priority, losses, launch.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from xrec.train import checkpoint as ckpt
+from xrec.train.loop import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train_losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+def _best_params(workdir):
+  params, _ = ckpt.restore_best_params(workdir)
+  return jax.device_get(params)
+
+
+def test_sharded_2x2_matches_single_device(data_dir, tmp_path):
+  one = tiny_config(data_dir)
+  one.model.dropout = 0.0  # dropout masks depend on the layout of random bits, not on the model
+  r1 = train_and_evaluate(one, str(tmp_path / "one"))
+  four = tiny_config(data_dir)
+  four.model.dropout = 0.0
+  four.mesh.data, four.mesh.model = 2, 2
+  from xrec.train import loop
+  seen = {}
+  orig = loop.create_state
+
+  def spy(*a, **k):
+    state, sh = orig(*a, **k)
+    table = state["params"]["item_embed"]["embedding"]  # recorded now: the step donates it
+    seen["table"] = (table.shape, table.sharding.spec, {s.data.shape for s in table.addressable_shards})
+    seen["mu"] = [x.sharding.spec for x in jax.tree.leaves(state["opt_state"])
+                  if getattr(x, "shape", None) == table.shape]
+    return state, sh
+  loop.create_state = spy
+  try:
+    r4 = train_and_evaluate(four, str(tmp_path / "four"))
+  finally:
+    loop.create_state = orig
+  shape, spec, shard_shapes = seen["table"]
+  assert spec[0] == "model", spec  # vocab axis split over 'model'
+  assert shard_shapes == {(shape[0] // 2, shape[1])}
+  # optimizer moments of the table are sharded like the table
+  assert len(seen["mu"]) == 2 and all(m[0] == "model" for m in seen["mu"])
+  assert r4["mesh"] == {"data": 2, "model": 2}
+  np.testing.assert_allclose(_train_losses(tmp_path / "four"), _train_losses(tmp_path / "one"),
+                             rtol=2e-4, atol=2e-4)
+  assert r4["test"]["ndcg@10"] == pytest.approx(r1["test"]["ndcg@10"], abs=1e-3)
+
+
+def test_kill_and_resume_equals_uninterrupted(data_dir, tmp_path):
+  full = train_and_evaluate(tiny_config(data_dir), str(tmp_path / "full"))
+  cfg = tiny_config(data_dir)
+  cfg.train.stop_after_steps = 7  # "killed" after step 7: last checkpoint is step 4
+  out = train_and_evaluate(cfg, str(tmp_path / "resumed"))
+  assert out == {"stopped_at_step": 7}
+  assert not os.path.exists(tmp_path / "resumed" / "results.json")
+  assert ckpt.resolve_init(str(tmp_path / "resumed"), cfg.train).kind == "resume_workdir"
+  cfg.train.stop_after_steps = 0
+  resumed = train_and_evaluate(cfg, str(tmp_path / "resumed"))
+  assert resumed["init"]["kind"] == "resume_workdir"
+  for split in ("valid", "test"):
+    for k in ("ndcg@10", "hr@10", "mrr@10"):
+      assert resumed[split][k] == pytest.approx(full[split][k], abs=1e-6)
+  assert resumed["best_step"] == full["best_step"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               _best_params(tmp_path / "resumed"), _best_params(tmp_path / "full"))
+  np.testing.assert_allclose(_train_losses(tmp_path / "resumed"), _train_losses(tmp_path / "full"),
+                             rtol=1e-6)
+
+
+def test_load_priority(data_dir, tmp_path):
+  cfg = tiny_config(data_dir)
+  a = str(tmp_path / "a")
+  train_and_evaluate(cfg, a)
+  t = cfg.train
+  assert ckpt.resolve_init(str(tmp_path / "new"), t).kind == "scratch"
+  t.init_from = a
+  assert ckpt.resolve_init(str(tmp_path / "new"), t) == ckpt.InitSource("pretrained", a)
+  t.resume_from = a
+  assert ckpt.resolve_init(str(tmp_path / "new"), t) == ckpt.InitSource("resume_path", a)
+  assert ckpt.resolve_init(a, t) == ckpt.InitSource("resume_workdir", a)
+  t.resume_from, t.init_from = str(tmp_path / "missing"), ""
+  with pytest.raises(FileNotFoundError, match="missing"):
+    ckpt.resolve_init(str(tmp_path / "new"), t)
+
+
+def test_pretrained_init_starts_from_the_checkpoint(data_dir, tmp_path):
+  cfg = tiny_config(data_dir)
+  a = train_and_evaluate(cfg, str(tmp_path / "a"))
+  cfg2 = tiny_config(data_dir)
+  cfg2.train.init_from = str(tmp_path / "a")
+  cfg2.train.num_steps = 2
+  b = train_and_evaluate(cfg2, str(tmp_path / "b"))
+  assert b["init"]["kind"] == "pretrained"
+  with open(tmp_path / "b" / "metrics.jsonl") as f:
+    step0 = [json.loads(x) for x in f if '"valid"' in x][0]
+  assert step0["step"] == 0
+  assert step0["ndcg@10"] == pytest.approx(a["valid"]["ndcg@10"], abs=1e-6)
+  # a model of another shape does not fit: the error names the paths
+  cfg3 = tiny_config(data_dir)
+  cfg3.train.init_from = str(tmp_path / "a")
+  cfg3.model.num_layers = 3
+  with pytest.raises(ValueError, match=r"- block_2/"):
+    train_and_evaluate(cfg3, str(tmp_path / "c"))
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])
+def test_other_losses_train(data_dir, tmp_path, loss):
+  cfg = tiny_config(data_dir)
+  cfg.loss.name = loss
+  cfg.loss.num_negatives = 16
+  cfg.loss.sampling = "popularity"
+  cfg.train.num_steps = 30
+  cfg.train.eval_every_steps = 30
+  cfg.optim.lr = 3e-3
+  train_and_evaluate(cfg, str(tmp_path / loss))
+  losses = _train_losses(tmp_path / loss)
+  assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_bf16_compute_keeps_fp32_params(data_dir, tmp_path):
+  cfg = tiny_config(data_dir)
+  cfg.model.compute_dtype = "bfloat16"
+  cfg.train.num_steps = 4
+  r = train_and_evaluate(cfg, str(tmp_path / "bf16"))
+  assert np.isfinite(r["test"]["ndcg@10"])
+  params = _best_params(tmp_path / "bf16")
+  assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype("float32")}
+
+
+def test_popularity_baseline(data_dir, tmp_path):
+  cfg = tiny_config(data_dir)
+  cfg.model.name = "popularity"
+  r = train_and_evaluate(cfg, str(tmp_path / "pop"))
+  assert r["param_count"] == 208 and 0 < r["test"]["hr@50"] <= 1
+  assert r["protocol"]["mask_history"] is True and r["protocol"]["ranking"] == "full"
+
+
+def test_sampled_softmax_with_every_item_equals_full_softmax():
+  import jax.numpy as jnp
+  from xrec.models import losses
+  rng = np.random.default_rng(0)
+  h = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+  table = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=8), jnp.float32)
+  targets = jnp.array([[1, 2, 0], [3, 4, 5]])
+  full, n = losses.full_softmax(h, targets, table, bias, num_items=6)
+  # q = uniform over the 6 items; a huge sample covers every item -> logQ-corrected estimate ~ exact
+  est, _ = losses.sampled_softmax(h, targets, table, bias, num_items=6, rng=jax.random.key(0),
+                                  num_negatives=20000)
+  assert n == 5
+  assert float(est) == pytest.approx(float(full), rel=0.02)
+
+
+def _launch(args, workdir):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"),
+                         "--config", os.path.join(ROOT, "configs", "sasrec_synthetic.py"),
+                         "--workdir", str(workdir), *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=600,
+                        env={**os.environ, "XLA_FLAGS": ""})
+
+
+def test_config_typo_fails_before_work(tmp_path):
+  res = _launch(["--config.model.num_layer=4"], tmp_path / "typo")
+  assert res.returncode != 0
+  assert "num_layers" in res.stderr  # "Did you mean ..." lists the valid name
+  assert not os.path.exists(tmp_path / "typo")
+
+
+def test_launch_end_to_end(data_dir, tmp_path):
+  wd = tmp_path / "e2e"
+  args = ["--config.data.data_dir=" + data_dir,
+          "--config.data.synthetic.num_source_users=120", "--config.data.synthetic.num_target_users=60",
+          "--config.data.synthetic.num_source_items=200", "--config.data.synthetic.num_target_items=200",
+          "--config.data.synthetic.mean_seq_len=12", "--config.data.synthetic.max_seq_len=30",
+          "--config.model.max_len=20", "--config.model.embed_dim=16", "--config.model.mlp_dim=32",
+          "--config.train.num_steps=6", "--config.train.eval_every_steps=3",
+          "--config.train.batch_size=16", "--config.model.vocab_multiple=8"]
+  res = _launch(args, wd)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "test  ndcg@10=" in res.stdout
+  r = json.load(open(wd / "results.json"))
+  for key in ("config", "protocol", "valid", "test", "param_count", "wall_seconds", "device_kind", "best_step"):
+    assert key in r
+  assert r["config"]["model"]["max_len"] == 20
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tensorboard"))
+  steps = [json.loads(x)["step"] for x in open(wd / "metrics.jsonl")]
+  assert 6 in steps
