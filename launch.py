@@ -43,8 +43,23 @@ def summary(results: dict) -> str:
   return "\n".join(lines)
 
 
+def _quiet_logs():
+  """xrec's own progress lines on stderr; library INFO chatter (orbax, tfds) hidden."""
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("absl").addFilter(
+      lambda r: "Using custom data configuration" not in r.getMessage())
+  xrec_log = logging.getLogger("xrec")
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s xrec: %(message)s", "%H:%M:%S"))
+  xrec_log.addHandler(handler)
+  xrec_log.setLevel(logging.INFO)
+  xrec_log.propagate = False
+
+
 def main(argv):
   del argv
+  _quiet_logs()
   if in_cluster():
     import jax
     jax.distributed.initialize()
@@ -54,5 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
   app.run(main)

@@ -40,6 +40,46 @@ def base_config() -> ml_collections.ConfigDict:
       shift=0.2, popularity_skew=1.0,
       min_seq_len=5, mean_seq_len=20.0, max_seq_len=100, seed=0))
 
+  # Real sources (docs/datasets.md). data.name = "movielens" | "interactions".
+  def interaction_files():  # data.files, and data.scenario.target_files for cross_app
+    return ml_collections.ConfigDict(dict(
+        format="sasrec",  # sasrec | s3rec | recbole | csv | jsonl
+        path="",
+        encoding="utf-8",
+        delimiter=",",  # csv: ',' | '\\t' (or 'tab') for TSV | any single character
+        header=True,  # csv: first line names the columns
+        # column / field names (csv with header, recbole, jsonl) or 0-based indices (csv without header)
+        user_column="user_id", item_column="item_id", rating_column="rating", timestamp_column="timestamp",
+        timestamp_unit="s",  # s | ms | us | ns | iso
+        on_malformed="raise",  # raise (error with file:line) | skip (counted in the statistics)
+        item_attributes_path="",  # optional item -> attributes file
+        item_attributes_format="json",  # json ({"item": [attr, ...]}) | csv | jsonl
+        item_attributes_key="item_id",  # csv / jsonl: column / field with the item key
+        item_attributes_fields=(),  # csv / jsonl: kept columns / fields; empty = all but the key
+        item_attributes_list_fields=(),  # csv: columns holding lists
+        item_attributes_list_separator="|",
+        item_attributes_delimiter=","))
+  c.data.movielens = ml_collections.ConfigDict(dict(
+      release="1m",  # 100k | 1m | 20m | 25m | latest-small
+      manual_dir="",  # folder with ml-1m.zip or ml-1m/; "" = <data_dir>/manual
+      download=True,  # download from GroupLens into manual_dir when absent (needs internet)
+      verify_checksum=True))  # sha256 of the archive against the published one
+  c.data.files = interaction_files()
+  c.data.preprocess = ml_collections.ConfigDict(dict(
+      min_rating=0.0,  # keep ratings >= min_rating (implicit positives); 0 = keep all
+      dedup="none",  # none | first | last | consecutive
+      user_core=0, item_core=0,  # k-core, iterated to a fixed point; 0 = off
+      min_seq_len=3,  # leave-one-out needs >= 3
+      max_seq_len=0))  # keep the most recent max_seq_len interactions per user; 0 = all
+  c.data.scenario = ml_collections.ConfigDict(dict(
+      kind="none",  # none (split 'main') | user_attribute | item_attribute | cross_app (splits source, target)
+      attribute="",  # user: region (from zip) | gender | age | occupation | zip; item: genres | a file's field
+      source_values=(), target_values=(),  # target_values empty = every other value
+      multi_value_rule="drop",  # item with values on both sides: drop | first | source | target
+      target_name="interactions",  # cross_app: the target source, interactions | movielens
+      target_release="1m",  # cross_app with target_name=movielens
+      target_files=interaction_files()))
+
   c.model = ml_collections.ConfigDict()
   c.model.name = "sasrec"
   c.model.max_len = 50

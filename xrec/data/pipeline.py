@@ -75,8 +75,11 @@ def prepare_builder(data_cfg):
     scenario = knobs.pop("scenario")
     config = builders.synthetic_config(scenario, **knobs)
     builder = builders.SyntheticXdomain(config=config, data_dir=data_dir)
+  elif data_cfg.name in ("movielens", "interactions"):
+    from xrec.data import prepared  # real sources: MovieLens archives, interaction files, scenario splits
+    builder = prepared.make_builder(data_cfg)
   else:
-    raise ValueError(f"Unknown dataset {data_cfg.name!r}; valid: ['synthetic']")
+    raise ValueError(f"Unknown dataset {data_cfg.name!r}; valid: ['synthetic', 'movielens', 'interactions']")
   builder.download_and_prepare(file_format="array_record")
   return builder
 

@@ -142,6 +142,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     merged = common.merge_params(jax.device_get(state["params"]), loaded)
     state["params"] = jax.device_put(merged, param_sh)
   start_step = int(state["step"])
+  log.info("data: %s/%s %d users, %d items | model: %s, %s params | mesh %s",
+           config.data.name, domain.name, domain.num_users, domain.num_items, config.model.name,
+           f"{common.param_count(state['params']):,}", dict(mesh.shape))
   log.info("init: %s %s (step %d of %d)", init.kind, init.path, start_step, num_steps)
 
   sampling_probs = None

@@ -65,7 +65,7 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in metrics.items():
         if isinstance(v, (int, float, np.floating, np.integer)):
-          self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+          self._tb.add_scalar(f"{split}/{k.replace('@', '_at_')}", float(v), int(step))
 
   def close(self) -> None:
     if self._tb is not None:

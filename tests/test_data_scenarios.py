@@ -1,0 +1,148 @@
+"""Scenario splits: by user attribute (cross-region), by item attribute (cross-genre), cross-app."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_data_fixtures as F  # noqa: E402
+
+from xrec.config import base_config  # noqa: E402
+from xrec.data import pipeline, scenarios  # noqa: E402
+
+PRE = {"min_rating": 0.0, "dedup": "none", "user_core": 0, "item_core": 0, "min_seq_len": 3, "max_seq_len": 0}
+EAST, WEST = ["0", "1", "2", "3", "4"], ["5", "6", "7", "8", "9"]
+
+
+def split(tmp_path, release="1m", preprocess=None, **scenario):
+  if release == "1m":
+    F.write_ml1m(str(tmp_path))
+  elif release == "100k":
+    F.write_ml100k(str(tmp_path))
+  else:
+    F.write_ml_csv(str(tmp_path), "ml-20m")
+  options = {"source": {"name": "movielens", "release": release}, "preprocess": dict(PRE, **(preprocess or {})),
+             "scenario": dict({"kind": "none", "attribute": "", "source_values": [], "target_values": [],
+                               "multi_value_rule": "drop"}, **scenario)}
+  return scenarios.build_domains(options, {"manual_dir": str(tmp_path), "download": False,
+                                           "verify_checksum": False})
+
+
+def test_us_region_from_zip_codes():
+  assert [scenarios.us_region(z) for z in ("02139", "98107-2117", "T8H1N", "", None, " 55455")] == [
+      "0", "9", "non_us", "unknown", "unknown", "5"]
+
+
+@pytest.mark.parametrize("release", ["1m", "100k"])
+def test_cross_region_disjoint_users_shared_items(tmp_path, release):
+  domains, report = split(tmp_path, release, kind="user_attribute", attribute="region", source_values=EAST,
+                          target_values=WEST)
+  src, tgt = domains["source"], domains["target"]
+  assert sorted(src.user_keys, key=int) == ["1", "2", "3", "4", "5"]
+  assert sorted(tgt.user_keys, key=int) == ["6", "7", "8", "9", "10"]
+  assert report["overlap"]["source~target"] == {"shared_users": 0, "shared_items": 10}
+  assert report["users_per_value"] == {"0": 1, "1": 2, "3": 1, "4": 1, "5": 1, "6": 1, "8": 1, "9": 2,
+                                       "non_us": 1, "unknown": 1}
+  assert report["users_without_side"] == 2 and report["interactions_without_side"] == 12
+  assert all(F.USERS[u][5][0] in "01234" for u in src.user_keys)
+  assert src.user_features["2"]["zip"] == "10001-1234"
+
+  # target_values empty = every other region; non-US users only when listed
+  domains, _ = split(tmp_path, release, kind="user_attribute", attribute="region", source_values=EAST)
+  assert "11" not in domains["target"].user_keys and len(domains["target"].user_keys) == 5
+  domains, _ = split(tmp_path, release, kind="user_attribute", attribute="region", source_values=EAST,
+                     target_values=["non_us", "unknown"])
+  assert sorted(domains["target"].user_keys) == ["11", "12"]
+
+
+def test_split_by_any_user_feature(tmp_path):
+  domains, report = split(tmp_path, kind="user_attribute", attribute="gender", source_values=["F"],
+                          target_values=["M"])
+  assert sorted(domains["source"].user_keys, key=int) == ["1", "3", "5", "7", "9", "11"]
+  assert report["users_per_value"] == {"F": 6, "M": 6}
+  with pytest.raises(ValueError, match=r"user attribute 'height' needs the user feature 'height'; this source has "
+                                       r"user features \['age', 'gender', 'occupation', 'zip'\]"):
+    split(tmp_path, kind="user_attribute", attribute="height", source_values=["1"])
+  with pytest.raises(ValueError, match=r"needs the user feature 'zip'; this source has user features \[\]"):
+    split(tmp_path / "csv", "20m", kind="user_attribute", attribute="region", source_values=EAST)
+  with pytest.raises(ValueError, match="source_values is empty"):
+    split(tmp_path, kind="user_attribute", attribute="region")
+
+
+THRILL = ["Action", "Thriller", "Crime"]
+
+
+@pytest.mark.parametrize("rule,source_items,target_items", [
+    ("drop", {"5", "9"}, {"1", "3", "4", "6", "8"}),
+    ("first", {"2", "5", "9", "10"}, {"1", "3", "4", "6", "7", "8"}),  # 2 Action|Children's, 7 Drama|Thriller
+    ("source", {"2", "5", "7", "9", "10"}, {"1", "3", "4", "6", "8"}),
+    ("target", {"5", "9"}, {"1", "2", "3", "4", "6", "7", "8", "10"}),
+])
+def test_cross_genre_rules_for_multi_genre_items(tmp_path, rule, source_items, target_items):
+  # min_seq_len=1: the tiny fixture has only a few movies per side
+  domains, report = split(tmp_path, preprocess={"min_seq_len": 1}, kind="item_attribute", attribute="genres",
+                          source_values=THRILL, multi_value_rule=rule)
+  src, tgt = domains["source"], domains["target"]
+  assert set(src.item_keys) == source_items and set(tgt.item_keys) == target_items
+  assert report["items_on_both_sides"] == 3  # 2, 7, 10
+  assert report["overlap"]["source~target"]["shared_items"] == 0
+  assert report["overlap"]["source~target"]["shared_users"] == len(set(src.user_keys) & set(tgt.user_keys)) > 0
+  for u, seq in zip(src.user_keys, src.sequences):  # each side keeps the user's items of that side, in order
+    full = [m for uu, m, _, ts in sorted(F.ratings(), key=lambda r: r[3]) if uu == u]
+    assert [src.item_keys[i - 1] for i in seq] == [m for m in full if m in source_items]
+
+
+def test_cross_genre_default_drop_with_target_values_and_leave_one_out_length(tmp_path):
+  domains, report = split(tmp_path, kind="item_attribute", attribute="genres", source_values=["Comedy"],
+                          target_values=["Drama"])
+  # Comedy-only: 3, 6 (Comedy|Romance counts: Romance is on neither side), 1, 10 (Action is on neither side)
+  assert set(domains["source"].item_keys) <= {"1", "3", "6", "10"}
+  assert set(domains["target"].item_keys) <= {"4", "7", "8"}
+  assert all(len(s) >= 3 for d in domains.values() for s in d.sequences)
+  assert report["items_without_side"] == 3  # 2, 5, 9
+  with pytest.raises(ValueError, match=r"item attribute 'category' not found; this source has item features"):
+    split(tmp_path, kind="item_attribute", attribute="category", source_values=["x"])
+  with pytest.raises(ValueError, match=r"multi_value_rule='both' is not valid"):
+    split(tmp_path, kind="item_attribute", attribute="genres", source_values=["Drama"], multi_value_rule="both")
+  with pytest.raises(ValueError, match="the source domain is empty after preprocessing"):
+    split(tmp_path, kind="item_attribute", attribute="genres", source_values=["Western"])
+
+
+def write_app(path, users, items):
+  path.write_text("".join(f"{u} {i}\n" for u in users for i in items))
+  return str(path)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_cross_app_pairs_two_sources_by_raw_key(tmp_path, shared):
+  a = write_app(tmp_path / "books.txt", ["u1", "u2", "u3"], ["b1", "b2", "b3", "x"])
+  b = write_app(tmp_path / "movies.txt", ["u2", "u3", "u4"] if shared else ["v1", "v2", "v3"],
+                ["m1", "m2", "x"] if shared else ["m1", "m2", "m3"])
+  c = base_config()
+  c.data.update(dict(name="interactions", domain="source", data_dir=str(tmp_path / "prepared")))
+  c.data.files.update(dict(format="sasrec", path=a))
+  c.data.scenario.kind = "cross_app"
+  c.data.scenario.target_files.update(dict(format="sasrec", path=b))
+  src = pipeline.load_domain(c.data)
+  c.data.domain = "target"
+  tgt = pipeline.load_domain(c.data)
+  overlap = tgt.metadata["statistics"]["overlap"]["source~target"]
+  assert overlap == ({"shared_users": 2, "shared_items": 1} if shared else {"shared_users": 0, "shared_items": 0})
+  assert src.num_items == 4 and tgt.num_items == 3 and src.num_users == tgt.num_users == 3
+
+
+def test_cross_app_with_movielens_target(tmp_path):
+  F.write_ml100k(str(tmp_path / "manual"))
+  a = write_app(tmp_path / "books.txt", ["1", "2", "99"], ["b1", "b2", "b3"])
+  c = base_config()
+  c.data.update(dict(name="interactions", domain="target", data_dir=str(tmp_path / "prepared")))
+  c.data.files.update(dict(format="sasrec", path=a))
+  c.data.movielens.update(dict(manual_dir=str(tmp_path / "manual"), download=False, verify_checksum=False))
+  c.data.scenario.update(dict(kind="cross_app", target_name="movielens", target_release="100k"))
+  tgt = pipeline.load_domain(c.data)
+  assert tgt.num_users == 12 and tgt.metadata["statistics"]["overlap"]["source~target"]["shared_users"] == 2
+  assert tgt.metadata["item_features"]["target"]["3"]["title"] == "Amélie (2001)"
+  c.data.scenario.target_name = "netflix"
+  with pytest.raises(ValueError, match=r"target_name='netflix' is not valid; valid: \['movielens', 'interactions'\]"):
+    pipeline.load_domain(c.data)
