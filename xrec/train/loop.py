@@ -24,6 +24,7 @@ from xrec.train import sharding as S
 from xrec.train import writer as W
 
 log = logging.getLogger("xrec")
+ITEM_KEYS_FILE = "item_keys.json"
 
 
 def validate(config) -> None:
@@ -122,6 +123,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   domain = pipeline.load_domain(config.data)
   t_data = time.time()
+  if jax.process_index() == 0:  # the run's item vocabulary: transfer maps rows by these raw keys
+    W.write_json_atomic(os.path.join(workdir, ITEM_KEYS_FILE),
+                        {"dataset": config.data.name, "domain": domain.name, "item_keys": domain.item_keys})
   module = models.build(config.model, domain.num_items, max_len)
   if config.model.name == "popularity":
     return _fit_popularity(config, workdir, module, domain, mesh, rules, t_start, t_data)
