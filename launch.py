@@ -31,6 +31,13 @@ def in_cluster(env=os.environ) -> bool:
 
 
 def summary(results: dict) -> str:
+  if "table" in results:  # pretrain -> transfer experiment
+    pre = results["pretrain"]
+    return (f"protocol: {json.dumps(results['protocol'])}\n"
+            f"pretrained on {pre['domain']}: test ndcg@10={pre['test']['ndcg@10']:.4f}; "
+            f"transfer to {results['target']['domain']} with user_fraction="
+            f"{results['target']['user_fraction']} (test metrics at the best validation step):\n"
+            + results["table"])
   if "test" not in results:
     return json.dumps(results)
   lines = [f"protocol: {json.dumps(results['protocol'])}"]
@@ -63,8 +70,8 @@ def main(argv):
   if in_cluster():
     import jax
     jax.distributed.initialize()
-  from xrec.train.loop import train_and_evaluate
-  results = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  from xrec.train import experiment
+  results = experiment.run(flags.FLAGS.config, flags.FLAGS.workdir)
   print(summary(results), flush=True)
 
 

@@ -103,6 +103,7 @@ def test_pretrained_init_starts_from_the_checkpoint(data_dir, tmp_path):
   a = train_and_evaluate(cfg, str(tmp_path / "a"))
   cfg2 = tiny_config(data_dir)
   cfg2.train.init_from = str(tmp_path / "a")
+  cfg2.transfer.strategy = "full_finetune"
   cfg2.train.num_steps = 2
   b = train_and_evaluate(cfg2, str(tmp_path / "b"))
   assert b["init"]["kind"] == "pretrained"
@@ -113,9 +114,19 @@ def test_pretrained_init_starts_from_the_checkpoint(data_dir, tmp_path):
   # a model of another shape does not fit: the error names the paths
   cfg3 = tiny_config(data_dir)
   cfg3.train.init_from = str(tmp_path / "a")
+  cfg3.transfer.strategy = "full_finetune"
   cfg3.model.num_layers = 3
   with pytest.raises(ValueError, match=r"- block_2/"):
     train_and_evaluate(cfg3, str(tmp_path / "c"))
+  # a pretrained path with a strategy that loads nothing, and the reverse, are errors
+  cfg4 = tiny_config(data_dir)
+  cfg4.train.init_from = str(tmp_path / "a")
+  with pytest.raises(ValueError, match="loads nothing"):
+    train_and_evaluate(cfg4, str(tmp_path / "d"))
+  cfg5 = tiny_config(data_dir)
+  cfg5.transfer.strategy = "adapter"
+  with pytest.raises(ValueError, match="set train.init_from"):
+    train_and_evaluate(cfg5, str(tmp_path / "e"))
 
 
 @pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])

@@ -130,6 +130,38 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ks = (1, 5, 10, 20, 50)
   c.eval.mask_history = True
 
+  # Transfer from a pretrained model (train.init_from) with a named strategy: xrec/transfer,
+  # docs/transfer.md. The presets read only the fields below.
+  c.transfer = ml_collections.ConfigDict()
+  c.transfer.strategy = "scratch"  # scratch | zero_shot | full_finetune | linear_probe | frozen_encoder
+  #   | partial_freeze | reuse_bottom | adapter | lora | prompt | bitfit | patch
+  c.transfer.bottom_blocks = 1  # partial_freeze / reuse_bottom: bottom blocks kept from pretraining (frozen)
+  c.transfer.adapter_dim = 16  # adapter: bottleneck size
+  c.transfer.adapter_kind = "serial"  # adapter: serial (after each sublayer) | parallel (beside it)
+  c.transfer.lora_rank = 4  # lora: rank of the updates
+  c.transfer.lora_targets = ("query", "value")  # lora: subset of query, key, value, out, wi, wo
+  c.transfer.num_prompts = 4  # prompt: learned prefix tokens per block
+  c.transfer.patch_dim = 16  # patch: bottleneck size of the PeterRec-style patches
+  c.transfer.lr_mult = 1.0  # lr multiplier of pretrained params that train (few-shot: try < 1)
+  c.transfer.new_lr_mult = 1.0  # lr multiplier of freshly initialised params (modules, new blocks)
+  c.transfer.layerwise_decay = 1.0  # full_finetune: block i trains at decay**(num_layers-1-i); 1 = off
+  c.transfer.train_item_embeddings = False  # adapter/lora/prompt/patch/bitfit: also train item tables
+  c.transfer.unseen_items = "mean"  # target items absent from the source start as: random | mean | zero
+  c.transfer.source_subtree = ""  # load only this subtree of the pretrained params ("" = all)
+  c.transfer.rename = ()  # extra (checkpoint path regex, model path replacement) rules
+  c.transfer.dont_load = ()  # extra regexes of params that keep their fresh init
+
+  # What one launch runs (xrec/train/experiment.py): "single" = one run in the workdir;
+  # "pretrain_transfer" = pretrain on source_domain once, then one run per strategy on
+  # target_domain (few-shot by data.user_fraction) initialised from it, and one table.
+  c.experiment = ml_collections.ConfigDict(dict(
+      mode="single", source_domain="source", target_domain="target",
+      strategies=("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")))
+  # the pretraining stage's own training settings (the transfer runs use c.train / c.optim)
+  c.experiment.pretrain = ml_collections.ConfigDict(dict(
+      num_epochs=20.0, batch_size=128, eval_every_steps=100, checkpoint_every_steps=100,
+      early_stopping_patience=0, lr=1e-3, warmup_steps=100))
+
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
   c.sharding = ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))
   return c

@@ -44,11 +44,12 @@ class Evaluator:
     start = time.time()
     batches = pipeline.eval_batches(domain, split, self.eval_cfg.batch_size, self.max_len,
                                     jax.process_index(), jax.process_count())
-    total = None
-    for batch in batches:
-      sums = self._step(params, S.put_batch(batch, self.mesh))
-      total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
-    out = M.finalize(jax.device_get(total))
+    total = {}
+    for batch in batches:  # per-batch sums are a few scalars: accumulate on the host in float64
+      sums = jax.device_get(self._step(params, S.put_batch(batch, self.mesh)))
+      for k, v in sums.items():
+        total[k] = total.get(k, 0.0) + float(v)
+    out = M.finalize(total)
     out["eval_seconds"] = time.time() - start
     out["users_per_second"] = out["num_users"] / max(out["eval_seconds"], 1e-9)
     return out

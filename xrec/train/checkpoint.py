@@ -30,17 +30,24 @@ class InitSource:
   path: str = ""
 
 
-def _manager(directory: str, max_to_keep: int, create: bool = True) -> ocp.CheckpointManager:
+def _handlers(array_item: str) -> dict:
+  """Item name -> handler, so metadata reads know each item's type (no orbax warnings)."""
+  return {array_item: ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+
+
+def _manager(directory: str, max_to_keep: int, create: bool = True,
+             array_item: str | None = None) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  handlers = _handlers(array_item) if array_item else None
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
 
 def latest_manager(workdir: str, keep: int = 2) -> ocp.CheckpointManager:
-  return _manager(os.path.join(workdir, LATEST_DIR), keep)
+  return _manager(os.path.join(workdir, LATEST_DIR), keep, array_item="state")
 
 
 def best_manager(workdir: str) -> ocp.CheckpointManager:
-  return _manager(os.path.join(workdir, BEST_DIR), 1)
+  return _manager(os.path.join(workdir, BEST_DIR), 1, array_item="params")
 
 
 def _latest_step(directory: str):
@@ -92,7 +99,7 @@ def save_state(mgr: ocp.CheckpointManager, step: int, state: dict, meta: dict) -
 
 def restore_state(directory_workdir: str, target_state: dict):
   """Latest (state, meta) of a run's workdir, restored with target's shapes and shardings."""
-  mgr = _manager(os.path.join(directory_workdir, LATEST_DIR), 1, create=False)
+  mgr = _manager(os.path.join(directory_workdir, LATEST_DIR), 1, create=False, array_item="state")
   try:
     step = mgr.latest_step()
     restored = mgr.restore(step, args=ocp.args.Composite(
@@ -107,19 +114,10 @@ def save_best(mgr: ocp.CheckpointManager, step: int, params, meta: dict) -> None
                                          meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def best_meta(workdir: str) -> dict:
-  mgr = _manager(os.path.join(workdir, BEST_DIR), 1, create=False)
-  try:
-    step = mgr.latest_step()
-    return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  finally:
-    mgr.close()
-
-
 def restore_best_params(workdir: str, target_params=None):
   """Best params of a run. With `target_params`, shapes/shardings must match it exactly;
   without, the tree comes back as saved (for surgery into another model)."""
-  mgr = _manager(os.path.join(workdir, BEST_DIR), 1, create=False)
+  mgr = _manager(os.path.join(workdir, BEST_DIR), 1, create=False, array_item="params")
   try:
     step = mgr.latest_step()
     if target_params is None:
@@ -127,9 +125,10 @@ def restore_best_params(workdir: str, target_params=None):
       meta = mgr.item_metadata(step)["params"]
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta.tree
                             if hasattr(meta, "tree") else meta)
-      args = ocp.args.Composite(params=ocp.args.StandardRestore(target))
+      args = ocp.args.Composite(params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
     else:
-      args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_like(target_params)))
+      args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_like(target_params)),
+                                meta=ocp.args.JsonRestore())
     return mgr.restore(step, args=args)["params"], step
   finally:
     mgr.close()

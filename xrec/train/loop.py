@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -22,6 +23,8 @@ from xrec.train import checkpoint as ckpt
 from xrec.train import optimizer as O
 from xrec.train import sharding as S
 from xrec.train import writer as W
+from xrec.transfer import apply as transfer
+from xrec.transfer import schedule as transfer_schedule
 
 log = logging.getLogger("xrec")
 ITEM_KEYS_FILE = "item_keys.json"
@@ -66,16 +69,10 @@ def create_state(module, tx, max_len: int, seed: int, mesh, rules):
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
   abstract = jax.eval_shape(init_state, rng)
-  opt_sh = optax_state_shardings(tx, abstract["opt_state"], param_sh, S.replicated(mesh))
+  opt_sh = transfer_schedule.opt_state_shardings(tx, abstract["opt_state"], param_sh, S.replicated(mesh))
   state_sh = {"step": S.replicated(mesh), "params": param_sh, "opt_state": opt_sh}
   state = jax.jit(init_state, out_shardings=state_sh)(rng)
   return state, state_sh
-
-
-def optax_state_shardings(tx, abstract_opt_state, param_sh, replicated):
-  """Optimizer-state leaves shaped like params get the param's sharding, the rest are replicated."""
-  return optax.tree_map_params(tx, lambda _, s: s, abstract_opt_state, param_sh,
-                               transform_non_params=lambda _: replicated)
 
 
 def make_train_step(module, tx, loss_cfg, num_items: int, state_sh, mesh, sampling_probs=None):
@@ -129,22 +126,36 @@ def train_and_evaluate(config, workdir: str) -> dict:
   module = models.build(config.model, domain.num_items, max_len)
   if config.model.name == "popularity":
     return _fit_popularity(config, workdir, module, domain, mesh, rules, t_start, t_data)
+  plan = transfer.prepare(config)  # strategy: inserted modules, what loads, what trains
+  module = module.clone(**plan.model_fields)
 
   batches = pipeline.TrainBatches(domain, config.train.batch_size, max_len, config.seed,
                                   jax.process_index(), jax.process_count())
-  num_steps = total_steps(config, batches)
-  tx, schedule = O.make_optimizer(config.optim, num_steps)
+  num_steps = total_steps(config, batches) if plan.train else 0  # zero_shot: evaluate only
+  schedule = O.learning_rate_schedule(config.optim, max(num_steps, 1))
+  tx = plan.make_optimizer(lambda: O.make_optimizer(config.optim, max(num_steps, 1))[0])
   state, state_sh = create_state(module, tx, max_len, config.seed, mesh, rules)
   param_sh = state_sh["params"]
 
   init = ckpt.resolve_init(workdir, config.train)
+  report = None
   meta = {"best_value": None, "best_step": None, "evals_since_best": 0}
   if init.kind in ("resume_workdir", "resume_path"):
     state, meta = ckpt.restore_state(init.path, state)
   elif init.kind == "pretrained":
-    loaded, _ = ckpt.restore_best_params(init.path)
-    merged = common.merge_params(jax.device_get(state["params"]), loaded)
-    state["params"] = jax.device_put(merged, param_sh)
+    if not plan.strategy.load:
+      raise ValueError(f"train.init_from={init.path!r} is set but transfer.strategy="
+                       f"{plan.strategy.name!r} loads nothing; pick a strategy that loads "
+                       "(e.g. full_finetune) or clear train.init_from")
+    pretrained, _ = ckpt.restore_best_params(init.path)
+    params, report = plan.init_params(jax.device_get(state["params"]), pretrained,
+                                      _item_keys(init.path), domain.item_keys)
+    state["params"] = jax.device_put(params, param_sh)
+  elif plan.strategy.load:
+    raise ValueError(f"transfer.strategy={plan.strategy.name!r} starts from a pretrained model: "
+                     "set train.init_from to the pretraining run's workdir")
+  budget = plan.budget(state["params"], report)
+  log.info(plan.describe(budget))
   start_step = int(state["step"])
   log.info("data: %s/%s %d users, %d items | model: %s, %s params | mesh %s",
            config.data.name, domain.name, domain.num_users, domain.num_items, config.model.name,
@@ -187,7 +198,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   t_train = time.time()
   train_seconds = 0.0
-  if start_step == 0 and config.train.eval_at_start and meta["best_step"] is None:
+  if start_step == 0 and (config.train.eval_at_start or num_steps == 0) and meta["best_step"] is None:
     run_eval(0)
   bar = W.progress_bar(num_steps, start_step, config.train.progress_bar and is_main)
   step = start_step
@@ -237,6 +248,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "config": config.to_dict(),
       "protocol": E.protocol(config.eval),
       "init": {"kind": init.kind, "path": init.path},
+      "transfer": {"strategy": plan.strategy.name, **budget,
+                   "items": report["items"] if report else None},
       "best_step": int(best_step),
       "final_step": int(step),
       "stopped_early": stopped_early,
@@ -251,6 +264,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if is_main:
     W.write_json_atomic(os.path.join(workdir, "results.json"), results)
   return results
+
+
+def _item_keys(workdir: str) -> list[str]:
+  path = os.path.join(workdir, ITEM_KEYS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: the pretrained run's item vocabulary is needed to "
+                            "map item rows by raw key")
+  with open(path) as f:
+    return json.load(f)["item_keys"]
 
 
 def _fit_popularity(config, workdir, module, domain, mesh, rules, t_start, t_data):
