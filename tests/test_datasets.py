@@ -80,7 +80,7 @@ def test_movielens_malformed_lines_name_file_and_line(tmp_path):
   folder = F.write_ml100k(str(tmp_path / "d"), as_zip=False)
   with open(os.path.join(folder, "u.item"), "a", encoding="latin-1") as f:
     f.write("300|Short (1995)|01-Jan-1995||url|0|1\n")
-  with pytest.raises(ValueError, match=r"u\.item:12: expected 24 '\|'-separated fields"):
+  with pytest.raises(ValueError, match=r"u\.item:12: expected id\|title.* \(24 .\|.-separated fields\)"):
     movielens.read_movielens("100k", str(tmp_path / "d"), download_missing=False, verify_checksum=False)
 
 

@@ -189,84 +189,58 @@ def _int(text, where, line_no, line, what):
     raise malformed(where, line_no, f"{what} {text!r} is not an integer", line) from None
 
 
+def _fields(files, filename: str, sep: str, layout: str):
+  """(name, line_no, line, fields) of each non-blank line of a latin-1 release file.
+
+  `layout` names the fields joined by `sep` (e.g. "UserID::MovieID::Rating::Timestamp");
+  a line with another number of fields is an error naming file, line and layout.
+  """
+  name = files.name(filename)
+  n_fields = len(layout.split(sep))
+  with files.open(filename, "latin-1") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      fields = line.rstrip("\r\n").split(sep)
+      if len(fields) != n_fields:
+        raise malformed(name, line_no, f"expected {layout} ({n_fields} {sep!r}-separated fields), got "
+                        f"{len(fields)}", line)
+      yield name, line_no, line, fields
+
+
 def _read_100k(files, acc):
-  name = files.name("u.data")
-  with files.open("u.data", "latin-1") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      fields = line.rstrip("\r\n").split("\t")
-      if len(fields) != 4:
-        raise malformed(name, line_no, f"expected 4 tab-separated fields user item rating timestamp, got "
-                        f"{len(fields)}", line)
-      acc.add(fields[0], fields[1], float(_int(fields[2], name, line_no, line, "rating")),
-              _int(fields[3], name, line_no, line, "timestamp"))
+  for name, line_no, line, fields in _fields(files, "u.data", "\t", "user\titem\trating\ttimestamp"):
+    acc.add(fields[0], fields[1], float(_int(fields[2], name, line_no, line, "rating")),
+            _int(fields[3], name, line_no, line, "timestamp"))
   users = {}
-  name = files.name("u.user")
-  with files.open("u.user", "latin-1") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      fields = line.rstrip("\r\n").split("|")
-      if len(fields) != 5:
-        raise malformed(name, line_no, f"expected 5 '|'-separated fields id|age|gender|occupation|zip, got "
-                        f"{len(fields)}", line)
-      users[fields[0]] = {"gender": fields[2], "age": _int(fields[1], name, line_no, line, "age"),
-                          "occupation": fields[3], "zip": fields[4]}
+  for name, line_no, line, fields in _fields(files, "u.user", "|", "id|age|gender|occupation|zip"):
+    users[fields[0]] = {"gender": fields[2], "age": _int(fields[1], name, line_no, line, "age"),
+                        "occupation": fields[3], "zip": fields[4]}
   items = {}
-  name = files.name("u.item")
-  with files.open("u.item", "latin-1") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      fields = line.rstrip("\r\n").split("|")
-      if len(fields) != 5 + len(ML100K_GENRES):
-        raise malformed(name, line_no, f"expected {5 + len(ML100K_GENRES)} '|'-separated fields (id|title|release "
-                        "date|video release date|URL| 19 genre flags)", line)
-      flags = fields[5:]
-      if any(v not in ("0", "1") for v in flags):
-        raise malformed(name, line_no, "genre flags must be 0 or 1", line)
-      title, released = fields[1], fields[2]
-      year = year_of(title) or (int(released[-4:]) if released[-4:].isdigit() else None)
-      items[fields[0]] = {"title": title, "year": year, "release_date": released,
-                          "genres": [g for g, v in zip(ML100K_GENRES, flags) if v == "1"]}
+  layout = "id|title|release date|video release date|URL|" + "|".join(ML100K_GENRES)
+  for name, line_no, line, fields in _fields(files, "u.item", "|", layout):
+    flags = fields[5:]
+    if any(v not in ("0", "1") for v in flags):
+      raise malformed(name, line_no, "genre flags must be 0 or 1", line)
+    title, released = fields[1], fields[2]
+    year = year_of(title) or (int(released[-4:]) if released[-4:].isdigit() else None)
+    items[fields[0]] = {"title": title, "year": year, "release_date": released,
+                        "genres": [g for g, v in zip(ML100K_GENRES, flags) if v == "1"]}
   return users, items
 
 
 def _read_1m(files, acc):
-  name = files.name("ratings.dat")
-  with files.open("ratings.dat", "latin-1") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      fields = line.rstrip("\r\n").split("::")
-      if len(fields) != 4:
-        raise malformed(name, line_no, f"expected UserID::MovieID::Rating::Timestamp, got {len(fields)} fields", line)
-      acc.add(fields[0], fields[1], float(_int(fields[2], name, line_no, line, "rating")),
-              _int(fields[3], name, line_no, line, "timestamp"))
+  for name, line_no, line, fields in _fields(files, "ratings.dat", "::", "UserID::MovieID::Rating::Timestamp"):
+    acc.add(fields[0], fields[1], float(_int(fields[2], name, line_no, line, "rating")),
+            _int(fields[3], name, line_no, line, "timestamp"))
   users = {}
-  name = files.name("users.dat")
-  with files.open("users.dat", "latin-1") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      fields = line.rstrip("\r\n").split("::")
-      if len(fields) != 5:
-        raise malformed(name, line_no, f"expected UserID::Gender::Age::Occupation::Zip-code, got {len(fields)} "
-                        "fields", line)
-      users[fields[0]] = {"gender": fields[1], "age": _int(fields[2], name, line_no, line, "age"),
-                          "occupation": _int(fields[3], name, line_no, line, "occupation"), "zip": fields[4]}
+  for name, line_no, line, fields in _fields(files, "users.dat", "::", "UserID::Gender::Age::Occupation::Zip-code"):
+    users[fields[0]] = {"gender": fields[1], "age": _int(fields[2], name, line_no, line, "age"),
+                        "occupation": _int(fields[3], name, line_no, line, "occupation"), "zip": fields[4]}
   items = {}
-  name = files.name("movies.dat")
-  with files.open("movies.dat", "latin-1") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      fields = line.rstrip("\r\n").split("::")
-      if len(fields) != 3:
-        raise malformed(name, line_no, f"expected MovieID::Title::Genres, got {len(fields)} fields", line)
-      items[fields[0]] = {"title": fields[1], "year": year_of(fields[1]),
-                          "genres": [g for g in fields[2].split("|") if g]}
+  for _, _, _, fields in _fields(files, "movies.dat", "::", "MovieID::Title::Genres"):
+    items[fields[0]] = {"title": fields[1], "year": year_of(fields[1]),
+                        "genres": [g for g in fields[2].split("|") if g]}
   return users, items
 
 
