@@ -211,3 +211,15 @@ def test_launch_end_to_end(data_dir, tmp_path):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tensorboard"))
   steps = [json.loads(x)["step"] for x in open(wd / "metrics.jsonl")]
   assert 6 in steps
+
+
+def test_multi_host_start_only_in_a_cluster():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("xrec_launch_under_test", os.path.join(ROOT, "launch.py"))
+  launch = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(launch)
+  assert not launch.in_cluster({})
+  assert not launch.in_cluster({"SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"})  # one task: no coordinator
+  assert launch.in_cluster({"SLURM_NTASKS": "4"})
+  assert launch.in_cluster({"OMPI_COMM_WORLD_SIZE": "2"})
+  assert launch.in_cluster({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
