@@ -2,6 +2,13 @@
 
   python launch.py --config configs/sasrec_synthetic.py --workdir runs/x [--config.model.num_layers=4]
 
+A config with sweep() is a study (xrec/train/sweep.py, docs/experiments.md): the whole grid runs
+as cached stages under WORKDIR/stages/, indexed in WORKDIR/runs.jsonl, then WORKDIR/report/ is
+written (python -m xrec.report WORKDIR does it alone).
+
+  python launch.py --config experiments/fraction_study/config.py --workdir runs/fraction --list
+  python launch.py --config experiments/fraction_study/config.py --workdir runs/fraction [--only KEY|INDEX]
+
 Multi-host: when cluster variables are present (SLURM with several tasks, Open MPI,
 Cloud TPU pods, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID),
 jax.distributed.initialize() is called first; each process then feeds its slice
@@ -18,6 +25,8 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.json.")
+flags.DEFINE_string("only", None, "Study: run only this cell (its key, or its index in --list).")
+flags.DEFINE_bool("list", False, "Study: print the cells (index, key) and exit.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 _CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
@@ -70,9 +79,32 @@ def main(argv):
   if in_cluster():
     import jax
     jax.distributed.initialize()
+  from xrec.train import sweep
+  # config_flags hands over only the ConfigDict; sweep() / metrics() live in the file (`path[:arg]`)
+  config_file, config_arg = sweep.config_file_of(config_flags.get_config_filename(flags.FLAGS["config"]))
+  module = sweep.load_config_module(config_file)
+  if hasattr(module, "sweep"):
+    return run_study(module, config_file, config_arg)
+  if flags.FLAGS.only is not None or flags.FLAGS.list:
+    raise app.UsageError(f"--only / --list need a config with sweep(); {config_file} has none")
   from xrec.train import experiment
   results = experiment.run(flags.FLAGS.config, flags.FLAGS.workdir)
   print(summary(results), flush=True)
+
+
+def run_study(module, config_file: str, config_arg):
+  from xrec.train import sweep
+  cells = sweep.cells_of(module)
+  if flags.FLAGS.list:
+    print(sweep.list_text(cells), flush=True)
+    return
+  counts = sweep.run_study(flags.FLAGS.config, module, flags.FLAGS.workdir, only=flags.FLAGS.only,
+                           config_file=config_file, config_arg=config_arg)
+  print(f"study {flags.FLAGS.workdir}: {counts}", flush=True)
+  if flags.FLAGS.only is None and sweep.is_main_process():
+    from xrec import report
+    print(report.write_report(flags.FLAGS.workdir)["markdown"], flush=True)
+  return 1 if counts["failed"] else 0  # the index holds each failure's error
 
 
 if __name__ == "__main__":

@@ -223,3 +223,17 @@ def test_multi_host_start_only_in_a_cluster():
   assert launch.in_cluster({"SLURM_NTASKS": "4"})
   assert launch.in_cluster({"OMPI_COMM_WORLD_SIZE": "2"})
   assert launch.in_cluster({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
+
+
+def test_killed_before_first_checkpoint_reruns_cleanly(data_dir, tmp_path):
+  cfg = tiny_config(data_dir)
+  cfg.train.num_steps = 6
+  full = train_and_evaluate(cfg, str(tmp_path / "full"))
+  cfg.train.stop_after_steps = 2  # step-0 best saved, no train state yet (checkpoints every 4)
+  train_and_evaluate(cfg, str(tmp_path / "killed"))
+  assert ckpt.has_best_params(str(tmp_path / "killed"))
+  assert not ckpt.has_train_state(str(tmp_path / "killed"))
+  cfg.train.stop_after_steps = 0
+  again = train_and_evaluate(cfg, str(tmp_path / "killed"))
+  assert again["init"]["kind"] == "scratch"
+  assert again["test"]["ndcg@10"] == pytest.approx(full["test"]["ndcg@10"], abs=1e-6)

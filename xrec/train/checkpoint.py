@@ -110,6 +110,8 @@ def restore_state(directory_workdir: str, target_state: dict):
 
 
 def save_best(mgr: ocp.CheckpointManager, step: int, params, meta: dict) -> None:
+  if step in mgr.all_steps():  # left by a killed run; training is deterministic, so it is rewritten
+    mgr.delete(step)
   mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                          meta=ocp.args.JsonSave(meta)), force=True)
 

@@ -15,12 +15,16 @@ unfinished stage resumes from its own checkpoints).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
+import hashlib
 import json
 import logging
 import os
 
 from xrec.config import base_config
+from xrec.train import checkpoint as ckpt
 from xrec.train import writer as W
 from xrec.train.loop import train_and_evaluate
 
@@ -86,6 +90,69 @@ def run_stage(config, workdir: str) -> dict:
     raise ValueError(f"{workdir} holds a finished run with another config; use a new workdir or "
                      f"delete it. Differences (stored -> requested):\n  " + "\n  ".join(diff[:20]))
   return train_and_evaluate(config, workdir)
+
+
+# Fields that change how a run is driven or logged, never its results: left out of a stage's hash,
+# so a study whose stage was stopped (train.stop_after_steps) or moved to another data cache reuses it.
+UNHASHED_FIELDS = ("train.stop_after_steps", "train.progress_bar", "train.log_every_steps", "data.data_dir")
+STAGE_KINDS = ("single", "pretrain", "transfer")
+
+
+def _drop_field(tree: dict, dotted: str) -> None:
+  *parents, leaf = dotted.split(".")
+  for name in parents:
+    tree = tree.get(name, {})
+  tree.pop(leaf, None)
+
+
+def stage_hash(config, depends_on: dict[str, str] | None = None) -> str:
+  """Hash of what a stage's results depend on: its own config (UNHASHED_FIELDS left out) with
+  train.init_from replaced by the hash of the stage it loads, so a moved study keeps its hashes and
+  a changed pretraining changes every transfer built on it."""
+  tree = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored in results.json
+  for field in UNHASHED_FIELDS:
+    _drop_field(tree, field)
+  if depends_on:
+    tree["train"]["init_from"] = {name: depends_on[name] for name in sorted(depends_on)}
+  text = json.dumps(tree, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _stage_lock(stage_dir: str):
+  """One process per stage: cells that share a pretraining, launched at once on a cluster, wait
+  for it instead of training it twice into the same checkpoints."""
+  os.makedirs(os.path.dirname(stage_dir), exist_ok=True)
+  with open(stage_dir + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def run_cached_stage(config, stages_dir: str, kind: str, depends_on: dict[str, str] | None = None) -> dict:
+  """Runs (or reuses) one stage in STAGES_DIR/<hash>/ and returns its results.json with the stage's
+  "stage" = {"kind", "hash", "dir", "reused"}. An unfinished stage resumes from its own
+  checkpoints; a stopped one (train.stop_after_steps) returns {"stopped_at_step", "stage"}."""
+  if kind not in STAGE_KINDS:
+    raise ValueError(f"Unknown stage kind {kind!r}; valid: {list(STAGE_KINDS)}")
+  digest = stage_hash(config, depends_on)
+  stage_dir = os.path.join(stages_dir, digest)
+  info = {"kind": kind, "hash": digest, "dir": stage_dir, "reused": True}
+  path = os.path.join(stage_dir, "results.json")
+  with _stage_lock(stage_dir):
+    if os.path.exists(path):
+      log.info("reusing finished %s stage %s", kind, digest)
+      with open(path) as f:
+        return {**json.load(f), "stage": info}
+    os.makedirs(stage_dir, exist_ok=True)
+    W.write_json_atomic(os.path.join(stage_dir, "stage.json"),
+                        {"kind": kind, "hash": digest, "depends_on": depends_on or {},
+                         "config": json.loads(json.dumps(config.to_dict()))})
+    log.info("running %s stage %s", kind, digest)
+    results = train_and_evaluate(config, stage_dir)
+  return {**results, "stage": {**info, "reused": False}}
 
 
 def table(rows: list[dict]) -> str:

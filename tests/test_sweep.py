@@ -1,0 +1,198 @@
+"""Studies: a tiny sweep runs, is killed, resumes to the same table; cached stages; failures; launch.py."""
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+
+import jax
+import pytest
+
+from conftest import tiny_config
+from xrec.train import experiment, sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every stage of a sweep compiles the same tiny programs: a persistent cache makes the repeats cheap.
+JAX_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "xrec_test_jax_cache")
+jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+STRATEGIES = ("scratch", "zero_shot")  # zero_shot loads the pretraining and only evaluates: cheap
+SEEDS = (0, 1)
+
+
+def study_config(data_dir):
+  c = tiny_config(data_dir)
+  c.experiment.mode = "pretrain_transfer"
+  c.experiment.pretrain.update(dict(num_epochs=1.0, batch_size=16, eval_every_steps=4,
+                                    checkpoint_every_steps=4, warmup_steps=2))
+  c.train.update(dict(num_steps=4, eval_every_steps=2, checkpoint_every_steps=2))
+  return c
+
+
+def cells(extra=()):
+  out = [{"transfer.strategy": s, "data.user_fraction": 0.5, "seed": seed} for seed in SEEDS for s in STRATEGIES]
+  return out + list(extra)
+
+
+def module(extra=()):
+  return types.SimpleNamespace(sweep=lambda: iter(cells(extra)),
+                               metrics=lambda: {"metrics": ("ndcg@10",), "columns": "data.user_fraction"})
+
+
+def table_of(workdir):
+  from xrec import report
+  report.write_report(workdir)
+  return open(os.path.join(workdir, "report", "table_ndcg_at_10.md")).read()
+
+
+def count_stage_runs(monkeypatch, kill_at=None):
+  """Counts train_and_evaluate calls; the `kill_at`-th trains 5 steps (past its step-4 checkpoint)
+  then dies like a killed process."""
+  calls, killed = [], []
+  real = experiment.train_and_evaluate
+
+  def wrapped(config, workdir):
+    calls.append(workdir)
+    if len(calls) == kill_at and not killed:
+      killed.append(workdir)
+      c = copy.deepcopy(config)
+      c.train.stop_after_steps = 5
+      real(c, workdir)
+      raise KeyboardInterrupt("simulated kill")
+    return real(config, workdir)
+
+  monkeypatch.setattr(experiment, "train_and_evaluate", wrapped)
+  return calls
+
+
+@pytest.fixture(scope="module")
+def finished_study(data_dir, tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("study") / "uninterrupted")
+  counts = sweep.run_study(study_config(data_dir), module(), wd)
+  assert counts == {"ran": 4, "cached": 0, "failed": 0, "stopped": 0}
+  return wd
+
+
+def test_killed_study_resumes_to_the_same_table(finished_study, data_dir, tmp_path, monkeypatch):
+  wd = str(tmp_path / "killed")
+  # stage runs: scratch s0, pretrain s0, zero_shot s0, scratch s1, then killed while pretraining s1
+  calls = count_stage_runs(monkeypatch, kill_at=5)
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run_study(study_config(data_dir), module(), wd)
+  assert [r["key"] for r in sweep.read_runs(wd)] == [sweep.cell_key(c) for c in cells()[:3]]
+  killed_stage = calls[4]
+  assert not os.path.exists(os.path.join(killed_stage, "results.json"))
+
+  calls.clear()
+  counts = sweep.run_study(study_config(data_dir), module(), wd)
+  # finished cells are not run again; the killed pretraining resumes from its checkpoints
+  assert counts == {"ran": 1, "cached": 3, "failed": 0, "stopped": 0}
+  assert calls[0] == killed_stage and len(calls) == 2
+  resumed = json.load(open(os.path.join(killed_stage, "results.json")))
+  assert resumed["init"]["kind"] == "resume_workdir"
+  assert table_of(wd) == table_of(finished_study)
+  runs = sweep.latest_runs(wd)
+  assert {r["status"] for r in runs.values()} == {"done"}
+  ft = runs[sweep.cell_key(cells()[1])]  # zero_shot, seed 0: trained its pretraining before the kill
+  assert ft["reused"] == [] and set(ft["stages"]) == {"pretrain", "transfer"} and ft["wall_seconds"] > 0
+  assert runs[sweep.cell_key(cells()[3])]["stages"]["pretrain"] == os.path.basename(killed_stage)
+  assert ft["test"] == json.load(open(os.path.join(wd, "stages", ft["stages"]["transfer"], "results.json")))["test"]
+
+  # a transfer-only change re-runs the transfer, never the pretraining it loads
+  pre_results = os.path.join(wd, "stages", ft["stages"]["pretrain"], "results.json")
+  mtime = os.path.getmtime(pre_results)
+  calls.clear()
+  changed = study_config(data_dir)
+  changed.transfer.lr_mult = 0.5
+  counts = sweep.run_study(changed, module(), wd, only=ft["key"])
+  assert counts["ran"] == 1 and len(calls) == 1
+  after = sweep.latest_runs(wd)[ft["key"]]
+  assert after["stages"]["pretrain"] == ft["stages"]["pretrain"] and after["reused"] == ["pretrain"]
+  assert after["stages"]["transfer"] != ft["stages"]["transfer"]
+  assert os.path.getmtime(pre_results) == mtime
+
+
+def test_failing_and_stopped_cells_are_recorded_and_the_rest_complete(finished_study, data_dir, tmp_path,
+                                                                       monkeypatch):
+  wd = str(tmp_path / "moved")
+  shutil.copytree(finished_study, wd)  # a moved study keeps its stage hashes
+  bad = {"transfer.strategy": "scratch", "data.user_fraction": 0.5, "seed": 0, "train.best_metric": "ndcg@7"}
+  stopped = {"transfer.strategy": "scratch", "data.user_fraction": 0.5, "seed": 2, "train.stop_after_steps": 2}
+  zero_shot = {"transfer.strategy": "zero_shot", "data.user_fraction": 0.25, "seed": 0}
+  calls = count_stage_runs(monkeypatch)
+  counts = sweep.run_study(study_config(data_dir), module([bad, stopped, zero_shot]), wd)
+  assert counts == {"ran": 3, "cached": 4, "failed": 1, "stopped": 1}
+  assert len(calls) == 3  # bad, stopped, zero_shot's transfer (its pretraining is reused)
+  runs = sweep.latest_runs(wd)
+  assert runs[sweep.cell_key(bad)]["status"] == "failed"
+  assert "ndcg@7" in runs[sweep.cell_key(bad)]["error"]
+  assert "Traceback" in runs[sweep.cell_key(bad)]["traceback"]
+  assert runs[sweep.cell_key(stopped)]["status"] == "stopped"
+  assert runs[sweep.cell_key(stopped)]["stopped_at_step"] == 2
+  assert runs[sweep.cell_key(zero_shot)]["status"] == "done"
+  assert runs[sweep.cell_key(zero_shot)]["trainable_params"] == 0
+  from xrec import report
+  md = report.write_report(wd)["markdown"]
+  assert "| zero_shot |" in md and "failed | ValueError: train.best_metric 'ndcg@7'" in md
+  assert f"| 5 | {sweep.cell_key(stopped)} | stopped |" in md
+
+
+def test_typo_in_a_sweep_field_fails_before_any_work(data_dir, tmp_path):
+  wd = str(tmp_path / "typo")
+  with pytest.raises(ValueError, match=r"transfer has no field 'strategie'; valid: \[.*'strategy'"):
+    sweep.run_study(study_config(data_dir), module([{"transfer.strategie": "lora"}]), wd)
+  assert not os.path.exists(os.path.join(wd, "runs.jsonl"))
+
+
+def test_select_by_key_or_index():
+  all_cells = sweep.cells_of(module())
+  assert sweep.select(all_cells, "2") == [all_cells[2]]
+  assert sweep.select(all_cells, all_cells[1].key) == [all_cells[1]]
+  with pytest.raises(ValueError, match=r"valid: 0\.\.3"):
+    sweep.select(all_cells, "7")
+  with pytest.raises(ValueError, match="no cell key"):
+    sweep.select(all_cells, "transfer.strategy=lora")
+  with pytest.raises(ValueError, match="twice"):
+    sweep.cells_of(types.SimpleNamespace(sweep=lambda: [{"seed": 1}, {"seed": 1}]))
+
+
+CONFIG_FILE = '''
+import os, sys
+sys.path.insert(0, {tests!r})
+from test_sweep import study_config, cells
+
+def get_config(arg=None):
+  return study_config(os.environ["XREC_DATA_DIR"])
+
+def sweep():
+  return cells([{{"transfer.strategy": "zero_shot", "data.user_fraction": 0.25, "seed": 1}}])
+
+def metrics():
+  return {{"metrics": ("ndcg@10",), "columns": "data.user_fraction"}}
+'''
+
+
+def test_launch_list_and_only(finished_study, tmp_path):
+  cfg = tmp_path / "study_config.py"
+  cfg.write_text(CONFIG_FILE.format(tests=os.path.join(ROOT, "tests")))
+  wd = str(tmp_path / "study")
+  shutil.copytree(finished_study, wd)
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  launch = [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={cfg}", f"--workdir={wd}"]
+  out = subprocess.run(launch + ["--list"], capture_output=True, text=True, env=env, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.strip().splitlines()
+  assert lines[0] == "0\ttransfer.strategy=scratch,data.user_fraction=0.5,seed=0"
+  assert lines[4] == "4\ttransfer.strategy=zero_shot,data.user_fraction=0.25,seed=1"
+  before = len(sweep.read_runs(wd))
+  key = "transfer.strategy=zero_shot,data.user_fraction=0.25,seed=1"
+  out = subprocess.run(launch + [f"--only={key}"], capture_output=True, text=True, env=env, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "'ran': 1, 'cached': 0" in out.stdout
+  runs = sweep.read_runs(wd)
+  assert len(runs) == before + 1 and runs[-1]["key"] == key and runs[-1]["status"] == "done"
+  assert runs[-1]["reused"] == ["pretrain"]

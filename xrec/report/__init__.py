@@ -1,0 +1,91 @@
+"""Study -> report: tables (Markdown, LaTeX booktabs, CSV) and plots (PNG) in WORKDIR/report/.
+
+  python -m xrec.report WORKDIR [--out DIR] [--alpha 0.05]
+
+Reads WORKDIR/study.json (cells, table layout from the config's metrics()) and WORKDIR/runs.jsonl
+(the last record of each cell). Only done cells enter the tables; the others are listed in
+report.md with their status and error. Test metrics are those at the best validation checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from xrec.report import plots as P
+from xrec.report import tables as T
+
+STUDY_FILE = "study.json"  # as written by xrec/train/sweep.py
+RUNS_FILE = "runs.jsonl"
+
+
+def load_study(workdir: str) -> tuple[dict, dict]:
+  """(study.json, {cell key: last record}) of a study directory."""
+  path = os.path.join(workdir, STUDY_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: {workdir!r} is no study directory "
+                            "(run `python launch.py --config <config with sweep()> --workdir DIR` first)")
+  with open(path) as f:
+    study = json.load(f)
+  runs = {}
+  runs_path = os.path.join(workdir, RUNS_FILE)
+  if os.path.exists(runs_path):
+    with open(runs_path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+          continue
+        runs[record["key"]] = record
+  return study, runs
+
+
+def tables_of(study: dict, runs: dict, alpha: float = T.ALPHA) -> list[T.Table]:
+  """Per metric of the layout: the metric table, then the gain-over-scratch table when scratch ran."""
+  layout = study["layout"]
+  done = [runs[c["key"]] for c in study["cells"] if runs.get(c["key"], {}).get("status") == "done"]
+  if not done:
+    return []
+  out = []
+  for metric in layout["metrics"]:
+    table = T.build(done, layout, metric, "metric", alpha)
+    out.append(table)
+    if "scratch" in table.rows and len(table.rows) > 1:
+      out.append(T.build(done, layout, metric, "gain", alpha))
+  return out
+
+
+def write_report(workdir: str, out_dir: str | None = None, alpha: float = T.ALPHA) -> dict:
+  """Writes the tables and plots; returns {"markdown": report.md text, "files": [paths]}."""
+  study, runs = load_study(workdir)
+  out_dir = out_dir or os.path.join(workdir, "report")
+  os.makedirs(out_dir, exist_ok=True)
+  layout = study["layout"]
+  done = [runs[c["key"]] for c in study["cells"] if runs.get(c["key"], {}).get("status") == "done"]
+  files, sections = [], [f"# Study report: {study.get('config_file') or workdir}", ""]
+  n_cells = len(study["cells"])
+  sections.append(f"{len(done)} of {n_cells} cells done.")
+  for table in tables_of(study, runs, alpha):
+    name = P.slug(table.metric) if table.kind == "metric" else f"gain_{P.slug(table.metric)}"
+    for ext, render in (("md", T.to_markdown), ("tex", T.to_latex), ("csv", T.to_csv)):
+      path = os.path.join(out_dir, f"table_{name}.{ext}")
+      with open(path, "w") as f:
+        f.write(render(table))
+      files.append(path)
+    title = f"test {table.metric}" if table.kind == "metric" else f"gain in test {table.metric} over scratch"
+    sections += ["", f"## {title}", "", T.to_markdown(table)]
+    for png in P.write_plots(table, done, layout, out_dir):
+      files.append(png)
+      sections.append(f"![{os.path.basename(png)}]({os.path.basename(png)})")
+  missing = [(c, runs.get(c["key"])) for c in study["cells"] if runs.get(c["key"], {}).get("status") != "done"]
+  if missing:
+    sections += ["", "## Cells not in the tables", "", "| index | key | status | error |", "|---:|---|---|---|"]
+    for cell, record in missing:
+      status = record["status"] if record else "not run"
+      error = (record or {}).get("error", "").splitlines()[0][:200] if (record or {}).get("error") else ""
+      sections.append(f"| {cell['index']} | {cell['key']} | {status} | {error.replace('|', '/')} |")
+  markdown = "\n".join(sections) + "\n"
+  path = os.path.join(out_dir, "report.md")
+  with open(path, "w") as f:
+    f.write(markdown)
+  return {"markdown": markdown, "files": [path] + files}

@@ -1,0 +1,106 @@
+"""Study plots (PNG, matplotlib Agg): metric vs the column field, metric vs trainable parameters."""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from xrec.report import tables as T  # noqa: E402
+
+
+def _numeric(values) -> bool:
+  return all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+
+
+def metric_vs_column(table: T.Table, path: str) -> str | None:
+  """One line per row (strategy) with a mean ± std band; None when the columns are not one numeric
+  field (nothing to put on an x axis)."""
+  if len(table.column_fields) != 1 or not _numeric([c[0] for c in table.columns]):
+    return None
+  field = table.column_fields[0]
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  xs_all = sorted(c[0] for c in table.columns)
+  for row in table.rows:
+    points = sorted((c[0], table.cells[(row, c)]) for c in table.columns if (row, c) in table.cells)
+    if not points:
+      continue
+    x = np.array([p[0] for p in points], dtype=float)
+    mean = np.array([p[1].mean for p in points])
+    std = np.nan_to_num(np.array([p[1].std for p in points]))
+    ax.plot(x, mean, marker="o", label=str(row))
+    ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+  if xs_all[0] > 0 and xs_all[-1] / xs_all[0] >= 10:
+    ax.set_xscale("log")
+  ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
+  ax.set_xlabel(field)
+  ax.set_ylabel(f"test {table.metric}" + (" gain over scratch" if table.kind == "gain" else ""))
+  ax.set_title(f"{table.metric} vs {field.rsplit('.', 1)[-1]} (mean ± std over seeds)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def metric_vs_trainable(table: T.Table, trainable: dict, path: str) -> str | None:
+  """Each row at its trainable parameter count (symlog: zero_shot trains none), one series per
+  column with std error bars; None when no record has a parameter count."""
+  if not trainable:
+    return None
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for column in table.columns:
+    rows = [r for r in table.rows if (r, column) in table.cells and (r, column) in trainable]
+    if not rows:
+      continue
+    x = np.array([trainable[(r, column)] for r in rows], dtype=float)
+    mean = np.array([table.cells[(r, column)].mean for r in rows])
+    std = np.nan_to_num(np.array([table.cells[(r, column)].std for r in rows]))
+    ax.errorbar(x, mean, yerr=std, fmt="o", capsize=3, label=table.column_text(column))
+    for xi, yi, r in zip(x, mean, rows):
+      ax.annotate(str(r), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+  ax.set_xscale("symlog", linthresh=1.0)
+  ax.set_xlabel("trainable parameters")
+  ax.set_ylabel(f"test {table.metric}")
+  ax.set_title(f"{table.metric} vs trainable parameters")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def trainable_by_slot(records: list[dict], layout: dict) -> dict:
+  """(row, column) -> trainable parameters (the same for every seed of a slot)."""
+  out = {}
+  for r in records:
+    if r.get("trainable_params") is None:
+      continue
+    o = r["overrides"]
+    slot = (T._label(o, layout["rows"]), tuple(T._label(o, f) for f in layout["columns"]))
+    out[slot] = r["trainable_params"]
+  return out
+
+
+def slug(text: str) -> str:
+  return "".join(ch if ch.isalnum() else "_" for ch in text.replace("@", "_at_")).strip("_")
+
+
+def write_plots(table: T.Table, records: list[dict], layout: dict, out_dir: str) -> list[str]:
+  name = f"{table.kind}_{slug(table.metric)}" if table.kind == "gain" else slug(table.metric)
+  paths = []
+  if table.column_fields:
+    p = metric_vs_column(table, os.path.join(out_dir, f"{name}_vs_{slug(table.column_fields[0])}.png"))
+    paths += [p] if p else []
+  if table.kind == "metric":
+    p = metric_vs_trainable(table, trainable_by_slot(records, layout),
+                            os.path.join(out_dir, f"{name}_vs_trainable_params.png"))
+    paths += [p] if p else []
+  return paths
