@@ -43,7 +43,8 @@ def summary(results: dict) -> str:
   if "table" in results:  # pretrain -> transfer experiment
     pre = results["pretrain"]
     return (f"protocol: {json.dumps(results['protocol'])}\n"
-            f"pretrained on {pre['domain']}: test ndcg@10={pre['test']['ndcg@10']:.4f}; "
+            f"pretrained on {pre['domain']}: valid ndcg@10={pre['valid']['ndcg@10']:.4f}, "
+            f"test ndcg@10={pre['test']['ndcg@10']:.4f}; "
             f"transfer to {results['target']['domain']} with user_fraction="
             f"{results['target']['user_fraction']} (test metrics at the best validation step):\n"
             + results["table"])

@@ -156,11 +156,12 @@ def run_cached_stage(config, stages_dir: str, kind: str, depends_on: dict[str, s
 
 
 def table(rows: list[dict]) -> str:
-  lines = ["| strategy | trainable params | total params | NDCG@10 | HR@10 | best step |",
-           "|---|---:|---:|---:|---:|---:|"]
+  """Test NDCG@10 / HR@10 at the best validation step, and that validation NDCG@10."""
+  lines = ["| strategy | trainable params | total params | NDCG@10 | HR@10 | valid NDCG@10 | best step |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(f"| {r['strategy']} | {r['trainable']:,} | {r['total']:,} | {r['ndcg@10']:.4f} | "
-                 f"{r['hr@10']:.4f} | {r['best_step']} |")
+                 f"{r['hr@10']:.4f} | {r['valid_ndcg@10']:.4f} | {r['best_step']} |")
   return "\n".join(lines)
 
 
@@ -176,9 +177,10 @@ def run_pretrain_transfer(config, workdir: str) -> dict:
     budget = res["transfer"]
     rows.append({"strategy": strategy, "trainable": budget["trainable"], "total": budget["total"],
                  "stored_bytes": budget["stored_bytes"], "ndcg@10": res["test"]["ndcg@10"],
-                 "hr@10": res["test"]["hr@10"], "best_step": res["best_step"]})
+                 "hr@10": res["test"]["hr@10"], "valid_ndcg@10": res["valid"]["ndcg@10"],
+                 "best_step": res["best_step"]})
   summary = {
-      "pretrain": {"domain": config.experiment.source_domain, "test": pre["test"]},
+      "pretrain": {"domain": config.experiment.source_domain, "valid": pre["valid"], "test": pre["test"]},
       "target": {"domain": config.experiment.target_domain, "user_fraction": config.data.user_fraction},
       "protocol": pre["protocol"], "rows": rows, "table": table(rows),
   }
