@@ -15,6 +15,7 @@ Expected numbers: not yet run (experiments/fraction_study/README.md gets the mea
 """
 
 from xrec.config import base_config
+from xrec.train.sweep import strategy_grid
 
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")
 FRACTIONS = (0.01, 0.05, 0.2, 1.0)
@@ -38,11 +39,7 @@ def get_config(arg=None):
 
 
 def sweep():
-  for seed in SEEDS:
-    for fraction in FRACTIONS:
-      for strategy in STRATEGIES:
-        yield {"transfer.strategy": strategy, "data.user_fraction": fraction, "seed": seed,
-               "data.fraction_seed": seed}
+  return strategy_grid(STRATEGIES, "data.user_fraction", FRACTIONS, SEEDS)
 
 
 def metrics():

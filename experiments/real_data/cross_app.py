@@ -16,6 +16,7 @@ Expected numbers: not yet run.
 """
 
 from configs.sasrec_interactions import get_config as files_config
+from xrec.train.sweep import strategy_grid
 
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")
 FRACTIONS = (0.05, 0.2, 1.0)
@@ -36,11 +37,7 @@ def get_config(arg=None):
 
 
 def sweep():
-  for seed in SEEDS:
-    for fraction in FRACTIONS:
-      for strategy in STRATEGIES:
-        yield {"transfer.strategy": strategy, "data.user_fraction": fraction, "seed": seed,
-               "data.fraction_seed": seed}
+  return strategy_grid(STRATEGIES, "data.user_fraction", FRACTIONS, SEEDS)
 
 
 def metrics():

@@ -13,6 +13,7 @@ seeds 0, 1, 2; one pretraining per seed.
 """
 
 from configs.ml1m_cross_genre import get_config as scenario_config
+from xrec.train.sweep import strategy_grid
 
 STRATEGIES = ("scratch", "full_finetune", "frozen_encoder", "adapter", "lora")
 FRACTIONS = (0.05, 0.2, 1.0)
@@ -30,11 +31,7 @@ def get_config(arg=None):
 
 
 def sweep():
-  for seed in SEEDS:
-    for fraction in FRACTIONS:
-      for strategy in STRATEGIES:
-        yield {"transfer.strategy": strategy, "data.user_fraction": fraction, "seed": seed,
-               "data.fraction_seed": seed}
+  return strategy_grid(STRATEGIES, "data.user_fraction", FRACTIONS, SEEDS)
 
 
 def metrics():

@@ -12,6 +12,7 @@ Expected numbers: not yet run (experiments/shift_study/README.md gets the measur
 """
 
 from xrec.config import base_config
+from xrec.train.sweep import strategy_grid
 
 SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "adapter")
@@ -35,11 +36,7 @@ def get_config(arg=None):
 
 
 def sweep():
-  for seed in SEEDS:
-    for shift in SHIFTS:
-      for strategy in STRATEGIES:
-        yield {"transfer.strategy": strategy, "data.synthetic.shift": shift, "seed": seed,
-               "data.fraction_seed": seed}
+  return strategy_grid(STRATEGIES, "data.synthetic.shift", SHIFTS, SEEDS)
 
 
 def metrics():

@@ -290,3 +290,15 @@ def run_study(config, module, workdir: str, only: str | None = None, config_file
     counts["stopped"] += record["status"] == "stopped"
   log.info("study %s: %s", workdir, counts)
   return counts
+
+
+def strategy_grid(strategies, field: str, values, seeds):
+  """Cells strategy x `field` value x seed, in that nesting (seed outermost).
+
+  The seed also picks the few-shot users (`data.fraction_seed`), so each seed is
+  one paired replicate for the significance tests of xrec.report.
+  """
+  for seed in seeds:
+    for value in values:
+      for strategy in strategies:
+        yield {"transfer.strategy": strategy, field: value, "seed": seed, "data.fraction_seed": seed}
