@@ -4,14 +4,15 @@ Grid: strategies scratch, zero_shot, full_finetune, frozen_encoder, adapter, lor
 fraction 0.01, 0.05, 0.2, 1.0 x seeds 0, 1, 2 (72 cells). SASRec is pretrained once per seed on
 the source domain (1,500 users, 500 items) and reused by every strategy and fraction of that seed;
 the target has 1,500 disjoint users over the same items. The seed sets model init, batch order and
-which target users form the few-shot subset (data.fraction_seed). Sized for about an hour on 2 CPU
-cores (estimated, not yet measured).
+which target users form the few-shot subset (data.fraction_seed). Measured: 24.1 min on 2 CPU
+cores (AMD EPYC VM, 2026-11-28).
 
   python launch.py --config experiments/fraction_study/config.py --workdir runs/fraction_study
   python -m xrec.report runs/fraction_study            # tables + plots in runs/fraction_study/report/
 
 One cell (a cluster job per cell): `--list` prints the cells, `--only INDEX` (or `--only KEY`) runs one.
-Expected numbers: not yet run (experiments/fraction_study/README.md gets the measured table).
+Expected numbers (measured, experiments/fraction_study/README.md): test NDCG@10 at 20% / 100% of the
+target users: full_finetune 0.129 / 0.262, scratch 0.077 / 0.226, zero_shot 0.089 / 0.092.
 """
 
 from xrec.config import base_config

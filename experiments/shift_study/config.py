@@ -8,7 +8,9 @@ test NDCG@10 / HR@10 of each strategy minus scratch, paired by seed, per shift.
   python launch.py --config experiments/shift_study/config.py --workdir runs/shift_study
   python -m xrec.report runs/shift_study               # tables + plots in runs/shift_study/report/
 
-Expected numbers: not yet run (experiments/shift_study/README.md gets the measured table).
+Expected numbers (measured, 14.5 min on 2 CPU cores, experiments/shift_study/README.md): gain in test
+NDCG@10 over scratch at shift 0 / 0.75 / 1.0: zero_shot +0.074 / -0.005 / -0.013,
+full_finetune +0.086 / +0.013 / +0.049.
 """
 
 from xrec.config import base_config
