@@ -16,7 +16,7 @@ Expected numbers: not yet run.
 """
 
 from configs.sasrec_interactions import get_config as files_config
-from xrec.train.sweep import strategy_grid
+from xrec.train.sweep import as_transfer_study, strategy_grid
 
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")
 FRACTIONS = (0.05, 0.2, 1.0)
@@ -28,12 +28,7 @@ def get_config(arg=None):
   c.data.scenario.kind = "cross_app"
   c.data.scenario.target_name = "interactions"
   c.data.scenario.target_files.update(c.data.files.to_dict())  # the target file has the same layout
-  c.experiment.mode = "pretrain_transfer"
-  c.experiment.source_domain, c.experiment.target_domain = "source", "target"
-  c.experiment.pretrain.update(dict(num_epochs=200.0, batch_size=128, eval_every_steps=200,
-                                    checkpoint_every_steps=200, early_stopping_patience=10))
-  c.train.update(dict(eval_every_steps=50, checkpoint_every_steps=200, progress_bar=False))
-  return c
+  return as_transfer_study(c, pretrain_epochs=200.0)
 
 
 def sweep():

@@ -12,7 +12,7 @@ adapter, lora x target user fraction 0.05, 0.2, 1.0 x seeds 0, 1, 2; one pretrai
 """
 
 from configs.ml1m_cross_region import get_config as scenario_config
-from xrec.train.sweep import strategy_grid
+from xrec.train.sweep import as_transfer_study, strategy_grid
 
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")
 FRACTIONS = (0.05, 0.2, 1.0)
@@ -21,12 +21,7 @@ SEEDS = (0, 1, 2)
 
 def get_config(arg=None):
   c = scenario_config(arg)
-  c.experiment.mode = "pretrain_transfer"
-  c.experiment.source_domain, c.experiment.target_domain = "source", "target"
-  c.experiment.pretrain.update(dict(num_epochs=100.0, batch_size=128, eval_every_steps=200,
-                                    checkpoint_every_steps=200, early_stopping_patience=10))
-  c.train.update(dict(eval_every_steps=50, checkpoint_every_steps=200, progress_bar=False))
-  return c
+  return as_transfer_study(c, pretrain_epochs=100.0)
 
 
 def sweep():

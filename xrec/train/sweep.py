@@ -302,3 +302,14 @@ def strategy_grid(strategies, field: str, values, seeds):
     for value in values:
       for strategy in strategies:
         yield {"transfer.strategy": strategy, field: value, "seed": seed, "data.fraction_seed": seed}
+
+
+def as_transfer_study(c, pretrain_epochs: float):
+  """Turns a scenario config (splits `source`, `target`) into a pretrain -> transfer study cell
+  with the stage settings the real-data studies share (early-stopped pretraining, quiet runs)."""
+  c.experiment.mode = "pretrain_transfer"
+  c.experiment.source_domain, c.experiment.target_domain = "source", "target"
+  c.experiment.pretrain.update(dict(num_epochs=pretrain_epochs, batch_size=128, eval_every_steps=200,
+                                    checkpoint_every_steps=200, early_stopping_patience=10))
+  c.train.update(dict(eval_every_steps=50, checkpoint_every_steps=200, progress_bar=False))
+  return c
