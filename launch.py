@@ -4,7 +4,9 @@
 
 A config with sweep() is a study (xrec/train/sweep.py, docs/experiments.md): the whole grid runs
 as cached stages under WORKDIR/stages/, indexed in WORKDIR/runs.jsonl, then WORKDIR/report/ is
-written (python -m xrec.report WORKDIR does it alone).
+written (python -m xrec.report WORKDIR does it alone). A config with
+experiment.mode="pretrain_transfer" and no sweep() is the one-seed study of its
+experiment.strategies.
 
   python launch.py --config experiments/fraction_study/config.py --workdir runs/fraction --list
   python launch.py --config experiments/fraction_study/config.py --workdir runs/fraction [--only KEY|INDEX]
@@ -40,17 +42,11 @@ def in_cluster(env=os.environ) -> bool:
 
 
 def summary(results: dict) -> str:
-  if "table" in results:  # pretrain -> transfer experiment
-    pre = results["pretrain"]
-    return (f"protocol: {json.dumps(results['protocol'])}\n"
-            f"pretrained on {pre['domain']}: valid ndcg@10={pre['valid']['ndcg@10']:.4f}, "
-            f"test ndcg@10={pre['test']['ndcg@10']:.4f}; "
-            f"transfer to {results['target']['domain']} with user_fraction="
-            f"{results['target']['user_fraction']} (test metrics at the best validation step):\n"
-            + results["table"])
   if "test" not in results:
     return json.dumps(results)
-  lines = [f"protocol: {json.dumps(results['protocol'])}"]
+  protocol = {k: v for k, v in results["protocol"].items() if k != "population"}
+  lines = [f"protocol: {json.dumps(protocol)}",
+           f"evaluated on {results['protocol']['population']['description']}"]
   for split in ("valid", "test"):
     m = results[split]
     lines.append(f"{split:5s} " + "  ".join(f"{k}={m[k]:.4f}" for k in
@@ -86,10 +82,17 @@ def main(argv):
   module = sweep.load_config_module(config_file)
   if hasattr(module, "sweep"):
     return run_study(module, config_file, config_arg)
+  config = flags.FLAGS.config
+  if config.experiment.mode == "pretrain_transfer":  # a one-seed study of experiment.strategies
+    return run_study(sweep.implicit_study(config), config_file, config_arg)
+  if config.experiment.mode != "single":
+    raise app.UsageError(f"Unknown experiment.mode {config.experiment.mode!r}; valid: "
+                         "['single', 'pretrain_transfer']")
   if flags.FLAGS.only is not None or flags.FLAGS.list:
-    raise app.UsageError(f"--only / --list need a config with sweep(); {config_file} has none")
-  from xrec.train import experiment
-  results = experiment.run(flags.FLAGS.config, flags.FLAGS.workdir)
+    raise app.UsageError(f"--only / --list need a study (a config with sweep() or "
+                         f"experiment.mode='pretrain_transfer'); {config_file} is a single run")
+  from xrec.train.loop import train_and_evaluate
+  results = train_and_evaluate(config, flags.FLAGS.workdir)
   print(summary(results), flush=True)
 
 

@@ -28,7 +28,7 @@ def tiny_config(data_dir: str):
   c.model.update(dict(max_len=20, embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32, vocab_multiple=8))
   c.train.update(dict(batch_size=16, num_steps=12, eval_every_steps=6, checkpoint_every_steps=4,
                       log_every_steps=1, progress_bar=False))
-  c.optim.warmup_steps = 2
+  c.optim.warmup_fraction = 0.15
   c.eval.batch_size = 32
   c.mesh.data = 1
   c.mesh.model = 1

@@ -131,7 +131,7 @@ def test_prepared_movielens_loads_through_the_pipeline(tmp_path):
   assert domain.num_users == 12 and domain.num_items == 10
   u1 = domain.user_keys.index("1")
   assert [domain.item_keys[i - 1] for i in domain.sequence(u1)] == ["2", "5", "8", "1", "4", "7"]
-  rec = domain.source[int(domain.indices[u1])]
+  rec = domain.source[u1]
   assert np.all(np.diff(rec["timestamps"]) >= 0) and rec["ratings"].dtype == np.float32
   meta = domain.metadata
   assert meta["item_features"]["main"]["4"]["title"] == "Lord, The (2001)"
@@ -169,9 +169,12 @@ def test_cross_region_through_the_pipeline_with_few_shot_target(tmp_path):
   assert st["scenario"]["users_per_value"]["non_us"] == 1 and st["scenario"]["users_without_side"] == 2
   c.data.user_fraction = 0.4
   few = pipeline.load_domain(c.data)
-  assert few.num_users == 2 and set(few.user_keys) <= set(tgt.user_keys)
+  train_keys = {few.user_keys[u] for u in few.train_users}
+  assert len(train_keys) == 2 and train_keys <= set(tgt.user_keys)
+  assert [few.user_keys[u] for u in few.eval_users] == tgt.user_keys  # few-shot limits training only
   c.data.user_fraction = 0.8
-  assert set(few.user_keys) <= set(pipeline.load_domain(c.data).user_keys)  # nested
+  more = pipeline.load_domain(c.data)
+  assert train_keys <= {more.user_keys[u] for u in more.train_users}  # nested
 
 
 def test_interaction_file_loads_through_the_pipeline(tmp_path):

@@ -1,12 +1,16 @@
-"""Pretrain -> transfer in one launch: stages, reuse of the pretraining, the table."""
+"""The transfer protocol: one evaluation population, budgets in steps, tuned baselines, overlap
+rules, and the pretrain -> transfer study that `launch.py` runs for a config without sweep()."""
 
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import tiny_config
-from xrec.train import experiment
+from xrec.data import pipeline
+from xrec.train import experiment, sweep
+from xrec.train.loop import train_and_evaluate
 
 
 def _config(data_dir):
@@ -14,53 +18,210 @@ def _config(data_dir):
   c.experiment.mode = "pretrain_transfer"
   c.experiment.strategies = ("scratch", "zero_shot", "full_finetune", "adapter")
   c.experiment.pretrain.update(dict(num_epochs=2.0, batch_size=16, eval_every_steps=5,
-                                    checkpoint_every_steps=5, warmup_steps=2))
+                                    checkpoint_every_steps=5, warmup_fraction=0.2))
   c.data.user_fraction = 0.5
   c.train.num_steps = 4
   c.train.eval_every_steps = 2
   return c
 
 
-def test_pretrain_once_then_every_strategy(data_dir, tmp_path):
+def _stage(wd, record, kind="transfer"):
+  with open(os.path.join(wd, "stages", record["stages"][kind], "results.json")) as f:
+    return json.load(f)
+
+
+def test_pretrain_once_then_every_strategy_tuned_on_one_population(data_dir, tmp_path):
   wd = str(tmp_path / "exp")
-  out = experiment.run(_config(data_dir), wd)
-  rows = {r["strategy"]: r for r in out["rows"]}
-  assert list(rows) == ["scratch", "zero_shot", "full_finetune", "adapter"]
-  assert rows["zero_shot"]["trainable"] == 0 and rows["zero_shot"]["best_step"] == 0
-  assert rows["scratch"]["trainable"] == rows["scratch"]["total"]
-  assert 0 < rows["adapter"]["trainable"] < rows["adapter"]["total"]
-  pre = json.load(open(os.path.join(wd, "pretrain", "results.json")))
+  c = _config(data_dir)
+  c.tune.lr = (1e-3, 3e-3)
+  c.tune.lr_mult = (0.5, 1.0)
+  study = sweep.implicit_study(c)
+  counts = sweep.run_study(c, study, wd)
+  assert counts == {"ran": 4, "cached": 0, "failed": 0, "stopped": 0}
+  runs = {r["overrides"]["transfer.strategy"]: r for r in sweep.read_runs(wd)}
+  assert list(runs) == ["scratch", "zero_shot", "full_finetune", "adapter"]
+  # one pretraining for every strategy, on the source with all its users
+  assert len({r["stages"]["pretrain"] for s, r in runs.items() if s != "scratch"}) == 1
+  pre = _stage(wd, runs["adapter"], "pretrain")
   assert pre["config"]["data"]["domain"] == "source" and pre["config"]["data"]["user_fraction"] == 1.0
-  ft = json.load(open(os.path.join(wd, "transfer", "full_finetune", "results.json")))
-  assert ft["config"]["data"]["domain"] == "target" and ft["init"]["kind"] == "pretrained"
-  assert ft["transfer"]["items"]["overlap"] == 200  # cross-region: every target item is a source item
-  assert "| zero_shot | 0 |" in open(os.path.join(wd, "table.md")).read()
+  # tuning: lr for every trained strategy; lr_mult only where it is not redundant with lr
+  assert [len(r["tuning"]["candidates"]) for r in runs.values()] == [2, 1, 2, 4]
+  assert "not tuned" in runs["full_finetune"]["tuning"]["transfer.lr_mult"]
+  assert runs["zero_shot"]["tuning"]["skipped"] and runs["zero_shot"]["trainable_params"] == 0
+  for r in runs.values():  # the chosen candidate has the best validation metric of the grid
+    best = max(c["valid"] for c in r["tuning"]["candidates"])
+    assert r["valid"]["ndcg@10"] == best
+    chosen = [c for c in r["tuning"]["candidates"] if c["stage"] == r["stages"]["transfer"]]
+    assert chosen[0]["overrides"] == r["tuning"]["chosen"]
+    assert _stage(wd, r)["config"]["optim"]["lr"] == r["tuning"]["chosen"].get("optim.lr", 1e-3)
+  # one evaluation population: every target user, the same keys for every strategy
+  pops = {json.dumps(r["population"], sort_keys=True) for r in runs.values()}
+  assert len(pops) == 1 and runs["scratch"]["population"]["users"] == 60
+  assert runs["scratch"]["population"]["training_users"] == 30
+  assert all(len(r["test_rank"]) == 60 for r in runs.values())
   # zero-shot = the pretrained model on the target's validation split, before any target step
-  zs = json.load(open(os.path.join(wd, "transfer", "zero_shot", "results.json")))
-  first_eval = [json.loads(x) for x in open(os.path.join(wd, "transfer", "full_finetune", "metrics.jsonl"))
-                if '"valid"' in x][0]
+  ft = _stage(wd, runs["full_finetune"])
+  first_eval = [json.loads(x) for x in open(os.path.join(wd, "stages", runs["full_finetune"]["stages"]["transfer"],
+                                                           "metrics.jsonl")) if '"valid"' in x][0]
   assert first_eval["step"] == 0
-  assert first_eval["ndcg@10"] == pytest.approx(zs["valid"]["ndcg@10"], abs=1e-6)
+  assert first_eval["ndcg@10"] == pytest.approx(runs["zero_shot"]["valid"]["ndcg@10"], abs=1e-6)
+  assert ft["transfer"]["item_overlap"]["overlap_items"] == 200  # cross-region: the same items
+  assert ft["budget"]["num_steps"] == 4 and ft["budget"]["warmup_steps"] == 1  # 0.15 of 4 steps
+  # the report: one table with the protocol stated under it, the chosen values, the pretraining
+  from xrec import report
+  md = report.write_report(wd)["markdown"]
+  assert "| zero_shot |" in md and "Every cell is evaluated on the same 60 users" in md
+  assert "## Values chosen on validation" in md and "## Pretraining (source domain)" in md
 
-  # a rerun reuses every finished stage; a transfer-only change reruns only the transfers
-  mtime = os.path.getmtime(os.path.join(wd, "pretrain", "results.json"))
-  again = experiment.run(_config(data_dir), wd)
-  assert again["rows"] == out["rows"]
+  # a rerun reuses every finished cell; a transfer-only change reruns only the transfers
+  assert sweep.run_study(c, study, wd) == {"ran": 0, "cached": 4, "failed": 0, "stopped": 0}
+  mtime = os.path.getmtime(os.path.join(wd, "stages", runs["adapter"]["stages"]["pretrain"], "results.json"))
+  c2 = _config(data_dir)
+  c2.tune.lr = (1e-3, 3e-3)
+  c2.experiment.strategies = ("lora",)
+  sweep.run_study(c2, sweep.implicit_study(c2), wd)
+  lora = sweep.latest_runs(wd)["transfer.strategy=lora"]
+  assert lora["status"] == "done" and lora["reused"] == ["pretrain"]
+  assert os.path.getmtime(os.path.join(wd, "stages", lora["stages"]["pretrain"], "results.json")) == mtime
+
+
+def test_evaluation_users_do_not_depend_on_fraction_strategy_or_seed(data_dir):
+  c = tiny_config(data_dir)
+  c.data.domain = "target"
+  keys = {}
+  for fraction in (0.05, 0.2, 1.0):
+    for seed in (0, 3):
+      c.data.user_fraction, c.data.fraction_seed = fraction, seed
+      d = pipeline.load_domain(c.data)
+      keys[(fraction, seed)] = [d.user_keys[u] for u in d.eval_users]
+      assert len(d.train_users) == round(fraction * 60)
+  assert all(k == keys[(1.0, 0)] for k in keys.values()) and len(keys[(1.0, 0)]) == 60
+  # the "unseen users" protocol: a fixed held-out set, never trained on, the same for every seed
+  c.data.eval_population = "unseen"
+  c.data.eval_unseen_fraction = 0.25
+  held = None
+  for fraction in (0.1, 1.0):
+    for seed in (0, 3):
+      c.data.user_fraction, c.data.fraction_seed = fraction, seed
+      d = pipeline.load_domain(c.data)
+      ev = {d.user_keys[u] for u in d.eval_users}
+      held = held or ev
+      assert ev == held and len(ev) == 15
+      assert not ev & {d.user_keys[u] for u in d.train_users}
+  assert d.population["training_pool"] == 45 and "held out" in d.population["description"]
+
+
+def test_step_budget_does_not_depend_on_the_fraction(data_dir, tmp_path):
+  results = {}
+  for fraction in (0.1, 1.0):
+    c = tiny_config(data_dir)
+    c.data.domain = "target"
+    c.data.user_fraction = fraction
+    c.train.update(dict(num_steps=6, eval_every_steps=3))
+    results[fraction] = train_and_evaluate(c, str(tmp_path / f"f{fraction}"))
+  for r in results.values():
+    assert r["budget"]["num_steps"] == 6 and r["budget"]["steps_run"] == 6
+    assert r["budget"]["evaluations"] == 3  # steps 0, 3, 6
+    assert r["test"]["num_users"] == 60  # every target user
+  assert results[0.1]["dataset"]["training_users"] == 6 and results[1.0]["dataset"]["training_users"] == 60
+  # a pretrain -> transfer study refuses budgets in epochs (few-shot fractions would get fewer steps)
   c = _config(data_dir)
-  c.experiment.strategies = ("lora",)
-  experiment.run(c, wd)
-  assert os.path.getmtime(os.path.join(wd, "pretrain", "results.json")) == mtime
-  assert os.path.exists(os.path.join(wd, "transfer", "lora", "results.json"))
-  # a finished stage with another config is refused, naming the differences
-  c = _config(data_dir)
-  c.train.num_steps = 5
-  with pytest.raises(ValueError, match=r"train.num_steps: 4 -> 5"):
-    experiment.run(c, wd)
+  c.train.num_steps = 0
+  with pytest.raises(ValueError, match=r"needs a step budget for the target runs: set train.num_steps > 0"):
+    sweep.run_study(c, sweep.implicit_study(c), str(tmp_path / "epochs"))
 
 
-def test_unknown_mode_lists_valid():
-  from xrec.config import base_config
-  c = base_config()
-  c.experiment.mode = "pretrain_only"
+def test_test_metrics_come_from_the_best_validation_step_not_the_last(data_dir, tmp_path):
+  """A fine-tune that only hurts: step 0 (the pretrained model) is best on validation, and the
+  test metrics must be those of step 0's params, not of the final (destroyed) params."""
+  from xrec.evaluate.evaluator import Evaluator
+  from xrec.train import sharding as S
+  from xrec import models
+  c = tiny_config(data_dir)
+  pre = train_and_evaluate(c, str(tmp_path / "pre"))
+  t = tiny_config(data_dir)
+  t.train.init_from = str(tmp_path / "pre")
+  t.transfer.strategy = "full_finetune"
+  t.optim.update(dict(lr=5.0, clip_norm=0.0, warmup_fraction=0.0, schedule="constant"))  # destroys it
+  t.train.update(dict(num_steps=8, eval_every_steps=4, checkpoint_every_steps=8))
+  r = train_and_evaluate(t, str(tmp_path / "ft"))
+  assert r["best_step"] == 0 and r["final_step"] == 8 and not r["budget"]["best_is_last_eval"]
+  assert r["test"]["ndcg@10"] == pytest.approx(pre["test"]["ndcg@10"], abs=1e-6)
+  # the final params score differently: a loop that evaluated them would fail the line above
+  domain = pipeline.load_domain(t.data)
+  module = models.build(t.model, domain.num_items, t.model.max_len)
+  mesh = S.make_mesh(t.mesh)
+  latest = _latest_params(str(tmp_path / "ft"))
+  evaluate = Evaluator(module, domain.num_items, t.model.max_len, t.eval, mesh, None)
+  assert evaluate(latest, domain, "test")["ndcg@10"] != pytest.approx(r["test"]["ndcg@10"], abs=1e-6)
+
+
+def _latest_params(workdir):
+  """The params of the newest train state of a run (restored as saved, no target tree)."""
+  import orbax.checkpoint as ocp
+  mgr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                              item_handlers={"state": ocp.StandardCheckpointHandler()})
+  step = mgr.latest_step()
+  state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  mgr.close()
+  return state["params"]
+
+
+def test_bad_protocol_values_fail_naming_the_field(data_dir, tmp_path):
+  c = tiny_config(data_dir)
+  c.data.domain = "target"
+  c.data.user_fraction = 0.001  # round(0.001 * 60) = 0 users
+  with pytest.raises(ValueError, match=r"data.user_fraction=0.001 keeps no training user.*smallest fraction"):
+    train_and_evaluate(c, str(tmp_path / "a"))
+  c = tiny_config(data_dir)
+  c.data.eval_population = "unseen"
+  c.data.eval_unseen_fraction = 0.001
+  with pytest.raises(ValueError, match=r"data.eval_unseen_fraction=0.001 leaves an empty evaluation population"):
+    train_and_evaluate(c, str(tmp_path / "b"))
+  c.data.eval_population = "held_out"
+  with pytest.raises(ValueError, match=r"Unknown data.eval_population 'held_out'; valid: \['all', 'unseen'\]"):
+    train_and_evaluate(c, str(tmp_path / "c"))
+  c = tiny_config(data_dir)
+  c.train.update(dict(num_steps=3, eval_every_steps=5))
+  with pytest.raises(ValueError, match=r"train.num_steps=3 is below one evaluation interval "
+                                       r"\(train.eval_every_steps=5\); use train.num_steps >= 5"):
+    train_and_evaluate(c, str(tmp_path / "d"))
+  c = tiny_config(data_dir)
+  c.train.update(dict(num_steps=0, num_epochs=0.1, eval_every_steps=50))
+  with pytest.raises(ValueError, match=r"train.num_epochs=0.1 .* below one evaluation interval"):
+    train_and_evaluate(c, str(tmp_path / "e"))
   with pytest.raises(ValueError, match="valid: \\['single', 'pretrain_transfer'\\]"):
-    experiment.run(c, "/tmp/never")
+    c = _config(data_dir)
+    c.experiment.mode = "pretrain_only"
+    sweep.plan_stages(c, str(tmp_path / "stages"))
+  assert not any(os.path.exists(tmp_path / x / "results.json") for x in "abcde")
+
+
+def test_disjoint_catalogue_zero_shot_is_na_and_peft_trains_item_tables(data_dir, tmp_path):
+  """cross_app: the target's items are all new. Unseen rows start as distinct random rows,
+  zero_shot is n/a, and adapter trains the item tables (auto) and says why."""
+  c = _config(data_dir)
+  c.data.synthetic.scenario = "cross_app"
+  c.experiment.strategies = ("zero_shot", "adapter")
+  wd = str(tmp_path / "disjoint")
+  sweep.run_study(c, sweep.implicit_study(c), wd)
+  runs = {r["overrides"]["transfer.strategy"]: r for r in sweep.read_runs(wd)}
+  zs, ad = runs["zero_shot"], runs["adapter"]
+  assert zs["item_overlap"]["overlap_items"] == 0 and zs["item_overlap"]["interaction_share"] == 0.0
+  assert zs["not_applicable"].startswith("n/a (item overlap 0%)")
+  assert ad["item_tables"]["train"] and "auto" in ad["item_tables"]["reason"]
+  assert _stage(wd, ad)["transfer"]["items"]["unseen_init"] == "random"
+  from xrec import report
+  assert "| zero_shot | n/a (item overlap 0%) |" in report.write_report(wd)["markdown"]
+  # the item rows the target starts from: distinct (the old "mean" rule gave them one row)
+  from xrec.train import checkpoint as ckpt
+  pre_params, _ = ckpt.restore_best_params(os.path.join(wd, "stages", ad["stages"]["pretrain"]))
+  from xrec.transfer import vocab as V
+  with open(os.path.join(wd, "stages", ad["stages"]["pretrain"], "item_keys.json")) as f:
+    source_keys = json.load(f)["item_keys"]
+  target = pipeline.load_domain(experiment.transfer_config(c, "adapter", "").data)
+  table = np.asarray(pre_params["item_embed"]["embedding"])
+  rows, report_ = V.map_item_rows(table, np.random.default_rng(0).normal(size=table.shape), source_keys,
+                                  target.item_keys, "random")
+  assert report_["overlap"] == 0
+  assert len({tuple(np.round(r, 6)) for r in rows[1:target.num_items + 1]}) == target.num_items

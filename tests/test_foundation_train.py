@@ -105,6 +105,7 @@ def test_pretrained_init_starts_from_the_checkpoint(data_dir, tmp_path):
   cfg2.train.init_from = str(tmp_path / "a")
   cfg2.transfer.strategy = "full_finetune"
   cfg2.train.num_steps = 2
+  cfg2.train.eval_every_steps = 2
   b = train_and_evaluate(cfg2, str(tmp_path / "b"))
   assert b["init"]["kind"] == "pretrained"
   with open(tmp_path / "b" / "metrics.jsonl") as f:
@@ -147,6 +148,7 @@ def test_bf16_compute_keeps_fp32_params(data_dir, tmp_path):
   cfg = tiny_config(data_dir)
   cfg.model.compute_dtype = "bfloat16"
   cfg.train.num_steps = 4
+  cfg.train.eval_every_steps = 4
   r = train_and_evaluate(cfg, str(tmp_path / "bf16"))
   assert np.isfinite(r["test"]["ndcg@10"])
   params = _best_params(tmp_path / "bf16")

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from xrec.report import tables as T
@@ -47,47 +49,160 @@ def test_mean_std_and_paired_t_test_match_hand_computation():
   # differences 0.01, 0.02, 0.03: mean 0.02, sd 0.01, t = 0.02 / (0.01 / sqrt(3)) = 2 sqrt(3)
   t, p = T.paired_t_test([0.31, 0.34, 0.37], [0.30, 0.32, 0.34])
   assert t == pytest.approx(2 * math.sqrt(3)) and p == pytest.approx(p_df2(2 * math.sqrt(3)), rel=1e-9)
-  assert p == pytest.approx(0.0742, abs=1e-4)  # not significant at 0.05
+  assert p == pytest.approx(0.0742, abs=1e-4)
   t, p = T.paired_t_test([0.15, 0.16, 0.17], [0.10, 0.12, 0.14])  # diffs .05 .04 .03: t = 4 sqrt(3)
   assert t == pytest.approx(4 * math.sqrt(3)) and p == pytest.approx(p_df2(4 * math.sqrt(3)), rel=1e-9)
-  assert p == pytest.approx(0.0202, abs=1e-4)  # significant
-  assert T.paired_t_test([0.2, 0.3], [0.1, 0.2]) == (math.inf, 0.0)  # identical gains
-  assert T.paired_t_test([0.2, 0.3], [0.2, 0.3]) == (0.0, 1.0)
   assert all(math.isnan(x) for x in T.paired_t_test([0.2], [0.1]))
+  # 95% t interval: t_{0.975, 2} = 4.302653 for 3 values with sd 0.02
+  assert T.t_interval([0.10, 0.12, 0.14]) == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-5)
 
 
-def test_table_cells_bold_and_markers():
+def test_zero_variance_differences_are_never_p_zero():
+  # identical columns: no difference, p = 1
+  assert T.paired_t_test([0.2, 0.3, 0.4], [0.2, 0.3, 0.4]) == (0.0, 1.0)
+  # the same non-zero difference on every seed: exact sign-flip p = 2 / 2^n, never 0
+  t, p = T.paired_t_test([0.2, 0.3, 0.4], [0.1, 0.2, 0.3])
+  assert t == math.inf and p == pytest.approx(2 / 8)
+  t, p = T.paired_t_test([0.1] * 5, [0.3] * 5)
+  assert t == -math.inf and p == pytest.approx(2 / 32) and p > 0.05
+  # sign flips by hand: d = (1, 2, 4), |mean| 7/3 reached only by the all-same-sign flips
+  assert T.sign_flip_p([1.0, 2.0, 4.0]) == pytest.approx(2 / 8)
+  # d = (1, 1, -1): |mean| 1/3 is reached by 6 of the 8 flips (all but (+,+,+)->3 ... see below)
+  flips = [(a, b, c) for a in (1, -1) for b in (1, -1) for c in (1, -1)]
+  want = sum(abs(a * 1 + b * 1 - c * 1) / 3 >= 1 / 3 - 1e-12 for a, b, c in flips) / 8
+  assert T.sign_flip_p([1.0, 1.0, -1.0]) == pytest.approx(want)
+
+
+def test_holm_matches_hand_computation():
+  # sorted 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> running max 0.06)
+  assert T.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+  assert T.holm([0.5, float("nan"), 0.01]) == pytest.approx([0.5, float("nan"), 0.02], nan_ok=True)
+  assert T.holm([0.3, 0.4]) == pytest.approx([0.6, 0.6])  # running max: never below an earlier one
+  assert T.holm([0.6, 0.7]) == [1.0, 1.0]
+
+
+def test_paired_bootstrap_matches_the_exact_bootstrap_distribution():
+  # d = (1, 0): a resample's mean is 0, 0.5 or 1 with prob 1/4, 1/2, 1/4; the observed mean 0.5;
+  # |m* - 0.5| >= 0.5 has prob 1/2, so p -> 0.5; the 95% percentile interval is [0, 1].
+  boot = T.paired_bootstrap([1.0, 0.0], [0.0, 0.0], num_resamples=20_000, seed=3)
+  assert boot["mean"] == 0.5 and boot["p"] == pytest.approx(0.5, abs=0.015)
+  assert (boot["low"], boot["high"]) == (0.0, 1.0)
+  # identical per-user values: p = 1 (not significant), zero-width interval
+  same = np.linspace(0, 1, 50)
+  assert T.paired_bootstrap(same, same)["p"] == 1.0
+  # a clear shift on many users is significant
+  rng = np.random.default_rng(0)
+  a = rng.random(500)
+  assert T.paired_bootstrap(a + 0.1, a, num_resamples=2000)["p"] < 0.01
+  with pytest.raises(ValueError, match="equal-length"):
+    T.paired_bootstrap([], [])
+
+
+def test_per_user_metrics_from_ranks_average_to_the_metrics():
+  from xrec.evaluate import metrics as M
+  ranks = np.array([0, 3, 9, 10, 49])
+  assert T.per_user_metric(ranks, "hr@10").tolist() == [1, 1, 1, 0, 0]
+  np.testing.assert_allclose(T.per_user_metric(ranks, "ndcg@10"), [1, 1 / np.log2(5), 1 / np.log2(11), 0, 0])
+  np.testing.assert_allclose(T.per_user_metric(ranks, "mrr@50"), 1 / (ranks + 1))
+  sums = M.metric_sums(jnp.asarray(ranks), jnp.ones(5), ks=(10,))
+  assert float(sums["ndcg@10"]) / 5 == pytest.approx(T.per_user_metric(ranks, "ndcg@10").mean(), rel=1e-6)
+  with pytest.raises(ValueError, match="like ndcg@10"):
+    T.per_user_metric(ranks, "auc")
+
+
+def test_table_cells_ci_bold_and_holm_corrected_markers():
   table = T.build(records(), LAYOUT, "ndcg@10")
   assert table.rows == ["scratch", "zero_shot", "adapter"] and table.columns == [(0.1,), (1.0,)]
   cell = lambda r, f: table.cells[(r, (f,))]  # noqa: E731
-  # fraction 0.1: zero_shot (0.20) is best and beats scratch (t = 0.08 / (0.02 / sqrt 3), p = 0.020);
-  # adapter beats scratch (p = 0.020) and loses to zero_shot (diffs -.05 -.04 -.03, p = 0.020)
-  assert cell("zero_shot", 0.1).best and not cell("adapter", 0.1).best
-  assert cell("zero_shot", 0.1).marks == "▲"
-  assert cell("zero_shot", 0.1).p["scratch"] == pytest.approx(p_df2(0.08 / (0.02 / math.sqrt(3))))
-  assert cell("adapter", 0.1).marks == "▲▽"
-  assert cell("scratch", 0.1).marks == "▽"  # worse than zero_shot: diffs -.1 -.08 -.06
-  # fraction 1.0: adapter best (0.34 ± 0.03), not significantly above scratch (p = 0.074), above zero_shot
-  assert cell("adapter", 1.0).best and cell("adapter", 1.0).mean == pytest.approx(0.34)
-  assert cell("adapter", 1.0).std == pytest.approx(0.03) and cell("adapter", 1.0).marks == "△"
-  assert cell("adapter", 1.0).p["zero_shot"] == pytest.approx(p_df2(0.13 / (0.02 / math.sqrt(3))))
-  assert cell("zero_shot", 1.0).marks == "▼"  # diffs -.1 -.11 -.12 vs scratch
+  # The family: 3 pairs per column. Raw p by hand (t with 2 df):
+  #   0.1: {scratch, zero_shot} t = 4 sqrt 3, {adapter, scratch} 4 sqrt 3, {adapter, zero_shot} 4 sqrt 3
+  #   1.0: {scratch, zero_shot} t = 11 sqrt 3, {adapter, scratch} 2 sqrt 3, {adapter, zero_shot} 6.5 sqrt 3
+  r3 = math.sqrt(3)
+  raw = {(0.1, "sz"): p_df2(4 * r3), (0.1, "as"): p_df2(4 * r3), (0.1, "az"): p_df2(4 * r3),
+         (1.0, "sz"): p_df2(11 * r3), (1.0, "as"): p_df2(2 * r3), (1.0, "az"): p_df2(6.5 * r3)}
+  order = sorted(raw, key=raw.get)
+  adjusted, running = {}, 0.0
+  for rank, key in enumerate(order):
+    running = max(running, min(1.0, (6 - rank) * raw[key]))
+    adjusted[key] = running
+  assert table.comparisons == 6
+  assert cell("zero_shot", 1.0).p["scratch"] == pytest.approx(adjusted[(1.0, "sz")])
+  assert cell("scratch", 1.0).p["zero_shot"] == pytest.approx(adjusted[(1.0, "sz")])
+  assert cell("adapter", 1.0).p["zero_shot"] == pytest.approx(adjusted[(1.0, "az")])
+  assert cell("adapter", 0.1).p_raw["scratch"] == pytest.approx(raw[(0.1, "as")])
+  assert cell("adapter", 0.1).p["scratch"] == pytest.approx(adjusted[(0.1, "as")])
+  # uncorrected, the 0.1 column would be significant (p = 0.020); Holm over 6 tests makes it 0.081
+  assert raw[(0.1, "as")] < 0.05 < adjusted[(0.1, "as")]
+  assert adjusted[(1.0, "sz")] < 0.05 and adjusted[(1.0, "az")] < 0.05
+  assert cell("zero_shot", 0.1).marks == "" and cell("adapter", 0.1).marks == ""
+  assert cell("zero_shot", 1.0).marks == "▼"  # negative transfer: below scratch
+  assert cell("scratch", 1.0).marks == "△" and cell("adapter", 1.0).marks == "△"
+  assert cell("zero_shot", 0.1).best and cell("adapter", 1.0).best
+  ci = 4.302653 * 0.03 / r3  # adapter at 1.0: sd 0.03 over 3 seeds
+  assert cell("adapter", 1.0).ci == pytest.approx(ci, rel=1e-5)
   md = T.to_markdown(table)
-  assert "| zero_shot | **0.2000 ± 0.0000**▲ | 0.2100 ± 0.0100▼ |" in md
-  assert "| adapter | 0.1600 ± 0.0100▲▽ | **0.3400 ± 0.0300**△ |" in md
-  assert "p < 0.05" in md and "best validation checkpoint" in md
+  assert f"| adapter | 0.1600 ± {4.302653 * 0.01 / r3:.4f} | **0.3400 ± {ci:.4f}**△ |" in md
+  assert "Holm-Bonferroni corrected over the table's 6 comparisons" in md and "95% CI" in md
 
   gain = T.build(records(), LAYOUT, "ndcg@10", "gain")
   assert gain.rows == ["zero_shot", "adapter"]
   assert gain.cells[("adapter", (1.0,))].mean == pytest.approx(0.02)
-  assert gain.cells[("adapter", (1.0,))].std == pytest.approx(0.01)
-  assert "| adapter | +0.0400 ± 0.0100▲▽ | **+0.0200 ± 0.0100**△ |" in T.to_markdown(gain)
+  assert gain.cells[("adapter", (1.0,))].p == cell("adapter", 1.0).p  # the same corrected family
+  assert gain.cells[("adapter", (1.0,))].ci == pytest.approx(4.302653 * 0.01 / r3, rel=1e-5)
 
 
-def test_single_seed_has_no_std_and_no_marker():
-  one = [r for r in records() if r["overrides"]["seed"] == 0]
-  table = T.build(one, LAYOUT, "ndcg@10")
-  assert "| adapter | 0.1500 | **0.3100** |" in T.to_markdown(table)
+def test_identical_columns_are_not_significant():
+  rs = records()
+  for r in rs:  # every strategy equals scratch on every seed
+    o = r["overrides"]
+    r["test"] = dict(next(x for x in records() if x["overrides"] == {**o, "transfer.strategy": "scratch"})["test"])
+  table = T.build(rs, LAYOUT, "ndcg@10")
+  assert all(c.marks == "" and all(p == 1.0 for p in c.p.values()) for c in table.cells.values())
+
+
+def _single_seed_records(ranks_by_strategy, still_improving=()):
+  out = []
+  for strategy, ranks in ranks_by_strategy.items():
+    o = {"transfer.strategy": strategy}
+    ndcg = float(T.per_user_metric(ranks, "ndcg@10").mean())
+    out.append({"key": f"transfer.strategy={strategy}", "overrides": o, "status": "done",
+                "test": {"ndcg@10": ndcg}, "test_rank": list(ranks),
+                "population": {"kind": "all", "users": len(ranks), "keys_sha256": "abc",
+                               "description": f"all {len(ranks)} users of domain 'target'"},
+                "budget": {"num_steps": 100, "eval_every_steps": 10, "early_stopping_patience": 3,
+                           "best_is_last_eval": strategy in still_improving}})
+  return out
+
+
+def test_single_seed_tables_use_the_per_user_bootstrap():
+  rng = np.random.default_rng(0)
+  good = rng.integers(0, 5, size=300)  # most targets in the top 10
+  bad = rng.integers(20, 200, size=300)
+  rs = _single_seed_records({"scratch": bad, "zero_shot": bad, "full_finetune": good},
+                            still_improving=("full_finetune",))
+  layout = {"metrics": ["ndcg@10"], "rows": "transfer.strategy", "columns": [], "seed": "seed"}
+  table = T.build(rs, layout, "ndcg@10")
+  ft, zs = table.cells[("full_finetune", ())], table.cells[("zero_shot", ())]
+  assert ft.test == {"scratch": "bootstrap", "zero_shot": "bootstrap"} and ft.marks == "▲△"
+  assert zs.p["scratch"] == 1.0 and zs.marks == ""  # identical per-user ranks
+  assert ft.ci > 0 and ft.still_improving == 1
+  md = T.to_markdown(table)
+  assert "per-user paired bootstrap" in md and "95% CI from a per-user bootstrap (one seed)" in md
+  assert f"| full_finetune | **{ft.mean:.4f} ± {ft.ci:.4f}**▲△† |" in md
+  assert "Every cell is evaluated on the same 300 users (all 300 users of domain 'target')" in md
+  assert "100 steps, validation every 10, early stopping after 3 evaluations" in md
+
+
+def test_zero_shot_on_a_disjoint_catalogue_is_na():
+  rs = _single_seed_records({"scratch": np.arange(50), "zero_shot": np.full(50, 400)})
+  rs[1]["not_applicable"] = "n/a (item overlap 0%): the source knows 0.0% of the target's interactions"
+  layout = {"metrics": ["ndcg@10"], "rows": "transfer.strategy", "columns": [], "seed": "seed"}
+  table = T.build(rs, layout, "ndcg@10")
+  zs = table.cells[("zero_shot", ())]
+  assert zs.not_applicable and not zs.best and not table.cells[("scratch", ())].p  # nothing to compare
+  assert "| zero_shot | n/a (item overlap 0%) |" in T.to_markdown(table)
+  assert "n/a (item overlap 0\\%)" in T.to_latex(table)
+  assert "n/a (item overlap 0%)" in T.to_csv(table)
 
 
 def test_markdown_latex_csv_agree():
@@ -101,7 +216,7 @@ def test_markdown_latex_csv_agree():
   tex_marks = {v: k for k, v in T.LATEX_MARKERS.items()}
   for r in rows:
     column = ["user_fraction=0.1", "user_fraction=1"].index(r["column"])
-    text = f"{float(r['mean']):.4f} ± {float(r['std']):.4f}"
+    text = f"{float(r['mean']):.4f} ± {float(r['ci95']):.4f}"
     md_cell = md_rows[r["row"]].strip("| ").split(" | ")[column + 1]
     assert md_cell == (f"**{text}**" if r["best"] == "1" else text) + r["marks"]
     tex_cell = tex_rows[r["row"]].rstrip(" \\").split(" & ")[column + 1]
@@ -137,7 +252,7 @@ def test_report_cli_writes_tables_and_plots(tmp_path):
   out = subprocess.run([sys.executable, "-m", "xrec.report", str(wd)], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "| adapter | 0.1600 ± 0.0100▲▽ | **0.3400 ± 0.0300**△ |" in out.stdout
+  assert "| zero_shot | **0.2000 ± 0.0000** | 0.2100 ± 0.0248▼ |" in out.stdout
   assert "| 18 | transfer.strategy=lora | failed | ValueError: boom |" in out.stdout
   report = wd / "report"
   for name in ("ndcg_at_10", "hr_at_10", "gain_ndcg_at_10"):
@@ -165,7 +280,13 @@ def test_study_configs_load_and_every_cell_applies(path, arg):
   layout = sweep.layout_of(module)
   for cell in cells:
     c = sweep.apply_overrides(config, cell.overrides)
-    kinds = [k for k, _, _ in sweep.plan_stages(c, "/tmp/stages")]
-    assert kinds == (["transfer"] if c.transfer.strategy == "scratch" else ["pretrain", "transfer"])
+    prereq, candidates, _ = sweep.plan_stages(c, "/tmp/stages")
+    assert [s.kind for s in prereq] == ([] if c.transfer.strategy == "scratch" else ["pretrain"])
+    assert {s.kind for s in candidates} == {"transfer"}
+    # the protocol: tuned learning rates (zero_shot trains nothing), a budget in steps
+    assert len(candidates) == (1 if c.transfer.strategy == "zero_shot" else len(c.tune.lr)) and c.tune.lr
+    assert c.train.num_steps >= c.train.eval_every_steps and c.data.eval_population == "all"
+  seeds = {cell.overrides["seed"] for cell in cells}
+  assert len(seeds) >= 5
   assert layout["columns"][0] in cells[0].overrides
   assert f"--config {path}" in module.__doc__ or f"--config {path}:" in module.__doc__

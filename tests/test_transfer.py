@@ -204,10 +204,10 @@ def _adapter_state(pretrained, mesh):
   """The loop's own sharded state creation with the adapter preset's optimizer."""
   from xrec.train import loop
   from xrec.train import sharding as SH
-  plan, module, params, _ = transfer("adapter", pretrained, train_item_embeddings=False)
+  plan, module, params, _ = transfer("adapter", pretrained, train_item_embeddings="never")
   module = module.clone(dropout=0.0)  # no dropout RNG: a faster compile, same mechanics
   cfg = base_config()
-  cfg.optim.update(dict(warmup_steps=1, weight_decay=0.1, lr=1e-2))  # decay must not touch frozen params
+  cfg.optim.update(dict(warmup_fraction=0.1, weight_decay=0.1, lr=1e-2))  # decay must not touch frozen params
   tx = plan.make_optimizer(lambda: O.make_optimizer(cfg.optim, 10)[0], params)
   # create_state derives optimizer-state shardings with schedule.opt_state_shardings, which keeps
   # the MaskedNodes of frozen params (a bare tree_map_params(lambda _, s: s) cannot)
@@ -358,9 +358,16 @@ def test_unseen_item_rules_and_sharding_padding_rows(rule):
   rows, report = V.map_item_rows(pretrained, fresh, ["a", "b", "c", "d", "e"], ["e", "x", "a", "y"], rule)
   np.testing.assert_array_equal(rows[1], pretrained[5])  # 'e'
   np.testing.assert_array_equal(rows[3], pretrained[1])  # 'a'
-  want_unseen = {"random": fresh[[2, 4]], "zero": np.zeros((2, 3)),
-                 "mean": np.repeat(pretrained[1:6].mean(0, keepdims=True), 2, 0)}[rule]
-  np.testing.assert_allclose(rows[[2, 4]], want_unseen, rtol=1e-6)
+  real = pretrained[1:6].astype(np.float64)  # the 5 source items' rows
+  unseen = fresh[[2, 4]].astype(np.float64)
+  # random: fresh rows standardised per dimension, on the pretrained rows' mean and std
+  moment_matched = real.mean(0) + (unseen - unseen.mean(0)) / unseen.std(0) * real.std(0)
+  want_unseen = {"random": moment_matched, "zero": np.zeros((2, 3)),
+                 "mean": np.repeat(real.mean(0, keepdims=True), 2, 0)}[rule]
+  np.testing.assert_allclose(rows[[2, 4]], want_unseen, rtol=1e-5)
+  if rule == "random":  # distinct rows (mean gives every unseen item the same row)
+    assert not np.allclose(rows[2], rows[4])
+    np.testing.assert_allclose(rows[[2, 4]].std(0), real.std(0), rtol=1e-5)
   np.testing.assert_array_equal(rows[5:], fresh[5:])  # sharding padding keeps the fresh init
   assert (report["overlap"], report["unseen"], report["target_fraction_seen"]) == (2, 2, 0.5)
   with pytest.raises(ValueError, match=r"Unknown unseen-item rule 'avg'; valid: \['random', 'mean', 'zero'\]"):
@@ -514,7 +521,7 @@ def test_bitfit_trains_only_biases_and_norms(pretrained):
 
 
 def test_peft_presets_can_train_item_tables(pretrained):
-  plan, _, params, report = transfer("lora", pretrained, train_item_embeddings=True)
+  plan, _, params, report = transfer("lora", pretrained, train_item_embeddings="always")
   assert plan.budget(params, report)["trainable"] == 312 + 896
 
 

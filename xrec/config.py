@@ -30,14 +30,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "synthetic"
   c.data.domain = "source"  # split of the dataset to train and evaluate on
-  c.data.user_fraction = 1.0  # few-shot: keep this fraction of users (nested by fraction_seed)
+  # Few-shot: the fraction of the domain's users whose sequences TRAIN (nested by fraction_seed).
+  # It never changes who is evaluated: see data.eval_population (xrec/data/pipeline.py).
+  c.data.user_fraction = 1.0
   c.data.fraction_seed = 0
+  # The users whose valid / test targets are scored, identical for every fraction, strategy and
+  # seed: "all" (every user of the domain, each from its own history) | "unseen" (a fixed
+  # eval_unseen_fraction of the users, drawn with eval_population_seed, never used for training).
+  c.data.eval_population = "all"
+  c.data.eval_unseen_fraction = 0.2
+  c.data.eval_population_seed = 0
   c.data.data_dir = ""  # "" = $XREC_DATA_DIR or ~/.cache/xrec/datasets
   c.data.synthetic = ml_collections.ConfigDict(dict(
       scenario="cross_region",
       num_source_users=3000, num_target_users=3000,
       num_source_items=1000, num_target_items=1000,
       shift=0.2, popularity_skew=1.0,
+      user_overlap=-1.0, item_overlap=-1.0,  # shares of target users / items in the source; < 0: the scenario's
       min_seq_len=5, mean_seq_len=20.0, max_seq_len=100, seed=0))
 
   # Real sources (docs/datasets.md). data.name = "movielens" | "interactions".
@@ -102,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.name = "adamw"
   c.optim.lr = 1e-3
   c.optim.schedule = "cosine"  # cosine | constant (both after linear warmup)
-  c.optim.warmup_steps = 100
+  c.optim.warmup_fraction = 0.1  # linear warmup over this fraction of the step budget
   c.optim.end_lr_factor = 0.0
   c.optim.b1 = 0.9
   c.optim.b2 = 0.98
@@ -111,8 +120,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
+  # The budget in optimizer steps: train.num_steps, or (num_steps = 0) num_epochs over the training
+  # users. Transfer stages of an experiment need num_steps: the same budget for every strategy and
+  # fraction. Early stopping (early_stopping_patience) may end a run before its budget.
   c.train.num_epochs = 20.0
-  c.train.num_steps = 0  # > 0 overrides num_epochs
+  c.train.num_steps = 0
   c.train.eval_every_steps = 500
   c.train.eval_at_start = True  # step 0 is a candidate for the best checkpoint
   c.train.checkpoint_every_steps = 500
@@ -145,8 +157,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.transfer.lr_mult = 1.0  # lr multiplier of pretrained params that train (few-shot: try < 1)
   c.transfer.new_lr_mult = 1.0  # lr multiplier of freshly initialised params (modules, new blocks)
   c.transfer.layerwise_decay = 1.0  # full_finetune: block i trains at decay**(num_layers-1-i); 1 = off
-  c.transfer.train_item_embeddings = False  # adapter/lora/prompt/patch/bitfit: also train item tables
-  c.transfer.unseen_items = "mean"  # target items absent from the source start as: random | mean | zero
+  # adapter/lora/prompt/patch/bitfit: also train the item tables? "auto" = when the source knows
+  # less than min_item_overlap of the target's interactions (a frozen table of unseen rows cannot
+  # learn the target's items) | "always" | "never"
+  c.transfer.train_item_embeddings = "auto"
+  # share of the target's interactions on items the source has (by raw key) below which the
+  # catalogues count as disjoint: zero_shot is reported n/a, PEFT presets train item tables ("auto")
+  c.transfer.min_item_overlap = 0.5
+  # target items absent from the source start as: random (fresh rows with the pretrained rows'
+  # per-dimension mean and std) | mean (every unseen item the same mean row) | zero
+  c.transfer.unseen_items = "random"
   c.transfer.source_subtree = ""  # load only this subtree of the pretrained params ("" = all)
   c.transfer.rename = ()  # extra (checkpoint path regex, model path replacement) rules
   c.transfer.dont_load = ()  # extra regexes of params that keep their fresh init
@@ -160,7 +180,13 @@ def base_config() -> ml_collections.ConfigDict:
   # the pretraining stage's own training settings (the transfer runs use c.train / c.optim)
   c.experiment.pretrain = ml_collections.ConfigDict(dict(
       num_epochs=20.0, batch_size=128, eval_every_steps=100, checkpoint_every_steps=100,
-      early_stopping_patience=0, lr=1e-3, warmup_steps=100))
+      early_stopping_patience=0, lr=1e-3, warmup_fraction=0.1))
+  # Tuned baselines: each trained strategy's learning rate is chosen on validation
+  # (train.best_metric) from these grids, per cell, as cached candidate stages
+  # (xrec/train/sweep.py). Empty = not tuned. lr_mult (the pretrained params' multiplier) is tuned
+  # only for presets where it is not redundant with optim.lr, i.e. where params at other
+  # multipliers (fresh modules or blocks) train too.
+  c.tune = ml_collections.ConfigDict(dict(lr=(), lr_mult=()))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
   c.sharding = ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))

@@ -7,9 +7,20 @@ Protocol (chronological leave-one-out, per user, sequence s of length n >= 3):
 Inputs are the last `max_len` items, right-aligned (left-padded with 0), so
 the most recent item always sits at position max_len - 1.
 
-Few-shot subsets keep a fraction of users, nested across fractions: users are
-ranked once by a seeded hash of their raw key and a fraction f keeps the first
-round(f * n) of that ranking, so the 5% users are inside the 10% users.
+Two user sets per domain, chosen separately (`split_users`):
+  evaluation population  the users whose valid / test targets are scored. It never depends on
+                         the few-shot fraction, the strategy or the seed, so every cell of a
+                         transfer table is measured on the same users:
+                           "all"     every user of the domain, each scored from its own history
+                                     (sequential models are inductive in users);
+                           "unseen"  a fixed share of the users (`data.eval_unseen_fraction`, drawn
+                                     by a seeded hash of the raw key with `data.eval_population_seed`)
+                                     that no training fraction ever contains.
+  training users         the few-shot subset: a fraction of the pool (all users for "all", the
+                         users outside the population for "unseen"), nested across fractions:
+                         the pool is ranked once by a seeded hash of the raw key
+                         (`data.fraction_seed`) and a fraction f keeps the first round(f * pool),
+                         so the 5% users are inside the 10% users.
 """
 
 from __future__ import annotations
@@ -24,18 +35,26 @@ import numpy as np
 from xrec.data import builders
 
 SPLITS = ("train", "valid", "test")
+POPULATIONS = ("all", "unseen")
 
 
 @dataclasses.dataclass
 class DomainSequences:
-  """One domain's user sequences, checked and indexed (read once from the data source)."""
+  """One domain's user sequences, checked and indexed (read once from the data source).
+
+  Users are numbered by their record index in `source`; `train_users` and `eval_users` are
+  sorted arrays of such indices (see the module docstring).
+  """
 
   name: str
   source: object  # random-access data source: source[i] -> record dict
   item_keys: list[str]
-  user_keys: list[str]  # for the selected users, aligned with `indices`
-  indices: np.ndarray  # int64 [users]: record index in `source` per selected user
+  user_keys: list[str]  # every user of the domain, record order
   lengths: np.ndarray  # int64 [users]
+  train_users: np.ndarray  # int64 [train users]: the few-shot subset whose sequences train
+  eval_users: np.ndarray  # int64 [population]: the users every evaluation scores
+  population: dict  # how eval_users were chosen: kind, users, keys_sha256, description
+  item_frequency: np.ndarray  # int64 [num_items + 1]: interactions per item id over every user
   metadata: dict
 
   @property
@@ -44,27 +63,73 @@ class DomainSequences:
 
   @property
   def num_users(self) -> int:
-    return len(self.indices)
+    return len(self.user_keys)
 
   def sequence(self, u: int) -> np.ndarray:
-    return np.asarray(self.source[int(self.indices[u])]["items"], np.int64)
+    return np.asarray(self.source[int(u)]["items"], np.int64)
 
 
-def few_shot_order(user_keys, seed: int) -> np.ndarray:
+def few_shot_order(user_keys, seed, salt: str = "") -> np.ndarray:
   """Permutation of users by a seeded hash of their raw keys (nested few-shot subsets)."""
   def prio(key):
-    return hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8]
+    return hashlib.sha256(f"{salt}{seed}:{key}".encode()).digest()[:8]
   return np.array(sorted(range(len(user_keys)), key=lambda i: prio(user_keys[i])), np.int64)
 
 
 def select_fraction(num_users: int, user_keys, fraction: float, seed: int) -> np.ndarray:
-  """Sorted indices of the users kept by a few-shot `fraction` (nested in the fraction)."""
+  """Sorted positions (into user_keys) of the users kept by a few-shot `fraction` (nested)."""
   if not 0.0 < fraction <= 1.0:
-    raise ValueError(f"user_fraction must be in (0, 1], got {fraction}")
+    raise ValueError(f"data.user_fraction must be in (0, 1], got {fraction}")
   if fraction == 1.0:
     return np.arange(num_users)
-  keep = max(1, int(round(fraction * num_users)))
+  keep = int(round(fraction * num_users))
+  if keep < 1:
+    raise ValueError(
+        f"data.user_fraction={fraction:g} keeps no training user: round({fraction:g} * {num_users} "
+        f"users) = 0. The smallest fraction that keeps one user of this pool is {0.5 / num_users:.3g}; "
+        f"e.g. use data.user_fraction={1.0 / num_users:.3g}")
   return np.sort(few_shot_order(user_keys, seed)[:keep])
+
+
+def population_sha(user_keys) -> str:
+  """Short hash of the evaluation users' raw keys: equal hashes = the same population."""
+  return hashlib.sha256("\n".join(sorted(user_keys)).encode()).hexdigest()[:16]
+
+
+def split_users(user_keys: list[str], user_fraction: float, fraction_seed: int, population: str = "all",
+                unseen_fraction: float = 0.2, population_seed: int = 0, domain: str = ""):
+  """(train_users, eval_users, population info) over users 0..n-1 (module docstring)."""
+  n = len(user_keys)
+  if population not in POPULATIONS:
+    raise ValueError(f"Unknown data.eval_population {population!r}; valid: {list(POPULATIONS)}")
+  if population == "all":
+    pool = np.arange(n)
+    eval_users = np.arange(n)
+    description = f"all {n} users of domain {domain!r}, each scored from its own history"
+  else:
+    if not 0.0 < unseen_fraction < 1.0:
+      raise ValueError(f"data.eval_unseen_fraction must be in (0, 1) with data.eval_population='unseen', "
+                       f"got {unseen_fraction}")
+    held = int(round(unseen_fraction * n))
+    if held < 1:
+      raise ValueError(
+          f"data.eval_unseen_fraction={unseen_fraction:g} leaves an empty evaluation population: "
+          f"round({unseen_fraction:g} * {n} users) = 0; use at least {1.0 / n:.3g}")
+    if held >= n:
+      raise ValueError(f"data.eval_unseen_fraction={unseen_fraction:g} holds out all {n} users of "
+                       f"domain {domain!r}: no user is left to train on; use at most {(n - 1) / n:.3g}")
+    order = few_shot_order(user_keys, population_seed, salt="population:")
+    eval_users = np.sort(order[:held])
+    pool = np.sort(order[held:])
+    description = (f"{held} users of domain {domain!r} held out of every training fraction "
+                   f"(eval_unseen_fraction={unseen_fraction:g}, seed {population_seed})")
+  pool_keys = [user_keys[i] for i in pool]
+  train_users = pool[select_fraction(len(pool), pool_keys, user_fraction, fraction_seed)]
+  info = {"kind": population, "users": int(len(eval_users)),
+          "keys_sha256": population_sha([user_keys[i] for i in eval_users]),
+          "training_pool": int(len(pool)), "training_users": int(len(train_users)),
+          "description": description}
+  return train_users.astype(np.int64), eval_users.astype(np.int64), info
 
 
 def prepare_builder(data_cfg):
@@ -73,6 +138,9 @@ def prepare_builder(data_cfg):
   if data_cfg.name == "synthetic":
     knobs = dict(data_cfg.synthetic)
     scenario = knobs.pop("scenario")
+    for overlap in ("user_overlap", "item_overlap"):  # negative: the scenario's own value
+      if knobs.get(overlap, 0.0) < 0:
+        knobs.pop(overlap)
     config = builders.synthetic_config(scenario, **knobs)
     builder = builders.SyntheticXdomain(config=config, data_dir=data_dir)
   elif data_cfg.name in ("movielens", "interactions"):
@@ -85,7 +153,7 @@ def prepare_builder(data_cfg):
 
 
 def load_domain(data_cfg) -> DomainSequences:
-  """Prepares the dataset and returns the checked, few-shot-filtered domain."""
+  """Prepares the dataset and returns the checked domain with its training users and population."""
   builder = prepare_builder(data_cfg)
   sources = builder.as_data_source()
   if data_cfg.domain not in sources:
@@ -93,13 +161,16 @@ def load_domain(data_cfg) -> DomainSequences:
   source = sources[data_cfg.domain]
   item_keys = list(builder.info.metadata["item_keys"][data_cfg.domain])
   return index_domain(data_cfg.domain, source, item_keys, data_cfg.user_fraction, data_cfg.fraction_seed,
-                      metadata=dict(builder.info.metadata))
+                      metadata=dict(builder.info.metadata), population=data_cfg.eval_population,
+                      unseen_fraction=data_cfg.eval_unseen_fraction,
+                      population_seed=data_cfg.eval_population_seed)
 
 
-def index_domain(name, source, item_keys, user_fraction=1.0, fraction_seed=0, metadata=None) -> DomainSequences:
-  """One pass over `source`: validates every sequence and selects the few-shot users."""
+def index_domain(name, source, item_keys, user_fraction=1.0, fraction_seed=0, metadata=None,
+                 population="all", unseen_fraction=0.2, population_seed=0) -> DomainSequences:
+  """One pass over `source`: validates every sequence, then picks training users and population."""
   n_items = len(item_keys)
-  user_keys, lengths = [], []
+  user_keys, lengths, all_items = [], [], []
   for i in range(len(source)):
     rec = source[i]
     items = np.asarray(rec["items"])
@@ -117,13 +188,16 @@ def index_domain(name, source, item_keys, user_fraction=1.0, fraction_seed=0, me
           f"valid range [1, {n_items}] of the item vocabulary (0 is padding)")
     user_keys.append(key)
     lengths.append(items.size)
+    all_items.append(items)
   if not user_keys:
     raise ValueError(f"Domain {name!r} has no users")
-  keep = select_fraction(len(user_keys), user_keys, user_fraction, fraction_seed)
+  frequency = np.bincount(np.concatenate(all_items).astype(np.int64), minlength=n_items + 1)
+  train_users, eval_users, info = split_users(user_keys, user_fraction, fraction_seed, population,
+                                              unseen_fraction, population_seed, domain=name)
   return DomainSequences(
-      name=name, source=source, item_keys=item_keys,
-      user_keys=[user_keys[i] for i in keep], indices=keep.astype(np.int64),
-      lengths=np.asarray(lengths, np.int64)[keep], metadata=metadata or {})
+      name=name, source=source, item_keys=item_keys, user_keys=user_keys,
+      lengths=np.asarray(lengths, np.int64), train_users=train_users, eval_users=eval_users,
+      population=info, item_frequency=frequency, metadata=metadata or {})
 
 
 def right_align(seq: np.ndarray, max_len: int) -> np.ndarray:
@@ -166,9 +240,12 @@ class TrainBatches:
   def __init__(self, domain: DomainSequences, batch_size: int, max_len: int, seed: int,
                process_index: int = 0, process_count: int = 1):
     # users with fewer than 4 interactions have no (input, next) pair before valid/test
-    self.users = np.flatnonzero(domain.lengths >= 4)
+    self.users = domain.train_users[domain.lengths[domain.train_users] >= 4]
     if len(self.users) == 0:
-      raise ValueError(f"Domain {domain.name!r}: no user has >= 4 interactions, nothing to train on")
+      raise ValueError(
+          f"Domain {domain.name!r}: none of the {len(domain.train_users)} training users has >= 4 "
+          "interactions, so nothing trains (3 are held out for train/valid/test); raise "
+          "data.user_fraction so that a user with a longer sequence is kept")
     if batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} not divisible by process count {process_count}")
     self.domain, self.batch_size, self.max_len, self.seed = domain, batch_size, max_len, seed
@@ -205,18 +282,22 @@ def max_history_len(domain: DomainSequences, multiple: int = 64) -> int:
 
 def eval_batches(domain: DomainSequences, split: str, batch_size: int, max_len: int,
                  process_index: int = 0, process_count: int = 1, prefetch: int = 4):
-  """Every selected user once, in fixed order, last batch padded with weight-0 rows."""
+  """Every user of the evaluation population once, in order, last batch padded with weight-0 rows."""
   if split not in ("valid", "test"):
     raise ValueError(f"Unknown eval split {split!r}; valid: ['valid', 'test']")
+  users = domain.eval_users
+  if len(users) == 0:
+    raise ValueError(f"Domain {domain.name!r}: the evaluation population is empty "
+                     f"({domain.population.get('description', '')})")
   max_history = max_history_len(domain)
-  num_batches = -(-domain.num_users // batch_size)
+  num_batches = -(-len(users) // batch_size)
   lo, hi = process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count
 
   def make(b):
     rows = []
     for u in range(b * batch_size + lo, b * batch_size + hi):
-      if u < domain.num_users:
-        rows.append(eval_example(domain.sequence(u), split, max_len, max_history))
+      if u < len(users):
+        rows.append(eval_example(domain.sequence(users[u]), split, max_len, max_history))
       else:  # padding row: scored but weighted out
         pad = eval_example(np.array([1, 1, 1], np.int64), split, max_len, max_history)
         rows.append({**pad, "weight": np.float32(0.0)})
@@ -227,9 +308,10 @@ def eval_batches(domain: DomainSequences, split: str, batch_size: int, max_len: 
 
 
 def item_counts(domain: DomainSequences, split: str = "train") -> np.ndarray:
-  """Interaction counts per item id [num_items + 1] over the part of each sequence before `split`."""
+  """Interaction counts per item id [num_items + 1] over the training users' sequences before
+  `split` (what a model fitted on the training users may see)."""
   cut = {"train": -2, "valid": -2, "test": -1}[split]
   counts = np.zeros(domain.num_items + 1, np.int64)
-  for u in range(domain.num_users):
+  for u in domain.train_users:
     np.add.at(counts, domain.sequence(u)[:cut], 1)
   return counts

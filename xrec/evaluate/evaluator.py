@@ -13,15 +13,18 @@ from xrec.evaluate import metrics as M
 from xrec.train import sharding as S
 
 
-def protocol(eval_cfg) -> dict:
-  """What every result states about how it was measured."""
-  return {
+def protocol(eval_cfg, population: dict | None = None) -> dict:
+  """What every result states about how it was measured (and on which users)."""
+  out = {
       "split": "leave_one_out_by_time",
       "ranking": "full",  # all catalogue items, no sampled negatives
       "mask_history": bool(eval_cfg.mask_history),
       "ties": M.TIES,
       "ks": list(eval_cfg.ks),
   }
+  if population is not None:
+    out["population"] = dict(population)
+  return out
 
 
 class Evaluator:
@@ -35,21 +38,27 @@ class Evaluator:
       scores = jax.lax.with_sharding_constraint(scores, scores_sharding)  # [batch, vocab]
       rank = M.target_rank(scores, batch["target"], num_items,
                            batch["history"] if mask_history else None)
-      return M.metric_sums(rank, batch["weight"], ks)
+      return M.metric_sums(rank, batch["weight"], ks), rank
 
     self._step = jax.jit(step, in_shardings=(param_shardings, S.batch_sharding(mesh)),
                          out_shardings=S.replicated(mesh))
 
-  def __call__(self, params, domain: pipeline.DomainSequences, split: str) -> dict:
+  def __call__(self, params, domain: pipeline.DomainSequences, split: str, with_ranks: bool = False):
+    """Metrics over the domain's evaluation population; with `with_ranks`, also the target's 0-based
+    rank per population user (int array, in `domain.eval_users` order): (metrics, ranks)."""
     start = time.time()
     batches = pipeline.eval_batches(domain, split, self.eval_cfg.batch_size, self.max_len,
                                     jax.process_index(), jax.process_count())
-    total = {}
+    total, ranks = {}, []
     for batch in batches:  # per-batch sums are a few scalars: accumulate on the host in float64
-      sums = jax.device_get(self._step(params, S.put_batch(batch, self.mesh)))
+      sums, rank = jax.device_get(self._step(params, S.put_batch(batch, self.mesh)))
       for k, v in sums.items():
         total[k] = total.get(k, 0.0) + float(v)
+      if with_ranks:
+        ranks.append(np.asarray(rank))
     out = M.finalize(total)
     out["eval_seconds"] = time.time() - start
     out["users_per_second"] = out["num_users"] / max(out["eval_seconds"], 1e-9)
-    return out
+    if not with_ranks:
+      return out
+    return out, np.concatenate(ranks)[:len(domain.eval_users)].astype(np.int64)

@@ -4,7 +4,9 @@
 
 Reads WORKDIR/study.json (cells, table layout from the config's metrics()) and WORKDIR/runs.jsonl
 (the last record of each cell). Only done cells enter the tables; the others are listed in
-report.md with their status and error. Test metrics are those at the best validation checkpoint.
+report.md with their status and error. Test metrics are those at the best validation checkpoint of
+the candidate chosen on validation; report.md also lists the values the tuning chose, the
+pretraining's metrics and the protocol (population, budget, item overlap).
 """
 
 from __future__ import annotations
@@ -55,6 +57,72 @@ def tables_of(study: dict, runs: dict, alpha: float = T.ALPHA) -> list[T.Table]:
   return out
 
 
+def _short(value) -> str:
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def tuning_section(study: dict, done: list[dict]) -> list[str]:
+  """The values chosen on validation per table slot, with how often (over seeds)."""
+  layout = study["layout"]
+  chosen, grids = {}, {}
+  for r in done:
+    tuning = r.get("tuning") or {}
+    if not tuning.get("tuned"):
+      continue
+    o = r["overrides"]
+    slot = (T._label(o, layout["rows"]), tuple(T._label(o, f) for f in layout["columns"]))
+    text = ", ".join(f"{k.rsplit('.', 1)[-1]} {_short(v)}" for k, v in sorted(tuning["chosen"].items()))
+    chosen.setdefault(slot, {}).setdefault(text, 0)
+    chosen[slot][text] += 1
+    for field, values in tuning["tuned"].items():
+      grids[field] = values
+  if not chosen:
+    return []
+  rows = T._ordered(s[0] for s in chosen)
+  columns = T._ordered(s[1] for s in chosen)
+  table = T.Table("", "metric", layout["rows"], layout["columns"], rows, columns, {})
+  header = [layout["rows"].rsplit(".", 1)[-1]] + (
+      [table.column_text(c) for c in columns] if layout["columns"] else ["chosen"])
+  lines = ["", "## Values chosen on validation", "",
+           "Grid: " + "; ".join(f"`{f}` in {{{', '.join(_short(v) for v in vals)}}}" for f, vals in grids.items())
+           + f". Each cell's candidates were trained with the same budget; the one with the best "
+           f"{(done[0].get('tuning') or {}).get('metric', 'validation metric')} was kept "
+           "(counts: seeds that chose the value).", "",
+           "| " + " | ".join(header) + " |", "|---" + "|---" * len(columns) + "|"]
+  for row in rows:
+    out = [str(row)]
+    for column in columns:
+      found = chosen.get((row, column), {})
+      out.append("; ".join(f"{text} ×{n}" for text, n in sorted(found.items(), key=lambda x: -x[1])) or "–")
+    lines.append("| " + " | ".join(out) + " |")
+  notes = {}
+  for r in done:
+    for k, v in (r.get("tuning") or {}).items():
+      if k.startswith("transfer.") or k == "skipped":
+        text = f"{k} {v}" if k != "skipped" else f"not tuned: {v}"
+        row = str(T._label(r["overrides"], layout["rows"]))
+        if row not in notes.setdefault(text, []):
+          notes[text].append(row)
+  return lines + ([""] + [f"- {', '.join(rows)}: {text}" for text, rows in notes.items()] if notes else [])
+
+
+def pretraining_section(done: list[dict]) -> list[str]:
+  pre = {}
+  for r in done:
+    if r.get("pretrain"):
+      seed = r["overrides"].get("seed", "default")
+      pre[(seed, r["stages"].get("pretrain"))] = r["pretrain"]
+  if not pre:
+    return []
+  lines = ["", "## Pretraining (source domain)", "", "| stage | valid ndcg@10 | test ndcg@10 | best step | "
+           "still improving |", "|---|---:|---:|---:|---|"]
+  for (seed, stage), p in sorted(pre.items(), key=lambda x: str(x[0])):
+    budget = p.get("budget") or {}
+    lines.append(f"| {stage} (seed {seed}) | {p['valid']['ndcg@10']:.4f} | {p['test']['ndcg@10']:.4f} | "
+                 f"{p.get('best_step')} | {'yes' if budget.get('best_is_last_eval') else 'no'} |")
+  return lines
+
+
 def write_report(workdir: str, out_dir: str | None = None, alpha: float = T.ALPHA) -> dict:
   """Writes the tables and plots; returns {"markdown": report.md text, "files": [paths]}."""
   study, runs = load_study(workdir)
@@ -77,6 +145,7 @@ def write_report(workdir: str, out_dir: str | None = None, alpha: float = T.ALPH
     for png in P.write_plots(table, done, layout, out_dir):
       files.append(png)
       sections.append(f"![{os.path.basename(png)}]({os.path.basename(png)})")
+  sections += tuning_section(study, done) + pretraining_section(done)
   missing = [(c, runs.get(c["key"])) for c in study["cells"] if runs.get(c["key"], {}).get("status") != "done"]
   if missing:
     sections += ["", "## Cells not in the tables", "", "| index | key | status | error |", "|---:|---|---|---|"]

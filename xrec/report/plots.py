@@ -19,28 +19,29 @@ def _numeric(values) -> bool:
 
 
 def metric_vs_column(table: T.Table, path: str) -> str | None:
-  """One line per row (strategy) with a mean ± std band; None when the columns are not one numeric
-  field (nothing to put on an x axis)."""
+  """One line per row (strategy) with a band of the 95% CI; None when the columns are not one numeric
+  field (nothing to put on an x axis). n/a cells are left out."""
   if len(table.column_fields) != 1 or not _numeric([c[0] for c in table.columns]):
     return None
   field = table.column_fields[0]
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
   xs_all = sorted(c[0] for c in table.columns)
   for row in table.rows:
-    points = sorted((c[0], table.cells[(row, c)]) for c in table.columns if (row, c) in table.cells)
+    points = sorted((c[0], table.cells[(row, c)]) for c in table.columns
+                    if (row, c) in table.cells and not table.cells[(row, c)].not_applicable)
     if not points:
       continue
     x = np.array([p[0] for p in points], dtype=float)
     mean = np.array([p[1].mean for p in points])
-    std = np.nan_to_num(np.array([p[1].std for p in points]))
+    ci = np.nan_to_num(np.array([p[1].ci for p in points]))
     ax.plot(x, mean, marker="o", label=str(row))
-    ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.fill_between(x, mean - ci, mean + ci, alpha=0.2)
   if xs_all[0] > 0 and xs_all[-1] / xs_all[0] >= 10:
     ax.set_xscale("log")
   ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
   ax.set_xlabel(field)
   ax.set_ylabel(f"test {table.metric}" + (" gain over scratch" if table.kind == "gain" else ""))
-  ax.set_title(f"{table.metric} vs {field.rsplit('.', 1)[-1]} (mean ± std over seeds)")
+  ax.set_title(f"{table.metric} vs {field.rsplit('.', 1)[-1]} (mean, 95% CI)")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -51,18 +52,19 @@ def metric_vs_column(table: T.Table, path: str) -> str | None:
 
 def metric_vs_trainable(table: T.Table, trainable: dict, path: str) -> str | None:
   """Each row at its trainable parameter count (symlog: zero_shot trains none), one series per
-  column with std error bars; None when no record has a parameter count."""
+  column with 95% CI error bars; None when no record has a parameter count. n/a cells are left out."""
   if not trainable:
     return None
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
   for column in table.columns:
-    rows = [r for r in table.rows if (r, column) in table.cells and (r, column) in trainable]
+    rows = [r for r in table.rows if (r, column) in table.cells and (r, column) in trainable
+            and not table.cells[(r, column)].not_applicable]
     if not rows:
       continue
     x = np.array([trainable[(r, column)] for r in rows], dtype=float)
     mean = np.array([table.cells[(r, column)].mean for r in rows])
-    std = np.nan_to_num(np.array([table.cells[(r, column)].std for r in rows]))
-    ax.errorbar(x, mean, yerr=std, fmt="o", capsize=3, label=table.column_text(column))
+    ci = np.nan_to_num(np.array([table.cells[(r, column)].ci for r in rows]))
+    ax.errorbar(x, mean, yerr=ci, fmt="o", capsize=3, label=table.column_text(column))
     for xi, yi, r in zip(x, mean, rows):
       ax.annotate(str(r), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
   ax.set_xscale("symlog", linthresh=1.0)

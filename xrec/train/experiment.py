@@ -1,16 +1,14 @@
-"""Pretrain -> transfer in one experiment.
+"""Stages of an experiment: pretraining and transfer configs, stage hashes, cached stage runs.
 
-With `experiment.mode = "pretrain_transfer"`, one launch runs
+With `experiment.mode = "pretrain_transfer"` a study cell (xrec/train/sweep.py) is the stages
 
-  WORKDIR/pretrain/              SASRec trained on `experiment.source_domain` (all its users)
-  WORKDIR/transfer/<strategy>/   one run per `experiment.strategies` on `experiment.target_domain`
-                                 (few-shot by `data.user_fraction`), initialised from the
-                                 pretraining's best params (train.init_from) by the strategy
+  pretrain   the model trained on `experiment.source_domain` (all its users, `experiment.pretrain.*`)
+  transfer   `transfer.strategy` on `experiment.target_domain`, trained on `data.user_fraction` of
+             its users, evaluated on its fixed population, initialised from the pretraining's best
+             params; one candidate stage per point of the `tune` grid, the best on validation kept
 
-and prints one table (strategy, trainable params, NDCG@10, HR@10). A stage whose
-`results.json` holds the same config is reused, so the pretraining runs once
-for every strategy and a rerun after a kill continues where it stopped (an
-unfinished stage resumes from its own checkpoints).
+Every stage lives in STAGES_DIR/<hash>/ keyed by the config it depends on (`stage_hash`), so a
+finished stage is reused and an unfinished one resumes from its own checkpoints.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import logging
 import os
 
 from xrec.config import base_config
-from xrec.train import checkpoint as ckpt
 from xrec.train import writer as W
 from xrec.train.loop import train_and_evaluate
 
@@ -33,12 +30,30 @@ MODES = ("single", "pretrain_transfer")
 
 
 def _single_run(config):
-  """A stage's own config: fields only the experiment reads are reset to their defaults, so a
-  stage is reused whenever what it depends on is unchanged (e.g. adding a strategy)."""
+  """A stage's own config: fields only the experiment reads (experiment.*, tune.*) are reset to
+  their defaults, so a stage is reused whenever what it depends on is unchanged (e.g. adding a
+  strategy or a grid value)."""
   c = copy.deepcopy(config)
   with c.unlocked():
     c.experiment = base_config().experiment
+    c.tune = base_config().tune
   return c
+
+
+def check_transfer_protocol(config) -> None:
+  """The fixed protocol of a transfer table (DESIGN.md), checked before any work: the target's
+  budget is a number of optimizer steps, equal for every strategy and fraction."""
+  if config.experiment.mode != "pretrain_transfer":
+    return
+  if config.train.num_steps <= 0:
+    raise ValueError(
+        "experiment.mode='pretrain_transfer' needs a step budget for the target runs: set "
+        "train.num_steps > 0 (e.g. --config.train.num_steps=1000). Budgets in epochs would give "
+        "few-shot fractions fewer steps than full ones.")
+  if config.train.num_steps < config.train.eval_every_steps:
+    raise ValueError(f"train.num_steps={config.train.num_steps} is below one evaluation interval "
+                     f"(train.eval_every_steps={config.train.eval_every_steps}); use train.num_steps >= "
+                     f"{config.train.eval_every_steps}")
 
 
 def pretrain_config(config):
@@ -46,13 +61,14 @@ def pretrain_config(config):
   with c.unlocked():
     c.data.domain = config.experiment.source_domain
     c.data.user_fraction = 1.0
+    c.data.eval_population = "all"  # the source is evaluated on all its users
     c.transfer = base_config().transfer  # pretraining uses no transfer options
     c.train.init_from = ""
     p = config.experiment.pretrain
     c.train.update(dict(num_epochs=p.num_epochs, num_steps=0, batch_size=p.batch_size,
                         eval_every_steps=p.eval_every_steps, early_stopping_patience=p.early_stopping_patience,
                         checkpoint_every_steps=p.checkpoint_every_steps))
-    c.optim.update(dict(lr=p.lr, warmup_steps=p.warmup_steps))
+    c.optim.update(dict(lr=p.lr, warmup_fraction=p.warmup_fraction))
   return c
 
 
@@ -63,33 +79,6 @@ def transfer_config(config, strategy: str, pretrain_dir: str):
     c.transfer.strategy = strategy
     c.train.init_from = "" if strategy == "scratch" else os.path.abspath(pretrain_dir)
   return c
-
-
-def _config_diff(a: dict, b: dict, prefix="") -> list[str]:
-  out = []
-  for k in sorted(set(a) | set(b)):
-    va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
-    if isinstance(va, dict) and isinstance(vb, dict):
-      out += _config_diff(va, vb, f"{prefix}{k}.")
-    elif va != vb:
-      out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
-  return out
-
-
-def run_stage(config, workdir: str) -> dict:
-  """Reuses a finished stage with the same config; refuses one finished with another config."""
-  path = os.path.join(workdir, "results.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      done = json.load(f)
-    want = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored
-    diff = _config_diff(done.get("config", {}), want)
-    if not diff:
-      log.info("reusing finished stage %s", workdir)
-      return done
-    raise ValueError(f"{workdir} holds a finished run with another config; use a new workdir or "
-                     f"delete it. Differences (stored -> requested):\n  " + "\n  ".join(diff[:20]))
-  return train_and_evaluate(config, workdir)
 
 
 # Fields that change how a run is driven or logged, never its results: left out of a stage's hash,
@@ -153,47 +142,3 @@ def run_cached_stage(config, stages_dir: str, kind: str, depends_on: dict[str, s
     log.info("running %s stage %s", kind, digest)
     results = train_and_evaluate(config, stage_dir)
   return {**results, "stage": {**info, "reused": False}}
-
-
-def table(rows: list[dict]) -> str:
-  """Test NDCG@10 / HR@10 at the best validation step, and that validation NDCG@10."""
-  lines = ["| strategy | trainable params | total params | NDCG@10 | HR@10 | valid NDCG@10 | best step |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
-  for r in rows:
-    lines.append(f"| {r['strategy']} | {r['trainable']:,} | {r['total']:,} | {r['ndcg@10']:.4f} | "
-                 f"{r['hr@10']:.4f} | {r['valid_ndcg@10']:.4f} | {r['best_step']} |")
-  return "\n".join(lines)
-
-
-def run_pretrain_transfer(config, workdir: str) -> dict:
-  if not config.experiment.strategies:
-    raise ValueError("experiment.strategies is empty; name at least one transfer strategy")
-  pre_dir = os.path.join(workdir, "pretrain")
-  pre = run_stage(pretrain_config(config), pre_dir)
-  log.info("pretraining: test ndcg@10=%.4f on %s", pre["test"]["ndcg@10"], config.experiment.source_domain)
-  rows = []
-  for strategy in config.experiment.strategies:
-    res = run_stage(transfer_config(config, strategy, pre_dir), os.path.join(workdir, "transfer", strategy))
-    budget = res["transfer"]
-    rows.append({"strategy": strategy, "trainable": budget["trainable"], "total": budget["total"],
-                 "stored_bytes": budget["stored_bytes"], "ndcg@10": res["test"]["ndcg@10"],
-                 "hr@10": res["test"]["hr@10"], "valid_ndcg@10": res["valid"]["ndcg@10"],
-                 "best_step": res["best_step"]})
-  summary = {
-      "pretrain": {"domain": config.experiment.source_domain, "valid": pre["valid"], "test": pre["test"]},
-      "target": {"domain": config.experiment.target_domain, "user_fraction": config.data.user_fraction},
-      "protocol": pre["protocol"], "rows": rows, "table": table(rows),
-  }
-  W.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-  with open(os.path.join(workdir, "table.md"), "w") as f:
-    f.write(summary["table"] + "\n")
-  return summary
-
-
-def run(config, workdir: str) -> dict:
-  mode = config.experiment.mode
-  if mode not in MODES:
-    raise ValueError(f"Unknown experiment.mode {mode!r}; valid: {list(MODES)}")
-  if mode == "single":
-    return train_and_evaluate(config, workdir)
-  return run_pretrain_transfer(config, workdir)

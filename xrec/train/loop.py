@@ -25,6 +25,7 @@ from xrec.train import sharding as S
 from xrec.train import writer as W
 from xrec.transfer import apply as transfer
 from xrec.transfer import schedule as transfer_schedule
+from xrec.transfer import vocab
 
 log = logging.getLogger("xrec")
 ITEM_KEYS_FILE = "item_keys.json"
@@ -45,12 +46,30 @@ def validate(config) -> None:
   S.logical_rules(config.sharding.rules)
   if config.train.batch_size < 1 or config.eval.batch_size < 1:
     raise ValueError("train.batch_size and eval.batch_size must be >= 1")
+  if config.train.eval_every_steps < 1:
+    raise ValueError(f"train.eval_every_steps={config.train.eval_every_steps} must be >= 1")
+  if config.train.num_steps < 0:
+    raise ValueError(f"train.num_steps={config.train.num_steps} must be >= 0 (0 = from train.num_epochs)")
 
 
 def total_steps(config, batches: pipeline.TrainBatches) -> int:
+  """The run's budget in optimizer steps; a budget shorter than one evaluation interval is an error
+  (early stopping and model selection need evaluations inside the budget)."""
+  every = config.train.eval_every_steps
   if config.train.num_steps > 0:
-    return int(config.train.num_steps)
-  return max(1, math.ceil(config.train.num_epochs * batches.steps_per_epoch))
+    steps = int(config.train.num_steps)
+    if steps < every:
+      raise ValueError(f"train.num_steps={steps} is below one evaluation interval "
+                       f"(train.eval_every_steps={every}); use train.num_steps >= {every} or lower "
+                       "train.eval_every_steps")
+    return steps
+  steps = max(1, math.ceil(config.train.num_epochs * batches.steps_per_epoch))
+  if steps < every:
+    raise ValueError(f"train.num_epochs={config.train.num_epochs:g} over {len(batches.users)} training users "
+                     f"(batch {config.train.batch_size}) is {steps} steps, below one evaluation interval "
+                     f"(train.eval_every_steps={every}); set train.num_steps >= {every} (a budget in "
+                     "steps) or lower train.eval_every_steps")
+  return steps
 
 
 def create_state(module, tx, max_len: int, seed: int, mesh, rules):
@@ -105,8 +124,17 @@ def _run_info(config, mesh, domain, module_params) -> dict:
       "process_count": jax.process_count(), "mesh": dict(mesh.shape), "jax_version": jax.__version__,
       "param_count": common.param_count(module_params),
       "dataset": {"name": config.data.name, "domain": domain.name, "users": domain.num_users,
-                  "items": domain.num_items, "user_fraction": config.data.user_fraction},
+                  "items": domain.num_items, "user_fraction": config.data.user_fraction,
+                  "training_users": int(len(domain.train_users)),
+                  "evaluation_users": int(len(domain.eval_users))},
   }
+
+
+def _item_overlap(config, domain) -> dict | None:
+  """Overlap of the target's catalogue with the pretrained model's (train.init_from), by raw key."""
+  if not config.train.init_from:
+    return None
+  return vocab.item_overlap(_item_keys(config.train.init_from), domain.item_keys, domain.item_frequency)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -126,8 +154,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   module = models.build(config.model, domain.num_items, max_len)
   if config.model.name == "popularity":
     return _fit_popularity(config, workdir, module, domain, mesh, rules, t_start, t_data)
-  plan = transfer.prepare(config)  # strategy: inserted modules, what loads, what trains
+  overlap = _item_overlap(config, domain)
+  plan = transfer.prepare(config, overlap)  # strategy: inserted modules, what loads, what trains
   module = module.clone(**plan.model_fields)
+  if plan.not_applicable:
+    log.warning("transfer %s: %s", plan.strategy.name, plan.not_applicable)
 
   batches = pipeline.TrainBatches(domain, config.train.batch_size, max_len, config.seed,
                                   jax.process_index(), jax.process_count())
@@ -139,7 +170,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   init = ckpt.resolve_init(workdir, config.train)
   report = None
-  meta = {"best_value": None, "best_step": None, "evals_since_best": 0}
+  meta = {"best_value": None, "best_step": None, "evals_since_best": 0, "last_eval_step": None,
+          "evaluations": 0}
   if init.kind in ("resume_workdir", "resume_path"):
     state, meta = ckpt.restore_state(init.path, state)
   elif init.kind == "pretrained":
@@ -157,8 +189,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   budget = plan.budget(state["params"], report)
   log.info(plan.describe(budget))
   start_step = int(state["step"])
-  log.info("data: %s/%s %d users, %d items | model: %s, %s params | mesh %s",
-           config.data.name, domain.name, domain.num_users, domain.num_items, config.model.name,
+  log.info("data: %s/%s %d users (%d train, %d evaluated), %d items | model: %s, %s params | mesh %s",
+           config.data.name, domain.name, domain.num_users, len(domain.train_users),
+           len(domain.eval_users), domain.num_items, config.model.name,
            f"{common.param_count(state['params']):,}", dict(mesh.shape))
   log.info("init: %s %s (step %d of %d)", init.kind, init.path, start_step, num_steps)
 
@@ -184,6 +217,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     nonlocal stopped_early
     result = evaluate(state["params"], domain, "valid")
     writer.write(step, "valid", result)
+    meta["evaluations"] = meta.get("evaluations", 0) + 1
+    meta["last_eval_step"] = step
     value = result[metric]
     if meta["best_value"] is None or value > meta["best_value"]:
       meta.update(best_value=value, best_step=step, evals_since_best=0)
@@ -241,20 +276,36 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.close()
     return {"stopped_at_step": step}
 
-  # Final metrics at the best validation checkpoint.
+  # Final metrics at the best validation checkpoint (never the final params, unless they are best).
   t_final = time.time()
   best_params, best_step = ckpt.restore_best_params(workdir, state["params"])
+  valid, valid_ranks = evaluate(best_params, domain, "valid", with_ranks=True)
+  test, test_ranks = evaluate(best_params, domain, "test", with_ranks=True)
+  last_eval = meta.get("last_eval_step")
   results = {
       "config": config.to_dict(),
-      "protocol": E.protocol(config.eval),
+      "protocol": E.protocol(config.eval, domain.population),
       "init": {"kind": init.kind, "path": init.path},
       "transfer": {"strategy": plan.strategy.name, **budget,
-                   "items": report["items"] if report else None},
+                   "items": report["items"] if report else None,
+                   "item_overlap": overlap, "item_tables": plan.item_tables,
+                   "not_applicable": plan.not_applicable or None},
       "best_step": int(best_step),
       "final_step": int(step),
       "stopped_early": stopped_early,
-      "valid": evaluate(best_params, domain, "valid"),
-      "test": evaluate(best_params, domain, "test"),
+      "budget": {"num_steps": int(num_steps), "steps_run": int(step),
+                 "warmup_steps": O.warmup_steps(config.optim, max(num_steps, 1)) if num_steps else 0,
+                 "eval_every_steps": int(config.train.eval_every_steps),
+                 "early_stopping_patience": int(config.train.early_stopping_patience),
+                 "evaluations": int(meta.get("evaluations", 0)), "last_eval_step": last_eval,
+                 "stopped_early": stopped_early,
+                 # the best validation was the last one: the run was still improving when stopped
+                 "best_is_last_eval": bool(num_steps > 0 and last_eval is not None
+                                           and int(best_step) == int(last_eval) and last_eval > 0)},
+      "valid": valid,
+      "test": test,
+      "per_user": {"population_sha256": domain.population["keys_sha256"],
+                   "valid_rank": valid_ranks.tolist(), "test_rank": test_ranks.tolist()},
       **_run_info(config, mesh, domain, state["params"]),
   }
   results["wall_seconds"] = {"data": t_data - t_start, "train": train_seconds,
@@ -283,12 +334,16 @@ def _fit_popularity(config, workdir, module, domain, mesh, rules, t_start, t_dat
   param_sh = S.param_shardings(boxed["params"], mesh, rules)
   params = jax.device_put(popularity.fit_params(counts, module.vocab_size)["params"], param_sh)
   evaluate = E.Evaluator(module, domain.num_items, config.model.max_len, config.eval, mesh, param_sh)
+  valid, valid_ranks = evaluate(params, domain, "valid", with_ranks=True)
+  test, test_ranks = evaluate(params, domain, "test", with_ranks=True)
   results = {
       "config": config.to_dict(),
-      "protocol": E.protocol(config.eval),
+      "protocol": E.protocol(config.eval, domain.population),
       "init": {"kind": "fitted", "path": ""},
-      "valid": evaluate(params, domain, "valid"),
-      "test": evaluate(params, domain, "test"),
+      "valid": valid,
+      "test": test,
+      "per_user": {"population_sha256": domain.population["keys_sha256"],
+                   "valid_rank": valid_ranks.tolist(), "test_rank": test_ranks.tolist()},
       **_run_info(config, mesh, domain, params),
   }
   results["wall_seconds"] = {"data": t_data - t_start, "total": time.time() - t_start}

@@ -6,8 +6,16 @@ import jax
 import optax
 
 
+def warmup_steps(optim_cfg, total_steps: int) -> int:
+  """Linear warmup over `optim.warmup_fraction` of the step budget (it scales with the budget)."""
+  fraction = optim_cfg.warmup_fraction
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f"optim.warmup_fraction={fraction!r} must be in [0, 1)")
+  return min(int(round(fraction * total_steps)), max(total_steps - 1, 0))
+
+
 def learning_rate_schedule(optim_cfg, total_steps: int):
-  warmup = min(int(optim_cfg.warmup_steps), max(total_steps - 1, 0))
+  warmup = warmup_steps(optim_cfg, total_steps)
   if optim_cfg.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=optim_cfg.lr, warmup_steps=warmup,

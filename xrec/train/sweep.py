@@ -7,16 +7,25 @@ A config module may define
   metrics()  what the report's tables show: {"metrics": ("ndcg@10", ...), "columns": "data.user_fraction"}
              (optional keys "rows", default "transfer.strategy", and "seed", default "seed")
 
+A pretrain -> transfer config without sweep() is the one-seed study of its
+experiment.strategies (`implicit_study`): there is one runner.
+
 Each cell is the config with its overrides applied, run as a pipeline of stages
 (xrec/train/experiment.py: `experiment.mode = "pretrain_transfer"` gives pretrain -> transfer with
-the cell's `transfer.strategy`, "scratch" needing no pretraining; "single" gives one run). Every
-stage lives in WORKDIR/stages/<hash>/ keyed by the config it depends on, so the pretraining shared
-by every strategy and fraction of a seed runs once, a killed study resumes where it stopped and a
-changed field re-runs only what depends on it.
+the cell's `transfer.strategy`, "scratch" needing no pretraining; "single" gives one run). The
+trained stage is tuned: one candidate stage per point of the `tune` grid (learning rates), and the
+cell keeps the candidate with the best validation metric, so no strategy is handicapped by one
+shared learning rate. Every stage lives in WORKDIR/stages/<hash>/ keyed by the config it depends
+on, so the pretraining shared by every strategy and fraction of a seed runs once, a killed study
+resumes where it stopped and a changed field re-runs only what depends on it.
 
   WORKDIR/study.json   the config file, its argument, the cells and the table layout
   WORKDIR/runs.jsonl   one line per cell run: key, overrides, status (done | failed | stopped),
-                       metrics at the best validation step, wall time, stage hashes, error
+                       metrics at the best validation step of the chosen candidate, the tuning
+                       (every candidate's validation metric, the chosen values), the budget (steps
+                       run, best step, still improving), the evaluation population, the item
+                       overlap, per-user test ranks (for bootstrap tests), wall time, stage
+                       hashes, error
   WORKDIR/stages/      the stages
 
 `python -m xrec.report WORKDIR` makes the tables and plots (xrec/report).
@@ -33,10 +42,12 @@ import logging
 import os
 import time
 import traceback
+import types
 from typing import Any
 
 from xrec.train import experiment
 from xrec.train import writer as W
+from xrec.transfer import strategies as ST
 
 log = logging.getLogger("xrec")
 RUNS_FILE = "runs.jsonl"
@@ -163,20 +174,78 @@ def list_text(cells: list[Cell]) -> str:
   return "\n".join(f"{c.index}\t{c.key}" for c in cells)
 
 
-def plan_stages(config, stages_dir: str) -> list[tuple[str, Any, dict[str, str]]]:
-  """A cell's stages in order: (kind, the stage's own config, {dependency name: stage hash})."""
+@dataclasses.dataclass
+class Stage:
+  kind: str  # one of experiment.STAGE_KINDS
+  config: Any  # the stage's own config
+  depends_on: dict[str, str]  # dependency name -> stage hash
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # a tuning candidate's values
+
+  @property
+  def hash(self) -> str:
+    return experiment.stage_hash(self.config, self.depends_on)
+
+
+def _strategy_of(config):
+  return ST.get_strategy(config.transfer.strategy, config.transfer, int(config.model.num_layers))
+
+
+def lr_mult_matters(config) -> bool:
+  """True when transfer.lr_mult changes training in a way optim.lr cannot: some trained params
+  follow lr_mult and others (fresh modules, new blocks) do not. When every trained param follows
+  it (full_finetune, frozen_encoder, ...), tuning optim.lr already tunes it; when none does
+  (scratch), it has no effect."""
+  base, doubled = copy.deepcopy(config), copy.deepcopy(config)
+  doubled.transfer.lr_mult = 2.0 * config.transfer.lr_mult
+  pairs = [(m1, m2) for (_, m1), (_, m2) in zip(_strategy_of(base).schedule, _strategy_of(doubled).schedule)
+           if m1 is not None]
+  follows = [abs(m2 - 2.0 * m1) <= 1e-12 * max(abs(m1), 1.0) for m1, m2 in pairs]
+  return any(follows) and not all(follows)
+
+
+def tuning_grid(config) -> tuple[list[dict[str, Any]], dict]:
+  """The candidate overrides of a cell's trained stage (the `tune` grid; one candidate, no
+  overrides, when nothing is tuned) and a note of what was tuned and why."""
+  note = {}
+  if not _strategy_of(config).train:
+    return [{}], {"tuned": {}, "skipped": "the strategy trains nothing"}
+  axes = []
+  if config.tune.lr:
+    axes.append(("optim.lr", [float(v) for v in config.tune.lr]))
+  if config.tune.lr_mult:
+    if lr_mult_matters(config):
+      axes.append(("transfer.lr_mult", [float(v) for v in config.tune.lr_mult]))
+    else:
+      note["transfer.lr_mult"] = ("not tuned: every trained param follows it (so tuning optim.lr "
+                                  "tunes it) or none does")
+  for field, values in axes:
+    if not values or any(not v > 0 for v in values):
+      raise ValueError(f"tune grid for {field} must hold positive values, got {values}")
+  candidates = [{}]
+  for field, values in axes:
+    candidates = [{**c, field: v} for c in candidates for v in values]
+  note["tuned"] = {field: values for field, values in axes}
+  return candidates, note
+
+
+def plan_stages(config, stages_dir: str) -> tuple[list[Stage], list[Stage], dict]:
+  """A cell's stages: (prerequisites in order, the candidates of its trained stage, tuning note).
+  The cell's result is the candidate with the best validation `train.best_metric`."""
   mode = config.experiment.mode
   if mode not in experiment.MODES:
     raise ValueError(f"Unknown experiment.mode {mode!r}; valid: {list(experiment.MODES)}")
+  experiment.check_transfer_protocol(config)
+  candidates, note = tuning_grid(config)
   if mode == "single":
-    return [("single", experiment._single_run(config), {})]
-  strategy = config.transfer.strategy
-  if strategy == "scratch":  # loads nothing: no pretraining to wait for
-    return [("transfer", experiment.transfer_config(config, strategy, ""), {})]
-  pre = experiment.pretrain_config(config)
-  pre_hash = experiment.stage_hash(pre)
-  transfer = experiment.transfer_config(config, strategy, os.path.join(stages_dir, pre_hash))
-  return [("pretrain", pre, {}), ("transfer", transfer, {"pretrain": pre_hash})]
+    base, kind, prereq, deps = experiment._single_run(config), "single", [], {}
+  elif config.transfer.strategy == "scratch":  # loads nothing: no pretraining to wait for
+    base, kind, prereq, deps = experiment.transfer_config(config, "scratch", ""), "transfer", [], {}
+  else:
+    pre = Stage("pretrain", experiment.pretrain_config(config), {})
+    prereq, deps, kind = [pre], {"pretrain": pre.hash}, "transfer"
+    base = experiment.transfer_config(config, config.transfer.strategy, os.path.join(stages_dir, pre.hash))
+  stages = [Stage(kind, apply_overrides(base, o), deps, o) for o in candidates]
+  return prereq, stages, note
 
 
 def read_runs(workdir: str) -> list[dict]:
@@ -211,8 +280,15 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def _stage_hashes(stages) -> dict[str, str]:
-  return {kind: experiment.stage_hash(cfg, deps) for kind, cfg, deps in stages}
+def _planned_hashes(prereq: list[Stage], candidates: list[Stage]) -> list[str]:
+  return [st.hash for st in prereq + candidates]
+
+
+def _select_candidate(config, results: list[dict]) -> int:
+  """Index of the candidate with the best validation metric (first in grid order on ties)."""
+  metric = config.train.best_metric
+  values = [r["valid"][metric] for r in results]
+  return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
 def run_cell(config, cell: Cell, workdir: str) -> dict:
@@ -222,23 +298,45 @@ def run_cell(config, cell: Cell, workdir: str) -> dict:
   record = {"key": cell.key, "index": cell.index, "overrides": cell.overrides, "status": "failed",
             "stages": {}, "reused": []}
   try:
-    stages = plan_stages(apply_overrides(config, cell.overrides), stages_dir)
-    record["stages"] = _stage_hashes(stages)
-    results, stage_seconds = None, 0.0
-    for kind, stage_config, deps in stages:
-      results = experiment.run_cached_stage(stage_config, stages_dir, kind, deps)
+    cfg = apply_overrides(config, cell.overrides)
+    prereq, candidates, note = plan_stages(cfg, stages_dir)
+    record["planned"] = _planned_hashes(prereq, candidates)
+    stage_seconds, done, pretrain = 0.0, [], None
+    for stage in prereq + candidates:
+      results = experiment.run_cached_stage(stage.config, stages_dir, stage.kind, stage.depends_on)
       if "stopped_at_step" in results:  # train.stop_after_steps: resumes on the next run
-        record.update(status="stopped", stopped_stage=kind, stopped_at_step=results["stopped_at_step"])
+        record.update(status="stopped", stopped_stage=stage.kind, stopped_at_step=results["stopped_at_step"])
         break
       if results["stage"]["reused"]:
-        record["reused"].append(kind)
+        record["reused"].append(stage.kind)
       stage_seconds += results["wall_seconds"]["total"]
+      if stage.kind == "pretrain":
+        record["stages"]["pretrain"] = stage.hash
+        pretrain = results
+      else:
+        done.append((stage, results))
     else:
+      best = _select_candidate(cfg, [r for _, r in done])
+      stage, results = done[best]
+      record["stages"][stage.kind] = stage.hash
+      metric = cfg.train.best_metric
+      record["tuning"] = {
+          "metric": f"valid {metric}", **note, "chosen": stage.overrides,
+          "candidates": [{"overrides": st.overrides, "valid": r["valid"][metric], "stage": st.hash,
+                          "best_step": r.get("best_step")} for st, r in done]}
       budget = results.get("transfer") or {}
-      record.update(status="done", valid=results["valid"], test=results["test"],
-                    best_step=results.get("best_step"), trainable_params=budget.get("trainable"),
-                    total_params=budget.get("total", results.get("param_count")),
-                    stored_bytes=budget.get("stored_bytes"), stage_wall_seconds=stage_seconds)
+      record.update(
+          status="done", valid=results["valid"], test=results["test"],
+          best_step=results.get("best_step"), trainable_params=budget.get("trainable"),
+          total_params=budget.get("total", results.get("param_count")),
+          stored_bytes=budget.get("stored_bytes"), stage_wall_seconds=stage_seconds,
+          budget=results.get("budget"), population=results["protocol"].get("population"),
+          item_overlap=budget.get("item_overlap"), item_tables=budget.get("item_tables"),
+          not_applicable=budget.get("not_applicable"),
+          test_rank=results.get("per_user", {}).get("test_rank"))
+      if pretrain is not None:
+        record["pretrain"] = {"valid": pretrain["valid"], "test": pretrain["test"],
+                              "best_step": pretrain.get("best_step"), "budget": pretrain.get("budget")}
   except Exception as e:  # noqa: BLE001 -- a failing cell is recorded and the study goes on
     tail = traceback.format_exc()[-ERROR_TAIL_CHARS:]
     record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=tail)
@@ -253,11 +351,12 @@ def _cached(config, cell: Cell, workdir: str, previous: dict | None) -> bool:
   if not previous or previous.get("status") != "done":
     return False
   try:
-    hashes = _stage_hashes(plan_stages(apply_overrides(config, cell.overrides), os.path.join(workdir, STAGES_DIR)))
+    hashes = _planned_hashes(*plan_stages(apply_overrides(config, cell.overrides),
+                                          os.path.join(workdir, STAGES_DIR))[:2])
   except Exception:  # noqa: BLE001 -- an invalid cell is not cached; run_cell records why
     return False
-  return hashes == previous.get("stages") and all(
-      os.path.exists(os.path.join(workdir, STAGES_DIR, h, "results.json")) for h in hashes.values())
+  return hashes == previous.get("planned") and all(
+      os.path.exists(os.path.join(workdir, STAGES_DIR, h, "results.json")) for h in hashes)
 
 
 def run_study(config, module, workdir: str, only: str | None = None, config_file: str = "",
@@ -266,8 +365,12 @@ def run_study(config, module, workdir: str, only: str | None = None, config_file
   counts and writes WORKDIR/study.json and WORKDIR/runs.jsonl."""
   cells = cells_of(module)
   layout = layout_of(module)
-  for cell in cells:  # a misspelt field fails before any work starts
-    apply_overrides(config, cell.overrides)
+  for cell in cells:  # a misspelt field or a broken protocol fails before any work starts
+    cell_config = apply_overrides(config, cell.overrides)
+    try:
+      experiment.check_transfer_protocol(cell_config)
+    except ValueError as e:
+      raise ValueError(f"cell {cell.index} ({cell.key}): {e}") from e
   chosen = select(cells, only)
   is_main = is_main_process()
   os.makedirs(workdir, exist_ok=True)
@@ -292,7 +395,27 @@ def run_study(config, module, workdir: str, only: str | None = None, config_file
   return counts
 
 
-def strategy_grid(strategies, field: str, values, seeds):
+def implicit_study(config):
+  """A pretrain -> transfer config without sweep(): one cell per experiment.strategies (the
+  config's own seed), one column; the same runner, stages, tuning and report as any study."""
+  if not config.experiment.strategies:
+    raise ValueError("experiment.strategies is empty; name at least one transfer strategy")
+  strategies = list(config.experiment.strategies)
+
+  def sweep():
+    for strategy in strategies:
+      yield {"transfer.strategy": strategy}
+
+  def metrics():
+    return {"metrics": ("ndcg@10", "hr@10"), "columns": ()}
+
+  return types.SimpleNamespace(sweep=sweep, metrics=metrics, __file__="experiment.strategies")
+
+
+SEEDS = (0, 1, 2, 3, 4)  # the protocol's default: >= 5 paired replicates per table cell
+
+
+def strategy_grid(strategies, field: str, values, seeds=SEEDS):
   """Cells strategy x `field` value x seed, in that nesting (seed outermost).
 
   The seed also picks the few-shot users (`data.fraction_seed`), so each seed is
@@ -304,12 +427,46 @@ def strategy_grid(strategies, field: str, values, seeds):
         yield {"transfer.strategy": strategy, field: value, "seed": seed, "data.fraction_seed": seed}
 
 
-def as_transfer_study(c, pretrain_epochs: float):
+# Budgets of the real-data studies (experiments/real_data): "full" is the paper setting for an
+# accelerator, "short" a CPU preset (smaller model and windows, shorter budgets) that runs the whole
+# protocol (5 seeds, tuned learning rates, every target user evaluated) on 2 cores.
+REAL_DATA_PRESETS = {
+    "full": dict(pretrain_epochs=200.0, pretrain_eval_every=200, target_steps=2000, eval_every=100,
+                 max_len=200, embed_dim=64, mlp_dim=64),
+    "short": dict(pretrain_epochs=20.0, pretrain_eval_every=100, target_steps=300, eval_every=50,
+                  max_len=50, embed_dim=32, mlp_dim=32),
+}
+
+
+def config_args(arg, valid: tuple[str, ...]) -> set[str]:
+  """`name.py:a,b` -> {"a", "b"}; an argument outside `valid` (or two presets) fails, listing them."""
+  args = {a for a in (arg or "").split(",") if a}
+  unknown = sorted(args - set(valid))
+  if unknown:
+    raise ValueError(f"Unknown config argument(s) {unknown}; valid (comma-separated): {list(valid)}")
+  if len(args & set(REAL_DATA_PRESETS)) > 1:
+    raise ValueError(f"pick one budget preset of {list(REAL_DATA_PRESETS)}, got {sorted(args)}")
+  return args
+
+
+def as_transfer_study(c, preset: str = "full", lr_grid=(3e-4, 1e-3, 3e-3)):
   """Turns a scenario config (splits `source`, `target`) into a pretrain -> transfer study cell
-  with the stage settings the real-data studies share (early-stopped pretraining, quiet runs)."""
+  under the fixed protocol, with the budgets of REAL_DATA_PRESETS[preset]: early-stopped
+  pretraining, the same target budget in optimizer steps for every strategy and fraction (early
+  stopping on validation), learning rates tuned on validation from `lr_grid`, evaluation on all
+  target users, quiet runs."""
+  if preset not in REAL_DATA_PRESETS:
+    raise ValueError(f"Unknown budget preset {preset!r}; valid: {list(REAL_DATA_PRESETS)}")
+  b = REAL_DATA_PRESETS[preset]
   c.experiment.mode = "pretrain_transfer"
   c.experiment.source_domain, c.experiment.target_domain = "source", "target"
-  c.experiment.pretrain.update(dict(num_epochs=pretrain_epochs, batch_size=128, eval_every_steps=200,
-                                    checkpoint_every_steps=200, early_stopping_patience=10))
-  c.train.update(dict(eval_every_steps=50, checkpoint_every_steps=200, progress_bar=False))
+  c.experiment.pretrain.update(dict(num_epochs=b["pretrain_epochs"], batch_size=128,
+                                    eval_every_steps=b["pretrain_eval_every"],
+                                    checkpoint_every_steps=b["pretrain_eval_every"], early_stopping_patience=10))
+  c.model.update(dict(max_len=b["max_len"], embed_dim=b["embed_dim"], mlp_dim=b["mlp_dim"]))
+  c.train.update(dict(num_steps=b["target_steps"], batch_size=128, eval_every_steps=b["eval_every"],
+                      checkpoint_every_steps=max(b["eval_every"], 200), early_stopping_patience=5,
+                      progress_bar=False))
+  c.data.eval_population = "all"
+  c.tune.lr = tuple(lr_grid)
   return c

@@ -23,6 +23,7 @@ tables move by key, never by position.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Callable, Sequence
 
@@ -45,6 +46,11 @@ class TransferPlan:
   source_subtree: str = ""  # part of the pretrained tree that holds the model's params
   rename: tuple[tuple[str, str], ...] = ()  # strategy rules + config.transfer.rename
   dont_load: tuple[str, ...] = ()  # strategy regexes + config.transfer.dont_load
+  # the item overlap with the pretrained model (vocab.item_overlap) and what it decided:
+  # train_item_tables (PEFT presets, transfer.train_item_embeddings) and not_applicable (zero_shot)
+  overlap: dict | None = None
+  item_tables: dict = dataclasses.field(default_factory=dict)
+  not_applicable: str = ""
 
   @property
   def model_fields(self) -> dict:
@@ -120,10 +126,34 @@ class TransferPlan:
             f"store {budget['stored_params']:,} params = {budget['stored_bytes']:,} bytes")
 
 
-def prepare(config) -> TransferPlan:
+def prepare(config, overlap: dict | None = None) -> TransferPlan:
   """The plan for `config.transfer.strategy` with its options (config.transfer) for the model in
-  config.model. Fails before any work on an unknown strategy, option value or unseen rule."""
-  options = config.transfer
+  config.model. Fails before any work on an unknown strategy, option value or unseen rule.
+
+  overlap: vocab.item_overlap(pretrained keys, target keys, target frequencies) when a pretrained
+  model is loaded. Below transfer.min_item_overlap (share of target interactions): zero_shot is
+  not applicable (it would rank unseen items arbitrarily) and, with train_item_embeddings="auto",
+  the parameter-efficient presets train the item tables.
+  """
+  options = copy.deepcopy(config.transfer)
+  rule = options.train_item_embeddings
+  if rule not in ST.ITEM_TABLE_RULES:
+    raise ValueError(f"Unknown transfer.train_item_embeddings {rule!r}; valid: {list(ST.ITEM_TABLE_RULES)}")
+  threshold = options.min_item_overlap
+  if not 0.0 <= threshold <= 1.0:
+    raise ValueError(f"transfer.min_item_overlap={threshold!r} must be in [0, 1]")
+  share = None if overlap is None else overlap.get("interaction_share", overlap.get("item_share"))
+  disjoint = share is not None and share < threshold
+  if rule == "auto":
+    train_tables = disjoint
+    reason = (f"auto: the source knows {share:.1%} of the target's interactions (< min_item_overlap "
+              f"{threshold:g})" if disjoint else "auto: catalogues overlap" if share is not None
+              else "auto: no pretrained item table")
+  else:
+    train_tables = rule == "always"
+    reason = f"train_item_embeddings={rule!r}"
+  with options.unlocked():
+    options.train_item_embeddings = "always" if train_tables else "never"
   if options.unseen_items not in V.UNSEEN_RULES:
     raise ValueError(f"Unknown transfer.unseen_items {options.unseen_items!r}; "
                      f"valid: {list(V.UNSEEN_RULES)}")
@@ -135,5 +165,11 @@ def prepare(config) -> TransferPlan:
   dont_load = tuple(strategy.dont_load) + tuple(options.dont_load)
   T.compile_rules([p for p, _ in rename], "transfer.rename")
   T.compile_rules(dont_load, "transfer.dont_load")
+  not_applicable = ""
+  if not strategy.train and disjoint:
+    not_applicable = (f"n/a (item overlap {share:.0%}): the source knows {share:.1%} of the target's "
+                      f"interactions, below transfer.min_item_overlap={threshold:g}")
   return TransferPlan(strategy=strategy, unseen_items=options.unseen_items,
-                      source_subtree=options.source_subtree, rename=rename, dont_load=dont_load)
+                      source_subtree=options.source_subtree, rename=rename, dont_load=dont_load,
+                      overlap=overlap, item_tables={"train": train_tables, "reason": reason},
+                      not_applicable=not_applicable)

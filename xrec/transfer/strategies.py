@@ -74,8 +74,13 @@ def _blocks_from(k: int) -> str:
   return r"block_(?!(?:" + "|".join(str(i) for i in range(k)) + r")/)\d+/.*"
 
 
+ITEM_TABLE_RULES = ("auto", "always", "never")
+
+
 def _item_mult(options):
-  return options.lr_mult if options.train_item_embeddings else None
+  """Item tables of the parameter-efficient presets: frozen unless train_item_embeddings is
+  "always" (apply.prepare resolves "auto" from the item overlap before the presets run)."""
+  return options.lr_mult if options.train_item_embeddings == "always" else None
 
 
 def scratch(options, num_layers):
@@ -133,7 +138,7 @@ def reuse_bottom(options, num_layers):
 def _parameter_efficient(name, options, inserted: str, model_fields: dict) -> Strategy:
   """Pretrained model frozen; inserted modules (fresh, zero-initialised) train at new_lr_mult,
   the output bias (per-item popularity of the target) at lr_mult, item tables only with
-  transfer.train_item_embeddings (needed when many target items are unseen)."""
+  transfer.train_item_embeddings (by default when the catalogues barely overlap)."""
   return Strategy(name, dont_load=(inserted,), model_fields=model_fields,
                   schedule=((inserted, options.new_lr_mult), ("output_bias", options.lr_mult),
                             (ITEM_TABLES, _item_mult(options)), (".*", None)))

@@ -35,8 +35,12 @@ def map_item_rows(pretrained_rows, init_rows, source_keys: Sequence, target_keys
   init_rows:       [target_vocab, ...]  the same table freshly initialised in the target model.
   source_keys, target_keys: raw item keys; id i -> keys[i - 1].
   unseen:          how rows of target items absent from the source start:
-                   "random" keeps the fresh init, "mean" is the mean of the pretrained rows of
-                   all source items (padding and sharding padding excluded), "zero" is 0.
+                   "random": the fresh init rows, standardised per dimension and rescaled to the
+                   mean and std of the pretrained item rows (distinct rows on the pretrained
+                   scale; a dimension whose fresh init is constant, like a zero bias, gets the
+                   pretrained mean); "mean": every unseen item the mean of the pretrained rows
+                   of all source items (padding and sharding padding excluded), so they all
+                   score alike; "zero": 0.
 
   Returns (rows [target_vocab, ...] with init_rows' dtype, report). Row 0 (padding) comes
   from the pretrained row 0; sharding-padding rows beyond len(target_keys) + 1 keep init.
@@ -69,9 +73,14 @@ def map_item_rows(pretrained_rows, init_rows, source_keys: Sequence, target_keys
   rows[0] = pretrained[0]
   rows[target_ids[known]] = pretrained[matched_src[known]].astype(init.dtype)
   unseen_ids = target_ids[~known]
-  if unseen == "mean" and unseen_ids.size:
-    # mean over every pretrained item (not only the overlap) so it exists with zero overlap
-    real = pretrained[1:len(src_keys) + 1].astype(np.float64)
+  # statistics over every pretrained item (not only the overlap) so they exist with zero overlap
+  real = pretrained[1:len(src_keys) + 1].astype(np.float64)
+  if unseen == "random" and unseen_ids.size and len(real):
+    fresh = init[unseen_ids].astype(np.float64)
+    spread = fresh.std(axis=0)
+    z = np.where(spread > 0, (fresh - fresh.mean(axis=0)) / np.where(spread > 0, spread, 1.0), 0.0)
+    rows[unseen_ids] = (real.mean(axis=0) + z * real.std(axis=0)).astype(init.dtype)
+  elif unseen == "mean" and unseen_ids.size:
     rows[unseen_ids] = real.mean(axis=0).astype(init.dtype) if len(real) else 0
   elif unseen == "zero":
     rows[unseen_ids] = 0
@@ -90,6 +99,23 @@ def map_item_rows(pretrained_rows, init_rows, source_keys: Sequence, target_keys
       "identity": identity,
   }
   return rows, report
+
+
+def item_overlap(source_keys: Sequence, target_keys: Sequence, target_frequency=None) -> dict:
+  """How much of the target's catalogue the source knows, by raw item key.
+
+  target_frequency: interactions per target item id [len(target_keys) + 1] (id 0 unused), e.g.
+  DomainSequences.item_frequency; gives `interaction_share`, the share of the target's
+  interactions that fall on items with a pretrained row (what a transferred item table covers).
+  """
+  source = set(source_keys.tolist() if hasattr(source_keys, "tolist") else source_keys)
+  seen = np.array([key in source for key in target_keys], bool)
+  out = {"target_items": int(len(seen)), "overlap_items": int(seen.sum()),
+         "item_share": float(seen.mean()) if len(seen) else 0.0}
+  if target_frequency is not None:
+    freq = np.asarray(target_frequency, np.float64)[1:len(seen) + 1]
+    out["interaction_share"] = float(freq[seen].sum() / freq.sum()) if freq.sum() > 0 else 0.0
+  return out
 
 
 def resize_positions(pretrained_pos, init_pos):
