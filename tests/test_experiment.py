@@ -135,7 +135,7 @@ def test_test_metrics_come_from_the_best_validation_step_not_the_last(data_dir, 
   """A fine-tune that only hurts: step 0 (the pretrained model) is best on validation, and the
   test metrics must be those of step 0's params, not of the final (destroyed) params."""
   from xrec.evaluate.evaluator import Evaluator
-  from xrec.train import sharding as S
+  from xrec import sharding as S
   from xrec import models
   c = tiny_config(data_dir)
   pre = train_and_evaluate(c, str(tmp_path / "pre"))

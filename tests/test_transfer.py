@@ -203,7 +203,7 @@ def _mesh(shape):
 def _adapter_state(pretrained, mesh):
   """The loop's own sharded state creation with the adapter preset's optimizer."""
   from xrec.train import loop
-  from xrec.train import sharding as SH
+  from xrec import sharding as SH
   plan, module, params, _ = transfer("adapter", pretrained, train_item_embeddings="never")
   module = module.clone(dropout=0.0)  # no dropout RNG: a faster compile, same mechanics
   cfg = base_config()
@@ -218,7 +218,7 @@ def _adapter_state(pretrained, mesh):
 
 def test_frozen_params_bit_identical_and_stateless_in_loop_step(pretrained):
   from xrec.train import loop
-  from xrec.train import sharding as SH
+  from xrec import sharding as SH
   mesh = _mesh((1, 1))
   plan, module, tx, cfg, state, state_sh = _adapter_state(pretrained, mesh)
   mults = S.resolve(state["params"], plan.schedule)
@@ -249,7 +249,7 @@ def test_frozen_params_bit_identical_and_stateless_in_loop_step(pretrained):
 
 def test_masked_optimizer_state_shardings_on_2x2_mesh(pretrained):
   # the loop's derivation (eval_shape -> param shardings -> opt_state_shardings), without the compile
-  from xrec.train import sharding as SH
+  from xrec import sharding as SH
   plan, module, params, _ = transfer("adapter", pretrained)
   mesh = _mesh((2, 2))
   tx = plan.make_optimizer(lambda: O.make_optimizer(base_config().optim, 10)[0], params)
@@ -546,7 +546,7 @@ def test_config_rename_dont_load_and_multipliers(pretrained):
 
 
 def test_inserted_modules_carry_logical_axes_for_sharding():
-  from xrec.train import sharding as SH
+  from xrec import sharding as SH
   from xrec.models.sasrec import LORA_TARGETS
   module = tiny_model(adapter_dim=4, lora_rank=2, lora_targets=LORA_TARGETS, num_prompts=3, patch_dim=4)
   boxed = jax.eval_shape(lambda: module.init({"params": jax.random.key(0)}, INPUTS)["params"])

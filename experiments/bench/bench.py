@@ -25,9 +25,10 @@ import numpy as np
 import optax
 
 from xrec import models
+from xrec import sharding as S
 from xrec.config import base_config
 from xrec.evaluate import evaluator as E
-from xrec.train import loop, sharding as S
+from xrec.train import loop
 from xrec.train import optimizer as O
 
 PRESETS = {

@@ -10,7 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from xrec.data import pipeline
 from xrec.evaluate import metrics as M
-from xrec.train import sharding as S
+from xrec import sharding as S
 
 
 def protocol(eval_cfg, population: dict | None = None) -> dict:

@@ -21,7 +21,7 @@ from xrec.evaluate import evaluator as E
 from xrec.models import common, losses, popularity
 from xrec.train import checkpoint as ckpt
 from xrec.train import optimizer as O
-from xrec.train import sharding as S
+from xrec import sharding as S
 from xrec.train import writer as W
 from xrec.transfer import apply as transfer
 from xrec.transfer import schedule as transfer_schedule
