@@ -5,7 +5,7 @@ target's 3,000 disjoint users, same items) with scratch, zero_shot, full_finetun
 adapter and lora, and prints one table. The protocol is the one of every xrec transfer table:
 every strategy is evaluated on all 3,000 target users, gets the same budget in optimizer steps
 (with early stopping on validation) and its own learning rate, chosen on validation from
-{3e-4, 1e-3, 3e-3}. One seed, so the table's intervals and tests are per-user paired bootstraps.
+{1e-3, 3e-3, 1e-2}. One seed, so the table's intervals and tests are per-user paired bootstraps.
 
   python launch.py --config configs/transfer_synthetic.py --workdir runs/transfer_synthetic
 
@@ -24,7 +24,7 @@ def get_config(arg=None):
   c.experiment.mode = "pretrain_transfer"
   c.experiment.pretrain.update(dict(num_epochs=15.0, eval_every_steps=100, checkpoint_every_steps=200))
   c.data.user_fraction = 0.1  # few-shot target: 300 training users; evaluation on all 3,000
-  c.train.update(dict(num_steps=300, batch_size=64, eval_every_steps=50, checkpoint_every_steps=300,
+  c.train.update(dict(num_steps=400, batch_size=64, eval_every_steps=50, checkpoint_every_steps=400,
                       early_stopping_patience=3))
-  c.tune.lr = (3e-4, 1e-3, 3e-3)
+  c.tune.lr = (1e-3, 3e-3, 1e-2)
   return c

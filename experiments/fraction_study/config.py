@@ -8,7 +8,7 @@ fraction 0.01, 0.05, 0.2, 1.0 x seeds 0-4 (120 cells). Protocol (DESIGN.md, issu
     only (15 / 75 / 300 / 1,500 users), and every cell is evaluated on all 1,500 target users;
   * every trained cell gets the same budget, 1,000 optimizer steps of batch 32 whatever the
     fraction, with validation every 50 steps and early stopping after 5 evaluations without gain;
-  * each strategy's learning rate is chosen per cell on validation from {3e-4, 1e-3, 3e-3};
+  * each strategy's learning rate is chosen per cell on validation from {3e-4, 1e-3, 3e-3, 1e-2};
   * 5 seeds (model init, batch order, which users form the few-shot subset), paired tests with
     Holm correction, 95% CIs (xrec/report).
 
@@ -38,7 +38,7 @@ def synthetic_study_config():
   c.train.update(dict(num_steps=1000, batch_size=32, eval_every_steps=50, checkpoint_every_steps=250,
                       early_stopping_patience=5, progress_bar=False))
   c.data.eval_population = "all"
-  c.tune.lr = (3e-4, 1e-3, 3e-3)
+  c.tune.lr = (3e-4, 1e-3, 3e-3, 1e-2)
   return c
 
 

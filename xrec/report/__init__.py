@@ -72,6 +72,9 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
     o = r["overrides"]
     slot = (T._label(o, layout["rows"]), tuple(T._label(o, f) for f in layout["columns"]))
     text = ", ".join(f"{k.rsplit('.', 1)[-1]} {_short(v)}" for k, v in sorted(tuning["chosen"].items()))
+    edges = [k for k, v in tuning["chosen"].items()
+             if len(tuning["tuned"].get(k, ())) > 1 and v in (min(tuning["tuned"][k]), max(tuning["tuned"][k]))]
+    text += " (edge)" if edges else ""
     chosen.setdefault(slot, {}).setdefault(text, 0)
     chosen[slot][text] += 1
     for field, values in tuning["tuned"].items():
@@ -87,7 +90,8 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
            "Grid: " + "; ".join(f"`{f}` in {{{', '.join(_short(v) for v in vals)}}}" for f, vals in grids.items())
            + f". Each cell's candidates were trained with the same budget; the one with the best "
            f"{(done[0].get('tuning') or {}).get('metric', 'validation metric')} was kept "
-           "(counts: seeds that chose the value).", "",
+           "(counts: seeds that chose the value; \"(edge)\": the value is the smallest or largest of "
+           "its grid, so the best one may lie outside it).", "",
            "| " + " | ".join(header) + " |", "|---" + "|---" * len(columns) + "|"]
   for row in rows:
     out = [str(row)]
