@@ -1,12 +1,13 @@
-"""xrec launcher: flags only; the work is in xrec.train.loop.train_and_evaluate.
+"""xrec launcher: flags only; every launch is a study run by xrec/train/sweep.py.
 
-  python launch.py --config configs/sasrec_synthetic.py --workdir runs/x [--config.model.num_layers=4]
+  python launch.py --config configs/sasrec_synthetic.py --workdir runs/x [--config.model.sasrec.num_layers=4]
 
 A config with sweep() is a study (xrec/train/sweep.py, docs/experiments.md): the whole grid runs
 as cached stages under WORKDIR/stages/, indexed in WORKDIR/runs.jsonl, then WORKDIR/report/ is
 written (python -m xrec.report WORKDIR does it alone). A config with
 experiment.mode="pretrain_transfer" and no sweep() is the one-seed study of its
-experiment.strategies.
+experiment.strategies; any other config is a one-cell study, whose results are also copied to
+WORKDIR/results.json.
 
   python launch.py --config experiments/fraction_study/config.py --workdir runs/fraction --list
   python launch.py --config experiments/fraction_study/config.py --workdir runs/fraction [--only KEY|INDEX]
@@ -80,20 +81,7 @@ def main(argv):
   # config_flags hands over only the ConfigDict; sweep() / metrics() live in the file (`path[:arg]`)
   config_file, config_arg = sweep.config_file_of(config_flags.get_config_filename(flags.FLAGS["config"]))
   module = sweep.load_config_module(config_file)
-  if hasattr(module, "sweep"):
-    return run_study(module, config_file, config_arg)
-  config = flags.FLAGS.config
-  if config.experiment.mode == "pretrain_transfer":  # a one-seed study of experiment.strategies
-    return run_study(sweep.implicit_study(config), config_file, config_arg)
-  if config.experiment.mode != "single":
-    raise app.UsageError(f"Unknown experiment.mode {config.experiment.mode!r}; valid: "
-                         "['single', 'pretrain_transfer']")
-  if flags.FLAGS.only is not None or flags.FLAGS.list:
-    raise app.UsageError(f"--only / --list need a study (a config with sweep() or "
-                         f"experiment.mode='pretrain_transfer'); {config_file} is a single run")
-  from xrec.train.loop import train_and_evaluate
-  results = train_and_evaluate(config, flags.FLAGS.workdir)
-  print(summary(results), flush=True)
+  return run_study(sweep.study_of(module, flags.FLAGS.config), config_file, config_arg)
 
 
 def run_study(module, config_file: str, config_arg):
@@ -108,6 +96,10 @@ def run_study(module, config_file: str, config_arg):
   if flags.FLAGS.only is None and sweep.is_main_process():
     from xrec import report
     print(report.write_report(flags.FLAGS.workdir)["markdown"], flush=True)
+    results = os.path.join(flags.FLAGS.workdir, "results.json")
+    if len(cells) == 1 and os.path.exists(results):  # a one-cell study: the run's own summary
+      with open(results) as f:
+        print(summary(json.load(f)), flush=True)
   return 1 if counts["failed"] else 0  # the index holds each failure's error
 
 

@@ -36,8 +36,8 @@ def get_config(arg=None):
   c.data.scenario.update(dict(kind="user_attribute", attribute="region", source_values=source,
                               target_values=target))
   c.model.max_len = 200
-  c.model.num_heads = 1
-  c.loss.name = "full_softmax"
+  c.model.sasrec.num_heads = 1
+  c.objective.terms = (("full_softmax", 1.0),)
   c.eval.mask_history = True
   c.train.num_epochs = 100.0
   c.train.early_stopping_patience = 10

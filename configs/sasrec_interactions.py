@@ -46,7 +46,7 @@ def get_config(arg=None):
   if arg.startswith("amazon"):
     c.data.preprocess.update(dict(user_core=5, item_core=5, dedup="first"))
   c.model.max_len = 50
-  c.loss.name = "full_softmax"
+  c.objective.terms = (("full_softmax", 1.0),)
   c.eval.mask_history = True
   c.train.num_epochs = 200.0
   c.train.early_stopping_patience = 10

@@ -31,11 +31,9 @@ def get_config(arg=None):
   c.data.preprocess.min_seq_len = 3
   c.model.max_len = 200
   c.model.embed_dim = 64
-  c.model.num_layers = 2
-  c.model.num_heads = 1
-  c.model.mlp_dim = 64
+  c.model.sasrec.update(dict(num_layers=2, num_heads=1, mlp_dim=64))
   c.model.dropout = 0.2
-  c.loss.name = "full_softmax"
+  c.objective.terms = (("full_softmax", 1.0),)
   c.eval.mask_history = True
   c.train.batch_size = 128
   c.train.num_epochs = 200.0

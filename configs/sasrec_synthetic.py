@@ -18,9 +18,9 @@ def get_config(arg=None):
   c.train.eval_every_steps = 100
   c.train.checkpoint_every_steps = 100
   if arg == "bce":
-    c.loss.name = "bce"
+    c.objective.terms = (("bce", 1.0),)
   elif arg == "sampled":
-    c.loss.name = "sampled_softmax"
+    c.objective.terms = (("sampled_softmax", 1.0),)
   elif arg not in (None, ""):
     raise ValueError(f"Unknown config argument {arg!r}; valid: 'bce', 'sampled' or none")
   return c

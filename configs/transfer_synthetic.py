@@ -22,7 +22,7 @@ def get_config(arg=None):
   del arg
   c = base_config()
   c.experiment.mode = "pretrain_transfer"
-  c.experiment.pretrain.update(dict(num_epochs=15.0, eval_every_steps=100, checkpoint_every_steps=200))
+  c.experiment.pretrain.train.update(dict(num_epochs=15.0, eval_every_steps=100, checkpoint_every_steps=200))
   c.data.user_fraction = 0.1  # few-shot target: 300 training users; evaluation on all 3,000
   c.train.update(dict(num_steps=400, batch_size=64, eval_every_steps=50, checkpoint_every_steps=400,
                       early_stopping_patience=3))

@@ -25,7 +25,9 @@ def tiny_config(data_dir: str):
   c.data.data_dir = data_dir
   c.data.synthetic.update(dict(num_source_users=120, num_target_users=60, num_source_items=200,
                                num_target_items=200, mean_seq_len=12.0, max_seq_len=30))
-  c.model.update(dict(max_len=20, embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32, vocab_multiple=8))
+  c.model.update(dict(max_len=20, embed_dim=16, vocab_multiple=8))
+  c.model.sasrec.update(dict(num_layers=2, num_heads=2, mlp_dim=32))
+  c.model.bert4rec.update(dict(num_layers=2, num_heads=2, mlp_dim=32))
   c.train.update(dict(batch_size=16, num_steps=12, eval_every_steps=6, checkpoint_every_steps=4,
                       log_every_steps=1, progress_bar=False))
   c.optim.warmup_fraction = 0.15

@@ -211,7 +211,7 @@ def _load_config(name, arg=None):
 def test_configs_set_the_published_protocol():
   c = _load_config("sasrec_ml1m")
   assert (c.data.name, c.data.movielens.release, c.data.domain) == ("movielens", "1m", "main")
-  assert c.model.max_len == 200 and c.loss.name == "full_softmax" and c.eval.mask_history
+  assert c.model.max_len == 200 and c.objective.terms == (("full_softmax", 1.0),) and c.eval.mask_history
   assert c.data.preprocess.min_seq_len == 3
   region = _load_config("ml1m_cross_region")
   assert region.data.scenario.kind == "user_attribute" and region.data.scenario.attribute == "region"

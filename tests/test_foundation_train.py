@@ -116,7 +116,7 @@ def test_pretrained_init_starts_from_the_checkpoint(data_dir, tmp_path):
   cfg3 = tiny_config(data_dir)
   cfg3.train.init_from = str(tmp_path / "a")
   cfg3.transfer.strategy = "full_finetune"
-  cfg3.model.num_layers = 3
+  cfg3.model.sasrec.num_layers = 3
   with pytest.raises(ValueError, match=r"- block_2/"):
     train_and_evaluate(cfg3, str(tmp_path / "c"))
   # a pretrained path with a strategy that loads nothing, and the reverse, are errors
@@ -133,9 +133,8 @@ def test_pretrained_init_starts_from_the_checkpoint(data_dir, tmp_path):
 @pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])
 def test_other_losses_train(data_dir, tmp_path, loss):
   cfg = tiny_config(data_dir)
-  cfg.loss.name = loss
-  cfg.loss.num_negatives = 16
-  cfg.loss.sampling = "popularity"
+  cfg.objective.terms = ((loss, 1.0),)
+  cfg.objective.sampled_softmax.update(dict(num_negatives=16, sampling="popularity"))
   cfg.train.num_steps = 30
   cfg.train.eval_every_steps = 30
   cfg.optim.lr = 3e-3
@@ -188,7 +187,7 @@ def _launch(args, workdir):
 
 
 def test_config_typo_fails_before_work(tmp_path):
-  res = _launch(["--config.model.num_layer=4"], tmp_path / "typo")
+  res = _launch(["--config.model.sasrec.num_layer=4"], tmp_path / "typo")
   assert res.returncode != 0
   assert "num_layers" in res.stderr  # "Did you mean ..." lists the valid name
   assert not os.path.exists(tmp_path / "typo")
@@ -200,7 +199,7 @@ def test_launch_end_to_end(data_dir, tmp_path):
           "--config.data.synthetic.num_source_users=120", "--config.data.synthetic.num_target_users=60",
           "--config.data.synthetic.num_source_items=200", "--config.data.synthetic.num_target_items=200",
           "--config.data.synthetic.mean_seq_len=12", "--config.data.synthetic.max_seq_len=30",
-          "--config.model.max_len=20", "--config.model.embed_dim=16", "--config.model.mlp_dim=32",
+          "--config.model.max_len=20", "--config.model.embed_dim=16", "--config.model.sasrec.mlp_dim=32",
           "--config.train.num_steps=6", "--config.train.eval_every_steps=3",
           "--config.train.batch_size=16", "--config.model.vocab_multiple=8"]
   res = _launch(args, wd)
@@ -210,9 +209,15 @@ def test_launch_end_to_end(data_dir, tmp_path):
   for key in ("config", "protocol", "valid", "test", "param_count", "wall_seconds", "device_kind", "best_step"):
     assert key in r
   assert r["config"]["model"]["max_len"] == 20
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tensorboard"))
-  steps = [json.loads(x)["step"] for x in open(wd / "metrics.jsonl")]
+  # every launch is a study: the run is a stage of a one-cell study, its results also at the root
+  record = json.loads(open(wd / "runs.jsonl").read().splitlines()[-1])
+  assert record["key"] == "config" and record["status"] == "done"
+  stage = wd / "stages" / record["stages"]["single"]
+  assert json.load(open(stage / "results.json"))["test"] == r["test"]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(stage / "tensorboard"))
+  steps = [json.loads(x)["step"] for x in open(stage / "metrics.jsonl")]
   assert 6 in steps
+  assert (wd / "report" / "report.md").exists()
 
 
 def test_multi_host_start_only_in_a_cluster():

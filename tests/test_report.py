@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xrec.report import tables as T
+from xrec.report import tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUT = {"metrics": ["ndcg@10"], "rows": "transfer.strategy", "columns": ["data.user_fraction"], "seed": "seed"}
@@ -44,74 +44,74 @@ def p_df2(t):
 
 
 def test_mean_std_and_paired_t_test_match_hand_computation():
-  assert T.mean_std([0.10, 0.12, 0.14]) == pytest.approx((0.12, 0.02))
-  assert math.isnan(T.mean_std([0.3])[1])
+  assert tables.mean_std([0.10, 0.12, 0.14]) == pytest.approx((0.12, 0.02))
+  assert math.isnan(tables.mean_std([0.3])[1])
   # differences 0.01, 0.02, 0.03: mean 0.02, sd 0.01, t = 0.02 / (0.01 / sqrt(3)) = 2 sqrt(3)
-  t, p = T.paired_t_test([0.31, 0.34, 0.37], [0.30, 0.32, 0.34])
+  t, p = tables.paired_t_test([0.31, 0.34, 0.37], [0.30, 0.32, 0.34])
   assert t == pytest.approx(2 * math.sqrt(3)) and p == pytest.approx(p_df2(2 * math.sqrt(3)), rel=1e-9)
   assert p == pytest.approx(0.0742, abs=1e-4)
-  t, p = T.paired_t_test([0.15, 0.16, 0.17], [0.10, 0.12, 0.14])  # diffs .05 .04 .03: t = 4 sqrt(3)
+  t, p = tables.paired_t_test([0.15, 0.16, 0.17], [0.10, 0.12, 0.14])  # diffs .05 .04 .03: t = 4 sqrt(3)
   assert t == pytest.approx(4 * math.sqrt(3)) and p == pytest.approx(p_df2(4 * math.sqrt(3)), rel=1e-9)
-  assert all(math.isnan(x) for x in T.paired_t_test([0.2], [0.1]))
+  assert all(math.isnan(x) for x in tables.paired_t_test([0.2], [0.1]))
   # 95% t interval: t_{0.975, 2} = 4.302653 for 3 values with sd 0.02
-  assert T.t_interval([0.10, 0.12, 0.14]) == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-5)
+  assert tables.t_interval([0.10, 0.12, 0.14]) == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-5)
 
 
 def test_zero_variance_differences_are_never_p_zero():
   # identical columns: no difference, p = 1
-  assert T.paired_t_test([0.2, 0.3, 0.4], [0.2, 0.3, 0.4]) == (0.0, 1.0)
+  assert tables.paired_t_test([0.2, 0.3, 0.4], [0.2, 0.3, 0.4]) == (0.0, 1.0)
   # the same non-zero difference on every seed: exact sign-flip p = 2 / 2^n, never 0
-  t, p = T.paired_t_test([0.2, 0.3, 0.4], [0.1, 0.2, 0.3])
+  t, p = tables.paired_t_test([0.2, 0.3, 0.4], [0.1, 0.2, 0.3])
   assert t == math.inf and p == pytest.approx(2 / 8)
-  t, p = T.paired_t_test([0.1] * 5, [0.3] * 5)
+  t, p = tables.paired_t_test([0.1] * 5, [0.3] * 5)
   assert t == -math.inf and p == pytest.approx(2 / 32) and p > 0.05
   # sign flips by hand: d = (1, 2, 4), |mean| 7/3 reached only by the all-same-sign flips
-  assert T.sign_flip_p([1.0, 2.0, 4.0]) == pytest.approx(2 / 8)
+  assert tables.sign_flip_p([1.0, 2.0, 4.0]) == pytest.approx(2 / 8)
   # d = (1, 1, -1): |mean| 1/3 is reached by 6 of the 8 flips (all but (+,+,+)->3 ... see below)
   flips = [(a, b, c) for a in (1, -1) for b in (1, -1) for c in (1, -1)]
   want = sum(abs(a * 1 + b * 1 - c * 1) / 3 >= 1 / 3 - 1e-12 for a, b, c in flips) / 8
-  assert T.sign_flip_p([1.0, 1.0, -1.0]) == pytest.approx(want)
+  assert tables.sign_flip_p([1.0, 1.0, -1.0]) == pytest.approx(want)
 
 
 def test_holm_matches_hand_computation():
   # sorted 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> running max 0.06)
-  assert T.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-  assert T.holm([0.5, float("nan"), 0.01]) == pytest.approx([0.5, float("nan"), 0.02], nan_ok=True)
-  assert T.holm([0.3, 0.4]) == pytest.approx([0.6, 0.6])  # running max: never below an earlier one
-  assert T.holm([0.6, 0.7]) == [1.0, 1.0]
+  assert tables.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+  assert tables.holm([0.5, float("nan"), 0.01]) == pytest.approx([0.5, float("nan"), 0.02], nan_ok=True)
+  assert tables.holm([0.3, 0.4]) == pytest.approx([0.6, 0.6])  # running max: never below an earlier one
+  assert tables.holm([0.6, 0.7]) == [1.0, 1.0]
 
 
 def test_paired_bootstrap_matches_the_exact_bootstrap_distribution():
   # d = (1, 0): a resample's mean is 0, 0.5 or 1 with prob 1/4, 1/2, 1/4; the observed mean 0.5;
   # |m* - 0.5| >= 0.5 has prob 1/2, so p -> 0.5; the 95% percentile interval is [0, 1].
-  boot = T.paired_bootstrap([1.0, 0.0], [0.0, 0.0], num_resamples=20_000, seed=3)
+  boot = tables.paired_bootstrap([1.0, 0.0], [0.0, 0.0], num_resamples=20_000, seed=3)
   assert boot["mean"] == 0.5 and boot["p"] == pytest.approx(0.5, abs=0.015)
   assert (boot["low"], boot["high"]) == (0.0, 1.0)
   # identical per-user values: p = 1 (not significant), zero-width interval
   same = np.linspace(0, 1, 50)
-  assert T.paired_bootstrap(same, same)["p"] == 1.0
+  assert tables.paired_bootstrap(same, same)["p"] == 1.0
   # a clear shift on many users is significant
   rng = np.random.default_rng(0)
   a = rng.random(500)
-  assert T.paired_bootstrap(a + 0.1, a, num_resamples=2000)["p"] < 0.01
+  assert tables.paired_bootstrap(a + 0.1, a, num_resamples=2000)["p"] < 0.01
   with pytest.raises(ValueError, match="equal-length"):
-    T.paired_bootstrap([], [])
+    tables.paired_bootstrap([], [])
 
 
 def test_per_user_metrics_from_ranks_average_to_the_metrics():
   from xrec.evaluate import metrics as M
   ranks = np.array([0, 3, 9, 10, 49])
-  assert T.per_user_metric(ranks, "hr@10").tolist() == [1, 1, 1, 0, 0]
-  np.testing.assert_allclose(T.per_user_metric(ranks, "ndcg@10"), [1, 1 / np.log2(5), 1 / np.log2(11), 0, 0])
-  np.testing.assert_allclose(T.per_user_metric(ranks, "mrr@50"), 1 / (ranks + 1))
+  assert tables.per_user_metric(ranks, "hr@10").tolist() == [1, 1, 1, 0, 0]
+  np.testing.assert_allclose(tables.per_user_metric(ranks, "ndcg@10"), [1, 1 / np.log2(5), 1 / np.log2(11), 0, 0])
+  np.testing.assert_allclose(tables.per_user_metric(ranks, "mrr@50"), 1 / (ranks + 1))
   sums = M.metric_sums(jnp.asarray(ranks), jnp.ones(5), ks=(10,))
-  assert float(sums["ndcg@10"]) / 5 == pytest.approx(T.per_user_metric(ranks, "ndcg@10").mean(), rel=1e-6)
+  assert float(sums["ndcg@10"]) / 5 == pytest.approx(tables.per_user_metric(ranks, "ndcg@10").mean(), rel=1e-6)
   with pytest.raises(ValueError, match="like ndcg@10"):
-    T.per_user_metric(ranks, "auc")
+    tables.per_user_metric(ranks, "auc")
 
 
 def test_table_cells_ci_bold_and_holm_corrected_markers():
-  table = T.build(records(), LAYOUT, "ndcg@10")
+  table = tables.build(records(), LAYOUT, "ndcg@10")
   assert table.rows == ["scratch", "zero_shot", "adapter"] and table.columns == [(0.1,), (1.0,)]
   cell = lambda r, f: table.cells[(r, (f,))]  # noqa: E731
   # The family: 3 pairs per column. Raw p by hand (t with 2 df):
@@ -140,11 +140,11 @@ def test_table_cells_ci_bold_and_holm_corrected_markers():
   assert cell("zero_shot", 0.1).best and cell("adapter", 1.0).best
   ci = 4.302653 * 0.03 / r3  # adapter at 1.0: sd 0.03 over 3 seeds
   assert cell("adapter", 1.0).ci == pytest.approx(ci, rel=1e-5)
-  md = T.to_markdown(table)
+  md = tables.to_markdown(table)
   assert f"| adapter | 0.1600 ± {4.302653 * 0.01 / r3:.4f} | **0.3400 ± {ci:.4f}**△ |" in md
   assert "Holm-Bonferroni corrected over the table's 6 comparisons" in md and "95% CI" in md
 
-  gain = T.build(records(), LAYOUT, "ndcg@10", "gain")
+  gain = tables.build(records(), LAYOUT, "ndcg@10", "gain")
   assert gain.rows == ["zero_shot", "adapter"]
   assert gain.cells[("adapter", (1.0,))].mean == pytest.approx(0.02)
   assert gain.cells[("adapter", (1.0,))].p == cell("adapter", 1.0).p  # the same corrected family
@@ -156,7 +156,7 @@ def test_identical_columns_are_not_significant():
   for r in rs:  # every strategy equals scratch on every seed
     o = r["overrides"]
     r["test"] = dict(next(x for x in records() if x["overrides"] == {**o, "transfer.strategy": "scratch"})["test"])
-  table = T.build(rs, LAYOUT, "ndcg@10")
+  table = tables.build(rs, LAYOUT, "ndcg@10")
   assert all(c.marks == "" and all(p == 1.0 for p in c.p.values()) for c in table.cells.values())
 
 
@@ -164,7 +164,7 @@ def _single_seed_records(ranks_by_strategy, still_improving=()):
   out = []
   for strategy, ranks in ranks_by_strategy.items():
     o = {"transfer.strategy": strategy}
-    ndcg = float(T.per_user_metric(ranks, "ndcg@10").mean())
+    ndcg = float(tables.per_user_metric(ranks, "ndcg@10").mean())
     out.append({"key": f"transfer.strategy={strategy}", "overrides": o, "status": "done",
                 "test": {"ndcg@10": ndcg}, "test_rank": list(ranks),
                 "population": {"kind": "all", "users": len(ranks), "keys_sha256": "abc",
@@ -181,12 +181,12 @@ def test_single_seed_tables_use_the_per_user_bootstrap():
   rs = _single_seed_records({"scratch": bad, "zero_shot": bad, "full_finetune": good},
                             still_improving=("full_finetune",))
   layout = {"metrics": ["ndcg@10"], "rows": "transfer.strategy", "columns": [], "seed": "seed"}
-  table = T.build(rs, layout, "ndcg@10")
+  table = tables.build(rs, layout, "ndcg@10")
   ft, zs = table.cells[("full_finetune", ())], table.cells[("zero_shot", ())]
   assert ft.test == {"scratch": "bootstrap", "zero_shot": "bootstrap"} and ft.marks == "▲△"
   assert zs.p["scratch"] == 1.0 and zs.marks == ""  # identical per-user ranks
   assert ft.ci > 0 and ft.still_improving == 1
-  md = T.to_markdown(table)
+  md = tables.to_markdown(table)
   assert "per-user paired bootstrap" in md and "95% CI from a per-user bootstrap (one seed)" in md
   assert f"| full_finetune | **{ft.mean:.4f} ± {ft.ci:.4f}**▲△† |" in md
   assert "Every cell is evaluated on the same 300 users (all 300 users of domain 'target')" in md
@@ -197,23 +197,23 @@ def test_zero_shot_on_a_disjoint_catalogue_is_na():
   rs = _single_seed_records({"scratch": np.arange(50), "zero_shot": np.full(50, 400)})
   rs[1]["not_applicable"] = "n/a (item overlap 0%): the source knows 0.0% of the target's interactions"
   layout = {"metrics": ["ndcg@10"], "rows": "transfer.strategy", "columns": [], "seed": "seed"}
-  table = T.build(rs, layout, "ndcg@10")
+  table = tables.build(rs, layout, "ndcg@10")
   zs = table.cells[("zero_shot", ())]
   assert zs.not_applicable and not zs.best and not table.cells[("scratch", ())].p  # nothing to compare
-  assert "| zero_shot | n/a (item overlap 0%) |" in T.to_markdown(table)
-  assert "n/a (item overlap 0\\%)" in T.to_latex(table)
-  assert "n/a (item overlap 0%)" in T.to_csv(table)
+  assert "| zero_shot | n/a (item overlap 0%) |" in tables.to_markdown(table)
+  assert "n/a (item overlap 0\\%)" in tables.to_latex(table)
+  assert "n/a (item overlap 0%)" in tables.to_csv(table)
 
 
 def test_markdown_latex_csv_agree():
-  table = T.build(records(), LAYOUT, "ndcg@10")
-  md_rows = {line.split(" | ")[0].lstrip("| "): line for line in T.to_markdown(table).splitlines()
+  table = tables.build(records(), LAYOUT, "ndcg@10")
+  md_rows = {line.split(" | ")[0].lstrip("| "): line for line in tables.to_markdown(table).splitlines()
              if line.startswith("| ") and "---" not in line}
-  tex_rows = {line.split(" & ")[0].replace("\\_", "_"): line for line in T.to_latex(table).splitlines()
+  tex_rows = {line.split(" & ")[0].replace("\\_", "_"): line for line in tables.to_latex(table).splitlines()
               if " & " in line}
-  rows = list(csv.DictReader(io.StringIO(T.to_csv(table))))
+  rows = list(csv.DictReader(io.StringIO(tables.to_csv(table))))
   assert len(rows) == 6
-  tex_marks = {v: k for k, v in T.LATEX_MARKERS.items()}
+  tex_marks = {v: k for k, v in tables.LATEX_MARKERS.items()}
   for r in rows:
     column = ["user_fraction=0.1", "user_fraction=1"].index(r["column"])
     text = f"{float(r['mean']):.4f} ± {float(r['ci95']):.4f}"
@@ -226,17 +226,17 @@ def test_markdown_latex_csv_agree():
     shown = "".join(tex_marks["\\" + name] for name in tex_names)
     assert shown == r["marks"]
     values = [float(x.split(":")[1]) for x in r["values"].split(";")]
-    assert T.mean_std(values)[0] == pytest.approx(float(r["mean"]), abs=1e-6)
-  assert T.to_latex(table).startswith("\\begin{tabular}{lrr}\n\\toprule\nstrategy & user\\_fraction=0.1")
+    assert tables.mean_std(values)[0] == pytest.approx(float(r["mean"]), abs=1e-6)
+  assert tables.to_latex(table).startswith("\\begin{tabular}{lrr}\n\\toprule\nstrategy & user\\_fraction=0.1")
 
 
 def test_unnamed_swept_field_fails_naming_it():
   rs = records()
   extra = dict(rs[0], overrides={**rs[0]["overrides"], "transfer.lr_mult": 0.5}, key="other")
   with pytest.raises(ValueError, match=r"varies \['transfer.lr_mult'\].*'columns'"):
-    T.build(rs + [extra], LAYOUT, "ndcg@10")
+    tables.build(rs + [extra], LAYOUT, "ndcg@10")
   with pytest.raises(ValueError, match=r"metric 'ndcg@7' is not in the results; valid: \['hr@10', 'ndcg@10'\]"):
-    T.build(rs, LAYOUT, "ndcg@7")
+    tables.build(rs, LAYOUT, "ndcg@7")
 
 
 def test_report_cli_writes_tables_and_plots(tmp_path):

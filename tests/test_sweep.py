@@ -26,8 +26,9 @@ SEEDS = (0, 1)
 def study_config(data_dir):
   c = tiny_config(data_dir)
   c.experiment.mode = "pretrain_transfer"
-  c.experiment.pretrain.update(dict(num_epochs=1.0, batch_size=16, eval_every_steps=4,
-                                    checkpoint_every_steps=4, warmup_fraction=0.2))
+  c.experiment.pretrain.train.update(dict(num_epochs=1.0, batch_size=16, eval_every_steps=4,
+                                          checkpoint_every_steps=4))
+  c.experiment.pretrain.optim.warmup_fraction = 0.2
   c.train.update(dict(num_steps=4, eval_every_steps=2, checkpoint_every_steps=2))
   return c
 

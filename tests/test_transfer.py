@@ -15,10 +15,10 @@ import pytest
 from xrec.config import base_config
 from xrec.models import common
 from xrec.models.sasrec import SASRec
-from xrec.train import optimizer as O
-from xrec.transfer import apply as A
-from xrec.transfer import schedule as S
-from xrec.transfer import strategies as ST
+from xrec.train import optimizer
+from xrec.transfer import apply as transfer_apply
+from xrec.transfer import schedule as schedules
+from xrec.transfer import strategies
 
 NUM_ITEMS, VOCAB, MAX_LEN = 50, 56, 8
 KEYS = [f"item{i:03d}" for i in range(NUM_ITEMS)]
@@ -29,8 +29,8 @@ INPUTS = jnp.array([[0, 0, 0, 3, 5, 7, 9, 11], [0, 0, 0, 0, 0, 0, 1, 2], [4, 8, 
 
 def tiny_model(**fields):
   return SASRec(vocab_size=fields.pop("vocab_size", VOCAB), max_len=fields.pop("max_len", MAX_LEN),
-                embed_dim=16, num_layers=fields.pop("num_layers", 2), num_heads=2, mlp_dim=32,
-                dropout=0.1, **fields)
+                num_items=NUM_ITEMS, embed_dim=16, num_layers=fields.pop("num_layers", 2), num_heads=2,
+                mlp_dim=32, dropout=0.1, **fields)
 
 
 def init(module, seed=0):
@@ -45,13 +45,16 @@ def apply(module, params, method="__call__"):
   return np.asarray(out[0] if method == "__call__" else out)
 
 
-def tiny_config(strategy, **options):
+def tiny_config(strategy, options=None):
+  """options: dotted config.transfer fields, e.g. {"adapter.kind": "parallel", "lr_mult": 0.5}."""
+  from xrec.config import with_overrides
   c = base_config()
-  c.model.update(dict(max_len=MAX_LEN, embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32))
-  c.transfer.update(dict(strategy=strategy, adapter_dim=4, lora_rank=2, num_prompts=3, patch_dim=4,
-                         bottom_blocks=1))
-  c.transfer.update(options)
-  return c
+  c.model.update(dict(max_len=MAX_LEN, embed_dim=16))
+  c.model.sasrec.update(dict(num_layers=2, num_heads=2, mlp_dim=32))
+  c.transfer.strategy = strategy
+  c.transfer.adapter.dim, c.transfer.lora.rank, c.transfer.prompt.num_prompts = 4, 2, 3
+  c.transfer.patch.dim, c.transfer.shared_layers.bottom_blocks = 4, 1
+  return with_overrides(c, {f"transfer.{k}": v for k, v in (options or {}).items()})
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +65,14 @@ def pretrained():
   return common.unflatten({p: v + rng.normal(0, 0.1, v.shape).astype(v.dtype) for p, v in params.items()})
 
 
-def transfer(strategy, pretrained, source_keys=KEYS, target_keys=KEYS, vocab=VOCAB, **options):
-  plan = A.prepare(tiny_config(strategy, **options))
-  module = tiny_model(vocab_size=vocab).clone(**plan.model_fields)
+def bound(strategy, options=None, **model_fields):
+  """(module, plan) of a preset on the tiny SASRec."""
+  plan = transfer_apply.prepare(tiny_config(strategy, options))
+  return plan.bind(tiny_model(**model_fields).clone(**plan.model_fields))
+
+
+def transfer(strategy, pretrained, source_keys=KEYS, target_keys=KEYS, vocab=VOCAB, options=None):
+  module, plan = bound(strategy, options, vocab_size=vocab)
   params, report = plan.init_params(init(module, seed=2), pretrained, source_keys, target_keys)
   return plan, module, params, report
 
@@ -101,8 +109,8 @@ DEFAULT_SCORES = [[-0.8397353887557983, 0.25545328855514526, -0.2098435759544372
 
 
 def test_default_sasrec_tree_and_outputs_unchanged():
-  module = SASRec(vocab_size=VOCAB, max_len=8, embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32,
-                  dropout=0.1)
+  module = SASRec(vocab_size=VOCAB, max_len=8, num_items=NUM_ITEMS, embed_dim=16, num_layers=2,
+                  num_heads=2, mlp_dim=32, dropout=0.1)
   x = jnp.array([[0, 0, 0, 3, 5, 7, 9, 11], [0, 0, 0, 0, 0, 0, 1, 2]], jnp.int32)
   params = nn.unbox(module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)["params"])
   flat = common.flatten(params)
@@ -115,22 +123,15 @@ def test_default_sasrec_tree_and_outputs_unchanged():
   np.testing.assert_allclose(np.asarray(scores)[:, :6], DEFAULT_SCORES, rtol=1e-5, atol=1e-6)
 
 
-def test_optional_module_fields_validated():
-  with pytest.raises(ValueError, match=r"adapter_kind 'sideways'.*\['serial', 'parallel'\]"):
-    init(tiny_model(adapter_dim=4, adapter_kind="sideways"))
-  with pytest.raises(ValueError, match=r"lora_targets \['qkv'\].*'query', 'key', 'value', 'out', 'wi', 'wo'"):
-    init(tiny_model(lora_rank=2, lora_targets=("qkv",)))
-
-
 # --- zero-initialised inserted modules: the transferred model is the pretrained function -----
 
 @pytest.mark.parametrize("strategy,options", [
-    ("adapter", {}), ("adapter", {"adapter_kind": "parallel"}),
-    ("lora", {}), ("lora", {"lora_targets": ("query", "key", "value", "out", "wi", "wo")}),
+    ("adapter", {}), ("adapter", {"adapter.kind": "parallel"}),
+    ("lora", {}), ("lora", {"lora.targets": ("query", "key", "value", "out", "wi", "wo")}),
     ("prompt", {}), ("patch", {}), ("linear_probe", {}),
 ])
 def test_zero_init_identity_at_step_0(pretrained, strategy, options):
-  plan, module, params, _ = transfer(strategy, pretrained, **options)
+  plan, module, params, _ = transfer(strategy, pretrained, options=options)
   assert set(common.flatten(params)) > set(common.flatten(pretrained)), "modules were inserted"
   base = tiny_model()
   np.testing.assert_array_equal(apply(module, params), apply(base, pretrained))
@@ -139,7 +140,7 @@ def test_zero_init_identity_at_step_0(pretrained, strategy, options):
   want_scores = apply(base, pretrained, "score_last")[:, items]
   np.testing.assert_array_equal(apply(module, params, "score_last")[:, items], want_scores)
   # and the modules are live: a non-zero nudge of the trainable params changes the function
-  mults = S.resolve(params, plan.schedule)
+  mults = schedules.resolve(params, plan.schedule)
   nudged = common.unflatten({p: v + 0.5 if mults[p] is not None and p != "output_bias" else v
                              for p, v in common.flatten(params).items()})
   assert not np.allclose(apply(module, nudged, "score_last")[:, items], want_scores)
@@ -156,6 +157,7 @@ EXPECTED_COUNTS = {
     "full_finetune": (5560, 5560, 5560),
     "linear_probe": (952, 6456, 952),  # untied output table 896 + bias 56
     "frozen_encoder": (952, 5560, 952),  # item table 896 + bias 56
+    "embedding_transfer": (5560, 5560, 5560),  # loads item table + bias, the rest fresh; all train
     "partial_freeze": (3208, 5560, 3208),  # all but positions 128 and block_0 2,224
     "reuse_bottom": (3208, 5560, 3208),
     "adapter": (648, 6152, 648),  # 2 blocks x 2 x (16*4+4 + 4*16+16) = 592, + bias 56
@@ -167,7 +169,7 @@ EXPECTED_COUNTS = {
 
 
 def test_every_registered_strategy_has_an_expected_count():
-  assert sorted(EXPECTED_COUNTS) == sorted(ST.STRATEGIES)
+  assert sorted(EXPECTED_COUNTS) == sorted(strategies.STRATEGIES)
 
 
 @pytest.mark.parametrize("strategy", sorted(EXPECTED_COUNTS))
@@ -204,11 +206,11 @@ def _adapter_state(pretrained, mesh):
   """The loop's own sharded state creation with the adapter preset's optimizer."""
   from xrec.train import loop
   from xrec import sharding as SH
-  plan, module, params, _ = transfer("adapter", pretrained, train_item_embeddings="never")
-  module = module.clone(dropout=0.0)  # no dropout RNG: a faster compile, same mechanics
+  plan, module, params, _ = transfer("adapter", pretrained, options={"train_item_embeddings": "never"})
+  module = module.clone(encoder=module.encoder.clone(dropout=0.0))  # no dropout: a faster compile
   cfg = base_config()
   cfg.optim.update(dict(warmup_fraction=0.1, weight_decay=0.1, lr=1e-2))  # decay must not touch frozen params
-  tx = plan.make_optimizer(lambda: O.make_optimizer(cfg.optim, 10)[0], params)
+  tx = plan.make_optimizer(lambda: optimizer.make_optimizer(cfg.optim, 10)[0], params)
   # create_state derives optimizer-state shardings with schedule.opt_state_shardings, which keeps
   # the MaskedNodes of frozen params (a bare tree_map_params(lambda _, s: s) cannot)
   state, state_sh = loop.create_state(module, tx, MAX_LEN, 0, mesh, SH.logical_rules(cfg.sharding.rules))
@@ -221,7 +223,7 @@ def test_frozen_params_bit_identical_and_stateless_in_loop_step(pretrained):
   from xrec import sharding as SH
   mesh = _mesh((1, 1))
   plan, module, tx, cfg, state, state_sh = _adapter_state(pretrained, mesh)
-  mults = S.resolve(state["params"], plan.schedule)
+  mults = schedules.resolve(state["params"], plan.schedule)
   frozen = sorted(p for p, m in mults.items() if m is None)
   trainable = sorted(p for p, m in mults.items() if m is not None)
 
@@ -233,17 +235,18 @@ def test_frozen_params_bit_identical_and_stateless_in_loop_step(pretrained):
   assert state_size == 2 * 648
 
   before = common.flatten(jax.device_get(state["params"]))
-  step = loop.make_train_step(module, tx, cfg.loss, NUM_ITEMS, state_sh, mesh)
+  from xrec.train import objectives
+  step = loop.make_train_step(module, tx, objectives.build(cfg.objective, True), NUM_ITEMS, state_sh, mesh)
   rng = np.random.default_rng(0)
   for _ in range(3):
     seq = rng.integers(1, NUM_ITEMS + 1, (4, MAX_LEN + 1)).astype(np.int32)
-    batch = SH.put_batch({"inputs": seq[:, :-1], "targets": seq[:, 1:]}, mesh)
+    batch = SH.put_batch({"target": {"inputs": seq[:, :-1], "targets": seq[:, 1:], "items": seq[:, 1:]}}, mesh)
     state, stats = step(state, batch, jax.random.key(0))
   after = common.flatten(jax.device_get(state["params"]))
   assert int(state["step"]) == 3 and np.isfinite(float(stats["loss"]))
   for path in frozen:
     assert after[path].tobytes() == before[path].tobytes(), path
-  for path in ("block_0/adapter_attn/up/kernel", "block_1/adapter_mlp/up/kernel", "output_bias"):
+  for path in ("inserted/block_0/attn/adapter/up/kernel", "inserted/block_1/mlp/adapter/up/kernel", "output_bias"):
     assert not np.array_equal(after[path], before[path]), path
 
 
@@ -252,11 +255,11 @@ def test_masked_optimizer_state_shardings_on_2x2_mesh(pretrained):
   from xrec import sharding as SH
   plan, module, params, _ = transfer("adapter", pretrained)
   mesh = _mesh((2, 2))
-  tx = plan.make_optimizer(lambda: O.make_optimizer(base_config().optim, 10)[0], params)
+  tx = plan.make_optimizer(lambda: optimizer.make_optimizer(base_config().optim, 10)[0], params)
   boxed = jax.eval_shape(lambda: module.init({"params": jax.random.key(0)}, INPUTS)["params"])
   param_sh = SH.param_shardings(boxed, mesh, SH.logical_rules(base_config().sharding.rules))
   abstract = jax.eval_shape(tx.init, nn.unbox(boxed))
-  opt_sh = plan.opt_state_shardings(tx, abstract, param_sh, SH.replicated(mesh))
+  opt_sh = schedules.opt_state_shardings(tx, abstract, param_sh, SH.replicated(mesh))
   assert jax.tree.structure(opt_sh) == jax.tree.structure(abstract)
   bias_sh = [(n, sh) for n, sh in _names(opt_sh) if n.endswith("/output_bias")]
   assert len(bias_sh) == 2 and all(sh.spec[0] == "model" for _, sh in bias_sh)  # mu, nu split on vocab
@@ -270,9 +273,9 @@ def _names(tree):
 
 def test_opt_state_shardings_match_plain_optimizer_for_unfrozen_schedule():
   params = {"a": {"kernel": jnp.ones((4, 2))}, "b": jnp.ones((3,))}
-  tx = S.make_transfer_optimizer(lambda: optax.adam(1e-3), [(".*", 1.0)], params)
+  tx = schedules.make_transfer_optimizer(lambda: optax.adam(1e-3), [(".*", 1.0)], params)
   state = jax.eval_shape(tx.init, params)
-  shardings = S.opt_state_shardings(tx, state, {"a": {"kernel": "A"}, "b": "B"}, "R")
+  shardings = schedules.opt_state_shardings(tx, state, {"a": {"kernel": "A"}, "b": "B"}, "R")
   assert jax.tree.structure(shardings) == jax.tree.structure(state)
   assert sorted(set(jax.tree.leaves(shardings))) == ["A", "B", "R"]
 
@@ -281,20 +284,20 @@ def test_opt_state_shardings_match_plain_optimizer_for_unfrozen_schedule():
 
 def test_schedule_coverage_error_lists_unmatched_paths(pretrained):
   with pytest.raises(ValueError, match=r"params match no trainable-schedule rule") as e:
-    S.make_transfer_optimizer(optax.sgd, [("block_\\d+/.*", 1.0), ("item_embed/.*", None)], pretrained)
+    schedules.make_transfer_optimizer(optax.sgd, [("block_\\d+/.*", 1.0), ("item_embed/.*", None)], pretrained)
   message = str(e.value)
   for path in ("final_ln/bias", "final_ln/scale", "output_bias", "pos_embed/embedding"):
     assert path in message
   assert "block_0/attn/query/kernel" not in message
   with pytest.raises(ValueError, match=r"must be > 0, or None to freeze"):
-    S.resolve(pretrained, [(".*", 0.0)])
+    schedules.resolve(pretrained, [(".*", 0.0)])
 
 
 def test_schedule_first_match_wins_and_multipliers_scale_updates():
   params = {"a": jnp.ones((2,)), "b": jnp.ones((2,)), "c": {"d": jnp.ones((3,))}}
   schedule = [("a", 0.5), ("b", None), ("c/.*", 2.0), ("a", None), (".*", None)]
-  assert S.resolve(params, schedule) == {"a": 0.5, "b": None, "c/d": 2.0}
-  tx = S.make_transfer_optimizer(lambda: optax.sgd(1.0), schedule, params)
+  assert schedules.resolve(params, schedule) == {"a": 0.5, "b": None, "c/d": 2.0}
+  tx = schedules.make_transfer_optimizer(lambda: optax.sgd(1.0), schedule, params)
   grads = {"a": jnp.full((2,), 3.0), "b": jnp.full((2,), 3.0), "c": {"d": jnp.full((3,), 3.0)}}
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_array_equal(updates["a"], [-1.5, -1.5])
@@ -303,16 +306,16 @@ def test_schedule_first_match_wins_and_multipliers_scale_updates():
 
 
 def test_layerwise_decay_rules(pretrained):
-  rules = S.layerwise_decay(num_layers=2, decay=0.5, base_mult=0.8)
-  mults = S.resolve(pretrained, rules)
+  rules = schedules.layerwise_decay(tiny_model().roles(), decay=0.5, base_mult=0.8)
+  mults = schedules.resolve(pretrained, rules)
   assert mults["block_1/attn/query/kernel"] == pytest.approx(0.8)
   assert mults["block_0/mlp/wi/kernel"] == pytest.approx(0.4)
   assert mults["pos_embed/embedding"] == pytest.approx(0.2)
   assert mults["item_embed/embedding"] == mults["final_ln/scale"] == pytest.approx(0.8)
-  plan = A.prepare(tiny_config("full_finetune", layerwise_decay=0.5))
-  assert S.resolve(pretrained, plan.schedule)["block_0/attn/out/bias"] == pytest.approx(0.5)
+  _, plan = bound("full_finetune", {"layerwise_decay": 0.5})
+  assert schedules.resolve(pretrained, plan.schedule)["block_0/attn/out/bias"] == pytest.approx(0.5)
   with pytest.raises(ValueError, match=r"decay must be in \(0, 1\]"):
-    S.layerwise_decay(2, 1.5)
+    schedules.layerwise_decay(tiny_model().roles(), 1.5)
 
 
 def test_zero_shot_optimizer_changes_nothing(pretrained):
@@ -331,7 +334,7 @@ def test_shuffled_target_vocabulary_gets_rows_by_key(pretrained):
   rng = np.random.default_rng(1)
   target = list(rng.permutation(KEYS[:30])) + ["new_a", "new_b"]  # 30 shared, 2 unseen, shuffled
   plan, _, params, report = transfer("frozen_encoder", pretrained, target_keys=target, vocab=40,
-                                     unseen_items="zero")
+                                     options={"unseen_items": "zero"})
   src_table = pretrained["item_embed"]["embedding"]
   src_bias = pretrained["output_bias"]
   table, bias = params["item_embed"]["embedding"], params["output_bias"]
@@ -377,7 +380,7 @@ def test_unseen_item_rules_and_sharding_padding_rows(rule):
 
 
 def test_item_tables_need_keys(pretrained):
-  plan = A.prepare(tiny_config("full_finetune"))
+  _, plan = bound("full_finetune")
   with pytest.raises(ValueError, match=r"item_embed/embedding: item tables move by raw item key"):
     plan.init_params(init(tiny_model()), pretrained, None, None)
 
@@ -430,10 +433,10 @@ def test_unexplained_mismatch_lists_plus_and_minus_paths(pretrained):
   np.testing.assert_array_equal(params["enc"]["b"], np.ones(3))
   assert report["fresh"] == ["enc/w", "new"] and report["loaded"] == ["enc/b"]
   # a preset without its dont_load rule fails naming the inserted module's paths
-  plan = A.prepare(tiny_config("adapter"))
-  module = tiny_model().clone(**plan.model_fields)
-  bare = A.TransferPlan(strategy=plan.strategy, unseen_items="mean")
-  with pytest.raises(ValueError, match=r"- block_0/adapter_attn/down/kernel \(16, 4\)"):
+  import dataclasses
+  module, plan = bound("adapter")
+  bare = dataclasses.replace(plan, strategy=dataclasses.replace(plan.strategy, dont_load=()))
+  with pytest.raises(ValueError, match=r"- inserted/block_0/attn/adapter/down/kernel \(16, 4\)"):
     bare.init_params(init(module), pretrained, KEYS, KEYS)
 
 
@@ -474,7 +477,7 @@ def test_graft_one_pretrained_block_into_several_places(pretrained):
 
 
 def test_source_subtree_option(pretrained):
-  plan = A.prepare(tiny_config("full_finetune", source_subtree="towers/sasrec"))
+  _, plan = bound("full_finetune", {"source_subtree": "towers/sasrec"})
   params, report = plan.init_params(init(tiny_model()), {"towers": {"sasrec": pretrained}}, KEYS, KEYS)
   assert report["items"]["identity"] and len(report["shared"]) == len(report["loaded"])
   np.testing.assert_array_equal(params["block_0"]["attn"]["key"]["kernel"],
@@ -483,12 +486,12 @@ def test_source_subtree_option(pretrained):
 
 def test_reuse_bottom_loads_bottom_blocks_from_a_deeper_checkpoint(pretrained):
   deep = init(tiny_model(num_layers=3), seed=5)
-  plan = A.prepare(tiny_config("reuse_bottom", bottom_blocks=1))
+  _, plan = bound("reuse_bottom", {"shared_layers.bottom_blocks": 1})
   fresh = init(tiny_model())
   params, report = plan.init_params(fresh, deep, KEYS, KEYS)
   np.testing.assert_array_equal(params["block_0"]["mlp"]["wo"]["kernel"], deep["block_0"]["mlp"]["wo"]["kernel"])
   np.testing.assert_array_equal(params["block_1"]["mlp"]["wo"]["kernel"], fresh["block_1"]["mlp"]["wo"]["kernel"])
-  mults = S.resolve(params, plan.schedule)
+  mults = schedules.resolve(params, plan.schedule)
   assert mults["block_0/attn/query/kernel"] is None and mults["pos_embed/embedding"] is None
   assert mults["block_1/attn/query/kernel"] == 1.0 and mults["item_embed/embedding"] == 1.0
 
@@ -498,66 +501,77 @@ def test_reuse_bottom_loads_bottom_blocks_from_a_deeper_checkpoint(pretrained):
 def test_strategy_typo_lists_valid_names():
   with pytest.raises(ValueError, match=r"Unknown transfer strategy 'adaptor'; valid: \['adapter', "
                                        r"'bitfit', .*'zero_shot'\]"):
-    A.prepare(tiny_config("adaptor"))
+    transfer_apply.prepare(tiny_config("adaptor"))
+
+
+def test_a_preset_that_does_not_apply_names_those_that_do():
+  from xrec.models.gru4rec import GRU4Rec
+  gru = GRU4Rec(vocab_size=VOCAB, max_len=MAX_LEN, num_items=NUM_ITEMS, embed_dim=16)
+  plan = transfer_apply.prepare(tiny_config("prompt"))
+  with pytest.raises(ValueError, match=r"transfer.strategy='prompt' does not apply to this encoder; "
+                                       r"strategies that apply: \[.*'adapter'.*'patch'\]"):
+    plan.bind(gru)
+  assert "lora" not in strategies.applicable(gru.roles()) and "lora" in strategies.applicable(tiny_model().roles())
 
 
 @pytest.mark.parametrize("strategy,options,pattern", [
-    ("partial_freeze", {"bottom_blocks": 3}, r"transfer.bottom_blocks=3 must be an integer in \[0, 2\]"),
-    ("adapter", {"adapter_dim": 0}, r"transfer.adapter_dim must be a positive integer, got 0"),
-    ("adapter", {"adapter_kind": "series"}, r"adapter_kind 'series'; valid: \['serial', 'parallel'\]"),
-    ("lora", {"lora_targets": ("query", "q")}, r"unknown or empty \['q'\]; valid: \['query'"),
+    ("partial_freeze", {"shared_layers.bottom_blocks": 3},
+     r"transfer.shared_layers.bottom_blocks=3 must be an integer in \[0, 2\]"),
+    ("adapter", {"adapter.dim": 0}, r"transfer.adapter.dim must be a positive integer, got 0"),
+    ("adapter", {"adapter.kind": "series"}, r"adapter.kind 'series'; valid: \['serial', 'parallel'\]"),
+    ("lora", {"lora.targets": ("query", "q")}, r"unknown or empty \['q'\]; valid: \['query'"),
     ("frozen_encoder", {"unseen_items": "avg"}, r"transfer.unseen_items 'avg'; valid: \['random'"),
     ("full_finetune", {"lr_mult": 0.0}, r"transfer.lr_mult=0.0 must be > 0"),
 ])
 def test_bad_options_fail_before_any_work(strategy, options, pattern):
   with pytest.raises(ValueError, match=pattern):
-    A.prepare(tiny_config(strategy, **options))
+    bound(strategy, options)
 
 
 def test_bitfit_trains_only_biases_and_norms(pretrained):
   plan, _, params, _ = transfer("bitfit", pretrained)
-  trained = sorted(p for p, m in S.resolve(params, plan.schedule).items() if m is not None)
+  trained = sorted(p for p, m in schedules.resolve(params, plan.schedule).items() if m is not None)
   assert trained and all(p.endswith(("/bias", "/scale")) or p == "output_bias" for p in trained)
 
 
 def test_peft_presets_can_train_item_tables(pretrained):
-  plan, _, params, report = transfer("lora", pretrained, train_item_embeddings="always")
+  plan, _, params, report = transfer("lora", pretrained, options={"train_item_embeddings": "always"})
   assert plan.budget(params, report)["trainable"] == 312 + 896
 
 
 def test_config_rename_dont_load_and_multipliers(pretrained):
   # a checkpoint that stored the encoder under 'sasrec/': renamed back by config, final_ln kept fresh
   prefixed = {"sasrec": pretrained}
-  c = tiny_config("adapter", rename=((r"sasrec/(.*)", r"\1"),), dont_load=(r"final_ln/.*",),
-                  lr_mult=0.3, new_lr_mult=3.0)
-  plan = A.prepare(c)
-  module = tiny_model().clone(**plan.model_fields)
+  module, plan = bound("adapter", {"rename": ((r"sasrec/(.*)", r"\1"),), "dont_load": (r"final_ln/.*",),
+                                   "lr_mult": 0.3, "new_lr_mult": 3.0})
   fresh = init(module, seed=2)
   params, report = plan.init_params(fresh, prefixed, KEYS, KEYS)
   np.testing.assert_array_equal(params["final_ln"]["scale"], fresh["final_ln"]["scale"])
   np.testing.assert_array_equal(params["block_1"]["mlp"]["wi"]["kernel"],
                                 pretrained["block_1"]["mlp"]["wi"]["kernel"])
   assert "final_ln/scale" in report["fresh"] and "block_1/mlp/wi/kernel" in report["shared"]
-  mults = S.resolve(params, plan.schedule)
-  assert mults["block_0/adapter_mlp/up/kernel"] == 3.0 and mults["output_bias"] == 0.3
+  mults = schedules.resolve(params, plan.schedule)
+  assert mults["inserted/block_0/mlp/adapter/up/kernel"] == 3.0 and mults["output_bias"] == 0.3
   assert mults["final_ln/scale"] is None
   with pytest.raises(ValueError, match=r"transfer.rename: invalid regex '\('"):
-    A.prepare(tiny_config("adapter", rename=(("(", "x"),)))
+    transfer_apply.prepare(tiny_config("adapter", {"rename": (("(", "x"),)}))
 
 
 def test_inserted_modules_carry_logical_axes_for_sharding():
   from xrec import sharding as SH
-  from xrec.models.sasrec import LORA_TARGETS
-  module = tiny_model(adapter_dim=4, lora_rank=2, lora_targets=LORA_TARGETS, num_prompts=3, patch_dim=4)
-  boxed = jax.eval_shape(lambda: module.init({"params": jax.random.key(0)}, INPUTS)["params"])
-  specs = common.flatten(nn.get_partition_spec(boxed))  # logical names per param
-  shardings = common.flatten(SH.param_shardings(boxed, _mesh((2, 2)),
-                                                SH.logical_rules(base_config().sharding.rules)))
-  assert specs["block_0/attn/lora_query/b/kernel"] == jax.sharding.PartitionSpec(None, "heads", "kv")
-  assert specs["block_0/attn/lora_out/a/kernel"] == jax.sharding.PartitionSpec("heads", "kv", None)
-  assert specs["block_1/mlp/lora_wi/b/kernel"] == jax.sharding.PartitionSpec(None, "mlp")
-  assert specs["block_0/adapter_attn/up/kernel"] == jax.sharding.PartitionSpec(None, "embed")
-  assert specs["block_1/attn/prompt"] == jax.sharding.PartitionSpec(None, "embed")
-  assert specs["block_1/attn/prompt_gate"] == jax.sharding.PartitionSpec("heads")
-  assert shardings["block_1/attn/prompt_gate"].spec == jax.sharding.PartitionSpec("model")
-  assert specs["block_0/patch/down/kernel"] == jax.sharding.PartitionSpec("embed", None)
+  from xrec.transfer import insert
+  specs = {}
+  for kind, opts in (("lora", {"rank": 2, "targets": insert.LORA_TARGETS}), ("adapter", {"dim": 4, "kind": "serial"}),
+                     ("prompt", {"num_prompts": 3})):
+    module = insert.wrap(tiny_model(), insert.InsertSpec(kind, tuple(sorted(opts.items()))))
+    boxed = jax.eval_shape(lambda m=module: m.init({"params": jax.random.key(0)}, INPUTS)["params"])
+    specs.update(common.flatten(nn.get_partition_spec(boxed)))  # logical names per param
+    shardings = SH.param_shardings(boxed, _mesh((2, 2)), SH.logical_rules(base_config().sharding.rules))
+    if kind == "prompt":  # the gate [heads] is split over 'model' like the heads it gates
+      assert common.flatten(shardings)["inserted/block_1/attn/prompt/gate"].spec == jax.sharding.PartitionSpec("model")
+  assert specs["inserted/block_0/attn/query/lora/b/kernel"] == jax.sharding.PartitionSpec(None, "heads", "kv")
+  assert specs["inserted/block_0/attn/out/lora/a/kernel"] == jax.sharding.PartitionSpec("heads", "kv", None)
+  assert specs["inserted/block_1/mlp/wi/lora/b/kernel"] == jax.sharding.PartitionSpec(None, "mlp")
+  assert specs["inserted/block_0/attn/adapter/up/kernel"] == jax.sharding.PartitionSpec(None, "embed")
+  assert specs["inserted/block_1/attn/prompt/tokens"] == jax.sharding.PartitionSpec(None, "embed")
+  assert specs["inserted/block_1/attn/prompt/gate"] == jax.sharding.PartitionSpec("heads")

@@ -1,11 +1,14 @@
 """Base ConfigDict shared by configs/*.py, and its validation.
 
 Every field that exists here can be overridden from the command line
-(`--config.model.num_layers=4`); configs are locked, so a misspelt field fails
+(`--config.model.sasrec.num_layers=4`); configs are locked, so a misspelt field fails
 before any work with the valid names.
 """
 
 from __future__ import annotations
+
+import copy
+from typing import Any
 
 import ml_collections
 
@@ -89,23 +92,30 @@ def base_config() -> ml_collections.ConfigDict:
       target_release="1m",  # cross_app with target_name=movielens
       target_files=interaction_files()))
 
+  # The encoder (xrec/models, contract in xrec/models/base.py): fields every encoder reads, then one
+  # sub-dict per encoder with its own fields (only model.<name> is read).
   c.model = ml_collections.ConfigDict()
-  c.model.name = "sasrec"
+  c.model.name = "sasrec"  # sasrec | bert4rec | gru4rec | nextitnet | popularity
   c.model.max_len = 50
   c.model.embed_dim = 64
-  c.model.num_layers = 2
-  c.model.num_heads = 2
-  c.model.mlp_dim = 256
   c.model.dropout = 0.2
   c.model.tie_embeddings = True
   c.model.remat = False
   c.model.compute_dtype = "float32"  # "bfloat16": bf16 compute, fp32 params
   c.model.vocab_multiple = 128  # item table rows rounded up to this (even sharding on 'vocab')
+  c.model.sasrec = ml_collections.ConfigDict(dict(num_layers=2, num_heads=2, mlp_dim=256))
+  c.model.bert4rec = ml_collections.ConfigDict(dict(num_layers=2, num_heads=2, mlp_dim=256))
+  c.model.gru4rec = ml_collections.ConfigDict(dict(num_layers=1))
+  c.model.nextitnet = ml_collections.ConfigDict(dict(dilations=(1, 2, 4), kernel_size=3))
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.name = "full_softmax"  # full_softmax | sampled_softmax | bce
-  c.loss.num_negatives = 256  # sampled_softmax only
-  c.loss.sampling = "uniform"  # sampled_softmax negatives: uniform | popularity (logQ-corrected)
+  # What a run minimises (xrec/train/objectives.py): a weighted sum of named terms, each logged on
+  # its own. terms = ((name, weight), ...); () = the encoder's default (full_softmax for causal
+  # encoders, cloze for bidirectional ones). Per-term options in the sub-dicts.
+  c.objective = ml_collections.ConfigDict()
+  c.objective.terms = ()  # names: full_softmax | sampled_softmax | bce | cloze
+  c.objective.sampled_softmax = ml_collections.ConfigDict(dict(
+      num_negatives=256, sampling="uniform"))  # negatives: uniform | popularity (logQ-corrected)
+  c.objective.cloze = ml_collections.ConfigDict(dict(mask_prob=0.2))  # share of positions masked
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"
@@ -146,17 +156,20 @@ def base_config() -> ml_collections.ConfigDict:
   # docs/transfer.md. The presets read only the fields below.
   c.transfer = ml_collections.ConfigDict()
   c.transfer.strategy = "scratch"  # scratch | zero_shot | full_finetune | linear_probe | frozen_encoder
-  #   | partial_freeze | reuse_bottom | adapter | lora | prompt | bitfit | patch
-  c.transfer.bottom_blocks = 1  # partial_freeze / reuse_bottom: bottom blocks kept from pretraining (frozen)
-  c.transfer.adapter_dim = 16  # adapter: bottleneck size
-  c.transfer.adapter_kind = "serial"  # adapter: serial (after each sublayer) | parallel (beside it)
-  c.transfer.lora_rank = 4  # lora: rank of the updates
-  c.transfer.lora_targets = ("query", "value")  # lora: subset of query, key, value, out, wi, wo
-  c.transfer.num_prompts = 4  # prompt: learned prefix tokens per block
-  c.transfer.patch_dim = 16  # patch: bottleneck size of the PeterRec-style patches
+  #   | embedding_transfer | partial_freeze | reuse_bottom | adapter | lora | prompt | bitfit | patch
+  # per-strategy options
+  c.transfer.shared_layers = ml_collections.ConfigDict(dict(
+      bottom_blocks=1))  # partial_freeze / reuse_bottom: bottom blocks kept from pretraining (frozen)
+  c.transfer.adapter = ml_collections.ConfigDict(dict(
+      dim=16, kind="serial"))  # bottleneck size; serial (reads the sublayer output) | parallel (its input)
+  c.transfer.lora = ml_collections.ConfigDict(dict(
+      rank=4, targets=("query", "value")))  # targets: subset of query, key, value, out, wi, wo
+  c.transfer.prompt = ml_collections.ConfigDict(dict(num_prompts=4))  # learned prefix tokens per block
+  c.transfer.patch = ml_collections.ConfigDict(dict(dim=16))  # PeterRec-style patch bottleneck size
+  # options every loading strategy reads
   c.transfer.lr_mult = 1.0  # lr multiplier of pretrained params that train (few-shot: try < 1)
   c.transfer.new_lr_mult = 1.0  # lr multiplier of freshly initialised params (modules, new blocks)
-  c.transfer.layerwise_decay = 1.0  # full_finetune: block i trains at decay**(num_layers-1-i); 1 = off
+  c.transfer.layerwise_decay = 1.0  # full_finetune: block i of n trains at decay**(n-1-i); 1 = off
   # adapter/lora/prompt/patch/bitfit: also train the item tables? "auto" = when the source knows
   # less than min_item_overlap of the target's interactions (a frozen table of unseen rows cannot
   # learn the target's items) | "always" | "never"
@@ -177,10 +190,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.experiment = ml_collections.ConfigDict(dict(
       mode="single", source_domain="source", target_domain="target",
       strategies=("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")))
-  # the pretraining stage's own training settings (the transfer runs use c.train / c.optim)
+  # The pretraining stage is this config on source_domain (all its users, no transfer options)
+  # with these overrides on top: any field of the config, nested as in the config
+  # (e.g. c.experiment.pretrain.model = {"sasrec": {"num_layers": 4}} pretrains a deeper model).
   c.experiment.pretrain = ml_collections.ConfigDict(dict(
-      num_epochs=20.0, batch_size=128, eval_every_steps=100, checkpoint_every_steps=100,
-      early_stopping_patience=0, lr=1e-3, warmup_fraction=0.1))
+      train=dict(num_steps=0, num_epochs=20.0, batch_size=128, eval_every_steps=100,
+                 checkpoint_every_steps=100, early_stopping_patience=0),
+      optim=dict(lr=1e-3, warmup_fraction=0.1)))
   # Tuned baselines: each trained strategy's learning rate is chosen on validation
   # (train.best_metric) from these grids, per cell, as cached candidate stages
   # (xrec/train/sweep.py). Empty = not tuned. lr_mult (the pretrained params' multiplier) is tuned
@@ -191,3 +207,41 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
   c.sharding = ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))
   return c
+
+
+def with_overrides(config, overrides: dict[str, Any], what: str = "field"):
+  """A copy of `config` with dotted fields set (`{"train.num_steps": 100}`); an unknown field fails
+  with the valid names at the level where it went wrong."""
+  c = copy.deepcopy(config)
+  for field, value in overrides.items():
+    *parents, leaf = field.split(".")
+    node, walked = c, []
+    for name in parents + [leaf]:
+      if not hasattr(node, "keys") or name not in node:
+        valid = sorted(node.keys()) if hasattr(node, "keys") else []
+        where = ".".join(walked) or "the config"
+        raise ValueError(f"{what} {field!r}: {where} has no field {name!r}; valid: {valid}")
+      if name != leaf:
+        node = node[name]
+      walked.append(name)
+    if isinstance(node[leaf], tuple) and isinstance(value, list):
+      value = tuple(value)  # sweeps may write lists where the config holds tuples
+    with c.unlocked():
+      try:
+        node[leaf] = value
+      except TypeError as e:
+        raise TypeError(f"{what} {field!r}: {e}") from e
+  return c
+
+
+def dotted(tree, prefix: str = "") -> dict[str, Any]:
+  """A nested ConfigDict / dict -> {"a.b.c": leaf} (the form `with_overrides` takes)."""
+  out = {}
+  items = tree.items() if hasattr(tree, "items") else []
+  for key, value in items:
+    name = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      out.update(dotted(value, name + "."))
+    else:
+      out[name] = value
+  return out

@@ -25,11 +25,11 @@ import numpy as np
 import optax
 
 from xrec import models
-from xrec import sharding as S
+from xrec import sharding
 from xrec.config import base_config
-from xrec.evaluate import evaluator as E
-from xrec.train import loop
-from xrec.train import optimizer as O
+from xrec.evaluate import evaluator
+from xrec.train import loop, objectives
+from xrec.train import optimizer
 
 PRESETS = {
     "cpu_small": dict(num_items=10_000, embed_dim=64, max_len=50, num_layers=2, num_heads=2,
@@ -45,9 +45,7 @@ def _config(p):
   c = base_config()
   c.model.max_len = p["max_len"]
   c.model.embed_dim = p["embed_dim"]
-  c.model.num_layers = p["num_layers"]
-  c.model.num_heads = p["num_heads"]
-  c.model.mlp_dim = 4 * p["embed_dim"]
+  c.model.sasrec.update(dict(num_layers=p["num_layers"], num_heads=p["num_heads"], mlp_dim=4 * p["embed_dim"]))
   c.model.compute_dtype = p["compute_dtype"]
   c.train.batch_size = p["batch_size"]
   c.eval.batch_size = p["eval_batch"]
@@ -56,7 +54,7 @@ def _config(p):
 
 def _batch(p, rng):
   x = rng.integers(1, p["num_items"] + 1, size=(p["batch_size"], p["max_len"] + 1)).astype(np.int32)
-  return {"inputs": x[:, :-1], "targets": x[:, 1:]}
+  return {"inputs": x[:, :-1], "targets": x[:, 1:], "items": x[:, 1:]}
 
 
 def _time(fn, n_warm=2, n=10):
@@ -146,14 +144,15 @@ def bench_naive(p, batch):
 
 
 def bench_xrec(p, batch, config):
-  mesh = S.make_mesh(config.mesh)
-  rules = S.logical_rules(config.sharding.rules)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.sharding.rules)
   module = models.build(config.model, p["num_items"], p["max_len"])
-  tx, _ = O.make_optimizer(config.optim, 1000)
+  tx, _ = optimizer.make_optimizer(config.optim, 1000)
   state, state_sh = loop.create_state(module, tx, p["max_len"], 0, mesh, rules)
-  step = loop.make_train_step(module, tx, config.loss, p["num_items"], state_sh, mesh)
+  objective = objectives.build(config.objective, module.causal)
+  step = loop.make_train_step(module, tx, objective, p["num_items"], state_sh, mesh)
   rng = jax.random.key(1)
-  dev_batch = S.put_batch(batch, mesh)
+  dev_batch = sharding.put_batch({"target": batch}, mesh)
   flops = _flops(step, state, dev_batch, rng)
   holder = [state]
 
@@ -163,13 +162,13 @@ def bench_xrec(p, batch, config):
   sec = _time(run)
 
   # evaluation: full ranking of one batch of users
-  ev = E.Evaluator(module, p["num_items"], p["max_len"], config.eval, mesh, state_sh["params"])
+  ev = evaluator.Evaluator(module, p["num_items"], p["max_len"], config.eval, mesh, state_sh["params"])
   b = p["eval_batch"]
   rng_np = np.random.default_rng(2)
   ids = rng_np.integers(1, p["num_items"] + 1, size=(b, p["max_len"] + 1)).astype(np.int32)
-  eb = S.put_batch({"inputs": ids[:, :-1], "target": ids[:, -1], "history": ids[:, :-1],
+  eb = sharding.put_batch({"inputs": ids[:, :-1], "target": ids[:, -1], "history": ids[:, :-1],
                     "weight": np.ones(b, np.float32)}, mesh)
-  eval_sec = _time(lambda: ev._step(holder[0]["params"], eb))
+  eval_sec = _time(lambda: ev.batch_step(holder[0]["params"], eb))
   return sec, eval_sec, flops
 
 

@@ -32,9 +32,11 @@ def synthetic_study_config():
   c.experiment.mode = "pretrain_transfer"
   c.data.synthetic.update(dict(scenario="cross_region", num_source_users=1500, num_target_users=1500,
                                num_source_items=500, num_target_items=500, mean_seq_len=15.0, max_seq_len=60))
-  c.model.update(dict(max_len=30, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64, vocab_multiple=64))
-  c.experiment.pretrain.update(dict(num_epochs=40.0, batch_size=64, eval_every_steps=100,
-                                    checkpoint_every_steps=200, early_stopping_patience=5, warmup_fraction=0.05))
+  c.model.update(dict(max_len=30, embed_dim=32, vocab_multiple=64))
+  c.model.sasrec.update(dict(num_layers=2, num_heads=2, mlp_dim=64))
+  c.experiment.pretrain.train.update(dict(num_epochs=40.0, batch_size=64, eval_every_steps=100,
+                                          checkpoint_every_steps=200, early_stopping_patience=5))
+  c.experiment.pretrain.optim.warmup_fraction = 0.05
   c.train.update(dict(num_steps=1000, batch_size=32, eval_every_steps=50, checkpoint_every_steps=250,
                       early_stopping_patience=5, progress_bar=False))
   c.data.eval_population = "all"

@@ -209,9 +209,11 @@ def right_align(seq: np.ndarray, max_len: int) -> np.ndarray:
 
 
 def train_example(seq: np.ndarray, max_len: int) -> dict:
-  """Training window of one user: every position predicts the next item."""
+  """Training window of one user: every position of `inputs` predicts the next item (`targets`);
+  `items` is the last max_len training items themselves (for cloze-style objectives)."""
   train = seq[:-2][-(max_len + 1):]
-  return {"inputs": right_align(train[:-1], max_len), "targets": right_align(train[1:], max_len)}
+  return {"inputs": right_align(train[:-1], max_len), "targets": right_align(train[1:], max_len),
+          "items": right_align(train, max_len)}
 
 
 def eval_example(seq: np.ndarray, split: str, max_len: int, max_history: int) -> dict:

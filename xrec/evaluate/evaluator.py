@@ -9,8 +9,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from xrec.data import pipeline
-from xrec.evaluate import metrics as M
-from xrec import sharding as S
+from xrec.evaluate import metrics
+from xrec import sharding
 
 
 def protocol(eval_cfg, population: dict | None = None) -> dict:
@@ -19,7 +19,7 @@ def protocol(eval_cfg, population: dict | None = None) -> dict:
       "split": "leave_one_out_by_time",
       "ranking": "full",  # all catalogue items, no sampled negatives
       "mask_history": bool(eval_cfg.mask_history),
-      "ties": M.TIES,
+      "ties": metrics.TIES,
       "ks": list(eval_cfg.ks),
   }
   if population is not None:
@@ -36,12 +36,12 @@ class Evaluator:
     def step(params, batch):
       scores = module.apply({"params": params}, batch["inputs"], method="score_last")
       scores = jax.lax.with_sharding_constraint(scores, scores_sharding)  # [batch, vocab]
-      rank = M.target_rank(scores, batch["target"], num_items,
+      rank = metrics.target_rank(scores, batch["target"], num_items,
                            batch["history"] if mask_history else None)
-      return M.metric_sums(rank, batch["weight"], ks), rank
+      return metrics.metric_sums(rank, batch["weight"], ks), rank
 
-    self._step = jax.jit(step, in_shardings=(param_shardings, S.batch_sharding(mesh)),
-                         out_shardings=S.replicated(mesh))
+    self.batch_step = jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+                         out_shardings=sharding.replicated(mesh))
 
   def __call__(self, params, domain: pipeline.DomainSequences, split: str, with_ranks: bool = False):
     """Metrics over the domain's evaluation population; with `with_ranks`, also the target's 0-based
@@ -51,12 +51,12 @@ class Evaluator:
                                     jax.process_index(), jax.process_count())
     total, ranks = {}, []
     for batch in batches:  # per-batch sums are a few scalars: accumulate on the host in float64
-      sums, rank = jax.device_get(self._step(params, S.put_batch(batch, self.mesh)))
+      sums, rank = jax.device_get(self.batch_step(params, sharding.put_batch(batch, self.mesh)))
       for k, v in sums.items():
         total[k] = total.get(k, 0.0) + float(v)
       if with_ranks:
         ranks.append(np.asarray(rank))
-    out = M.finalize(total)
+    out = metrics.finalize(total)
     out["eval_seconds"] = time.time() - start
     out["users_per_second"] = out["num_users"] / max(out["eval_seconds"], 1e-9)
     if not with_ranks:

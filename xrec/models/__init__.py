@@ -1,19 +1,27 @@
-"""Model registry: explicit, so a typo fails at start-up with the valid names."""
+"""Model registry: explicit, so a typo fails at start-up with the valid names.
+
+Every entry meets the encoder contract of xrec/models/base.py. Adding an encoder: its file,
+one line here (name -> builder from config.model) and its test (docs/architecture.md).
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax.numpy as jnp
 
+from xrec.models.bert4rec import BERT4Rec
+from xrec.models.gru4rec import GRU4Rec
+from xrec.models.nextitnet import NextItNet
 from xrec.models.popularity import Popularity
 from xrec.models.sasrec import SASRec
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-MODELS = ("sasrec", "popularity")
 
 
-def padded_vocab_size(num_items: int, multiple: int) -> int:
-  """Rows of the item table: items + padding id 0, rounded up so the vocab axis shards evenly."""
-  return -(-(num_items + 1) // multiple) * multiple
+def padded_vocab_size(num_rows: int, multiple: int) -> int:
+  """Rows of the item table: ids 0..num_rows-1 rounded up so the vocab axis shards evenly."""
+  return -(-num_rows // multiple) * multiple
 
 
 def dtype(name: str):
@@ -22,15 +30,40 @@ def dtype(name: str):
   return _DTYPES[name]
 
 
-def build(model_cfg, num_items: int, max_len: int):
-  """Returns the flax module named by `model_cfg.name` for a catalogue of `num_items` items."""
-  vocab = padded_vocab_size(num_items, model_cfg.vocab_multiple)
-  if model_cfg.name == "sasrec":
-    return SASRec(
-        vocab_size=vocab, max_len=max_len, embed_dim=model_cfg.embed_dim,
-        num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads, mlp_dim=model_cfg.mlp_dim,
-        dropout=model_cfg.dropout, tie_embeddings=model_cfg.tie_embeddings, remat=model_cfg.remat,
-        dtype=dtype(model_cfg.compute_dtype), param_dtype=jnp.float32)
-  if model_cfg.name == "popularity":
-    return Popularity(vocab_size=vocab)
-  raise ValueError(f"Unknown model {model_cfg.name!r}; valid: {list(MODELS)}")
+def _common(cfg) -> dict:
+  return dict(embed_dim=cfg.embed_dim, dropout=cfg.dropout, tie_embeddings=cfg.tie_embeddings,
+              remat=cfg.remat, dtype=dtype(cfg.compute_dtype), param_dtype=jnp.float32)
+
+
+def _transformer(cls):
+  def build(cfg, sub, **shape):
+    return cls(**shape, **_common(cfg), num_layers=sub.num_layers, num_heads=sub.num_heads, mlp_dim=sub.mlp_dim)
+  return build
+
+
+# name -> (class, builder(config.model, config.model.<name>, vocab_size=, max_len=, num_items=))
+MODELS: dict[str, tuple[type, Callable]] = {
+    "sasrec": (SASRec, _transformer(SASRec)),
+    "bert4rec": (BERT4Rec, _transformer(BERT4Rec)),
+    "gru4rec": (GRU4Rec, lambda cfg, sub, **shape: GRU4Rec(**shape, **_common(cfg), num_layers=sub.num_layers)),
+    "nextitnet": (NextItNet, lambda cfg, sub, **shape: NextItNet(
+        **shape, **_common(cfg), dilations=tuple(int(d) for d in sub.dilations), kernel_size=sub.kernel_size)),
+    "popularity": (Popularity, lambda cfg, sub, **shape: Popularity(**shape)),
+}
+
+
+def model_class(name: str) -> type:
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; valid: {sorted(MODELS)}")
+  return MODELS[name][0]
+
+
+def build(model_cfg, num_items: int, max_len: int | None = None):
+  """The flax module named by `model_cfg.name` for a catalogue of `num_items` items (ids 1..num_items;
+  encoders with a mask token get id num_items + 1 for it)."""
+  cls = model_class(model_cfg.name)
+  rows = num_items + 1 + int(cls.uses_mask_token)
+  vocab = padded_vocab_size(rows, model_cfg.vocab_multiple)
+  sub = model_cfg.get(model_cfg.name)
+  return MODELS[model_cfg.name][1](model_cfg, sub, vocab_size=vocab, max_len=max_len or model_cfg.max_len,
+                                   num_items=num_items)

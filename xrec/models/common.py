@@ -1,11 +1,43 @@
-"""Param trees by name: flatten to `a/b/c` paths and strict loading of a checkpoint into a model."""
+"""Pieces every encoder shares (item tables, scoring, norms, logical axes) and param trees by name:
+flatten to `a/b/c` paths and strict loading of a checkpoint into a model."""
 
 from __future__ import annotations
 
 import re
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+
+def with_axes(init, axes):
+  """An initializer whose param carries logical axis names (sharding rules map them to the mesh)."""
+  return nn.with_logical_partitioning(init, axes)
+
+
+def layer_norm(name: str, dtype, param_dtype) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, name=name,
+                      scale_init=with_axes(nn.initializers.ones, ("embed",)),
+                      bias_init=with_axes(nn.initializers.zeros, ("embed",)))
+
+
+def item_embedding(vocab_size: int, embed_dim: int, dtype, param_dtype, name: str | None = None) -> nn.Embed:
+  """An item table [vocab, embed] split on 'vocab' (catalogues of millions of items shard)."""
+  init = with_axes(nn.initializers.normal(stddev=embed_dim ** -0.5), ("vocab", "embed"))
+  return nn.Embed(vocab_size, embed_dim, dtype=dtype, param_dtype=param_dtype, embedding_init=init, name=name)
+
+
+def output_bias_param(module: nn.Module, vocab_size: int, param_dtype):
+  """The per-item output bias [vocab] (zeros), created in the calling module's scope."""
+  return module.param("output_bias", with_axes(nn.initializers.zeros, ("vocab",)), (vocab_size,), param_dtype)
+
+
+def score_items(hidden, table, bias):
+  """hidden [..., embed] x table [vocab, embed] -> logits [..., vocab], fp32 accumulation."""
+  logits = jnp.einsum("...d,vd->...v", hidden, table.astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
+  return logits + bias.astype(jnp.float32)
 
 
 def flatten(tree, prefix: str = "") -> dict:

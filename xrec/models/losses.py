@@ -1,4 +1,4 @@
-"""Next-item losses over the item table. All take
+"""Losses over the item table (the math of the objective terms in xrec/train/objectives.py). All take
 
   hidden  [batch, len, embed]   sequence encoder output (compute dtype)
   targets [batch, len]          next item ids, 0 = padding (no loss)
@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from xrec.models.sasrec import score_items
+from xrec.models.common import score_items
 
 _NEG = -1e9
 
@@ -84,16 +84,3 @@ def bce_one_negative(hidden, targets, table, bias, *, num_items, rng, **_):
   loss = (-jax.nn.log_sigmoid(_target_logit(hidden, targets, table, bias))
           - jax.nn.log_sigmoid(-_target_logit(hidden, neg, table, bias)))
   return _mean(loss, (targets > 0).astype(jnp.float32))
-
-
-LOSSES = {
-    "full_softmax": full_softmax,
-    "sampled_softmax": sampled_softmax,
-    "bce": bce_one_negative,
-}
-
-
-def get_loss(name: str):
-  if name not in LOSSES:
-    raise ValueError(f"Unknown loss {name!r}; valid: {sorted(LOSSES)}")
-  return LOSSES[name]

@@ -11,38 +11,19 @@ pretraining's metrics and the protocol (population, budget, item overlap).
 
 from __future__ import annotations
 
-import json
 import os
 
-from xrec.report import plots as P
-from xrec.report import tables as T
-
-STUDY_FILE = "study.json"  # as written by xrec/train/sweep.py
-RUNS_FILE = "runs.jsonl"
+from xrec import runindex
+from xrec.report import plots
+from xrec.report import tables
 
 
 def load_study(workdir: str) -> tuple[dict, dict]:
   """(study.json, {cell key: last record}) of a study directory."""
-  path = os.path.join(workdir, STUDY_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: {workdir!r} is no study directory "
-                            "(run `python launch.py --config <config with sweep()> --workdir DIR` first)")
-  with open(path) as f:
-    study = json.load(f)
-  runs = {}
-  runs_path = os.path.join(workdir, RUNS_FILE)
-  if os.path.exists(runs_path):
-    with open(runs_path) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill mid-write
-          continue
-        runs[record["key"]] = record
-  return study, runs
+  return runindex.read_study(workdir), runindex.latest_runs(workdir)
 
 
-def tables_of(study: dict, runs: dict, alpha: float = T.ALPHA) -> list[T.Table]:
+def tables_of(study: dict, runs: dict, alpha: float = tables.ALPHA) -> list[tables.Table]:
   """Per metric of the layout: the metric table, then the gain-over-scratch table when scratch ran."""
   layout = study["layout"]
   done = [runs[c["key"]] for c in study["cells"] if runs.get(c["key"], {}).get("status") == "done"]
@@ -50,10 +31,10 @@ def tables_of(study: dict, runs: dict, alpha: float = T.ALPHA) -> list[T.Table]:
     return []
   out = []
   for metric in layout["metrics"]:
-    table = T.build(done, layout, metric, "metric", alpha)
+    table = tables.build(done, layout, metric, "metric", alpha)
     out.append(table)
     if "scratch" in table.rows and len(table.rows) > 1:
-      out.append(T.build(done, layout, metric, "gain", alpha))
+      out.append(tables.build(done, layout, metric, "gain", alpha))
   return out
 
 
@@ -69,8 +50,7 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
     tuning = r.get("tuning") or {}
     if not tuning.get("tuned"):
       continue
-    o = r["overrides"]
-    slot = (T._label(o, layout["rows"]), tuple(T._label(o, f) for f in layout["columns"]))
+    slot = (tables.label(r, layout["rows"]), tuple(tables.label(r, f) for f in layout["columns"]))
     text = ", ".join(f"{k.rsplit('.', 1)[-1]} {_short(v)}" for k, v in sorted(tuning["chosen"].items()))
     edges = [k for k, v in tuning["chosen"].items()
              if len(tuning["tuned"].get(k, ())) > 1 and v in (min(tuning["tuned"][k]), max(tuning["tuned"][k]))]
@@ -81,9 +61,9 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
       grids[field] = values
   if not chosen:
     return []
-  rows = T._ordered(s[0] for s in chosen)
-  columns = T._ordered(s[1] for s in chosen)
-  table = T.Table("", "metric", layout["rows"], layout["columns"], rows, columns, {})
+  rows = tables.ordered(s[0] for s in chosen)
+  columns = tables.ordered(s[1] for s in chosen)
+  table = tables.Table("", "metric", layout["rows"], layout["columns"], rows, columns, {})
   header = [layout["rows"].rsplit(".", 1)[-1]] + (
       [table.column_text(c) for c in columns] if layout["columns"] else ["chosen"])
   lines = ["", "## Values chosen on validation", "",
@@ -104,7 +84,7 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
     for k, v in (r.get("tuning") or {}).items():
       if k.startswith("transfer.") or k == "skipped":
         text = f"{k} {v}" if k != "skipped" else f"not tuned: {v}"
-        row = str(T._label(r["overrides"], layout["rows"]))
+        row = str(tables.label(r, layout["rows"]))
         if row not in notes.setdefault(text, []):
           notes[text].append(row)
   return lines + ([""] + [f"- {', '.join(rows)}: {text}" for text, rows in notes.items()] if notes else [])
@@ -127,7 +107,7 @@ def pretraining_section(done: list[dict]) -> list[str]:
   return lines
 
 
-def write_report(workdir: str, out_dir: str | None = None, alpha: float = T.ALPHA) -> dict:
+def write_report(workdir: str, out_dir: str | None = None, alpha: float = tables.ALPHA) -> dict:
   """Writes the tables and plots; returns {"markdown": report.md text, "files": [paths]}."""
   study, runs = load_study(workdir)
   out_dir = out_dir or os.path.join(workdir, "report")
@@ -138,15 +118,15 @@ def write_report(workdir: str, out_dir: str | None = None, alpha: float = T.ALPH
   n_cells = len(study["cells"])
   sections.append(f"{len(done)} of {n_cells} cells done.")
   for table in tables_of(study, runs, alpha):
-    name = P.slug(table.metric) if table.kind == "metric" else f"gain_{P.slug(table.metric)}"
-    for ext, render in (("md", T.to_markdown), ("tex", T.to_latex), ("csv", T.to_csv)):
+    name = plots.slug(table.metric) if table.kind == "metric" else f"gain_{plots.slug(table.metric)}"
+    for ext, render in (("md", tables.to_markdown), ("tex", tables.to_latex), ("csv", tables.to_csv)):
       path = os.path.join(out_dir, f"table_{name}.{ext}")
       with open(path, "w") as f:
         f.write(render(table))
       files.append(path)
     title = f"test {table.metric}" if table.kind == "metric" else f"gain in test {table.metric} over scratch"
-    sections += ["", f"## {title}", "", T.to_markdown(table)]
-    for png in P.write_plots(table, done, layout, out_dir):
+    sections += ["", f"## {title}", "", tables.to_markdown(table)]
+    for png in plots.write_plots(table, done, layout, out_dir):
       files.append(png)
       sections.append(f"![{os.path.basename(png)}]({os.path.basename(png)})")
   sections += tuning_section(study, done) + pretraining_section(done)

@@ -11,14 +11,14 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xrec.report import tables as T  # noqa: E402
+from xrec.report import tables  # noqa: E402
 
 
 def _numeric(values) -> bool:
   return all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
 
 
-def metric_vs_column(table: T.Table, path: str) -> str | None:
+def metric_vs_column(table: tables.Table, path: str) -> str | None:
   """One line per row (strategy) with a band of the 95% CI; None when the columns are not one numeric
   field (nothing to put on an x axis). n/a cells are left out."""
   if len(table.column_fields) != 1 or not _numeric([c[0] for c in table.columns]):
@@ -50,7 +50,7 @@ def metric_vs_column(table: T.Table, path: str) -> str | None:
   return path
 
 
-def metric_vs_trainable(table: T.Table, trainable: dict, path: str) -> str | None:
+def metric_vs_trainable(table: tables.Table, trainable: dict, path: str) -> str | None:
   """Each row at its trainable parameter count (symlog: zero_shot trains none), one series per
   column with 95% CI error bars; None when no record has a parameter count. n/a cells are left out."""
   if not trainable:
@@ -85,8 +85,7 @@ def trainable_by_slot(records: list[dict], layout: dict) -> dict:
   for r in records:
     if r.get("trainable_params") is None:
       continue
-    o = r["overrides"]
-    slot = (T._label(o, layout["rows"]), tuple(T._label(o, f) for f in layout["columns"]))
+    slot = (tables.label(r, layout["rows"]), tuple(tables.label(r, f) for f in layout["columns"]))
     out[slot] = r["trainable_params"]
   return out
 
@@ -95,7 +94,7 @@ def slug(text: str) -> str:
   return "".join(ch if ch.isalnum() else "_" for ch in text.replace("@", "_at_")).strip("_")
 
 
-def write_plots(table: T.Table, records: list[dict], layout: dict, out_dir: str) -> list[str]:
+def write_plots(table: tables.Table, records: list[dict], layout: dict, out_dir: str) -> list[str]:
   name = f"{table.kind}_{slug(table.metric)}" if table.kind == "gain" else slug(table.metric)
   paths = []
   if table.column_fields:

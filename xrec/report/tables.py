@@ -202,8 +202,11 @@ def _value_text(value) -> str:
   return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _label(overrides: dict, field: str):
-  value = overrides.get(field, "default")
+def label(record: dict, field: str):
+  """The value of `field` in a run record: its override, else the value the runner recorded for
+  the cell (`fields`), else "default"."""
+  overrides = record.get("overrides", {})
+  value = overrides[field] if field in overrides else (record.get("fields") or {}).get(field, "default")
   return tuple(value) if isinstance(value, list) else value
 
 
@@ -215,9 +218,9 @@ def collect(records: list[dict], layout: dict, metric: str) -> dict:
     if metric not in r["test"]:
       raise ValueError(f"metric {metric!r} is not in the results; valid: {sorted(r['test'])}")
     o = r["overrides"]
-    row = _label(o, layout["rows"])
-    column = tuple(_label(o, f) for f in layout["columns"])
-    seed = _label(o, layout["seed"])
+    row = label(r, layout["rows"])
+    column = tuple(label(r, f) for f in layout["columns"])
+    seed = label(r, layout["seed"])
     slot = grid.setdefault((row, column), {})
     if seed in slot:
       other = slot[seed]["overrides"]
@@ -233,7 +236,7 @@ def cell_key_text(overrides: dict) -> str:
   return ",".join(f"{k}={v}" for k, v in overrides.items())
 
 
-def _ordered(items):
+def ordered(items):
   seen = []
   for x in items:
     if x not in seen:
@@ -272,8 +275,8 @@ def build(records: list[dict], layout: dict, metric: str, kind: str = "metric", 
   if kind not in ("metric", "gain"):
     raise ValueError(f"Unknown table kind {kind!r}; valid: ['metric', 'gain']")
   grid = collect(records, layout, metric)
-  rows = _ordered(row for row, _ in grid)
-  columns = _ordered(column for _, column in grid)
+  rows = ordered(row for row, _ in grid)
+  columns = ordered(column for _, column in grid)
   if kind == "gain" and "scratch" not in rows:
     raise ValueError(f"a gain table needs a 'scratch' row; rows: {rows}")
 

@@ -21,15 +21,15 @@ import json
 import logging
 import os
 
-from xrec.config import base_config
-from xrec.train import writer as W
+from xrec.config import base_config, dotted, with_overrides
+from xrec import runindex
 from xrec.train.loop import train_and_evaluate
 
 log = logging.getLogger("xrec")
 MODES = ("single", "pretrain_transfer")
 
 
-def _single_run(config):
+def stage_config(config):
   """A stage's own config: fields only the experiment reads (experiment.*, tune.*) are reset to
   their defaults, so a stage is reused whenever what it depends on is unchanged (e.g. adding a
   strategy or a grid value)."""
@@ -57,23 +57,20 @@ def check_transfer_protocol(config) -> None:
 
 
 def pretrain_config(config):
-  c = _single_run(config)
+  """The pretraining stage: the config on experiment.source_domain with all its users, no transfer
+  options, then experiment.pretrain's overrides (any field of the config)."""
+  c = stage_config(config)
   with c.unlocked():
     c.data.domain = config.experiment.source_domain
     c.data.user_fraction = 1.0
     c.data.eval_population = "all"  # the source is evaluated on all its users
     c.transfer = base_config().transfer  # pretraining uses no transfer options
     c.train.init_from = ""
-    p = config.experiment.pretrain
-    c.train.update(dict(num_epochs=p.num_epochs, num_steps=0, batch_size=p.batch_size,
-                        eval_every_steps=p.eval_every_steps, early_stopping_patience=p.early_stopping_patience,
-                        checkpoint_every_steps=p.checkpoint_every_steps))
-    c.optim.update(dict(lr=p.lr, warmup_fraction=p.warmup_fraction))
-  return c
+  return with_overrides(c, dotted(config.experiment.pretrain), "experiment.pretrain field")
 
 
 def transfer_config(config, strategy: str, pretrain_dir: str):
-  c = _single_run(config)
+  c = stage_config(config)
   with c.unlocked():
     c.data.domain = config.experiment.target_domain
     c.transfer.strategy = strategy
@@ -136,7 +133,7 @@ def run_cached_stage(config, stages_dir: str, kind: str, depends_on: dict[str, s
       with open(path) as f:
         return {**json.load(f), "stage": info}
     os.makedirs(stage_dir, exist_ok=True)
-    W.write_json_atomic(os.path.join(stage_dir, "stage.json"),
+    runindex.write_json_atomic(os.path.join(stage_dir, "stage.json"),
                         {"kind": kind, "hash": digest, "depends_on": depends_on or {},
                          "config": json.loads(json.dumps(config.to_dict()))})
     log.info("running %s stage %s", kind, digest)

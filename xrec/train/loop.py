@@ -1,8 +1,20 @@
-"""train_and_evaluate(config, workdir): the whole run, importable (launch.py is flags only)."""
+"""train_and_evaluate(config, workdir): one stage, importable (launch.py runs stages through
+xrec/train/sweep.py). Split into its parts:
+
+  build_model      data-independent pieces: the encoder (any model of xrec/models), the transfer
+                   plan bound to it (inserted modules, what loads and trains), the objective
+  create_state     params and optimizer state created already sharded
+  initial_params   the load priority (resume > explicit resume > pretrained > scratch; fitted
+                   models count instead)
+  BestTracker      validation -> best checkpoint, early stopping
+  train_and_evaluate  the loop: steps, periodic evaluation and checkpoints, then the final
+                   metrics at the best validation checkpoint, written to results.json
+"""
 
 from __future__ import annotations
 
-import functools
+import copy
+import dataclasses
 import json
 import logging
 import math
@@ -12,38 +24,37 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from xrec import models
+from xrec import sharding
 from xrec.data import pipeline
-from xrec.evaluate import evaluator as E
-from xrec.models import common, losses, popularity
+from xrec.evaluate import evaluator as evaluation
+from xrec.models import common, popularity
 from xrec.train import checkpoint as ckpt
-from xrec.train import optimizer as O
-from xrec import sharding as S
-from xrec.train import writer as W
+from xrec.train import objectives
+from xrec.train import optimizer as optim
+from xrec.train import writer as writing
 from xrec.transfer import apply as transfer
-from xrec.transfer import schedule as transfer_schedule
+from xrec.transfer import schedule as schedules
 from xrec.transfer import vocab
 
 log = logging.getLogger("xrec")
-ITEM_KEYS_FILE = "item_keys.json"
+ITEM_KEYS_FILE = "item_keys.json"  # the run's item vocabulary: transfer maps rows by these raw keys
+MODEL_FILE = "model.json"  # the run's encoder: transfer reads its roles from it
 
 
 def validate(config) -> None:
   """Checks names and ranges before any work; errors list the valid choices."""
-  if config.model.name not in models.MODELS:
-    raise ValueError(f"Unknown model {config.model.name!r}; valid: {list(models.MODELS)}")
-  losses.get_loss(config.loss.name)
-  if config.loss.sampling not in ("uniform", "popularity"):
-    raise ValueError(f"Unknown loss.sampling {config.loss.sampling!r}; valid: ['popularity', 'uniform']")
+  models.model_class(config.model.name)
   models.dtype(config.model.compute_dtype)
   metric = config.train.best_metric
   valid_metrics = [f"{m}@{k}" for m in ("hr", "recall", "ndcg", "mrr") for k in config.eval.ks]
   if metric not in valid_metrics:
     raise ValueError(f"train.best_metric {metric!r} is not computed; valid: {valid_metrics}")
-  S.logical_rules(config.sharding.rules)
+  sharding.logical_rules(config.sharding.rules)
   if config.train.batch_size < 1 or config.eval.batch_size < 1:
     raise ValueError("train.batch_size and eval.batch_size must be >= 1")
   if config.train.eval_every_steps < 1:
@@ -72,6 +83,47 @@ def total_steps(config, batches: pipeline.TrainBatches) -> int:
   return steps
 
 
+# --- the model ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  module: nn.Module  # the encoder, with inserted modules when the strategy inserts some
+  plan: transfer.TransferPlan  # bound to the encoder
+  objective: objectives.Objective
+  source: transfer.SourceEncoder | None  # the pretrained encoder (train.init_from), if any
+
+
+def model_config(config, fields: dict) -> ml_collections.ConfigDict:
+  """config.model with `fields` (a strategy's model fields) set."""
+  cfg = copy.deepcopy(config.model)
+  with cfg.unlocked():
+    cfg.update(fields)
+  return cfg
+
+
+def read_encoder(workdir: str) -> transfer.SourceEncoder:
+  """The encoder a finished run trained (its MODEL_FILE): class name and roles."""
+  path = os.path.join(workdir, MODEL_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: the pretrained run's encoder description is needed to "
+                            "map its params by role (runs write it when they start)")
+  with open(path) as f:
+    info = json.load(f)
+  module = models.build(ml_collections.ConfigDict(info["model"]), int(info["num_items"]))
+  return transfer.SourceEncoder(type(module).__name__, module.roles())
+
+
+def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None) -> Model:
+  plan = transfer.prepare(config, overlap)  # names and options; fails before any work
+  encoder = models.build(model_config(config, plan.model_fields), domain.num_items)
+  module, plan = plan.bind(encoder)
+  objective = (objectives.Objective((), {}) if encoder.fitted else  # counted, not trained
+               objectives.build(config.objective, encoder.causal, objectives.STREAMS, type(encoder).__name__))
+  source = read_encoder(config.train.init_from) if config.train.init_from and plan.strategy.load else None
+  return Model(module, plan, objective, source)
+
+
 def create_state(module, tx, max_len: int, seed: int, mesh, rules):
   """Params and optimizer state created already sharded: eval_shape -> shardings -> jit(init)."""
   dummy = jnp.ones((1, max_len), jnp.int32)
@@ -81,40 +133,91 @@ def create_state(module, tx, max_len: int, seed: int, mesh, rules):
     return module.init({"params": rng, "dropout": rng}, dummy)["params"]
 
   boxed = jax.eval_shape(init_params, rng)
-  param_sh = S.param_shardings(boxed, mesh, rules)
+  param_sh = sharding.param_shardings(boxed, mesh, rules)
 
   def init_state(rng):
     params = nn.unbox(init_params(rng))
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
   abstract = jax.eval_shape(init_state, rng)
-  opt_sh = transfer_schedule.opt_state_shardings(tx, abstract["opt_state"], param_sh, S.replicated(mesh))
-  state_sh = {"step": S.replicated(mesh), "params": param_sh, "opt_state": opt_sh}
+  opt_sh = schedules.opt_state_shardings(tx, abstract["opt_state"], param_sh, sharding.replicated(mesh))
+  state_sh = {"step": sharding.replicated(mesh), "params": param_sh, "opt_state": opt_sh}
   state = jax.jit(init_state, out_shardings=state_sh)(rng)
   return state, state_sh
 
 
-def make_train_step(module, tx, loss_cfg, num_items: int, state_sh, mesh, sampling_probs=None):
-  loss_fn = losses.get_loss(loss_cfg.name)
+def make_train_step(module, tx, objective: objectives.Objective, num_items: int, state_sh, mesh,
+                    sampling_probs=None):
+  """One jitted step over the streams' batches: the objective's weighted terms, one update."""
 
-  def step(state, batch, base_rng):
+  def step(state, batches, base_rng):
     rng = jax.random.fold_in(base_rng, state["step"])
-    dropout_rng, loss_rng = jax.random.split(rng)
 
-    def compute_loss(params):
-      hidden, table, bias = module.apply({"params": params}, batch["inputs"], deterministic=False,
-                                         rngs={"dropout": dropout_rng})
-      return loss_fn(hidden, batch["targets"], table, bias, num_items=num_items, rng=loss_rng,
-                     num_negatives=loss_cfg.num_negatives, sampling_probs=sampling_probs)
+    def total(params):
+      return objective.loss(module, params, batches, rng, num_items, sampling_probs)
 
-    (loss, count), grads = jax.value_and_grad(compute_loss, has_aux=True)(state["params"])
+    (loss, parts), grads = jax.value_and_grad(total, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
-    return new_state, {"loss": loss, "positions": count, "grad_norm": optax.tree.norm(grads)}
+    stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), **{f"loss/{k}": v for k, v in parts.items()}}
+    return new_state, stats
 
-  return jax.jit(step, in_shardings=(state_sh, S.batch_sharding(mesh), None),
-                 out_shardings=(state_sh, S.replicated(mesh)), donate_argnums=(0,))
+  return jax.jit(step, in_shardings=(state_sh, sharding.batch_sharding(mesh), None),
+                 out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
+def initial_params(config, workdir, model: Model, state, param_sh, domain):
+  """The load priority (xrec/train/checkpoint.py: resolve_init) applied to `state`: returns
+  (state, loop meta, InitSource, transfer report or None)."""
+  plan = model.plan
+  init = ckpt.resolve_init(workdir, config.train)
+  meta, report = BestTracker.fresh_meta(), None
+  if init.kind in ("resume_workdir", "resume_path"):
+    state, meta = ckpt.restore_state(init.path, state)
+  elif model.module.fitted:  # counted, not trained: the training users' item counts
+    counts = pipeline.item_counts(domain)
+    state["params"] = jax.device_put(popularity.fit_params(counts, model.module.vocab_size), param_sh)
+    init = ckpt.InitSource("fitted")
+  elif init.kind == "pretrained":
+    if not plan.strategy.load:
+      raise ValueError(f"train.init_from={init.path!r} is set but transfer.strategy="
+                       f"{plan.name!r} loads nothing; pick a strategy that loads "
+                       "(e.g. full_finetune) or clear train.init_from")
+    pretrained, _ = ckpt.restore_best_params(init.path)
+    params, report = plan.init_params(jax.device_get(state["params"]), pretrained,
+                                      _item_keys(init.path), domain.item_keys, model.source)
+    state["params"] = jax.device_put(params, param_sh)
+  elif plan.strategy.load:
+    raise ValueError(f"transfer.strategy={plan.name!r} starts from a pretrained model: "
+                     "set train.init_from to the pretraining run's workdir")
+  return state, meta, init, report
+
+
+class BestTracker:
+  """Validation results -> the best checkpoint (step 0 included) and early stopping."""
+
+  def __init__(self, manager, metric: str, patience: int, meta: dict):
+    self.manager, self.metric, self.patience, self.meta = manager, metric, patience, meta
+
+  @staticmethod
+  def fresh_meta() -> dict:
+    return {"best_value": None, "best_step": None, "evals_since_best": 0, "last_eval_step": None,
+            "evaluations": 0}
+
+  def update(self, step: int, result: dict, params) -> None:
+    self.meta["evaluations"] = self.meta.get("evaluations", 0) + 1
+    self.meta["last_eval_step"] = step
+    value = result[self.metric]
+    if self.meta["best_value"] is None or value > self.meta["best_value"]:
+      self.meta.update(best_value=value, best_step=step, evals_since_best=0)
+      ckpt.save_best(self.manager, step, params, {"step": step, "valid": result})
+    else:
+      self.meta["evals_since_best"] += 1
+
+  @property
+  def should_stop(self) -> bool:
+    return bool(self.patience and self.meta["evals_since_best"] >= self.patience)
 
 
 def _run_info(config, mesh, domain, module_params) -> dict:
@@ -137,55 +240,51 @@ def _item_overlap(config, domain) -> dict | None:
   return vocab.item_overlap(_item_keys(config.train.init_from), domain.item_keys, domain.item_frequency)
 
 
+def _sampling_probs(config, domain, vocab_size: int):
+  if "sampled_softmax" not in [t for t, _ in config.objective.terms]:
+    return None
+  if config.objective.sampled_softmax.sampling != "popularity":
+    return None
+  counts = pipeline.item_counts(domain).astype(np.float64)
+  probs = np.zeros(vocab_size)
+  probs[: len(counts)] = counts / counts.sum()
+  return jnp.asarray(probs, jnp.float32)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs training with periodic evaluation and checkpoints; returns (and writes) results.json."""
   t_start = time.time()
   validate(config)
   os.makedirs(workdir, exist_ok=True)
-  mesh = S.make_mesh(config.mesh)
-  rules = S.logical_rules(config.sharding.rules)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.sharding.rules)
   max_len = config.model.max_len
+  is_main = jax.process_index() == 0
 
   domain = pipeline.load_domain(config.data)
   t_data = time.time()
-  if jax.process_index() == 0:  # the run's item vocabulary: transfer maps rows by these raw keys
-    W.write_json_atomic(os.path.join(workdir, ITEM_KEYS_FILE),
-                        {"dataset": config.data.name, "domain": domain.name, "item_keys": domain.item_keys})
-  module = models.build(config.model, domain.num_items, max_len)
-  if config.model.name == "popularity":
-    return _fit_popularity(config, workdir, module, domain, mesh, rules, t_start, t_data)
   overlap = _item_overlap(config, domain)
-  plan = transfer.prepare(config, overlap)  # strategy: inserted modules, what loads, what trains
-  module = module.clone(**plan.model_fields)
+  model = build_model(config, domain, overlap)
+  module, plan = model.module, model.plan
+  if is_main:
+    writing.write_json_atomic(os.path.join(workdir, ITEM_KEYS_FILE),
+                              {"dataset": config.data.name, "domain": domain.name, "item_keys": domain.item_keys})
+    writing.write_json_atomic(os.path.join(workdir, MODEL_FILE),
+                              {"model": model_config(config, plan.model_fields).to_dict(),
+                               "num_items": domain.num_items, "encoder": plan.encoder,
+                               "roles": plan.roles.as_dict()})
   if plan.not_applicable:
-    log.warning("transfer %s: %s", plan.strategy.name, plan.not_applicable)
+    log.warning("transfer %s: %s", plan.name, plan.not_applicable)
 
   batches = pipeline.TrainBatches(domain, config.train.batch_size, max_len, config.seed,
                                   jax.process_index(), jax.process_count())
-  num_steps = total_steps(config, batches) if plan.train else 0  # zero_shot: evaluate only
-  schedule = O.learning_rate_schedule(config.optim, max(num_steps, 1))
-  tx = plan.make_optimizer(lambda: O.make_optimizer(config.optim, max(num_steps, 1))[0])
+  trains = plan.train and not module.fitted
+  num_steps = total_steps(config, batches) if trains else 0  # zero_shot / fitted: evaluate only
+  schedule = optim.learning_rate_schedule(config.optim, max(num_steps, 1))
+  tx = plan.make_optimizer(lambda: optim.make_optimizer(config.optim, max(num_steps, 1))[0])
   state, state_sh = create_state(module, tx, max_len, config.seed, mesh, rules)
   param_sh = state_sh["params"]
-
-  init = ckpt.resolve_init(workdir, config.train)
-  report = None
-  meta = {"best_value": None, "best_step": None, "evals_since_best": 0, "last_eval_step": None,
-          "evaluations": 0}
-  if init.kind in ("resume_workdir", "resume_path"):
-    state, meta = ckpt.restore_state(init.path, state)
-  elif init.kind == "pretrained":
-    if not plan.strategy.load:
-      raise ValueError(f"train.init_from={init.path!r} is set but transfer.strategy="
-                       f"{plan.strategy.name!r} loads nothing; pick a strategy that loads "
-                       "(e.g. full_finetune) or clear train.init_from")
-    pretrained, _ = ckpt.restore_best_params(init.path)
-    params, report = plan.init_params(jax.device_get(state["params"]), pretrained,
-                                      _item_keys(init.path), domain.item_keys)
-    state["params"] = jax.device_put(params, param_sh)
-  elif plan.strategy.load:
-    raise ValueError(f"transfer.strategy={plan.strategy.name!r} starts from a pretrained model: "
-                     "set train.init_from to the pretraining run's workdir")
+  state, meta, init, report = initial_params(config, workdir, model, state, param_sh, domain)
   budget = plan.budget(state["params"], report)
   log.info(plan.describe(budget))
   start_step = int(state["step"])
@@ -193,85 +292,65 @@ def train_and_evaluate(config, workdir: str) -> dict:
            config.data.name, domain.name, domain.num_users, len(domain.train_users),
            len(domain.eval_users), domain.num_items, config.model.name,
            f"{common.param_count(state['params']):,}", dict(mesh.shape))
-  log.info("init: %s %s (step %d of %d)", init.kind, init.path, start_step, num_steps)
+  log.info("init: %s %s (step %d of %d) | objective: %s", init.kind, init.path, start_step, num_steps,
+           " + ".join(f"{w:g} {t.name}" for t, w in model.objective.terms))
 
-  sampling_probs = None
-  if config.loss.name == "sampled_softmax" and config.loss.sampling == "popularity":
-    counts = pipeline.item_counts(domain).astype(np.float64)
-    probs = np.zeros(module.vocab_size)
-    probs[: len(counts)] = counts / counts.sum()
-    sampling_probs = jnp.asarray(probs, jnp.float32)
-  train_step = make_train_step(module, tx, config.loss, domain.num_items, state_sh, mesh, sampling_probs)
-  evaluate = E.Evaluator(module, domain.num_items, max_len, config.eval, mesh, param_sh)
+  sampling_probs = _sampling_probs(config, domain, module.vocab_size)
+  train_step = make_train_step(module, tx, model.objective, domain.num_items, state_sh, mesh, sampling_probs)
+  evaluate = evaluation.Evaluator(module, domain.num_items, max_len, config.eval, mesh, param_sh)
 
-  is_main = jax.process_index() == 0
-  writer = W.MetricWriter(workdir, resume_step=start_step if init.kind == "resume_workdir" else None,
-                          enabled=is_main)
+  writer = writing.MetricWriter(workdir, resume_step=start_step if init.kind == "resume_workdir" else None,
+                                enabled=is_main)
   latest = ckpt.latest_manager(workdir, config.train.keep_checkpoints)
-  best = ckpt.best_manager(workdir)
+  best = BestTracker(ckpt.best_manager(workdir), config.train.best_metric,
+                     config.train.early_stopping_patience, meta)
   base_rng = jax.random.key(config.seed + 1)
-  metric = config.train.best_metric
-  stopped_early = False
 
   def run_eval(step):
-    nonlocal stopped_early
     result = evaluate(state["params"], domain, "valid")
     writer.write(step, "valid", result)
-    meta["evaluations"] = meta.get("evaluations", 0) + 1
-    meta["last_eval_step"] = step
-    value = result[metric]
-    if meta["best_value"] is None or value > meta["best_value"]:
-      meta.update(best_value=value, best_step=step, evals_since_best=0)
-      ckpt.save_best(best, step, state["params"], {"step": step, "valid": result})
-    else:
-      meta["evals_since_best"] += 1
-    patience = config.train.early_stopping_patience
-    stopped_early = bool(patience and meta["evals_since_best"] >= patience)
-    log.info("step %d valid %s=%.4f (best %.4f at step %s)", step, metric, value,
-             meta["best_value"], meta["best_step"])
-    return result
+    best.update(step, result, state["params"])
+    log.info("step %d valid %s=%.4f (best %.4f at step %s)", step, best.metric, result[best.metric],
+             best.meta["best_value"], best.meta["best_step"])
 
   t_train = time.time()
-  train_seconds = 0.0
-  if start_step == 0 and (config.train.eval_at_start or num_steps == 0) and meta["best_step"] is None:
+  if start_step == 0 and (config.train.eval_at_start or num_steps == 0) and best.meta["best_step"] is None:
     run_eval(0)
-  bar = W.progress_bar(num_steps, start_step, config.train.progress_bar and is_main)
-  step = start_step
-  killed = False
+  bar = writing.progress_bar(num_steps, start_step, config.train.progress_bar and is_main)
+  step, killed, stopped_early = start_step, False, False
   stop_at = start_step + config.train.stop_after_steps if config.train.stop_after_steps > 0 else None
   t_window, window_examples = time.time(), 0
-  patience = config.train.early_stopping_patience
-  finished = start_step >= num_steps or bool(patience and meta["evals_since_best"] >= patience)
+  finished = start_step >= num_steps or best.should_stop
   for batch in batches.iterate(start_step, num_steps) if not finished else ():
-    state, stats = train_step(state, S.put_batch(batch, mesh), base_rng)
+    state, stats = train_step(state, sharding.put_batch({"target": batch}, mesh), base_rng)
     step += 1
     window_examples += config.train.batch_size
     bar.update(1)
     if step % config.train.log_every_steps == 0 or step == num_steps:
       stats = jax.device_get(stats)
       elapsed = time.time() - t_window
-      row = {"loss": float(stats["loss"]), "grad_norm": float(stats["grad_norm"]),
-             "lr": float(schedule(step - 1)), "examples_per_second": window_examples / max(elapsed, 1e-9)}
+      row = {k: float(v) for k, v in stats.items()}
+      row.update(lr=float(schedule(step - 1)), examples_per_second=window_examples / max(elapsed, 1e-9))
       writer.write(step, "train", row)
       bar.set_postfix(loss=f"{row['loss']:.4f}")
       t_window, window_examples = time.time(), 0
     if step % config.train.eval_every_steps == 0 or step == num_steps:
       run_eval(step)
+      stopped_early = best.should_stop
     if step % config.train.checkpoint_every_steps == 0 or step == num_steps or stopped_early:
-      ckpt.save_state(latest, step, state, dict(meta))
+      ckpt.save_state(latest, step, state, dict(best.meta))
     if stopped_early:
       log.info("early stopping at step %d: %d evaluations without improvement", step,
-               meta["evals_since_best"])
+               best.meta["evals_since_best"])
       break
     if stop_at is not None and step >= stop_at:
       killed = True
       break
   bar.close()
   train_seconds = time.time() - t_train
-  latest.wait_until_finished()
-  best.wait_until_finished()
-  latest.close()
-  best.close()
+  for manager in (latest, best.manager):
+    manager.wait_until_finished()
+    manager.close()
   if killed:  # simulated kill: no final evaluation, no results
     writer.close()
     return {"stopped_at_step": step}
@@ -281,20 +360,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best_params, best_step = ckpt.restore_best_params(workdir, state["params"])
   valid, valid_ranks = evaluate(best_params, domain, "valid", with_ranks=True)
   test, test_ranks = evaluate(best_params, domain, "test", with_ranks=True)
+  meta = best.meta
   last_eval = meta.get("last_eval_step")
   results = {
       "config": config.to_dict(),
-      "protocol": E.protocol(config.eval, domain.population),
+      "protocol": evaluation.protocol(config.eval, domain.population),
       "init": {"kind": init.kind, "path": init.path},
-      "transfer": {"strategy": plan.strategy.name, **budget,
+      "model": {"name": config.model.name, "encoder": plan.encoder,
+                "objective": [[t.name, w] for t, w in model.objective.terms]},
+      "transfer": {"strategy": plan.name, **budget,
                    "items": report["items"] if report else None,
                    "item_overlap": overlap, "item_tables": plan.item_tables,
-                   "not_applicable": plan.not_applicable or None},
+                   "not_applicable": plan.not_applicable or None,
+                   "source_encoder": model.source.name if model.source else None},
       "best_step": int(best_step),
       "final_step": int(step),
       "stopped_early": stopped_early,
       "budget": {"num_steps": int(num_steps), "steps_run": int(step),
-                 "warmup_steps": O.warmup_steps(config.optim, max(num_steps, 1)) if num_steps else 0,
+                 "warmup_steps": optim.warmup_steps(config.optim, max(num_steps, 1)) if num_steps else 0,
                  "eval_every_steps": int(config.train.eval_every_steps),
                  "early_stopping_patience": int(config.train.early_stopping_patience),
                  "evaluations": int(meta.get("evaluations", 0)), "last_eval_step": last_eval,
@@ -313,7 +396,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer.write(int(best_step), "test", results["test"])
   writer.close()
   if is_main:
-    W.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    writing.write_json_atomic(os.path.join(workdir, "results.json"), results)
   return results
 
 
@@ -324,29 +407,3 @@ def _item_keys(workdir: str) -> list[str]:
                             "map item rows by raw key")
   with open(path) as f:
     return json.load(f)["item_keys"]
-
-
-def _fit_popularity(config, workdir, module, domain, mesh, rules, t_start, t_data):
-  """Popularity has no training loop: count, evaluate, write results."""
-  counts = pipeline.item_counts(domain)
-  boxed = jax.eval_shape(functools.partial(module.init, method="score_last"),
-                         jax.random.key(0), jnp.ones((1, config.model.max_len), jnp.int32))
-  param_sh = S.param_shardings(boxed["params"], mesh, rules)
-  params = jax.device_put(popularity.fit_params(counts, module.vocab_size)["params"], param_sh)
-  evaluate = E.Evaluator(module, domain.num_items, config.model.max_len, config.eval, mesh, param_sh)
-  valid, valid_ranks = evaluate(params, domain, "valid", with_ranks=True)
-  test, test_ranks = evaluate(params, domain, "test", with_ranks=True)
-  results = {
-      "config": config.to_dict(),
-      "protocol": E.protocol(config.eval, domain.population),
-      "init": {"kind": "fitted", "path": ""},
-      "valid": valid,
-      "test": test,
-      "per_user": {"population_sha256": domain.population["keys_sha256"],
-                   "valid_rank": valid_ranks.tolist(), "test_rank": test_ranks.tolist()},
-      **_run_info(config, mesh, domain, params),
-  }
-  results["wall_seconds"] = {"data": t_data - t_start, "total": time.time() - t_start}
-  if jax.process_index() == 0:
-    W.write_json_atomic(os.path.join(workdir, "results.json"), results)
-  return results

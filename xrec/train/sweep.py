@@ -45,14 +45,16 @@ import traceback
 import types
 from typing import Any
 
+from xrec import models
+from xrec import runindex
+from xrec.config import with_overrides
 from xrec.train import experiment
-from xrec.train import writer as W
-from xrec.transfer import strategies as ST
+from xrec.train import loop
+from xrec.transfer import strategies
 
 log = logging.getLogger("xrec")
-RUNS_FILE = "runs.jsonl"
-STUDY_FILE = "study.json"
-STAGES_DIR = "stages"
+STAGES_DIR = runindex.STAGES_DIR
+read_runs, latest_runs = runindex.read_runs, runindex.latest_runs  # the index's readers, for callers of the runner
 DEFAULT_LAYOUT = {"metrics": ("ndcg@10", "hr@10"), "rows": "transfer.strategy", "columns": (), "seed": "seed"}
 ERROR_TAIL_CHARS = 3000  # traceback tail kept in runs.jsonl
 
@@ -87,9 +89,12 @@ def _value_text(value) -> str:
   return str(value)
 
 
+ONE_CELL_KEY = "config"  # the key of a cell without overrides (a one-cell study: the config itself)
+
+
 def cell_key(overrides: dict[str, Any]) -> str:
   """`field=value,...` in the sweep's own order: stable across runs, readable in runs.jsonl."""
-  return ",".join(f"{field}={_value_text(value)}" for field, value in overrides.items())
+  return ",".join(f"{field}={_value_text(value)}" for field, value in overrides.items()) or ONE_CELL_KEY
 
 
 def cells_of(module) -> list[Cell]:
@@ -112,26 +117,8 @@ def cells_of(module) -> list[Cell]:
 
 
 def apply_overrides(config, overrides: dict[str, Any]):
-  """A copy of `config` with dotted fields set; an unknown field fails with the valid names."""
-  c = copy.deepcopy(config)
-  for field, value in overrides.items():
-    *parents, leaf = field.split(".")
-    node, walked = c, []
-    for name in parents + [leaf]:
-      if not hasattr(node, "keys") or name not in node:
-        valid = sorted(node.keys()) if hasattr(node, "keys") else []
-        where = ".".join(walked) or "the config"
-        raise ValueError(f"sweep field {field!r}: {where} has no field {name!r}; valid: {valid}")
-      if name != leaf:
-        node = node[name]
-      walked.append(name)
-    if isinstance(node[leaf], tuple) and isinstance(value, list):
-      value = tuple(value)  # sweeps may write lists where the config holds tuples
-    try:
-      node[leaf] = value
-    except TypeError as e:
-      raise TypeError(f"sweep field {field!r}: {e}") from e
-  return c
+  """A copy of `config` with a cell's dotted fields set; an unknown field fails with the valid names."""
+  return with_overrides(config, overrides, "sweep field")
 
 
 def layout_of(module) -> dict:
@@ -187,7 +174,11 @@ class Stage:
 
 
 def _strategy_of(config):
-  return ST.get_strategy(config.transfer.strategy, config.transfer, int(config.model.num_layers))
+  """The cell's preset built on its encoder's roles (no data needed: roles do not depend on the
+  catalogue)."""
+  fields = strategies.MODEL_FIELDS.get(config.transfer.strategy, {})
+  encoder = models.build(loop.model_config(config, fields), num_items=1)
+  return strategies.get_strategy(config.transfer.strategy, config.transfer, encoder.roles())
 
 
 def lr_mult_matters(config) -> bool:
@@ -237,7 +228,7 @@ def plan_stages(config, stages_dir: str) -> tuple[list[Stage], list[Stage], dict
   experiment.check_transfer_protocol(config)
   candidates, note = tuning_grid(config)
   if mode == "single":
-    base, kind, prereq, deps = experiment._single_run(config), "single", [], {}
+    base, kind, prereq, deps = experiment.stage_config(config), "single", [], {}
   elif config.transfer.strategy == "scratch":  # loads nothing: no pretraining to wait for
     base, kind, prereq, deps = experiment.transfer_config(config, "scratch", ""), "transfer", [], {}
   else:
@@ -246,33 +237,6 @@ def plan_stages(config, stages_dir: str) -> tuple[list[Stage], list[Stage], dict
     base = experiment.transfer_config(config, config.transfer.strategy, os.path.join(stages_dir, pre.hash))
   stages = [Stage(kind, apply_overrides(base, o), deps, o) for o in candidates]
   return prereq, stages, note
-
-
-def read_runs(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, RUNS_FILE)
-  if not os.path.exists(path):
-    return []
-  records = []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if line:
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill mid-write: that cell simply reruns
-          log.warning("skipping a malformed line in %s", path)
-  return records
-
-
-def latest_runs(workdir: str) -> dict[str, dict]:
-  """The last record of each cell key (a rerun supersedes a failure)."""
-  return {r["key"]: r for r in read_runs(workdir)}
-
-
-def _append_run(workdir: str, record: dict) -> None:
-  # One write of one line in append mode: processes of a cluster sweep can share the index.
-  with open(os.path.join(workdir, RUNS_FILE), "a") as f:
-    f.write(json.dumps(record) + "\n")
 
 
 def is_main_process() -> bool:
@@ -291,7 +255,16 @@ def _select_candidate(config, results: list[dict]) -> int:
   return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
-def run_cell(config, cell: Cell, workdir: str) -> dict:
+def _field_value(config, field: str):
+  node = config
+  for name in field.split("."):
+    if not hasattr(node, "keys") or name not in node:
+      return None
+    node = node[name]
+  return list(node) if isinstance(node, tuple) else node
+
+
+def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> dict:
   """Runs one cell's stages; returns its run-index record (never raises for a failing cell)."""
   t_start = time.time()
   stages_dir = os.path.join(workdir, STAGES_DIR)
@@ -299,6 +272,11 @@ def run_cell(config, cell: Cell, workdir: str) -> dict:
             "stages": {}, "reused": []}
   try:
     cfg = apply_overrides(config, cell.overrides)
+    # the values of the table's fields (rows, columns, seed) in this cell, overridden or not
+    layout = layout or DEFAULT_LAYOUT
+    fields = [layout["rows"], layout["seed"], *([layout["columns"]] if isinstance(layout["columns"], str)
+                                                 else layout["columns"])]
+    record["fields"] = {f: _field_value(cfg, f) for f in fields}
     prereq, candidates, note = plan_stages(cfg, stages_dir)
     record["planned"] = _planned_hashes(prereq, candidates)
     stage_seconds, done, pretrain = 0.0, [], None
@@ -375,7 +353,7 @@ def run_study(config, module, workdir: str, only: str | None = None, config_file
   is_main = is_main_process()
   os.makedirs(workdir, exist_ok=True)
   if is_main:
-    W.write_json_atomic(os.path.join(workdir, STUDY_FILE), {
+    runindex.write_study(workdir, {
         "config_file": config_file, "config_arg": config_arg, "layout": layout,
         "cells": [dataclasses.asdict(c) for c in cells]})
   previous = latest_runs(workdir)
@@ -385,14 +363,39 @@ def run_study(config, module, workdir: str, only: str | None = None, config_file
       counts["cached"] += 1
       continue
     log.info("cell %d/%d: %s", cell.index + 1, len(cells), cell.key)
-    record = run_cell(config, cell, workdir)
+    record = run_cell(config, cell, workdir, layout)
     if is_main:
-      _append_run(workdir, record)
+      runindex.append_run(workdir, record)
     counts["ran"] += 1
     counts["failed"] += record["status"] == "failed"
     counts["stopped"] += record["status"] == "stopped"
   log.info("study %s: %s", workdir, counts)
+  if len(cells) == 1 and is_main:  # a one-cell study: its results also at WORKDIR/results.json
+    record = latest_runs(workdir).get(cells[0].key)
+    if record and record.get("status") == "done":
+      with open(os.path.join(workdir, STAGES_DIR, record["stages"][_trained_kind(record)], "results.json")) as f:
+        runindex.write_json_atomic(os.path.join(workdir, "results.json"), json.load(f))
   return counts
+
+
+def _trained_kind(record: dict) -> str:
+  return next(k for k in ("single", "transfer") if k in record["stages"])
+
+
+def study_of(module, config):
+  """The study a launch runs (there is one runner): the config file's sweep() when it has one;
+  for a pretrain -> transfer config, one cell per experiment.strategies; otherwise one cell, the
+  config itself."""
+  if hasattr(module, "sweep"):
+    return module
+  mode = config.experiment.mode
+  if mode not in experiment.MODES:
+    raise ValueError(f"Unknown experiment.mode {mode!r}; valid: {list(experiment.MODES)}")
+  if mode == "pretrain_transfer":
+    return implicit_study(config)
+  return types.SimpleNamespace(sweep=lambda: iter([{}]), __file__=getattr(module, "__file__", "config"),
+                               metrics=lambda: {"metrics": ("ndcg@10", "hr@10"), "rows": "model.name",
+                                                "columns": ()})
 
 
 def implicit_study(config):
@@ -460,10 +463,11 @@ def as_transfer_study(c, preset: str = "full", lr_grid=(3e-4, 1e-3, 3e-3)):
   b = REAL_DATA_PRESETS[preset]
   c.experiment.mode = "pretrain_transfer"
   c.experiment.source_domain, c.experiment.target_domain = "source", "target"
-  c.experiment.pretrain.update(dict(num_epochs=b["pretrain_epochs"], batch_size=128,
-                                    eval_every_steps=b["pretrain_eval_every"],
-                                    checkpoint_every_steps=b["pretrain_eval_every"], early_stopping_patience=10))
-  c.model.update(dict(max_len=b["max_len"], embed_dim=b["embed_dim"], mlp_dim=b["mlp_dim"]))
+  c.experiment.pretrain.train.update(dict(num_epochs=b["pretrain_epochs"], batch_size=128,
+                                          eval_every_steps=b["pretrain_eval_every"],
+                                          checkpoint_every_steps=b["pretrain_eval_every"], early_stopping_patience=10))
+  c.model.update(dict(max_len=b["max_len"], embed_dim=b["embed_dim"]))
+  c.model.sasrec.mlp_dim = b["mlp_dim"]
   c.train.update(dict(num_steps=b["target_steps"], batch_size=128, eval_every_steps=b["eval_every"],
                       checkpoint_every_steps=max(b["eval_every"], 200), early_stopping_patience=5,
                       progress_bar=False))

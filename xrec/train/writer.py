@@ -8,26 +8,7 @@ import sys
 
 import numpy as np
 
-
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (np.floating, np.integer)):
-    return x.item()
-  if hasattr(x, "shape") and getattr(x, "shape", None) == ():
-    return float(x)
-  return x
-
-
-def write_json_atomic(path: str, obj) -> None:
-  """Write to a temp file and rename, so a crash never leaves a half-written result."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+from xrec.runindex import jsonable as _jsonable, write_json_atomic  # noqa: F401 (re-exported)
 
 
 class MetricWriter:

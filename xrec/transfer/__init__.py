@@ -1,10 +1,11 @@
 """Parameter-tree surgery for transfer: load / rename / graft / vocab-map a pretrained tree into
-a new model's tree, freeze and scale via optimizer labels, named strategy presets.
+a new model's tree by the encoders' roles, insert parameter-efficient modules from outside the
+model, freeze and scale via optimizer labels, named strategy presets.
 
-Entry point for a training loop: `xrec.transfer.apply.prepare(config)` (see its docstring).
+Entry point for a trainer: `xrec.transfer.apply.prepare(config, overlap)` (see its docstring).
 """
 
-from xrec.transfer.apply import TransferPlan, prepare
-from xrec.transfer.strategies import STRATEGIES, Strategy, get_strategy
+from xrec.transfer.apply import SourceEncoder, TransferPlan, prepare
+from xrec.transfer.strategies import STRATEGIES, Strategy, applicable, get_strategy
 
-__all__ = ["TransferPlan", "prepare", "STRATEGIES", "Strategy", "get_strategy"]
+__all__ = ["SourceEncoder", "TransferPlan", "prepare", "STRATEGIES", "Strategy", "applicable", "get_strategy"]

@@ -1,73 +1,108 @@
-"""The one entry point of xrec/transfer for a training loop: `prepare(config) -> TransferPlan`.
+"""The one entry point of xrec/transfer for a trainer: `prepare(config, overlap) -> TransferPlan`.
 
     from xrec.transfer import apply as transfer
 
-    plan = transfer.prepare(config)              # config.transfer + config.model.num_layers
-    module = models.build(config.model, domain.num_items, max_len).clone(**plan.model_fields)
+    plan = transfer.prepare(config, overlap)      # names and options checked; item-table rule resolved
+    encoder = models.build(config.model with plan.model_fields, num_items)   # e.g. untied for linear_probe
+    module, plan = plan.bind(encoder)             # the preset on the encoder's roles; modules inserted
     tx = plan.make_optimizer(lambda: optimizer.make_optimizer(config.optim, num_steps)[0])
-    # create the sharded state with this tx; derive the optimizer-state shardings with
-    # `plan.opt_state_shardings` (frozen params have no state: optax MaskedNodes)
+    # create the sharded state with this tx (frozen params have no state: optax MaskedNodes)
     if plan.strategy.load:                         # every preset but scratch
-      pretrained = checkpoint.restore_best_params(config.train.init_from)[0]
-      params, report = plan.init_params(jax.device_get(state["params"]), pretrained,
-                                        source_item_keys, target_item_keys)
-      state["params"] = jax.device_put(params, param_shardings)
-    budget = plan.budget(state["params"], report)  # trainable / total / stored_bytes
-    log.info(plan.describe(budget)); results["transfer"] = {**budget, "report": report}
+      params, report = plan.init_params(fresh_params, pretrained_params, source_item_keys,
+                                        target_item_keys, source)   # source: the pretrained Encoder info
+    budget = plan.budget(params, report)           # trainable / total / stored_bytes
     if not plan.train: skip the training steps (zero_shot) and only evaluate.
 
-`source_item_keys` / `target_item_keys` are the raw item keys of the pretrained
-and the target domain (id i -> keys[i - 1], `DomainSequences.item_keys`): item
-tables move by key, never by position.
+`source_item_keys` / `target_item_keys` are the raw item keys of the pretrained and the target
+domain (id i -> keys[i - 1]): item tables move by key, never by position. Everything is addressed
+through the encoders' roles (xrec/models/base.py), never one model's paths.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from typing import Callable, Sequence
 
 import optax
 
-from xrec.transfer import load as L
-from xrec.transfer import schedule as S
-from xrec.transfer import strategies as ST
-from xrec.transfer import tree as T
-from xrec.transfer import vocab as V
+from xrec.models.base import Roles
+from xrec.transfer import insert
+from xrec.transfer import load as loading
+from xrec.transfer import schedule as schedules
+from xrec.transfer import strategies
+from xrec.transfer import tree
+from xrec.transfer import vocab
 
-ITEM_ROWS = r"(item_embed|output_embed)/embedding|output_bias"  # tables with one row per item id
-POSITIONS = r"pos_embed/embedding"
+
+@dataclasses.dataclass(frozen=True)
+class SourceEncoder:
+  """What a trainer knows of the pretrained model: its encoder class name and roles."""
+
+  name: str
+  roles: Roles
 
 
 @dataclasses.dataclass(frozen=True)
 class TransferPlan:
-  strategy: ST.Strategy
+  name: str  # the preset (transfer.strategy)
+  options: object  # config.transfer with train_item_embeddings resolved to "always" | "never"
   unseen_items: str  # rule for target items absent from the source: random | mean | zero
   source_subtree: str = ""  # part of the pretrained tree that holds the model's params
-  rename: tuple[tuple[str, str], ...] = ()  # strategy rules + config.transfer.rename
-  dont_load: tuple[str, ...] = ()  # strategy regexes + config.transfer.dont_load
+  extra_rename: tuple[tuple[str, str], ...] = ()  # config.transfer.rename
+  extra_dont_load: tuple[str, ...] = ()  # config.transfer.dont_load
   # the item overlap with the pretrained model (vocab.item_overlap) and what it decided:
-  # train_item_tables (PEFT presets, transfer.train_item_embeddings) and not_applicable (zero_shot)
+  # item_tables (PEFT presets, transfer.train_item_embeddings) and not_applicable (zero_shot)
   overlap: dict | None = None
   item_tables: dict = dataclasses.field(default_factory=dict)
-  not_applicable: str = ""
+  # set by bind(): the preset on the target encoder
+  strategy: strategies.Strategy | None = None
+  roles: Roles | None = None
+  encoder: str = ""
 
   @property
   def model_fields(self) -> dict:
-    """SASRec fields to set on the target model (`module.clone(**plan.model_fields)`)."""
-    return dict(self.strategy.model_fields)
+    """Fields of config.model the preset sets before the encoder is built."""
+    return dict(strategies.MODEL_FIELDS.get(self.name, {}))
+
+  def bind(self, encoder):
+    """(module to train, bound plan): the preset built on `encoder`'s roles, its modules inserted.
+    Fails, naming the presets that apply, when the encoder lacks what the preset needs."""
+    roles = encoder.roles()
+    strategy = strategies.get_strategy(self.name, self.options, roles)
+    if strategy.insert is not None and getattr(encoder, "remat", False):
+      raise ValueError(f"transfer.strategy={self.name!r} inserts modules into the encoder's sublayers, "
+                       "which model.remat (rematerialised blocks) does not allow; set model.remat=False")
+    plan = dataclasses.replace(self, strategy=strategy, roles=roles, encoder=type(encoder).__name__)
+    return insert.wrap(encoder, strategy.insert), plan
+
+  def _bound(self) -> strategies.Strategy:
+    if self.strategy is None:
+      raise RuntimeError("TransferPlan.bind(encoder) first: the preset needs the encoder's roles")
+    return self.strategy
 
   @property
   def train(self) -> bool:
     """False for zero_shot: evaluate the transferred params without training."""
-    return self.strategy.train
+    return self._bound().train
 
   @property
   def schedule(self):
-    return self.strategy.schedule
+    return self._bound().schedule
+
+  @property
+  def not_applicable(self) -> str:
+    """Why this result is not reported (zero_shot on a catalogue the source barely knows), or ""."""
+    share = _share(self.overlap)
+    threshold = self.options.min_item_overlap
+    if self._bound().train or share is None or share >= threshold:
+      return ""
+    return (f"n/a (item overlap {share:.0%}): the source knows {share:.1%} of the target's "
+            f"interactions, below transfer.min_item_overlap={threshold:g}")
 
   def init_params(self, fresh_params, pretrained_params, source_item_keys: Sequence | None,
-                  target_item_keys: Sequence | None) -> tuple[dict, dict]:
+                  target_item_keys: Sequence | None, source: SourceEncoder | None = None) -> tuple[dict, dict]:
     """The target model's initial params and a report.
 
     fresh_params:      the target model's own init (host arrays), [vocab_t, embed] item table etc.
@@ -75,60 +110,98 @@ class TransferPlan:
     source_item_keys, target_item_keys: raw item keys of both domains (needed whenever item
       tables are loaded). Item rows move by key (unseen rows by `unseen_items`), positions are
       resized from the end when max_len differs (see vocab.resize_positions).
+    source: the pretrained encoder's class name and roles (None: the same encoder as the target).
+      Presets that load every param by path need the same encoder; `embedding_transfer` loads
+      only item roles and maps them across encoders.
     Returns (params shaped exactly like fresh_params, report) with report keys strategy,
     loaded, fresh, shared (see load.load_params), items (the overlap report) and positions.
     """
-    if not self.strategy.load:
-      return fresh_params, {"strategy": self.strategy.name, "loaded": [], "fresh": sorted(
-          T.flatten(fresh_params)), "shared": [], "transformed": {}, "items": None, "positions": None}
+    strategy = self._bound()
+    if not strategy.load:
+      return fresh_params, {"strategy": strategy.name, "loaded": [], "fresh": sorted(
+          tree.flatten(fresh_params)), "shared": [], "transformed": {}, "items": None, "positions": None}
+    roles = self.roles
+    source_roles = source.roles if source else roles
+    pretrained = tree.tree_get(pretrained_params, self.source_subtree)
+    rename = tuple(strategy.rename) + self.extra_rename
+    dont_load = tuple(strategy.dont_load) + self.extra_dont_load
+    if strategy.load_roles is not None:
+      pretrained, dont_load = self._by_role(pretrained, fresh_params, source_roles, strategy.load_roles,
+                                            source)
+      rename = ()
+    elif source is not None and source.name != self.encoder:
+      raise ValueError(
+          f"the pretrained model is a {source.name}, the target a {self.encoder}: transfer.strategy="
+          f"{strategy.name!r} loads every param by path, which fits only the same encoder. Across "
+          "encoders only roles map: transfer.strategy='embedding_transfer' loads the item table and "
+          "output bias (by item key) and trains the rest from scratch")
 
-    def item_rows(path, pretrained, init):
+    def item_rows(path, pretrained_rows, init):
       if source_item_keys is None or target_item_keys is None:
         raise ValueError(f"{path}: item tables move by raw item key; pass source_item_keys and "
                          "target_item_keys (DomainSequences.item_keys of both domains)")
-      return V.map_item_rows(pretrained, init, source_item_keys, target_item_keys, self.unseen_items)
+      return vocab.map_item_rows(pretrained_rows, init, source_item_keys, target_item_keys, self.unseen_items)
 
-    def positions(path, pretrained, init):
+    def positions(path, pretrained_rows, init):
       del path
-      return V.resize_positions(pretrained, init), {"source_max_len": int(pretrained.shape[0]),
-                                                    "target_max_len": int(init.shape[0])}
+      return vocab.resize_positions(pretrained_rows, init), {"source_max_len": int(pretrained_rows.shape[0]),
+                                                             "target_max_len": int(init.shape[0])}
 
-    params, report = L.load_params(
-        fresh_params, pretrained_params, subtree=self.source_subtree, rename=self.rename,
-        graft=self.strategy.graft, dont_load=self.dont_load,
-        transforms=((ITEM_ROWS, item_rows), (POSITIONS, positions)))
+    transforms = [(roles.item_rows_regex, item_rows)]
+    if roles.positions:
+      transforms.append((re.escape(roles.positions), positions))
+    params, report = loading.load_params(
+        fresh_params, pretrained, rename=rename, graft=strategy.graft, dont_load=dont_load,
+        transforms=transforms)
     info = report["transformed"]
-    items = next((info[p] for p in ("item_embed/embedding", "output_embed/embedding", "output_bias")
-                  if p in info), None)
-    report.update(strategy=self.strategy.name, items=items, positions=info.get("pos_embed/embedding"))
+    items = next((info[p] for p in roles.item_rows if p in info), None)
+    report.update(strategy=strategy.name, items=items,
+                  positions=info.get(roles.positions) if roles.positions else None)
     return params, report
+
+  def _by_role(self, pretrained, fresh_params, source_roles: Roles, load_roles, source):
+    """The pretrained params of `load_roles`, moved to the target's paths for those roles, and a
+    dont_load rule for every other target param."""
+    flat = tree.flatten(pretrained)
+    picked, mapped = {}, []
+    for role in load_roles:
+      src, dst = getattr(source_roles, role), getattr(self.roles, role)
+      if src and dst and src in flat:
+        picked[dst] = flat[src]
+        mapped.append(dst)
+    if not mapped:
+      name = source.name if source else "the pretrained model"
+      raise ValueError(f"no role of {list(load_roles)} maps from {name} to {self.encoder}: the checkpoint "
+                       f"has {[r for r in load_roles if getattr(source_roles, r)]}, the model "
+                       f"{[r for r in load_roles if getattr(self.roles, r)]}")
+    others = "(?!(" + "|".join(re.escape(p) for p in mapped) + ")$).*"
+    return tree.unflatten(picked), (others,) + self.extra_dont_load
 
   def make_optimizer(self, base_tx_fn: Callable[[], optax.GradientTransformation],
                      params=None) -> optax.GradientTransformation:
     """`base_tx_fn()` on the trainable params with the strategy's multipliers; frozen params
     get no state and no update. `params` (abstract is enough) checks the schedule up front."""
-    return S.make_transfer_optimizer(base_tx_fn, self.strategy.schedule, params)
-
-  @staticmethod
-  def opt_state_shardings(tx, abstract_opt_state, param_shardings, replicated):
-    """Drop-in for loop.optax_state_shardings that also handles frozen (masked) params."""
-    return S.opt_state_shardings(tx, abstract_opt_state, param_shardings, replicated)
+    return schedules.make_transfer_optimizer(base_tx_fn, self.schedule, params)
 
   def budget(self, params, report: dict | None = None) -> dict:
     """Trainable / frozen / total scalars and what a target domain must store (trainable params
     plus params not shared with the pretrained model, from `report['shared']`)."""
     shared = report["shared"] if report else ()
-    return S.parameter_budget(params, self.strategy.schedule, shared)
+    return schedules.parameter_budget(params, self.schedule, shared)
 
   def describe(self, budget: dict) -> str:
-    return (f"transfer {self.strategy.name}: {budget['trainable']:,} of {budget['total']:,} params "
+    return (f"transfer {self.name}: {budget['trainable']:,} of {budget['total']:,} params "
             f"train ({100 * budget['trainable'] / max(budget['total'], 1):.2f}%); per target domain "
             f"store {budget['stored_params']:,} params = {budget['stored_bytes']:,} bytes")
 
 
+def _share(overlap: dict | None):
+  return None if overlap is None else overlap.get("interaction_share", overlap.get("item_share"))
+
+
 def prepare(config, overlap: dict | None = None) -> TransferPlan:
-  """The plan for `config.transfer.strategy` with its options (config.transfer) for the model in
-  config.model. Fails before any work on an unknown strategy, option value or unseen rule.
+  """The plan for `config.transfer.strategy` with its options (config.transfer). Fails before any
+  work on an unknown strategy, option value or rule; `bind(encoder)` then builds the preset.
 
   overlap: vocab.item_overlap(pretrained keys, target keys, target frequencies) when a pretrained
   model is loaded. Below transfer.min_item_overlap (share of target interactions): zero_shot is
@@ -136,13 +209,15 @@ def prepare(config, overlap: dict | None = None) -> TransferPlan:
   the parameter-efficient presets train the item tables.
   """
   options = copy.deepcopy(config.transfer)
+  if options.strategy not in strategies.STRATEGIES:
+    raise ValueError(f"Unknown transfer strategy {options.strategy!r}; valid: {sorted(strategies.STRATEGIES)}")
   rule = options.train_item_embeddings
-  if rule not in ST.ITEM_TABLE_RULES:
-    raise ValueError(f"Unknown transfer.train_item_embeddings {rule!r}; valid: {list(ST.ITEM_TABLE_RULES)}")
+  if rule not in strategies.ITEM_TABLE_RULES:
+    raise ValueError(f"Unknown transfer.train_item_embeddings {rule!r}; valid: {list(strategies.ITEM_TABLE_RULES)}")
   threshold = options.min_item_overlap
   if not 0.0 <= threshold <= 1.0:
     raise ValueError(f"transfer.min_item_overlap={threshold!r} must be in [0, 1]")
-  share = None if overlap is None else overlap.get("interaction_share", overlap.get("item_share"))
+  share = _share(overlap)
   disjoint = share is not None and share < threshold
   if rule == "auto":
     train_tables = disjoint
@@ -154,22 +229,15 @@ def prepare(config, overlap: dict | None = None) -> TransferPlan:
     reason = f"train_item_embeddings={rule!r}"
   with options.unlocked():
     options.train_item_embeddings = "always" if train_tables else "never"
-  if options.unseen_items not in V.UNSEEN_RULES:
-    raise ValueError(f"Unknown transfer.unseen_items {options.unseen_items!r}; "
-                     f"valid: {list(V.UNSEEN_RULES)}")
+  if options.unseen_items not in vocab.UNSEEN_RULES:
+    raise ValueError(f"Unknown transfer.unseen_items {options.unseen_items!r}; valid: {list(vocab.UNSEEN_RULES)}")
   for field in ("lr_mult", "new_lr_mult"):
     if not options[field] > 0:
       raise ValueError(f"transfer.{field}={options[field]!r} must be > 0 (freeze with a strategy)")
-  strategy = ST.get_strategy(options.strategy, options, int(config.model.num_layers))
-  rename = tuple(strategy.rename) + tuple(tuple(r) for r in options.rename)
-  dont_load = tuple(strategy.dont_load) + tuple(options.dont_load)
-  T.compile_rules([p for p, _ in rename], "transfer.rename")
-  T.compile_rules(dont_load, "transfer.dont_load")
-  not_applicable = ""
-  if not strategy.train and disjoint:
-    not_applicable = (f"n/a (item overlap {share:.0%}): the source knows {share:.1%} of the target's "
-                      f"interactions, below transfer.min_item_overlap={threshold:g}")
-  return TransferPlan(strategy=strategy, unseen_items=options.unseen_items,
-                      source_subtree=options.source_subtree, rename=rename, dont_load=dont_load,
-                      overlap=overlap, item_tables={"train": train_tables, "reason": reason},
-                      not_applicable=not_applicable)
+  rename = tuple(tuple(r) for r in options.rename)
+  dont_load = tuple(options.dont_load)
+  tree.compile_rules([p for p, _ in rename], "transfer.rename")
+  tree.compile_rules(dont_load, "transfer.dont_load")
+  return TransferPlan(name=options.strategy, options=options, unseen_items=options.unseen_items,
+                      source_subtree=options.source_subtree, extra_rename=rename, extra_dont_load=dont_load,
+                      overlap=overlap, item_tables={"train": train_tables, "reason": reason})

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from xrec.models import common
-from xrec.transfer import tree as T
+from xrec.transfer import tree
 
 # fn(path, checkpoint value, fresh init value) -> (value shaped like the init value, info or None)
 Transform = Callable[[str, Any, Any], tuple[Any, Any]]
@@ -40,7 +40,7 @@ def load_source(spec: str, restore_fn: Callable[[str], Any]):
   """The param tree named by `CKPT[:subtree]`; `restore_fn(CKPT)` reads a checkpoint's params
   (e.g. `lambda d: checkpoint.restore_best_params(d)[0]`; surgery knows no checkpoint format)."""
   path, subtree = split_source(spec)
-  return T.tree_get(restore_fn(path), subtree)
+  return tree.tree_get(restore_fn(path), subtree)
 
 
 def load_params(init_params, ckpt_params, *, subtree: str = "",
@@ -59,19 +59,19 @@ def load_params(init_params, ckpt_params, *, subtree: str = "",
     transformed: {path: info returned by its transform}.
   Loaded values are cast to the init dtype.
   """
-  skip = T.compile_rules(dont_load, "dont_load")
-  transform_rules = list(zip(T.compile_rules([p for p, _ in transforms], "transforms"),
+  skip = tree.compile_rules(dont_load, "dont_load")
+  transform_rules = list(zip(tree.compile_rules([p for p, _ in transforms], "transforms"),
                              [fn for _, fn in transforms]))
   model = common.flatten(init_params)
-  ckpt = T.rename_paths(common.flatten(T.tree_get(ckpt_params, subtree)), rename)
-  ckpt = T.graft_paths(ckpt, graft)
+  ckpt = tree.rename_paths(common.flatten(tree.tree_get(ckpt_params, subtree)), rename)
+  ckpt = tree.graft_paths(ckpt, graft)
 
   def skipped(path):
     return any(r.fullmatch(path) for r in skip)
 
   transformed, info = dict(ckpt), {}
   for path in sorted(set(ckpt) & set(model)):
-    hit = T.first_match(path, transform_rules)
+    hit = tree.first_match(path, transform_rules)
     if hit is not None and not skipped(path):
       transformed[path], info[path] = hit[1](path, ckpt[path], model[path])
 
@@ -97,9 +97,9 @@ def graft(params, source: str, targets: Sequence[str]) -> dict:
   (e.g. one pretrained encoder for two domains). Targets must already exist with the same
   paths and shapes, so a graft never changes the model's structure."""
   flat = common.flatten(params)
-  src = common.flatten({"x": T.tree_get(params, source)})
+  src = common.flatten({"x": tree.tree_get(params, source)})
   for target in targets:
-    dst = common.flatten({"x": T.tree_get(params, target)})
+    dst = common.flatten({"x": tree.tree_get(params, target)})
     src_shapes = {p: np.shape(v) for p, v in src.items()}
     dst_shapes = {p: np.shape(v) for p, v in dst.items()}
     if src_shapes != dst_shapes:

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import optax
 
-from xrec.transfer import tree as T
+from xrec.transfer import tree
 
 Schedule = Sequence[tuple[str, float | None]]
 TRAINABLE, FROZEN = "trainable", "frozen"
@@ -34,7 +34,7 @@ def _check_rules(schedule: Schedule):
     if mult is not None and not (isinstance(mult, (int, float)) and mult > 0):
       raise ValueError(f"schedule rule ({pattern!r}, {mult!r}): the lr multiplier must be > 0, "
                        "or None to freeze")
-  return list(zip(T.compile_rules([p for p, _ in schedule], "schedule"), [m for _, m in schedule]))
+  return list(zip(tree.compile_rules([p for p, _ in schedule], "schedule"), [m for _, m in schedule]))
 
 
 def resolve(params, schedule: Schedule) -> dict[str, float | None]:
@@ -42,8 +42,8 @@ def resolve(params, schedule: Schedule) -> dict[str, float | None]:
   concrete). Unmatched paths are an error that lists them and the rules."""
   rules = _check_rules(schedule)
   out, unmatched = {}, []
-  for path, _ in T.names_and_leaves(nn.unbox(params)):
-    hit = T.first_match(path, rules)
+  for path, _ in tree.names_and_leaves(nn.unbox(params)):
+    hit = tree.first_match(path, rules)
     if hit is None:
       unmatched.append(path)
     else:
@@ -54,15 +54,18 @@ def resolve(params, schedule: Schedule) -> dict[str, float | None]:
   return out
 
 
-def layerwise_decay(num_layers: int, decay: float, base_mult: float = 1.0) -> list[tuple[str, float]]:
-  """Layer-wise lr decay for SASRec: block_{i} trains at base_mult * decay**(num_layers - 1 - i),
-  the position table (the bottom) at base_mult * decay**num_layers, and everything else
-  (item table, output bias, final_ln: the output side, since the item table is also the
-  output layer) at base_mult. decay = 1.0 is a constant multiplier."""
+def layerwise_decay(roles, decay: float, base_mult: float = 1.0) -> list[tuple[str, float]]:
+  """Layer-wise lr decay over an encoder's roles: of its n blocks, block i trains at
+  base_mult * decay**(n - 1 - i), the position table (the bottom) at base_mult * decay**n, and
+  everything else (item table, output bias, final norm: the output side, since the item table is
+  also the output layer) at base_mult. decay = 1.0 is a constant multiplier."""
   if not 0 < decay <= 1:
     raise ValueError(f"layer-wise lr decay must be in (0, 1], got {decay}")
-  rules = [(f"block_{i}/.*", base_mult * decay ** (num_layers - 1 - i)) for i in range(num_layers)]
-  return rules + [("pos_embed/.*", base_mult * decay ** num_layers), (".*", base_mult)]
+  n = len(roles.blocks)
+  rules = [(roles.blocks_regex([i]), base_mult * decay ** (n - 1 - i)) for i in range(n)]
+  if roles.positions:
+    rules.append((roles.subtree_regex(roles.positions), base_mult * decay ** n))
+  return rules + [(".*", base_mult)]
 
 
 def _scale_by_multipliers(schedule: Schedule) -> optax.GradientTransformation:
@@ -72,7 +75,7 @@ def _scale_by_multipliers(schedule: Schedule) -> optax.GradientTransformation:
   def update(updates, state, params=None):
     del params
     mults = resolve(updates, schedule)
-    return jax.tree_util.tree_map_with_path(lambda p, u: u * mults[T.path_name(p)], updates), state
+    return jax.tree_util.tree_map_with_path(lambda p, u: u * mults[tree.path_name(p)], updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
@@ -91,12 +94,12 @@ def make_transfer_optimizer(base_tx_fn: Callable[[], optax.GradientTransformatio
   if params is not None:
     resolve(params, schedule)
 
-  def labels(tree):
-    if not isinstance(tree, Mapping):  # optax.tree_map_params' placeholder: no labels to give
+  def labels(params_tree):
+    if not isinstance(params_tree, Mapping):  # optax.tree_map_params' placeholder: no labels to give
       return {}
-    mults = resolve(tree, schedule)
+    mults = resolve(params_tree, schedule)
     return jax.tree_util.tree_map_with_path(
-        lambda p, _: FROZEN if mults[T.path_name(p)] is None else TRAINABLE, tree)
+        lambda p, _: FROZEN if mults[tree.path_name(p)] is None else TRAINABLE, params_tree)
 
   trainable = base_tx_fn()
   if any(m is not None and m != 1.0 for _, m in rules):
@@ -129,7 +132,7 @@ def parameter_budget(params, schedule: Schedule, shared_paths: Sequence[str] = (
   mults = resolve(params, schedule)
   shared = set(shared_paths)
   counts = {"trainable": 0, "frozen": 0, "total": 0, "stored_params": 0, "stored_bytes": 0}
-  for path, leaf in T.names_and_leaves(nn.unbox(params)):
+  for path, leaf in tree.names_and_leaves(nn.unbox(params)):
     size = int(np.prod(leaf.shape))
     nbytes = size * np.dtype(leaf.dtype).itemsize
     counts["total"] += size

@@ -1,34 +1,30 @@
-"""Named transfer strategies: small functions from options to declarative surgery.
+"""Named transfer strategies: small functions from options and the encoder's roles to surgery.
 
-Each preset takes the `config.transfer` options and the model's number of blocks
-and returns a `Strategy`: what to load (rename / graft / dont_load), the
-trainable schedule `(regex, lr_mult | None)` (first match wins, None = frozen),
-and the optional SASRec modules the target model needs. The registry is
-explicit: an unknown name fails with the list of valid names.
+Each preset takes the `config.transfer` options and the target encoder's roles
+(xrec/models/base.py: item table, output bias, positions, ordered blocks, ...) and returns a
+`Strategy`: what to load (rename / graft / dont_load, or only some roles), the trainable
+schedule `(regex, lr_mult | None)` (first match wins, None = frozen) and the modules to insert
+(xrec/transfer/insert.py). Presets never name one model's paths, so every preset works on every
+encoder whose roles it needs; the registry is explicit and an unknown name fails with the list.
 
-Multipliers: `lr_mult` scales the lr of pretrained params that train,
-`new_lr_mult` that of freshly initialised ones (inserted modules, new blocks);
-`scratch` always trains at 1.0. The item table row mapping by key and the
-position resize are applied by xrec/transfer/apply.py for every loading preset.
-
-Paths of the parameter-efficient modules (see xrec/models/sasrec.py):
-  adapter  block_{i}/adapter_{attn,mlp}/...      lora   block_{i}/{attn,mlp}/lora_{name}/...
-  prompt   block_{i}/attn/prompt{,_gate}         patch  block_{i}/patch/...
+Multipliers: `lr_mult` scales the lr of pretrained params that train, `new_lr_mult` that of
+freshly initialised ones (inserted modules, new blocks); `scratch` always trains at 1.0. The
+item-table row mapping by key and the position resize are applied by xrec/transfer/apply.py for
+every loading preset.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable
 
-from xrec.models.sasrec import ADAPTER_KINDS, LORA_TARGETS
-from xrec.transfer import schedule as S
+from xrec.models.base import Roles
+from xrec.transfer import insert
+from xrec.transfer import schedule as schedules
 
-ITEM_TABLES = r"(item_embed|output_embed)/embedding"  # input table (tied: also output) and untied output
-ADAPTER_PARAMS = r"block_\d+/adapter_(attn|mlp)/.*"
-LORA_PARAMS = r"block_\d+/(attn|mlp)/lora_[a-z]+/.*"
-PROMPT_PARAMS = r"block_\d+/attn/prompt(_gate)?"
-PATCH_PARAMS = r"block_\d+/patch/.*"
+INSERTED = r"inserted/.*"  # every inserted module's params (xrec/transfer/insert.py)
+ITEM_TABLE_RULES = ("auto", "always", "never")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,39 +38,47 @@ class Strategy:
   rename: tuple[tuple[str, str], ...] = ()  # (checkpoint path regex, model path replacement)
   graft: tuple[tuple[str, str], ...] = ()  # (model subtree, checkpoint subtree) copies
   dont_load: tuple[str, ...] = ()  # regexes that keep the fresh init
-  model_fields: dict[str, Any] = dataclasses.field(default_factory=dict)  # SASRec fields to set
+  # None: load every param by path (same encoder); a tuple of role names: load only those
+  # roles, mapped by role, so the checkpoint may be another encoder (embedding_transfer)
+  load_roles: tuple[str, ...] | None = None
+  insert: insert.InsertSpec | None = None  # modules inserted into the encoder
 
 
-def _positive_int(options, field: str) -> int:
+# Model fields a preset sets on the target encoder (model.<field>), known before the encoder is
+# built (its roles depend on them).
+MODEL_FIELDS = {"linear_probe": {"tie_embeddings": False}}
+
+
+def _positive_int(options, field: str, where: str) -> int:
   value = options[field]
   if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"transfer.{field} must be a positive integer, got {value!r}")
+    raise ValueError(f"transfer.{where}.{field} must be a positive integer, got {value!r}")
   return value
 
 
-def _bottom_blocks(options, num_layers: int) -> int:
-  k = options.bottom_blocks
-  if not isinstance(k, int) or not 0 <= k <= num_layers:
-    raise ValueError(f"transfer.bottom_blocks={k!r} must be an integer in [0, {num_layers}] "
-                     f"(model.num_layers={num_layers})")
+def _bottom_blocks(options, roles: Roles) -> int:
+  k = options.shared_layers.bottom_blocks
+  n = len(roles.blocks)
+  if not isinstance(k, int) or not 0 <= k <= n:
+    raise ValueError(f"transfer.shared_layers.bottom_blocks={k!r} must be an integer in [0, {n}] "
+                     f"(the encoder has {n} blocks)")
   return k
 
 
-def _bottom_frozen(k: int) -> list[tuple[str, None]]:
-  """The position table and blocks 0..k-1 frozen (nothing when k == 0)."""
+def _sub(path: str | None) -> list[str]:
+  return [Roles.subtree_regex(path)] if path else []
+
+
+def _item_tables(roles: Roles) -> str:
+  tables = [p for p in (roles.item_table, roles.output_table) if p]
+  return "|".join(re.escape(p) for p in tables) or "(?!)"
+
+
+def _bottom_frozen(k: int, roles: Roles) -> list[tuple[str, None]]:
+  """The position table and the bottom k blocks frozen (nothing when k == 0)."""
   if not k:
     return []
-  return [("pos_embed/.*", None)] + [(f"block_{i}/.*", None) for i in range(k)]
-
-
-def _blocks_from(k: int) -> str:
-  """Regex for every path under block_{i} with i >= k."""
-  if not k:
-    return r"block_\d+/.*"
-  return r"block_(?!(?:" + "|".join(str(i) for i in range(k)) + r")/)\d+/.*"
-
-
-ITEM_TABLE_RULES = ("auto", "always", "never")
+  return [(r, None) for r in _sub(roles.positions)] + [(roles.blocks_regex(range(k)), None)]
 
 
 def _item_mult(options):
@@ -83,116 +87,141 @@ def _item_mult(options):
   return options.lr_mult if options.train_item_embeddings == "always" else None
 
 
-def scratch(options, num_layers):
+def scratch(options, roles):
   """No transfer: random init, everything trains at the base learning rate."""
-  del options, num_layers
+  del options, roles
   return Strategy("scratch", load=False, schedule=((".*", 1.0),))
 
 
-def zero_shot(options, num_layers):
+def zero_shot(options, roles):
   """The pretrained model on the target as is (items mapped by key), no target training."""
-  del options, num_layers
+  del options, roles
   return Strategy("zero_shot", train=False, schedule=((".*", None),))
 
 
-def full_finetune(options, num_layers):
-  """Parameter transfer: load everything, train everything (lr_mult, optional layer-wise decay)."""
-  return Strategy("full_finetune",
-                  schedule=tuple(S.layerwise_decay(num_layers, options.layerwise_decay, options.lr_mult)))
+def full_finetune(options, roles):
+  """Parameter transfer: load everything, train everything (lr_mult, optional layer-wise decay
+  over the encoder's blocks)."""
+  return Strategy("full_finetune", schedule=tuple(
+      schedules.layerwise_decay(roles, options.layerwise_decay, options.lr_mult)))
 
 
-def linear_probe(options, num_layers):
+def linear_probe(options, roles):
   """Feature transfer: frozen encoder and input item table; a separate output head (untied
-  output_embed, initialised from the pretrained item table, and output_bias) trains."""
-  del num_layers
-  return Strategy("linear_probe", model_fields={"tie_embeddings": False},
-                  graft=(("output_embed", "item_embed"),),
-                  schedule=(("output_embed/embedding", options.lr_mult),
-                            ("output_bias", options.lr_mult), (".*", None)))
+  output table, initialised from the pretrained item table, and output bias) trains."""
+  if not roles.output_table or not roles.item_table:
+    raise ValueError("linear_probe needs an encoder with an item table and a separate output table "
+                     "(model.tie_embeddings=False, set by the preset)")
+  return Strategy("linear_probe", graft=((roles.output_table.rsplit("/", 1)[0], roles.item_table.rsplit("/", 1)[0]),),
+                  schedule=((re.escape(roles.output_table), options.lr_mult),
+                            (re.escape(roles.output_bias), options.lr_mult), (".*", None)))
 
 
-def frozen_encoder(options, num_layers):
-  """Feature transfer: blocks, positions and final_ln frozen; item tables and output bias train."""
-  del num_layers
-  return Strategy("frozen_encoder", schedule=((ITEM_TABLES, options.lr_mult),
-                                              ("output_bias", options.lr_mult), (".*", None)))
+def frozen_encoder(options, roles):
+  """Feature transfer: the encoder (blocks, positions, norms) frozen; item tables and output bias
+  train."""
+  return Strategy("frozen_encoder", schedule=((_item_tables(roles), options.lr_mult),
+                                              (re.escape(roles.output_bias), options.lr_mult), (".*", None)))
 
 
-def partial_freeze(options, num_layers):
-  """Shared layers: positions and the bottom `bottom_blocks` blocks frozen, the rest trains."""
-  k = _bottom_blocks(options, num_layers)
-  return Strategy("partial_freeze", schedule=tuple(_bottom_frozen(k) + [(".*", options.lr_mult)]))
+def embedding_transfer(options, roles):
+  """Feature transfer across encoders: only the pretrained item table (and output bias) is
+  loaded, by role and item key, so a SASRec's items can initialise a GRU4Rec or NextItNet; the
+  rest of the target encoder starts fresh (new_lr_mult) and everything trains."""
+  return Strategy("embedding_transfer", load_roles=("item_table", "output_table", "output_bias"),
+                  schedule=((_item_tables(roles), options.lr_mult), (re.escape(roles.output_bias), options.lr_mult),
+                            (".*", options.new_lr_mult)))
 
 
-def reuse_bottom(options, num_layers):
-  """Shared layers: the bottom `bottom_blocks` pretrained blocks (and positions) kept frozen,
-  blocks above are freshly initialised and train at new_lr_mult; item tables, output bias and
-  final_ln are loaded and train at lr_mult. The checkpoint may have more or fewer blocks above."""
-  k = _bottom_blocks(options, num_layers)
-  new_blocks = _blocks_from(k)
-  return Strategy("reuse_bottom", dont_load=(new_blocks,),
-                  schedule=tuple(_bottom_frozen(k) + [(new_blocks, options.new_lr_mult),
-                                                      (".*", options.lr_mult)]))
+def partial_freeze(options, roles):
+  """Shared layers: positions and the bottom `shared_layers.bottom_blocks` blocks frozen, the rest
+  trains."""
+  k = _bottom_blocks(options, roles)
+  return Strategy("partial_freeze", schedule=tuple(_bottom_frozen(k, roles) + [(".*", options.lr_mult)]))
 
 
-def _parameter_efficient(name, options, inserted: str, model_fields: dict) -> Strategy:
-  """Pretrained model frozen; inserted modules (fresh, zero-initialised) train at new_lr_mult,
+def reuse_bottom(options, roles):
+  """Shared layers: the bottom `shared_layers.bottom_blocks` pretrained blocks (and positions)
+  kept frozen, blocks above freshly initialised at new_lr_mult; item tables, output bias and the
+  final norm are loaded and train at lr_mult. The checkpoint may have more or fewer blocks above."""
+  k = _bottom_blocks(options, roles)
+  new_blocks = roles.blocks_regex(range(k, len(roles.blocks)))
+  if new_blocks is None:
+    return Strategy("reuse_bottom", schedule=tuple(_bottom_frozen(k, roles) + [(".*", options.lr_mult)]))
+  # checkpoint blocks beyond the model's are dropped too (a deeper pretrained model)
+  return Strategy("reuse_bottom", dont_load=(new_blocks, _extra_blocks(roles)),
+                  schedule=tuple(_bottom_frozen(k, roles) + [(new_blocks, options.new_lr_mult),
+                                                             (".*", options.lr_mult)]))
+
+
+def _extra_blocks(roles: Roles) -> str:
+  """Regex of blocks a deeper checkpoint has beyond the model's (same naming, higher index)."""
+  if not roles.blocks:
+    return "(?!)"
+  stem = re.sub(r"\d+$", "", roles.blocks[-1])
+  n = len(roles.blocks)
+  return re.escape(stem) + r"(?!(?:" + "|".join(str(i) for i in range(n)) + r")/)\d+/.*"
+
+
+def _peft(name: str, kind: str, options, roles, kind_options: dict) -> Strategy:
+  """Pretrained encoder frozen; inserted modules (fresh, zero-initialised) train at new_lr_mult,
   the output bias (per-item popularity of the target) at lr_mult, item tables only with
   transfer.train_item_embeddings (by default when the catalogues barely overlap)."""
-  return Strategy(name, dont_load=(inserted,), model_fields=model_fields,
-                  schedule=((inserted, options.new_lr_mult), ("output_bias", options.lr_mult),
-                            (ITEM_TABLES, _item_mult(options)), (".*", None)))
+  spec = insert.InsertSpec(kind, tuple(sorted(kind_options.items())))
+  where = insert.points(roles, kind, kind_options)
+  if not where:
+    raise ValueError(f"transfer.strategy={name!r} does not apply to this encoder (no points for {kind} "
+                     f"modules in its roles); strategies that apply: {applicable(roles)}")
+  return Strategy(name, dont_load=(INSERTED,), insert=spec,
+                  schedule=((INSERTED, options.new_lr_mult), (re.escape(roles.output_bias), options.lr_mult),
+                            (_item_tables(roles), _item_mult(options)), (".*", None)))
 
 
-def adapter(options, num_layers):
-  """Bottleneck adapters after attention and MLP of every block (serial or parallel)."""
-  del num_layers
-  if options.adapter_kind not in ADAPTER_KINDS:
-    raise ValueError(f"Unknown transfer.adapter_kind {options.adapter_kind!r}; valid: {list(ADAPTER_KINDS)}")
-  return _parameter_efficient("adapter", options, ADAPTER_PARAMS, {
-      "adapter_dim": _positive_int(options, "adapter_dim"), "adapter_kind": options.adapter_kind})
+def adapter(options, roles):
+  """Bottleneck adapters after every sublayer the encoder names (serial or parallel)."""
+  o = options.adapter
+  if o.kind not in insert.ADAPTER_KINDS:
+    raise ValueError(f"Unknown transfer.adapter.kind {o.kind!r}; valid: {list(insert.ADAPTER_KINDS)}")
+  return _peft("adapter", "adapter", options, roles, {"dim": _positive_int(o, "dim", "adapter"), "kind": o.kind})
 
 
-def lora(options, num_layers):
-  """Rank-`lora_rank` updates on the projections named in lora_targets."""
-  del num_layers
-  targets = tuple(options.lora_targets)
-  unknown = [t for t in targets if t not in LORA_TARGETS]
+def lora(options, roles):
+  """Rank-`lora.rank` updates on the projections named in lora.targets."""
+  targets = tuple(options.lora.targets)
+  unknown = [t for t in targets if t not in insert.LORA_TARGETS]
   if unknown or not targets:
-    raise ValueError(f"transfer.lora_targets={targets!r}: unknown or empty {unknown}; "
-                     f"valid: {list(LORA_TARGETS)}")
-  return _parameter_efficient("lora", options, LORA_PARAMS, {
-      "lora_rank": _positive_int(options, "lora_rank"), "lora_targets": targets})
+    raise ValueError(f"transfer.lora.targets={targets!r}: unknown or empty {unknown}; "
+                     f"valid: {list(insert.LORA_TARGETS)}")
+  return _peft("lora", "lora", options, roles, {"rank": _positive_int(options.lora, "rank", "lora"),
+                                                "targets": targets})
 
 
-def prompt(options, num_layers):
-  """`num_prompts` learned prefix tokens per block, mixed in through zero-initialised gates."""
-  del num_layers
-  return _parameter_efficient("prompt", options, PROMPT_PARAMS,
-                              {"num_prompts": _positive_int(options, "num_prompts")})
+def prompt(options, roles):
+  """`prompt.num_prompts` learned prefix tokens per attention module, mixed in through
+  zero-initialised gates."""
+  return _peft("prompt", "prompt", options, roles,
+               {"num_prompts": _positive_int(options.prompt, "num_prompts", "prompt")})
 
 
-def patch(options, num_layers):
+def patch(options, roles):
   """PeterRec-style model patches: a bottleneck beside every block."""
-  del num_layers
-  return _parameter_efficient("patch", options, PATCH_PARAMS,
-                              {"patch_dim": _positive_int(options, "patch_dim")})
+  return _peft("patch", "patch", options, roles, {"dim": _positive_int(options.patch, "dim", "patch")})
 
 
-def bitfit(options, num_layers):
-  """Only biases (attention, MLP, output bias) and norm parameters (LayerNorm scale and bias)."""
-  del num_layers
+def bitfit(options, roles):
+  """Only biases (attention, MLP, convolutions, output bias) and norm parameters (scale, bias)."""
   lr = options.lr_mult
-  return Strategy("bitfit", schedule=((r".*/bias", lr), (r".*/scale", lr), ("output_bias", lr),
-                                      (ITEM_TABLES, _item_mult(options)), (".*", None)))
+  return Strategy("bitfit", schedule=((r"(.*/)?bias", lr), (r".*/scale", lr), (re.escape(roles.output_bias), lr),
+                                      (_item_tables(roles), _item_mult(options)), (".*", None)))
 
 
-STRATEGIES: dict[str, Callable[[Any, int], Strategy]] = {
+STRATEGIES: dict[str, Callable[[Any, Roles], Strategy]] = {
     "scratch": scratch,
     "zero_shot": zero_shot,
     "full_finetune": full_finetune,
     "linear_probe": linear_probe,
     "frozen_encoder": frozen_encoder,
+    "embedding_transfer": embedding_transfer,
     "partial_freeze": partial_freeze,
     "reuse_bottom": reuse_bottom,
     "adapter": adapter,
@@ -201,10 +230,25 @@ STRATEGIES: dict[str, Callable[[Any, int], Strategy]] = {
     "bitfit": bitfit,
     "patch": patch,
 }
+INSERTING = {"adapter": "adapter", "lora": "lora", "prompt": "prompt", "patch": "patch"}  # preset -> module kind
 
 
-def get_strategy(name: str, options, num_layers: int) -> Strategy:
-  """The preset `name` built from `options` (config.transfer) for a model with num_layers blocks."""
+def applicable(roles: Roles) -> list[str]:
+  """The presets that apply to an encoder with these roles."""
+  kinds = insert.applicable_kinds(roles)
+  out = [n for n in STRATEGIES if n not in INSERTING or INSERTING[n] in kinds]
+  if not roles.blocks:
+    out = [n for n in out if n not in ("partial_freeze", "reuse_bottom")]
+  if not roles.item_table:
+    out = [n for n in out if n not in ("linear_probe", "embedding_transfer")]
+  return out
+
+
+def get_strategy(name: str, options, roles: Roles) -> Strategy:
+  """The preset `name` built from `options` (config.transfer) for an encoder with `roles`."""
   if name not in STRATEGIES:
     raise ValueError(f"Unknown transfer strategy {name!r}; valid: {sorted(STRATEGIES)}")
-  return STRATEGIES[name](options, num_layers)
+  if name not in applicable(roles):
+    raise ValueError(f"transfer.strategy={name!r} does not apply to this encoder; strategies that "
+                     f"apply: {applicable(roles)}")
+  return STRATEGIES[name](options, roles)

@@ -1,0 +1,86 @@
+"""The encoder contract: what every sequence encoder in xrec exposes. This docstring is the reference.
+
+An encoder is a functional linen Module over item-id sequences `inputs [batch, max_len]`,
+right-aligned (the most recent item at position max_len - 1) and left-padded with 0. Item id i
+(1 <= i <= num_items) is the domain's i-th item; rows of the item table beyond num_items + 1
+are sharding padding (the table has `vocab_size` rows, a multiple of model.vocab_multiple) and
+are never scored.
+
+Methods
+  encode(inputs, deterministic=True) -> hidden [batch, len, embed]   (compute dtype)
+      causal encoders: hidden[:, t] depends on inputs[:, :t + 1] only;
+      bidirectional ones: on the whole sequence (padding excluded).
+  output_table() -> (table [vocab, embed], bias [vocab])
+      what hidden states are scored against (`common.score_items`): the item table itself when
+      embeddings are tied (model.tie_embeddings), else a separate output table.
+  __call__(inputs, deterministic=True) -> (hidden, table, bias)
+      what the training objectives take (xrec/train/objectives.py).
+  score_last(inputs) -> scores [batch, vocab] float32
+      scores of every item as the NEXT item after each sequence (evaluation). Causal encoders
+      score from the last position; bidirectional ones append the mask token and score it.
+  roles() -> Roles
+      the encoder's params by role (below). Transfer, objectives, evaluation and the trainer
+      address params through roles, never through one model's paths.
+
+Class attributes
+  name: str           the registry name (model.name)
+  causal: bool        True: next-item objectives apply; False: the cloze objective
+                      (xrec/train/objectives.py checks the pairing)
+  uses_mask_token: bool  True: id num_items + 1 is the [MASK] token (`mask_token_id`), so the
+                      table has one more row than the items and padding
+  fitted: bool        True: params come from counting (`fit_params`), not from gradients
+
+Param trees are plain nested dicts with readable `a/b/c` paths and logical axis names (`vocab`,
+`embed`, `mlp`, `heads`, `kv`) on the large params, so sharding rules apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+
+@dataclasses.dataclass(frozen=True)
+class Roles:
+  """An encoder's params by role. Paths are `a/b/c` names in the param tree; subtrees are
+  prefixes (`block_0` covers every path under it)."""
+
+  item_table: str | None  # input item embedding [vocab, embed] (None: the model has none)
+  output_bias: str  # per-item output bias [vocab]
+  output_table: str | None = None  # separate output embedding [vocab, embed] (untied models)
+  positions: str | None = None  # position embedding [max_len, embed] (right-aligned inputs)
+  blocks: tuple[str, ...] = ()  # the ordered blocks (subtrees), bottom first
+  final_norm: str | None = None  # subtree of the norm after the last block
+  # Where the transfer layer may insert parameter-efficient modules (module paths):
+  sublayers: tuple[str, ...] = ()  # adapters: output y of each becomes y + adapter(.)
+  projections: tuple[str, ...] = ()  # LoRA: dense projections W x -> W x + B A x
+  attention: tuple[str, ...] = ()  # prompts: attention modules with query/key/value/out projections
+
+  @property
+  def item_rows(self) -> tuple[str, ...]:
+    """Params with one row per item id (moved between vocabularies by raw item key)."""
+    return tuple(p for p in (self.item_table, self.output_table, self.output_bias) if p)
+
+  @property
+  def item_rows_regex(self) -> str:
+    return "|".join(re.escape(p) for p in self.item_rows)
+
+  @staticmethod
+  def subtree_regex(prefix: str) -> str:
+    """Regex of every path under the subtree `prefix` (or the path itself)."""
+    return re.escape(prefix) + r"(/.*)?"
+
+  def blocks_regex(self, which) -> str | None:
+    """Regex of every path under the given blocks (indices into `blocks`); None when empty."""
+    names = [self.blocks[i] for i in which]
+    if not names:
+      return None
+    return "(" + "|".join(re.escape(n) for n in names) + ")(/.*)?"
+
+  def as_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def check_inputs(inputs, max_len: int) -> None:
+  if inputs.shape[-1] != max_len:
+    raise ValueError(f"inputs length {inputs.shape[-1]} != model max_len {max_len}")

@@ -1,0 +1,182 @@
+"""Pre-LN Transformer blocks and the encoder body shared by SASRec (causal) and BERT4Rec
+(bidirectional). No transfer code: adapters, LoRA, prompts and patches are inserted from
+outside (xrec/transfer/insert.py) at the sublayers, projections and attention modules the
+encoder's roles name.
+
+Param tree of the body (logical axes in brackets):
+
+  item_embed/embedding        [vocab, embed]   input items; also the output table when tied
+  output_embed/embedding      [vocab, embed]   only when tie_embeddings=False
+  output_bias                 [vocab]
+  pos_embed/embedding         [max_len, embed]
+  block_{i}/ln_attn/{scale,bias}, block_{i}/attn/{query,key,value}/{kernel,bias}
+      kernel [embed, heads, kv], out/kernel [heads, kv, embed]
+  block_{i}/ln_mlp/{scale,bias}, block_{i}/mlp/wi/kernel [embed, mlp], wo/kernel [mlp, embed]
+  final_ln/{scale,bias}
+
+Blocks are unrolled (`block_0`, `block_1`, ...) so transfer strategies can address each by
+path. Padded positions (item id 0) are zeroed and never attended to.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xrec.models import base, common
+
+Dtype = jnp.dtype
+PROJECTIONS = ("query", "key", "value", "out", "wi", "wo")  # the dense projections of a block
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with named projections query, key, value [embed -> heads, kv]
+  and out [heads, kv -> embed] (the points where LoRA and prompts attach)."""
+
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask):
+    """x: [batch, len, embed]; mask: [batch, 1, len, len] bool (True = may attend)."""
+    embed = x.shape[-1]
+    if embed % self.num_heads:
+      raise ValueError(f"embed_dim {embed} is not divisible by num_heads {self.num_heads}")
+    head_dim = embed // self.num_heads
+
+    def proj(name):
+      return nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
+                             name=name, kernel_init=common.with_axes(nn.initializers.xavier_uniform(),
+                                                                     ("embed", "heads", "kv")),
+                             bias_init=common.with_axes(nn.initializers.zeros, ("heads", "kv")))
+
+    q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # [batch, len, heads, head_dim]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return nn.DenseGeneral(embed, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype, name="out",
+                           kernel_init=common.with_axes(nn.initializers.xavier_uniform(), ("heads", "kv", "embed")),
+                           bias_init=common.with_axes(nn.initializers.zeros, ("embed",)))(out)
+
+
+class MLP(nn.Module):
+  mlp_dim: int
+  dropout: float
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic):
+    embed = x.shape[-1]
+    h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="wi",
+                 kernel_init=common.with_axes(nn.initializers.xavier_uniform(), ("embed", "mlp")),
+                 bias_init=common.with_axes(nn.initializers.zeros, ("mlp",)))(x)
+    h = nn.Dropout(self.dropout)(nn.gelu(h), deterministic=deterministic)
+    return nn.Dense(embed, dtype=self.dtype, param_dtype=self.param_dtype, name="wo",
+                    kernel_init=common.with_axes(nn.initializers.xavier_uniform(), ("mlp", "embed")),
+                    bias_init=common.with_axes(nn.initializers.zeros, ("embed",)))(h)
+
+
+class Block(nn.Module):
+  """x + attn(ln(x)), then + mlp(ln(.)); `attn` and `mlp` are the block's sublayers."""
+
+  num_heads: int
+  mlp_dim: int
+  dropout: float
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic):
+    h = common.layer_norm("ln_attn", self.dtype, self.param_dtype)(x)
+    a = Attention(self.num_heads, self.dtype, self.param_dtype, name="attn")(h, mask)
+    x = x + nn.Dropout(self.dropout)(a, deterministic=deterministic)
+    h = common.layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
+    m = MLP(self.mlp_dim, self.dropout, self.dtype, self.param_dtype, name="mlp")(h, deterministic)
+    return x + nn.Dropout(self.dropout)(m, deterministic=deterministic)
+
+
+class TransformerEncoder(nn.Module):
+  """The body of SASRec and BERT4Rec; subclasses set `causal` and `uses_mask_token`."""
+
+  vocab_size: int  # rows of the item table (items + padding [+ mask], rounded up for sharding)
+  max_len: int
+  num_items: int
+  embed_dim: int = 64
+  num_layers: int = 2
+  num_heads: int = 1
+  mlp_dim: int = 256
+  dropout: float = 0.2
+  tie_embeddings: bool = True
+  remat: bool = False
+  dtype: Dtype = jnp.float32  # compute dtype (bfloat16 for mixed precision)
+  param_dtype: Dtype = jnp.float32
+
+  causal = True
+  uses_mask_token = False
+  fitted = False
+
+  @property
+  def mask_token_id(self) -> int:
+    return self.num_items + 1
+
+  def roles(self) -> base.Roles:
+    blocks = tuple(f"block_{i}" for i in range(self.num_layers))
+    return base.Roles(
+        item_table="item_embed/embedding", output_bias="output_bias",
+        output_table=None if self.tie_embeddings else "output_embed/embedding",
+        positions="pos_embed/embedding", blocks=blocks, final_norm="final_ln",
+        sublayers=tuple(f"{b}/{s}" for b in blocks for s in ("attn", "mlp")),
+        projections=tuple(f"{b}/attn/{p}" for b in blocks for p in ("query", "key", "value", "out"))
+        + tuple(f"{b}/mlp/{p}" for b in blocks for p in ("wi", "wo")),
+        attention=tuple(f"{b}/attn" for b in blocks))
+
+  def setup(self):
+    self.item_embed = common.item_embedding(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
+    if not self.tie_embeddings:
+      self.output_embed = common.item_embedding(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
+    self.output_bias = common.output_bias_param(self, self.vocab_size, self.param_dtype)
+    self.pos_embed = nn.Embed(self.max_len, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                              embedding_init=common.with_axes(nn.initializers.normal(0.02), (None, "embed")))
+    block = nn.remat(Block, static_argnums=(3,)) if self.remat else Block
+    self.blocks = [block(self.num_heads, self.mlp_dim, self.dropout, self.dtype, self.param_dtype,
+                         name=f"block_{i}") for i in range(self.num_layers)]
+    self.final_ln = common.layer_norm("final_ln", self.dtype, self.param_dtype)
+    self.embed_dropout = nn.Dropout(self.dropout)
+
+  def encode(self, inputs, deterministic: bool = True):
+    """inputs [batch, len] -> hidden states [batch, len, embed] (compute dtype)."""
+    base.check_inputs(inputs, self.max_len)
+    valid = inputs > 0
+    x = self.item_embed(inputs) * jnp.asarray(self.embed_dim ** 0.5, self.dtype)
+    x = x + self.pos_embed(jnp.arange(self.max_len))[None]
+    x = self.embed_dropout(x, deterministic=deterministic)
+    x = x * valid[..., None].astype(x.dtype)
+    mask = valid[:, None, None, :]
+    if self.causal:
+      mask = mask & jnp.tril(jnp.ones((self.max_len, self.max_len), bool))[None, None]
+    # a fully padded query row attends to itself so softmax stays finite
+    mask = mask | jnp.eye(self.max_len, dtype=bool)[None, None]
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    for blk in self.blocks:
+      x = blk(x, mask, deterministic)
+    return self.final_ln(x)
+
+  def output_table(self):
+    """Item table used for scoring: [vocab, embed] and bias [vocab]."""
+    table = self.item_embed.embedding if self.tie_embeddings else self.output_embed.embedding
+    return table, self.output_bias
+
+  def __call__(self, inputs, deterministic: bool = True):
+    """Returns (hidden [batch, len, embed], item table [vocab, embed], bias [vocab])."""
+    hidden = self.encode(inputs, deterministic)
+    table, bias = self.output_table()
+    return hidden, table, bias
+
+  def score_last(self, inputs):
+    """Scores of every item as the next one after each sequence: [batch, vocab] float32."""
+    if not self.causal:  # bidirectional: the next item is the masked position appended at the end
+      inputs = jnp.concatenate([inputs[:, 1:], jnp.full_like(inputs[:, :1], self.mask_token_id)], axis=1)
+    hidden = self.encode(inputs, deterministic=True)[:, -1]
+    table, bias = self.output_table()
+    return common.score_items(hidden, table, bias)

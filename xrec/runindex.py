@@ -1,0 +1,84 @@
+"""The run index of a study directory: one format, written by the runner (xrec/train/sweep.py)
+and read by the report (xrec/report).
+
+  WORKDIR/study.json   {"config_file", "config_arg", "layout", "cells": [{"index", "key", "overrides"}]}
+  WORKDIR/runs.jsonl   one JSON record per cell run, appended (docs/experiments.md lists the keys);
+                       the last record of a key supersedes earlier ones (a rerun after a failure)
+  WORKDIR/stages/      one folder per stage, named by the hash of its config
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+
+log = logging.getLogger("xrec")
+STUDY_FILE = "study.json"
+RUNS_FILE = "runs.jsonl"
+STAGES_DIR = "stages"
+
+
+def jsonable(x):
+  """numpy scalars / 0-d arrays -> Python numbers, tuples -> lists, keys -> str (recursively)."""
+  if isinstance(x, dict):
+    return {str(k): jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [jsonable(v) for v in x]
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if hasattr(x, "shape") and getattr(x, "shape", None) == ():
+    return float(x)
+  return x
+
+
+def write_json_atomic(path: str, obj) -> None:
+  """Write to a temp file and rename, so a crash never leaves a half-written result."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(jsonable(obj), f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def write_study(workdir: str, study: dict) -> None:
+  write_json_atomic(os.path.join(workdir, STUDY_FILE), study)
+
+
+def read_study(workdir: str) -> dict:
+  path = os.path.join(workdir, STUDY_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: {workdir!r} is no study directory "
+                            "(run `python launch.py --config CONFIG --workdir DIR` first)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_runs(workdir: str) -> list[dict]:
+  """Every record of runs.jsonl in order; a line cut by a kill mid-write is skipped."""
+  path = os.path.join(workdir, RUNS_FILE)
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill mid-write: that cell simply reruns
+          log.warning("skipping a malformed line in %s", path)
+  return records
+
+
+def latest_runs(workdir: str) -> dict[str, dict]:
+  """The last record of each cell key (a rerun supersedes a failure)."""
+  return {r["key"]: r for r in read_runs(workdir)}
+
+
+def append_run(workdir: str, record: dict) -> None:
+  # One write of one line in append mode: processes of a cluster sweep can share the index.
+  with open(os.path.join(workdir, RUNS_FILE), "a") as f:
+    f.write(json.dumps(record) + "\n")

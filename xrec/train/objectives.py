@@ -1,0 +1,164 @@
+"""Training objectives: a run minimises a weighted sum of named terms, each logged on its own.
+
+A term is one function and its declaration:
+
+  Term(name, streams, encoders, fn)
+    streams   the batch streams it reads (today "target", the run's own domain; the pipeline
+              provides each stream's batch deterministically per (seed, step))
+    encoders  "causal" | "bidirectional" | "any": which encoders it applies to
+    fn(ctx) -> (loss scalar, count)   ctx: TermContext (module, params, batches, rng, options)
+
+`objective.terms` in the config is ((name, weight), ...); empty means the encoder's default:
+full_softmax for causal encoders, cloze for bidirectional ones. The trainer calls
+`Objective.loss(module, params, batches, rng)` and never changes when a term is added: a new
+term is a function, one registry line below and its test.
+
+Each stream batch has (xrec/data/pipeline.py TrainBatches):
+  inputs  [batch, len]  the training window without its last item (right-aligned)
+  targets [batch, len]  the next item at every position (0 = padding)
+  items   [batch, len]  the training window itself (right-aligned), for cloze-style terms
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from xrec.models import losses
+
+STREAMS = ("target",)  # the batch streams a run can provide today
+
+
+@dataclasses.dataclass(frozen=True)
+class TermContext:
+  module: Any  # the model (meets xrec/models/base.py)
+  params: Any
+  batches: dict  # stream -> batch dict
+  rng: jax.Array  # this term's randomness for this step (dropout, negatives, masks)
+  num_items: int
+  options: Any  # the term's config sub-dict (objective.<name>), or None
+  sampling_probs: Any = None  # [vocab] item sampling distribution (sampled_softmax, popularity)
+
+  def forward(self, inputs):
+    """(hidden, table, bias) of the module in training mode (dropout on)."""
+    dropout_rng, _ = jax.random.split(self.rng)
+    return self.module.apply({"params": self.params}, inputs, deterministic=False, rngs={"dropout": dropout_rng})
+
+  @property
+  def term_rng(self):
+    return jax.random.split(self.rng)[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+  name: str
+  streams: tuple[str, ...]
+  encoders: str  # causal | bidirectional | any
+  fn: Callable[[TermContext], tuple[jax.Array, jax.Array]]
+  doc: str = ""
+
+
+def _next_item(loss_fn, **extra):
+  def fn(ctx: TermContext):
+    batch = ctx.batches["target"]
+    hidden, table, bias = ctx.forward(batch["inputs"])
+    kwargs = {k: v(ctx) for k, v in extra.items()}
+    return loss_fn(hidden, batch["targets"], table, bias, num_items=ctx.num_items, rng=ctx.term_rng, **kwargs)
+  return fn
+
+
+def cloze(ctx: TermContext):
+  """BERT4Rec's cloze objective: each valid position of the training window is replaced by the
+  mask token with probability cloze.mask_prob (at least the last item of every sequence, so each
+  example predicts something) and the full-softmax cross-entropy is taken at the masked ones."""
+  batch = ctx.batches["target"]
+  items = batch["items"]
+  valid = items > 0
+  draw = jax.random.uniform(ctx.term_rng, items.shape) < ctx.options.mask_prob
+  last = jnp.arange(items.shape[1])[None, :] == items.shape[1] - 1  # right-aligned: the newest item
+  masked = valid & (draw | last)
+  mask_id = ctx.num_items + 1
+  inputs = jnp.where(masked, mask_id, items)
+  targets = jnp.where(masked, items, 0)
+  hidden, table, bias = ctx.forward(inputs)
+  return losses.full_softmax(hidden, targets, table, bias, num_items=ctx.num_items)
+
+
+TERMS: dict[str, Term] = {t.name: t for t in (
+    Term("full_softmax", ("target",), "causal", _next_item(losses.full_softmax),
+         "next-item cross-entropy over the whole catalogue"),
+    Term("sampled_softmax", ("target",), "causal", _next_item(
+        losses.sampled_softmax, num_negatives=lambda c: c.options.num_negatives,
+        sampling_probs=lambda c: c.sampling_probs),
+         "next-item softmax over shared sampled negatives, logQ-corrected"),
+    Term("bce", ("target",), "causal", _next_item(losses.bce_one_negative),
+         "the original SASRec loss: BCE on the target vs one uniform negative"),
+    Term("cloze", ("target",), "bidirectional", cloze, "BERT4Rec's masked-item prediction"),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  terms: tuple[tuple[Term, float], ...]
+  options: dict  # term name -> its config sub-dict
+
+  @property
+  def streams(self) -> tuple[str, ...]:
+    return tuple(sorted({s for t, _ in self.terms for s in t.streams}))
+
+  @property
+  def names(self) -> list[str]:
+    return [t.name for t, _ in self.terms]
+
+  def loss(self, module, params, batches: dict, rng, num_items: int, sampling_probs=None):
+    """(weighted total, {term name: loss}) for one step; each term gets its own rng."""
+    total, parts = 0.0, {}
+    for i, (term, weight) in enumerate(self.terms):
+      ctx = TermContext(module, params, batches, jax.random.fold_in(rng, i), num_items,
+                        self.options.get(term.name), sampling_probs)
+      value, _ = term.fn(ctx)
+      parts[term.name] = value
+      total = total + weight * value
+    return total, parts
+
+
+def build(objective_cfg, causal: bool, available_streams=STREAMS, encoder: str = "") -> Objective:
+  """The objective of `objective_cfg` for an encoder (causal or bidirectional); unknown names, a
+  term that does not fit the encoder, and a stream the data cannot provide are errors."""
+  pairs = [tuple(p) for p in objective_cfg.terms]
+  if not pairs:
+    pairs = [("full_softmax" if causal else "cloze", 1.0)]
+  terms = []
+  for pair in pairs:
+    if len(pair) != 2:
+      raise ValueError(f"objective.terms entries are (name, weight) pairs; got {pair!r}")
+    name, weight = pair
+    if name not in TERMS:
+      raise ValueError(f"Unknown objective term {name!r}; valid: {sorted(TERMS)}")
+    term = TERMS[name]
+    kind = "causal" if causal else "bidirectional"
+    if term.encoders not in ("any", kind):
+      fits = sorted(n for n, t in TERMS.items() if t.encoders in ("any", kind))
+      raise ValueError(f"objective term {name!r} needs a {term.encoders} encoder; {encoder or 'this encoder'} "
+                       f"is {kind}: terms that apply: {fits}")
+    missing = [s for s in term.streams if s not in available_streams]
+    if missing:
+      raise ValueError(f"objective term {name!r} reads the stream(s) {missing}, which this run does not "
+                       f"provide; available: {list(available_streams)}")
+    if not float(weight) > 0:
+      raise ValueError(f"objective term {name!r} has weight {weight!r}; weights must be > 0")
+    terms.append((term, float(weight)))
+  if len({t.name for t, _ in terms}) != len(terms):
+    raise ValueError(f"objective.terms names a term twice: {[t.name for t, _ in terms]}")
+  options = {name: objective_cfg.get(name) for name in TERMS}
+  sampled = objective_cfg.get("sampled_softmax")
+  if sampled is not None and sampled.sampling not in ("uniform", "popularity"):
+    raise ValueError(f"Unknown objective.sampled_softmax.sampling {sampled.sampling!r}; "
+                     "valid: ['popularity', 'uniform']")
+  cloze_cfg = objective_cfg.get("cloze")
+  if cloze_cfg is not None and not 0.0 < cloze_cfg.mask_prob < 1.0:
+    raise ValueError(f"objective.cloze.mask_prob={cloze_cfg.mask_prob!r} must be in (0, 1)")
+  return Objective(tuple(terms), options)

@@ -1,0 +1,304 @@
+"""Parameter-efficient modules inserted into any encoder from outside (the model files know none).
+
+    module = insert.wrap(encoder, kind, options)   # kind: adapter | lora | prompt | patch
+
+`Inserted` is a linen module that shares the encoder's scope (so the encoder's params keep their
+own paths, and a pretrained tree loads unchanged) and holds the new modules under `inserted/`:
+
+  adapter  inserted/<sublayer path>/adapter/{down,up}/{kernel,bias}
+           a bottleneck up(gelu(down(.))) added to the output y of each sublayer the encoder's
+           roles name (`Roles.sublayers`): y + adapter(y) (serial, Houlsby) or y + adapter(x)
+           (parallel, He et al.: reads the sublayer's input x)
+  lora     inserted/<projection path>/lora/{a,b}/kernel
+           W x + B (A x) around the dense projections in `Roles.projections` whose name is in
+           lora.targets (query, key, value, out, wi, wo)
+  prompt   inserted/<attention path>/prompt/{tokens,gate}
+           `num_prompts` learned prefix tokens seen through the attention module's own key and
+           value projections, with their own softmax over the queries, mixed into the attention
+           output per head by tanh(gate) (zero-init gating as in LLaMA-Adapter)
+  patch    inserted/<block path>/patch/{down,up}/{kernel,bias}
+           a PeterRec-style bottleneck beside every block: block(x) + patch(x)
+
+The modules run through flax method interception (`nn.intercept_methods`): calls of the named
+sublayers are wrapped while the encoder runs. Each joins the residual stream through a zero
+initialised part (`up`, `b`, the gate), so at step 0 the wrapped encoder computes exactly the
+pretrained function (tested for every kind on every encoder it applies to). A kind whose points
+the encoder's roles do not provide (prompts on a GRU) is an error naming the kinds that apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xrec.models import base
+from xrec.models.common import with_axes
+
+KINDS = ("adapter", "lora", "prompt", "patch")
+ADAPTER_KINDS = ("serial", "parallel")
+LORA_TARGETS = ("query", "key", "value", "out", "wi", "wo")
+
+
+def points(roles: base.Roles, kind: str, options: dict) -> tuple[str, ...]:
+  """The module paths of `roles` where modules of `kind` go (empty: the kind does not apply)."""
+  if kind == "adapter":
+    return roles.sublayers
+  if kind == "lora":
+    targets = set(options.get("targets", ()))
+    return tuple(p for p in roles.projections if p.rsplit("/", 1)[-1] in targets)
+  if kind == "prompt":
+    return roles.attention
+  if kind == "patch":
+    return roles.blocks
+  raise ValueError(f"Unknown inserted module kind {kind!r}; valid: {list(KINDS)}")
+
+
+def applicable_kinds(roles: base.Roles) -> list[str]:
+  options = {"targets": LORA_TARGETS}
+  return [k for k in KINDS if points(roles, k, options)]
+
+
+class Adapter(nn.Module):
+  """Bottleneck x [..., embed] -> up(gelu(down(x))) [..., embed]; `up` is zero so it starts at 0."""
+
+  bottleneck: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(self.bottleneck, dtype=self.dtype, param_dtype=self.param_dtype, name="down",
+                 kernel_init=with_axes(nn.initializers.lecun_normal(), ("embed", None)),
+                 bias_init=with_axes(nn.initializers.zeros, (None,)))(x)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, name="up",
+                    kernel_init=with_axes(nn.initializers.zeros, (None, "embed")),
+                    bias_init=with_axes(nn.initializers.zeros, ("embed",)))(nn.gelu(h))
+
+
+class LoRA(nn.Module):
+  """Low-rank update B (A x) of a projection x [..., *in] -> [..., *features]: `a` [*in, rank]
+  random, `b` [rank, *features] zero, so the update is exactly zero until `b` trains."""
+
+  rank: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, in_axes: tuple[int, ...], features: tuple[int, ...], names: tuple):
+    """names: the logical axis names of the projection's kernel [*in, *features] (sharding)."""
+    in_names, out_names = names[:len(in_axes)], names[len(in_axes):]
+    h = nn.DenseGeneral(self.rank, axis=in_axes, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="a", kernel_init=with_axes(nn.initializers.lecun_normal(), (*in_names, None)))(x)
+    return nn.DenseGeneral(features, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name="b",
+                           kernel_init=with_axes(nn.initializers.zeros, (None, *out_names)))(h)
+
+
+class Prompt(nn.Module):
+  """Gated attention of every query to `num_prompts` learned tokens [prompts, embed] projected
+  by the attention module's own key / value projections (`key_fn`, `value_fn`)."""
+
+  num_prompts: int
+  num_heads: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, q, key_fn, value_fn, embed: int):
+    """q [batch, len, heads, head_dim] -> [batch, len, heads, head_dim] (zero at init)."""
+    tokens = self.param("tokens", with_axes(nn.initializers.normal(1.0), (None, "embed")),
+                        (self.num_prompts, embed), self.param_dtype)
+    gate = self.param("gate", with_axes(nn.initializers.zeros, ("heads",)), (self.num_heads,), self.param_dtype)
+    tokens = tokens.astype(self.dtype)
+    k, v = key_fn(tokens), value_fn(tokens)  # [prompts, heads, head_dim]
+    scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    weights = jax.nn.softmax(jnp.einsum("blhd,phd->bhlp", q * scale, k).astype(jnp.float32), -1)
+    mixed = jnp.einsum("bhlp,phd->blhd", weights.astype(v.dtype), v)
+    return jnp.tanh(gate).astype(mixed.dtype)[:, None] * mixed
+
+
+def _tree(paths: tuple[str, ...]) -> tuple:
+  """('a/b', 'a/c') -> (('a', (('b', None), ('c', None))),): nested (name, children) pairs."""
+  root: dict = {}
+  for path in paths:
+    node = root
+    for part in path.split("/"):
+      node = node.setdefault(part, {})
+
+  def freeze(node):
+    return tuple((name, freeze(child) if child else None) for name, child in node.items())
+  return freeze(root)
+
+
+class _Group(nn.Module):
+  """Nested containers mirroring the encoder's module paths; a leaf holds one inserted module."""
+
+  tree: tuple
+  kind: str
+  options: tuple  # sorted (name, value) pairs
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    members = {}
+    for name, child in self.tree:
+      if child is None:
+        members[name] = _Group((), self.kind, self.options, self.dtype, self.param_dtype, name=name)
+      else:
+        members[name] = _Group(child, self.kind, self.options, self.dtype, self.param_dtype, name=name)
+    self.members = members
+    if not self.tree:  # a leaf: the point's own module
+      opts = dict(self.options)
+      if self.kind == "adapter":
+        self.module = Adapter(opts["dim"], self.dtype, self.param_dtype, name="adapter")
+      elif self.kind == "patch":
+        self.module = Adapter(opts["dim"], self.dtype, self.param_dtype, name="patch")
+      elif self.kind == "lora":
+        self.module = LoRA(opts["rank"], self.dtype, self.param_dtype, name="lora")
+      else:
+        self.module = Prompt(opts["num_prompts"], opts["num_heads"], self.dtype, self.param_dtype, name="prompt")
+
+  def leaf(self, parts: tuple[str, ...]):
+    if not parts:
+      return self.module
+    return self.members[parts[0]].leaf(parts[1:])
+
+
+class Inserted(nn.Module):
+  """`encoder` with modules of one `kind` at `points` (see the module docstring)."""
+
+  encoder: nn.Module
+  kind: str
+  points: tuple[str, ...]
+  options: tuple  # sorted (name, value) pairs of the kind's options
+
+  def setup(self):
+    nn.share_scope(self, self.encoder)
+    self.inserted = _Group(_tree(self.points), self.kind, self.options, self.encoder.dtype,
+                           self.encoder.param_dtype, name="inserted")
+
+  # The contract, forwarded (xrec/models/base.py).
+  @property
+  def causal(self):
+    return self.encoder.causal
+
+  @property
+  def uses_mask_token(self):
+    return self.encoder.uses_mask_token
+
+  @property
+  def fitted(self):
+    return self.encoder.fitted
+
+  @property
+  def vocab_size(self):
+    return self.encoder.vocab_size
+
+  @property
+  def max_len(self):
+    return self.encoder.max_len
+
+  @property
+  def num_items(self):
+    return self.encoder.num_items
+
+  def roles(self) -> base.Roles:
+    return self.encoder.roles()
+
+  def _interceptor(self):
+    wanted = {p: tuple(p.split("/")) for p in self.points}
+    by_path = {v: k for k, v in wanted.items()}
+    opts = dict(self.options)
+    pending = {}  # prompt: per attention module, what its query/key/value calls produced
+
+    def intercept(next_fun, args, kwargs, context):
+      if context.method_name != "__call__":
+        return next_fun(*args, **kwargs)
+      path = tuple(context.module.path)
+      if self.kind == "prompt" and path[:-1] in by_path and path[-1] in ("query", "key", "value", "out"):
+        return self._prompt(by_path[path[:-1]], path[-1], next_fun, args, kwargs, pending, context.module)
+      if path not in by_path or self.kind == "prompt":  # prompts act on the projections (above)
+        return next_fun(*args, **kwargs)
+      module = self.inserted.leaf(path)
+      if self.kind == "lora":
+        x = args[0]
+        y = next_fun(*args, **kwargs)
+        axes = getattr(context.module, "axis", -1)
+        axes = tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
+        features = tuple(y.shape[x.ndim - len(axes):])
+        return y + module(x, axes, features, _kernel_names(context.module, len(axes) + len(features))).astype(y.dtype)
+      y = next_fun(*args, **kwargs)
+      if self.kind == "patch":
+        return y + module(args[0]).astype(y.dtype)
+      reads = y if opts["kind"] == "serial" else args[0]  # adapter
+      return y + module(reads).astype(y.dtype)
+
+    return intercept
+
+  def _prompt(self, point, name, next_fun, args, kwargs, pending, module):
+    state = pending.setdefault(point, {})
+    if name == "query":
+      state["q"] = next_fun(*args, **kwargs)
+      return state["q"]
+    if name in ("key", "value"):
+      state.setdefault(name, module)  # the projection itself, applied to the prompt tokens below
+      return next_fun(*args, **kwargs)
+    out_in = args[0]  # [batch, len, heads, head_dim]: the attention output before `out`
+    prompt = self.inserted.leaf(tuple(point.split("/")))
+    embed = state["q"].shape[-2] * state["q"].shape[-1]
+    mixed = prompt(state["q"], state["key"], state["value"], embed)
+    pending.pop(point)
+    return next_fun(out_in + mixed.astype(out_in.dtype), *args[1:], **kwargs)
+
+  def _run(self, method, *args, **kwargs):
+    with nn.intercept_methods(self._interceptor()):
+      return getattr(self.encoder, method)(*args, **kwargs)
+
+  def encode(self, inputs, deterministic: bool = True):
+    return self._run("encode", inputs, deterministic)
+
+  def output_table(self):
+    return self.encoder.output_table()
+
+  def __call__(self, inputs, deterministic: bool = True):
+    return self._run("__call__", inputs, deterministic)
+
+  def score_last(self, inputs):
+    return self._run("score_last", inputs)
+
+
+def _kernel_names(module, ndim: int) -> tuple:
+  """Logical axis names of a projection's kernel (known while params are created; None after)."""
+  kernel = module.get_variable("params", "kernel")
+  names = getattr(kernel, "names", None)
+  return tuple(names) if names is not None and len(names) == ndim else (None,) * ndim
+
+
+@dataclasses.dataclass(frozen=True)
+class InsertSpec:
+  kind: str
+  options: tuple  # sorted (name, value) pairs
+
+
+def wrap(encoder, spec: InsertSpec | None):
+  """The encoder with `spec`'s modules inserted (the encoder itself when spec is None). Fails,
+  naming the kinds that apply, when the encoder's roles offer no point for the kind."""
+  if spec is None:
+    return encoder
+  if spec.kind not in KINDS:
+    raise ValueError(f"Unknown inserted module kind {spec.kind!r}; valid: {list(KINDS)}")
+  roles = encoder.roles()
+  options = dict(spec.options)
+  where = points(roles, spec.kind, options)
+  if not where:
+    name = type(encoder).__name__
+    raise ValueError(f"{spec.kind} modules do not apply to {name}: it has no "
+                     f"{ {'adapter': 'sublayers', 'lora': 'projections named in lora.targets', 'prompt': 'attention modules', 'patch': 'blocks'}[spec.kind] }; "
+                     f"kinds that apply to {name}: {applicable_kinds(roles)}")
+  if spec.kind == "prompt":
+    heads = getattr(encoder, "num_heads", None)
+    options["num_heads"] = heads
+  return Inserted(encoder, spec.kind, where, tuple(sorted(options.items())))
