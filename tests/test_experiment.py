@@ -228,3 +228,27 @@ def test_disjoint_catalogue_zero_shot_is_na_and_peft_trains_item_tables(data_dir
                                   target.item_keys, "random")
   assert report_["overlap"] == 0
   assert len({tuple(np.round(r, 6)) for r in rows[1:target.num_items + 1]}) == target.num_items
+
+
+def test_pretraining_overrides_any_field_and_feeds_another_encoder(data_dir, tmp_path):
+  """experiment.pretrain overrides any config field: here the source model is a SASRec while the
+  cells train a GRU4Rec on the target from its item table (embedding_transfer, by role)."""
+  import ml_collections
+  c = _config(data_dir)
+  c.experiment.pretrain.model = ml_collections.ConfigDict({"name": "sasrec"})
+  cells = [{"model.name": "gru4rec", "transfer.strategy": "embedding_transfer"},
+           {"model.name": "sasrec", "transfer.strategy": "full_finetune"}]
+  import types
+  module = types.SimpleNamespace(sweep=lambda: iter(cells),
+                                 metrics=lambda: {"metrics": ("ndcg@10",), "columns": "model.name"})
+  wd = str(tmp_path / "xenc")
+  assert sweep.run_study(c, module, wd)["failed"] == 0
+  runs = sweep.read_runs(wd)
+  assert runs[0]["stages"]["pretrain"] == runs[1]["stages"]["pretrain"]  # one SASRec pretraining
+  gru = _stage(wd, runs[0])
+  assert gru["model"]["encoder"] == "GRU4Rec" and gru["transfer"]["source_encoder"] == "SASRec"
+  assert _stage(wd, runs[0], "pretrain")["model"]["encoder"] == "SASRec"
+  c.experiment.pretrain.train.update({"num_epoch": 3.0})  # a typo in the overrides fails before work
+  with pytest.raises(ValueError, match=r"experiment.pretrain field 'train.num_epoch': train has no field "
+                                       r"'num_epoch'; valid: \[.*'num_epochs'"):
+    sweep.plan_stages(sweep.apply_overrides(c, cells[0]), str(tmp_path / "stages"))

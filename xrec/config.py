@@ -12,6 +12,10 @@ from typing import Any
 
 import ml_collections
 
+from xrec import models
+from xrec.train import objectives
+from xrec.transfer import strategies
+
 # logical axis -> mesh axis (None = replicated). The item table and the scoring
 # over the catalogue are split on 'vocab' over 'model'.
 DEFAULT_RULES = (
@@ -103,19 +107,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = False
   c.model.compute_dtype = "float32"  # "bfloat16": bf16 compute, fp32 params
   c.model.vocab_multiple = 128  # item table rows rounded up to this (even sharding on 'vocab')
-  c.model.sasrec = ml_collections.ConfigDict(dict(num_layers=2, num_heads=2, mlp_dim=256))
-  c.model.bert4rec = ml_collections.ConfigDict(dict(num_layers=2, num_heads=2, mlp_dim=256))
-  c.model.gru4rec = ml_collections.ConfigDict(dict(num_layers=1))
-  c.model.nextitnet = ml_collections.ConfigDict(dict(dilations=(1, 2, 4), kernel_size=3))
+  for name, encoder in models.MODELS.items():  # each encoder declares its own fields
+    if encoder.config_defaults:
+      c.model[name] = ml_collections.ConfigDict(dict(encoder.config_defaults))
 
   # What a run minimises (xrec/train/objectives.py): a weighted sum of named terms, each logged on
   # its own. terms = ((name, weight), ...); () = the encoder's default (full_softmax for causal
   # encoders, cloze for bidirectional ones). Per-term options in the sub-dicts.
   c.objective = ml_collections.ConfigDict()
   c.objective.terms = ()  # names: full_softmax | sampled_softmax | bce | cloze
-  c.objective.sampled_softmax = ml_collections.ConfigDict(dict(
-      num_negatives=256, sampling="uniform"))  # negatives: uniform | popularity (logQ-corrected)
-  c.objective.cloze = ml_collections.ConfigDict(dict(mask_prob=0.2))  # share of positions masked
+  for name, term in objectives.TERMS.items():  # each term declares its options (objectives.py)
+    if term.options:
+      c.objective[name] = ml_collections.ConfigDict(dict(term.options))
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"
@@ -157,15 +160,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.transfer = ml_collections.ConfigDict()
   c.transfer.strategy = "scratch"  # scratch | zero_shot | full_finetune | linear_probe | frozen_encoder
   #   | embedding_transfer | partial_freeze | reuse_bottom | adapter | lora | prompt | bitfit | patch
-  # per-strategy options
-  c.transfer.shared_layers = ml_collections.ConfigDict(dict(
-      bottom_blocks=1))  # partial_freeze / reuse_bottom: bottom blocks kept from pretraining (frozen)
-  c.transfer.adapter = ml_collections.ConfigDict(dict(
-      dim=16, kind="serial"))  # bottleneck size; serial (reads the sublayer output) | parallel (its input)
-  c.transfer.lora = ml_collections.ConfigDict(dict(
-      rank=4, targets=("query", "value")))  # targets: subset of query, key, value, out, wi, wo
-  c.transfer.prompt = ml_collections.ConfigDict(dict(num_prompts=4))  # learned prefix tokens per block
-  c.transfer.patch = ml_collections.ConfigDict(dict(dim=16))  # PeterRec-style patch bottleneck size
+  # per-strategy options, declared with the presets (xrec/transfer/strategies.py OPTIONS)
+  for group, fields in strategies.OPTIONS.items():
+    c.transfer[group] = ml_collections.ConfigDict(dict(fields))
   # options every loading strategy reads
   c.transfer.lr_mult = 1.0  # lr multiplier of pretrained params that train (few-shot: try < 1)
   c.transfer.new_lr_mult = 1.0  # lr multiplier of freshly initialised params (modules, new blocks)

@@ -6,8 +6,6 @@ one line here (name -> builder from config.model) and its test (docs/architectur
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax.numpy as jnp
 
 from xrec.models.bert4rec import BERT4Rec
@@ -31,31 +29,27 @@ def dtype(name: str):
 
 
 def _common(cfg) -> dict:
+  """The fields of config.model every encoder reads."""
   return dict(embed_dim=cfg.embed_dim, dropout=cfg.dropout, tie_embeddings=cfg.tie_embeddings,
               remat=cfg.remat, dtype=dtype(cfg.compute_dtype), param_dtype=jnp.float32)
 
 
-def _transformer(cls):
-  def build(cfg, sub, **shape):
-    return cls(**shape, **_common(cfg), num_layers=sub.num_layers, num_heads=sub.num_heads, mlp_dim=sub.mlp_dim)
-  return build
-
-
-# name -> (class, builder(config.model, config.model.<name>, vocab_size=, max_len=, num_items=))
-MODELS: dict[str, tuple[type, Callable]] = {
-    "sasrec": (SASRec, _transformer(SASRec)),
-    "bert4rec": (BERT4Rec, _transformer(BERT4Rec)),
-    "gru4rec": (GRU4Rec, lambda cfg, sub, **shape: GRU4Rec(**shape, **_common(cfg), num_layers=sub.num_layers)),
-    "nextitnet": (NextItNet, lambda cfg, sub, **shape: NextItNet(
-        **shape, **_common(cfg), dilations=tuple(int(d) for d in sub.dilations), kernel_size=sub.kernel_size)),
-    "popularity": (Popularity, lambda cfg, sub, **shape: Popularity(**shape)),
+# model.name -> encoder class (meets xrec/models/base.py; has `config_defaults`, the fields of its
+# config.model.<name> sub-dict, and `from_config(common fields, its sub-dict, vocab_size=,
+# max_len=, num_items=)`)
+MODELS: dict[str, type] = {
+    "sasrec": SASRec,
+    "bert4rec": BERT4Rec,
+    "gru4rec": GRU4Rec,
+    "nextitnet": NextItNet,
+    "popularity": Popularity,
 }
 
 
 def model_class(name: str) -> type:
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; valid: {sorted(MODELS)}")
-  return MODELS[name][0]
+  return MODELS[name]
 
 
 def build(model_cfg, num_items: int, max_len: int | None = None):
@@ -64,6 +58,6 @@ def build(model_cfg, num_items: int, max_len: int | None = None):
   cls = model_class(model_cfg.name)
   rows = num_items + 1 + int(cls.uses_mask_token)
   vocab = padded_vocab_size(rows, model_cfg.vocab_multiple)
-  sub = model_cfg.get(model_cfg.name)
-  return MODELS[model_cfg.name][1](model_cfg, sub, vocab_size=vocab, max_len=max_len or model_cfg.max_len,
-                                   num_items=num_items)
+  own = model_cfg.get(model_cfg.name)
+  return cls.from_config(_common(model_cfg), own, vocab_size=vocab, max_len=max_len or model_cfg.max_len,
+                         num_items=num_items)

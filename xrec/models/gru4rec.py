@@ -65,6 +65,11 @@ class GRU4Rec(nn.Module):
   causal = True
   uses_mask_token = False
   fitted = False
+  config_defaults = {"num_layers": 1}
+
+  @classmethod
+  def from_config(cls, common_fields: dict, own, **shape):
+    return cls(**shape, **common_fields, num_layers=own.num_layers)
 
   def roles(self) -> base.Roles:
     layers = tuple(f"layer_{i}" for i in range(self.num_layers))

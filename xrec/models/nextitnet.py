@@ -67,6 +67,11 @@ class NextItNet(nn.Module):
   causal = True
   uses_mask_token = False
   fitted = False
+  config_defaults = {"dilations": (1, 2, 4), "kernel_size": 3}
+
+  @classmethod
+  def from_config(cls, common_fields: dict, own, **shape):
+    return cls(**shape, **common_fields, dilations=tuple(int(d) for d in own.dilations), kernel_size=own.kernel_size)
 
   def roles(self) -> base.Roles:
     blocks = tuple(f"block_{i}" for i in range(len(self.dilations)))

@@ -22,6 +22,12 @@ class Popularity(nn.Module):
   causal = True
   uses_mask_token = False
   fitted = True
+  config_defaults = {}
+
+  @classmethod
+  def from_config(cls, common_fields: dict, own, **shape):
+    del common_fields, own  # counts need no hyperparameters
+    return cls(**shape)
 
   def roles(self) -> base.Roles:
     return base.Roles(item_table=None, output_bias="output_bias")

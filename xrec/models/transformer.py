@@ -115,6 +115,12 @@ class TransformerEncoder(nn.Module):
   causal = True
   uses_mask_token = False
   fitted = False
+  # config.model.<name>: this encoder's own fields (the common ones live in config.model)
+  config_defaults = {"num_layers": 2, "num_heads": 2, "mlp_dim": 256}
+
+  @classmethod
+  def from_config(cls, common_fields: dict, own, **shape):
+    return cls(**shape, **common_fields, num_layers=own.num_layers, num_heads=own.num_heads, mlp_dim=own.mlp_dim)
 
   @property
   def mask_token_id(self) -> int:

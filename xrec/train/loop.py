@@ -111,7 +111,7 @@ def read_encoder(workdir: str) -> transfer.SourceEncoder:
   with open(path) as f:
     info = json.load(f)
   module = models.build(ml_collections.ConfigDict(info["model"]), int(info["num_items"]))
-  return transfer.SourceEncoder(type(module).__name__, module.roles())
+  return transfer.SourceEncoder(type(module).__name__, module.roles(), bool(module.uses_mask_token))
 
 
 def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None) -> Model:
@@ -306,12 +306,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      config.train.early_stopping_patience, meta)
   base_rng = jax.random.key(config.seed + 1)
 
+  side_seconds = [0.0]  # evaluation and checkpoint time inside the loop (not training throughput)
+
   def run_eval(step):
+    t0 = time.time()
     result = evaluate(state["params"], domain, "valid")
     writer.write(step, "valid", result)
     best.update(step, result, state["params"])
     log.info("step %d valid %s=%.4f (best %.4f at step %s)", step, best.metric, result[best.metric],
              best.meta["best_value"], best.meta["best_step"])
+    side_seconds[0] += time.time() - t0
 
   t_train = time.time()
   if start_step == 0 and (config.train.eval_at_start or num_steps == 0) and best.meta["best_step"] is None:
@@ -338,7 +342,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       run_eval(step)
       stopped_early = best.should_stop
     if step % config.train.checkpoint_every_steps == 0 or step == num_steps or stopped_early:
+      t0 = time.time()
       ckpt.save_state(latest, step, state, dict(best.meta))
+      side_seconds[0] += time.time() - t0
     if stopped_early:
       log.info("early stopping at step %d: %d evaluations without improvement", step,
                best.meta["evals_since_best"])
@@ -393,6 +399,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   }
   results["wall_seconds"] = {"data": t_data - t_start, "train": train_seconds,
                              "final_eval": time.time() - t_final, "total": time.time() - t_start}
+  stepping = max(train_seconds - side_seconds[0], 1e-9)  # the loop without evaluations and checkpoints
+  results["throughput"] = {
+      "train_sequences_per_second": (step - start_step) * config.train.batch_size / stepping if step > start_step else None,
+      "eval_users_per_second": valid["users_per_second"]}
   writer.write(int(best_step), "test", results["test"])
   writer.close()
   if is_main:

@@ -59,6 +59,7 @@ class Term:
   encoders: str  # causal | bidirectional | any
   fn: Callable[[TermContext], tuple[jax.Array, jax.Array]]
   doc: str = ""
+  options: dict = dataclasses.field(default_factory=dict)  # defaults of config.objective.<name>
 
 
 def _next_item(loss_fn, **extra):
@@ -93,10 +94,13 @@ TERMS: dict[str, Term] = {t.name: t for t in (
     Term("sampled_softmax", ("target",), "causal", _next_item(
         losses.sampled_softmax, num_negatives=lambda c: c.options.num_negatives,
         sampling_probs=lambda c: c.sampling_probs),
-         "next-item softmax over shared sampled negatives, logQ-corrected"),
+         "next-item softmax over shared sampled negatives, logQ-corrected",
+         # sampling: uniform | popularity (negatives drawn by training counts, logQ-corrected)
+         {"num_negatives": 256, "sampling": "uniform"}),
     Term("bce", ("target",), "causal", _next_item(losses.bce_one_negative),
          "the original SASRec loss: BCE on the target vs one uniform negative"),
-    Term("cloze", ("target",), "bidirectional", cloze, "BERT4Rec's masked-item prediction"),
+    Term("cloze", ("target",), "bidirectional", cloze, "BERT4Rec's masked-item prediction",
+         {"mask_prob": 0.2}),  # share of positions masked (plus the last one)
 )}
 
 

@@ -42,6 +42,7 @@ class SourceEncoder:
 
   name: str
   roles: Roles
+  uses_mask_token: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class TransferPlan:
   strategy: strategies.Strategy | None = None
   roles: Roles | None = None
   encoder: str = ""
+  uses_mask_token: bool = False
 
   @property
   def model_fields(self) -> dict:
@@ -74,7 +76,8 @@ class TransferPlan:
     if strategy.insert is not None and getattr(encoder, "remat", False):
       raise ValueError(f"transfer.strategy={self.name!r} inserts modules into the encoder's sublayers, "
                        "which model.remat (rematerialised blocks) does not allow; set model.remat=False")
-    plan = dataclasses.replace(self, strategy=strategy, roles=roles, encoder=type(encoder).__name__)
+    plan = dataclasses.replace(self, strategy=strategy, roles=roles, encoder=type(encoder).__name__,
+                               uses_mask_token=bool(encoder.uses_mask_token))
     return insert.wrap(encoder, strategy.insert), plan
 
   def _bound(self) -> strategies.Strategy:
@@ -140,7 +143,8 @@ class TransferPlan:
       if source_item_keys is None or target_item_keys is None:
         raise ValueError(f"{path}: item tables move by raw item key; pass source_item_keys and "
                          "target_item_keys (DomainSequences.item_keys of both domains)")
-      return vocab.map_item_rows(pretrained_rows, init, source_item_keys, target_item_keys, self.unseen_items)
+      mask = self.uses_mask_token and (source.uses_mask_token if source else True)
+      return vocab.map_item_rows(pretrained_rows, init, source_item_keys, target_item_keys, self.unseen_items, mask)
 
     def positions(path, pretrained_rows, init):
       del path

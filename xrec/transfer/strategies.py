@@ -44,6 +44,15 @@ class Strategy:
   insert: insert.InsertSpec | None = None  # modules inserted into the encoder
 
 
+# Options of the presets: config.transfer.<group>.<field> (defaults here; xrec/config.py reads them).
+OPTIONS = {
+    "shared_layers": {"bottom_blocks": 1},  # partial_freeze / reuse_bottom: bottom blocks kept (frozen)
+    "adapter": {"dim": 16, "kind": "serial"},  # serial reads the sublayer output, parallel its input
+    "lora": {"rank": 4, "targets": ("query", "value")},  # subset of query, key, value, out, wi, wo
+    "prompt": {"num_prompts": 4},  # learned prefix tokens per attention module
+    "patch": {"dim": 16},  # PeterRec-style patch bottleneck size
+}
+
 # Model fields a preset sets on the target encoder (model.<field>), known before the encoder is
 # built (its roles depend on them).
 MODEL_FIELDS = {"linear_probe": {"tie_embeddings": False}}

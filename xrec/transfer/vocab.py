@@ -27,7 +27,7 @@ def _key_list(keys, what: str) -> list:
 
 
 def map_item_rows(pretrained_rows, init_rows, source_keys: Sequence, target_keys: Sequence,
-                  unseen: str = "mean"):
+                  unseen: str = "mean", mask_token: bool = False):
   """Moves pretrained item rows to the target vocabulary by raw key.
 
   pretrained_rows: [source_vocab, ...]  item embedding [vocab, embed] or output bias [vocab]
@@ -42,8 +42,12 @@ def map_item_rows(pretrained_rows, init_rows, source_keys: Sequence, target_keys
                    of all source items (padding and sharding padding excluded), so they all
                    score alike; "zero": 0.
 
+  mask_token:      both models have a [MASK] token right after their items (id num_items + 1,
+                   BERT4Rec): its pretrained row moves to the target's mask id.
+
   Returns (rows [target_vocab, ...] with init_rows' dtype, report). Row 0 (padding) comes
-  from the pretrained row 0; sharding-padding rows beyond len(target_keys) + 1 keep init.
+  from the pretrained row 0; sharding-padding rows beyond len(target_keys) + 1 (+ 1 with a
+  mask token) keep init.
   The report has counts and fractions of the overlap and `identity`: True when the two
   vocabularies are the same keys in the same order and the tables have the same shape, so
   every row that is ever used (padding and items) is the pretrained row.
@@ -84,6 +88,11 @@ def map_item_rows(pretrained_rows, init_rows, source_keys: Sequence, target_keys
     rows[unseen_ids] = real.mean(axis=0).astype(init.dtype) if len(real) else 0
   elif unseen == "zero":
     rows[unseen_ids] = 0
+
+  if mask_token:
+    if pretrained.shape[0] < len(src_keys) + 2 or init.shape[0] < len(tgt_keys) + 2:
+      raise ValueError("mask_token=True needs a row after the items in both tables")
+    rows[len(tgt_keys) + 1] = pretrained[len(src_keys) + 1].astype(init.dtype)
 
   overlap = int(known.sum())
   # same items in the same order: every row that is ever used equals the pretrained one

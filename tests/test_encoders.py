@@ -1,0 +1,342 @@
+"""The encoder contract on every encoder of the zoo, the strategy x encoder matrix, transfer across
+encoders by role, and the objective terms."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from xrec import models
+from xrec import sharding
+from xrec.config import base_config, with_overrides
+from xrec.models import base, common
+from xrec.train import loop, objectives
+from xrec.train import optimizer
+from xrec.transfer import apply as transfer_apply
+from xrec.transfer import insert
+from xrec.transfer import schedule as schedules
+from xrec.transfer import strategies
+
+NUM_ITEMS, MAX_LEN, EMBED = 30, 6, 8
+KEYS = [f"i{i}" for i in range(NUM_ITEMS)]
+ENCODERS = ("sasrec", "bert4rec", "gru4rec", "nextitnet")
+INPUTS = jnp.array([[0, 0, 3, 5, 7, 9], [0, 0, 0, 0, 1, 2], [4, 8, 15, 16, 23, 30]], jnp.int32)
+
+
+def model_config(name, **fields):
+  c = base_config()
+  c.model.update(dict(name=name, max_len=MAX_LEN, embed_dim=EMBED, vocab_multiple=8, dropout=0.1))
+  for transformer in ("sasrec", "bert4rec"):
+    c.model[transformer].update(dict(num_layers=2, num_heads=2, mlp_dim=16))
+  c.model.gru4rec.num_layers = 2
+  c.model.nextitnet.update(dict(dilations=(1, 2), kernel_size=2))
+  c.model.update(fields)
+  return c
+
+
+def build(name, **fields):
+  return models.build(model_config(name, **fields).model, NUM_ITEMS)
+
+
+def init(module, seed=0):
+  x = jnp.ones((1, MAX_LEN), jnp.int32)
+  return jax.device_get(nn.unbox(module.init({"params": jax.random.key(seed), "dropout": jax.random.key(seed)},
+                                             x)["params"]))
+
+
+def perturbed(params, seed=0):
+  """'Pretrained' params: non-zero everywhere (biases, norms), so loading is visible."""
+  rng = np.random.default_rng(seed)
+  return common.unflatten({p: v + rng.normal(0, 0.1, v.shape).astype(v.dtype)
+                           for p, v in common.flatten(params).items()})
+
+
+# --- the contract ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_every_encoder_meets_the_contract(name):
+  module = build(name)
+  params = init(module)
+  flat = common.flatten(params)
+  hidden, table, bias = module.apply({"params": params}, INPUTS)
+  assert hidden.shape == (3, MAX_LEN, EMBED) and table.shape == (module.vocab_size, EMBED)
+  assert bias.shape == (module.vocab_size,)
+  scores = module.apply({"params": params}, INPUTS, method="score_last")
+  assert scores.shape == (3, module.vocab_size) and scores.dtype == jnp.float32
+  assert module.vocab_size >= NUM_ITEMS + 1 + int(module.uses_mask_token)
+  roles = module.roles()
+  for path in roles.item_rows + ((roles.positions,) if roles.positions else ()):
+    assert path in flat, path
+  for prefix in roles.blocks + ((roles.final_norm,) if roles.final_norm else ()):
+    assert any(p.startswith(prefix + "/") for p in flat), prefix
+  assert roles.blocks and roles.sublayers
+  # causal: position t does not see later items; bidirectional: it does
+  changed = INPUTS.at[:, -1].set(11)
+  h2 = module.apply({"params": params}, changed)[0]
+  same_prefix = np.allclose(np.asarray(hidden[:, :-1]), np.asarray(h2[:, :-1]), atol=1e-6)
+  assert same_prefix == module.causal
+
+
+def test_bert4rec_scores_the_appended_mask_token():
+  module = build("bert4rec")
+  params = init(module)
+  masked = jnp.concatenate([INPUTS[:, 1:], jnp.full((3, 1), module.mask_token_id)], axis=1)
+  hidden = module.apply({"params": params}, masked, method="encode")[:, -1]
+  table, bias = module.apply({"params": params}, method="output_table")
+  np.testing.assert_allclose(module.apply({"params": params}, INPUTS, method="score_last"),
+                             common.score_items(hidden, table, bias), rtol=1e-6)
+  assert module.mask_token_id == NUM_ITEMS + 1
+
+
+def test_gru4rec_state_ignores_left_padding():
+  """A sequence's states do not depend on how much padding precedes it (same items, longer window)."""
+  short, long = build("gru4rec"), build("gru4rec", max_len=MAX_LEN + 3)
+  params = init(short)
+  x = INPUTS[2:3]
+  padded = jnp.concatenate([jnp.zeros((1, 3), jnp.int32), x], axis=1)
+  np.testing.assert_allclose(short.apply({"params": params}, x, method="encode")[:, -1],
+                             long.apply({"params": params}, padded, method="encode")[:, -1], atol=1e-5)
+
+
+def test_unknown_model_lists_the_zoo():
+  with pytest.raises(ValueError, match=r"Unknown model 'gru'; valid: \['bert4rec', 'gru4rec', 'nextitnet', "
+                                       r"'popularity', 'sasrec'\]"):
+    models.build(model_config("gru").model, NUM_ITEMS)
+
+
+# --- the strategy x encoder matrix -------------------------------------------------------------
+
+def transfer_config(strategy, **options):
+  c = base_config()
+  c.transfer.strategy = strategy
+  c.transfer.adapter.dim, c.transfer.lora.rank, c.transfer.prompt.num_prompts, c.transfer.patch.dim = 4, 2, 3, 4
+  return with_overrides(c, {f"transfer.{k}": v for k, v in options.items()})
+
+
+def bound(name, strategy, **options):
+  cfg = transfer_config(strategy, **options)
+  plan = transfer_apply.prepare(cfg)
+  encoder = models.build(loop.model_config(model_config(name), plan.model_fields), NUM_ITEMS)
+  module, plan = plan.bind(encoder)
+  return encoder, module, plan
+
+
+MATRIX = [(e, s) for e in ENCODERS for s in strategies.applicable(build(e).roles())]
+INSERTING = [(e, s) for e, s in MATRIX if s in strategies.INSERTING]
+
+
+def test_the_matrix_is_what_the_roles_allow():
+  applicable = {e: strategies.applicable(build(e).roles()) for e in ENCODERS}
+  for e in ("sasrec", "bert4rec"):
+    assert set(strategies.INSERTING) <= set(applicable[e])
+  for e in ("gru4rec", "nextitnet"):
+    assert {"adapter", "patch"} <= set(applicable[e]) and not {"lora", "prompt"} & set(applicable[e])
+  assert all(len(v) >= 11 for v in applicable.values())
+
+
+@pytest.mark.parametrize("name,strategy", INSERTING)
+def test_step0_identity_for_every_inserted_module(name, strategy):
+  encoder, module, plan = bound(name, strategy)
+  pretrained = perturbed(init(encoder, seed=1))
+  params, _ = plan.init_params(init(module, seed=2), pretrained, KEYS, KEYS)
+  assert any(p.startswith("inserted/") for p in common.flatten(params))
+  items = slice(1, NUM_ITEMS + 1)
+  want = encoder.apply({"params": pretrained}, INPUTS, method="score_last")[:, items]
+  got = module.apply({"params": params}, INPUTS, method="score_last")[:, items]
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  # and the modules are live: nudging what trains changes the function
+  mults = schedules.resolve(params, plan.schedule)
+  nudged = common.unflatten({p: v + 0.5 if mults[p] is not None and p.startswith("inserted/") else v
+                             for p, v in common.flatten(params).items()})
+  assert not np.allclose(module.apply({"params": nudged}, INPUTS, method="score_last")[:, items], want)
+
+
+def _expected_trainable(strategy, flat: dict, roles: base.Roles) -> int:
+  """Trainable scalars by an independent reading of each preset's docstring."""
+  size = {p: int(np.prod(v.shape)) for p, v in flat.items()}
+  under = lambda prefixes: sum(n for p, n in size.items() if any(p == x or p.startswith(x + "/") for x in prefixes))  # noqa: E731
+  tables = [roles.item_table] + ([roles.output_table] if roles.output_table else [])
+  if strategy in ("scratch", "full_finetune", "embedding_transfer"):
+    return sum(size.values())
+  if strategy == "zero_shot":
+    return 0
+  if strategy == "linear_probe":
+    return size[roles.output_table] + size[roles.output_bias]
+  if strategy == "frozen_encoder":
+    return under(tables) + size[roles.output_bias]
+  if strategy in ("partial_freeze", "reuse_bottom"):  # bottom 1 block and positions frozen
+    frozen = [roles.blocks[0]] + ([roles.positions] if roles.positions else [])
+    return sum(size.values()) - under(frozen)
+  if strategy == "bitfit":
+    return sum(n for p, n in size.items() if p.endswith("bias") or p.endswith("/scale"))
+  return under(["inserted"]) + size[roles.output_bias]  # adapter, lora, prompt, patch
+
+
+@pytest.mark.parametrize("name,strategy", MATRIX)
+def test_exact_trainable_counts(name, strategy):
+  encoder, module, plan = bound(name, strategy)
+  params = init(module)
+  budget = plan.budget(params)
+  assert budget["trainable"] == _expected_trainable(strategy, common.flatten(params), plan.roles)
+  assert budget["total"] == common.param_count(params)
+
+
+# hand-computed counts on the tiny encoders (embed 8, adapter / patch bottleneck 4): one adapter is
+# 8*4+4 + 4*8+8 = 76 scalars; the output bias has 32 rows (31 ids rounded up to 8)
+HAND_COUNTS = {
+    ("gru4rec", "adapter"): 2 * 76 + 32,  # after each of the 2 GRU layers
+    ("gru4rec", "patch"): 2 * 76 + 32,  # beside each layer
+    ("nextitnet", "adapter"): 4 * 76 + 32,  # after each of the 2 convolutions of 2 blocks
+    ("nextitnet", "patch"): 2 * 76 + 32,
+    ("sasrec", "lora"): 2 * 2 * (8 * 2 + 2 * 8) + 32,  # query, value of 2 blocks, rank 2
+}
+
+
+@pytest.mark.parametrize("key", sorted(HAND_COUNTS))
+def test_hand_computed_counts(key):
+  _, module, plan = bound(*key)
+  assert plan.budget(init(module))["trainable"] == HAND_COUNTS[key]
+
+
+FROZEN_CHECK = [("gru4rec", "adapter"), ("nextitnet", "patch"), ("bert4rec", "prompt"), ("nextitnet", "frozen_encoder"),
+                ("gru4rec", "partial_freeze")]
+
+
+@pytest.mark.parametrize("name,strategy", FROZEN_CHECK)
+def test_frozen_params_bit_identical_and_stateless(name, strategy):
+  encoder, module, plan = bound(name, strategy)
+  pretrained = perturbed(init(encoder, seed=1))
+  params, _ = plan.init_params(init(module, seed=2), pretrained, KEYS, KEYS)
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, model=1)))
+  cfg = base_config()
+  tx = plan.make_optimizer(lambda: optimizer.make_optimizer(cfg.optim, 10)[0], params)
+  state, state_sh = loop.create_state(module, tx, MAX_LEN, 0, mesh, sharding.logical_rules(cfg.sharding.rules))
+  state["params"] = jax.device_put(params, state_sh["params"])
+  mults = schedules.resolve(params, plan.schedule)
+  frozen = [p for p, m in mults.items() if m is None]
+  state_leaves = [x for x in jax.tree.leaves(state["opt_state"]) if np.ndim(x)]
+  assert sum(int(np.prod(np.shape(x))) for x in state_leaves) == 2 * plan.budget(params)["trainable"]
+  objective = objectives.build(cfg.objective, encoder.causal)
+  step = loop.make_train_step(module, tx, objective, NUM_ITEMS, state_sh, mesh)
+  rng = np.random.default_rng(0)
+  for _ in range(2):
+    seq = rng.integers(1, NUM_ITEMS + 1, (4, MAX_LEN + 1)).astype(np.int32)
+    batch = sharding.put_batch({"target": {"inputs": seq[:, :-1], "targets": seq[:, 1:], "items": seq[:, 1:]}}, mesh)
+    state, stats = step(state, batch, jax.random.key(0))
+  assert np.isfinite(float(stats["loss"]))
+  after = common.flatten(jax.device_get(state["params"]))
+  before = common.flatten(params)
+  for path in frozen:
+    assert after[path].tobytes() == before[path].tobytes(), path
+  assert any(not np.array_equal(after[p], before[p]) for p, m in mults.items() if m is not None)
+
+
+# --- transfer across encoders by role ----------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["gru4rec", "nextitnet", "bert4rec"])
+def test_sasrec_item_table_initialises_another_encoder(target):
+  source = build("sasrec")
+  pretrained = perturbed(init(source, seed=1))
+  source_info = transfer_apply.SourceEncoder("SASRec", source.roles())
+  encoder, module, plan = bound(target, "embedding_transfer")
+  fresh = init(module, seed=2)
+  target_keys = list(reversed(KEYS))  # another vocabulary order: rows move by key
+  params, report = plan.init_params(fresh, pretrained, KEYS, target_keys, source_info)
+  src, dst = pretrained["item_embed"]["embedding"], params["item_embed"]["embedding"]
+  for target_id, key in enumerate(target_keys, start=1):
+    np.testing.assert_array_equal(dst[target_id], src[KEYS.index(key) + 1])
+  assert report["loaded"] == ["item_embed/embedding", "output_bias"]
+  block = plan.roles.blocks[0]
+  for path, value in common.flatten(params).items():
+    if path.startswith(block + "/"):
+      np.testing.assert_array_equal(value, common.flatten(fresh)[path])  # the encoder starts fresh
+  # loading every param by path across encoders is refused, naming the preset that maps roles
+  encoder, module, plan = bound(target, "full_finetune")
+  with pytest.raises(ValueError, match=r"the pretrained model is a SASRec, the target a .*embedding_transfer"):
+    plan.init_params(init(module), pretrained, KEYS, KEYS, source_info)
+
+
+def test_no_role_that_maps_is_an_error():
+  pop = build("popularity")
+  source = transfer_apply.SourceEncoder("Popularity", pop.roles())
+  encoder, module, plan = bound("gru4rec", "embedding_transfer")
+  params = init(module)
+  with pytest.raises(ValueError, match=r"no role of .* maps from Popularity to GRU4Rec"):
+    plan.init_params(params, {"something": np.zeros(3)}, KEYS, KEYS, source)
+
+
+def test_remat_with_inserted_modules_is_a_clear_error():
+  plan = transfer_apply.prepare(transfer_config("adapter"))
+  with pytest.raises(ValueError, match=r"model.remat .* set model.remat=False"):
+    plan.bind(build("sasrec", remat=True))
+
+
+# --- objective terms ---------------------------------------------------------------------------
+
+def _batches(seed=0):
+  seq = np.random.default_rng(seed).integers(1, NUM_ITEMS + 1, (4, MAX_LEN + 1)).astype(np.int32)
+  seq[0, :3] = 0  # a padded row
+  return {"target": {"inputs": jnp.asarray(seq[:, :-1]), "targets": jnp.asarray(seq[:, 1:]),
+                     "items": jnp.asarray(seq[:, 1:])}}
+
+
+@pytest.mark.parametrize("name,terms", [("sasrec", ()), ("sasrec", (("sampled_softmax", 1.0), ("bce", 0.5))),
+                                        ("bert4rec", ()), ("gru4rec", (("full_softmax", 2.0),))])
+def test_objective_terms_sum_and_are_reported_one_by_one(name, terms):
+  cfg = base_config()
+  cfg.objective.terms = terms
+  module = build(name)
+  objective = objectives.build(cfg.objective, module.causal)
+  params = init(module)
+  total, parts = objective.loss(module, params, _batches(), jax.random.key(0), NUM_ITEMS)
+  weights = dict((t.name, w) for t, w in objective.terms)
+  assert set(parts) == set(weights) and np.isfinite(float(total))
+  assert float(total) == pytest.approx(sum(weights[k] * float(v) for k, v in parts.items()), rel=1e-5)
+  assert objective.names == ([t for t, _ in terms] or (["full_softmax"] if module.causal else ["cloze"]))
+  # deterministic per rng: the same step gives the same loss, another step another (dropout, masks)
+  again, _ = objective.loss(module, params, _batches(), jax.random.key(0), NUM_ITEMS)
+  other, _ = objective.loss(module, params, _batches(), jax.random.key(1), NUM_ITEMS)
+  assert float(again) == float(total) and float(other) != float(total)
+
+
+def test_cloze_masks_valid_positions_and_always_the_newest_item():
+  module = build("bert4rec")
+  seen = {}
+
+  class Spy:  # records the inputs the term feeds the model
+    def apply(self, variables, inputs, **kwargs):
+      seen["inputs"] = np.asarray(inputs)
+      return module.apply(variables, inputs, **kwargs)
+
+  cfg = base_config()
+  ctx = objectives.TermContext(Spy(), init(module), _batches(), jax.random.key(3), NUM_ITEMS, cfg.objective.cloze)
+  loss, count = objectives.cloze(ctx)
+  items = np.asarray(_batches()["target"]["items"])
+  masked = seen["inputs"] == NUM_ITEMS + 1
+  assert masked[:, -1].all() and not masked[items == 0].any()  # newest item always, padding never
+  assert (seen["inputs"][~masked] == items[~masked]).all() and int(count) == masked.sum()
+
+
+def test_bad_objectives_fail_naming_what_is_valid():
+  cfg = base_config()
+  cfg.objective.terms = (("cloze", 1.0),)
+  with pytest.raises(ValueError, match=r"objective term 'cloze' needs a bidirectional encoder; SASRec is causal: "
+                                       r"terms that apply: \['bce', 'full_softmax', 'sampled_softmax'\]"):
+    objectives.build(cfg.objective, True, encoder="SASRec")
+  cfg.objective.terms = (("full_softmax", 1.0),)
+  with pytest.raises(ValueError, match=r"needs a causal encoder; BERT4Rec is bidirectional"):
+    objectives.build(cfg.objective, False, encoder="BERT4Rec")
+  cfg.objective.terms = (("ful_softmax", 1.0),)
+  with pytest.raises(ValueError, match=r"Unknown objective term 'ful_softmax'; valid: \["):
+    objectives.build(cfg.objective, True)
+  term = objectives.Term("from_source", ("target", "source"), "any", objectives.cloze)
+  objectives.TERMS["from_source"] = term
+  try:
+    cfg.objective.terms = (("from_source", 1.0),)
+    with pytest.raises(ValueError, match=r"reads the stream\(s\) \['source'\], which this run does not provide; "
+                                         r"available: \['target'\]"):
+      objectives.build(cfg.objective, True)
+  finally:
+    del objectives.TERMS["from_source"]
