@@ -28,7 +28,8 @@ Class attributes
                       (xrec/train/objectives.py checks the pairing)
   uses_mask_token: bool  True: id num_items + 1 is the [MASK] token (`mask_token_id`), so the
                       table has one more row than the items and padding
-  fitted: bool        True: params come from counting (`fit_params`), not from gradients
+  fitted: bool        True: params come from counting, not from gradients: such an encoder has
+                      fit_params(item_counts [num_items + 1]) -> params (popularity)
 
 Param trees are plain nested dicts with readable `a/b/c` paths and logical axis names (`vocab`,
 `embed`, `mlp`, `heads`, `kv`) on the large params, so sharding rules apply.

@@ -50,8 +50,8 @@ class Popularity(nn.Module):
     table, bias = self.output_table()
     return common.score_items(self.encode(inputs)[:, -1], table, bias)
 
-
-def fit_params(counts, vocab_size: int) -> dict:
-  """counts: int [num_items + 1] over the training users' sequences -> the param tree."""
-  table = jnp.zeros((vocab_size,), jnp.float32).at[: len(counts)].set(jnp.asarray(counts, jnp.float32))
-  return {"output_bias": table}
+  def fit_params(self, item_counts) -> dict:
+    """The fitted encoders' part of the contract: item_counts [num_items + 1] over the training
+    users' sequences -> the param tree."""
+    counts = jnp.asarray(item_counts, jnp.float32)
+    return {"output_bias": jnp.zeros((self.vocab_size,), jnp.float32).at[: len(counts)].set(counts)}

@@ -32,7 +32,7 @@ from xrec import models
 from xrec import sharding
 from xrec.data import pipeline
 from xrec.evaluate import evaluator as evaluation
-from xrec.models import common, popularity
+from xrec.models import common
 from xrec.train import checkpoint as ckpt
 from xrec.train import objectives
 from xrec.train import optimizer as optim
@@ -177,7 +177,7 @@ def initial_params(config, workdir, model: Model, state, param_sh, domain):
     state, meta = ckpt.restore_state(init.path, state)
   elif model.module.fitted:  # counted, not trained: the training users' item counts
     counts = pipeline.item_counts(domain)
-    state["params"] = jax.device_put(popularity.fit_params(counts, model.module.vocab_size), param_sh)
+    state["params"] = jax.device_put(model.module.fit_params(counts), param_sh)
     init = ckpt.InitSource("fitted")
   elif init.kind == "pretrained":
     if not plan.strategy.load:
