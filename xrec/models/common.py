@@ -33,6 +33,40 @@ def output_bias_param(module: nn.Module, vocab_size: int, param_dtype):
   return module.param("output_bias", with_axes(nn.initializers.zeros, ("vocab",)), (vocab_size,), param_dtype)
 
 
+class ScoresItems:
+  """The contract's scoring half for encoders with `item_embed`, optional `output_embed`
+  (tie_embeddings=False) and `output_bias` (set in setup): output_table, __call__ and a causal
+  score_last from the last position. Mixed into the encoders' linen modules."""
+
+  def output_table(self):
+    """Item table used for scoring: [vocab, embed] and bias [vocab]."""
+    table = self.item_embed.embedding if self.tie_embeddings else self.output_embed.embedding
+    return table, self.output_bias
+
+  def __call__(self, inputs, deterministic: bool = True):
+    """Returns (hidden [batch, len, embed], item table [vocab, embed], bias [vocab])."""
+    hidden = self.encode(inputs, deterministic)
+    table, bias = self.output_table()
+    return hidden, table, bias
+
+  def score_last(self, inputs):
+    """Scores of every item as the next one after each sequence: [batch, vocab] float32."""
+    hidden = self.encode(self.scoring_inputs(inputs), deterministic=True)[:, -1]
+    table, bias = self.output_table()
+    return score_items(hidden, table, bias)
+
+  def scoring_inputs(self, inputs):
+    """What score_last encodes (causal encoders: the inputs themselves)."""
+    return inputs
+
+  def item_tables(self, vocab_size: int, embed_dim: int, dtype, param_dtype):
+    """Creates item_embed, output_embed (untied only) and output_bias; call from setup."""
+    self.item_embed = item_embedding(vocab_size, embed_dim, dtype, param_dtype)
+    if not self.tie_embeddings:
+      self.output_embed = item_embedding(vocab_size, embed_dim, dtype, param_dtype)
+    self.output_bias = output_bias_param(self, vocab_size, param_dtype)
+
+
 def score_items(hidden, table, bias):
   """hidden [..., embed] x table [vocab, embed] -> logits [..., vocab], fp32 accumulation."""
   logits = jnp.einsum("...d,vd->...v", hidden, table.astype(hidden.dtype),

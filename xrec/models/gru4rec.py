@@ -48,7 +48,7 @@ class GRULayer(nn.Module):
     return states
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(common.ScoresItems, nn.Module):
   """Inputs: item ids [batch, max_len], right-aligned, 0 = padding."""
 
   vocab_size: int
@@ -78,10 +78,7 @@ class GRU4Rec(nn.Module):
                       blocks=layers, final_norm="final_ln", sublayers=layers)
 
   def setup(self):
-    self.item_embed = common.item_embedding(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
-    if not self.tie_embeddings:
-      self.output_embed = common.item_embedding(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
-    self.output_bias = common.output_bias_param(self, self.vocab_size, self.param_dtype)
+    self.item_tables(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
     layer = nn.remat(GRULayer) if self.remat else GRULayer
     self.layers = [layer(self.embed_dim, self.dtype, self.param_dtype, name=f"layer_{i}")
                    for i in range(self.num_layers)]
@@ -96,17 +93,3 @@ class GRU4Rec(nn.Module):
     for layer in self.layers:
       x = self.drop(layer(x, valid), deterministic=deterministic)
     return self.final_ln(x) * valid[..., None].astype(x.dtype)
-
-  def output_table(self):
-    table = self.item_embed.embedding if self.tie_embeddings else self.output_embed.embedding
-    return table, self.output_bias
-
-  def __call__(self, inputs, deterministic: bool = True):
-    hidden = self.encode(inputs, deterministic)
-    table, bias = self.output_table()
-    return hidden, table, bias
-
-  def score_last(self, inputs):
-    hidden = self.encode(inputs, deterministic=True)[:, -1]
-    table, bias = self.output_table()
-    return common.score_items(hidden, table, bias)

@@ -49,7 +49,7 @@ class ResidualBlock(nn.Module):
     return (x + h) * valid[..., None].astype(x.dtype)
 
 
-class NextItNet(nn.Module):
+class NextItNet(common.ScoresItems, nn.Module):
   """Inputs: item ids [batch, max_len], right-aligned, 0 = padding."""
 
   vocab_size: int
@@ -84,10 +84,7 @@ class NextItNet(nn.Module):
     if not self.dilations or any(int(d) < 1 for d in self.dilations) or self.kernel_size < 1:
       raise ValueError(f"nextitnet needs dilations >= 1 and kernel_size >= 1; got dilations="
                        f"{tuple(self.dilations)}, kernel_size={self.kernel_size}")
-    self.item_embed = common.item_embedding(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
-    if not self.tie_embeddings:
-      self.output_embed = common.item_embedding(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
-    self.output_bias = common.output_bias_param(self, self.vocab_size, self.param_dtype)
+    self.item_tables(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
     block = nn.remat(ResidualBlock, static_argnums=(3,)) if self.remat else ResidualBlock
     self.blocks = [block(self.kernel_size, int(d), self.dropout, self.dtype, self.param_dtype, name=f"block_{i}")
                    for i, d in enumerate(self.dilations)]
@@ -100,17 +97,3 @@ class NextItNet(nn.Module):
     for blk in self.blocks:
       x = blk(x, valid, deterministic)
     return self.final_ln(x) * valid[..., None].astype(x.dtype)
-
-  def output_table(self):
-    table = self.item_embed.embedding if self.tie_embeddings else self.output_embed.embedding
-    return table, self.output_bias
-
-  def __call__(self, inputs, deterministic: bool = True):
-    hidden = self.encode(inputs, deterministic)
-    table, bias = self.output_table()
-    return hidden, table, bias
-
-  def score_last(self, inputs):
-    hidden = self.encode(inputs, deterministic=True)[:, -1]
-    table, bias = self.output_table()
-    return common.score_items(hidden, table, bias)

@@ -96,7 +96,7 @@ class Block(nn.Module):
     return x + nn.Dropout(self.dropout)(m, deterministic=deterministic)
 
 
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(common.ScoresItems, nn.Module):
   """The body of SASRec and BERT4Rec; subclasses set `causal` and `uses_mask_token`."""
 
   vocab_size: int  # rows of the item table (items + padding [+ mask], rounded up for sharding)
@@ -138,10 +138,7 @@ class TransformerEncoder(nn.Module):
         attention=tuple(f"{b}/attn" for b in blocks))
 
   def setup(self):
-    self.item_embed = common.item_embedding(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
-    if not self.tie_embeddings:
-      self.output_embed = common.item_embedding(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
-    self.output_bias = common.output_bias_param(self, self.vocab_size, self.param_dtype)
+    self.item_tables(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
     self.pos_embed = nn.Embed(self.max_len, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                               embedding_init=common.with_axes(nn.initializers.normal(0.02), (None, "embed")))
     block = nn.remat(Block, static_argnums=(3,)) if self.remat else Block
@@ -168,21 +165,8 @@ class TransformerEncoder(nn.Module):
       x = blk(x, mask, deterministic)
     return self.final_ln(x)
 
-  def output_table(self):
-    """Item table used for scoring: [vocab, embed] and bias [vocab]."""
-    table = self.item_embed.embedding if self.tie_embeddings else self.output_embed.embedding
-    return table, self.output_bias
-
-  def __call__(self, inputs, deterministic: bool = True):
-    """Returns (hidden [batch, len, embed], item table [vocab, embed], bias [vocab])."""
-    hidden = self.encode(inputs, deterministic)
-    table, bias = self.output_table()
-    return hidden, table, bias
-
-  def score_last(self, inputs):
-    """Scores of every item as the next one after each sequence: [batch, vocab] float32."""
-    if not self.causal:  # bidirectional: the next item is the masked position appended at the end
-      inputs = jnp.concatenate([inputs[:, 1:], jnp.full_like(inputs[:, :1], self.mask_token_id)], axis=1)
-    hidden = self.encode(inputs, deterministic=True)[:, -1]
-    table, bias = self.output_table()
-    return common.score_items(hidden, table, bias)
+  def scoring_inputs(self, inputs):
+    if self.causal:
+      return inputs
+    # bidirectional: the next item is the masked position appended at the end
+    return jnp.concatenate([inputs[:, 1:], jnp.full_like(inputs[:, :1], self.mask_token_id)], axis=1)
