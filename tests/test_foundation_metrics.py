@@ -94,3 +94,17 @@ def test_top_k_on_device_respects_masks():
   scores = np.arange(8, dtype=np.float32)[None]
   ids, vals = M.top_k_items(jnp.asarray(scores), 3, num_items=6, history=jnp.array([[6]]))
   assert ids.tolist() == [[5, 4, 3]]  # 7 is sharding padding, 6 is history
+
+
+def test_non_finite_scores_rank_last():
+  """A diverged model (NaN params -> NaN scores) scores 0, never 1 (NaN >= x is False)."""
+  n = 6
+  nan = jnp.full((2, n + 2), jnp.nan)
+  rank = M.target_rank(nan, jnp.array([1, 3]), n)
+  assert rank.tolist() == [n - 1, n - 1]  # every other real item beats it (padding ids never count)
+  out = M.finalize(M.metric_sums(rank, jnp.ones(2), (1,)))
+  assert out["hr@1"] == 0.0 and out["ndcg@1"] == 0.0
+  scores = jnp.array([[0.0, 0.1, jnp.nan, 0.3, 0.2, 0.05, 0.0, 0.0]])
+  assert int(M.target_rank(scores, jnp.array([3]), n)[0]) == 1  # only the NaN item beats it
+  scores = scores.at[0, 3].set(jnp.nan)
+  assert int(M.target_rank(scores, jnp.array([3]), n)[0]) == n - 1  # a NaN target is last

@@ -244,3 +244,25 @@ def test_killed_before_first_checkpoint_reruns_cleanly(data_dir, tmp_path):
   again = train_and_evaluate(cfg, str(tmp_path / "killed"))
   assert again["init"]["kind"] == "scratch"
   assert again["test"]["ndcg@10"] == pytest.approx(full["test"]["ndcg@10"], abs=1e-6)
+
+
+def test_a_resumed_transfer_reports_what_its_first_start_loaded(data_dir, tmp_path):
+  """Shared (not stored) params and the item report survive a kill: the budget of a resumed
+  adapter run equals the uninterrupted one."""
+  pre = tiny_config(data_dir)
+  train_and_evaluate(pre, str(tmp_path / "pre"))
+  cfg = tiny_config(data_dir)
+  cfg.data.domain = "target"
+  cfg.transfer.strategy = "adapter"
+  cfg.train.init_from = str(tmp_path / "pre")
+  full = train_and_evaluate(cfg, str(tmp_path / "full"))
+  cfg.train.stop_after_steps = 5  # past the step-4 checkpoint
+  train_and_evaluate(cfg, str(tmp_path / "killed"))
+  cfg.train.stop_after_steps = 0
+  resumed = train_and_evaluate(cfg, str(tmp_path / "killed"))
+  assert resumed["init"]["kind"] == "resume_workdir"
+  assert resumed["transfer"]["stored_bytes"] == full["transfer"]["stored_bytes"] < 4 * full["transfer"]["total"]
+  assert resumed["transfer"]["items"] == full["transfer"]["items"] and full["transfer"]["items"]["overlap"] == 200
+  timing = ("eval_seconds", "users_per_second")
+  assert {k: v for k, v in resumed["test"].items() if k not in timing} == {
+      k: v for k, v in full["test"].items() if k not in timing}

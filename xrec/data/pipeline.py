@@ -54,7 +54,7 @@ class DomainSequences:
   train_users: np.ndarray  # int64 [train users]: the few-shot subset whose sequences train
   eval_users: np.ndarray  # int64 [population]: the users every evaluation scores
   population: dict  # how eval_users were chosen: kind, users, keys_sha256, description
-  item_frequency: np.ndarray  # int64 [num_items + 1]: interactions per item id over every user
+  item_frequency: np.ndarray  # int64 [num_items + 1]: interactions per item id in every user's training part
   metadata: dict
 
   @property
@@ -86,8 +86,8 @@ def select_fraction(num_users: int, user_keys, fraction: float, seed: int) -> np
   if keep < 1:
     raise ValueError(
         f"data.user_fraction={fraction:g} keeps no training user: round({fraction:g} * {num_users} "
-        f"users) = 0. The smallest fraction that keeps one user of this pool is {0.5 / num_users:.3g}; "
-        f"e.g. use data.user_fraction={1.0 / num_users:.3g}")
+        f"users) = 0. Use data.user_fraction >= {1.0 / num_users:.3g} (one user of this pool of "
+        f"{num_users})")
   return np.sort(few_shot_order(user_keys, seed)[:keep])
 
 
@@ -188,7 +188,7 @@ def index_domain(name, source, item_keys, user_fraction=1.0, fraction_seed=0, me
           f"valid range [1, {n_items}] of the item vocabulary (0 is padding)")
     user_keys.append(key)
     lengths.append(items.size)
-    all_items.append(items)
+    all_items.append(items[:-2])  # what training may see (valid / test targets are held out)
   if not user_keys:
     raise ValueError(f"Domain {name!r} has no users")
   frequency = np.bincount(np.concatenate(all_items).astype(np.int64), minlength=n_items + 1)

@@ -9,7 +9,8 @@ the target's 0-based rank among all valid items:
 
 Ties are counted against the target (rank = number of other valid items
 scoring >= the target), so a model that scores everything equally gets the
-worst rank, never a lucky one. With `mask_history`, items the user
+worst rank, never a lucky one; NaN scores count as worst too (a diverged model
+scores 0). With `mask_history`, items the user
 interacted with before the target are removed from the ranking (the target
 itself is never removed).
 """
@@ -43,10 +44,14 @@ def target_rank(scores, targets, num_items: int, history=None):
   history [batch, hist] ids to exclude (0 = padding) or None.
   """
   rows = jnp.arange(scores.shape[0])
+  # a non-finite score is worthless: a NaN target ranks last, a NaN item beats the target (so a
+  # diverged model scores 0, never a perfect 1 from comparisons with NaN being False)
   target_score = scores[rows, targets]
-  masked = mask_scores(scores, num_items, history)
+  target_score = jnp.where(jnp.isnan(target_score), -jnp.inf, target_score)
   ids = jnp.arange(scores.shape[-1])
-  beats = (masked >= target_score[:, None]) & (ids[None, :] != targets[:, None])
+  ranked = jnp.isfinite(mask_scores(jnp.zeros_like(scores), num_items, history))  # valid, not history
+  beats = (jnp.where(jnp.isnan(scores), jnp.inf, scores) >= target_score[:, None]) & ranked
+  beats = beats & (ids[None, :] != targets[:, None])
   return beats.sum(-1).astype(jnp.int32)
 
 

@@ -3,8 +3,9 @@
 Item embeddings -> one residual block per entry of `dilations` -> LayerNorm. A block is
   x + conv_1(relu(ln_1(conv_0(relu(ln_0(x))))))
 where conv_0 has dilation d and conv_1 dilation 2d (kernel `kernel_size`), both causal (left
-padding only), so position t sees items <= t and predicts item t + 1. Padded positions are zeroed
-after every block.
+padding only), so position t sees items <= t and predicts item t + 1. Padded positions are zero
+at the input of every convolution and after every block, so a sequence's states do not depend
+on how much padding precedes it.
 
 Param tree:
   item_embed/embedding [vocab, embed], output_embed/embedding (untied only), output_bias [vocab]
@@ -41,9 +42,10 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x, valid, deterministic):
     channels = x.shape[-1]
-    h = nn.relu(common.layer_norm("ln_0", self.dtype, self.param_dtype)(x))
+    keep = valid[..., None].astype(x.dtype)  # padding stays 0 into every convolution
+    h = nn.relu(common.layer_norm("ln_0", self.dtype, self.param_dtype)(x)) * keep
     h = self._conv("conv_0", self.dilation, channels)(h)
-    h = nn.relu(common.layer_norm("ln_1", self.dtype, self.param_dtype)(h))
+    h = nn.relu(common.layer_norm("ln_1", self.dtype, self.param_dtype)(h)) * keep
     h = self._conv("conv_1", 2 * self.dilation, channels)(h)
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     return (x + h) * valid[..., None].astype(x.dtype)

@@ -323,8 +323,11 @@ def build(records: list[dict], layout: dict, metric: str, kind: str = "metric", 
         if not values:
           continue
         if per_user is not None and len(base) == 1:
-          ub = _per_user(next(iter(base.values())), metric)
-          per_user = per_user - ub if ub is not None and len(ub) == len(per_user) else None
+          base_record = next(iter(base.values()))
+          ub = _per_user(base_record, metric)
+          same = ub is not None and len(ub) == len(per_user) and _population(base_record) == _population(
+              next(iter(raw.values())))
+          per_user = per_user - ub if same else None
       mean, std = mean_std(list(values.values()))
       if len(values) >= 2:
         ci = t_interval(list(values.values()))
@@ -423,8 +426,8 @@ def legend(table: Table) -> str:
           f"gain in test {table.metric} over scratch (paired, at the best validation checkpoints)")
   ns = sorted({c.n for c in table.cells.values() if not c.not_applicable})
   tests = sorted({t for c in table.cells.values() for t in c.test.values()})
-  how = {"t": "paired t-test over seeds", "bootstrap": f"per-user paired bootstrap ({BOOTSTRAP_RESAMPLES:,} "
-         "resamples of the evaluation users)"}
+  how = {"t": "paired t-test over seeds (exact sign-flip p where the differences are constant)",
+         "bootstrap": f"per-user paired bootstrap ({BOOTSTRAP_RESAMPLES:,} resamples of the evaluation users)"}
   spread = ("95% CI over seeds (t interval)" if ns and ns[-1] >= 2 else
             "95% CI from a per-user bootstrap (one seed)")
   text = (f"{what}; mean ± {spread}; seeds per cell: {', '.join(map(str, ns))}; bold: best mean per "

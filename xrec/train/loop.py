@@ -44,6 +44,7 @@ from xrec.transfer import vocab
 log = logging.getLogger("xrec")
 ITEM_KEYS_FILE = "item_keys.json"  # the run's item vocabulary: transfer maps rows by these raw keys
 MODEL_FILE = "model.json"  # the run's encoder: transfer reads its roles from it
+TRANSFER_REPORT_FILE = "transfer_report.json"  # what a pretrained init loaded (kept for resumes)
 
 
 def validate(config) -> None:
@@ -175,6 +176,7 @@ def initial_params(config, workdir, model: Model, state, param_sh, domain):
   meta, report = BestTracker.fresh_meta(), None
   if init.kind in ("resume_workdir", "resume_path"):
     state, meta = ckpt.restore_state(init.path, state)
+    report = _read_json(os.path.join(init.path, TRANSFER_REPORT_FILE))  # what the first start loaded
   elif model.module.fitted:  # counted, not trained: the training users' item counts
     counts = pipeline.item_counts(domain)
     state["params"] = jax.device_put(model.module.fit_params(counts), param_sh)
@@ -188,6 +190,9 @@ def initial_params(config, workdir, model: Model, state, param_sh, domain):
     params, report = plan.init_params(jax.device_get(state["params"]), pretrained,
                                       _item_keys(init.path), domain.item_keys, model.source)
     state["params"] = jax.device_put(params, param_sh)
+    if jax.process_index() == 0:  # a resumed run reports the same loading (shared params, items)
+      writing.write_json_atomic(os.path.join(workdir, TRANSFER_REPORT_FILE),
+                                {k: report[k] for k in ("strategy", "loaded", "fresh", "shared", "items", "positions")})
   elif plan.strategy.load:
     raise ValueError(f"transfer.strategy={plan.name!r} starts from a pretrained model: "
                      "set train.init_from to the pretraining run's workdir")
@@ -417,3 +422,10 @@ def _item_keys(workdir: str) -> list[str]:
                             "map item rows by raw key")
   with open(path) as f:
     return json.load(f)["item_keys"]
+
+
+def _read_json(path: str):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

@@ -198,6 +198,8 @@ def tuning_grid(config) -> tuple[list[dict[str, Any]], dict]:
   """The candidate overrides of a cell's trained stage (the `tune` grid; one candidate, no
   overrides, when nothing is tuned) and a note of what was tuned and why."""
   note = {}
+  if models.model_class(config.model.name).fitted:
+    return [{}], {"tuned": {}, "skipped": "the model is fitted by counting, not trained"}
   if not _strategy_of(config).train:
     return [{}], {"tuned": {}, "skipped": "the strategy trains nothing"}
   axes = []
