@@ -174,7 +174,7 @@ def test_bad_protocol_values_fail_naming_the_field(data_dir, tmp_path):
   c = tiny_config(data_dir)
   c.data.domain = "target"
   c.data.user_fraction = 0.001  # round(0.001 * 60) = 0 users
-  with pytest.raises(ValueError, match=r"data.user_fraction=0.001 keeps no training user.*smallest fraction"):
+  with pytest.raises(ValueError, match=r"data.user_fraction=0.001 keeps no training user.*Use data.user_fraction >= 0.0167"):
     train_and_evaluate(c, str(tmp_path / "a"))
   c = tiny_config(data_dir)
   c.data.eval_population = "unseen"
