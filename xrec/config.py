@@ -44,6 +44,11 @@ def base_config() -> ml_collections.ConfigDict:
   # The users whose valid / test targets are scored, identical for every fraction, strategy and
   # seed: "all" (every user of the domain, each from its own history) | "unseen" (a fixed
   # eval_unseen_fraction of the users, drawn with eval_population_seed, never used for training).
+  # Augmentation of training examples (xrec/data/augment.py), composable with any strategy:
+  # with probability `prob` an example is built from one operation of `ops` (empty = off); the
+  # ratios set each operation's strength. Contrastive terms (objective cl4srec) take two views.
+  c.data.augment = ml_collections.ConfigDict(dict(
+      ops=(), prob=0.5, crop=0.6, mask=0.3, reorder=0.3, substitute=0.2, insert=0.2))
   c.data.eval_population = "all"
   c.data.eval_unseen_fraction = 0.2
   c.data.eval_population_seed = 0

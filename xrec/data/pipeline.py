@@ -211,7 +211,12 @@ def right_align(seq: np.ndarray, max_len: int) -> np.ndarray:
 def train_example(seq: np.ndarray, max_len: int) -> dict:
   """Training window of one user: every position of `inputs` predicts the next item (`targets`);
   `items` is the last max_len training items themselves (for cloze-style objectives)."""
-  train = seq[:-2][-(max_len + 1):]
+  return window_example(seq[:-2], max_len)
+
+
+def window_example(train: np.ndarray, max_len: int) -> dict:
+  """The example of a training part (a sequence without its valid / test items)."""
+  train = train[-(max_len + 1):]
   return {"inputs": right_align(train[:-1], max_len), "targets": right_align(train[1:], max_len),
           "items": right_align(train, max_len)}
 
@@ -240,7 +245,17 @@ class TrainBatches:
   """
 
   def __init__(self, domain: DomainSequences, batch_size: int, max_len: int, seed: int,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1, augmenter=None, augment_prob: float = 0.0,
+               views: bool = False):
+    """augmenter (xrec/data/augment.py): with probability `augment_prob` a training example is
+    built from an augmented view of the training part; `views`: every example also carries two
+    augmented views `view_a`, `view_b` [max_len] (contrastive objectives). All randomness is keyed
+    by (seed, step, global row), so a batch stays a pure function of (seed, step)."""
+    if (augment_prob > 0 or views) and augmenter is None:
+      raise ValueError("augmented examples or views need data.augment.ops (e.g. ('crop', 'mask', 'reorder'))")
+    if not 0.0 <= augment_prob <= 1.0:
+      raise ValueError(f"data.augment.prob={augment_prob!r} must be in [0, 1]")
+    self.augmenter, self.augment_prob, self.views = augmenter, augment_prob, views
     # users with fewer than 4 interactions have no (input, next) pair before valid/test
     self.users = domain.train_users[domain.lengths[domain.train_users] >= 4]
     if len(self.users) == 0:
@@ -265,10 +280,25 @@ class TrainBatches:
       self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.users)}
     return int(self._perms[epoch][i])
 
+  def example(self, step: int, row: int) -> dict:
+    """The example at global position `row` of batch `step`."""
+    train = self.domain.sequence(self._user(row))[:-2]
+    if self.augmenter is None:
+      return window_example(train, self.max_len)
+    key = (self.seed, step, row)
+    if self.augment_prob > 0 and np.random.default_rng(key + (0,)).random() < self.augment_prob:
+      out = window_example(self.augmenter.view(train, key + (1,)), self.max_len)
+    else:
+      out = window_example(train, self.max_len)
+    if self.views:
+      out["view_a"] = right_align(self.augmenter.view(train, key + (2,)), self.max_len)
+      out["view_b"] = right_align(self.augmenter.view(train, key + (3,)), self.max_len)
+    return out
+
   def batch(self, step: int) -> dict:
     start = step * self.batch_size
     rows = range(start + self.local.start, start + self.local.stop)
-    return _stack([train_example(self.domain.sequence(self._user(p)), self.max_len) for p in rows])
+    return _stack([self.example(step, p) for p in rows])
 
   def iterate(self, start_step: int, num_steps: int, prefetch: int = 4):
     """grain pipeline over steps [start_step, num_steps), prepared ahead in threads."""

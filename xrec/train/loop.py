@@ -30,7 +30,7 @@ import optax
 
 from xrec import models
 from xrec import sharding
-from xrec.data import pipeline
+from xrec.data import augment, pipeline
 from xrec.evaluate import evaluator as evaluation
 from xrec.models import common
 from xrec.train import checkpoint as ckpt
@@ -281,8 +281,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if plan.not_applicable:
     log.warning("transfer %s: %s", plan.name, plan.not_applicable)
 
+  augmenter = augment.from_config(config.data.augment, module.num_items + 1 if module.uses_mask_token else 0,
+                                  (domain.sequence(u)[:-2] for u in domain.train_users), domain.num_items)
+  views = bool({"view_a", "view_b"} & set(model.objective.fields))
+  if views and augmenter is None:
+    raise ValueError(f"objective terms {model.objective.names} contrast augmented views: set data.augment.ops "
+                     f"(valid: {list(augment.OPS)})")
   batches = pipeline.TrainBatches(domain, config.train.batch_size, max_len, config.seed,
-                                  jax.process_index(), jax.process_count())
+                                  jax.process_index(), jax.process_count(), augmenter,
+                                  config.data.augment.prob if augmenter else 0.0, views)
   trains = plan.train and not module.fitted
   num_steps = total_steps(config, batches) if trains else 0  # zero_shot / fitted: evaluate only
   schedule = optim.learning_rate_schedule(config.optim, max(num_steps, 1))

@@ -17,6 +17,8 @@ Each stream batch has (xrec/data/pipeline.py TrainBatches):
   inputs  [batch, len]  the training window without its last item (right-aligned)
   targets [batch, len]  the next item at every position (0 = padding)
   items   [batch, len]  the training window itself (right-aligned), for cloze-style terms
+  view_a, view_b [batch, len]  two augmented views (data.augment), when a term declares them in
+                        `fields` (cl4srec)
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Term:
   fn: Callable[[TermContext], tuple[jax.Array, jax.Array]]
   doc: str = ""
   options: dict = dataclasses.field(default_factory=dict)  # defaults of config.objective.<name>
+  fields: tuple[str, ...] = ()  # batch fields it reads beyond inputs / targets / items (e.g. views)
 
 
 def _next_item(loss_fn, **extra):
@@ -88,6 +91,26 @@ def cloze(ctx: TermContext):
   return losses.full_softmax(hidden, targets, table, bias, num_items=ctx.num_items)
 
 
+def cl4srec(ctx: TermContext):
+  """CL4SRec's contrastive term (Xie et al., 2022): two augmented views of each training sequence
+  (data.augment) are encoded, and each view's last hidden state must pick its partner among the
+  2N - 1 other views of the batch (NT-Xent over cosine similarities / cl4srec.temperature)."""
+  batch = ctx.batches["target"]
+  n = batch["view_a"].shape[0]
+  rng_a, rng_b = jax.random.split(ctx.rng)
+  h_a = ctx.module.apply({"params": ctx.params}, batch["view_a"], deterministic=False, rngs={"dropout": rng_a},
+                         method="encode")[:, -1]
+  h_b = ctx.module.apply({"params": ctx.params}, batch["view_b"], deterministic=False, rngs={"dropout": rng_b},
+                         method="encode")[:, -1]
+  z = jnp.concatenate([h_a, h_b]).astype(jnp.float32)
+  z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-6)
+  sim = z @ z.T / ctx.options.temperature
+  sim = jnp.where(jnp.eye(2 * n, dtype=bool), -1e9, sim)  # a view is not its own candidate
+  partner = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+  log_probs = jax.nn.log_softmax(sim, axis=-1)
+  return -log_probs[jnp.arange(2 * n), partner].mean(), jnp.asarray(2 * n, jnp.float32)
+
+
 TERMS: dict[str, Term] = {t.name: t for t in (
     Term("full_softmax", ("target",), "causal", _next_item(losses.full_softmax),
          "next-item cross-entropy over the whole catalogue"),
@@ -101,6 +124,8 @@ TERMS: dict[str, Term] = {t.name: t for t in (
          "the original SASRec loss: BCE on the target vs one uniform negative"),
     Term("cloze", ("target",), "bidirectional", cloze, "BERT4Rec's masked-item prediction",
          {"mask_prob": 0.2}),  # share of positions masked (plus the last one)
+    Term("cl4srec", ("target",), "any", cl4srec, "contrast two augmented views of each sequence",
+         {"temperature": 0.5}, fields=("view_a", "view_b")),
 )}
 
 
@@ -116,6 +141,11 @@ class Objective:
   @property
   def names(self) -> list[str]:
     return [t.name for t, _ in self.terms]
+
+  @property
+  def fields(self) -> tuple[str, ...]:
+    """Batch fields the terms read beyond inputs / targets / items (the pipeline provides them)."""
+    return tuple(sorted({f for t, _ in self.terms for f in t.fields}))
 
   def loss(self, module, params, batches: dict, rng, num_items: int, sampling_probs=None):
     """(weighted total, {term name: loss}) for one step; each term gets its own rng."""
@@ -165,4 +195,7 @@ def build(objective_cfg, causal: bool, available_streams=STREAMS, encoder: str =
   cloze_cfg = objective_cfg.get("cloze")
   if cloze_cfg is not None and not 0.0 < cloze_cfg.mask_prob < 1.0:
     raise ValueError(f"objective.cloze.mask_prob={cloze_cfg.mask_prob!r} must be in (0, 1)")
+  cl_cfg = objective_cfg.get("cl4srec")
+  if cl_cfg is not None and not cl_cfg.temperature > 0:
+    raise ValueError(f"objective.cl4srec.temperature={cl_cfg.temperature!r} must be > 0")
   return Objective(tuple(terms), options)
