@@ -148,7 +148,7 @@ def _expected_trainable(strategy, flat: dict, roles: base.Roles) -> int:
   size = {p: int(np.prod(v.shape)) for p, v in flat.items()}
   under = lambda prefixes: sum(n for p, n in size.items() if any(p == x or p.startswith(x + "/") for x in prefixes))  # noqa: E731
   tables = [roles.item_table] + ([roles.output_table] if roles.output_table else [])
-  if strategy in ("scratch", "full_finetune", "embedding_transfer"):
+  if strategy in ("scratch", "full_finetune", "embedding_transfer", "dann"):  # dann: + its discriminator
     return sum(size.values())
   if strategy == "zero_shot":
     return 0
@@ -345,3 +345,40 @@ def test_states_do_not_depend_on_left_padding(name):
   padded = jnp.concatenate([jnp.zeros((1, 3), jnp.int32), x], axis=1)
   np.testing.assert_allclose(short.apply({"params": short_params}, x, method="encode")[:, -1],
                              long.apply({"params": params}, padded, method="encode")[:, -1], atol=1e-5)
+
+
+# --- domain-adversarial transfer -----------------------------------------------------------------
+
+def test_gradient_reversal_and_the_ganin_schedule():
+  f = lambda x, lam: jnp.sum(objectives.reverse_gradient(x, lam) ** 2)  # noqa: E731
+  x = jnp.array([1.0, -2.0, 3.0])
+  np.testing.assert_allclose(jax.grad(f)(x, 0.5), -0.5 * 2 * x)  # d/dx x^2 = 2x, reversed and scaled
+  assert float(f(x, 0.5)) == pytest.approx(14.0)  # identity forward
+  lams = [float(objectives.ganin_lambda(p)) for p in (0.0, 0.1, 0.5, 1.0)]
+  assert lams[0] == 0.0 and lams == sorted(lams) and lams[-1] == pytest.approx(2 / (1 + np.exp(-10)) - 1)
+
+
+def test_dann_discriminator_learns_and_reports_accuracy():
+  encoder, module, plan = bound("nextitnet", "dann")
+  params = init(module)
+  assert any(p.startswith("heads/domain_discriminator/") for p in common.flatten(params))
+  assert schedules.resolve(params, plan.schedule)["heads/domain_discriminator/out/kernel"] == 1.0
+  cfg = base_config()
+  objective = objectives.build(cfg.objective, True, ("target", "source"), "NextItNet", plan.strategy.terms)
+  assert objective.names == ["full_softmax", "source_full_softmax", "domain_adversarial"]
+  batches = {"target": _batches(0)["target"], "source": _batches(1)["target"]}
+  total, parts = objective.loss(module, params, batches, jax.random.key(0), NUM_ITEMS, progress=0.5)
+  assert 0.0 <= float(parts["domain_adversarial/domain_accuracy"]) <= 1.0
+  assert float(parts["domain_adversarial/lambda"]) == pytest.approx(float(objectives.ganin_lambda(0.5)))
+  # the encoder's gradient through the domain loss is reversed: it pushes the other way
+  def domain_only(p, lam_scale):
+    c = cfg.objective.domain_adversarial.copy_and_resolve_references()
+    c.lambda_max = lam_scale
+    ctx = objectives.TermContext(module, p, batches, jax.random.key(0), NUM_ITEMS, c, None, 1.0)
+    return objectives.domain_adversarial(ctx)[0]
+  g_pos = common.flatten(jax.grad(domain_only)(params, 1.0))
+  g_neg = common.flatten(jax.grad(domain_only)(params, -1.0))
+  block = "block_0/conv_0/kernel"
+  np.testing.assert_allclose(g_pos[block], -g_neg[block], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(g_pos["heads/domain_discriminator/out/kernel"],
+                             g_neg["heads/domain_discriminator/out/kernel"], rtol=1e-5)  # the head is not reversed

@@ -252,3 +252,24 @@ def test_pretraining_overrides_any_field_and_feeds_another_encoder(data_dir, tmp
   with pytest.raises(ValueError, match=r"experiment.pretrain field 'train.num_epoch': train has no field "
                                        r"'num_epoch'; valid: \[.*'num_epochs'"):
     sweep.plan_stages(sweep.apply_overrides(c, cells[0]), str(tmp_path / "stages"))
+
+
+def test_dann_trains_on_both_streams_and_needs_a_source(data_dir, tmp_path):
+  c = _config(data_dir)
+  c.experiment.strategies = ("dann",)
+  wd = str(tmp_path / "dann")
+  assert sweep.run_study(c, sweep.implicit_study(c), wd)["failed"] == 0
+  run = sweep.read_runs(wd)[0]
+  stage = os.path.join(wd, "stages", run["stages"]["transfer"])
+  rows = [json.loads(x) for x in open(os.path.join(stage, "metrics.jsonl")) if '"train"' in x]
+  assert all(0.0 <= r["domain_adversarial/domain_accuracy"] <= 1.0 for r in rows)
+  assert all(np.isfinite(r["loss/source_full_softmax"]) for r in rows)
+  assert _stage(wd, run)["model"]["objective"] == [["full_softmax", 1.0], ["source_full_softmax", 1.0],
+                                                   ["domain_adversarial", 0.1]]
+  # a single run has no source stream: a clear error
+  single = tiny_config(data_dir)
+  single.transfer.strategy = "dann"
+  single.train.init_from = os.path.join(wd, "stages", run["stages"]["pretrain"])
+  with pytest.raises(ValueError, match=r"objective term 'source_full_softmax' reads the stream\(s\) \['source'\].*"
+                                       r"data.source_domain"):
+    train_and_evaluate(single, str(tmp_path / "single"))

@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "synthetic"
   c.data.domain = "source"  # split of the dataset to train and evaluate on
+  # the domain of the "source" batch stream (objective terms that read it: source_full_softmax,
+  # domain_adversarial); a pretrain -> transfer experiment sets it to experiment.source_domain
+  c.data.source_domain = ""
   # Few-shot: the fraction of the domain's users whose sequences TRAIN (nested by fraction_seed).
   # It never changes who is evaluated: see data.eval_population (xrec/data/pipeline.py).
   c.data.user_fraction = 1.0

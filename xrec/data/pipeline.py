@@ -56,6 +56,9 @@ class DomainSequences:
   population: dict  # how eval_users were chosen: kind, users, keys_sha256, description
   item_frequency: np.ndarray  # int64 [num_items + 1]: interactions per item id in every user's training part
   metadata: dict
+  # another vocabulary's ids for this domain's items (0 = not in it; such items are dropped):
+  # set by `remap` so that a second domain's sequences feed a model built on the first's items
+  id_map: np.ndarray | None = None
 
   @property
   def num_items(self) -> int:
@@ -66,7 +69,11 @@ class DomainSequences:
     return len(self.user_keys)
 
   def sequence(self, u: int) -> np.ndarray:
-    return np.asarray(self.source[int(u)]["items"], np.int64)
+    items = np.asarray(self.source[int(u)]["items"], np.int64)
+    if self.id_map is None:
+      return items
+    mapped = self.id_map[items]
+    return mapped[mapped > 0]
 
 
 def few_shot_order(user_keys, seed, salt: str = "") -> np.ndarray:
@@ -200,6 +207,29 @@ def index_domain(name, source, item_keys, user_fraction=1.0, fraction_seed=0, me
       population=info, item_frequency=frequency, metadata=metadata or {})
 
 
+def remap(domain: DomainSequences, item_keys: list[str]) -> DomainSequences:
+  """`domain`'s users with their items numbered in another vocabulary (`item_keys`, id i ->
+  item_keys[i - 1]) by raw key; items the vocabulary lacks are dropped from the sequences. Used
+  for a second stream (the source domain's batches in a target model's item ids). Every user is
+  a training user; the report gives the share of interactions kept."""
+  target = {key: i + 1 for i, key in enumerate(item_keys)}
+  id_map = np.zeros(domain.num_items + 1, np.int64)
+  for i, key in enumerate(domain.item_keys):
+    id_map[i + 1] = target.get(key, 0)
+  out = dataclasses.replace(domain, item_keys=list(item_keys), id_map=id_map)
+  lengths = np.array([len(out.sequence(u)) for u in range(domain.num_users)], np.int64)
+  kept = float(lengths.sum() / max(domain.lengths.sum(), 1))
+  out = dataclasses.replace(out, lengths=lengths, train_users=np.arange(domain.num_users),
+                            item_frequency=np.zeros(len(item_keys) + 1, np.int64),
+                            metadata={**domain.metadata, "remap": {"interactions_kept": kept,
+                                                                    "items_shared": int((id_map > 0).sum())}})
+  if not (lengths >= 4).any():
+    raise ValueError(f"Domain {domain.name!r} shares too few items with the model's vocabulary: after mapping "
+                     f"by raw key ({int((id_map > 0).sum())} shared items, {kept:.1%} of its interactions kept) "
+                     "no user has the >= 4 items a training example needs")
+  return out
+
+
 def right_align(seq: np.ndarray, max_len: int) -> np.ndarray:
   out = np.zeros(max_len, np.int32)
   tail = seq[-max_len:]
@@ -305,6 +335,15 @@ class TrainBatches:
     ds = grain.MapDataset.range(start_step, num_steps).map(self.batch)
     opts = grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch)
     return iter(ds.to_iter_dataset(opts))
+
+
+def iterate_streams(streams: dict, start_step: int, num_steps: int):
+  """One dict {stream name: batch} per step from several TrainBatches (each deterministic per
+  (its seed, step)), prepared ahead like a single stream."""
+  names = sorted(streams)
+  iterators = [streams[n].iterate(start_step, num_steps) for n in names]
+  for batches in zip(*iterators):
+    yield dict(zip(names, batches))
 
 
 def max_history_len(domain: DomainSequences, multiple: int = 64) -> int:

@@ -73,6 +73,7 @@ def transfer_config(config, strategy: str, pretrain_dir: str):
   c = stage_config(config)
   with c.unlocked():
     c.data.domain = config.experiment.target_domain
+    c.data.source_domain = config.experiment.source_domain  # the "source" stream, for terms that read it
     c.transfer.strategy = strategy
     c.train.init_from = "" if strategy == "scratch" else os.path.abspath(pretrain_dir)
   return c

@@ -119,8 +119,10 @@ def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None) 
   plan = transfer.prepare(config, overlap)  # names and options; fails before any work
   encoder = models.build(model_config(config, plan.model_fields), domain.num_items)
   module, plan = plan.bind(encoder)
+  streams = ("target",) + (("source",) if config.data.source_domain else ())
   objective = (objectives.Objective((), {}) if encoder.fitted else  # counted, not trained
-               objectives.build(config.objective, encoder.causal, objectives.STREAMS, type(encoder).__name__))
+               objectives.build(config.objective, encoder.causal, streams, type(encoder).__name__,
+                                plan.strategy.terms))
   source = read_encoder(config.train.init_from) if config.train.init_from and plan.strategy.load else None
   return Model(module, plan, objective, source)
 
@@ -148,20 +150,23 @@ def create_state(module, tx, max_len: int, seed: int, mesh, rules):
 
 
 def make_train_step(module, tx, objective: objectives.Objective, num_items: int, state_sh, mesh,
-                    sampling_probs=None):
+                    sampling_probs=None, num_steps: int = 1):
   """One jitted step over the streams' batches: the objective's weighted terms, one update."""
 
   def step(state, batches, base_rng):
     rng = jax.random.fold_in(base_rng, state["step"])
+    progress = state["step"].astype(jnp.float32) / max(num_steps, 1)
 
     def total(params):
-      return objective.loss(module, params, batches, rng, num_items, sampling_probs)
+      return objective.loss(module, params, batches, rng, num_items, sampling_probs, progress)
 
     (loss, parts), grads = jax.value_and_grad(total, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
-    stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), **{f"loss/{k}": v for k, v in parts.items()}}
+    # each term's loss as loss/<term>, the values terms report as <term>/<name>
+    stats = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+             **{(k if "/" in k else f"loss/{k}"): v for k, v in parts.items()}}
     return new_state, stats
 
   return jax.jit(step, in_shardings=(state_sh, sharding.batch_sharding(mesh), None),
@@ -290,6 +295,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   batches = pipeline.TrainBatches(domain, config.train.batch_size, max_len, config.seed,
                                   jax.process_index(), jax.process_count(), augmenter,
                                   config.data.augment.prob if augmenter else 0.0, views)
+  streams = {"target": batches}
+  if "source" in model.objective.streams:  # the source domain's users, in the target's item ids
+    source_cfg = copy.deepcopy(config.data)
+    with source_cfg.unlocked():
+      source_cfg.update(dict(domain=config.data.source_domain, user_fraction=1.0, eval_population="all"))
+    source = pipeline.remap(pipeline.load_domain(source_cfg), domain.item_keys)
+    log.info("source stream: domain %r, %d users, %.1f%% of its interactions on the target's items",
+             source.name, source.num_users, 100 * source.metadata["remap"]["interactions_kept"])
+    streams["source"] = pipeline.TrainBatches(source, config.train.batch_size, max_len, config.seed + 7919,
+                                              jax.process_index(), jax.process_count())
   trains = plan.train and not module.fitted
   num_steps = total_steps(config, batches) if trains else 0  # zero_shot / fitted: evaluate only
   schedule = optim.learning_rate_schedule(config.optim, max(num_steps, 1))
@@ -308,7 +323,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
            " + ".join(f"{w:g} {t.name}" for t, w in model.objective.terms))
 
   sampling_probs = _sampling_probs(config, domain, module.vocab_size)
-  train_step = make_train_step(module, tx, model.objective, domain.num_items, state_sh, mesh, sampling_probs)
+  train_step = make_train_step(module, tx, model.objective, domain.num_items, state_sh, mesh, sampling_probs,
+                               max(num_steps, 1))
   evaluate = evaluation.Evaluator(module, domain.num_items, max_len, config.eval, mesh, param_sh)
 
   writer = writing.MetricWriter(workdir, resume_step=start_step if init.kind == "resume_workdir" else None,
@@ -337,8 +353,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   stop_at = start_step + config.train.stop_after_steps if config.train.stop_after_steps > 0 else None
   t_window, window_examples = time.time(), 0
   finished = start_step >= num_steps or best.should_stop
-  for batch in batches.iterate(start_step, num_steps) if not finished else ():
-    state, stats = train_step(state, sharding.put_batch({"target": batch}, mesh), base_rng)
+  for step_batches in pipeline.iterate_streams(streams, start_step, num_steps) if not finished else ():
+    state, stats = train_step(state, sharding.put_batch(step_batches, mesh), base_rng)
     step += 1
     window_examples += config.train.batch_size
     bar.update(1)

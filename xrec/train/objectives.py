@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from xrec.models import losses
 
-STREAMS = ("target",)  # the batch streams a run can provide today
+STREAMS = ("target", "source")  # the batch streams a run can provide (source: data.source_domain)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,7 @@ class TermContext:
   num_items: int
   options: Any  # the term's config sub-dict (objective.<name>), or None
   sampling_probs: Any = None  # [vocab] item sampling distribution (sampled_softmax, popularity)
+  progress: Any = 0.0  # step / num_steps in [0, 1] (schedules such as the Ganin lambda)
 
   def forward(self, inputs):
     """(hidden, table, bias) of the module in training mode (dropout on)."""
@@ -65,9 +66,9 @@ class Term:
   fields: tuple[str, ...] = ()  # batch fields it reads beyond inputs / targets / items (e.g. views)
 
 
-def _next_item(loss_fn, **extra):
+def _next_item(loss_fn, stream="target", **extra):
   def fn(ctx: TermContext):
-    batch = ctx.batches["target"]
+    batch = ctx.batches[stream]
     hidden, table, bias = ctx.forward(batch["inputs"])
     kwargs = {k: v(ctx) for k, v in extra.items()}
     return loss_fn(hidden, batch["targets"], table, bias, num_items=ctx.num_items, rng=ctx.term_rng, **kwargs)
@@ -111,6 +112,48 @@ def cl4srec(ctx: TermContext):
   return -log_probs[jnp.arange(2 * n), partner].mean(), jnp.asarray(2 * n, jnp.float32)
 
 
+@jax.custom_vjp
+def reverse_gradient(x, lam):
+  """Identity forward; the gradient is multiplied by -lam on the way back (Ganin & Lempitsky)."""
+  return x
+
+
+def _reverse_fwd(x, lam):
+  return x, lam
+
+
+def _reverse_bwd(lam, g):
+  return (-lam * g, jnp.zeros_like(lam))
+
+
+reverse_gradient.defvjp(_reverse_fwd, _reverse_bwd)
+
+
+def ganin_lambda(progress, gamma: float = 10.0):
+  """The DANN schedule: 2 / (1 + exp(-gamma p)) - 1, from 0 at the start to ~1 at the end."""
+  return 2.0 / (1.0 + jnp.exp(-gamma * progress)) - 1.0
+
+
+def domain_adversarial(ctx: TermContext):
+  """DANN's domain loss: the last hidden states of a target and a source batch pass a
+  gradient-reversal layer (lambda = lambda_max * ganin_lambda(progress)) into the model's domain
+  discriminator (`discriminate`, a head added by transfer.strategy=dann), trained with binary
+  cross-entropy to tell source (1) from target (0). Reports the discriminator's accuracy
+  (0.5 = the domains are confused) and lambda."""
+  reps = []
+  for i, stream in enumerate(("target", "source")):
+    rng = jax.random.fold_in(ctx.rng, i)
+    reps.append(ctx.module.apply({"params": ctx.params}, ctx.batches[stream]["inputs"], deterministic=False,
+                                 rngs={"dropout": rng}, method="encode")[:, -1])
+  lam = ctx.options.lambda_max * ganin_lambda(jnp.asarray(ctx.progress, jnp.float32), ctx.options.gamma)
+  z = reverse_gradient(jnp.concatenate(reps).astype(jnp.float32), lam)
+  logits = ctx.module.apply({"params": ctx.params}, z, method="discriminate").astype(jnp.float32)
+  labels = jnp.concatenate([jnp.zeros(len(reps[0])), jnp.ones(len(reps[1]))])
+  loss = jnp.mean(jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+  accuracy = jnp.mean(((logits > 0).astype(jnp.float32) == labels).astype(jnp.float32))
+  return loss, jnp.asarray(len(labels), jnp.float32), {"domain_accuracy": accuracy, "lambda": lam}
+
+
 TERMS: dict[str, Term] = {t.name: t for t in (
     Term("full_softmax", ("target",), "causal", _next_item(losses.full_softmax),
          "next-item cross-entropy over the whole catalogue"),
@@ -122,6 +165,11 @@ TERMS: dict[str, Term] = {t.name: t for t in (
          {"num_negatives": 256, "sampling": "uniform"}),
     Term("bce", ("target",), "causal", _next_item(losses.bce_one_negative),
          "the original SASRec loss: BCE on the target vs one uniform negative"),
+    Term("source_full_softmax", ("source",), "causal", _next_item(losses.full_softmax, stream="source"),
+         "next-item cross-entropy on the source stream (its items in the model's vocabulary)"),
+    Term("domain_adversarial", ("target", "source"), "any", domain_adversarial,
+         "DANN: a domain discriminator through gradient reversal (needs transfer.strategy=dann)",
+         {"gamma": 10.0, "lambda_max": 1.0}),
     Term("cloze", ("target",), "bidirectional", cloze, "BERT4Rec's masked-item prediction",
          {"mask_prob": 0.2}),  # share of positions masked (plus the last one)
     Term("cl4srec", ("target",), "any", cl4srec, "contrast two augmented views of each sequence",
@@ -147,24 +195,31 @@ class Objective:
     """Batch fields the terms read beyond inputs / targets / items (the pipeline provides them)."""
     return tuple(sorted({f for t, _ in self.terms for f in t.fields}))
 
-  def loss(self, module, params, batches: dict, rng, num_items: int, sampling_probs=None):
-    """(weighted total, {term name: loss}) for one step; each term gets its own rng."""
+  def loss(self, module, params, batches: dict, rng, num_items: int, sampling_probs=None, progress=0.0):
+    """(weighted total, {name: value}) for one step: each term's loss under its name, and the
+    extra values a term reports (e.g. domain_accuracy) as "<term>/<name>"; each term gets its
+    own rng."""
     total, parts = 0.0, {}
     for i, (term, weight) in enumerate(self.terms):
       ctx = TermContext(module, params, batches, jax.random.fold_in(rng, i), num_items,
-                        self.options.get(term.name), sampling_probs)
-      value, _ = term.fn(ctx)
+                        self.options.get(term.name), sampling_probs, progress)
+      value, _, *extra = term.fn(ctx)
       parts[term.name] = value
+      for k, v in (extra[0] if extra else {}).items():
+        parts[f"{term.name}/{k}"] = v
       total = total + weight * value
     return total, parts
 
 
-def build(objective_cfg, causal: bool, available_streams=STREAMS, encoder: str = "") -> Objective:
-  """The objective of `objective_cfg` for an encoder (causal or bidirectional); unknown names, a
-  term that does not fit the encoder, and a stream the data cannot provide are errors."""
+def build(objective_cfg, causal: bool, available_streams=("target",), encoder: str = "",
+          extra_terms=()) -> Objective:
+  """The objective of `objective_cfg` for an encoder (causal or bidirectional), plus the terms a
+  transfer strategy adds (`extra_terms`); unknown names, a term that does not fit the encoder,
+  and a stream the data cannot provide are errors."""
   pairs = [tuple(p) for p in objective_cfg.terms]
   if not pairs:
     pairs = [("full_softmax" if causal else "cloze", 1.0)]
+  pairs += [tuple(p) for p in extra_terms]
   terms = []
   for pair in pairs:
     if len(pair) != 2:
@@ -180,8 +235,10 @@ def build(objective_cfg, causal: bool, available_streams=STREAMS, encoder: str =
                        f"is {kind}: terms that apply: {fits}")
     missing = [s for s in term.streams if s not in available_streams]
     if missing:
+      hint = (" (the source stream needs data.source_domain, set by a pretrain -> transfer experiment)"
+              if "source" in missing else "")
       raise ValueError(f"objective term {name!r} reads the stream(s) {missing}, which this run does not "
-                       f"provide; available: {list(available_streams)}")
+                       f"provide; available: {list(available_streams)}{hint}")
     if not float(weight) > 0:
       raise ValueError(f"objective term {name!r} has weight {weight!r}; weights must be > 0")
     terms.append((term, float(weight)))

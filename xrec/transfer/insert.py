@@ -277,6 +277,71 @@ def _kernel_names(module, ndim: int) -> tuple:
   return tuple(names) if names is not None and len(names) == ndim else (None,) * ndim
 
 
+class DomainDiscriminator(nn.Module):
+  """An MLP sequence representation [..., embed] -> domain logit [...] (source vs target)."""
+
+  hidden: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="hidden",
+                         kernel_init=with_axes(nn.initializers.lecun_normal(), ("embed", None)),
+                         bias_init=with_axes(nn.initializers.zeros, (None,)))(x))
+    return nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(h)[..., 0]
+
+
+class WithHeads(nn.Module):
+  """`encoder` (its params keep their paths) plus heads outside the encoder under `heads/`:
+  `heads/domain_discriminator/...` read by `discriminate(representation)` (domain-adversarial
+  transfer). The encoder's contract is forwarded unchanged."""
+
+  encoder: nn.Module
+  discriminator_hidden: int
+
+  def setup(self):
+    nn.share_scope(self, self.encoder)
+    self.heads = _Heads(self.discriminator_hidden, self.encoder.dtype, self.encoder.param_dtype, name="heads")
+
+  causal = property(lambda self: self.encoder.causal)
+  uses_mask_token = property(lambda self: self.encoder.uses_mask_token)
+  fitted = property(lambda self: self.encoder.fitted)
+  vocab_size = property(lambda self: self.encoder.vocab_size)
+  max_len = property(lambda self: self.encoder.max_len)
+  num_items = property(lambda self: self.encoder.num_items)
+
+  def roles(self):
+    return self.encoder.roles()
+
+  def encode(self, inputs, deterministic: bool = True):
+    return self.encoder.encode(inputs, deterministic)
+
+  def output_table(self):
+    return self.encoder.output_table()
+
+  def __call__(self, inputs, deterministic: bool = True):
+    if self.is_initializing():  # the heads' params are created with the encoder's
+      self.heads.domain_discriminator(jnp.zeros((1, self.encoder.embed_dim), self.encoder.dtype))
+    return self.encoder(inputs, deterministic)
+
+  def score_last(self, inputs):
+    return self.encoder.score_last(inputs)
+
+  def discriminate(self, representation):
+    """representation [..., embed] -> domain logits [...] (> 0: source)."""
+    return self.heads.domain_discriminator(representation)
+
+
+class _Heads(nn.Module):
+  hidden: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    self.domain_discriminator = DomainDiscriminator(self.hidden, self.dtype, self.param_dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class InsertSpec:
   kind: str
@@ -288,6 +353,8 @@ def wrap(encoder, spec: InsertSpec | None):
   naming the kinds that apply, when the encoder's roles offer no point for the kind."""
   if spec is None:
     return encoder
+  if spec.kind == "domain_discriminator":
+    return WithHeads(encoder, int(dict(spec.options)["hidden"]))
   if spec.kind not in KINDS:
     raise ValueError(f"Unknown inserted module kind {spec.kind!r}; valid: {list(KINDS)}")
   roles = encoder.roles()

@@ -41,7 +41,8 @@ class Strategy:
   # None: load every param by path (same encoder); a tuple of role names: load only those
   # roles, mapped by role, so the checkpoint may be another encoder (embedding_transfer)
   load_roles: tuple[str, ...] | None = None
-  insert: insert.InsertSpec | None = None  # modules inserted into the encoder
+  insert: insert.InsertSpec | None = None  # modules inserted into the encoder (or heads beside it)
+  terms: tuple[tuple[str, float], ...] = ()  # objective terms the preset adds (xrec/train/objectives.py)
 
 
 # Options of the presets: config.transfer.<group>.<field> (defaults here; xrec/config.py reads them).
@@ -51,6 +52,8 @@ OPTIONS = {
     "lora": {"rank": 4, "targets": ("query", "value")},  # subset of query, key, value, out, wi, wo
     "prompt": {"num_prompts": 4},  # learned prefix tokens per attention module
     "patch": {"dim": 16},  # PeterRec-style patch bottleneck size
+    # dann: discriminator hidden size; weights of the source next-item term and the adversarial term
+    "dann": {"hidden": 64, "source_weight": 1.0, "adversarial_weight": 0.1},
 }
 
 # Model fields a preset sets on the target encoder (model.<field>), known before the encoder is
@@ -217,6 +220,24 @@ def patch(options, roles):
   return _peft("patch", "patch", options, roles, {"dim": _positive_int(options.patch, "dim", "patch")})
 
 
+def dann(options, roles):
+  """Domain-adversarial transfer (Ganin et al., 2016): the pretrained encoder fine-tunes on the
+  target's next items and on the source's (stream "source", weight dann.source_weight), while a
+  domain discriminator on the sequence representations learns, through a gradient-reversal
+  layer, to tell the domains apart; the encoder learns to confuse it (term domain_adversarial,
+  weight dann.adversarial_weight, lambda on the Ganin schedule). Everything loaded trains at
+  lr_mult, the fresh discriminator at new_lr_mult."""
+  o = options.dann
+  for field in ("source_weight", "adversarial_weight"):
+    if not o[field] > 0:
+      raise ValueError(f"transfer.dann.{field}={o[field]!r} must be > 0")
+  return Strategy("dann", dont_load=(r"heads/.*",),
+                  insert=insert.InsertSpec("domain_discriminator", (("hidden", _positive_int(o, "hidden", "dann")),)),
+                  schedule=((r"heads/.*", options.new_lr_mult), (".*", options.lr_mult)),
+                  terms=(("source_full_softmax", float(o.source_weight)),
+                         ("domain_adversarial", float(o.adversarial_weight))))
+
+
 def bitfit(options, roles):
   """Only biases (attention, MLP, convolutions, output bias) and norm parameters (scale, bias)."""
   lr = options.lr_mult
@@ -238,6 +259,7 @@ STRATEGIES: dict[str, Callable[[Any, Roles], Strategy]] = {
     "prompt": prompt,
     "bitfit": bitfit,
     "patch": patch,
+    "dann": dann,
 }
 INSERTING = {"adapter": "adapter", "lora": "lora", "prompt": "prompt", "patch": "patch"}  # preset -> module kind
 
@@ -249,7 +271,7 @@ def applicable(roles: Roles) -> list[str]:
   if not roles.blocks:
     out = [n for n in out if n not in ("partial_freeze", "reuse_bottom")]
   if not roles.item_table:
-    out = [n for n in out if n not in ("linear_probe", "embedding_transfer")]
+    out = [n for n in out if n not in ("linear_probe", "embedding_transfer", "dann")]
   return out
 
 
