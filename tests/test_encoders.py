@@ -382,3 +382,20 @@ def test_dann_discriminator_learns_and_reports_accuracy():
   np.testing.assert_allclose(g_pos[block], -g_neg[block], rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(g_pos["heads/domain_discriminator/out/kernel"],
                              g_neg["heads/domain_discriminator/out/kernel"], rtol=1e-5)  # the head is not reversed
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_adversarial_examples_increase_the_loss_within_the_radius(name):
+  module = build(name)
+  params = perturbed(init(module))
+  cfg = base_config().objective
+  batches = _batches()
+  clean = objectives.TermContext(module, params, batches, jax.random.key(0), NUM_ITEMS, cfg.adversarial_examples)
+  base_loss = float(objectives.TERMS["full_softmax"].fn(clean)[0])
+  for steps in (1, 3):
+    c = cfg.adversarial_examples.copy_and_resolve_references()
+    c.steps = steps
+    ctx = objectives.TermContext(module, params, batches, jax.random.key(0), NUM_ITEMS, c)
+    loss, _, extra = objectives.adversarial_examples(ctx)
+    assert float(loss) > base_loss  # the perturbation makes this batch harder
+    assert 0 < float(extra["perturbation_norm"]) <= c.epsilon + 1e-6

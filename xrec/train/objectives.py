@@ -47,8 +47,11 @@ class TermContext:
 
   def forward(self, inputs):
     """(hidden, table, bias) of the module in training mode (dropout on)."""
+    return self.forward_with(self.params, inputs)
+
+  def forward_with(self, params, inputs):
     dropout_rng, _ = jax.random.split(self.rng)
-    return self.module.apply({"params": self.params}, inputs, deterministic=False, rngs={"dropout": dropout_rng})
+    return self.module.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": dropout_rng})
 
   @property
   def term_rng(self):
@@ -154,6 +157,51 @@ def domain_adversarial(ctx: TermContext):
   return loss, jnp.asarray(len(labels), jnp.float32), {"domain_accuracy": accuracy, "lambda": lam}
 
 
+def _with_item_table(params, path: str, table):
+  """A copy of the param tree with the leaf at `path` ('a/b') replaced."""
+  *parents, leaf = path.split("/")
+  out = dict(params)
+  node = out
+  for name in parents:
+    node[name] = dict(node[name])
+    node = node[name]
+  node[leaf] = table
+  return out
+
+
+def adversarial_examples(ctx: TermContext):
+  """Adversarial training examples on the target (as in adversarial personalized ranking, He et
+  al., 2018): the item table (its role, so the input embeddings and the output table of any
+  encoder) is perturbed by the projected-gradient ascent of the next-item loss on this batch,
+  adversarial_examples.steps steps of size epsilon / steps, each row's perturbation projected on
+  the L2 ball of radius epsilon * (that row's norm); the loss at the perturbed table is the term.
+  The perturbation is a constant for the update (the model learns to be robust to it)."""
+  path = ctx.module.roles().item_table
+  batch = ctx.batches["target"]
+  flat_table = ctx.params
+  for name in path.split("/"):
+    flat_table = flat_table[name]
+  table = flat_table
+  radius = ctx.options.epsilon * jnp.linalg.norm(table, axis=-1, keepdims=True)
+
+  def loss_at(delta):
+    hidden, out_table, bias = ctx.module.apply({"params": _with_item_table(ctx.params, path, table + delta)},
+                                               batch["inputs"], deterministic=True)
+    return losses.full_softmax(hidden, batch["targets"], out_table, bias, num_items=ctx.num_items)[0]
+
+  delta = jnp.zeros_like(table)
+  for _ in range(int(ctx.options.steps)):
+    g = jax.grad(loss_at)(delta)
+    g = g / jnp.maximum(jnp.linalg.norm(g, axis=-1, keepdims=True), 1e-12)
+    delta = delta + radius / ctx.options.steps * g
+    norm = jnp.linalg.norm(delta, axis=-1, keepdims=True)
+    delta = delta * jnp.minimum(1.0, radius / jnp.maximum(norm, 1e-12))
+  delta = jax.lax.stop_gradient(delta)
+  hidden, out_table, bias = ctx.forward_with(_with_item_table(ctx.params, path, table + delta), batch["inputs"])
+  loss, count = losses.full_softmax(hidden, batch["targets"], out_table, bias, num_items=ctx.num_items)
+  return loss, count, {"perturbation_norm": jnp.linalg.norm(delta) / jnp.maximum(jnp.linalg.norm(table), 1e-12)}
+
+
 TERMS: dict[str, Term] = {t.name: t for t in (
     Term("full_softmax", ("target",), "causal", _next_item(losses.full_softmax),
          "next-item cross-entropy over the whole catalogue"),
@@ -167,6 +215,9 @@ TERMS: dict[str, Term] = {t.name: t for t in (
          "the original SASRec loss: BCE on the target vs one uniform negative"),
     Term("source_full_softmax", ("source",), "causal", _next_item(losses.full_softmax, stream="source"),
          "next-item cross-entropy on the source stream (its items in the model's vocabulary)"),
+    Term("adversarial_examples", ("target",), "causal", adversarial_examples,
+         "next-item loss at a PGD-perturbed item table (adversarial training examples)",
+         {"epsilon": 0.1, "steps": 1}),  # radius relative to each row's norm; 1 step = FGSM
     Term("domain_adversarial", ("target", "source"), "any", domain_adversarial,
          "DANN: a domain discriminator through gradient reversal (needs transfer.strategy=dann)",
          {"gamma": 10.0, "lambda_max": 1.0}),
@@ -252,6 +303,10 @@ def build(objective_cfg, causal: bool, available_streams=("target",), encoder: s
   cloze_cfg = objective_cfg.get("cloze")
   if cloze_cfg is not None and not 0.0 < cloze_cfg.mask_prob < 1.0:
     raise ValueError(f"objective.cloze.mask_prob={cloze_cfg.mask_prob!r} must be in (0, 1)")
+  adv = objective_cfg.get("adversarial_examples")
+  if adv is not None and (not adv.epsilon > 0 or int(adv.steps) < 1):
+    raise ValueError(f"objective.adversarial_examples needs epsilon > 0 and steps >= 1; got epsilon="
+                     f"{adv.epsilon!r}, steps={adv.steps!r}")
   cl_cfg = objective_cfg.get("cl4srec")
   if cl_cfg is not None and not cl_cfg.temperature > 0:
     raise ValueError(f"objective.cl4srec.temperature={cl_cfg.temperature!r} must be > 0")
