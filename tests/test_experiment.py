@@ -273,3 +273,33 @@ def test_dann_trains_on_both_streams_and_needs_a_source(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"objective term 'source_full_softmax' reads the stream\(s\) \['source'\].*"
                                        r"data.source_domain"):
     train_and_evaluate(single, str(tmp_path / "single"))
+
+
+def test_distill_a_smaller_student_from_a_teacher(data_dir, tmp_path):
+  teacher = tiny_config(data_dir)
+  teacher.data.domain = "target"
+  train_and_evaluate(teacher, str(tmp_path / "teacher"))
+  c = tiny_config(data_dir)
+  c.data.domain = "target"
+  c.model.name = "gru4rec"
+  c.model.embed_dim = 8  # a smaller student of another encoder
+  c.transfer.strategy = "distill"
+  c.transfer.distill.update(dict(teacher=str(tmp_path / "teacher"), ranking_weight=0.5))
+  r = train_and_evaluate(c, str(tmp_path / "student"))
+  t = r["transfer"]["teacher"]
+  assert t["encoder"] == "SASRec" and t["param_count"] > r["param_count"] and t["stored_bytes"] > 0
+  assert r["model"]["objective"] == [["full_softmax", 1.0], ["distill_logits", 1.0], ["distill_ranking", 0.5]]
+  rows = [json.loads(x) for x in open(tmp_path / "student" / "metrics.jsonl") if '"train"' in x]
+  assert all(np.isfinite(row["loss/distill_logits"]) for row in rows)
+  # no teacher, or a teacher on other items: clear errors
+  c.transfer.distill.teacher = ""
+  with pytest.raises(ValueError, match=r"'distill' needs a teacher: set transfer.distill.teacher"):
+    train_and_evaluate(c, str(tmp_path / "none"))
+  source_teacher = tiny_config(data_dir)
+  source_teacher.data.synthetic.scenario = "cross_app"
+  source_teacher.data.domain = "target"  # cross_app's target items are new keys
+  train_and_evaluate(source_teacher, str(tmp_path / "other_items"))
+  c.transfer.distill.teacher = str(tmp_path / "other_items")
+  c.data.synthetic.scenario = "cross_region"
+  with pytest.raises(ValueError, match=r"trained on another item vocabulary: 200 of the target's 200 items"):
+    train_and_evaluate(c, str(tmp_path / "mismatch"))

@@ -165,6 +165,8 @@ EXPECTED_COUNTS = {
     "prompt": (156, 5660, 156),  # 2 blocks x (3 prompts x 16 + 2 gates) = 100, + 56
     "bitfit": (440, 5560, 440),  # per block 176 (LN 64, attn 64, MLP 48) x 2, final_ln 32, + 56
     "patch": (352, 5856, 352),  # 2 blocks x (16*4+4 + 4*16+16) = 296, + 56
+    "dann": (6713, 6713, 6713),  # everything + the discriminator 16*64+64 + 64*1+1 = 1,153
+    "distill": (5560, 5560, 5560),  # a fresh student: everything
 }
 
 
@@ -509,7 +511,7 @@ def test_a_preset_that_does_not_apply_names_those_that_do():
   gru = GRU4Rec(vocab_size=VOCAB, max_len=MAX_LEN, num_items=NUM_ITEMS, embed_dim=16)
   plan = transfer_apply.prepare(tiny_config("prompt"))
   with pytest.raises(ValueError, match=r"transfer.strategy='prompt' does not apply to this encoder; "
-                                       r"strategies that apply: \[.*'adapter'.*'patch'\]"):
+                                       r"strategies that apply: \[.*'adapter'.*'patch'.*\]"):
     plan.bind(gru)
   assert "lora" not in strategies.applicable(gru.roles()) and "lora" in strategies.applicable(tiny_model().roles())
 

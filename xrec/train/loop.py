@@ -93,6 +93,7 @@ class Model:
   plan: transfer.TransferPlan  # bound to the encoder
   objective: objectives.Objective
   source: transfer.SourceEncoder | None  # the pretrained encoder (train.init_from), if any
+  teacher: dict | None = None  # distillation: {"path", "module", "params", "id_map", "info"}
 
 
 def model_config(config, fields: dict) -> ml_collections.ConfigDict:
@@ -119,12 +120,43 @@ def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None) 
   plan = transfer.prepare(config, overlap)  # names and options; fails before any work
   encoder = models.build(model_config(config, plan.model_fields), domain.num_items)
   module, plan = plan.bind(encoder)
-  streams = ("target",) + (("source",) if config.data.source_domain else ())
+  teacher = read_teacher(config, plan, domain) if plan.strategy.teacher else None
+  streams = ("target",) + (("source",) if config.data.source_domain else ()) + (("teacher",) if teacher else ())
   objective = (objectives.Objective((), {}) if encoder.fitted else  # counted, not trained
                objectives.build(config.objective, encoder.causal, streams, type(encoder).__name__,
                                 plan.strategy.terms))
   source = read_encoder(config.train.init_from) if config.train.init_from and plan.strategy.load else None
-  return Model(module, plan, objective, source)
+  return Model(module, plan, objective, source, teacher)
+
+
+def read_teacher(config, plan, domain) -> dict:
+  """The distillation teacher: a finished run (transfer.distill.teacher, else train.init_from), its
+  encoder, best params and the map from the student's item ids to the teacher's, by raw key."""
+  path = config.transfer.distill.teacher or config.train.init_from
+  if not path:
+    raise ValueError("transfer.strategy='distill' needs a teacher: set transfer.distill.teacher (a finished "
+                     "run's workdir) or train.init_from")
+  if not ckpt.has_best_params(path):
+    raise FileNotFoundError(f"distillation teacher {path!r} has no best params under {os.path.join(path, 'best')}")
+  with open(os.path.join(path, MODEL_FILE)) as f:
+    info = json.load(f)
+  module = models.build(ml_collections.ConfigDict(info["model"]), int(info["num_items"]))
+  teacher_keys = _item_keys(path)
+  position = {key: i + 1 for i, key in enumerate(teacher_keys)}
+  missing = [k for k in domain.item_keys if k not in position]
+  if missing:
+    raise ValueError(f"the distillation teacher {path!r} was trained on another item vocabulary: {len(missing)} of "
+                     f"the target's {domain.num_items} items are not in it (e.g. {missing[:3]}); distill from a "
+                     "teacher that knows the target's items (e.g. a fine-tuned target run)")
+  id_map = np.zeros(models.build(config.model, domain.num_items).vocab_size, np.int32)
+  id_map[1:domain.num_items + 1] = [position[k] for k in domain.item_keys]
+  params, _ = ckpt.restore_best_params(path)
+  results = _read_json(os.path.join(path, "results.json")) or {}
+  described = {"path": path, "encoder": type(module).__name__, "param_count": common.param_count(params),
+               "stored_bytes": int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(params))),
+               "test": (results.get("test") or {}).get("ndcg@10"),
+               "eval_users_per_second": (results.get("throughput") or {}).get("eval_users_per_second")}
+  return {"module": module, "params": params, "id_map": id_map, "info": described}
 
 
 def create_state(module, tx, max_len: int, seed: int, mesh, rules):
@@ -150,15 +182,18 @@ def create_state(module, tx, max_len: int, seed: int, mesh, rules):
 
 
 def make_train_step(module, tx, objective: objectives.Objective, num_items: int, state_sh, mesh,
-                    sampling_probs=None, num_steps: int = 1):
-  """One jitted step over the streams' batches: the objective's weighted terms, one update."""
+                    sampling_probs=None, num_steps: int = 1, teacher: dict | None = None):
+  """One jitted step over the streams' batches: the objective's weighted terms, one update.
+  With a distillation teacher the step takes its params as a fourth (non-donated) argument."""
 
-  def step(state, batches, base_rng):
+  def step(state, batches, base_rng, teacher_params=None):
     rng = jax.random.fold_in(base_rng, state["step"])
     progress = state["step"].astype(jnp.float32) / max(num_steps, 1)
+    frozen = (objectives.Teacher(teacher["module"], teacher_params, jnp.asarray(teacher["id_map"]))
+              if teacher else None)
 
     def total(params):
-      return objective.loss(module, params, batches, rng, num_items, sampling_probs, progress)
+      return objective.loss(module, params, batches, rng, num_items, sampling_probs, progress, frozen)
 
     (loss, parts), grads = jax.value_and_grad(total, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -169,8 +204,24 @@ def make_train_step(module, tx, objective: objectives.Objective, num_items: int,
              **{(k if "/" in k else f"loss/{k}"): v for k, v in parts.items()}}
     return new_state, stats
 
-  return jax.jit(step, in_shardings=(state_sh, sharding.batch_sharding(mesh), None),
-                 out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+  jitted = jax.jit(step, in_shardings=(state_sh, sharding.batch_sharding(mesh), None, None),
+                   out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+  teacher_params = jax.device_put(teacher["params"], sharding.replicated(mesh)) if teacher else None
+  return TrainStep(jitted, teacher_params)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """`step(state, batches, base_rng) -> (state, stats)`; `lower(...)` for cost analysis."""
+
+  jitted: object
+  teacher_params: object = None
+
+  def __call__(self, state, batches, base_rng):
+    return self.jitted(state, batches, base_rng, self.teacher_params)
+
+  def lower(self, state, batches, base_rng):
+    return self.jitted.lower(state, batches, base_rng, self.teacher_params)
 
 
 def initial_params(config, workdir, model: Model, state, param_sh, domain):
@@ -186,6 +237,8 @@ def initial_params(config, workdir, model: Model, state, param_sh, domain):
     counts = pipeline.item_counts(domain)
     state["params"] = jax.device_put(model.module.fit_params(counts), param_sh)
     init = ckpt.InitSource("fitted")
+  elif init.kind == "pretrained" and not plan.strategy.load and plan.strategy.teacher:
+    init = ckpt.InitSource("scratch")  # distill: train.init_from is the teacher, the student starts fresh
   elif init.kind == "pretrained":
     if not plan.strategy.load:
       raise ValueError(f"train.init_from={init.path!r} is set but transfer.strategy="
@@ -324,7 +377,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   sampling_probs = _sampling_probs(config, domain, module.vocab_size)
   train_step = make_train_step(module, tx, model.objective, domain.num_items, state_sh, mesh, sampling_probs,
-                               max(num_steps, 1))
+                               max(num_steps, 1), model.teacher)
   evaluate = evaluation.Evaluator(module, domain.num_items, max_len, config.eval, mesh, param_sh)
 
   writer = writing.MetricWriter(workdir, resume_step=start_step if init.kind == "resume_workdir" else None,
@@ -406,7 +459,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    "items": report["items"] if report else None,
                    "item_overlap": overlap, "item_tables": plan.item_tables,
                    "not_applicable": plan.not_applicable or None,
-                   "source_encoder": model.source.name if model.source else None},
+                   "source_encoder": model.source.name if model.source else None,
+                   "teacher": model.teacher["info"] if model.teacher else None},
       "best_step": int(best_step),
       "final_step": int(step),
       "stopped_early": stopped_early,

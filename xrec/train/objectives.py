@@ -29,9 +29,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from xrec.models import losses
+from xrec.models import common, losses
 
-STREAMS = ("target", "source")  # the batch streams a run can provide (source: data.source_domain)
+# the batch streams a run can provide: target (its own domain), source (data.source_domain), and
+# teacher (a distillation teacher's outputs on the target batch, transfer.strategy=distill)
+STREAMS = ("target", "source", "teacher")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,7 @@ class TermContext:
   options: Any  # the term's config sub-dict (objective.<name>), or None
   sampling_probs: Any = None  # [vocab] item sampling distribution (sampled_softmax, popularity)
   progress: Any = 0.0  # step / num_steps in [0, 1] (schedules such as the Ganin lambda)
+  teacher: Any = None  # Teacher: a frozen model whose outputs on the target batch are the "teacher" stream
 
   def forward(self, inputs):
     """(hidden, table, bias) of the module in training mode (dropout on)."""
@@ -113,6 +116,63 @@ def cl4srec(ctx: TermContext):
   partner = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
   log_probs = jax.nn.log_softmax(sim, axis=-1)
   return -log_probs[jnp.arange(2 * n), partner].mean(), jnp.asarray(2 * n, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """A frozen model for distillation: its module, params and, per student item id, the teacher's
+  id of the same item (`id_map` [student vocab], 0 where the student id is no item)."""
+
+  module: Any
+  params: Any
+  id_map: Any
+
+  def logits(self, inputs):
+    """Teacher scores of every student item at every position: [batch, len, student vocab] (fp32)."""
+    hidden, table, bias = self.module.apply({"params": self.params}, inputs, deterministic=True)
+    scores = common.score_items(hidden, table, bias)
+    return jax.lax.stop_gradient(scores[..., self.id_map])
+
+
+def _student_and_teacher(ctx: TermContext):
+  """(student logits, teacher logits) [batch, len, vocab] over the real items (others -1e9), and
+  the positions that count (targets > 0)."""
+  if ctx.teacher is None:
+    raise ValueError("distillation terms need a teacher: transfer.strategy=distill with transfer.distill.teacher")
+  batch = ctx.batches["target"]
+  hidden, table, bias = ctx.forward(batch["inputs"])
+  student = common.score_items(hidden, table, bias)
+  ids = jnp.arange(student.shape[-1])
+  real = (ids >= 1) & (ids <= ctx.num_items)
+  student = jnp.where(real, student, -1e9)
+  teacher = jnp.where(real, ctx.teacher.logits(batch["inputs"]), -1e9)
+  return student, teacher, (batch["targets"] > 0).astype(jnp.float32)
+
+
+def distill_logits(ctx: TermContext):
+  """Logit distillation (Hinton et al., 2015): T^2 KL(softmax(teacher / T) || softmax(student / T))
+  over the catalogue at every position, T = distill_logits.temperature. With a one-hot teacher and
+  T = 1 it is the next-item cross-entropy."""
+  student, teacher, weight = _student_and_teacher(ctx)
+  t = ctx.options.temperature
+  p_teacher = jax.nn.softmax(teacher / t, axis=-1)
+  kl = jnp.sum(p_teacher * (jax.nn.log_softmax(teacher / t, axis=-1) - jax.nn.log_softmax(student / t, axis=-1)), -1)
+  n = weight.sum()
+  return (t * t) * (kl * weight).sum() / jnp.maximum(n, 1.0), n
+
+
+def distill_ranking(ctx: TermContext):
+  """Ranking distillation (after Tang & Wang, 2018): the teacher's top-K items at each position are
+  the student's soft positives, weighted by 1/rank (normalised): - sum_k w_k log softmax(student)[k]."""
+  student, teacher, weight = _student_and_teacher(ctx)
+  k = int(ctx.options.top_k)
+  _, top = jax.lax.top_k(teacher, k)  # [batch, len, k]
+  w = 1.0 / jnp.arange(1, k + 1, dtype=jnp.float32)
+  w = w / w.sum()
+  log_p = jnp.take_along_axis(jax.nn.log_softmax(student, axis=-1), top, axis=-1)
+  loss = -(log_p * w).sum(-1)
+  n = weight.sum()
+  return (loss * weight).sum() / jnp.maximum(n, 1.0), n
 
 
 @jax.custom_vjp
@@ -215,6 +275,10 @@ TERMS: dict[str, Term] = {t.name: t for t in (
          "the original SASRec loss: BCE on the target vs one uniform negative"),
     Term("source_full_softmax", ("source",), "causal", _next_item(losses.full_softmax, stream="source"),
          "next-item cross-entropy on the source stream (its items in the model's vocabulary)"),
+    Term("distill_logits", ("target", "teacher"), "causal", distill_logits,
+         "soft targets of a teacher model (transfer.strategy=distill)", {"temperature": 2.0}),
+    Term("distill_ranking", ("target", "teacher"), "causal", distill_ranking,
+         "the teacher's top-K items as weighted positives (transfer.strategy=distill)", {"top_k": 10}),
     Term("adversarial_examples", ("target",), "causal", adversarial_examples,
          "next-item loss at a PGD-perturbed item table (adversarial training examples)",
          {"epsilon": 0.1, "steps": 1}),  # radius relative to each row's norm; 1 step = FGSM
@@ -246,14 +310,15 @@ class Objective:
     """Batch fields the terms read beyond inputs / targets / items (the pipeline provides them)."""
     return tuple(sorted({f for t, _ in self.terms for f in t.fields}))
 
-  def loss(self, module, params, batches: dict, rng, num_items: int, sampling_probs=None, progress=0.0):
+  def loss(self, module, params, batches: dict, rng, num_items: int, sampling_probs=None, progress=0.0,
+           teacher=None):
     """(weighted total, {name: value}) for one step: each term's loss under its name, and the
     extra values a term reports (e.g. domain_accuracy) as "<term>/<name>"; each term gets its
     own rng."""
     total, parts = 0.0, {}
     for i, (term, weight) in enumerate(self.terms):
       ctx = TermContext(module, params, batches, jax.random.fold_in(rng, i), num_items,
-                        self.options.get(term.name), sampling_probs, progress)
+                        self.options.get(term.name), sampling_probs, progress, teacher)
       value, _, *extra = term.fn(ctx)
       parts[term.name] = value
       for k, v in (extra[0] if extra else {}).items():
@@ -287,7 +352,8 @@ def build(objective_cfg, causal: bool, available_streams=("target",), encoder: s
     missing = [s for s in term.streams if s not in available_streams]
     if missing:
       hint = (" (the source stream needs data.source_domain, set by a pretrain -> transfer experiment)"
-              if "source" in missing else "")
+              if "source" in missing else " (the teacher stream needs transfer.strategy=distill)"
+              if "teacher" in missing else "")
       raise ValueError(f"objective term {name!r} reads the stream(s) {missing}, which this run does not "
                        f"provide; available: {list(available_streams)}{hint}")
     if not float(weight) > 0:
@@ -307,6 +373,12 @@ def build(objective_cfg, causal: bool, available_streams=("target",), encoder: s
   if adv is not None and (not adv.epsilon > 0 or int(adv.steps) < 1):
     raise ValueError(f"objective.adversarial_examples needs epsilon > 0 and steps >= 1; got epsilon="
                      f"{adv.epsilon!r}, steps={adv.steps!r}")
+  distill = objective_cfg.get("distill_logits")
+  if distill is not None and not distill.temperature > 0:
+    raise ValueError(f"objective.distill_logits.temperature={distill.temperature!r} must be > 0")
+  ranking = objective_cfg.get("distill_ranking")
+  if ranking is not None and int(ranking.top_k) < 1:
+    raise ValueError(f"objective.distill_ranking.top_k={ranking.top_k!r} must be >= 1")
   cl_cfg = objective_cfg.get("cl4srec")
   if cl_cfg is not None and not cl_cfg.temperature > 0:
     raise ValueError(f"objective.cl4srec.temperature={cl_cfg.temperature!r} must be > 0")

@@ -178,7 +178,7 @@ def _strategy_of(config):
   catalogue)."""
   fields = strategies.MODEL_FIELDS.get(config.transfer.strategy, {})
   encoder = models.build(loop.model_config(config, fields), num_items=1)
-  return strategies.get_strategy(config.transfer.strategy, config.transfer, encoder.roles())
+  return strategies.get_strategy(config.transfer.strategy, config.transfer, encoder.roles(), bool(encoder.causal))
 
 
 def lr_mult_matters(config) -> bool:

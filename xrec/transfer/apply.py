@@ -72,7 +72,7 @@ class TransferPlan:
     """(module to train, bound plan): the preset built on `encoder`'s roles, its modules inserted.
     Fails, naming the presets that apply, when the encoder lacks what the preset needs."""
     roles = encoder.roles()
-    strategy = strategies.get_strategy(self.name, self.options, roles)
+    strategy = strategies.get_strategy(self.name, self.options, roles, bool(encoder.causal))
     if strategy.insert is not None and getattr(encoder, "remat", False):
       raise ValueError(f"transfer.strategy={self.name!r} inserts modules into the encoder's sublayers, "
                        "which model.remat (rematerialised blocks) does not allow; set model.remat=False")

@@ -43,6 +43,7 @@ class Strategy:
   load_roles: tuple[str, ...] | None = None
   insert: insert.InsertSpec | None = None  # modules inserted into the encoder (or heads beside it)
   terms: tuple[tuple[str, float], ...] = ()  # objective terms the preset adds (xrec/train/objectives.py)
+  teacher: str = ""  # a finished run whose frozen model the distillation terms read
 
 
 # Options of the presets: config.transfer.<group>.<field> (defaults here; xrec/config.py reads them).
@@ -54,6 +55,9 @@ OPTIONS = {
     "patch": {"dim": 16},  # PeterRec-style patch bottleneck size
     # dann: discriminator hidden size; weights of the source next-item term and the adversarial term
     "dann": {"hidden": 64, "source_weight": 1.0, "adversarial_weight": 0.1},
+    # distill: the teacher run's workdir ("" = train.init_from); weights of the logit and the
+    # ranking distillation terms (0 = off); temperature / top_k in objective.distill_*
+    "distill": {"teacher": "", "logit_weight": 1.0, "ranking_weight": 0.0},
 }
 
 # Model fields a preset sets on the target encoder (model.<field>), known before the encoder is
@@ -238,6 +242,22 @@ def dann(options, roles):
                          ("domain_adversarial", float(o.adversarial_weight))))
 
 
+def distill(options, roles):
+  """Distillation: a frozen teacher (any finished run: transfer.distill.teacher, else
+  train.init_from; any encoder, any size, the same items) trains this smaller student, which
+  starts fresh, on the target: the objective's next-item terms plus logit distillation
+  (distill.logit_weight) and ranking distillation on the teacher's top-K (distill.ranking_weight)."""
+  del roles
+  o = options.distill
+  terms = tuple((name, float(w)) for name, w in (("distill_logits", o.logit_weight),
+                                                 ("distill_ranking", o.ranking_weight)) if w > 0)
+  if not terms or min(o.logit_weight, o.ranking_weight) < 0:
+    raise ValueError(f"transfer.distill needs logit_weight or ranking_weight > 0 (and none negative); got "
+                     f"{o.logit_weight!r}, {o.ranking_weight!r}")
+  return Strategy("distill", load=False, schedule=((".*", 1.0),), terms=terms,
+                  teacher=o.teacher or "init_from")
+
+
 def bitfit(options, roles):
   """Only biases (attention, MLP, convolutions, output bias) and norm parameters (scale, bias)."""
   lr = options.lr_mult
@@ -260,14 +280,20 @@ STRATEGIES: dict[str, Callable[[Any, Roles], Strategy]] = {
     "bitfit": bitfit,
     "patch": patch,
     "dann": dann,
+    "distill": distill,
 }
 INSERTING = {"adapter": "adapter", "lora": "lora", "prompt": "prompt", "patch": "patch"}  # preset -> module kind
 
 
-def applicable(roles: Roles) -> list[str]:
-  """The presets that apply to an encoder with these roles."""
+CAUSAL_ONLY = ("dann", "distill")  # their objective terms score next items from every position
+
+
+def applicable(roles: Roles, causal: bool = True) -> list[str]:
+  """The presets that apply to an encoder with these roles (causal: next-item encoders)."""
   kinds = insert.applicable_kinds(roles)
   out = [n for n in STRATEGIES if n not in INSERTING or INSERTING[n] in kinds]
+  if not causal:
+    out = [n for n in out if n not in CAUSAL_ONLY]
   if not roles.blocks:
     out = [n for n in out if n not in ("partial_freeze", "reuse_bottom")]
   if not roles.item_table:
@@ -275,11 +301,11 @@ def applicable(roles: Roles) -> list[str]:
   return out
 
 
-def get_strategy(name: str, options, roles: Roles) -> Strategy:
+def get_strategy(name: str, options, roles: Roles, causal: bool = True) -> Strategy:
   """The preset `name` built from `options` (config.transfer) for an encoder with `roles`."""
   if name not in STRATEGIES:
     raise ValueError(f"Unknown transfer strategy {name!r}; valid: {sorted(STRATEGIES)}")
-  if name not in applicable(roles):
+  if name not in applicable(roles, causal):
     raise ValueError(f"transfer.strategy={name!r} does not apply to this encoder; strategies that "
-                     f"apply: {applicable(roles)}")
+                     f"apply: {applicable(roles, causal)}")
   return STRATEGIES[name](options, roles)
