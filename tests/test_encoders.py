@@ -149,7 +149,7 @@ def _expected_trainable(strategy, flat: dict, roles: base.Roles) -> int:
   size = {p: int(np.prod(v.shape)) for p, v in flat.items()}
   under = lambda prefixes: sum(n for p, n in size.items() if any(p == x or p.startswith(x + "/") for x in prefixes))  # noqa: E731
   tables = [roles.item_table] + ([roles.output_table] if roles.output_table else [])
-  if strategy in ("scratch", "full_finetune", "embedding_transfer", "dann", "distill"):  # dann: + its discriminator
+  if strategy in ("scratch", "full_finetune", "embedding_transfer", "dann", "distill", "prune"):  # dann: + discriminator
     return sum(size.values())
   if strategy == "zero_shot":
     return 0

@@ -167,6 +167,7 @@ EXPECTED_COUNTS = {
     "patch": (352, 5856, 352),  # 2 blocks x (16*4+4 + 4*16+16) = 296, + 56
     "dann": (6713, 6713, 6713),  # everything + the discriminator 16*64+64 + 64*1+1 = 1,153
     "distill": (5560, 5560, 5560),  # a fresh student: everything
+    "prune": (5560, 5560, 5560),  # fine-tunes everything (pruned entries are zeroed by masks)
 }
 
 

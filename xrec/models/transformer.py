@@ -37,14 +37,15 @@ class Attention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  head_dim: int = 0  # 0: embed // num_heads
 
   @nn.compact
   def __call__(self, x, mask):
     """x: [batch, len, embed]; mask: [batch, 1, len, len] bool (True = may attend)."""
     embed = x.shape[-1]
-    if embed % self.num_heads:
+    if not self.head_dim and embed % self.num_heads:
       raise ValueError(f"embed_dim {embed} is not divisible by num_heads {self.num_heads}")
-    head_dim = embed // self.num_heads
+    head_dim = self.head_dim or embed // self.num_heads
 
     def proj(name):
       return nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
@@ -85,11 +86,12 @@ class Block(nn.Module):
   dropout: float
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  head_dim: int = 0
 
   @nn.compact
   def __call__(self, x, mask, deterministic):
     h = common.layer_norm("ln_attn", self.dtype, self.param_dtype)(x)
-    a = Attention(self.num_heads, self.dtype, self.param_dtype, name="attn")(h, mask)
+    a = Attention(self.num_heads, self.dtype, self.param_dtype, self.head_dim, name="attn")(h, mask)
     x = x + nn.Dropout(self.dropout)(a, deterministic=deterministic)
     h = common.layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
     m = MLP(self.mlp_dim, self.dropout, self.dtype, self.param_dtype, name="mlp")(h, deterministic)
@@ -111,16 +113,18 @@ class TransformerEncoder(common.ScoresItems, nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32  # compute dtype (bfloat16 for mixed precision)
   param_dtype: Dtype = jnp.float32
+  head_dim: int = 0  # per-head size; 0 = embed_dim // num_heads (a head-pruned model keeps its size)
 
   causal = True
   uses_mask_token = False
   fitted = False
   # config.model.<name>: this encoder's own fields (the common ones live in config.model)
-  config_defaults = {"num_layers": 2, "num_heads": 2, "mlp_dim": 256}
+  config_defaults = {"num_layers": 2, "num_heads": 2, "mlp_dim": 256, "head_dim": 0}
 
   @classmethod
   def from_config(cls, common_fields: dict, own, **shape):
-    return cls(**shape, **common_fields, num_layers=own.num_layers, num_heads=own.num_heads, mlp_dim=own.mlp_dim)
+    return cls(**shape, **common_fields, num_layers=own.num_layers, num_heads=own.num_heads, mlp_dim=own.mlp_dim,
+               head_dim=own.get("head_dim", 0))
 
   @property
   def mask_token_id(self) -> int:
@@ -142,7 +146,7 @@ class TransformerEncoder(common.ScoresItems, nn.Module):
     self.pos_embed = nn.Embed(self.max_len, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                               embedding_init=common.with_axes(nn.initializers.normal(0.02), (None, "embed")))
     block = nn.remat(Block, static_argnums=(3,)) if self.remat else Block
-    self.blocks = [block(self.num_heads, self.mlp_dim, self.dropout, self.dtype, self.param_dtype,
+    self.blocks = [block(self.num_heads, self.mlp_dim, self.dropout, self.dtype, self.param_dtype, self.head_dim,
                          name=f"block_{i}") for i in range(self.num_layers)]
     self.final_ln = common.layer_norm("final_ln", self.dtype, self.param_dtype)
     self.embed_dropout = nn.Dropout(self.dropout)

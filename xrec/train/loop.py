@@ -38,6 +38,7 @@ from xrec.train import objectives
 from xrec.train import optimizer as optim
 from xrec.train import writer as writing
 from xrec.transfer import apply as transfer
+from xrec.transfer import prune as pruning
 from xrec.transfer import schedule as schedules
 from xrec.transfer import vocab
 
@@ -198,7 +199,9 @@ def make_train_step(module, tx, objective: objectives.Objective, num_items: int,
     (loss, parts), grads = jax.value_and_grad(total, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    if "masks" in state:  # pruning: pruned entries stay exactly zero
+      params = jax.tree.map(lambda p, m: p * m.astype(p.dtype), params, state["masks"])
+    new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
     # each term's loss as loss/<term>, the values terms report as <term>/<name>
     stats = {"loss": loss, "grad_norm": optax.tree.norm(grads),
              **{(k if "/" in k else f"loss/{k}"): v for k, v in parts.items()}}
@@ -260,8 +263,11 @@ def initial_params(config, workdir, model: Model, state, param_sh, domain):
 class BestTracker:
   """Validation results -> the best checkpoint (step 0 included) and early stopping."""
 
-  def __init__(self, manager, metric: str, patience: int, meta: dict):
+  def __init__(self, manager, metric: str, patience: int, meta: dict, min_step: int = 0):
+    """min_step: earlier evaluations are logged but are no candidates (pruning: the model must have
+    reached its final sparsity)."""
     self.manager, self.metric, self.patience, self.meta = manager, metric, patience, meta
+    self.min_step = min_step
 
   @staticmethod
   def fresh_meta() -> dict:
@@ -271,6 +277,8 @@ class BestTracker:
   def update(self, step: int, result: dict, params) -> None:
     self.meta["evaluations"] = self.meta.get("evaluations", 0) + 1
     self.meta["last_eval_step"] = step
+    if step < self.min_step:
+      return
     value = result[self.metric]
     if self.meta["best_value"] is None or value > self.meta["best_value"]:
       self.meta.update(best_value=value, best_step=step, evals_since_best=0)
@@ -364,6 +372,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   tx = plan.make_optimizer(lambda: optim.make_optimizer(config.optim, max(num_steps, 1))[0])
   state, state_sh = create_state(module, tx, max_len, config.seed, mesh, rules)
   param_sh = state_sh["params"]
+  pruner, prune_events = None, {}
+  if plan.strategy.prune:  # masks (1 = kept) live in the train state and its checkpoints
+    kind, ratio, events, start, end = plan.strategy.prune
+    pruner = pruning.Pruner(kind, plan.roles)
+    prune_events = dict(pruning.schedule(ratio, events, max(num_steps, 1), start, end))
+    state["masks"] = jax.jit(lambda p: jax.tree.map(jnp.ones_like, p), out_shardings=param_sh)(state["params"])
+    state_sh = {**state_sh, "masks": param_sh}
   state, meta, init, report = initial_params(config, workdir, model, state, param_sh, domain)
   budget = plan.budget(state["params"], report)
   log.info(plan.describe(budget))
@@ -384,7 +399,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                 enabled=is_main)
   latest = ckpt.latest_manager(workdir, config.train.keep_checkpoints)
   best = BestTracker(ckpt.best_manager(workdir), config.train.best_metric,
-                     config.train.early_stopping_patience, meta)
+                     config.train.early_stopping_patience, meta, max(prune_events, default=0))
   base_rng = jax.random.key(config.seed + 1)
 
   side_seconds = [0.0]  # evaluation and checkpoint time inside the loop (not training throughput)
@@ -394,8 +409,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     result = evaluate(state["params"], domain, "valid")
     writer.write(step, "valid", result)
     best.update(step, result, state["params"])
-    log.info("step %d valid %s=%.4f (best %.4f at step %s)", step, best.metric, result[best.metric],
-             best.meta["best_value"], best.meta["best_step"])
+    log.info("step %d valid %s=%.4f (best %s at step %s)", step, best.metric, result[best.metric],
+             "-" if best.meta["best_value"] is None else f"{best.meta['best_value']:.4f}", best.meta["best_step"])
     side_seconds[0] += time.time() - t0
 
   t_train = time.time()
@@ -409,6 +424,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   for step_batches in pipeline.iterate_streams(streams, start_step, num_steps) if not finished else ():
     state, stats = train_step(state, sharding.put_batch(step_batches, mesh), base_rng)
     step += 1
+    if step in prune_events:  # new masks at the scheduled ratio; pruned entries zeroed now
+      params = jax.device_get(state["params"])
+      masks = pruner.masks(params, prune_events[step])
+      state["masks"] = jax.device_put(masks, param_sh)
+      state["params"] = jax.device_put(jax.tree.map(lambda p, m: p * m, params, masks), param_sh)
+      log.info("step %d: pruned to %.1f%% (%s)", step, 100 * prune_events[step], pruner.kind)
     window_examples += config.train.batch_size
     bar.update(1)
     if step % config.train.log_every_steps == 0 or step == num_steps:
@@ -479,6 +500,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    "valid_rank": valid_ranks.tolist(), "test_rank": test_ranks.tolist()},
       **_run_info(config, mesh, domain, state["params"]),
   }
+  if pruner is not None:
+    results["pruning"] = _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rules, test)
   results["wall_seconds"] = {"data": t_data - t_start, "train": train_seconds,
                              "final_eval": time.time() - t_final, "total": time.time() - t_start}
   stepping = max(train_seconds - side_seconds[0], 1e-9)  # the loop without evaluations and checkpoints
@@ -506,3 +529,37 @@ def _read_json(path: str):
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rules, test) -> dict:
+  """Sparsity and size of the pruned model; for structured pruning, the smaller dense model built
+  from it, evaluated (same scores, faster)."""
+  kind, ratio, events, start, end = plan.strategy.prune
+  masks = jax.device_get(state["masks"])
+  params = jax.device_get(best_params)
+  flat_m = common.flatten(masks)
+  nonzero = int(sum(np.count_nonzero(np.asarray(v)) for v in jax.tree.leaves(params)))
+  report = {"kind": kind, "ratio": ratio, "events": events, "start": start, "end": end,
+            "sparsity_of_blocks": pruning.sparsity(params, masks, pruner.prunable(flat_m)),
+            "params": common.param_count(params), "nonzero_params": nonzero,
+            "stored_bytes_sparse": nonzero * 4 + nonzero * 4}  # value + index per kept entry
+  if kind in ("heads", "mlp"):
+    # the masks of the best checkpoint's step (masks only grow), so shrink the best params with the final masks
+    small_params, fields = pruning.shrink(params, masks, kind, plan.roles)
+    small_cfg = model_config(config, {})
+    with small_cfg.unlocked():
+      small_cfg[config.model.name].update(fields)
+      if kind == "heads":
+        own = small_cfg[config.model.name]
+        own.head_dim = own.get("head_dim", 0) or config.model.embed_dim // config.model[config.model.name].num_heads
+    small = models.build(small_cfg, domain.num_items)
+    small_sh = sharding.param_shardings(jax.eval_shape(
+        lambda: small.init({"params": jax.random.key(0)}, jnp.ones((1, config.model.max_len), jnp.int32))["params"]),
+        mesh, rules)
+    evaluate = evaluation.Evaluator(small, domain.num_items, config.model.max_len, config.eval, mesh, small_sh)
+    dense = evaluate(jax.device_put(small_params, small_sh), domain, "test")
+    report["dense"] = {"model_fields": fields, "params": common.param_count(small_params),
+                       "stored_bytes": int(sum(np.asarray(v).nbytes for v in jax.tree.leaves(small_params))),
+                       "test": dense, "eval_users_per_second": dense["users_per_second"],
+                       "masked_eval_users_per_second": test["users_per_second"]}
+  return report

@@ -245,11 +245,11 @@ class Inserted(nn.Module):
       return state["q"]
     if name in ("key", "value"):
       state.setdefault(name, module)  # the projection itself, applied to the prompt tokens below
+      state.setdefault("embed", args[0].shape[-1])  # the model width the projection reads
       return next_fun(*args, **kwargs)
     out_in = args[0]  # [batch, len, heads, head_dim]: the attention output before `out`
     prompt = self.inserted.leaf(tuple(point.split("/")))
-    embed = state["q"].shape[-2] * state["q"].shape[-1]
-    mixed = prompt(state["q"], state["key"], state["value"], embed)
+    mixed = prompt(state["q"], state["key"], state["value"], state["embed"])
     pending.pop(point)
     return next_fun(out_in + mixed.astype(out_in.dtype), *args[1:], **kwargs)
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from xrec.models.base import Roles
 from xrec.transfer import insert
+from xrec.transfer import prune as pruning
 from xrec.transfer import schedule as schedules
 
 INSERTED = r"inserted/.*"  # every inserted module's params (xrec/transfer/insert.py)
@@ -44,6 +45,7 @@ class Strategy:
   insert: insert.InsertSpec | None = None  # modules inserted into the encoder (or heads beside it)
   terms: tuple[tuple[str, float], ...] = ()  # objective terms the preset adds (xrec/train/objectives.py)
   teacher: str = ""  # a finished run whose frozen model the distillation terms read
+  prune: tuple = ()  # (kind, ratio, events, start, end): pruning during training (xrec/transfer/prune.py)
 
 
 # Options of the presets: config.transfer.<group>.<field> (defaults here; xrec/config.py reads them).
@@ -58,6 +60,10 @@ OPTIONS = {
     # distill: the teacher run's workdir ("" = train.init_from); weights of the logit and the
     # ranking distillation terms (0 = off); temperature / top_k in objective.distill_*
     "distill": {"teacher": "", "logit_weight": 1.0, "ranking_weight": 0.0},
+    # prune: magnitude | heads | mlp; the final ratio (of the blocks' weights, or of the heads /
+    # MLP channels of every block), reached over `events` pruning steps spread over [start, end]
+    # of the budget with fine-tuning in between
+    "prune": {"kind": "magnitude", "ratio": 0.5, "events": 3, "start": 0.0, "end": 0.5},
 }
 
 # Model fields a preset sets on the target encoder (model.<field>), known before the encoder is
@@ -258,6 +264,18 @@ def distill(options, roles):
                   teacher=o.teacher or "init_from")
 
 
+def prune(options, roles):  # noqa: F811 (the preset; the module is `pruning`)
+  """Pruning for serving cost: the pretrained model is loaded and fine-tuned on the target while
+  entries are pruned on a schedule (prune.kind: global magnitude, or whole attention heads / MLP
+  channels of every block); pruned entries stay exactly zero. Structured pruning also yields a
+  smaller dense model (results: pruning.dense)."""
+  o = options.prune
+  pruning.Pruner(o.kind, roles)  # the kind fits the encoder
+  pruning.schedule(float(o.ratio), int(o.events), 100, float(o.start), float(o.end))  # valid options
+  return Strategy("prune", schedule=((".*", options.lr_mult),),
+                  prune=(o.kind, float(o.ratio), int(o.events), float(o.start), float(o.end)))
+
+
 def bitfit(options, roles):
   """Only biases (attention, MLP, convolutions, output bias) and norm parameters (scale, bias)."""
   lr = options.lr_mult
@@ -281,6 +299,7 @@ STRATEGIES: dict[str, Callable[[Any, Roles], Strategy]] = {
     "patch": patch,
     "dann": dann,
     "distill": distill,
+    "prune": prune,
 }
 INSERTING = {"adapter": "adapter", "lora": "lora", "prompt": "prompt", "patch": "patch"}  # preset -> module kind
 

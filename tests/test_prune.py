@@ -1,0 +1,96 @@
+"""Pruning: masks, the schedule, pruned entries stay zero through fine-tuning, and a structurally
+pruned Transformer shrinks into a smaller dense model with the same scores."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from test_encoders import INPUTS, NUM_ITEMS, build, init, perturbed
+from xrec import models
+from xrec.models import common
+from xrec.train import checkpoint as ckpt
+from xrec.train.loop import model_config, train_and_evaluate
+from xrec.transfer import prune as pruning
+
+
+def test_schedule_ramps_cubically_to_the_ratio():
+  events = pruning.schedule(0.8, 4, 100, 0.0, 0.5)
+  assert [s for s, _ in events] == [12, 25, 38, 50]
+  ratios = [r for _, r in events]
+  assert ratios == sorted(ratios) and ratios[-1] == pytest.approx(0.8)
+  assert ratios[0] == pytest.approx(0.8 * (1 - 0.75 ** 3))
+  with pytest.raises(ValueError, match=r"transfer.prune.ratio=1.0 must be in \[0, 1\)"):
+    pruning.schedule(1.0, 3, 100, 0.0, 0.5)
+  with pytest.raises(ValueError, match=r"transfer.prune.ratio=-0.1 must be in \[0, 1\)"):
+    pruning.schedule(-0.1, 3, 100, 0.0, 0.5)
+
+
+def test_global_magnitude_masks_the_smallest_block_weights():
+  module = build("sasrec")
+  params = perturbed(init(module))
+  pruner = pruning.Pruner("magnitude", module.roles())
+  masks = pruner.masks(params, 0.3)
+  flat, flat_m = common.flatten(params), common.flatten(masks)
+  paths = pruner.prunable(flat)
+  assert paths and all(p.startswith("block_") and p.endswith("kernel") for p in paths)
+  assert pruning.sparsity(params, masks, paths) == pytest.approx(0.3, abs=0.01)
+  kept = np.concatenate([np.abs(flat[p])[flat_m[p] > 0] for p in paths])
+  gone = np.concatenate([np.abs(flat[p])[flat_m[p] == 0] for p in paths])
+  assert gone.max() <= kept.min()  # global: every pruned weight is smaller than every kept one
+  assert all((flat_m[p] == 1).all() for p in flat if p not in paths)  # tables, norms, biases untouched
+
+
+@pytest.mark.parametrize("kind,field", [("heads", "num_heads"), ("mlp", "mlp_dim")])
+def test_structured_pruning_shrinks_to_a_dense_model_with_the_same_scores(kind, field):
+  cfg = model_config(_config(), {})
+  module = models.build(cfg, NUM_ITEMS)
+  params = perturbed(init(module))
+  pruner = pruning.Pruner(kind, module.roles())
+  masks = pruner.masks(params, 0.5)
+  masked = jax.tree.map(lambda p, m: p * m, params, masks)
+  small_params, fields = pruning.shrink(masked, masks, kind, module.roles())
+  with cfg.unlocked():
+    cfg.sasrec.update(fields)
+    cfg.sasrec.head_dim = cfg.embed_dim // 2
+  small = models.build(cfg, NUM_ITEMS)
+  assert fields[field] == (1 if kind == "heads" else 8)
+  assert common.param_count(small_params) < common.param_count(params)
+  np.testing.assert_allclose(small.apply({"params": small_params}, INPUTS, method="score_last"),
+                             module.apply({"params": masked}, INPUTS, method="score_last"), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match=r"prune.kind='heads' needs a Transformer encoder.*\['magnitude'\]"):
+    pruning.Pruner("heads", build("gru4rec").roles())
+
+
+def _config():
+  from test_encoders import model_config as encoder_config
+  return encoder_config("sasrec")
+
+
+@pytest.mark.parametrize("kind", ["magnitude", "heads"])
+def test_pruned_entries_stay_zero_through_fine_tuning(data_dir, tmp_path, kind):
+  pre = tiny_config(data_dir)
+  train_and_evaluate(pre, str(tmp_path / "pre"))
+  c = tiny_config(data_dir)
+  c.data.domain = "target"
+  c.transfer.strategy = "prune"
+  c.transfer.prune.update(dict(kind=kind, ratio=0.5, events=2, start=0.0, end=0.5))
+  c.train.init_from = str(tmp_path / "pre")
+  r = train_and_evaluate(c, str(tmp_path / kind))
+  report = r["pruning"]
+  best, best_step = ckpt.restore_best_params(str(tmp_path / kind))
+  assert best_step >= 6  # candidates only after the last pruning step (step 6 of 12)
+  flat = common.flatten(best)
+  if kind == "magnitude":
+    assert report["sparsity_of_blocks"] == pytest.approx(0.5, abs=0.01)
+    zeros = sum(int((np.asarray(v) == 0).sum()) for p, v in flat.items() if p.startswith("block_") and p.endswith("kernel"))
+    assert zeros >= 0.5 * sum(np.size(v) for p, v in flat.items() if p.startswith("block_") and p.endswith("kernel"))
+  else:
+    for block in ("block_0", "block_1"):  # 2 heads -> 1 left, exactly zero after fine-tuning
+      out = np.asarray(flat[f"{block}/attn/out/kernel"])
+      assert sorted(np.abs(out).reshape(2, -1).max(1) > 0) == [False, True]
+    dense = report["dense"]
+    assert dense["model_fields"] == {"num_heads": 1} and dense["params"] < report["params"]
+    assert dense["test"]["ndcg@10"] == pytest.approx(r["test"]["ndcg@10"], abs=1e-6)
+  assert report["nonzero_params"] < report["params"]
