@@ -290,3 +290,23 @@ def test_study_configs_load_and_every_cell_applies(path, arg):
   assert len(seeds) >= 5
   assert layout["columns"][0] in cells[0].overrides
   assert f"--config {path}" in module.__doc__ or f"--config {path}:" in module.__doc__
+
+
+def test_compare_two_runs_of_a_study(tmp_path):
+  from xrec.report import compare
+
+  def write(wd, shift):
+    wd.mkdir()
+    rs = records()
+    for r in rs:
+      if r["overrides"]["transfer.strategy"] == "adapter" and r["overrides"]["data.user_fraction"] == 1.0:
+        r["test"] = {k: v + shift for k, v in r["test"].items()}
+    cells = [{"index": i, "key": r["key"], "overrides": r["overrides"]} for i, r in enumerate(rs)]
+    (wd / "study.json").write_text(json.dumps({"config_file": "x.py", "layout": LAYOUT, "cells": cells}))
+    (wd / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    return str(wd)
+  before, small, large = write(tmp_path / "a", 0.0), write(tmp_path / "b", 0.01), write(tmp_path / "c", 0.3)
+  assert compare.compare(before, small)["within"] == 6
+  moved = compare.compare(before, large)
+  assert moved["within"] == 5 and [r["row"] for r in moved["rows"] if not r["within"]] == ["adapter"]
+  assert "**no**" in compare.to_markdown(moved) and "5 of 6 cells within noise" in compare.to_markdown(moved)
