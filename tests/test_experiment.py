@@ -284,13 +284,17 @@ def test_distill_a_smaller_student_from_a_teacher(data_dir, tmp_path):
   c.model.name = "gru4rec"
   c.model.embed_dim = 8  # a smaller student of another encoder
   c.transfer.strategy = "distill"
-  c.transfer.distill.update(dict(teacher=str(tmp_path / "teacher"), ranking_weight=0.5))
+  c.transfer.distill.update(dict(teacher=str(tmp_path / "teacher"), ranking_weight=0.5, hidden_weight=0.5))
   r = train_and_evaluate(c, str(tmp_path / "student"))
   t = r["transfer"]["teacher"]
   assert t["encoder"] == "SASRec" and t["param_count"] > r["param_count"] and t["stored_bytes"] > 0
-  assert r["model"]["objective"] == [["full_softmax", 1.0], ["distill_logits", 1.0], ["distill_ranking", 0.5]]
+  assert r["model"]["objective"] == [["full_softmax", 1.0], ["distill_logits", 1.0], ["distill_ranking", 0.5],
+                                     ["distill_hidden", 0.5]]
   rows = [json.loads(x) for x in open(tmp_path / "student" / "metrics.jsonl") if '"train"' in x]
-  assert all(np.isfinite(row["loss/distill_logits"]) for row in rows)
+  assert all(np.isfinite(row["loss/distill_logits"]) and np.isfinite(row["loss/distill_hidden"]) for row in rows)
+  from xrec.train import checkpoint as ckpt
+  student, _ = ckpt.restore_best_params(str(tmp_path / "student"))
+  assert student["heads"]["projection"]["kernel"].shape == (8, 16)  # student width 8 -> teacher width 16
   # no teacher, or a teacher on other items: clear errors
   c.transfer.distill.teacher = ""
   with pytest.raises(ValueError, match=r"'distill' needs a teacher: set transfer.distill.teacher"):

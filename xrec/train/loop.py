@@ -30,6 +30,7 @@ import optax
 
 from xrec import models
 from xrec import sharding
+from xrec.config import with_overrides
 from xrec.data import augment, pipeline
 from xrec.evaluate import evaluator as evaluation
 from xrec.models import common
@@ -118,10 +119,13 @@ def read_encoder(workdir: str) -> transfer.SourceEncoder:
 
 
 def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None) -> Model:
+  teacher = None
+  if config.transfer.strategy == "distill":  # the teacher's width sizes the student's projection head
+    teacher = read_teacher(config, domain)
+    config = with_overrides(config, {"transfer.distill.teacher_embed_dim": teacher["embed_dim"]})
   plan = transfer.prepare(config, overlap)  # names and options; fails before any work
   encoder = models.build(model_config(config, plan.model_fields), domain.num_items)
   module, plan = plan.bind(encoder)
-  teacher = read_teacher(config, plan, domain) if plan.strategy.teacher else None
   streams = ("target",) + (("source",) if config.data.source_domain else ()) + (("teacher",) if teacher else ())
   objective = (objectives.Objective((), {}) if encoder.fitted else  # counted, not trained
                objectives.build(config.objective, encoder.causal, streams, type(encoder).__name__,
@@ -130,7 +134,7 @@ def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None) 
   return Model(module, plan, objective, source, teacher)
 
 
-def read_teacher(config, plan, domain) -> dict:
+def read_teacher(config, domain) -> dict:
   """The distillation teacher: a finished run (transfer.distill.teacher, else train.init_from), its
   encoder, best params and the map from the student's item ids to the teacher's, by raw key."""
   path = config.transfer.distill.teacher or config.train.init_from
@@ -157,7 +161,8 @@ def read_teacher(config, plan, domain) -> dict:
                "stored_bytes": int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(params))),
                "test": (results.get("test") or {}).get("ndcg@10"),
                "eval_users_per_second": (results.get("throughput") or {}).get("eval_users_per_second")}
-  return {"module": module, "params": params, "id_map": id_map, "info": described}
+  return {"module": module, "params": params, "id_map": id_map, "info": described,
+          "embed_dim": int(info["model"].get("embed_dim", 0))}
 
 
 def create_state(module, tx, max_len: int, seed: int, mesh, rules):

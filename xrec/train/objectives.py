@@ -127,6 +127,10 @@ class Teacher:
   params: Any
   id_map: Any
 
+  def hidden(self, inputs):
+    """The teacher's hidden states [batch, len, teacher embed]."""
+    return self.module.apply({"params": self.params}, inputs, deterministic=True, method="encode")
+
   def logits(self, inputs):
     """Teacher scores of every student item at every position: [batch, len, student vocab] (fp32)."""
     hidden, table, bias = self.module.apply({"params": self.params}, inputs, deterministic=True)
@@ -159,6 +163,22 @@ def distill_logits(ctx: TermContext):
   kl = jnp.sum(p_teacher * (jax.nn.log_softmax(teacher / t, axis=-1) - jax.nn.log_softmax(student / t, axis=-1)), -1)
   n = weight.sum()
   return (t * t) * (kl * weight).sum() / jnp.maximum(n, 1.0), n
+
+
+def distill_hidden(ctx: TermContext):
+  """Hidden-state matching (FitNets-style): the student's hidden states, through its learned
+  projection head (`project`, added by transfer.strategy=distill), regress the teacher's (mean
+  squared error over the valid positions)."""
+  if ctx.teacher is None:
+    raise ValueError("distillation terms need a teacher: transfer.strategy=distill with transfer.distill.teacher")
+  inputs = ctx.batches["target"]["inputs"]
+  student, _, _ = ctx.forward(inputs)
+  projected = ctx.module.apply({"params": ctx.params}, student, method="project").astype(jnp.float32)
+  teacher = jax.lax.stop_gradient(ctx.teacher.hidden(inputs)).astype(jnp.float32)
+  weight = (inputs > 0).astype(jnp.float32)
+  n = weight.sum()
+  per_position = ((projected - teacher) ** 2).mean(-1)
+  return (per_position * weight).sum() / jnp.maximum(n, 1.0), n
 
 
 def distill_ranking(ctx: TermContext):
@@ -277,6 +297,8 @@ TERMS: dict[str, Term] = {t.name: t for t in (
          "next-item cross-entropy on the source stream (its items in the model's vocabulary)"),
     Term("distill_logits", ("target", "teacher"), "causal", distill_logits,
          "soft targets of a teacher model (transfer.strategy=distill)", {"temperature": 2.0}),
+    Term("distill_hidden", ("target", "teacher"), "causal", distill_hidden,
+         "the student's projected hidden states regress the teacher's (transfer.strategy=distill)"),
     Term("distill_ranking", ("target", "teacher"), "causal", distill_ranking,
          "the teacher's top-K items as weighted positives (transfer.strategy=distill)", {"top_k": 10}),
     Term("adversarial_examples", ("target",), "causal", adversarial_examples,

@@ -295,14 +295,17 @@ class DomainDiscriminator(nn.Module):
 class WithHeads(nn.Module):
   """`encoder` (its params keep their paths) plus heads outside the encoder under `heads/`:
   `heads/domain_discriminator/...` read by `discriminate(representation)` (domain-adversarial
-  transfer). The encoder's contract is forwarded unchanged."""
+  transfer) and `heads/projection/...` read by `project(hidden)` (distillation's hidden-state
+  matching into the teacher's width). The encoder's contract is forwarded unchanged."""
 
   encoder: nn.Module
-  discriminator_hidden: int
+  discriminator_hidden: int = 0  # 0: no discriminator
+  projection_dim: int = 0  # 0: no projection
 
   def setup(self):
     nn.share_scope(self, self.encoder)
-    self.heads = _Heads(self.discriminator_hidden, self.encoder.dtype, self.encoder.param_dtype, name="heads")
+    self.heads = _Heads(self.discriminator_hidden, self.projection_dim, self.encoder.dtype,
+                        self.encoder.param_dtype, name="heads")
 
   causal = property(lambda self: self.encoder.causal)
   uses_mask_token = property(lambda self: self.encoder.uses_mask_token)
@@ -322,7 +325,11 @@ class WithHeads(nn.Module):
 
   def __call__(self, inputs, deterministic: bool = True):
     if self.is_initializing():  # the heads' params are created with the encoder's
-      self.heads.domain_discriminator(jnp.zeros((1, self.encoder.embed_dim), self.encoder.dtype))
+      probe = jnp.zeros((1, self.encoder.embed_dim), self.encoder.dtype)
+      if self.discriminator_hidden:
+        self.heads.domain_discriminator(probe)
+      if self.projection_dim:
+        self.heads.projection(probe)
     return self.encoder(inputs, deterministic)
 
   def score_last(self, inputs):
@@ -332,14 +339,23 @@ class WithHeads(nn.Module):
     """representation [..., embed] -> domain logits [...] (> 0: source)."""
     return self.heads.domain_discriminator(representation)
 
+  def project(self, hidden):
+    """hidden [..., embed] -> [..., projection_dim] (a learned linear map)."""
+    return self.heads.projection(hidden)
+
 
 class _Heads(nn.Module):
   hidden: int
+  projection_dim: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   def setup(self):
-    self.domain_discriminator = DomainDiscriminator(self.hidden, self.dtype, self.param_dtype)
+    if self.hidden:
+      self.domain_discriminator = DomainDiscriminator(self.hidden, self.dtype, self.param_dtype)
+    if self.projection_dim:
+      self.projection = nn.Dense(self.projection_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                                 kernel_init=with_axes(nn.initializers.lecun_normal(), ("embed", None)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,8 +369,9 @@ def wrap(encoder, spec: InsertSpec | None):
   naming the kinds that apply, when the encoder's roles offer no point for the kind."""
   if spec is None:
     return encoder
-  if spec.kind == "domain_discriminator":
-    return WithHeads(encoder, int(dict(spec.options)["hidden"]))
+  if spec.kind == "heads":
+    options = dict(spec.options)
+    return WithHeads(encoder, int(options.get("discriminator_hidden", 0)), int(options.get("projection_dim", 0)))
   if spec.kind not in KINDS:
     raise ValueError(f"Unknown inserted module kind {spec.kind!r}; valid: {list(KINDS)}")
   roles = encoder.roles()

@@ -59,7 +59,9 @@ OPTIONS = {
     "dann": {"hidden": 64, "source_weight": 1.0, "adversarial_weight": 0.1},
     # distill: the teacher run's workdir ("" = train.init_from); weights of the logit and the
     # ranking distillation terms (0 = off); temperature / top_k in objective.distill_*
-    "distill": {"teacher": "", "logit_weight": 1.0, "ranking_weight": 0.0},
+    # (teacher_embed_dim is set by the trainer from the teacher's model: the projection's width)
+    "distill": {"teacher": "", "logit_weight": 1.0, "ranking_weight": 0.0, "hidden_weight": 0.0,
+                "teacher_embed_dim": 0},
     # prune: magnitude | heads | mlp; the final ratio (of the blocks' weights, or of the heads /
     # MLP channels of every block), reached over `events` pruning steps spread over [start, end]
     # of the budget with fine-tuning in between
@@ -242,7 +244,7 @@ def dann(options, roles):
     if not o[field] > 0:
       raise ValueError(f"transfer.dann.{field}={o[field]!r} must be > 0")
   return Strategy("dann", dont_load=(r"heads/.*",),
-                  insert=insert.InsertSpec("domain_discriminator", (("hidden", _positive_int(o, "hidden", "dann")),)),
+                  insert=insert.InsertSpec("heads", (("discriminator_hidden", _positive_int(o, "hidden", "dann")),)),
                   schedule=((r"heads/.*", options.new_lr_mult), (".*", options.lr_mult)),
                   terms=(("source_full_softmax", float(o.source_weight)),
                          ("domain_adversarial", float(o.adversarial_weight))))
@@ -255,12 +257,18 @@ def distill(options, roles):
   (distill.logit_weight) and ranking distillation on the teacher's top-K (distill.ranking_weight)."""
   del roles
   o = options.distill
-  terms = tuple((name, float(w)) for name, w in (("distill_logits", o.logit_weight),
-                                                 ("distill_ranking", o.ranking_weight)) if w > 0)
-  if not terms or min(o.logit_weight, o.ranking_weight) < 0:
-    raise ValueError(f"transfer.distill needs logit_weight or ranking_weight > 0 (and none negative); got "
-                     f"{o.logit_weight!r}, {o.ranking_weight!r}")
-  return Strategy("distill", load=False, schedule=((".*", 1.0),), terms=terms,
+  weights = {"distill_logits": o.logit_weight, "distill_ranking": o.ranking_weight, "distill_hidden": o.hidden_weight}
+  terms = tuple((name, float(w)) for name, w in weights.items() if w > 0)
+  if not terms or min(weights.values()) < 0:
+    raise ValueError(f"transfer.distill needs logit_weight, ranking_weight or hidden_weight > 0 (and none "
+                     f"negative); got {weights}")
+  heads = None
+  if o.hidden_weight > 0:  # hidden-state matching through a learned projection into the teacher's width
+    if not o.teacher_embed_dim:
+      raise ValueError("transfer.distill.hidden_weight > 0 needs the teacher's width (the trainer sets "
+                       "transfer.distill.teacher_embed_dim from the teacher run)")
+    heads = insert.InsertSpec("heads", (("projection_dim", int(o.teacher_embed_dim)),))
+  return Strategy("distill", load=False, schedule=((".*", 1.0),), terms=terms, insert=heads,
                   teacher=o.teacher or "init_from")
 
 
