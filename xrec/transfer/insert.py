@@ -167,7 +167,24 @@ class _Group(nn.Module):
     return self.members[parts[0]].leaf(parts[1:])
 
 
-class Inserted(nn.Module):
+class Forwarding:
+  """The contract's attributes of a wrapper's `encoder`, forwarded (xrec/models/base.py)."""
+
+  causal = property(lambda self: self.encoder.causal)
+  uses_mask_token = property(lambda self: self.encoder.uses_mask_token)
+  fitted = property(lambda self: self.encoder.fitted)
+  vocab_size = property(lambda self: self.encoder.vocab_size)
+  max_len = property(lambda self: self.encoder.max_len)
+  num_items = property(lambda self: self.encoder.num_items)
+
+  def roles(self) -> base.Roles:
+    return self.encoder.roles()
+
+  def output_table(self):
+    return self.encoder.output_table()
+
+
+class Inserted(Forwarding, nn.Module):
   """`encoder` with modules of one `kind` at `points` (see the module docstring)."""
 
   encoder: nn.Module
@@ -179,34 +196,6 @@ class Inserted(nn.Module):
     nn.share_scope(self, self.encoder)
     self.inserted = _Group(_tree(self.points), self.kind, self.options, self.encoder.dtype,
                            self.encoder.param_dtype, name="inserted")
-
-  # The contract, forwarded (xrec/models/base.py).
-  @property
-  def causal(self):
-    return self.encoder.causal
-
-  @property
-  def uses_mask_token(self):
-    return self.encoder.uses_mask_token
-
-  @property
-  def fitted(self):
-    return self.encoder.fitted
-
-  @property
-  def vocab_size(self):
-    return self.encoder.vocab_size
-
-  @property
-  def max_len(self):
-    return self.encoder.max_len
-
-  @property
-  def num_items(self):
-    return self.encoder.num_items
-
-  def roles(self) -> base.Roles:
-    return self.encoder.roles()
 
   def _interceptor(self):
     wanted = {p: tuple(p.split("/")) for p in self.points}
@@ -260,9 +249,6 @@ class Inserted(nn.Module):
   def encode(self, inputs, deterministic: bool = True):
     return self._run("encode", inputs, deterministic)
 
-  def output_table(self):
-    return self.encoder.output_table()
-
   def __call__(self, inputs, deterministic: bool = True):
     return self._run("__call__", inputs, deterministic)
 
@@ -292,7 +278,7 @@ class DomainDiscriminator(nn.Module):
     return nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(h)[..., 0]
 
 
-class WithHeads(nn.Module):
+class WithHeads(Forwarding, nn.Module):
   """`encoder` (its params keep their paths) plus heads outside the encoder under `heads/`:
   `heads/domain_discriminator/...` read by `discriminate(representation)` (domain-adversarial
   transfer) and `heads/projection/...` read by `project(hidden)` (distillation's hidden-state
@@ -307,21 +293,8 @@ class WithHeads(nn.Module):
     self.heads = _Heads(self.discriminator_hidden, self.projection_dim, self.encoder.dtype,
                         self.encoder.param_dtype, name="heads")
 
-  causal = property(lambda self: self.encoder.causal)
-  uses_mask_token = property(lambda self: self.encoder.uses_mask_token)
-  fitted = property(lambda self: self.encoder.fitted)
-  vocab_size = property(lambda self: self.encoder.vocab_size)
-  max_len = property(lambda self: self.encoder.max_len)
-  num_items = property(lambda self: self.encoder.num_items)
-
-  def roles(self):
-    return self.encoder.roles()
-
   def encode(self, inputs, deterministic: bool = True):
     return self.encoder.encode(inputs, deterministic)
-
-  def output_table(self):
-    return self.encoder.output_table()
 
   def __call__(self, inputs, deterministic: bool = True):
     if self.is_initializing():  # the heads' params are created with the encoder's
