@@ -149,7 +149,7 @@ def _expected_trainable(strategy, flat: dict, roles: base.Roles) -> int:
   size = {p: int(np.prod(v.shape)) for p, v in flat.items()}
   under = lambda prefixes: sum(n for p, n in size.items() if any(p == x or p.startswith(x + "/") for x in prefixes))  # noqa: E731
   tables = [roles.item_table] + ([roles.output_table] if roles.output_table else [])
-  if strategy in ("scratch", "full_finetune", "embedding_transfer", "dann", "distill", "prune"):  # dann: + discriminator
+  if strategy in ("scratch", "full_finetune", "embedding_transfer", "dann", "distill", "prune", "multi_domain"):
     return sum(size.values())
   if strategy == "zero_shot":
     return 0
@@ -442,3 +442,28 @@ def test_ranking_distillation_rewards_the_teachers_top_items():
       objectives.TermContext(student, p, _batches(), jax.random.key(0), NUM_ITEMS,
                              base_config().objective.distill_ranking, teacher=teacher))[0])(params)
   assert np.isfinite(float(loss)) and float(jnp.abs(grads["output_bias"]).sum()) > 0
+
+
+# --- multi-domain joint training ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name,kind", [("sasrec", "shared_bottom"), ("sasrec", "star"), ("gru4rec", "shared_bottom")])
+def test_multi_domain_starts_as_the_shared_model_and_domains_then_differ(name, kind):
+  encoder, module, plan = bound(name, "multi_domain", **{"multi_domain.kind": kind})
+  pretrained = perturbed(init(encoder, seed=1))
+  params, _ = plan.init_params(init(module, seed=2), pretrained, KEYS, KEYS)
+  flat = common.flatten(params)
+  assert any(p.startswith("domains/target_head/") for p in flat) and any(p.startswith("domains/source_head/") for p in flat)
+  want = encoder.apply({"params": pretrained}, INPUTS, method="score_last")
+  for domain in ("target", "source"):  # zero-init parts: both domains start as the shared model
+    got = module.apply({"params": params}, INPUTS, domain, method="score_last")
+    np.testing.assert_allclose(got[:, 1:NUM_ITEMS + 1], want[:, 1:NUM_ITEMS + 1], rtol=1e-6, atol=1e-6)
+  nudged = common.unflatten({p: v + 0.3 if p.startswith("domains/source") else v for p, v in flat.items()})
+  t = module.apply({"params": nudged}, INPUTS, "target", method="score_last")
+  s = module.apply({"params": nudged}, INPUTS, "source", method="score_last")
+  np.testing.assert_allclose(t[:, 1:NUM_ITEMS + 1], want[:, 1:NUM_ITEMS + 1], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(s, t)  # the source's own parts only change the source
+
+
+def test_star_needs_projections():
+  with pytest.raises(ValueError, match=r"kind='star' needs dense projections.*GRU4Rec has none"):
+    bound("gru4rec", "multi_domain", **{"multi_domain.kind": "star"})

@@ -307,3 +307,19 @@ def test_distill_a_smaller_student_from_a_teacher(data_dir, tmp_path):
   c.data.synthetic.scenario = "cross_region"
   with pytest.raises(ValueError, match=r"trained on another item vocabulary: 200 of the target's 200 items"):
     train_and_evaluate(c, str(tmp_path / "mismatch"))
+
+
+def test_multi_domain_reports_every_domain(data_dir, tmp_path):
+  c = _config(data_dir)
+  c.experiment.strategies = ("multi_domain",)
+  wd = str(tmp_path / "md")
+  assert sweep.run_study(c, sweep.implicit_study(c), wd)["failed"] == 0
+  result = _stage(wd, sweep.read_runs(wd)[0])
+  assert set(result["domains"]) == {"target", "source"}
+  assert result["domains"]["target"]["test"]["ndcg@10"] == result["test"]["ndcg@10"]
+  assert result["domains"]["source"]["population_users"] == 120 and 0 <= result["domains"]["source"]["test"]["ndcg@10"] <= 1
+  single = tiny_config(data_dir)  # no second domain: a clear error
+  single.transfer.strategy = "multi_domain"
+  single.train.init_from = os.path.join(wd, "stages", sweep.read_runs(wd)[0]["stages"]["pretrain"])
+  with pytest.raises(ValueError, match=r"reads the stream\(s\) \['source'\].*data.source_domain"):
+    train_and_evaluate(single, str(tmp_path / "single"))

@@ -168,6 +168,7 @@ EXPECTED_COUNTS = {
     "dann": (6713, 6713, 6713),  # everything + the discriminator 16*64+64 + 64*1+1 = 1,153
     "distill": (5560, 5560, 5560),  # a fresh student: everything
     "prune": (5560, 5560, 5560),  # fine-tunes everything (pruned entries are zeroed by masks)
+    "multi_domain": (6184, 6184, 6184),  # + per domain (2): head transform 16*16 + output bias 56
 }
 
 

@@ -28,13 +28,17 @@ def protocol(eval_cfg, population: dict | None = None) -> dict:
 
 
 class Evaluator:
-  def __init__(self, module, num_items: int, max_len: int, eval_cfg, mesh, param_shardings):
+  def __init__(self, module, num_items: int, max_len: int, eval_cfg, mesh, param_shardings,
+               method_kwargs: dict | None = None):
+    """method_kwargs: extra arguments of the module's score_last (e.g. {"domain": "source"} for a
+    multi-domain model)."""
+    method_kwargs = dict(method_kwargs or {})
     self.eval_cfg, self.mesh, self.num_items, self.max_len = eval_cfg, mesh, num_items, max_len
     ks, mask_history = tuple(eval_cfg.ks), bool(eval_cfg.mask_history)
     scores_sharding = NamedSharding(mesh, P("data", "model"))
 
     def step(params, batch):
-      scores = module.apply({"params": params}, batch["inputs"], method="score_last")
+      scores = module.apply({"params": params}, batch["inputs"], method="score_last", **method_kwargs)
       scores = jax.lax.with_sharding_constraint(scores, scores_sharding)  # [batch, vocab]
       rank = metrics.target_rank(scores, batch["target"], num_items,
                            batch["history"] if mask_history else None)

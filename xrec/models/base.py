@@ -56,6 +56,7 @@ class Roles:
   sublayers: tuple[str, ...] = ()  # adapters: output y of each becomes y + adapter(.)
   projections: tuple[str, ...] = ()  # LoRA: dense projections W x -> W x + B A x
   attention: tuple[str, ...] = ()  # prompts: attention modules with query/key/value/out projections
+  norms: tuple[str, ...] = ()  # LayerNorm modules (partitioned per domain by STAR)
 
   @property
   def item_rows(self) -> tuple[str, ...]:

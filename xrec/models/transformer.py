@@ -139,7 +139,8 @@ class TransformerEncoder(common.ScoresItems, nn.Module):
         sublayers=tuple(f"{b}/{s}" for b in blocks for s in ("attn", "mlp")),
         projections=tuple(f"{b}/attn/{p}" for b in blocks for p in ("query", "key", "value", "out"))
         + tuple(f"{b}/mlp/{p}" for b in blocks for p in ("wi", "wo")),
-        attention=tuple(f"{b}/attn" for b in blocks))
+        attention=tuple(f"{b}/attn" for b in blocks),
+        norms=tuple(f"{b}/{n}" for b in blocks for n in ("ln_attn", "ln_mlp")) + ("final_ln",))
 
   def setup(self):
     self.item_tables(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)

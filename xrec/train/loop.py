@@ -361,7 +361,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   batches = pipeline.TrainBatches(domain, config.train.batch_size, max_len, config.seed,
                                   jax.process_index(), jax.process_count(), augmenter,
                                   config.data.augment.prob if augmenter else 0.0, views)
-  streams = {"target": batches}
+  streams, source = {"target": batches}, None
   if "source" in model.objective.streams:  # the source domain's users, in the target's item ids
     source_cfg = copy.deepcopy(config.data)
     with source_cfg.unlocked():
@@ -507,6 +507,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   }
   if pruner is not None:
     results["pruning"] = _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rules, test)
+  if getattr(module, "domains", None):  # multi-domain: every domain's metrics at the same checkpoint
+    results["domains"] = {"target": {"valid": valid, "test": test}}
+    if source is not None and "source" in module.domains:
+      source = dataclasses.replace(source, eval_users=source.eval_users[source.lengths[source.eval_users] >= 3])
+      other = evaluation.Evaluator(module, domain.num_items, max_len, config.eval, mesh, param_sh,
+                                   {"domain": "source"})
+      results["domains"]["source"] = {"valid": other(best_params, source, "valid"),
+                                      "test": other(best_params, source, "test"),
+                                      "population_users": int(len(source.eval_users))}
   results["wall_seconds"] = {"data": t_data - t_start, "train": train_seconds,
                              "final_eval": time.time() - t_final, "total": time.time() - t_start}
   stepping = max(train_seconds - side_seconds[0], 1e-9)  # the loop without evaluations and checkpoints

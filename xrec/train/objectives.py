@@ -48,13 +48,16 @@ class TermContext:
   progress: Any = 0.0  # step / num_steps in [0, 1] (schedules such as the Ganin lambda)
   teacher: Any = None  # Teacher: a frozen model whose outputs on the target batch are the "teacher" stream
 
-  def forward(self, inputs):
-    """(hidden, table, bias) of the module in training mode (dropout on)."""
-    return self.forward_with(self.params, inputs)
+  def forward(self, inputs, stream: str = "target"):
+    """(hidden, table, bias) of the module in training mode (dropout on); a multi-domain model
+    answers as the stream's domain."""
+    return self.forward_with(self.params, inputs, stream)
 
-  def forward_with(self, params, inputs):
+  def forward_with(self, params, inputs, stream: str = "target"):
     dropout_rng, _ = jax.random.split(self.rng)
-    return self.module.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": dropout_rng})
+    kwargs = {"domain": stream} if getattr(self.module, "domains", None) else {}
+    return self.module.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": dropout_rng},
+                             **kwargs)
 
   @property
   def term_rng(self):
@@ -75,7 +78,7 @@ class Term:
 def _next_item(loss_fn, stream="target", **extra):
   def fn(ctx: TermContext):
     batch = ctx.batches[stream]
-    hidden, table, bias = ctx.forward(batch["inputs"])
+    hidden, table, bias = ctx.forward(batch["inputs"], stream)
     kwargs = {k: v(ctx) for k, v in extra.items()}
     return loss_fn(hidden, batch["targets"], table, bias, num_items=ctx.num_items, rng=ctx.term_rng, **kwargs)
   return fn

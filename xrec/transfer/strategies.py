@@ -66,6 +66,9 @@ OPTIONS = {
     # MLP channels of every block), reached over `events` pruning steps spread over [start, end]
     # of the budget with fine-tuning in between
     "prune": {"kind": "magnitude", "ratio": 0.5, "events": 3, "start": 0.0, "end": 0.5},
+    # multi_domain: shared_bottom (per-domain heads) | star (+ per-domain weights and norms);
+    # the weight of the source domain's next-item term
+    "multi_domain": {"kind": "shared_bottom", "source_weight": 1.0},
 }
 
 # Model fields a preset sets on the target encoder (model.<field>), known before the encoder is
@@ -284,6 +287,24 @@ def prune(options, roles):  # noqa: F811 (the preset; the module is `pruning`)
                   prune=(o.kind, float(o.ratio), int(o.events), float(o.start), float(o.end)))
 
 
+def multi_domain(options, roles):
+  """Multi-domain joint training: one model for the target and the source (stream "source"): the
+  loaded encoder is shared, each domain adds its own head (a zero-init residual transform and an
+  output-bias offset) and, with multi_domain.kind="star", STAR's per-domain weights on every dense
+  projection and per-domain norms (Transformer encoders). Trains on both domains' next items
+  (source weight multi_domain.source_weight) and reports each domain's metrics."""
+  del roles
+  o = options.multi_domain
+  if o.kind not in insert.MULTI_DOMAIN_KINDS:
+    raise ValueError(f"Unknown transfer.multi_domain.kind {o.kind!r}; valid: {list(insert.MULTI_DOMAIN_KINDS)}")
+  if not o.source_weight > 0:
+    raise ValueError(f"transfer.multi_domain.source_weight={o.source_weight!r} must be > 0")
+  return Strategy("multi_domain", dont_load=(r"domains/.*",),
+                  insert=insert.InsertSpec("multi_domain", (("domains", ("target", "source")), ("kind", o.kind))),
+                  schedule=((r"domains/.*", options.new_lr_mult), (".*", options.lr_mult)),
+                  terms=(("source_full_softmax", float(o.source_weight)),))
+
+
 def bitfit(options, roles):
   """Only biases (attention, MLP, convolutions, output bias) and norm parameters (scale, bias)."""
   lr = options.lr_mult
@@ -308,11 +329,12 @@ STRATEGIES: dict[str, Callable[[Any, Roles], Strategy]] = {
     "dann": dann,
     "distill": distill,
     "prune": prune,
+    "multi_domain": multi_domain,
 }
 INSERTING = {"adapter": "adapter", "lora": "lora", "prompt": "prompt", "patch": "patch"}  # preset -> module kind
 
 
-CAUSAL_ONLY = ("dann", "distill")  # their objective terms score next items from every position
+CAUSAL_ONLY = ("dann", "distill", "multi_domain")  # their objective terms score next items from every position
 
 
 def applicable(roles: Roles, causal: bool = True) -> list[str]:
