@@ -302,12 +302,43 @@ def test_cloze_masks_valid_positions_and_always_the_newest_item():
       return module.apply(variables, inputs, **kwargs)
 
   cfg = base_config()
+  cfg.objective.cloze.prefix_prob = 0.0  # whole windows
   ctx = objectives.TermContext(Spy(), init(module), _batches(), jax.random.key(3), NUM_ITEMS, cfg.objective.cloze)
   loss, count = objectives.cloze(ctx)
   items = np.asarray(_batches()["target"]["items"])
   masked = seen["inputs"] == NUM_ITEMS + 1
   assert masked[:, -1].all() and not masked[items == 0].any()  # newest item always, padding never
   assert (seen["inputs"][~masked] == items[~masked]).all() and int(count) == masked.sum()
+
+  cfg.objective.cloze.update(dict(prefix_prob=1.0, mask_prob=0.01))  # cut windows: newest item of a prefix
+  cut = set()
+  for seed in range(8):
+    ctx = objectives.TermContext(Spy(), init(module), _batches(), jax.random.key(seed), NUM_ITEMS, cfg.objective.cloze)
+    objectives.cloze(ctx)
+    inputs = seen["inputs"]
+    assert (inputs[:, -1] == NUM_ITEMS + 1).all()
+    for row, full in zip(inputs, items):
+      kept = row[row > 0]
+      seq = full[full > 0]
+      assert 2 <= len(kept) <= len(seq)
+      visible = kept != NUM_ITEMS + 1
+      assert (kept[visible] == seq[:len(kept)][visible]).all()  # a prefix of the history, right-aligned
+      cut.add(len(seq) - len(kept))
+  assert len(cut) > 1  # different rows and steps cut at different points
+
+
+def test_drop_newest_keeps_prefixes_right_aligned():
+  items = jnp.asarray([[0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 7, 8], [1, 2, 3, 4, 5, 6]])
+  assert (np.asarray(objectives.drop_newest(items, jax.random.key(0), 0.0)) == np.asarray(items)).all()
+  lengths = set()
+  for seed in range(20):
+    out = np.asarray(objectives.drop_newest(items, jax.random.key(seed), 1.0))
+    assert (out[1] == np.asarray(items[1])).all()  # two items: nothing may be dropped
+    for row, full in zip(out, np.asarray(items)):
+      kept, seq = row[row > 0], full[full > 0]
+      assert (row[len(row) - len(kept):] == kept).all() and (kept == seq[:len(kept)]).all() and len(kept) >= 2
+    lengths.add(int((out[2] > 0).sum()))
+  assert lengths == {2, 3, 4, 5, 6}
 
 
 def test_bad_objectives_fail_naming_what_is_valid():

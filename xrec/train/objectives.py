@@ -87,11 +87,20 @@ def _next_item(loss_fn, stream="target", **extra):
 def cloze(ctx: TermContext):
   """BERT4Rec's cloze objective: each valid position of the training window is replaced by the
   mask token with probability cloze.mask_prob (at least the last item of every sequence, so each
-  example predicts something) and the full-softmax cross-entropy is taken at the masked ones."""
+  example predicts something) and the full-softmax cross-entropy is taken at the masked ones.
+
+  With probability cloze.prefix_prob a window is first cut at a random point (its newest d items
+  dropped, d uniform in [0, n - 2], so >= 2 items stay): every prefix of a user's history then
+  serves as a "predict the newest item" example, the task evaluation asks (the [MASK] appended
+  after the history). Without it each user gives one such example per epoch, which a model
+  memorises (tests/test_encoders.py shows the cut; experiments/model_zoo the effect)."""
   batch = ctx.batches["target"]
   items = batch["items"]
+  cut_rng, mask_rng = jax.random.split(ctx.term_rng)
+  if ctx.options.get("prefix_prob", 0.0) > 0:
+    items = drop_newest(items, cut_rng, ctx.options.prefix_prob)
   valid = items > 0
-  draw = jax.random.uniform(ctx.term_rng, items.shape) < ctx.options.mask_prob
+  draw = jax.random.uniform(mask_rng, items.shape) < ctx.options.mask_prob
   last = jnp.arange(items.shape[1])[None, :] == items.shape[1] - 1  # right-aligned: the newest item
   masked = valid & (draw | last)
   mask_id = ctx.num_items + 1
@@ -99,6 +108,18 @@ def cloze(ctx: TermContext):
   targets = jnp.where(masked, items, 0)
   hidden, table, bias = ctx.forward(inputs)
   return losses.full_softmax(hidden, targets, table, bias, num_items=ctx.num_items)
+
+
+def drop_newest(items, rng, prob: float):
+  """Right-aligned windows [batch, len]: with probability `prob` a row drops its newest d items
+  (d uniform in [0, n - 2] for a row of n items) and stays right-aligned; other rows are kept."""
+  length = items.shape[1]
+  n = (items > 0).sum(axis=1)
+  cut_rng, keep_rng = jax.random.split(rng)
+  drop = jax.random.randint(cut_rng, n.shape, 0, jnp.maximum(n - 1, 1))
+  drop = jnp.where(jax.random.uniform(keep_rng, n.shape) < prob, drop, 0)
+  index = jnp.arange(length)[None, :] - drop[:, None]
+  return jnp.where(index >= 0, jnp.take_along_axis(items, jnp.clip(index, 0), axis=1), 0)
 
 
 def cl4srec(ctx: TermContext):
@@ -311,7 +332,9 @@ TERMS: dict[str, Term] = {t.name: t for t in (
          "DANN: a domain discriminator through gradient reversal (needs transfer.strategy=dann)",
          {"gamma": 10.0, "lambda_max": 1.0}),
     Term("cloze", ("target",), "bidirectional", cloze, "BERT4Rec's masked-item prediction",
-         {"mask_prob": 0.2}),  # share of positions masked (plus the last one)
+         # mask_prob: share of positions masked (plus the newest one); prefix_prob: share of
+         # windows cut at a random point first (see cloze)
+         {"mask_prob": 0.2, "prefix_prob": 1.0}),
     Term("cl4srec", ("target",), "any", cl4srec, "contrast two augmented views of each sequence",
          {"temperature": 0.5}, fields=("view_a", "view_b")),
 )}
@@ -394,6 +417,8 @@ def build(objective_cfg, causal: bool, available_streams=("target",), encoder: s
   cloze_cfg = objective_cfg.get("cloze")
   if cloze_cfg is not None and not 0.0 < cloze_cfg.mask_prob < 1.0:
     raise ValueError(f"objective.cloze.mask_prob={cloze_cfg.mask_prob!r} must be in (0, 1)")
+  if cloze_cfg is not None and not 0.0 <= cloze_cfg.get("prefix_prob", 0.0) <= 1.0:
+    raise ValueError(f"objective.cloze.prefix_prob={cloze_cfg.prefix_prob!r} must be in [0, 1]")
   adv = objective_cfg.get("adversarial_examples")
   if adv is not None and (not adv.epsilon > 0 or int(adv.steps) < 1):
     raise ValueError(f"objective.adversarial_examples needs epsilon > 0 and steps >= 1; got epsilon="
