@@ -107,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
   # The encoder (xrec/models, contract in xrec/models/base.py): fields every encoder reads, then one
   # sub-dict per encoder with its own fields (only model.<name> is read).
   c.model = ml_collections.ConfigDict()
-  c.model.name = "sasrec"  # sasrec | bert4rec | gru4rec | nextitnet | popularity
+  c.model.name = "sasrec"  # one of xrec.models.MODELS (README: the model table)
   c.model.max_len = 50
   c.model.embed_dim = 64
   c.model.dropout = 0.2
