@@ -18,21 +18,15 @@ import os
 
 from xrec.train.sweep import SEEDS, load_config_module, strategy_grid
 
-FRACTION_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fraction_study", "config.py")
+# the shift study's setting and report layout (the fraction study's data, model, budget, 5% of users)
+SHIFT_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shift_study", "config.py")
 STRATEGIES = ("scratch", "full_finetune", "dann", "multi_domain")
 SHIFTS = (0.25, 0.75)
 
-
-def get_config(arg=None):
-  del arg
-  c = load_config_module(FRACTION_STUDY).synthetic_study_config()
-  c.data.user_fraction = 0.05
-  return c
+_shift_study = load_config_module(SHIFT_STUDY)
+get_config = _shift_study.get_config
+metrics = _shift_study.metrics
 
 
 def sweep():
   return strategy_grid(STRATEGIES, "data.synthetic.shift", SHIFTS, SEEDS)
-
-
-def metrics():
-  return {"metrics": ("ndcg@10", "hr@10"), "columns": "data.synthetic.shift"}
