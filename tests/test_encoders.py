@@ -420,6 +420,49 @@ def test_dann_discriminator_learns_and_reports_accuracy():
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_shared_private_starts_as_the_pretrained_model_and_separates_the_parts(name):
+  encoder, module, plan = bound(name, "dann", **{"dann.variant": "shared_private"})
+  pretrained = perturbed(init(encoder, seed=1))
+  params, _ = plan.init_params(init(module, seed=2), pretrained, KEYS, KEYS)
+  flat = common.flatten(params)
+  for part in ("private/target_encoder/", "private/source_encoder/", "private/target_gate/", "heads/domain_discriminator/"):
+    assert any(p.startswith(part) for p in flat), part
+  lrs = schedules.resolve(params, plan.schedule)
+  assert lrs["private/source_gate/kernel"] == lrs["heads/domain_discriminator/out/kernel"] == 1.0
+  want = encoder.apply({"params": pretrained}, INPUTS, method="score_last")
+  for domain in ("target", "source"):  # zero-init gates: both domains start as the pretrained model
+    got = module.apply({"params": params}, INPUTS, domain, method="score_last")
+    np.testing.assert_allclose(got[:, 1:NUM_ITEMS + 1], want[:, 1:NUM_ITEMS + 1], rtol=1e-5, atol=1e-5)
+  cfg = base_config()
+  objective = objectives.build(cfg.objective, True, ("target", "source"), name, plan.strategy.terms)
+  assert objective.names == ["full_softmax", "source_full_softmax", "domain_adversarial", "orthogonality"]
+  batches = {"target": _batches(0)["target"], "source": _batches(1)["target"]}
+  ctx = lambda p, term: objectives.TermContext(module, p, batches, jax.random.key(0), NUM_ITEMS,  # noqa: E731
+                                               cfg.objective.get(term), None, 1.0)
+  # the discriminator reads the shared states only: no private param gets its gradient
+  g_domain = common.flatten(jax.grad(lambda p: objectives.domain_adversarial(ctx(p, "domain_adversarial"))[0])(params))
+  assert all(float(jnp.abs(v).sum()) == 0 for p, v in g_domain.items() if p.startswith("private/"))
+  assert any(float(jnp.abs(v).sum()) > 0 for p, v in g_domain.items() if not p.startswith(("private/", "heads/")))
+  # orthogonality: the hand formula on both streams, and it trains the private encoders
+  value, _ = objectives.orthogonality(ctx(params, "orthogonality"))
+  def by_hand(stream):
+    s, p = module.apply({"params": params}, batches[stream]["inputs"], False, stream,
+                        rngs={"dropout": jax.random.fold_in(jax.random.key(0), ("target", "source").index(stream))},
+                        method="shared_private")
+    unit = lambda x: (lambda c: c / np.linalg.norm(c, axis=1, keepdims=True))(np.asarray(x[:, -1]) - np.asarray(x[:, -1]).mean(0))  # noqa: E731
+    return np.mean((unit(s).T @ unit(p)) ** 2)
+  assert float(value) == pytest.approx((by_hand("target") + by_hand("source")) / 2, rel=1e-4)
+  g_orth = common.flatten(jax.grad(lambda p: objectives.orthogonality(ctx(p, "orthogonality"))[0])(params))
+  assert any(float(jnp.abs(v).sum()) > 0 for p, v in g_orth.items() if p.startswith("private/source_encoder/"))
+  with pytest.raises(ValueError, match=r"Unknown transfer.dann.variant 'dsn'; valid: \['plain', 'shared_private'\]"):
+    bound(name, "dann", **{"dann.variant": "dsn"})
+  plain, plain_module, _ = bound(name, "dann")
+  with pytest.raises(ValueError, match=r"'orthogonality' needs a shared-private model"):
+    objectives.orthogonality(objectives.TermContext(plain_module, init(plain_module), batches, jax.random.key(0),
+                                                    NUM_ITEMS, None))
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
 def test_adversarial_examples_increase_the_loss_within_the_radius(name):
   module = build(name)
   params = perturbed(init(module))

@@ -266,6 +266,17 @@ def test_dann_trains_on_both_streams_and_needs_a_source(data_dir, tmp_path):
   assert all(np.isfinite(r["loss/source_full_softmax"]) for r in rows)
   assert _stage(wd, run)["model"]["objective"] == [["full_softmax", 1.0], ["source_full_softmax", 1.0],
                                                    ["domain_adversarial", 0.1]]
+  # the shared-private variant: private encoders, the orthogonality term, each domain's metrics
+  c.transfer.dann.variant = "shared_private"
+  sp = str(tmp_path / "dann_sp")
+  assert sweep.run_study(c, sweep.implicit_study(c), sp)["failed"] == 0
+  sp_run = sweep.read_runs(sp)[0]
+  result = _stage(sp, sp_run)
+  assert result["model"]["objective"][-1] == ["orthogonality", 0.1]
+  assert set(result["domains"]) == {"target", "source"}
+  rows = [json.loads(x) for x in open(os.path.join(sp, "stages", sp_run["stages"]["transfer"], "metrics.jsonl"))
+          if '"train"' in x]
+  assert all(np.isfinite(r["loss/orthogonality"]) for r in rows)
   # a single run has no source stream: a clear error
   single = tiny_config(data_dir)
   single.transfer.strategy = "dann"

@@ -251,7 +251,7 @@ def domain_adversarial(ctx: TermContext):
   for i, stream in enumerate(("target", "source")):
     rng = jax.random.fold_in(ctx.rng, i)
     reps.append(ctx.module.apply({"params": ctx.params}, ctx.batches[stream]["inputs"], deterministic=False,
-                                 rngs={"dropout": rng}, method="encode")[:, -1])
+                                 rngs={"dropout": rng}, method="domain_features")[:, -1])
   lam = ctx.options.lambda_max * ganin_lambda(jnp.asarray(ctx.progress, jnp.float32), ctx.options.gamma)
   z = reverse_gradient(jnp.concatenate(reps).astype(jnp.float32), lam)
   logits = ctx.module.apply({"params": ctx.params}, z, method="discriminate").astype(jnp.float32)
@@ -259,6 +259,28 @@ def domain_adversarial(ctx: TermContext):
   loss = jnp.mean(jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits))))
   accuracy = jnp.mean(((logits > 0).astype(jnp.float32) == labels).astype(jnp.float32))
   return loss, jnp.asarray(len(labels), jnp.float32), {"domain_accuracy": accuracy, "lambda": lam}
+
+
+def orthogonality(ctx: TermContext):
+  """The difference loss of domain separation networks (Bousmalis et al., 2016): on each stream's
+  batch, the last shared and private states (centred over the batch, each row L2-normalised)
+  should be orthogonal: mean over both streams of mean((S^T P)^2). Needs a shared-private model
+  (transfer.dann.variant=shared_private)."""
+  if not hasattr(ctx.module, "shared_private"):
+    raise ValueError("objective term 'orthogonality' needs a shared-private model: "
+                     "transfer.strategy=dann with transfer.dann.variant=shared_private")
+  total = 0.0
+  for i, stream in enumerate(("target", "source")):
+    shared, private = ctx.module.apply({"params": ctx.params}, ctx.batches[stream]["inputs"], False, stream,
+                                       rngs={"dropout": jax.random.fold_in(ctx.rng, i)}, method="shared_private")
+
+    def unit(x):
+      x = x[:, -1].astype(jnp.float32)
+      x = x - x.mean(0, keepdims=True)
+      return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+    total = total + jnp.mean((unit(shared).T @ unit(private)) ** 2)
+  n = ctx.batches["target"]["inputs"].shape[0] + ctx.batches["source"]["inputs"].shape[0]
+  return total / 2, jnp.asarray(n, jnp.float32)
 
 
 def _with_item_table(params, path: str, table):
@@ -331,6 +353,8 @@ TERMS: dict[str, Term] = {t.name: t for t in (
     Term("domain_adversarial", ("target", "source"), "any", domain_adversarial,
          "DANN: a domain discriminator through gradient reversal (needs transfer.strategy=dann)",
          {"gamma": 10.0, "lambda_max": 1.0}),
+    Term("orthogonality", ("target", "source"), "any", orthogonality,
+         "shared and private states kept orthogonal (needs transfer.dann.variant=shared_private)"),
     Term("cloze", ("target",), "bidirectional", cloze, "BERT4Rec's masked-item prediction",
          # mask_prob: share of positions masked (plus the newest one); prefix_prob: share of
          # windows cut at a random point first (see cloze)

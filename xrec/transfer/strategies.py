@@ -56,7 +56,10 @@ OPTIONS = {
     "prompt": {"num_prompts": 4},  # learned prefix tokens per attention module
     "patch": {"dim": 16},  # PeterRec-style patch bottleneck size
     # dann: discriminator hidden size; weights of the source next-item term and the adversarial term
-    "dann": {"hidden": 64, "source_weight": 1.0, "adversarial_weight": 0.1},
+    # variant: plain (one encoder) | shared_private (plus a private encoder per domain, joined
+    # through a zero-init projection; orthogonality_weight on the shared/private difference term)
+    "dann": {"hidden": 64, "source_weight": 1.0, "adversarial_weight": 0.1, "variant": "plain",
+             "orthogonality_weight": 0.1},
     # distill: the teacher run's workdir ("" = train.init_from); weights of the logit and the
     # ranking distillation terms (0 = off); temperature / top_k in objective.distill_*
     # (teacher_embed_dim is set by the trainer from the teacher's model: the projection's width)
@@ -241,16 +244,31 @@ def dann(options, roles):
   domain discriminator on the sequence representations learns, through a gradient-reversal
   layer, to tell the domains apart; the encoder learns to confuse it (term domain_adversarial,
   weight dann.adversarial_weight, lambda on the Ganin schedule). Everything loaded trains at
-  lr_mult, the fresh discriminator at new_lr_mult."""
+  lr_mult, the fresh discriminator at new_lr_mult.
+
+  dann.variant="shared_private" (domain separation, Bousmalis et al., 2016): the loaded encoder is
+  the shared one the discriminator reads; each domain adds a fresh private encoder of the same
+  architecture (new_lr_mult) joined through a zero-init projection, and the term orthogonality
+  (weight dann.orthogonality_weight) keeps the private states orthogonal to the shared ones."""
   o = options.dann
-  for field in ("source_weight", "adversarial_weight"):
+  weights = ("source_weight", "adversarial_weight") + (("orthogonality_weight",) if o.variant == "shared_private" else ())
+  for field in weights:
     if not o[field] > 0:
       raise ValueError(f"transfer.dann.{field}={o[field]!r} must be > 0")
-  return Strategy("dann", dont_load=(r"heads/.*",),
-                  insert=insert.InsertSpec("heads", (("discriminator_hidden", _positive_int(o, "hidden", "dann")),)),
-                  schedule=((r"heads/.*", options.new_lr_mult), (".*", options.lr_mult)),
-                  terms=(("source_full_softmax", float(o.source_weight)),
-                         ("domain_adversarial", float(o.adversarial_weight))))
+  hidden = _positive_int(o, "hidden", "dann")
+  terms = (("source_full_softmax", float(o.source_weight)), ("domain_adversarial", float(o.adversarial_weight)))
+  if o.variant == "plain":
+    return Strategy("dann", dont_load=(r"heads/.*",),
+                    insert=insert.InsertSpec("heads", (("discriminator_hidden", hidden),)),
+                    schedule=((r"heads/.*", options.new_lr_mult), (".*", options.lr_mult)), terms=terms)
+  if o.variant != "shared_private":
+    raise ValueError(f"Unknown transfer.dann.variant {o.variant!r}; valid: ['plain', 'shared_private']")
+  fresh = r"(heads|private)/.*"
+  return Strategy("dann", dont_load=(fresh,),
+                  insert=insert.InsertSpec("shared_private", (("discriminator_hidden", hidden),
+                                                              ("domains", ("target", "source")))),
+                  schedule=((fresh, options.new_lr_mult), (".*", options.lr_mult)),
+                  terms=terms + (("orthogonality", float(o.orthogonality_weight)),))
 
 
 def distill(options, roles):
