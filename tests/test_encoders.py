@@ -109,6 +109,8 @@ def transfer_config(strategy, **options):
 
 
 def bound(name, strategy, **options):
+  if strategy == "cross_user":  # the trainer sets these from the data (the source model's vocab: 32 here)
+    options = {"cross_user.rows": 32, "cross_user.source_dim": 5, **options}
   cfg = transfer_config(strategy, **options)
   plan = transfer_apply.prepare(cfg)
   encoder = models.build(loop.model_config(model_config(name), plan.model_fields), NUM_ITEMS)
@@ -152,7 +154,8 @@ def _expected_trainable(strategy, flat: dict, roles: base.Roles) -> int:
   size = {p: int(np.prod(v.shape)) for p, v in flat.items()}
   under = lambda prefixes: sum(n for p, n in size.items() if any(p == x or p.startswith(x + "/") for x in prefixes))  # noqa: E731
   tables = [roles.item_table] + ([roles.output_table] if roles.output_table else [])
-  if strategy in ("scratch", "full_finetune", "embedding_transfer", "dann", "distill", "prune", "multi_domain"):
+  if strategy in ("scratch", "full_finetune", "embedding_transfer", "dann", "distill", "prune", "multi_domain",
+                  "cross_user"):  # cross_user: its default mode (merged) trains its source table too
     return sum(size.values())
   if strategy == "zero_shot":
     return 0

@@ -67,6 +67,8 @@ def pretrained():
 
 def bound(strategy, options=None, **model_fields):
   """(module, plan) of a preset on the tiny SASRec."""
+  if strategy == "cross_user":  # set by the trainer from the data: the source model's vocab (the same 56 here)
+    options = {"cross_user.rows": VOCAB, "cross_user.source_dim": 16, **(options or {})}
   plan = transfer_apply.prepare(tiny_config(strategy, options))
   return plan.bind(tiny_model(**model_fields).clone(**plan.model_fields))
 
@@ -169,6 +171,9 @@ EXPECTED_COUNTS = {
     "distill": (5560, 5560, 5560),  # a fresh student: everything
     "prune": (5560, 5560, 5560),  # fine-tunes everything (pruned entries are zeroed by masks)
     "multi_domain": (6184, 6184, 6184),  # + per domain (2): head transform 16*16 + output bias 56
+    # merged (default): + the source items' table 56 x 16 = 896 (a copy of the pretrained one, so
+    # stored) + 2 domain embeddings 32
+    "cross_user": (6488, 6488, 6488),
 }
 
 

@@ -59,6 +59,9 @@ class DomainSequences:
   # another vocabulary's ids for this domain's items (0 = not in it; such items are dropped):
   # set by `remap` so that a second domain's sequences feed a model built on the first's items
   id_map: np.ndarray | None = None
+  # overlapping-user inputs (xrec/data/cross_user.py CrossUserInputs): when set, training windows
+  # and evaluation inputs also read the user's source-domain history
+  cross: object | None = None
 
   @property
   def num_items(self) -> int:
@@ -74,6 +77,13 @@ class DomainSequences:
       return items
     mapped = self.id_map[items]
     return mapped[mapped > 0]
+
+  def timestamps(self, u: int) -> np.ndarray:
+    """The times of `sequence(u)`'s items (non-decreasing)."""
+    stamps = np.asarray(self.source[int(u)]["timestamps"], np.int64)
+    if self.id_map is None:
+      return stamps
+    return stamps[self.id_map[np.asarray(self.source[int(u)]["items"], np.int64)] > 0]
 
 
 def few_shot_order(user_keys, seed, salt: str = "") -> np.ndarray:
@@ -281,6 +291,9 @@ class TrainBatches:
     built from an augmented view of the training part; `views`: every example also carries two
     augmented views `view_a`, `view_b` [max_len] (contrastive objectives). All randomness is keyed
     by (seed, step, global row), so a batch stays a pure function of (seed, step)."""
+    if domain.cross is not None and (augmenter is not None or views):
+      raise ValueError("overlapping-user inputs (transfer.strategy=cross_user) do not combine with "
+                       "data.augment yet: clear data.augment.ops")
     if (augment_prob > 0 or views) and augmenter is None:
       raise ValueError("augmented examples or views need data.augment.ops (e.g. ('crop', 'mask', 'reorder'))")
     if not 0.0 <= augment_prob <= 1.0:
@@ -312,7 +325,10 @@ class TrainBatches:
 
   def example(self, step: int, row: int) -> dict:
     """The example at global position `row` of batch `step`."""
-    train = self.domain.sequence(self._user(row))[:-2]
+    user = self._user(row)
+    if self.domain.cross is not None:
+      return self.domain.cross.train_example(user, self.max_len)
+    train = self.domain.sequence(user)[:-2]
     if self.augmenter is None:
       return window_example(train, self.max_len)
     key = (self.seed, step, row)
@@ -369,6 +385,8 @@ def eval_batches(domain: DomainSequences, split: str, batch_size: int, max_len: 
     for u in range(b * batch_size + lo, b * batch_size + hi):
       if u < len(users):
         rows.append(eval_example(domain.sequence(users[u]), split, max_len, max_history))
+        if domain.cross is not None:  # the input also reads the user's source history
+          rows[-1]["inputs"] = domain.cross.eval_inputs(int(users[u]), {"valid": -2, "test": -1}[split], max_len)
       else:  # padding row: scored but weighted out
         pad = eval_example(np.array([1, 1, 1], np.int64), split, max_len, max_history)
         rows.append({**pad, "weight": np.float32(0.0)})

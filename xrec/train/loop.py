@@ -31,7 +31,7 @@ import optax
 from xrec import models
 from xrec import sharding
 from xrec.config import with_overrides
-from xrec.data import augment, pipeline
+from xrec.data import augment, cross_user, pipeline
 from xrec.evaluate import evaluator as evaluation
 from xrec.models import common
 from xrec.train import checkpoint as ckpt
@@ -123,6 +123,8 @@ def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None) 
   if config.transfer.strategy == "distill":  # the teacher's width sizes the student's projection head
     teacher = read_teacher(config, domain)
     config = with_overrides(config, {"transfer.distill.teacher_embed_dim": teacher["embed_dim"]})
+  if config.transfer.strategy == "cross_user":  # the sizes of what the source history is read through
+    config = with_overrides(config, cross_user_sizes(config, domain))
   plan = transfer.prepare(config, overlap)  # names and options; fails before any work
   encoder = models.build(model_config(config, plan.model_fields), domain.num_items)
   module, plan = plan.bind(encoder)
@@ -132,6 +134,62 @@ def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None) 
                                 plan.strategy.terms))
   source = read_encoder(config.train.init_from) if config.train.init_from and plan.strategy.load else None
   return Model(module, plan, objective, source, teacher)
+
+
+def _pretrained_model(path: str):
+  """(module, info) of a finished run's encoder (its MODEL_FILE)."""
+  with open(os.path.join(path, MODEL_FILE)) as f:
+    info = json.load(f)
+  return models.build(ml_collections.ConfigDict(info["model"]), int(info["num_items"])), info
+
+
+def cross_user_sizes(config, domain) -> dict:
+  """transfer.cross_user.rows / source_dim: the pretrained model's vocab (merged: source items are
+  read through a copy of its item table) or the target's users + 1 (prefix: one frozen
+  representation per user), and the pretrained encoder's width."""
+  if not config.data.source_domain or not config.train.init_from:
+    raise ValueError("transfer.strategy='cross_user' reads each user's source-domain history through the "
+                     "pretrained source model: it needs data.source_domain and train.init_from (a "
+                     "pretrain -> transfer experiment sets both)")
+  module, info = _pretrained_model(config.train.init_from)
+  rows = module.vocab_size if config.transfer.cross_user.mode == "merged" else domain.num_users + 1
+  return {"transfer.cross_user.rows": int(rows), "transfer.cross_user.source_dim": int(info["model"]["embed_dim"])}
+
+
+def cross_user_inputs(config, domain, vocab_size: int):
+  """The target domain with its users' source histories attached (xrec/data/cross_user.py)."""
+  source_cfg = copy.deepcopy(config.data)
+  with source_cfg.unlocked():
+    source_cfg.update(dict(domain=config.data.source_domain, user_fraction=1.0, eval_population="all"))
+  source = pipeline.load_domain(source_cfg)
+  pretrained_keys = _item_keys(config.train.init_from)
+  if pretrained_keys != source.item_keys:
+    raise ValueError(f"transfer.strategy='cross_user': the pretrained model {config.train.init_from!r} was not "
+                     f"trained on domain {source.name!r}'s items (its item vocabulary differs), so it cannot "
+                     "read that domain's histories; pretrain on data.source_domain")
+  cross = cross_user.CrossUserInputs(domain, source, config.transfer.cross_user.mode, vocab_size)
+  log.info("cross_user (%s): %d of %d target users have a source history in %r (%.1f%%)", cross.mode,
+           cross.report["users_with_source_history"], domain.num_users, source.name,
+           100 * cross.report["user_overlap"])
+  return dataclasses.replace(domain, cross=cross)
+
+
+def prefix_user_table(config, domain, rows: int) -> np.ndarray:
+  """[rows, source embed] the frozen prefix representations: the pretrained source encoder's last
+  state over each target user's source history (row u + 1; zero without history)."""
+  module, info = _pretrained_model(config.train.init_from)
+  params, _ = ckpt.restore_best_params(config.train.init_from)
+  max_len = int(info["model"]["max_len"])
+  table = np.zeros((rows, int(info["model"]["embed_dim"])), np.float32)
+  users = [u for u in range(domain.num_users) if len(domain.cross.prefix_history(u))]
+  encode = jax.jit(lambda p, x: module.apply({"params": p}, x, method="encode")[:, -1].astype(jnp.float32))
+  for start in range(0, len(users), 256):
+    chunk = users[start:start + 256]
+    x = np.stack([pipeline.right_align(domain.cross.prefix_history(u), max_len) for u in chunk])
+    pad = 256 - len(chunk)  # one shape, one compilation
+    x = np.concatenate([x, np.zeros((pad, max_len), np.int32)]) if pad else x
+    table[np.asarray(chunk) + 1] = np.asarray(encode(params, x))[:len(chunk)]
+  return table
 
 
 def read_teacher(config, domain) -> dict:
@@ -351,6 +409,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                "roles": plan.roles.as_dict()})
   if plan.not_applicable:
     log.warning("transfer %s: %s", plan.name, plan.not_applicable)
+  if plan.name == "cross_user":  # inputs that also read each user's source history
+    domain = cross_user_inputs(config, domain, module.vocab_size)
 
   augmenter = augment.from_config(config.data.augment, module.num_items + 1 if module.uses_mask_token else 0,
                                   (domain.sequence(u)[:-2] for u in domain.train_users), domain.num_items)
@@ -385,6 +445,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state["masks"] = jax.jit(lambda p: jax.tree.map(jnp.ones_like, p), out_shardings=param_sh)(state["params"])
     state_sh = {**state_sh, "masks": param_sh}
   state, meta, init, report = initial_params(config, workdir, model, state, param_sh, domain)
+  if plan.name == "cross_user" and config.transfer.cross_user.mode == "prefix" and init.kind == "pretrained":
+    params = jax.device_get(state["params"])
+    params["cross"]["user_table"] = prefix_user_table(config, domain, params["cross"]["user_table"].shape[0])
+    state["params"] = jax.device_put(params, param_sh)
   budget = plan.budget(state["params"], report)
   log.info(plan.describe(budget))
   start_step = int(state["step"])
@@ -486,7 +550,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    "item_overlap": overlap, "item_tables": plan.item_tables,
                    "not_applicable": plan.not_applicable or None,
                    "source_encoder": model.source.name if model.source else None,
-                   "teacher": model.teacher["info"] if model.teacher else None},
+                   "teacher": model.teacher["info"] if model.teacher else None,
+                   "cross_user": domain.cross.report if domain.cross is not None else None},
       "best_step": int(best_step),
       "final_step": int(step),
       "stopped_early": stopped_early,

@@ -72,6 +72,10 @@ OPTIONS = {
     # multi_domain: shared_bottom (per-domain heads) | star (+ per-domain weights and norms);
     # the weight of the source domain's next-item term
     "multi_domain": {"kind": "shared_bottom", "source_weight": 1.0},
+    # cross_user: merged (C2DSR-style merged sequences) | prefix (a source-history token); rows and
+    # source_dim are set by the trainer (the source model's vocab or the target's users + 1, and
+    # the source encoder's width)
+    "cross_user": {"mode": "merged", "rows": 0, "source_dim": 0},
 }
 
 # Model fields a preset sets on the target encoder (model.<field>), known before the encoder is
@@ -323,6 +327,25 @@ def multi_domain(options, roles):
                   terms=(("source_full_softmax", float(o.source_weight)),))
 
 
+def cross_user(options, roles):
+  """Overlapping users (cross-platform / cross-app): the pretrained model (everything loaded,
+  trains at lr_mult) also reads each target user's source-domain history (data.source_domain,
+  users matched by raw key): cross_user.mode="merged" merges it chronologically into the input
+  (source items embedded by a trainable copy of the pretrained item table, plus domain
+  embeddings), "prefix" puts one token before the target items whose vector is a projection
+  (new_lr_mult) of the frozen source encoder's representation of that history. Users without a
+  source history get the plain input."""
+  o = options.cross_user
+  if o.mode not in insert.CROSS_USER_MODES:
+    raise ValueError(f"Unknown transfer.cross_user.mode {o.mode!r}; valid: {list(insert.CROSS_USER_MODES)}")
+  spec = insert.InsertSpec("cross_user", (("mode", o.mode), ("rows", int(o.rows)), ("source_dim", int(o.source_dim))))
+  item_subtree = roles.item_table.rsplit("/", 1)[0]
+  graft = (("cross/source_embed", item_subtree),) if o.mode == "merged" else ()
+  return Strategy("cross_user", insert=spec, graft=graft, dont_load=(r"cross/(?!source_embed/).*",),
+                  schedule=((r"cross/user_table", None), (r"cross/source_embed/.*", options.lr_mult),
+                            (r"cross/.*", options.new_lr_mult), (".*", options.lr_mult)))
+
+
 def bitfit(options, roles):
   """Only biases (attention, MLP, convolutions, output bias) and norm parameters (scale, bias)."""
   lr = options.lr_mult
@@ -348,11 +371,12 @@ STRATEGIES: dict[str, Callable[[Any, Roles], Strategy]] = {
     "distill": distill,
     "prune": prune,
     "multi_domain": multi_domain,
+    "cross_user": cross_user,
 }
 INSERTING = {"adapter": "adapter", "lora": "lora", "prompt": "prompt", "patch": "patch"}  # preset -> module kind
 
 
-CAUSAL_ONLY = ("dann", "distill", "multi_domain")  # their objective terms score next items from every position
+CAUSAL_ONLY = ("dann", "distill", "multi_domain", "cross_user")  # their objective terms score next items from every position
 
 
 def applicable(roles: Roles, causal: bool = True) -> list[str]:
@@ -364,7 +388,7 @@ def applicable(roles: Roles, causal: bool = True) -> list[str]:
   if not roles.blocks:
     out = [n for n in out if n not in ("partial_freeze", "reuse_bottom")]
   if not roles.item_table:
-    out = [n for n in out if n not in ("linear_probe", "embedding_transfer", "dann")]
+    out = [n for n in out if n not in ("linear_probe", "embedding_transfer", "dann", "cross_user")]
   return out
 
 
