@@ -154,7 +154,8 @@ def _expected_trainable(strategy, flat: dict, roles: base.Roles) -> int:
   size = {p: int(np.prod(v.shape)) for p, v in flat.items()}
   under = lambda prefixes: sum(n for p, n in size.items() if any(p == x or p.startswith(x + "/") for x in prefixes))  # noqa: E731
   tables = [roles.item_table] + ([roles.output_table] if roles.output_table else [])
-  if strategy in ("scratch", "full_finetune", "embedding_transfer", "dann", "distill", "prune", "multi_domain",
+  if strategy in ("scratch", "full_finetune", "embedding_transfer", "dann", "shared_private", "distill", "prune",
+                  "multi_domain",
                   "cross_user"):  # cross_user: its default mode (merged) trains its source table too
     return sum(size.values())
   if strategy == "zero_shot":
@@ -424,7 +425,7 @@ def test_dann_discriminator_learns_and_reports_accuracy():
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
 def test_shared_private_starts_as_the_pretrained_model_and_separates_the_parts(name):
-  encoder, module, plan = bound(name, "dann", **{"dann.variant": "shared_private"})
+  encoder, module, plan = bound(name, "shared_private")
   pretrained = perturbed(init(encoder, seed=1))
   params, _ = plan.init_params(init(module, seed=2), pretrained, KEYS, KEYS)
   flat = common.flatten(params)
@@ -457,8 +458,6 @@ def test_shared_private_starts_as_the_pretrained_model_and_separates_the_parts(n
   assert float(value) == pytest.approx((by_hand("target") + by_hand("source")) / 2, rel=1e-4)
   g_orth = common.flatten(jax.grad(lambda p: objectives.orthogonality(ctx(p, "orthogonality"))[0])(params))
   assert any(float(jnp.abs(v).sum()) > 0 for p, v in g_orth.items() if p.startswith("private/source_encoder/"))
-  with pytest.raises(ValueError, match=r"Unknown transfer.dann.variant 'dsn'; valid: \['plain', 'shared_private'\]"):
-    bound(name, "dann", **{"dann.variant": "dsn"})
   plain, plain_module, _ = bound(name, "dann")
   with pytest.raises(ValueError, match=r"'orthogonality' needs a shared-private model"):
     objectives.orthogonality(objectives.TermContext(plain_module, init(plain_module), batches, jax.random.key(0),

@@ -267,7 +267,7 @@ def test_dann_trains_on_both_streams_and_needs_a_source(data_dir, tmp_path):
   assert _stage(wd, run)["model"]["objective"] == [["full_softmax", 1.0], ["source_full_softmax", 1.0],
                                                    ["domain_adversarial", 0.1]]
   # the shared-private variant: private encoders, the orthogonality term, each domain's metrics
-  c.transfer.dann.variant = "shared_private"
+  c.experiment.strategies = ("shared_private",)
   sp = str(tmp_path / "dann_sp")
   assert sweep.run_study(c, sweep.implicit_study(c), sp)["failed"] == 0
   sp_run = sweep.read_runs(sp)[0]

@@ -1,5 +1,6 @@
 """Report math on fixed numbers (hand-computed), the three table formats agree, the CLI, study configs."""
 
+import copy
 import csv
 import glob
 import io
@@ -310,3 +311,18 @@ def test_compare_two_runs_of_a_study(tmp_path):
   moved = compare.compare(before, large)
   assert moved["within"] == 5 and [r["row"] for r in moved["rows"] if not r["within"]] == ["adapter"]
   assert "**no**" in compare.to_markdown(moved) and "5 of 6 cells within noise" in compare.to_markdown(moved)
+
+
+def test_row_detail_splits_one_strategy_into_its_variants():
+  rng = np.random.default_rng(1)
+  rs = _single_seed_records({"scratch": rng.integers(20, 200, 100), "cross_user": rng.integers(0, 5, 100)})
+  prefix = copy.deepcopy(rs[1])
+  prefix["overrides"] = {**prefix["overrides"], "transfer.cross_user.mode": "prefix"}
+  rs[1]["overrides"] = {**rs[1]["overrides"], "transfer.cross_user.mode": "merged"}
+  layout = {"metrics": ["ndcg@10"], "rows": "transfer.strategy", "columns": [], "seed": "seed",
+            "row_detail": "transfer.cross_user.mode"}
+  table = tables.build(rs + [prefix], layout, "ndcg@10")
+  assert table.rows == ["scratch", "cross_user:merged", "cross_user:prefix"]
+  assert table.cells[("cross_user:prefix", ())].marks.startswith("▲")  # each variant against scratch
+  with pytest.raises(ValueError, match=r"fall in the same table slot"):  # without it: one slot, an error
+    tables.build(rs + [prefix], dict(layout, row_detail=""), "ndcg@10")

@@ -168,6 +168,8 @@ EXPECTED_COUNTS = {
     "bitfit": (440, 5560, 440),  # per block 176 (LN 64, attn 64, MLP 48) x 2, final_ln 32, + 56
     "patch": (352, 5856, 352),  # 2 blocks x (16*4+4 + 4*16+16) = 296, + 56
     "dann": (6713, 6713, 6713),  # everything + the discriminator 16*64+64 + 64*1+1 = 1,153
+    # 5,560 + the discriminator 1,153 + per domain (2) a private SASRec 5,560 and its gate 16*16 = 18,345
+    "shared_private": (18345, 18345, 18345),
     "distill": (5560, 5560, 5560),  # a fresh student: everything
     "prune": (5560, 5560, 5560),  # fine-tunes everything (pruned entries are zeroed by masks)
     "multi_domain": (6184, 6184, 6184),  # + per domain (2): head transform 16*16 + output bias 56

@@ -50,7 +50,7 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
     tuning = r.get("tuning") or {}
     if not tuning.get("tuned"):
       continue
-    slot = (tables.label(r, layout["rows"]), tuple(tables.label(r, f) for f in layout["columns"]))
+    slot = (tables.row_label(r, layout), tuple(tables.label(r, f) for f in layout["columns"]))
     text = ", ".join(f"{k.rsplit('.', 1)[-1]} {_short(v)}" for k, v in sorted(tuning["chosen"].items()))
     edges = [k for k, v in tuning["chosen"].items()
              if len(tuning["tuned"].get(k, ())) > 1 and v in (min(tuning["tuned"][k]), max(tuning["tuned"][k]))]
@@ -84,7 +84,7 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
     for k, v in (r.get("tuning") or {}).items():
       if k.startswith("transfer.") or k == "skipped":
         text = f"{k} {v}" if k != "skipped" else f"not tuned: {v}"
-        row = str(tables.label(r, layout["rows"]))
+        row = str(tables.row_label(r, layout))
         if row not in notes.setdefault(text, []):
           notes[text].append(row)
   return lines + ([""] + [f"- {', '.join(rows)}: {text}" for text, rows in notes.items()] if notes else [])

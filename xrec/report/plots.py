@@ -85,7 +85,7 @@ def trainable_by_slot(records: list[dict], layout: dict) -> dict:
   for r in records:
     if r.get("trainable_params") is None:
       continue
-    slot = (tables.label(r, layout["rows"]), tuple(tables.label(r, f) for f in layout["columns"]))
+    slot = (tables.row_label(r, layout), tuple(tables.label(r, f) for f in layout["columns"]))
     out[slot] = r["trainable_params"]
   return out
 

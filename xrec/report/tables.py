@@ -210,6 +210,17 @@ def label(record: dict, field: str):
   return tuple(value) if isinstance(value, list) else value
 
 
+def row_label(record: dict, layout: dict):
+  """The row of a run record: the value of layout["rows"]; with layout["row_detail"] (a field a
+  study sweeps inside some rows, e.g. transfer.cross_user.mode), "row:value" for cells that set it
+  (so two variants of one strategy are two rows, and scratch stays "scratch")."""
+  row = label(record, layout["rows"])
+  detail = layout.get("row_detail")
+  if detail and detail in record.get("overrides", {}):
+    return f"{row}:{_value_text(record['overrides'][detail])}"
+  return row
+
+
 def collect(records: list[dict], layout: dict, metric: str) -> dict:
   """(row, column) -> {seed: record} from done records; two records in one slot (a swept field the
   layout does not name) fail with the fields that differ."""
@@ -218,7 +229,7 @@ def collect(records: list[dict], layout: dict, metric: str) -> dict:
     if metric not in r["test"]:
       raise ValueError(f"metric {metric!r} is not in the results; valid: {sorted(r['test'])}")
     o = r["overrides"]
-    row = label(r, layout["rows"])
+    row = row_label(r, layout)
     column = tuple(label(r, f) for f in layout["columns"])
     seed = label(r, layout["seed"])
     slot = grid.setdefault((row, column), {})

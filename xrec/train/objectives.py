@@ -265,10 +265,10 @@ def orthogonality(ctx: TermContext):
   """The difference loss of domain separation networks (Bousmalis et al., 2016): on each stream's
   batch, the last shared and private states (centred over the batch, each row L2-normalised)
   should be orthogonal: mean over both streams of mean((S^T P)^2). Needs a shared-private model
-  (transfer.dann.variant=shared_private)."""
+  (transfer.strategy=shared_private)."""
   if not hasattr(ctx.module, "shared_private"):
     raise ValueError("objective term 'orthogonality' needs a shared-private model: "
-                     "transfer.strategy=dann with transfer.dann.variant=shared_private")
+                     "transfer.strategy=shared_private")
   total = 0.0
   for i, stream in enumerate(("target", "source")):
     shared, private = ctx.module.apply({"params": ctx.params}, ctx.batches[stream]["inputs"], False, stream,
@@ -354,7 +354,7 @@ TERMS: dict[str, Term] = {t.name: t for t in (
          "DANN: a domain discriminator through gradient reversal (needs transfer.strategy=dann)",
          {"gamma": 10.0, "lambda_max": 1.0}),
     Term("orthogonality", ("target", "source"), "any", orthogonality,
-         "shared and private states kept orthogonal (needs transfer.dann.variant=shared_private)"),
+         "shared and private states kept orthogonal (needs transfer.strategy=shared_private)"),
     Term("cloze", ("target",), "bidirectional", cloze, "BERT4Rec's masked-item prediction",
          # mask_prob: share of positions masked (plus the newest one); prefix_prob: share of
          # windows cut at a random point first (see cloze)

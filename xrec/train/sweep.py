@@ -55,7 +55,8 @@ from xrec.transfer import strategies
 log = logging.getLogger("xrec")
 STAGES_DIR = runindex.STAGES_DIR
 read_runs, latest_runs = runindex.read_runs, runindex.latest_runs  # the index's readers, for callers of the runner
-DEFAULT_LAYOUT = {"metrics": ("ndcg@10", "hr@10"), "rows": "transfer.strategy", "columns": (), "seed": "seed"}
+DEFAULT_LAYOUT = {"metrics": ("ndcg@10", "hr@10"), "rows": "transfer.strategy", "columns": (), "seed": "seed",
+                  "row_detail": ""}  # row_detail: a field that splits a row into variants (report.tables.row_label)
 ERROR_TAIL_CHARS = 3000  # traceback tail kept in runs.jsonl
 
 

@@ -56,10 +56,8 @@ OPTIONS = {
     "prompt": {"num_prompts": 4},  # learned prefix tokens per attention module
     "patch": {"dim": 16},  # PeterRec-style patch bottleneck size
     # dann: discriminator hidden size; weights of the source next-item term and the adversarial term
-    # variant: plain (one encoder) | shared_private (plus a private encoder per domain, joined
-    # through a zero-init projection; orthogonality_weight on the shared/private difference term)
-    "dann": {"hidden": 64, "source_weight": 1.0, "adversarial_weight": 0.1, "variant": "plain",
-             "orthogonality_weight": 0.1},
+    # (also the shared_private preset's; its orthogonality_weight on the shared/private difference term)
+    "dann": {"hidden": 64, "source_weight": 1.0, "adversarial_weight": 0.1, "orthogonality_weight": 0.1},
     # distill: the teacher run's workdir ("" = train.init_from); weights of the logit and the
     # ranking distillation terms (0 = off); temperature / top_k in objective.distill_*
     # (teacher_embed_dim is set by the trainer from the teacher's model: the projection's width)
@@ -248,27 +246,34 @@ def dann(options, roles):
   domain discriminator on the sequence representations learns, through a gradient-reversal
   layer, to tell the domains apart; the encoder learns to confuse it (term domain_adversarial,
   weight dann.adversarial_weight, lambda on the Ganin schedule). Everything loaded trains at
-  lr_mult, the fresh discriminator at new_lr_mult.
+  lr_mult, the fresh discriminator at new_lr_mult."""
+  return _adversarial("dann", options, roles)
 
-  dann.variant="shared_private" (domain separation, Bousmalis et al., 2016): the loaded encoder is
-  the shared one the discriminator reads; each domain adds a fresh private encoder of the same
-  architecture (new_lr_mult) joined through a zero-init projection, and the term orthogonality
-  (weight dann.orthogonality_weight) keeps the private states orthogonal to the shared ones."""
+
+def shared_private(options, roles):
+  """DANN's shared-private variant (domain separation networks, Bousmalis et al., 2016): as dann,
+  but the loaded encoder is the shared one the discriminator reads; each domain adds a fresh
+  private encoder of the same architecture (new_lr_mult) joined through a zero-init projection,
+  and the term orthogonality (weight dann.orthogonality_weight) keeps the private states
+  orthogonal to the shared ones. Options: transfer.dann.*."""
+  return _adversarial("shared_private", options, roles)
+
+
+def _adversarial(name: str, options, roles) -> Strategy:
+  del roles
   o = options.dann
-  weights = ("source_weight", "adversarial_weight") + (("orthogonality_weight",) if o.variant == "shared_private" else ())
+  weights = ("source_weight", "adversarial_weight") + (("orthogonality_weight",) if name == "shared_private" else ())
   for field in weights:
     if not o[field] > 0:
       raise ValueError(f"transfer.dann.{field}={o[field]!r} must be > 0")
   hidden = _positive_int(o, "hidden", "dann")
   terms = (("source_full_softmax", float(o.source_weight)), ("domain_adversarial", float(o.adversarial_weight)))
-  if o.variant == "plain":
+  if name == "dann":
     return Strategy("dann", dont_load=(r"heads/.*",),
                     insert=insert.InsertSpec("heads", (("discriminator_hidden", hidden),)),
                     schedule=((r"heads/.*", options.new_lr_mult), (".*", options.lr_mult)), terms=terms)
-  if o.variant != "shared_private":
-    raise ValueError(f"Unknown transfer.dann.variant {o.variant!r}; valid: ['plain', 'shared_private']")
   fresh = r"(heads|private)/.*"
-  return Strategy("dann", dont_load=(fresh,),
+  return Strategy("shared_private", dont_load=(fresh,),
                   insert=insert.InsertSpec("shared_private", (("discriminator_hidden", hidden),
                                                               ("domains", ("target", "source")))),
                   schedule=((fresh, options.new_lr_mult), (".*", options.lr_mult)),
@@ -368,6 +373,7 @@ STRATEGIES: dict[str, Callable[[Any, Roles], Strategy]] = {
     "bitfit": bitfit,
     "patch": patch,
     "dann": dann,
+    "shared_private": shared_private,
     "distill": distill,
     "prune": prune,
     "multi_domain": multi_domain,
@@ -376,7 +382,7 @@ STRATEGIES: dict[str, Callable[[Any, Roles], Strategy]] = {
 INSERTING = {"adapter": "adapter", "lora": "lora", "prompt": "prompt", "patch": "patch"}  # preset -> module kind
 
 
-CAUSAL_ONLY = ("dann", "distill", "multi_domain", "cross_user")  # their objective terms score next items from every position
+CAUSAL_ONLY = ("dann", "shared_private", "distill", "multi_domain", "cross_user")  # their objective terms score next items from every position
 
 
 def applicable(roles: Roles, causal: bool = True) -> list[str]:
@@ -388,7 +394,7 @@ def applicable(roles: Roles, causal: bool = True) -> list[str]:
   if not roles.blocks:
     out = [n for n in out if n not in ("partial_freeze", "reuse_bottom")]
   if not roles.item_table:
-    out = [n for n in out if n not in ("linear_probe", "embedding_transfer", "dann", "cross_user")]
+    out = [n for n in out if n not in ("linear_probe", "embedding_transfer", "dann", "shared_private", "cross_user")]
   return out
 
 
