@@ -52,6 +52,17 @@ def base_config() -> ml_collections.ConfigDict:
   # ratios set each operation's strength. Contrastive terms (objective cl4srec) take two views.
   c.data.augment = ml_collections.ConfigDict(dict(
       ops=(), prob=0.5, crop=0.6, mask=0.3, reorder=0.3, substitute=0.2, insert=0.2))
+  # Synthesis for scarce target data (ASReP-style, xrec/train/synthesis.py), composable with any
+  # strategy: a finished run's model (`model`: its workdir, "" = train.init_from) generates up to
+  # `num_items` pseudo-interactions (0 = off) for each training user whose training part has fewer
+  # than `min_len` items, one at a time, stopping at the first whose probability under the model is
+  # below `confidence`. direction "backward" prepends items before the history (the generator must
+  # have been trained on time-reversed sequences, data.reverse=True, as ASReP pretrains; the
+  # prepended items are part of the evaluation input too), "forward" appends continuations after
+  # the training part (training windows only).
+  c.data.synthesis = ml_collections.ConfigDict(dict(
+      num_items=0, min_len=10, confidence=0.0, direction="backward", model=""))
+  c.data.reverse = False  # every sequence time-reversed: the run learns to predict the previous item
   c.data.eval_population = "all"
   c.data.eval_unseen_fraction = 0.2
   c.data.eval_population_seed = 0

@@ -62,6 +62,11 @@ class DomainSequences:
   # overlapping-user inputs (xrec/data/cross_user.py CrossUserInputs): when set, training windows
   # and evaluation inputs also read the user's source-domain history
   cross: object | None = None
+  # time-reversed sequences (data.reverse): sequence(u) gives the newest item first
+  reverse: bool = False
+  # pseudo-interactions (data.synthesis, xrec/train/synthesis.py): user -> (items generated before
+  # its history, items generated after its training part), in this domain's ids
+  pseudo: dict | None = None
 
   @property
   def num_items(self) -> int:
@@ -73,13 +78,34 @@ class DomainSequences:
 
   def sequence(self, u: int) -> np.ndarray:
     items = np.asarray(self.source[int(u)]["items"], np.int64)
+    if self.reverse:
+      items = items[::-1]
     if self.id_map is None:
       return items
     mapped = self.id_map[items]
     return mapped[mapped > 0]
 
+  def train_part(self, u: int) -> np.ndarray:
+    """What user u's training windows read: its sequence without the valid / test items, with the
+    pseudo-interactions of data.synthesis around it."""
+    train = self.sequence(u)[:-2]
+    if self.pseudo and int(u) in self.pseudo:
+      before, after = self.pseudo[int(u)]
+      return np.concatenate([before, train, after])
+    return train
+
+  def history(self, u: int, cut: int) -> np.ndarray:
+    """The evaluation history before position `cut` (-2 valid, -1 test), after the items data.synthesis
+    generated before the user's history (those generated after the training part are not read)."""
+    history = self.sequence(u)[:cut]
+    if self.pseudo and int(u) in self.pseudo:
+      return np.concatenate([self.pseudo[int(u)][0], history])
+    return history
+
   def timestamps(self, u: int) -> np.ndarray:
     """The times of `sequence(u)`'s items (non-decreasing)."""
+    if self.reverse:
+      raise ValueError("data.reverse sequences have no forward timestamps (overlapping-user inputs need them)")
     stamps = np.asarray(self.source[int(u)]["timestamps"], np.int64)
     if self.id_map is None:
       return stamps
@@ -177,10 +203,23 @@ def load_domain(data_cfg) -> DomainSequences:
     raise ValueError(f"Unknown domain {data_cfg.domain!r} in {builder.name}; valid: {sorted(sources)}")
   source = sources[data_cfg.domain]
   item_keys = list(builder.info.metadata["item_keys"][data_cfg.domain])
-  return index_domain(data_cfg.domain, source, item_keys, data_cfg.user_fraction, data_cfg.fraction_seed,
-                      metadata=dict(builder.info.metadata), population=data_cfg.eval_population,
-                      unseen_fraction=data_cfg.eval_unseen_fraction,
-                      population_seed=data_cfg.eval_population_seed)
+  domain = index_domain(data_cfg.domain, source, item_keys, data_cfg.user_fraction, data_cfg.fraction_seed,
+                        metadata=dict(builder.info.metadata), population=data_cfg.eval_population,
+                        unseen_fraction=data_cfg.eval_unseen_fraction,
+                        population_seed=data_cfg.eval_population_seed)
+  if data_cfg.get("reverse", False):
+    domain = reversed_domain(domain)
+  return domain
+
+
+def reversed_domain(domain: DomainSequences) -> DomainSequences:
+  """The domain with every sequence time-reversed (the oldest item becomes the held-out test one):
+  a model trained on it predicts the previous item (a backward generator for data.synthesis)."""
+  out = dataclasses.replace(domain, reverse=True)
+  frequency = np.zeros_like(domain.item_frequency)
+  for u in range(out.num_users):
+    np.add.at(frequency, out.sequence(u)[:-2], 1)
+  return dataclasses.replace(out, item_frequency=frequency)
 
 
 def index_domain(name, source, item_keys, user_fraction=1.0, fraction_seed=0, metadata=None,
@@ -300,7 +339,11 @@ class TrainBatches:
       raise ValueError(f"data.augment.prob={augment_prob!r} must be in [0, 1]")
     self.augmenter, self.augment_prob, self.views = augmenter, augment_prob, views
     # users with fewer than 4 interactions have no (input, next) pair before valid/test
-    self.users = domain.train_users[domain.lengths[domain.train_users] >= 4]
+    lengths = domain.lengths[domain.train_users]
+    if domain.pseudo:  # pseudo-interactions lengthen short training parts
+      lengths = lengths + np.array([sum(map(len, domain.pseudo.get(int(u), ()))) for u in domain.train_users],
+                                   np.int64)
+    self.users = domain.train_users[lengths >= 4]
     if len(self.users) == 0:
       raise ValueError(
           f"Domain {domain.name!r}: none of the {len(domain.train_users)} training users has >= 4 "
@@ -328,7 +371,7 @@ class TrainBatches:
     user = self._user(row)
     if self.domain.cross is not None:
       return self.domain.cross.train_example(user, self.max_len)
-    train = self.domain.sequence(user)[:-2]
+    train = self.domain.train_part(user)
     if self.augmenter is None:
       return window_example(train, self.max_len)
     key = (self.seed, step, row)
@@ -385,6 +428,8 @@ def eval_batches(domain: DomainSequences, split: str, batch_size: int, max_len: 
     for u in range(b * batch_size + lo, b * batch_size + hi):
       if u < len(users):
         rows.append(eval_example(domain.sequence(users[u]), split, max_len, max_history))
+        if domain.pseudo:  # the items synthesised before the history are part of the input
+          rows[-1]["inputs"] = right_align(domain.history(users[u], {"valid": -2, "test": -1}[split]), max_len)
         if domain.cross is not None:  # the input also reads the user's source history
           rows[-1]["inputs"] = domain.cross.eval_inputs(int(users[u]), {"valid": -2, "test": -1}[split], max_len)
       else:  # padding row: scored but weighted out

@@ -37,6 +37,7 @@ from xrec.models import common
 from xrec.train import checkpoint as ckpt
 from xrec.train import objectives
 from xrec.train import optimizer as optim
+from xrec.train import synthesis
 from xrec.train import writer as writing
 from xrec.transfer import apply as transfer
 from xrec.transfer import prune as pruning
@@ -190,6 +191,34 @@ def prefix_user_table(config, domain, rows: int) -> np.ndarray:
     x = np.concatenate([x, np.zeros((pad, max_len), np.int32)]) if pad else x
     table[np.asarray(chunk) + 1] = np.asarray(encode(params, x))[:len(chunk)]
   return table
+
+
+def synthesise(config, domain):
+  """(domain with data.synthesis's pseudo-interactions, report): the generator is a finished run."""
+  cfg = config.data.synthesis
+  synthesis.check(cfg)
+  if domain.cross is not None:
+    raise ValueError("data.synthesis does not combine with transfer.strategy='cross_user' (its inputs read "
+                     "the real source history); set data.synthesis.num_items=0")
+  path = cfg.model or config.train.init_from
+  if not path:
+    raise ValueError("data.synthesis.num_items > 0 needs a generator: set data.synthesis.model (a finished "
+                     "run's workdir; backward: one trained with data.reverse=True) or train.init_from")
+  if not ckpt.has_best_params(path):
+    raise FileNotFoundError(f"data.synthesis generator {path!r} has no best params under {os.path.join(path, 'best')}")
+  module, info = _pretrained_model(path)
+  reversed_run = bool(((_read_json(os.path.join(path, "results.json")) or {}).get("config") or {})
+                      .get("data", {}).get("reverse", False))
+  if cfg.direction == "backward" and not reversed_run and os.path.exists(os.path.join(path, "results.json")):
+    raise ValueError(f"data.synthesis.direction='backward' needs a generator trained on time-reversed "
+                     f"sequences (data.reverse=True); {path!r} was trained forwards: use direction='forward' "
+                     "or train a reversed generator")
+  params, _ = ckpt.restore_best_params(path)
+  pseudo, report = synthesis.generate(module, params, _item_keys(path), domain, cfg)
+  report["model"] = path
+  log.info("synthesis (%s): %d of %d short training users lengthened, %d items added", cfg.direction,
+           report["users_lengthened"], report["short_users"], report["items_added"])
+  return dataclasses.replace(domain, pseudo=pseudo), report
 
 
 def read_teacher(config, domain) -> dict:
@@ -411,6 +440,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     log.warning("transfer %s: %s", plan.name, plan.not_applicable)
   if plan.name == "cross_user":  # inputs that also read each user's source history
     domain = cross_user_inputs(config, domain, module.vocab_size)
+  synthesised = None
+  if config.data.synthesis.num_items > 0:  # pseudo-interactions lengthen short training parts
+    domain, synthesised = synthesise(config, domain)
 
   augmenter = augment.from_config(config.data.augment, module.num_items + 1 if module.uses_mask_token else 0,
                                   (domain.sequence(u)[:-2] for u in domain.train_users), domain.num_items)
@@ -551,7 +583,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    "not_applicable": plan.not_applicable or None,
                    "source_encoder": model.source.name if model.source else None,
                    "teacher": model.teacher["info"] if model.teacher else None,
-                   "cross_user": domain.cross.report if domain.cross is not None else None},
+                   "cross_user": domain.cross.report if domain.cross is not None else None,
+                   "synthesis": synthesised},
       "best_step": int(best_step),
       "final_step": int(step),
       "stopped_early": stopped_early,
