@@ -94,3 +94,57 @@ def test_pruned_entries_stay_zero_through_fine_tuning(data_dir, tmp_path, kind):
     assert dense["model_fields"] == {"num_heads": 1} and dense["params"] < report["params"]
     assert dense["test"]["ndcg@10"] == pytest.approx(r["test"]["ndcg@10"], abs=1e-6)
   assert report["nonzero_params"] < report["params"]
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_cold_item_rows_pruned_and_shrunk_to_the_kept_items(name):
+  module = build(name)
+  params = perturbed(init(module))
+  counts = np.arange(NUM_ITEMS + 1) % 7  # item i has i mod 7 interactions (id 0 is padding)
+  pruner = pruning.Pruner("items", module.roles(), counts)
+  masks = pruner.masks(params, 0.4)
+  served = pruning.served_items(masks, module.roles())
+  dead = np.flatnonzero(~served[1:NUM_ITEMS + 1]) + 1
+  assert len(dead) == int(0.4 * NUM_ITEMS)
+  assert counts[dead].max() <= counts[np.flatnonzero(served[1:NUM_ITEMS + 1]) + 1].min()  # the coldest go
+  masked = jax.tree.map(lambda p, m: p * m, params, masks)
+  flat = common.flatten(masked)
+  assert (np.asarray(flat["item_embed/embedding"])[dead] == 0).all() and (np.asarray(flat["output_bias"])[dead] == 0).all()
+  # the dense model over the kept items: same scores for the kept items, the pruned ones read as its zero row
+  kept = NUM_ITEMS - len(dead)
+  small = models.build(model_config(_encoder_config(name), {}), kept + 1)
+  shapes = {p: tuple(v.shape) for p, v in common.flatten(init(small)).items()}
+  small_params, id_map = pruning.shrink_items(masked, masks, module.roles(), shapes, NUM_ITEMS)
+  assert common.param_count(small_params) < common.param_count(params)
+  x = jnp.asarray(np.where(INPUTS > 0, np.asarray(id_map)[np.asarray(INPUTS)], 0), jnp.int32)
+  big = np.asarray(module.apply({"params": masked}, INPUTS, method="score_last"))
+  dense = np.asarray(small.apply({"params": small_params}, x, method="score_last"))
+  kept_ids = np.flatnonzero(served[1:NUM_ITEMS + 1]) + 1
+  np.testing.assert_allclose(dense[:, 1:kept + 1], big[:, kept_ids], rtol=1e-5, atol=1e-5)
+  # evaluation ranks only the served items: a pruned target is a miss
+  from xrec.evaluate import metrics
+  scores = jnp.asarray(big)
+  ranks = metrics.target_rank(scores, jnp.asarray([dead[0]] * 3), NUM_ITEMS, candidates=jnp.asarray(served))
+  assert (np.asarray(ranks) == len(kept_ids)).all()
+
+
+def _encoder_config(name):
+  from test_encoders import model_config as encoder_config
+  return encoder_config(name)
+
+
+def test_item_pruning_run_reports_the_dense_model(data_dir, tmp_path):
+  pre = tiny_config(data_dir)
+  train_and_evaluate(pre, str(tmp_path / "pre"))
+  c = tiny_config(data_dir)
+  c.data.domain = "target"
+  c.transfer.strategy = "prune"
+  c.transfer.prune.update(dict(kind="items", ratio=0.5, events=2, start=0.0, end=0.5))
+  c.train.init_from = str(tmp_path / "pre")
+  r = train_and_evaluate(c, str(tmp_path / "items"))
+  report = r["pruning"]
+  assert report["items_served"] == 100  # of the 200 target items
+  dense = report["dense"]
+  assert dense["model_fields"] == {"num_items": 100} and dense["params"] < report["params"]
+  assert dense["test"]["ndcg@10"] == pytest.approx(r["test"]["ndcg@10"], abs=1e-6)
+  assert dense["eval_users_per_second"] > 0

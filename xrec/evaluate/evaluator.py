@@ -37,25 +37,30 @@ class Evaluator:
     ks, mask_history = tuple(eval_cfg.ks), bool(eval_cfg.mask_history)
     scores_sharding = NamedSharding(mesh, P("data", "model"))
 
-    def step(params, batch):
+    def step(params, batch, candidates):
       scores = module.apply({"params": params}, batch["inputs"], method="score_last", **method_kwargs)
       scores = jax.lax.with_sharding_constraint(scores, scores_sharding)  # [batch, vocab]
       rank = metrics.target_rank(scores, batch["target"], num_items,
-                           batch["history"] if mask_history else None)
+                                 batch["history"] if mask_history else None, candidates)
       return metrics.metric_sums(rank, batch["weight"], ks), rank
 
-    self.batch_step = jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-                         out_shardings=sharding.replicated(mesh))
+    self.batch_step = jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh),
+                                                  sharding.replicated(mesh)),
+                              out_shardings=sharding.replicated(mesh))
+    self.vocab_size = int(module.vocab_size)
+    self.candidates = None  # [vocab] bool: the items that may be recommended (None: all)
 
   def __call__(self, params, domain: pipeline.DomainSequences, split: str, with_ranks: bool = False):
     """Metrics over the domain's evaluation population; with `with_ranks`, also the target's 0-based
-    rank per population user (int array, in `domain.eval_users` order): (metrics, ranks)."""
+    rank per population user (int array, in `domain.eval_users` order): (metrics, ranks). Only the
+    items in `self.candidates` (when set: a pruned model's served items) are ranked."""
+    candidates = np.ones(self.vocab_size, bool) if self.candidates is None else np.asarray(self.candidates, bool)
     start = time.time()
     batches = pipeline.eval_batches(domain, split, self.eval_cfg.batch_size, self.max_len,
                                     jax.process_index(), jax.process_count())
     total, ranks = {}, []
     for batch in batches:  # per-batch sums are a few scalars: accumulate on the host in float64
-      sums, rank = jax.device_get(self.batch_step(params, sharding.put_batch(batch, self.mesh)))
+      sums, rank = jax.device_get(self.batch_step(params, sharding.put_batch(batch, self.mesh), candidates))
       for k, v in sums.items():
         total[k] = total.get(k, 0.0) + float(v)
       if with_ranks:

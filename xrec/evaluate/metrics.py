@@ -26,30 +26,39 @@ METRIC_NAMES = ("hr", "recall", "ndcg", "mrr")
 TIES = "pessimistic"
 
 
-def mask_scores(scores, num_items: int, history=None):
-  """scores [batch, vocab] -> -inf at padding id 0, sharding-padding ids and (optionally) history."""
+def mask_scores(scores, num_items: int, history=None, candidates=None):
+  """scores [batch, vocab] -> -inf at padding id 0, sharding-padding ids, (optionally) history and
+  items outside `candidates` ([vocab] bool: e.g. the items a pruned model no longer serves)."""
   vocab = scores.shape[-1]
   ids = jnp.arange(vocab)
-  scores = jnp.where((ids >= 1) & (ids <= num_items), scores, -jnp.inf)
+  valid = (ids >= 1) & (ids <= num_items)
+  if candidates is not None:
+    valid = valid & candidates
+  scores = jnp.where(valid, scores, -jnp.inf)
   if history is not None:
     rows = jnp.arange(scores.shape[0])[:, None]
     scores = scores.at[rows, history].set(-jnp.inf)
   return scores
 
 
-def target_rank(scores, targets, num_items: int, history=None):
+def target_rank(scores, targets, num_items: int, history=None, candidates=None):
   """0-based pessimistic rank [batch] of each target among valid items.
 
   scores [batch, vocab] (any float dtype), targets [batch] ids in [1, num_items],
-  history [batch, hist] ids to exclude (0 = padding) or None.
+  history [batch, hist] ids to exclude (0 = padding) or None, candidates [vocab] bool or None:
+  the items that may be recommended (a target outside them, or beyond num_items, ranks last).
   """
   rows = jnp.arange(scores.shape[0])
   # a non-finite score is worthless: a NaN target ranks last, a NaN item beats the target (so a
   # diverged model scores 0, never a perfect 1 from comparisons with NaN being False)
   target_score = scores[rows, targets]
   target_score = jnp.where(jnp.isnan(target_score), -jnp.inf, target_score)
+  servable = (targets >= 1) & (targets <= num_items)
+  if candidates is not None:
+    servable = servable & candidates[targets]
+  target_score = jnp.where(servable, target_score, -jnp.inf)
   ids = jnp.arange(scores.shape[-1])
-  ranked = jnp.isfinite(mask_scores(jnp.zeros_like(scores), num_items, history))  # valid, not history
+  ranked = jnp.isfinite(mask_scores(jnp.zeros_like(scores), num_items, history, candidates))  # valid, not history
   beats = (jnp.where(jnp.isnan(scores), jnp.inf, scores) >= target_score[:, None]) & ranked
   beats = beats & (ids[None, :] != targets[:, None])
   return beats.sum(-1).astype(jnp.int32)

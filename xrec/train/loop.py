@@ -472,7 +472,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   pruner, prune_events = None, {}
   if plan.strategy.prune:  # masks (1 = kept) live in the train state and its checkpoints
     kind, ratio, events, start, end = plan.strategy.prune
-    pruner = pruning.Pruner(kind, plan.roles)
+    pruner = pruning.Pruner(kind, plan.roles, pipeline.item_counts(domain) if kind == "items" else None)
     prune_events = dict(pruning.schedule(ratio, events, max(num_steps, 1), start, end))
     state["masks"] = jax.jit(lambda p: jax.tree.map(jnp.ones_like, p), out_shardings=param_sh)(state["params"])
     state_sh = {**state_sh, "masks": param_sh}
@@ -495,6 +495,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_step = make_train_step(module, tx, model.objective, domain.num_items, state_sh, mesh, sampling_probs,
                                max(num_steps, 1), model.teacher)
   evaluate = evaluation.Evaluator(module, domain.num_items, max_len, config.eval, mesh, param_sh)
+  if pruner is not None and pruner.kind == "items":  # pruned items are no longer recommended
+    evaluate.candidates = pruning.served_items(jax.device_get(state["masks"]), plan.roles)
 
   writer = writing.MetricWriter(workdir, resume_step=start_step if init.kind == "resume_workdir" else None,
                                 enabled=is_main)
@@ -531,6 +533,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state["masks"] = jax.device_put(masks, param_sh)
       state["params"] = jax.device_put(jax.tree.map(lambda p, m: p * m, params, masks), param_sh)
       log.info("step %d: pruned to %.1f%% (%s)", step, 100 * prune_events[step], pruner.kind)
+      if pruner.kind == "items":
+        evaluate.candidates = pruning.served_items(masks, plan.roles)
     window_examples += config.train.batch_size
     bar.update(1)
     if step % config.train.log_every_steps == 0 or step == num_steps:
@@ -653,8 +657,28 @@ def _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rule
   nonzero = int(sum(np.count_nonzero(np.asarray(v)) for v in jax.tree.leaves(params)))
   report = {"kind": kind, "ratio": ratio, "events": events, "start": start, "end": end,
             "sparsity_of_blocks": pruning.sparsity(params, masks, pruner.prunable(flat_m)),
+            "items_served": int(pruning.served_items(masks, plan.roles)[1:domain.num_items + 1].sum()),
             "params": common.param_count(params), "nonzero_params": nonzero,
             "stored_bytes_sparse": nonzero * 4 + nonzero * 4}  # value + index per kept entry
+  if kind == "items":  # a model over the kept items only: a smaller table, fewer scores per user
+    small = models.build(model_config(config, {}), int(report["items_served"]) + 1)
+    abstract = jax.eval_shape(
+        lambda: small.init({"params": jax.random.key(0)}, jnp.ones((1, config.model.max_len), jnp.int32))["params"])
+    shapes = {p: tuple(v.shape) for p, v in common.flatten(nn.unbox(abstract)).items()}
+    small_params, id_map = pruning.shrink_items(params, masks, plan.roles, shapes, domain.num_items,
+                                                bool(small.uses_mask_token))
+    served = int(report["items_served"])
+    kept_ids = np.flatnonzero((id_map >= 1) & (id_map <= served))
+    dense_domain = dataclasses.replace(
+        domain, id_map=id_map[:domain.num_items + 1] if domain.id_map is None else id_map[domain.id_map],
+        item_keys=[domain.item_keys[i - 1] for i in kept_ids] + ["<pruned>"])
+    small_sh = sharding.param_shardings(abstract, mesh, rules)
+    evaluate = evaluation.Evaluator(small, served, config.model.max_len, config.eval, mesh, small_sh)
+    dense = evaluate(jax.device_put(small_params, small_sh), dense_domain, "test")
+    report["dense"] = {"model_fields": {"num_items": served}, "params": common.param_count(small_params),
+                       "stored_bytes": int(sum(np.asarray(v).nbytes for v in jax.tree.leaves(small_params))),
+                       "test": dense, "eval_users_per_second": dense["users_per_second"],
+                       "masked_eval_users_per_second": test["users_per_second"]}
   if kind in ("heads", "mlp"):
     # the masks of the best checkpoint's step (masks only grow), so shrink the best params with the final masks
     small_params, fields = pruning.shrink(params, masks, kind, plan.roles)

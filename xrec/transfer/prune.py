@@ -8,25 +8,31 @@ kinds that shrink a Transformer encoder into a smaller dense one.
              norm is the usual proxy)
   mlp        MLP channels of every block, the same number per block, by the L2 norm of the
              channel's wi column and wo row
+  items      item rows of the coldest items (fewest training interactions; ties by id): their rows
+             of the item tables and the output bias; a pruned item is no longer recommended
+             (`served_items`: evaluation ranks only the kept ones) and reads as a zero vector in a
+             history; any encoder with an item table
 
 `Pruner.masks(params, ratio)` gives 0/1 masks shaped like the params (1 = kept) for a target
 ratio of the prunable entries (magnitude) or of the heads / channels (structured). The trainer
 prunes at `schedule` steps with the ratio ramping up cubically (Zhu & Gupta, 2017) and fine-tunes
 in between; masked entries are multiplied by 0 after every update, so they stay exactly zero.
 `shrink` turns a structurally pruned Transformer's params into the params of a smaller dense one
-(fewer heads or a smaller mlp_dim) that computes the same scores.
+(fewer heads or a smaller mlp_dim) that computes the same scores; `shrink_items` an item-pruned
+model's params into a model over the kept items only (plus one zero row every pruned item maps to).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
 from xrec.models import common
 from xrec.models.base import Roles
 
-KINDS = ("magnitude", "heads", "mlp")
+KINDS = ("magnitude", "heads", "mlp", "items")
 
 
 def schedule(ratio: float, events: int, num_steps: int, start: float, end: float) -> list[tuple[int, float]]:
@@ -49,10 +55,13 @@ def schedule(ratio: float, events: int, num_steps: int, start: float, end: float
 class Pruner:
   kind: str
   roles: Roles
+  item_counts: Any = None  # items: training interactions per item id [num_items + 1]
 
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"Unknown transfer.prune.kind {self.kind!r}; valid: {list(KINDS)}")
+    if self.kind == "items" and not self.roles.item_table:
+      raise ValueError("transfer.prune.kind='items' needs an encoder with an item table")
     if self.kind in ("heads", "mlp") and not self.roles.attention:
       raise ValueError(f"transfer.prune.kind={self.kind!r} needs a Transformer encoder (attention heads and MLP "
                        "channels in its roles); kinds that apply to this encoder: ['magnitude']")
@@ -84,6 +93,13 @@ class Pruner:
               path = f"{block}/attn/{name}/{leaf}"
               masks[path][..., h, :] = 0.0
           masks[f"{block}/attn/out/kernel"][h] = 0.0
+    elif self.kind == "items":
+      counts = np.asarray(self.item_counts)
+      num_items = len(counts) - 1
+      order = np.argsort(counts[1:], kind="stable") + 1  # coldest first, ties by id
+      dead = order[:int(ratio * num_items)]
+      for path in self.roles.item_rows:
+        masks[path][dead] = 0.0
     else:  # mlp
       for block in self.roles.blocks:
         wi, wo = flat[f"{block}/mlp/wi/kernel"], flat[f"{block}/mlp/wo/kernel"]
@@ -99,6 +115,36 @@ class Pruner:
     parts = [flat[f"{block}/attn/{n}/kernel"] for n in ("query", "key", "value")]  # [embed, heads, kv]
     score = sum((p ** 2).sum(axis=(0, 2)) for p in parts)
     return np.sqrt(score + (flat[f"{block}/attn/out/kernel"] ** 2).sum(axis=(1, 2)))  # out [heads, kv, embed]
+
+
+def served_items(masks, roles: Roles):
+  """[vocab] bool: the ids whose output-bias row is kept (items pruning); the rest are never ranked."""
+  return np.asarray(common.flatten(masks)[roles.output_bias]) > 0
+
+
+def shrink_items(params, masks, roles: Roles, small_shapes: dict, num_items: int,
+                 mask_token: bool = False) -> tuple[dict, np.ndarray]:
+  """(params of the model over the kept items, id map old id -> new id): kept item i becomes its
+  rank among the kept (1..n), every pruned item the one zero row n + 1 (what a pruned item reads
+  as in a history; the small model is built for n + 1 items and ranks only 1..n), and a
+  bidirectional encoder's mask token row moves to n + 2; `small_shapes` ({path: shape}) is that
+  model's tree (vocab rounding, padding)."""
+  served = served_items(masks, roles)
+  vocab = len(served)
+  kept = np.flatnonzero(served[1:num_items + 1]) + 1
+  flat = {p: np.asarray(v) for p, v in common.flatten(params).items()}
+  id_map = np.zeros(vocab, np.int64)
+  id_map[1:] = len(kept) + 1
+  id_map[kept] = np.arange(1, len(kept) + 1)
+  out = dict(flat)
+  for path in roles.item_rows:
+    rows = np.zeros(small_shapes[path], flat[path].dtype)
+    rows[0] = flat[path][0]
+    rows[1:len(kept) + 1] = flat[path][kept]
+    if mask_token:
+      rows[len(kept) + 2] = flat[path][num_items + 1]
+    out[path] = rows  # row n + 1 (pruned) and sharding padding stay zero
+  return common.unflatten(out), id_map
 
 
 def sparsity(params, masks, paths=None) -> float:
