@@ -272,7 +272,10 @@ def test_report_cli_writes_tables_and_plots(tmp_path):
 @pytest.mark.parametrize("path, arg", [
     ("experiments/fraction_study/config.py", None), ("experiments/shift_study/config.py", None),
     ("experiments/real_data/ml1m_cross_region.py", None), ("experiments/real_data/ml1m_cross_genre.py", None),
-    ("experiments/real_data/cross_app.py", "amazon2018")])
+    ("experiments/real_data/cross_app.py", "amazon2018"), ("experiments/toolbox/config.py", None),
+    ("experiments/distill_prune/config.py", None), ("experiments/augment/config.py", None),
+    ("experiments/cross_user/config.py", None), ("experiments/real_data/adversarial.py", "ml1m_cross_region,short"),
+    ("experiments/real_data/overlap.py", "ml1m_cross_genre"), ("experiments/real_data/compress.py", "ml1m_cross_region")])
 def test_study_configs_load_and_every_cell_applies(path, arg):
   from xrec.train import sweep
   module = sweep.load_config_module(os.path.join(ROOT, path))

@@ -455,6 +455,30 @@ def config_args(arg, valid: tuple[str, ...]) -> set[str]:
   return args
 
 
+REAL_DATA_SCENARIOS = ("ml1m_cross_region", "ml1m_cross_genre", "cross_app")
+
+
+def real_data_scenario(arg, folder: str):
+  """The config of a real-data family study (experiments/real_data/<family>.py:<scenario>[,args]):
+  the first argument names the scenario study file in `folder` (REAL_DATA_SCENARIOS), the rest go
+  to its get_config (short / full, swap, first, a file layout)."""
+  scenario, *rest = (arg or "").split(",")
+  if scenario not in REAL_DATA_SCENARIOS:
+    raise ValueError(f"name the scenario first, e.g. ':ml1m_cross_region,short'; got {scenario!r}; "
+                     f"valid: {list(REAL_DATA_SCENARIOS)}")
+  return load_config_module(os.path.join(folder, scenario + ".py")).get_config(",".join(rest) or None)
+
+
+def strategy_variants_grid(rows, field: str, values, seeds=SEEDS):
+  """Cells (strategy, its own overrides) x `field` value x seed (seed outermost): rows are
+  (strategy, {dotted field: value}) pairs, so one strategy may appear as several variants (name the
+  varied field as the layout's row_detail)."""
+  for seed in seeds:
+    for value in values:
+      for strategy, extra in rows:
+        yield {"transfer.strategy": strategy, **extra, field: value, "seed": seed, "data.fraction_seed": seed}
+
+
 def as_transfer_study(c, preset: str = "full", lr_grid=(3e-4, 1e-3, 3e-3)):
   """Turns a scenario config (splits `source`, `target`) into a pretrain -> transfer study cell
   under the fixed protocol, with the budgets of REAL_DATA_PRESETS[preset]: early-stopped

@@ -1,0 +1,30 @@
+"""Adversarial and multi-domain transfer on real data: scratch, full_finetune, dann, shared_private
+and multi_domain x target user fraction 0.05, 0.2, 1.0 x seeds 0-4, on one of the real-data
+scenarios (the argument: ml1m_cross_region, ml1m_cross_genre or cross_app, then that scenario's own
+arguments). Protocol and budgets as in the scenario's study file (ml1m_cross_region.py).
+
+  python launch.py --config experiments/real_data/adversarial.py:ml1m_cross_region,short \\
+      --workdir runs/adversarial_ml1m_cross_region
+  python -m xrec.report runs/adversarial_ml1m_cross_region
+
+Expected numbers: not yet run on the real archives (no internet here).
+"""
+
+import os
+
+from xrec.train.sweep import SEEDS, real_data_scenario, strategy_grid
+
+STRATEGIES = ("scratch", "full_finetune", "dann", "shared_private", "multi_domain")
+FRACTIONS = (0.05, 0.2, 1.0)
+
+
+def get_config(arg=None):
+  return real_data_scenario(arg, os.path.dirname(os.path.abspath(__file__)))
+
+
+def sweep():
+  return strategy_grid(STRATEGIES, "data.user_fraction", FRACTIONS, SEEDS)
+
+
+def metrics():
+  return {"metrics": ("ndcg@10", "hr@10"), "columns": "data.user_fraction"}

@@ -1,0 +1,42 @@
+"""Compression on real data: what serving cost does distillation or pruning save, at what quality?
+scratch, full_finetune, distill (a fresh student of width 16 from the pretrained model of the
+preset's width as the teacher: the scenario must share its items, so ml1m_cross_region or
+cross_app with shared items),
+prune:heads, prune:mlp and prune:items (half of the heads / MLP channels / coldest items) x target
+user fraction 0.2, 1.0 x seeds 0-4. results.json records params, stored bytes and users/s of each
+model (pruning: and of its dense smaller model). Protocol and budgets as in the scenario's study
+file.
+
+  python launch.py --config experiments/real_data/compress.py:ml1m_cross_region,short \\
+      --workdir runs/compress_ml1m_cross_region
+  python -m xrec.report runs/compress_ml1m_cross_region
+
+Expected numbers: not yet run on the real archives (no internet here).
+"""
+
+import os
+
+import ml_collections
+
+from xrec.train.sweep import SEEDS, real_data_scenario, strategy_variants_grid
+
+ROWS = (("scratch", {}), ("full_finetune", {}), ("distill", {"model.embed_dim": 16}),
+        ("prune", {"transfer.prune.kind": "heads"}), ("prune", {"transfer.prune.kind": "mlp"}),
+        ("prune", {"transfer.prune.kind": "items"}))
+FRACTIONS = (0.2, 1.0)
+
+
+def get_config(arg=None):
+  c = real_data_scenario(arg, os.path.dirname(os.path.abspath(__file__)))
+  # the teacher (the pretrained model) keeps the preset's width when a cell narrows the student
+  c.experiment.pretrain.model = ml_collections.ConfigDict({"embed_dim": c.model.embed_dim})
+  c.transfer.prune.update(dict(ratio=0.5, events=3, start=0.0, end=0.5))
+  return c
+
+
+def sweep():
+  return strategy_variants_grid(ROWS, "data.user_fraction", FRACTIONS, SEEDS)
+
+
+def metrics():
+  return {"metrics": ("ndcg@10", "hr@10"), "columns": "data.user_fraction", "row_detail": "transfer.prune.kind"}
