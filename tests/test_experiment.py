@@ -326,6 +326,8 @@ def test_multi_domain_reports_every_domain(data_dir, tmp_path):
   wd = str(tmp_path / "md")
   assert sweep.run_study(c, sweep.implicit_study(c), wd)["failed"] == 0
   result = _stage(wd, sweep.read_runs(wd)[0])
+  serving = sweep.read_runs(wd)[0]["serving"]  # what the served model costs, in the run index
+  assert serving["params"] == result["param_count"] and serving["eval_users_per_second"] > 0
   assert set(result["domains"]) == {"target", "source"}
   assert result["domains"]["target"]["test"]["ndcg@10"] == result["test"]["ndcg@10"]
   assert result["domains"]["source"]["population_users"] == 120 and 0 <= result["domains"]["source"]["test"]["ndcg@10"] <= 1

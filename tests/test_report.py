@@ -329,3 +329,19 @@ def test_row_detail_splits_one_strategy_into_its_variants():
   assert table.cells[("cross_user:prefix", ())].marks.startswith("▲")  # each variant against scratch
   with pytest.raises(ValueError, match=r"fall in the same table slot"):  # without it: one slot, an error
     tables.build(rs + [prefix], dict(layout, row_detail=""), "ndcg@10")
+
+
+def test_speed_plot_puts_quality_against_the_served_models_users_per_second(tmp_path):
+  from xrec.report import plots
+  rng = np.random.default_rng(2)
+  rs = _single_seed_records({"scratch": rng.integers(20, 200, 100), "prune": rng.integers(0, 5, 100)})
+  rs[0]["serving"] = {"eval_users_per_second": 1000.0}
+  rs[1]["serving"] = {"eval_users_per_second": 2500.0, "model": "pruned, dense"}
+  layout = {"metrics": ["ndcg@10"], "rows": "transfer.strategy", "columns": [], "seed": "seed", "speed_plot": True}
+  table = tables.build(rs, layout, "ndcg@10")
+  assert plots.speed_by_slot(rs, layout) == {("scratch", ()): 1000.0, ("prune", ()): 2500.0}
+  paths = plots.write_plots(table, rs, layout, str(tmp_path))
+  assert str(tmp_path / "ndcg_at_10_vs_users_per_s.png") in paths
+  assert open(tmp_path / "ndcg_at_10_vs_users_per_s.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  assert not any("users_per_s" in p for p in plots.write_plots(table, rs, dict(layout, speed_plot=False),
+                                                                str(tmp_path / "none") if os.makedirs(tmp_path / "none") is None else ""))

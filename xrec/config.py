@@ -205,7 +205,11 @@ def base_config() -> ml_collections.ConfigDict:
   # target_domain (few-shot by data.user_fraction) initialised from it, and one table.
   c.experiment = ml_collections.ConfigDict(dict(
       mode="single", source_domain="source", target_domain="target",
-      strategies=("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")))
+      strategies=("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora"),
+      # a display label of a study cell that other fields make a variant of its strategy (e.g.
+      # "augment+cl4srec"); reports split rows by it with metrics() "row_detail": "experiment.variant".
+      # Never part of a stage's hash (experiment.* is not).
+      variant=""))
   # The pretraining stage is this config on source_domain (all its users, no transfer options)
   # with these overrides on top: any field of the config, nested as in the config
   # (e.g. c.experiment.pretrain.model = {"sasrec": {"num_layers": 4}} pretrains a deeper model).

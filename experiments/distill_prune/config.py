@@ -6,7 +6,9 @@ and 20% of the target's users train (300), all 1,500 evaluated. Columns: the mod
 (model.embed_dim 16, 32, 64). Rows: scratch (trained on the target alone) and distill (a fresh
 model of that width trained from the pretrained teacher's logits and top-10 ranking) at every
 width; at 64, the teacher's own width, also full_finetune (the teacher fine-tuned) and prune (the
-teacher fine-tuned with global magnitude pruning to 50% of its blocks' weights). Same 1,000-step budget,
+teacher fine-tuned while pruned to 50%: prune:magnitude of its blocks' weights, prune:heads of its
+attention heads, prune:items of its coldest items, the last two served as smaller dense models).
+A plot puts quality against the served model's evaluation users/s. Same 1,000-step budget,
 learning-rate grid and 5 seeds as the fraction study; results.json records params, stored bytes and
 evaluation users/s of every model (the teacher's under transfer.teacher, the pruned model's under
 pruning).
@@ -35,12 +37,20 @@ def get_config(arg=None):
   return c
 
 
+PRUNE_KINDS = ("magnitude", "heads", "items")
+
+
 def sweep():
   for seed in SEEDS:
     for width in WIDTHS:
-      for strategy in ("scratch", "distill") + (("full_finetune", "prune") if width == 64 else ()):
-        yield {"transfer.strategy": strategy, "model.embed_dim": width, "seed": seed, "data.fraction_seed": seed}
+      rows = [("scratch", {}), ("distill", {})]
+      if width == 64:
+        rows += [("full_finetune", {})] + [("prune", {"transfer.prune.kind": k}) for k in PRUNE_KINDS]
+      for strategy, extra in rows:
+        yield {"transfer.strategy": strategy, **extra, "model.embed_dim": width, "seed": seed,
+               "data.fraction_seed": seed}
 
 
 def metrics():
-  return {"metrics": ("ndcg@10", "hr@10"), "columns": "model.embed_dim"}
+  return {"metrics": ("ndcg@10", "hr@10"), "columns": "model.embed_dim", "row_detail": "transfer.prune.kind",
+          "speed_plot": True}

@@ -39,4 +39,5 @@ def sweep():
 
 
 def metrics():
-  return {"metrics": ("ndcg@10", "hr@10"), "columns": "data.user_fraction", "row_detail": "transfer.prune.kind"}
+  return {"metrics": ("ndcg@10", "hr@10"), "columns": "data.user_fraction", "row_detail": "transfer.prune.kind",
+          "speed_plot": True}

@@ -79,6 +79,46 @@ def metric_vs_trainable(table: tables.Table, trainable: dict, path: str) -> str 
   return path
 
 
+def metric_vs_speed(table: tables.Table, speed: dict, path: str) -> str | None:
+  """Quality against serving speed: each row at the mean evaluation users/s of its served model
+  (log x), one series per column, 95% CI error bars; None when no record has a speed."""
+  if not speed:
+    return None
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for column in table.columns:
+    rows = [r for r in table.rows if (r, column) in table.cells and (r, column) in speed
+            and not table.cells[(r, column)].not_applicable]
+    if not rows:
+      continue
+    x = np.array([speed[(r, column)] for r in rows], dtype=float)
+    mean = np.array([table.cells[(r, column)].mean for r in rows])
+    ci = np.nan_to_num(np.array([table.cells[(r, column)].ci for r in rows]))
+    ax.errorbar(x, mean, yerr=ci, fmt="o", capsize=3, label=table.column_text(column))
+    for xi, yi, r in zip(x, mean, rows):
+      ax.annotate(str(r), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+  ax.set_xscale("log")
+  ax.set_xlabel("evaluation users / s of the served model (mean over seeds)")
+  ax.set_ylabel(f"test {table.metric}")
+  ax.set_title(f"{table.metric} vs serving speed")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def speed_by_slot(records: list[dict], layout: dict) -> dict:
+  """(row, column) -> mean evaluation users/s of the served model over the slot's seeds."""
+  out = {}
+  for r in records:
+    speed = (r.get("serving") or {}).get("eval_users_per_second")
+    if speed:
+      slot = (tables.row_label(r, layout), tuple(tables.label(r, f) for f in layout["columns"]))
+      out.setdefault(slot, []).append(float(speed))
+  return {k: float(np.mean(v)) for k, v in out.items()}
+
+
 def trainable_by_slot(records: list[dict], layout: dict) -> dict:
   """(row, column) -> trainable parameters (the same for every seed of a slot)."""
   out = {}
@@ -104,4 +144,7 @@ def write_plots(table: tables.Table, records: list[dict], layout: dict, out_dir:
     p = metric_vs_trainable(table, trainable_by_slot(records, layout),
                             os.path.join(out_dir, f"{name}_vs_trainable_params.png"))
     paths += [p] if p else []
+    if layout.get("speed_plot"):  # studies of serving cost (distillation, pruning)
+      p = metric_vs_speed(table, speed_by_slot(records, layout), os.path.join(out_dir, f"{name}_vs_users_per_s.png"))
+      paths += [p] if p else []
   return paths

@@ -56,7 +56,9 @@ log = logging.getLogger("xrec")
 STAGES_DIR = runindex.STAGES_DIR
 read_runs, latest_runs = runindex.read_runs, runindex.latest_runs  # the index's readers, for callers of the runner
 DEFAULT_LAYOUT = {"metrics": ("ndcg@10", "hr@10"), "rows": "transfer.strategy", "columns": (), "seed": "seed",
-                  "row_detail": ""}  # row_detail: a field that splits a row into variants (report.tables.row_label)
+                  # row_detail: a field that splits a row into variants (report.tables.row_label);
+                  # speed_plot: also plot quality vs the served model's evaluation users/s
+                  "row_detail": "", "speed_plot": False}
 ERROR_TAIL_CHARS = 3000  # traceback tail kept in runs.jsonl
 
 
@@ -314,7 +316,7 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> di
           budget=results.get("budget"), population=results["protocol"].get("population"),
           item_overlap=budget.get("item_overlap"), item_tables=budget.get("item_tables"),
           not_applicable=budget.get("not_applicable"),
-          test_rank=results.get("per_user", {}).get("test_rank"))
+          test_rank=results.get("per_user", {}).get("test_rank"), serving=serving_cost(results))
       if pretrain is not None:
         record["pretrain"] = {"valid": pretrain["valid"], "test": pretrain["test"],
                               "best_step": pretrain.get("best_step"), "budget": pretrain.get("budget")}
@@ -325,6 +327,17 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> di
   record["wall_seconds"] = time.time() - t_start
   record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   return record
+
+
+def serving_cost(results: dict) -> dict:
+  """What serving the cell's model costs: params and evaluation users/s of the model a deployment
+  would keep (a structurally pruned run: its smaller dense model)."""
+  dense = (results.get("pruning") or {}).get("dense")
+  if dense:
+    return {"model": "pruned, dense", "params": dense["params"], "stored_bytes": dense["stored_bytes"],
+            "eval_users_per_second": dense["eval_users_per_second"]}
+  return {"model": "as trained", "params": results.get("param_count"),
+          "eval_users_per_second": (results.get("throughput") or {}).get("eval_users_per_second")}
 
 
 def _cached(config, cell: Cell, workdir: str, previous: dict | None) -> bool:
