@@ -133,18 +133,44 @@ def _encoder_config(name):
   return encoder_config(name)
 
 
-def test_item_pruning_run_reports_the_dense_model(data_dir, tmp_path):
+@pytest.mark.parametrize("kind", ["items", "dims"])
+def test_item_table_pruning_run_reports_the_dense_model(data_dir, tmp_path, kind):
   pre = tiny_config(data_dir)
   train_and_evaluate(pre, str(tmp_path / "pre"))
   c = tiny_config(data_dir)
   c.data.domain = "target"
   c.transfer.strategy = "prune"
-  c.transfer.prune.update(dict(kind="items", ratio=0.5, events=2, start=0.0, end=0.5))
+  c.transfer.prune.update(dict(kind=kind, ratio=0.5, events=2, start=0.0, end=0.5))
   c.train.init_from = str(tmp_path / "pre")
-  r = train_and_evaluate(c, str(tmp_path / "items"))
+  r = train_and_evaluate(c, str(tmp_path / kind))
   report = r["pruning"]
-  assert report["items_served"] == 100  # of the 200 target items
   dense = report["dense"]
-  assert dense["model_fields"] == {"num_items": 100} and dense["params"] < report["params"]
+  if kind == "items":
+    assert report["items_served"] == 100  # of the 200 target items
+    assert dense["model_fields"] == {"num_items": 100}
+  else:
+    assert report["items_served"] == 200 and dense["model_fields"] == {"item_columns": 8}  # of 16 dims
+  assert dense["params"] < report["params"]
   assert dense["test"]["ndcg@10"] == pytest.approx(r["test"]["ndcg@10"], abs=1e-6)
   assert dense["eval_users_per_second"] > 0
+
+
+@pytest.mark.parametrize("name,untied", [("sasrec", False), ("gru4rec", True), ("nextitnet", False)])
+def test_embedding_dims_pruned_to_narrower_item_tables_with_the_same_scores(name, untied):
+  full = _encoder_config(name)
+  full.model.tie_embeddings = not untied
+  module = models.build(model_config(full, {}), NUM_ITEMS)
+  params = perturbed(init(module))
+  pruner = pruning.Pruner("dims", module.roles())
+  masks = pruner.masks(params, 0.5)
+  kept = pruning.kept_dims(masks, module.roles())
+  assert len(kept) == 4  # of 8 dims
+  masked = jax.tree.map(lambda p, m: p * m, params, masks)
+  small_params, fields = pruning.shrink_dims(masked, masks, module.roles())
+  small = models.build(model_config(full, fields), NUM_ITEMS)
+  assert small.apply({"params": small_params}, INPUTS, method="score_last").shape == (3, module.vocab_size)
+  assert common.flatten(small_params)["item_embed/embedding"].shape == (module.vocab_size, 4)
+  np.testing.assert_allclose(small.apply({"params": small_params}, INPUTS, method="score_last"),
+                             module.apply({"params": masked}, INPUTS, method="score_last"), rtol=1e-5, atol=1e-5)
+  hidden, table, _ = small.apply({"params": small_params}, INPUTS)
+  assert hidden.shape[-1] == table.shape[-1] == 4  # training terms see the narrowed scoring space

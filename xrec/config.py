@@ -126,6 +126,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = False
   c.model.compute_dtype = "float32"  # "bfloat16": bf16 compute, fp32 params
   c.model.vocab_multiple = 128  # item table rows rounded up to this (even sharding on 'vocab')
+  # () = item tables as wide as embed_dim; else the embedding dims the item tables keep (a model
+  # whose item tables were pruned by dims, prune.kind="dims": tables [vocab, len(item_columns)],
+  # looked up into those dims of the model width, scored against those dims of the hidden states)
+  c.model.item_columns = ()
   for name, encoder in models.MODELS.items():  # each encoder declares its own fields
     if encoder.config_defaults:
       c.model[name] = ml_collections.ConfigDict(dict(encoder.config_defaults))

@@ -7,7 +7,8 @@ and 20% of the target's users train (300), all 1,500 evaluated. Columns: the mod
 model of that width trained from the pretrained teacher's logits and top-10 ranking) at every
 width; at 64, the teacher's own width, also full_finetune (the teacher fine-tuned) and prune (the
 teacher fine-tuned while pruned to 50%: prune:magnitude of its blocks' weights, prune:heads of its
-attention heads, prune:items of its coldest items, the last two served as smaller dense models).
+attention heads, prune:items of its coldest items, prune:dims of its item tables' dims, the last
+three served as smaller dense models).
 A plot puts quality against the served model's evaluation users/s. Same 1,000-step budget,
 learning-rate grid and 5 seeds as the fraction study; results.json records params, stored bytes and
 evaluation users/s of every model (the teacher's under transfer.teacher, the pruned model's under
@@ -37,7 +38,7 @@ def get_config(arg=None):
   return c
 
 
-PRUNE_KINDS = ("magnitude", "heads", "items")
+PRUNE_KINDS = ("magnitude", "heads", "items", "dims")
 
 
 def sweep():

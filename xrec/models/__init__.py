@@ -31,7 +31,8 @@ def dtype(name: str):
 def _common(cfg) -> dict:
   """The fields of config.model every encoder reads."""
   return dict(embed_dim=cfg.embed_dim, dropout=cfg.dropout, tie_embeddings=cfg.tie_embeddings,
-              remat=cfg.remat, dtype=dtype(cfg.compute_dtype), param_dtype=jnp.float32)
+              remat=cfg.remat, dtype=dtype(cfg.compute_dtype), param_dtype=jnp.float32,
+              item_columns=tuple(int(i) for i in cfg.get("item_columns", ())))
 
 
 # model.name -> encoder class (meets xrec/models/base.py; has `config_defaults`, the fields of its

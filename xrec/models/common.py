@@ -39,21 +39,34 @@ class ScoresItems:
   score_last from the last position. Mixed into the encoders' linen modules."""
 
   def output_table(self):
-    """Item table used for scoring: [vocab, embed] and bias [vocab]."""
+    """Item table used for scoring: [vocab, embed] and bias [vocab] (with model.item_columns:
+    [vocab, len(item_columns)], scored against those dims of the hidden states)."""
     table = self.item_embed.embedding if self.tie_embeddings else self.output_embed.embedding
     return table, self.output_bias
+
+  def embed_items(self, inputs):
+    """The item table's rows of `inputs` [..., embed] (item_columns: placed in those dims, 0 elsewhere)."""
+    rows = self.item_embed(inputs)
+    if not self.item_columns:
+      return rows
+    out = jnp.zeros(rows.shape[:-1] + (self.embed_dim,), rows.dtype)
+    return out.at[..., jnp.asarray(self.item_columns)].set(rows)
+
+  def scoring_hidden(self, hidden):
+    """The dims of the hidden states the output table scores (all, or model.item_columns)."""
+    return hidden[..., jnp.asarray(self.item_columns)] if self.item_columns else hidden
 
   def __call__(self, inputs, deterministic: bool = True):
     """Returns (hidden [batch, len, embed], item table [vocab, embed], bias [vocab])."""
     hidden = self.encode(inputs, deterministic)
     table, bias = self.output_table()
-    return hidden, table, bias
+    return self.scoring_hidden(hidden), table, bias
 
   def score_last(self, inputs):
     """Scores of every item as the next one after each sequence: [batch, vocab] float32."""
     hidden = self.encode(self.scoring_inputs(inputs), deterministic=True)[:, -1]
     table, bias = self.output_table()
-    return score_items(hidden, table, bias)
+    return score_items(self.scoring_hidden(hidden), table, bias)
 
   def scoring_inputs(self, inputs):
     """What score_last encodes (causal encoders: the inputs themselves)."""
@@ -61,9 +74,10 @@ class ScoresItems:
 
   def item_tables(self, vocab_size: int, embed_dim: int, dtype, param_dtype):
     """Creates item_embed, output_embed (untied only) and output_bias; call from setup."""
-    self.item_embed = item_embedding(vocab_size, embed_dim, dtype, param_dtype)
+    width = len(self.item_columns) or embed_dim
+    self.item_embed = item_embedding(vocab_size, width, dtype, param_dtype)
     if not self.tie_embeddings:
-      self.output_embed = item_embedding(vocab_size, embed_dim, dtype, param_dtype)
+      self.output_embed = item_embedding(vocab_size, width, dtype, param_dtype)
     self.output_bias = output_bias_param(self, vocab_size, param_dtype)
 
 

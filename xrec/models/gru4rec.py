@@ -61,6 +61,7 @@ class GRU4Rec(common.ScoresItems, nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  item_columns: tuple = ()  # the embedding dims the item tables keep (model.item_columns; () = all)
 
   causal = True
   uses_mask_token = False
@@ -89,7 +90,7 @@ class GRU4Rec(common.ScoresItems, nn.Module):
     """inputs [batch, len] -> hidden states [batch, len, embed]."""
     base.check_inputs(inputs, self.max_len)
     valid = inputs > 0
-    x = self.drop(self.item_embed(inputs), deterministic=deterministic)
+    x = self.drop(self.embed_items(inputs), deterministic=deterministic)
     for layer in self.layers:
       x = self.drop(layer(x, valid), deterministic=deterministic)
     return self.final_ln(x) * valid[..., None].astype(x.dtype)

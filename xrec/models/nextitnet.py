@@ -65,6 +65,7 @@ class NextItNet(common.ScoresItems, nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  item_columns: tuple = ()  # the embedding dims the item tables keep (model.item_columns; () = all)
 
   causal = True
   uses_mask_token = False
@@ -95,7 +96,7 @@ class NextItNet(common.ScoresItems, nn.Module):
   def encode(self, inputs, deterministic: bool = True):
     base.check_inputs(inputs, self.max_len)
     valid = inputs > 0
-    x = self.item_embed(inputs) * valid[..., None].astype(self.dtype)
+    x = self.embed_items(inputs) * valid[..., None].astype(self.dtype)
     for blk in self.blocks:
       x = blk(x, valid, deterministic)
     return self.final_ln(x) * valid[..., None].astype(x.dtype)

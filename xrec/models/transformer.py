@@ -113,6 +113,7 @@ class TransformerEncoder(common.ScoresItems, nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32  # compute dtype (bfloat16 for mixed precision)
   param_dtype: Dtype = jnp.float32
+  item_columns: tuple = ()  # the embedding dims the item tables keep (model.item_columns; () = all)
   head_dim: int = 0  # per-head size; 0 = embed_dim // num_heads (a head-pruned model keeps its size)
 
   causal = True
@@ -156,7 +157,7 @@ class TransformerEncoder(common.ScoresItems, nn.Module):
     """inputs [batch, len] -> hidden states [batch, len, embed] (compute dtype)."""
     base.check_inputs(inputs, self.max_len)
     valid = inputs > 0
-    x = self.item_embed(inputs) * jnp.asarray(self.embed_dim ** 0.5, self.dtype)
+    x = self.embed_items(inputs) * jnp.asarray(self.embed_dim ** 0.5, self.dtype)
     x = x + self.pos_embed(jnp.arange(self.max_len))[None]
     x = self.embed_dropout(x, deterministic=deterministic)
     x = x * valid[..., None].astype(x.dtype)

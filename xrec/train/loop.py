@@ -679,6 +679,19 @@ def _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rule
                        "stored_bytes": int(sum(np.asarray(v).nbytes for v in jax.tree.leaves(small_params))),
                        "test": dense, "eval_users_per_second": dense["users_per_second"],
                        "masked_eval_users_per_second": test["users_per_second"]}
+  if kind == "dims":  # item tables of the kept dims: fewer bytes per item, fewer multiply-adds per score
+    small_params, fields = pruning.shrink_dims(params, masks, plan.roles)
+    small = models.build(model_config(config, fields), domain.num_items)
+    small_sh = sharding.param_shardings(jax.eval_shape(
+        lambda: small.init({"params": jax.random.key(0)}, jnp.ones((1, config.model.max_len), jnp.int32))["params"]),
+        mesh, rules)
+    evaluate = evaluation.Evaluator(small, domain.num_items, config.model.max_len, config.eval, mesh, small_sh)
+    dense = evaluate(jax.device_put(small_params, small_sh), domain, "test")
+    report["dense"] = {"model_fields": {"item_columns": len(fields["item_columns"])},
+                       "params": common.param_count(small_params),
+                       "stored_bytes": int(sum(np.asarray(v).nbytes for v in jax.tree.leaves(small_params))),
+                       "test": dense, "eval_users_per_second": dense["users_per_second"],
+                       "masked_eval_users_per_second": test["users_per_second"]}
   if kind in ("heads", "mlp"):
     # the masks of the best checkpoint's step (masks only grow), so shrink the best params with the final masks
     small_params, fields = pruning.shrink(params, masks, kind, plan.roles)

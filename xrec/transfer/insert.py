@@ -501,6 +501,9 @@ def wrap(encoder, spec: InsertSpec | None):
   naming the kinds that apply, when the encoder's roles offer no point for the kind."""
   if spec is None:
     return encoder
+  if spec.kind in ("multi_domain", "shared_private", "cross_user") and getattr(encoder, "item_columns", ()):
+    raise ValueError(f"transfer kind {spec.kind!r} reads the encoder's full-width hidden states and item "
+                     "table: it does not apply to a model with narrowed item tables (model.item_columns)")
   if spec.kind == "multi_domain":
     options = dict(spec.options)
     return multi_domain(encoder, options["kind"], tuple(options["domains"]))

@@ -12,6 +12,10 @@ kinds that shrink a Transformer encoder into a smaller dense one.
              of the item tables and the output bias; a pruned item is no longer recommended
              (`served_items`: evaluation ranks only the kept ones) and reads as a zero vector in a
              history; any encoder with an item table
+  dims       embedding dimensions of the item tables (input and output, the same dims), by the
+             L2 norm of each column over both: a pruned dim reads 0 into the model and is not
+             scored; the dense model keeps tables [vocab, kept dims] (model.item_columns), so it
+             stores and scores fewer dims per item; any encoder with an item table
 
 `Pruner.masks(params, ratio)` gives 0/1 masks shaped like the params (1 = kept) for a target
 ratio of the prunable entries (magnitude) or of the heads / channels (structured). The trainer
@@ -32,7 +36,7 @@ import numpy as np
 from xrec.models import common
 from xrec.models.base import Roles
 
-KINDS = ("magnitude", "heads", "mlp", "items")
+KINDS = ("magnitude", "heads", "mlp", "items", "dims")
 
 
 def schedule(ratio: float, events: int, num_steps: int, start: float, end: float) -> list[tuple[int, float]]:
@@ -60,8 +64,8 @@ class Pruner:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"Unknown transfer.prune.kind {self.kind!r}; valid: {list(KINDS)}")
-    if self.kind == "items" and not self.roles.item_table:
-      raise ValueError("transfer.prune.kind='items' needs an encoder with an item table")
+    if self.kind in ("items", "dims") and not self.roles.item_table:
+      raise ValueError(f"transfer.prune.kind={self.kind!r} needs an encoder with an item table")
     if self.kind in ("heads", "mlp") and not self.roles.attention:
       raise ValueError(f"transfer.prune.kind={self.kind!r} needs a Transformer encoder (attention heads and MLP "
                        "channels in its roles); kinds that apply to this encoder: ['magnitude']")
@@ -100,6 +104,12 @@ class Pruner:
       dead = order[:int(ratio * num_items)]
       for path in self.roles.item_rows:
         masks[path][dead] = 0.0
+    elif self.kind == "dims":
+      tables = [p for p in (self.roles.item_table, self.roles.output_table) if p]
+      norms = np.sqrt(sum((flat[p].astype(np.float64) ** 2).sum(0) for p in tables))
+      dead = np.argsort(norms, kind="stable")[:int(ratio * len(norms))]
+      for p in tables:
+        masks[p][:, dead] = 0.0
     else:  # mlp
       for block in self.roles.blocks:
         wi, wo = flat[f"{block}/mlp/wi/kernel"], flat[f"{block}/mlp/wo/kernel"]
@@ -145,6 +155,21 @@ def shrink_items(params, masks, roles: Roles, small_shapes: dict, num_items: int
       rows[len(kept) + 2] = flat[path][num_items + 1]
     out[path] = rows  # row n + 1 (pruned) and sharding padding stay zero
   return common.unflatten(out), id_map
+
+
+def kept_dims(masks, roles: Roles) -> tuple[int, ...]:
+  """The embedding dims the item table keeps (dims pruning)."""
+  return tuple(int(i) for i in np.flatnonzero(np.asarray(common.flatten(masks)[roles.item_table]).max(0) > 0))
+
+
+def shrink_dims(params, masks, roles: Roles) -> tuple[dict, dict]:
+  """(params of the model whose item tables keep only the unpruned dims, its model fields)."""
+  kept = np.asarray(kept_dims(masks, roles))
+  flat = {p: np.asarray(v) for p, v in common.flatten(params).items()}
+  for path in (roles.item_table, roles.output_table):
+    if path:
+      flat[path] = flat[path][:, kept]
+  return common.unflatten(flat), {"item_columns": tuple(int(i) for i in kept)}
 
 
 def sparsity(params, masks, paths=None) -> float:

@@ -63,8 +63,8 @@ OPTIONS = {
     # (teacher_embed_dim is set by the trainer from the teacher's model: the projection's width)
     "distill": {"teacher": "", "logit_weight": 1.0, "ranking_weight": 0.0, "hidden_weight": 0.0,
                 "teacher_embed_dim": 0},
-    # prune: magnitude | heads | mlp | items; the final ratio (of the blocks' weights, of the heads /
-    # MLP channels of every block, or of the items), reached over `events` pruning steps spread over [start, end]
+    # prune: magnitude | heads | mlp | items | dims; the final ratio (of the blocks' weights, of the
+    # heads / MLP channels of every block, of the items, or of the item tables' dims), reached over `events` pruning steps spread over [start, end]
     # of the budget with fine-tuning in between
     "prune": {"kind": "magnitude", "ratio": 0.5, "events": 3, "start": 0.0, "end": 0.5},
     # multi_domain: shared_bottom (per-domain heads) | star (+ per-domain weights and norms);
@@ -305,7 +305,8 @@ def distill(options, roles):
 def prune(options, roles):  # noqa: F811 (the preset; the module is `pruning`)
   """Pruning for serving cost: the pretrained model is loaded and fine-tuned on the target while
   entries are pruned on a schedule (prune.kind: global magnitude, whole attention heads / MLP
-  channels of every block, or the item rows of the coldest items); pruned entries stay exactly zero. Structured pruning also yields a
+  channels of every block, the item rows of the coldest items, or the item tables' weakest
+  embedding dims); pruned entries stay exactly zero. Structured pruning also yields a
   smaller dense model (results: pruning.dense)."""
   o = options.prune
   pruning.Pruner(o.kind, roles)  # the kind fits the encoder
