@@ -1,11 +1,12 @@
 """Compression on real data: what serving cost does distillation or pruning save, at what quality?
-scratch, full_finetune, distill (a fresh student of width 16 from the pretrained model of the
+
+Rows: scratch, full_finetune, distill (a fresh student of width 16 from the pretrained model of the
 preset's width as the teacher: the scenario must share its items, so ml1m_cross_region or
-cross_app with shared items),
-prune:heads, prune:mlp and prune:items (half of the heads / MLP channels / coldest items) x target
-user fraction 0.2, 1.0 x seeds 0-4. results.json records params, stored bytes and users/s of each
-model (pruning: and of its dense smaller model). Protocol and budgets as in the scenario's study
-file.
+cross_app with shared items), prune:heads, prune:mlp, prune:items and prune:dims (half of the
+heads / MLP channels / coldest items / item-table dims) x target user fraction 0.2, 1.0 x seeds
+0-4. results.json records params, stored bytes and users/s of each model (pruning: and of its
+dense smaller model); a plot puts quality against the served model's users/s. Protocol and
+budgets as in the scenario's study file.
 
   python launch.py --config experiments/real_data/compress.py:ml1m_cross_region,short \\
       --workdir runs/compress_ml1m_cross_region
@@ -22,7 +23,7 @@ from xrec.train.sweep import SEEDS, real_data_scenario, strategy_variants_grid
 
 ROWS = (("scratch", {}), ("full_finetune", {}), ("distill", {"model.embed_dim": 16}),
         ("prune", {"transfer.prune.kind": "heads"}), ("prune", {"transfer.prune.kind": "mlp"}),
-        ("prune", {"transfer.prune.kind": "items"}))
+        ("prune", {"transfer.prune.kind": "items"}), ("prune", {"transfer.prune.kind": "dims"}))
 FRACTIONS = (0.2, 1.0)
 
 
