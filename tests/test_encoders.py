@@ -124,7 +124,13 @@ INSERTING = [(e, s) for e, s in MATRIX if s in strategies.INSERTING]
 
 def test_the_matrix_is_what_the_roles_allow():
   applicable = {e: strategies.applicable(build(e).roles(), build(e).causal) for e in ENCODERS}
-  assert not {"dann", "distill"} & set(applicable["bert4rec"])
+  causal_only = {"dann", "shared_private", "distill", "multi_domain", "cross_user"}
+  assert not causal_only & set(applicable["bert4rec"])
+  assert all(causal_only <= set(applicable[e]) for e in ("sasrec", "gru4rec", "nextitnet"))
+  for strategy in sorted(causal_only):  # refused clearly, naming what applies
+    with pytest.raises(ValueError, match=rf"transfer.strategy='{strategy}' does not apply to this encoder; "
+                                         r"strategies that apply: \['scratch'"):
+      bound("bert4rec", strategy)
   for e in ("sasrec", "bert4rec"):
     assert set(strategies.INSERTING) <= set(applicable[e])
   for e in ("gru4rec", "nextitnet"):
