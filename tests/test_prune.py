@@ -64,12 +64,11 @@ def test_structured_pruning_shrinks_to_a_dense_model_with_the_same_scores(kind, 
 
 
 def _config():
-  from test_encoders import model_config as encoder_config
-  return encoder_config("sasrec")
+  return _encoder_config("sasrec")
 
 
-@pytest.mark.parametrize("kind", ["magnitude", "heads"])
-def test_pruned_entries_stay_zero_through_fine_tuning(data_dir, tmp_path, kind):
+def _pruned_run(data_dir, tmp_path, kind: str) -> dict:
+  """A tiny pretraining, then its fine-tuning on the target pruned to 50% (`kind`) in 2 events."""
   pre = tiny_config(data_dir)
   train_and_evaluate(pre, str(tmp_path / "pre"))
   c = tiny_config(data_dir)
@@ -77,7 +76,12 @@ def test_pruned_entries_stay_zero_through_fine_tuning(data_dir, tmp_path, kind):
   c.transfer.strategy = "prune"
   c.transfer.prune.update(dict(kind=kind, ratio=0.5, events=2, start=0.0, end=0.5))
   c.train.init_from = str(tmp_path / "pre")
-  r = train_and_evaluate(c, str(tmp_path / kind))
+  return train_and_evaluate(c, str(tmp_path / kind))
+
+
+@pytest.mark.parametrize("kind", ["magnitude", "heads"])
+def test_pruned_entries_stay_zero_through_fine_tuning(data_dir, tmp_path, kind):
+  r = _pruned_run(data_dir, tmp_path, kind)
   report = r["pruning"]
   best, best_step = ckpt.restore_best_params(str(tmp_path / kind))
   assert best_step >= 6  # candidates only after the last pruning step (step 6 of 12)
@@ -135,14 +139,7 @@ def _encoder_config(name):
 
 @pytest.mark.parametrize("kind", ["items", "dims"])
 def test_item_table_pruning_run_reports_the_dense_model(data_dir, tmp_path, kind):
-  pre = tiny_config(data_dir)
-  train_and_evaluate(pre, str(tmp_path / "pre"))
-  c = tiny_config(data_dir)
-  c.data.domain = "target"
-  c.transfer.strategy = "prune"
-  c.transfer.prune.update(dict(kind=kind, ratio=0.5, events=2, start=0.0, end=0.5))
-  c.train.init_from = str(tmp_path / "pre")
-  r = train_and_evaluate(c, str(tmp_path / kind))
+  r = _pruned_run(data_dir, tmp_path, kind)
   report = r["pruning"]
   dense = report["dense"]
   if kind == "items":

@@ -53,53 +53,38 @@ def metric_vs_column(table: tables.Table, path: str) -> str | None:
 def metric_vs_trainable(table: tables.Table, trainable: dict, path: str) -> str | None:
   """Each row at its trainable parameter count (symlog: zero_shot trains none), one series per
   column with 95% CI error bars; None when no record has a parameter count. n/a cells are left out."""
-  if not trainable:
-    return None
-  fig, ax = plt.subplots(figsize=(6.4, 4.4))
-  for column in table.columns:
-    rows = [r for r in table.rows if (r, column) in table.cells and (r, column) in trainable
-            and not table.cells[(r, column)].not_applicable]
-    if not rows:
-      continue
-    x = np.array([trainable[(r, column)] for r in rows], dtype=float)
-    mean = np.array([table.cells[(r, column)].mean for r in rows])
-    ci = np.nan_to_num(np.array([table.cells[(r, column)].ci for r in rows]))
-    ax.errorbar(x, mean, yerr=ci, fmt="o", capsize=3, label=table.column_text(column))
-    for xi, yi, r in zip(x, mean, rows):
-      ax.annotate(str(r), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-  ax.set_xscale("symlog", linthresh=1.0)
-  ax.set_xlabel("trainable parameters")
-  ax.set_ylabel(f"test {table.metric}")
-  ax.set_title(f"{table.metric} vs trainable parameters")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _metric_vs_slot_value(table, trainable, path, "trainable parameters", "trainable parameters",
+                               lambda ax: ax.set_xscale("symlog", linthresh=1.0))
 
 
 def metric_vs_speed(table: tables.Table, speed: dict, path: str) -> str | None:
   """Quality against serving speed: each row at the mean evaluation users/s of its served model
   (log x), one series per column, 95% CI error bars; None when no record has a speed."""
-  if not speed:
+  return _metric_vs_slot_value(table, speed, path, "evaluation users / s of the served model (mean over seeds)",
+                               "serving speed", lambda ax: ax.set_xscale("log"))
+
+
+def _metric_vs_slot_value(table: tables.Table, values: dict, path: str, xlabel: str, title: str, xscale):
+  """Each row at its value in `values` ((row, column) -> x), one series per column with 95% CI
+  error bars, labelled by row; None when `values` is empty. n/a cells are left out."""
+  if not values:
     return None
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
   for column in table.columns:
-    rows = [r for r in table.rows if (r, column) in table.cells and (r, column) in speed
+    rows = [r for r in table.rows if (r, column) in table.cells and (r, column) in values
             and not table.cells[(r, column)].not_applicable]
     if not rows:
       continue
-    x = np.array([speed[(r, column)] for r in rows], dtype=float)
+    x = np.array([values[(r, column)] for r in rows], dtype=float)
     mean = np.array([table.cells[(r, column)].mean for r in rows])
     ci = np.nan_to_num(np.array([table.cells[(r, column)].ci for r in rows]))
     ax.errorbar(x, mean, yerr=ci, fmt="o", capsize=3, label=table.column_text(column))
     for xi, yi, r in zip(x, mean, rows):
       ax.annotate(str(r), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-  ax.set_xscale("log")
-  ax.set_xlabel("evaluation users / s of the served model (mean over seeds)")
+  xscale(ax)
+  ax.set_xlabel(xlabel)
   ax.set_ylabel(f"test {table.metric}")
-  ax.set_title(f"{table.metric} vs serving speed")
+  ax.set_title(f"{table.metric} vs {title}")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()

@@ -185,7 +185,25 @@ class Forwarding:
     return self.encoder.output_table()
 
 
-class Inserted(Forwarding, nn.Module):
+class Intercepting(Forwarding):
+  """The contract's methods of `encoder`, run under the wrapper's `_interceptor()` (flax method
+  interception): a wrapper that changes sublayers of the encoder from outside defines only that."""
+
+  def _run(self, method, *args):
+    with nn.intercept_methods(self._interceptor()):
+      return getattr(self.encoder, method)(*args)
+
+  def encode(self, inputs, deterministic: bool = True):
+    return self._run("encode", inputs, deterministic)
+
+  def __call__(self, inputs, deterministic: bool = True):
+    return self._run("__call__", inputs, deterministic)
+
+  def score_last(self, inputs):
+    return self._run("score_last", inputs)
+
+
+class Inserted(Intercepting, nn.Module):
   """`encoder` with modules of one `kind` at `points` (see the module docstring)."""
 
   encoder: nn.Module
@@ -243,18 +261,6 @@ class Inserted(Forwarding, nn.Module):
     pending.pop(point)
     return next_fun(out_in + mixed.astype(out_in.dtype), *args[1:], **kwargs)
 
-  def _run(self, method, *args, **kwargs):
-    with nn.intercept_methods(self._interceptor()):
-      return getattr(self.encoder, method)(*args, **kwargs)
-
-  def encode(self, inputs, deterministic: bool = True):
-    return self._run("encode", inputs, deterministic)
-
-  def __call__(self, inputs, deterministic: bool = True):
-    return self._run("__call__", inputs, deterministic)
-
-  def score_last(self, inputs):
-    return self._run("score_last", inputs)
 
 
 def _kernel_names(module, ndim: int) -> tuple:
@@ -412,7 +418,7 @@ class _PrivateParts(nn.Module):
 CROSS_USER_MODES = ("merged", "prefix")
 
 
-class CrossUser(Forwarding, nn.Module):
+class CrossUser(Intercepting, nn.Module):
   """An encoder that also reads each user's source-domain history (xrec/data/cross_user.py makes
   the inputs): input ids >= `offset` (the encoder's vocab size) are not target items and are
   embedded here, in place of the item table's lookup, before the encoder runs:
@@ -451,19 +457,6 @@ class CrossUser(Forwarding, nn.Module):
       y = y + jnp.where((ids > 0)[..., None], own_shift.astype(y.dtype), 0)
       return jnp.where(own[..., None], y, other.astype(y.dtype))
     return intercept
-
-  def _run(self, method, *args):
-    with nn.intercept_methods(self._interceptor()):
-      return getattr(self.encoder, method)(*args)
-
-  def encode(self, inputs, deterministic: bool = True):
-    return self._run("encode", inputs, deterministic)
-
-  def __call__(self, inputs, deterministic: bool = True):
-    return self._run("__call__", inputs, deterministic)
-
-  def score_last(self, inputs):
-    return self._run("score_last", inputs)
 
 
 class _CrossParts(nn.Module):
