@@ -34,18 +34,20 @@ def _pair():
 
 def test_merged_inputs_are_chronological_and_never_read_the_future():
   target, source = _pair()
-  cross = cross_user.CrossUserInputs(target, source, "merged", OFFSET)
-  assert cross.report["users_with_source_history"] == 1 and cross.report["user_overlap"] == 0.5
-  ex = cross.train_example(0, max_len=8)  # alice: train part 1, 2, 3 (t = 10..30); source up to t = 30
-  # merged: s11@5, 1@10, 2@20, s12@25, s13@30 (source first at equal times), 3@30
-  merged = [OFFSET + 11, 1, 2, OFFSET + 12, OFFSET + 13, 3]
-  np.testing.assert_array_equal(ex["inputs"][-5:], merged[:-1])
-  np.testing.assert_array_equal(ex["targets"][-5:], [1, 2, 3, 3, 3])  # the next TARGET item
-  assert (ex["inputs"][:-5] == 0).all() and (ex["targets"][:-5] == 0).all()
-  # validation predicts 4 (t = 40): source items before t = 40 only; test predicts 5 (t = 50): + s14@45
-  np.testing.assert_array_equal(cross.eval_inputs(0, -2, 8)[-6:], merged)
-  np.testing.assert_array_equal(cross.eval_inputs(0, -1, 8)[-8:], [OFFSET + 11, 1, 2, OFFSET + 12, OFFSET + 13, 3,
-                                                                   4, OFFSET + 14])
+  cross = cross_user.CrossUserInputs(target, source, "merged", OFFSET, max_len=8)
+  assert cross.report["shared_users"] == 1 and cross.report["users_with_source_history"] == 1
+  assert cross.report["user_overlap"] == 0.5
+  ex = cross.train_example(0, max_len=8)  # alice: train part 1, 2, 3 (t = 10..30); source strictly before t = 30
+  # merged: s11@5, 1@10, 2@20, s12@25, 3@30 (s13@30 is not older than the last training item)
+  merged = [OFFSET + 11, 1, 2, OFFSET + 12, 3]
+  np.testing.assert_array_equal(ex["inputs"][-4:], merged[:-1])
+  np.testing.assert_array_equal(ex["targets"][-4:], [1, 2, 3, 3])  # the next TARGET item
+  assert (ex["inputs"][:-4] == 0).all() and (ex["targets"][:-4] == 0).all()
+  # validation predicts 4 (t = 40): source items before t = 40, the target first at equal times (3@30, s13@30)
+  valid = [OFFSET + 11, 1, 2, OFFSET + 12, 3, OFFSET + 13]
+  np.testing.assert_array_equal(cross.eval_inputs(0, -2, 8)[-6:], valid)
+  # test predicts 5 (t = 50): + 4@40 and s14@45, never s15@55
+  np.testing.assert_array_equal(cross.eval_inputs(0, -1, 8), valid + [4, OFFSET + 14])
   # bob has no source history: the plain target input
   np.testing.assert_array_equal(cross.train_example(1, 8)["inputs"], pipeline.train_example(target.sequence(1), 8)["inputs"])
   np.testing.assert_array_equal(cross.eval_inputs(1, -1, 8), pipeline.eval_example(target.sequence(1), "test", 8, 8)["inputs"])
@@ -53,18 +55,24 @@ def test_merged_inputs_are_chronological_and_never_read_the_future():
 
 def test_prefix_token_precedes_the_target_items_of_users_with_a_source_history():
   target, source = _pair()
-  cross = cross_user.CrossUserInputs(target, source, "prefix", OFFSET)
-  np.testing.assert_array_equal(cross.prefix_history(0), [11, 12, 13])  # before the validation item (t = 40)
+  cross = cross_user.CrossUserInputs(target, source, "prefix", OFFSET, max_len=5)
+  # training reads the source before the window's first item (1@10), evaluation before the validation item (t = 40)
+  np.testing.assert_array_equal(cross.prefix_history(0, "train"), [11])
+  np.testing.assert_array_equal(cross.prefix_history(0, "eval"), [11, 12, 13])
+  assert (cross.prefix_row(0, "train"), cross.prefix_row(0, "eval"), cross.prefix_rows) == (1, 2, 5)
   ex = cross.train_example(0, max_len=5)
   np.testing.assert_array_equal(ex["inputs"], [0, 0, OFFSET + 1, 1, 2])
   np.testing.assert_array_equal(ex["targets"], [0, 0, 1, 2, 3])  # the token predicts the first item
-  np.testing.assert_array_equal(cross.eval_inputs(0, -1, 5), [OFFSET + 1, 1, 2, 3, 4])
+  np.testing.assert_array_equal(cross.eval_inputs(0, -1, 5), [OFFSET + 2, 1, 2, 3, 4])
+  np.testing.assert_array_equal(cross.eval_inputs(0, -2, 5), [0, OFFSET + 2, 1, 2, 3])
   np.testing.assert_array_equal(cross.eval_inputs(1, -1, 5), [0, 0, 6, 7, 8])  # bob: no token
+  late = _domain("source", ["alice"], [[1, 2, 3]], [[45, 46, 47]])  # only after alice's validation item
+  assert cross_user.CrossUserInputs(target, late, "prefix", OFFSET, 5).report["users_with_source_history"] == 0
   none = _domain("source", ["zed"], [[1, 2, 3]], [[1, 2, 3]])
   with pytest.raises(ValueError, match=r"none of the 2 users of domain 'target' is among the 1 users"):
-    cross_user.CrossUserInputs(target, none, "prefix", OFFSET)
+    cross_user.CrossUserInputs(target, none, "prefix", OFFSET, 5)
   with pytest.raises(ValueError, match=r"Unknown transfer.cross_user.mode 'both'; valid: \['merged', 'prefix'\]"):
-    cross_user.CrossUserInputs(target, source, "both", OFFSET)
+    cross_user.CrossUserInputs(target, source, "both", OFFSET, 5)
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "nextitnet"])
@@ -117,7 +125,8 @@ def test_cross_user_runs_read_source_histories_and_need_shared_users(data_dir, t
     with open(os.path.join(wd, "stages", run["stages"]["transfer"], "results.json")) as f:
       result = json.load(f)
     report = result["transfer"]["cross_user"]
-    assert report["mode"] == mode and report["users_with_source_history"] == 30 and report["user_overlap"] == 0.5
+    assert report["mode"] == mode and report["shared_users"] == 30
+    assert 0 < report["users_with_source_history"] <= 30 and report["user_overlap"] <= 0.5
     assert 0.0 <= result["test"]["ndcg@10"] <= 1.0 and result["protocol"]["population"]["users"] == 60
   # no shared users: a clear error
   c.data.synthetic.user_overlap = 0.0

@@ -39,7 +39,7 @@ def test_short_users_get_new_items_on_one_side(direction):
   for u, (before, after) in pseudo.items():
     added = before if direction == "backward" else after
     assert len(added) == 3 and len(before if direction == "forward" else after) == 0
-    assert len(set(added.tolist())) == 3 and not set(added.tolist()) & set(SEQS[u])  # new, distinct items
+    assert len(set(added.tolist())) == 3 and not set(added.tolist()) & set(SEQS[u][:-2])  # new, distinct items
     assert all(1 <= i <= NUM_ITEMS for i in added)
   again, _ = synthesis.generate(module, params, KEYS, domain, _cfg(direction=direction))
   assert all(np.array_equal(np.concatenate(again[u]), np.concatenate(pseudo[u])) for u in pseudo)  # deterministic
@@ -74,10 +74,13 @@ def test_confidence_threshold_and_bad_options():
     synthesis.generate(module, params, [f"x{i}" for i in range(NUM_ITEMS)], _domain(SEQS), _cfg())
 
 
-def test_reversed_domain_predicts_the_previous_item():
+def test_reversed_domain_predicts_the_previous_item_and_never_reads_the_held_out_items():
   domain = pipeline.reversed_domain(_domain(SEQS))
-  np.testing.assert_array_equal(domain.sequence(0), [5, 4, 3, 2, 1])
-  assert domain.item_frequency[5] == 1 and domain.item_frequency[1] == 0  # the oldest item is held out
+  np.testing.assert_array_equal(domain.sequence(0), [3, 2, 1])  # 4 (valid) and 5 (test) are never read
+  np.testing.assert_array_equal(domain.sequence(1), [11, 10, 9, 8, 7, 6])
+  assert domain.item_frequency[3] == 1 and domain.item_frequency[1] == 0  # the oldest items are its own held-out ones
+  assert domain.item_frequency[4] == domain.item_frequency[5] == 0
+  assert list(domain.train_users) == [0, 1] and list(domain.eval_users) == [0, 1]  # user 2 has 1 training item
 
 
 def test_backward_synthesis_run_with_a_reversed_generator(data_dir, tmp_path):
@@ -98,6 +101,9 @@ def test_backward_synthesis_run_with_a_reversed_generator(data_dir, tmp_path):
   c.data.synthesis.model = str(tmp_path / "forward")
   with pytest.raises(ValueError, match=r"direction='backward' needs a generator trained on time-reversed"):
     train_and_evaluate(c, str(tmp_path / "wrong"))
+  c.data.synthesis.update(dict(model=str(tmp_path / "reversed"), direction="forward"))
+  with pytest.raises(ValueError, match=r"direction='forward' needs a generator trained forwards; .* was trained backwards"):
+    train_and_evaluate(c, str(tmp_path / "wrong_way"))
   c.data.synthesis.model = ""
   with pytest.raises(ValueError, match=r"data.synthesis.num_items > 0 needs a generator"):
     train_and_evaluate(c, str(tmp_path / "none"))

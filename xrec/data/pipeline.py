@@ -62,7 +62,8 @@ class DomainSequences:
   # overlapping-user inputs (xrec/data/cross_user.py CrossUserInputs): when set, training windows
   # and evaluation inputs also read the user's source-domain history
   cross: object | None = None
-  # time-reversed sequences (data.reverse): sequence(u) gives the newest item first
+  # time-reversed training parts (data.reverse): sequence(u) is the forward sequence without its
+  # valid / test items, newest first (so a reversed run never reads the forward held-out items)
   reverse: bool = False
   # pseudo-interactions (data.synthesis, xrec/train/synthesis.py): user -> (items generated before
   # its history, items generated after its training part), in this domain's ids
@@ -79,7 +80,7 @@ class DomainSequences:
   def sequence(self, u: int) -> np.ndarray:
     items = np.asarray(self.source[int(u)]["items"], np.int64)
     if self.reverse:
-      items = items[::-1]
+      items = items[:-2][::-1]
     if self.id_map is None:
       return items
     mapped = self.id_map[items]
@@ -213,13 +214,22 @@ def load_domain(data_cfg) -> DomainSequences:
 
 
 def reversed_domain(domain: DomainSequences) -> DomainSequences:
-  """The domain with every sequence time-reversed (the oldest item becomes the held-out test one):
-  a model trained on it predicts the previous item (a backward generator for data.synthesis)."""
-  out = dataclasses.replace(domain, reverse=True)
+  """The domain's forward training parts time-reversed (newest first): a model trained on it predicts
+  the previous item (a backward generator for data.synthesis). Its own held-out items are the two
+  oldest; the forward valid / test items are never in it. Users left with fewer than 3 items are
+  neither trained nor evaluated."""
+  out = dataclasses.replace(domain, reverse=True, lengths=domain.lengths - 2)
+  keep = out.lengths >= 3
+  if not keep.any():
+    raise ValueError(f"data.reverse: no user of domain {domain.name!r} has the >= 5 interactions a reversed "
+                     "training part needs (3 for its own train / valid / test, 2 held out forwards)")
   frequency = np.zeros_like(domain.item_frequency)
-  for u in range(out.num_users):
+  for u in np.flatnonzero(keep):
     np.add.at(frequency, out.sequence(u)[:-2], 1)
-  return dataclasses.replace(out, item_frequency=frequency)
+  population = dict(domain.population, users=int(keep[domain.eval_users].sum()),
+                    description=domain.population.get("description", "") + "; reversed training parts")
+  return dataclasses.replace(out, item_frequency=frequency, train_users=domain.train_users[keep[domain.train_users]],
+                             eval_users=domain.eval_users[keep[domain.eval_users]], population=population)
 
 
 def index_domain(name, source, item_keys, user_fraction=1.0, fraction_seed=0, metadata=None,

@@ -46,7 +46,8 @@ def target_rank(scores, targets, num_items: int, history=None, candidates=None):
 
   scores [batch, vocab] (any float dtype), targets [batch] ids in [1, num_items],
   history [batch, hist] ids to exclude (0 = padding) or None, candidates [vocab] bool or None:
-  the items that may be recommended (a target outside them, or beyond num_items, ranks last).
+  the items that may be recommended (a target outside them, or beyond num_items, gets rank
+  vocab: a miss at every K).
   """
   rows = jnp.arange(scores.shape[0])
   # a non-finite score is worthless: a NaN target ranks last, a NaN item beats the target (so a
@@ -61,7 +62,8 @@ def target_rank(scores, targets, num_items: int, history=None, candidates=None):
   ranked = jnp.isfinite(mask_scores(jnp.zeros_like(scores), num_items, history, candidates))  # valid, not history
   beats = (jnp.where(jnp.isnan(scores), jnp.inf, scores) >= target_score[:, None]) & ranked
   beats = beats & (ids[None, :] != targets[:, None])
-  return beats.sum(-1).astype(jnp.int32)
+  # a target that cannot be recommended is a miss at every K, however few items are ranked
+  return jnp.where(servable, beats.sum(-1), scores.shape[-1]).astype(jnp.int32)
 
 
 def metric_sums(rank, weight, ks=DEFAULT_KS) -> dict:

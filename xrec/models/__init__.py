@@ -31,8 +31,21 @@ def dtype(name: str):
 def _common(cfg) -> dict:
   """The fields of config.model every encoder reads."""
   return dict(embed_dim=cfg.embed_dim, dropout=cfg.dropout, tie_embeddings=cfg.tie_embeddings,
-              remat=cfg.remat, dtype=dtype(cfg.compute_dtype), param_dtype=jnp.float32,
-              item_columns=tuple(int(i) for i in cfg.get("item_columns", ())))
+              remat=cfg.remat, dtype=dtype(cfg.compute_dtype), param_dtype=jnp.float32)
+
+
+def _item_columns(cfg, cls) -> dict:
+  """{"item_columns": ...} for a model whose item tables keep only some dims (prune.kind="dims"),
+  checked; {} otherwise (so an encoder that does not narrow its item tables needs no such field)."""
+  columns = tuple(int(i) for i in cfg.get("item_columns", ()))
+  if not columns:
+    return {}
+  if "item_columns" not in getattr(cls, "__dataclass_fields__", {}):
+    raise ValueError(f"model.item_columns (item tables narrowed by dims pruning) is not supported by "
+                     f"{cls.__name__}: it needs an item_columns field and common.ScoresItems.embed_items")
+  if list(columns) != sorted(set(columns)) or columns[0] < 0 or columns[-1] >= cfg.embed_dim:
+    raise ValueError(f"model.item_columns={columns!r} must be increasing dims in [0, {cfg.embed_dim})")
+  return {"item_columns": columns}
 
 
 # model.name -> encoder class (meets xrec/models/base.py; has `config_defaults`, the fields of its
@@ -60,5 +73,5 @@ def build(model_cfg, num_items: int, max_len: int | None = None):
   rows = num_items + 1 + int(cls.uses_mask_token)
   vocab = padded_vocab_size(rows, model_cfg.vocab_multiple)
   own = model_cfg.get(model_cfg.name)
-  return cls.from_config(_common(model_cfg), own, vocab_size=vocab, max_len=max_len or model_cfg.max_len,
-                         num_items=num_items)
+  return cls.from_config({**_common(model_cfg), **_item_columns(model_cfg, cls)}, own, vocab_size=vocab,
+                         max_len=max_len or model_cfg.max_len, num_items=num_items)

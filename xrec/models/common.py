@@ -47,14 +47,16 @@ class ScoresItems:
   def embed_items(self, inputs):
     """The item table's rows of `inputs` [..., embed] (item_columns: placed in those dims, 0 elsewhere)."""
     rows = self.item_embed(inputs)
-    if not self.item_columns:
+    columns = getattr(self, "item_columns", ())
+    if not columns:
       return rows
     out = jnp.zeros(rows.shape[:-1] + (self.embed_dim,), rows.dtype)
-    return out.at[..., jnp.asarray(self.item_columns)].set(rows)
+    return out.at[..., jnp.asarray(columns)].set(rows)
 
   def scoring_hidden(self, hidden):
     """The dims of the hidden states the output table scores (all, or model.item_columns)."""
-    return hidden[..., jnp.asarray(self.item_columns)] if self.item_columns else hidden
+    columns = getattr(self, "item_columns", ())
+    return hidden[..., jnp.asarray(columns)] if columns else hidden
 
   def __call__(self, inputs, deterministic: bool = True):
     """Returns (hidden [batch, len, embed], item table [vocab, embed], bias [vocab])."""
@@ -74,7 +76,7 @@ class ScoresItems:
 
   def item_tables(self, vocab_size: int, embed_dim: int, dtype, param_dtype):
     """Creates item_embed, output_embed (untied only) and output_bias; call from setup."""
-    width = len(self.item_columns) or embed_dim
+    width = len(getattr(self, "item_columns", ())) or embed_dim
     self.item_embed = item_embedding(vocab_size, width, dtype, param_dtype)
     if not self.tie_embeddings:
       self.output_embed = item_embedding(vocab_size, width, dtype, param_dtype)

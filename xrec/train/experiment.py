@@ -58,13 +58,17 @@ def check_transfer_protocol(config) -> None:
 
 def pretrain_config(config):
   """The pretraining stage: the config on experiment.source_domain with all its users, no transfer
-  options, then experiment.pretrain's overrides (any field of the config)."""
+  options, augmentation or synthesis, then experiment.pretrain's overrides (any field of the config)."""
   c = stage_config(config)
   with c.unlocked():
     c.data.domain = config.experiment.source_domain
     c.data.user_fraction = 1.0
     c.data.eval_population = "all"  # the source is evaluated on all its users
     c.transfer = base_config().transfer  # pretraining uses no transfer options
+    # nor the target's data treatments (augmented examples, synthesised interactions): a study that
+    # varies them shares one pretraining; experiment.pretrain can still set them
+    c.data.augment = base_config().data.augment
+    c.data.synthesis = base_config().data.synthesis
     c.train.init_from = ""
   return with_overrides(c, dotted(config.experiment.pretrain), "experiment.pretrain field")
 

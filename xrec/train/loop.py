@@ -153,7 +153,7 @@ def cross_user_sizes(config, domain) -> dict:
                      "pretrained source model: it needs data.source_domain and train.init_from (a "
                      "pretrain -> transfer experiment sets both)")
   module, info = _pretrained_model(config.train.init_from)
-  rows = module.vocab_size if config.transfer.cross_user.mode == "merged" else domain.num_users + 1
+  rows = module.vocab_size if config.transfer.cross_user.mode == "merged" else 2 * domain.num_users + 1
   return {"transfer.cross_user.rows": int(rows), "transfer.cross_user.source_dim": int(info["model"]["embed_dim"])}
 
 
@@ -168,7 +168,8 @@ def cross_user_inputs(config, domain, vocab_size: int):
     raise ValueError(f"transfer.strategy='cross_user': the pretrained model {config.train.init_from!r} was not "
                      f"trained on domain {source.name!r}'s items (its item vocabulary differs), so it cannot "
                      "read that domain's histories; pretrain on data.source_domain")
-  cross = cross_user.CrossUserInputs(domain, source, config.transfer.cross_user.mode, vocab_size)
+  cross = cross_user.CrossUserInputs(domain, source, config.transfer.cross_user.mode, vocab_size,
+                                     config.model.max_len)
   log.info("cross_user (%s): %d of %d target users have a source history in %r (%.1f%%)", cross.mode,
            cross.report["users_with_source_history"], domain.num_users, source.name,
            100 * cross.report["user_overlap"])
@@ -177,19 +178,23 @@ def cross_user_inputs(config, domain, vocab_size: int):
 
 def prefix_user_table(config, domain, rows: int) -> np.ndarray:
   """[rows, source embed] the frozen prefix representations: the pretrained source encoder's last
-  state over each target user's source history (row u + 1; zero without history)."""
+  state over each target user's source history, one row for its training window and one for its
+  evaluation (CrossUserInputs.prefix_row; zero without history)."""
   module, info = _pretrained_model(config.train.init_from)
   params, _ = ckpt.restore_best_params(config.train.init_from)
   max_len = int(info["model"]["max_len"])
   table = np.zeros((rows, int(info["model"]["embed_dim"])), np.float32)
-  users = [u for u in range(domain.num_users) if len(domain.cross.prefix_history(u))]
+  cross = domain.cross
+  wanted = [(cross.prefix_row(u, kind), cross.prefix_history(u, kind))
+            for u in range(domain.num_users) for kind in ("train", "eval")]
+  wanted = [(row, history) for row, history in wanted if len(history)]
   encode = jax.jit(lambda p, x: module.apply({"params": p}, x, method="encode")[:, -1].astype(jnp.float32))
-  for start in range(0, len(users), 256):
-    chunk = users[start:start + 256]
-    x = np.stack([pipeline.right_align(domain.cross.prefix_history(u), max_len) for u in chunk])
+  for start in range(0, len(wanted), 256):
+    chunk = wanted[start:start + 256]
+    x = np.stack([pipeline.right_align(history, max_len) for _, history in chunk])
     pad = 256 - len(chunk)  # one shape, one compilation
     x = np.concatenate([x, np.zeros((pad, max_len), np.int32)]) if pad else x
-    table[np.asarray(chunk) + 1] = np.asarray(encode(params, x))[:len(chunk)]
+    table[np.asarray([row for row, _ in chunk])] = np.asarray(encode(params, x))[:len(chunk)]
   return table
 
 
@@ -207,12 +212,12 @@ def synthesise(config, domain):
   if not ckpt.has_best_params(path):
     raise FileNotFoundError(f"data.synthesis generator {path!r} has no best params under {os.path.join(path, 'best')}")
   module, info = _pretrained_model(path)
-  reversed_run = bool(((_read_json(os.path.join(path, "results.json")) or {}).get("config") or {})
-                      .get("data", {}).get("reverse", False))
-  if cfg.direction == "backward" and not reversed_run and os.path.exists(os.path.join(path, "results.json")):
-    raise ValueError(f"data.synthesis.direction='backward' needs a generator trained on time-reversed "
-                     f"sequences (data.reverse=True); {path!r} was trained forwards: use direction='forward' "
-                     "or train a reversed generator")
+  reversed_run = bool(info.get("reverse", False))
+  if (cfg.direction == "backward") != reversed_run:
+    raise ValueError(f"data.synthesis.direction={cfg.direction!r} needs a generator trained "
+                     f"{'on time-reversed sequences (data.reverse=True)' if cfg.direction == 'backward' else 'forwards'}; "
+                     f"{path!r} was trained {'backwards' if reversed_run else 'forwards'}: use direction="
+                     f"{'backward' if reversed_run else 'forward'!r} or another generator")
   params, _ = ckpt.restore_best_params(path)
   pseudo, report = synthesis.generate(module, params, _item_keys(path), domain, cfg)
   report["model"] = path
@@ -435,6 +440,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writing.write_json_atomic(os.path.join(workdir, MODEL_FILE),
                               {"model": model_config(config, plan.model_fields).to_dict(),
                                "num_items": domain.num_items, "encoder": plan.encoder,
+                               "reverse": bool(config.data.reverse),  # trained to predict the previous item
                                "roles": plan.roles.as_dict()})
   if plan.not_applicable:
     log.warning("transfer %s: %s", plan.name, plan.not_applicable)
@@ -671,10 +677,13 @@ def _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rule
     kept_ids = np.flatnonzero((id_map >= 1) & (id_map <= served))
     dense_domain = dataclasses.replace(
         domain, id_map=id_map[:domain.num_items + 1] if domain.id_map is None else id_map[domain.id_map],
-        item_keys=[domain.item_keys[i - 1] for i in kept_ids] + ["<pruned>"])
+        item_keys=[domain.item_keys[i - 1] for i in kept_ids] + ["<pruned>"],
+        pseudo={u: (id_map[b], id_map[a]) for u, (b, a) in domain.pseudo.items()} if domain.pseudo else None)
     small_sh = sharding.param_shardings(abstract, mesh, rules)
     evaluate = evaluation.Evaluator(small, served, config.model.max_len, config.eval, mesh, small_sh)
-    dense = evaluate(jax.device_put(small_params, small_sh), dense_domain, "test")
+    small_params = jax.device_put(small_params, small_sh)
+    evaluate.warm_up(small_params, dense_domain)
+    dense = evaluate(small_params, dense_domain, "test")
     report["dense"] = {"model_fields": {"num_items": served}, "params": common.param_count(small_params),
                        "stored_bytes": int(sum(np.asarray(v).nbytes for v in jax.tree.leaves(small_params))),
                        "test": dense, "eval_users_per_second": dense["users_per_second"],
@@ -686,7 +695,9 @@ def _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rule
         lambda: small.init({"params": jax.random.key(0)}, jnp.ones((1, config.model.max_len), jnp.int32))["params"]),
         mesh, rules)
     evaluate = evaluation.Evaluator(small, domain.num_items, config.model.max_len, config.eval, mesh, small_sh)
-    dense = evaluate(jax.device_put(small_params, small_sh), domain, "test")
+    small_params = jax.device_put(small_params, small_sh)
+    evaluate.warm_up(small_params, domain)  # users/s without compilation, as the masked model's
+    dense = evaluate(small_params, domain, "test")
     report["dense"] = {"model_fields": {"item_columns": len(fields["item_columns"])},
                        "params": common.param_count(small_params),
                        "stored_bytes": int(sum(np.asarray(v).nbytes for v in jax.tree.leaves(small_params))),
@@ -706,7 +717,9 @@ def _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rule
         lambda: small.init({"params": jax.random.key(0)}, jnp.ones((1, config.model.max_len), jnp.int32))["params"]),
         mesh, rules)
     evaluate = evaluation.Evaluator(small, domain.num_items, config.model.max_len, config.eval, mesh, small_sh)
-    dense = evaluate(jax.device_put(small_params, small_sh), domain, "test")
+    small_params = jax.device_put(small_params, small_sh)
+    evaluate.warm_up(small_params, domain)  # users/s without compilation, as the masked model's
+    dense = evaluate(small_params, domain, "test")
     report["dense"] = {"model_fields": fields, "params": common.param_count(small_params),
                        "stored_bytes": int(sum(np.asarray(v).nbytes for v in jax.tree.leaves(small_params))),
                        "test": dense, "eval_users_per_second": dense["users_per_second"],

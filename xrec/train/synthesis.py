@@ -83,8 +83,7 @@ def generate(module, params, generator_keys: list[str], domain: pipeline.DomainS
           seq = np.concatenate([train, np.asarray(grown[u], np.int64)])
         ids = to_generator[seq]
         rows.append(pipeline.right_align(ids[ids > 0], max_len))
-        seen[r, to_generator[domain.sequence(u)]] = True  # never an item the user has (any split)
-        seen[r, ids] = True
+        seen[r, ids] = True  # never an item of the training part or one already generated
       seen[:, 0] = True
       x = np.zeros((BATCH, max_len), np.int32)
       x[:len(rows)] = np.stack(rows)
