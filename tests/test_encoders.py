@@ -547,6 +547,13 @@ def test_multi_domain_starts_as_the_shared_model_and_domains_then_differ(name, k
   s = module.apply({"params": nudged}, INPUTS, "source", method="score_last")
   np.testing.assert_allclose(t[:, 1:NUM_ITEMS + 1], want[:, 1:NUM_ITEMS + 1], rtol=1e-6, atol=1e-6)
   assert not np.allclose(s, t)  # the source's own parts only change the source
+  if kind == "star":  # the auxiliary domain-indicator tower: zero at init, then a term per domain
+    assert {"domains/aux_tower/indicator", "domains/aux_tower/out/kernel"} <= set(flat)
+    tower = common.unflatten({p: v + 0.3 if p == "domains/aux_tower/out/kernel" else v for p, v in flat.items()})
+    t2 = module.apply({"params": tower}, INPUTS, "target", method="score_last")
+    s2 = module.apply({"params": tower}, INPUTS, "source", method="score_last")
+    assert not np.allclose(t2[:, 1:NUM_ITEMS + 1], want[:, 1:NUM_ITEMS + 1], atol=1e-4)
+    assert not np.allclose(t2 - t, s2 - s, atol=1e-4)  # a different term for each domain
 
 
 def test_star_needs_projections():

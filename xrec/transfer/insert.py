@@ -572,10 +572,31 @@ class StarDeltas(nn.Module):
     return out
 
 
+class AuxiliaryTower(nn.Module):
+  """STAR's auxiliary network, for item scoring: a domain-indicator embedding [domains, embed]
+  through an MLP whose output layer starts at zero gives a per-domain vector added to the hidden
+  states, i.e. a domain-dependent term h_d . e_v in every item's score."""
+
+  num_domains: int
+  embed_dim: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, index: int):
+    indicator = self.param("indicator", with_axes(nn.initializers.normal(1.0), (None, "embed")),
+                           (self.num_domains, self.embed_dim), self.param_dtype)[index]
+    h = nn.relu(nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="hidden",
+                         kernel_init=with_axes(nn.initializers.lecun_normal(), ("embed", None)))(indicator))
+    return nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="out",
+                    kernel_init=with_axes(nn.initializers.zeros, (None, "embed")))(h)
+
+
 class MultiDomain(Forwarding, nn.Module):
   """One model for several domains (multi-domain joint training): the shared encoder (its params
   keep their paths, so a pretrained one loads) plus, per domain, `domains/<d>/head` (DomainHead)
-  and for kind "star" `domains/<d>/star` (StarDeltas on the encoder's projections and norms).
+  and for kind "star" `domains/<d>/star` (StarDeltas on the encoder's projections and norms) and
+  the auxiliary domain-indicator tower `domains/aux_tower` (AuxiliaryTower).
   __call__ / score_last / encode take `domain` (one of `domains`, default the first)."""
 
   encoder: nn.Module
@@ -587,7 +608,7 @@ class MultiDomain(Forwarding, nn.Module):
   def setup(self):
     nn.share_scope(self, self.encoder)
     self.parts = _DomainParts(self.domains, self.kind, self.encoder.vocab_size, self.shapes, self.widths,
-                              self.encoder.dtype, self.encoder.param_dtype, name="domains")
+                              self.encoder.embed_dim, self.encoder.dtype, self.encoder.param_dtype, name="domains")
 
   def _check(self, domain):
     if domain not in self.domains:
@@ -621,10 +642,17 @@ class MultiDomain(Forwarding, nn.Module):
     with nn.intercept_methods(intercept):
       return self.encoder.encode(inputs, deterministic)
 
+  def _hidden(self, inputs, deterministic, domain):
+    """(hidden states of `domain`, its output-bias offset)."""
+    hidden, bias_d = self.parts.head(domain, self._shared_encode(inputs, deterministic, domain))
+    if self.kind == "star":
+      hidden = hidden + self.parts.aux(domain).astype(hidden.dtype)
+    return hidden, bias_d
+
   def encode(self, inputs, deterministic: bool = True, domain: str | None = None):
     domain = domain or self.domains[0]
     self._check(domain)
-    return self.parts.head(domain, self._shared_encode(inputs, deterministic, domain))[0]
+    return self._hidden(inputs, deterministic, domain)[0]
 
   def __call__(self, inputs, deterministic: bool = True, domain: str | None = None):
     domain = domain or self.domains[0]
@@ -634,7 +662,7 @@ class MultiDomain(Forwarding, nn.Module):
         self.parts.head(d, jnp.zeros((1, self.encoder.embed_dim), self.encoder.dtype))
         if self.kind == "star":
           self.parts.star(d)
-    hidden, bias_d = self.parts.head(domain, self._shared_encode(inputs, deterministic, domain))
+    hidden, bias_d = self._hidden(inputs, deterministic, domain)
     table, bias = self.encoder.output_table()
     return hidden, table, bias + bias_d
 
@@ -650,6 +678,7 @@ class _DomainParts(nn.Module):
   vocab_size: int
   shapes: tuple
   widths: tuple
+  embed_dim: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -657,9 +686,14 @@ class _DomainParts(nn.Module):
     self.heads = {d: DomainHead(self.vocab_size, self.dtype, self.param_dtype, name=f"{d}_head") for d in self.domains}
     if self.kind == "star":
       self.stars = {d: StarDeltas(self.shapes, self.widths, self.param_dtype, name=f"{d}_star") for d in self.domains}
+      embed = dict(self.widths)[self.widths[0][0]] if self.widths else 0
+      self.aux_tower = AuxiliaryTower(len(self.domains), embed, self.dtype, self.param_dtype)
 
   def head(self, domain, hidden):
     return self.heads[domain](hidden)
+
+  def aux(self, domain):
+    return self.aux_tower(self.domains.index(domain))
 
   def star(self, domain):
     return self.stars[domain]()
