@@ -478,13 +478,20 @@ def test_adversarial_examples_increase_the_loss_within_the_radius(name):
   batches = _batches()
   clean = objectives.TermContext(module, params, batches, jax.random.key(0), NUM_ITEMS, cfg.adversarial_examples)
   base_loss = float(objectives.TERMS["full_softmax"].fn(clean)[0])
-  for steps in (1, 3):
+  for steps, perturb in ((1, ("items", "sequence")), (3, ("items", "sequence")), (1, ("items",)), (2, ("sequence",))):
     c = cfg.adversarial_examples.copy_and_resolve_references()
-    c.steps = steps
+    c.steps, c.perturb = steps, perturb
     ctx = objectives.TermContext(module, params, batches, jax.random.key(0), NUM_ITEMS, c)
     loss, _, extra = objectives.adversarial_examples(ctx)
     assert float(loss) > base_loss  # the perturbation makes this batch harder
-    assert 0 < float(extra["perturbation_norm"]) <= c.epsilon + 1e-6
+    names = {"items": "perturbation_norm", "sequence": "sequence_perturbation_norm"}
+    assert set(extra) == {names[k] for k in perturb}
+    assert all(0 < float(v) <= c.epsilon + 1e-6 for v in extra.values())
+  c.perturb = ("tokens",)
+  with pytest.raises(ValueError, match=r"perturb=\('tokens',\): a non-empty subset of \['items', 'sequence'\]"):
+    cfg2 = base_config()
+    cfg2.objective.adversarial_examples.perturb = ("tokens",)
+    objectives.build(cfg2.objective, True)
 
 
 # --- distillation --------------------------------------------------------------------------------

@@ -298,34 +298,49 @@ def _with_item_table(params, path: str, table):
 def adversarial_examples(ctx: TermContext):
   """Adversarial training examples on the target (as in adversarial personalized ranking, He et
   al., 2018): the item table (its role, so the input embeddings and the output table of any
-  encoder) is perturbed by the projected-gradient ascent of the next-item loss on this batch,
-  adversarial_examples.steps steps of size epsilon / steps, each row's perturbation projected on
-  the L2 ball of radius epsilon * (that row's norm); the loss at the perturbed table is the term.
-  The perturbation is a constant for the update (the model learns to be robust to it)."""
+  encoder) and/or the sequence representations (the hidden states that score the next item),
+  per adversarial_examples.perturb, are perturbed by the projected-gradient ascent of the
+  next-item loss on this batch: adversarial_examples.steps steps of size epsilon / steps, each
+  item row's (each position's) perturbation projected on the L2 ball of radius epsilon * (that
+  row's / state's norm); the loss at the perturbed point is the term. The perturbation is a
+  constant for the update (the model learns to be robust to it)."""
   path = ctx.module.roles().item_table
   batch = ctx.batches["target"]
-  flat_table = ctx.params
+  table = ctx.params
   for name in path.split("/"):
-    flat_table = flat_table[name]
-  table = flat_table
-  radius = ctx.options.epsilon * jnp.linalg.norm(table, axis=-1, keepdims=True)
+    table = table[name]
+  perturb = tuple(ctx.options.perturb)
+  clean_hidden = ctx.module.apply({"params": ctx.params}, batch["inputs"], deterministic=True)[0]
+  radius = {"items": ctx.options.epsilon * jnp.linalg.norm(table, axis=-1, keepdims=True),
+            "sequence": ctx.options.epsilon * jax.lax.stop_gradient(
+                jnp.linalg.norm(clean_hidden.astype(jnp.float32), axis=-1, keepdims=True))}
 
-  def loss_at(delta):
-    hidden, out_table, bias = ctx.module.apply({"params": _with_item_table(ctx.params, path, table + delta)},
-                                               batch["inputs"], deterministic=True)
-    return losses.full_softmax(hidden, batch["targets"], out_table, bias, num_items=ctx.num_items)[0]
+  def loss_at(delta, params=ctx.params, forward=None):
+    tree = _with_item_table(params, path, table + delta["items"])
+    if forward is None:
+      hidden, out_table, bias = ctx.module.apply({"params": tree}, batch["inputs"], deterministic=True)
+    else:
+      hidden, out_table, bias = forward(tree, batch["inputs"])
+    hidden = hidden + delta["sequence"].astype(hidden.dtype)
+    return losses.full_softmax(hidden, batch["targets"], out_table, bias, num_items=ctx.num_items)
 
-  delta = jnp.zeros_like(table)
+  delta = {"items": jnp.zeros_like(table), "sequence": jnp.zeros(clean_hidden.shape, jnp.float32)}
   for _ in range(int(ctx.options.steps)):
-    g = jax.grad(loss_at)(delta)
-    g = g / jnp.maximum(jnp.linalg.norm(g, axis=-1, keepdims=True), 1e-12)
-    delta = delta + radius / ctx.options.steps * g
-    norm = jnp.linalg.norm(delta, axis=-1, keepdims=True)
-    delta = delta * jnp.minimum(1.0, radius / jnp.maximum(norm, 1e-12))
+    g = jax.grad(lambda d: loss_at(d)[0])(delta)
+    for kind in perturb:
+      step = g[kind] / jnp.maximum(jnp.linalg.norm(g[kind], axis=-1, keepdims=True), 1e-12)
+      moved = delta[kind] + radius[kind] / ctx.options.steps * step
+      norm = jnp.linalg.norm(moved, axis=-1, keepdims=True)
+      delta[kind] = moved * jnp.minimum(1.0, radius[kind] / jnp.maximum(norm, 1e-12))
   delta = jax.lax.stop_gradient(delta)
-  hidden, out_table, bias = ctx.forward_with(_with_item_table(ctx.params, path, table + delta), batch["inputs"])
-  loss, count = losses.full_softmax(hidden, batch["targets"], out_table, bias, num_items=ctx.num_items)
-  return loss, count, {"perturbation_norm": jnp.linalg.norm(delta) / jnp.maximum(jnp.linalg.norm(table), 1e-12)}
+  loss, count = loss_at(delta, forward=ctx.forward_with)
+  report = {}
+  if "items" in perturb:
+    report["perturbation_norm"] = jnp.linalg.norm(delta["items"]) / jnp.maximum(jnp.linalg.norm(table), 1e-12)
+  if "sequence" in perturb:
+    report["sequence_perturbation_norm"] = (jnp.linalg.norm(delta["sequence"])
+                                            / jnp.maximum(jnp.linalg.norm(clean_hidden.astype(jnp.float32)), 1e-12))
+  return loss, count, report
 
 
 TERMS: dict[str, Term] = {t.name: t for t in (
@@ -348,8 +363,9 @@ TERMS: dict[str, Term] = {t.name: t for t in (
     Term("distill_ranking", ("target", "teacher"), "causal", distill_ranking,
          "the teacher's top-K items as weighted positives (transfer.strategy=distill)", {"top_k": 10}),
     Term("adversarial_examples", ("target",), "causal", adversarial_examples,
-         "next-item loss at a PGD-perturbed item table (adversarial training examples)",
-         {"epsilon": 0.1, "steps": 1}),  # radius relative to each row's norm; 1 step = FGSM
+         "next-item loss at a PGD-perturbed item table and sequence representations (adversarial examples)",
+         # radius relative to each row's / state's norm; 1 step = FGSM; perturb: items and/or sequence
+         {"epsilon": 0.1, "steps": 1, "perturb": ("items", "sequence")}),
     Term("domain_adversarial", ("target", "source"), "any", domain_adversarial,
          "DANN: a domain discriminator through gradient reversal (needs transfer.strategy=dann)",
          {"gamma": 10.0, "lambda_max": 1.0}),
@@ -447,6 +463,9 @@ def build(objective_cfg, causal: bool, available_streams=("target",), encoder: s
   if adv is not None and (not adv.epsilon > 0 or int(adv.steps) < 1):
     raise ValueError(f"objective.adversarial_examples needs epsilon > 0 and steps >= 1; got epsilon="
                      f"{adv.epsilon!r}, steps={adv.steps!r}")
+  if adv is not None and (not tuple(adv.perturb) or set(adv.perturb) - {"items", "sequence"}):
+    raise ValueError(f"objective.adversarial_examples.perturb={tuple(adv.perturb)!r}: a non-empty subset of "
+                     "['items', 'sequence']")
   distill = objective_cfg.get("distill_logits")
   if distill is not None and not distill.temperature > 0:
     raise ValueError(f"objective.distill_logits.temperature={distill.temperature!r} must be > 0")
