@@ -667,43 +667,24 @@ def _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rule
             "params": common.param_count(params), "nonzero_params": nonzero,
             "stored_bytes_sparse": nonzero * 4 + nonzero * 4}  # value + index per kept entry
   if kind == "items":  # a model over the kept items only: a smaller table, fewer scores per user
-    small = models.build(model_config(config, {}), int(report["items_served"]) + 1)
-    abstract = jax.eval_shape(
-        lambda: small.init({"params": jax.random.key(0)}, jnp.ones((1, config.model.max_len), jnp.int32))["params"])
-    shapes = {p: tuple(v.shape) for p, v in common.flatten(nn.unbox(abstract)).items()}
+    served = int(report["items_served"])
+    small = models.build(model_config(config, {}), served + 1)
+    shapes = {p: tuple(v.shape) for p, v in common.flatten(nn.unbox(_abstract_params(small, config))).items()}
     small_params, id_map = pruning.shrink_items(params, masks, plan.roles, shapes, domain.num_items,
                                                 bool(small.uses_mask_token))
-    served = int(report["items_served"])
     kept_ids = np.flatnonzero((id_map >= 1) & (id_map <= served))
     dense_domain = dataclasses.replace(
         domain, id_map=id_map[:domain.num_items + 1] if domain.id_map is None else id_map[domain.id_map],
         item_keys=[domain.item_keys[i - 1] for i in kept_ids] + ["<pruned>"],
         pseudo={u: (id_map[b], id_map[a]) for u, (b, a) in domain.pseudo.items()} if domain.pseudo else None)
-    small_sh = sharding.param_shardings(abstract, mesh, rules)
-    evaluate = evaluation.Evaluator(small, served, config.model.max_len, config.eval, mesh, small_sh)
-    small_params = jax.device_put(small_params, small_sh)
-    evaluate.warm_up(small_params, dense_domain)
-    dense = evaluate(small_params, dense_domain, "test")
-    report["dense"] = {"model_fields": {"num_items": served}, "params": common.param_count(small_params),
-                       "stored_bytes": int(sum(np.asarray(v).nbytes for v in jax.tree.leaves(small_params))),
-                       "test": dense, "eval_users_per_second": dense["users_per_second"],
-                       "masked_eval_users_per_second": test["users_per_second"]}
-  if kind == "dims":  # item tables of the kept dims: fewer bytes per item, fewer multiply-adds per score
+    report["dense"] = _dense_report(small, small_params, {"num_items": served}, served, dense_domain, config,
+                                    mesh, rules, test)
+  elif kind == "dims":  # item tables of the kept dims: fewer bytes per item, fewer multiply-adds per score
     small_params, fields = pruning.shrink_dims(params, masks, plan.roles)
     small = models.build(model_config(config, fields), domain.num_items)
-    small_sh = sharding.param_shardings(jax.eval_shape(
-        lambda: small.init({"params": jax.random.key(0)}, jnp.ones((1, config.model.max_len), jnp.int32))["params"]),
-        mesh, rules)
-    evaluate = evaluation.Evaluator(small, domain.num_items, config.model.max_len, config.eval, mesh, small_sh)
-    small_params = jax.device_put(small_params, small_sh)
-    evaluate.warm_up(small_params, domain)  # users/s without compilation, as the masked model's
-    dense = evaluate(small_params, domain, "test")
-    report["dense"] = {"model_fields": {"item_columns": len(fields["item_columns"])},
-                       "params": common.param_count(small_params),
-                       "stored_bytes": int(sum(np.asarray(v).nbytes for v in jax.tree.leaves(small_params))),
-                       "test": dense, "eval_users_per_second": dense["users_per_second"],
-                       "masked_eval_users_per_second": test["users_per_second"]}
-  if kind in ("heads", "mlp"):
+    report["dense"] = _dense_report(small, small_params, {"item_columns": len(fields["item_columns"])},
+                                    domain.num_items, domain, config, mesh, rules, test)
+  elif kind in ("heads", "mlp"):
     # the masks of the best checkpoint's step (masks only grow), so shrink the best params with the final masks
     small_params, fields = pruning.shrink(params, masks, kind, plan.roles)
     small_cfg = model_config(config, {})
@@ -713,15 +694,24 @@ def _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rule
         own = small_cfg[config.model.name]
         own.head_dim = own.get("head_dim", 0) or config.model.embed_dim // config.model[config.model.name].num_heads
     small = models.build(small_cfg, domain.num_items)
-    small_sh = sharding.param_shardings(jax.eval_shape(
-        lambda: small.init({"params": jax.random.key(0)}, jnp.ones((1, config.model.max_len), jnp.int32))["params"]),
-        mesh, rules)
-    evaluate = evaluation.Evaluator(small, domain.num_items, config.model.max_len, config.eval, mesh, small_sh)
-    small_params = jax.device_put(small_params, small_sh)
-    evaluate.warm_up(small_params, domain)  # users/s without compilation, as the masked model's
-    dense = evaluate(small_params, domain, "test")
-    report["dense"] = {"model_fields": fields, "params": common.param_count(small_params),
-                       "stored_bytes": int(sum(np.asarray(v).nbytes for v in jax.tree.leaves(small_params))),
-                       "test": dense, "eval_users_per_second": dense["users_per_second"],
-                       "masked_eval_users_per_second": test["users_per_second"]}
+    report["dense"] = _dense_report(small, small_params, fields, domain.num_items, domain, config, mesh, rules, test)
   return report
+
+
+def _abstract_params(module, config):
+  return jax.eval_shape(
+      lambda: module.init({"params": jax.random.key(0)}, jnp.ones((1, config.model.max_len), jnp.int32))["params"])
+
+
+def _dense_report(small, small_params, fields, num_items, domain, config, mesh, rules, test) -> dict:
+  """The structurally pruned model as a smaller dense one, evaluated on the test split (after an
+  untimed warm-up batch, so its users/s compares with the masked model's)."""
+  small_sh = sharding.param_shardings(_abstract_params(small, config), mesh, rules)
+  evaluate = evaluation.Evaluator(small, num_items, config.model.max_len, config.eval, mesh, small_sh)
+  small_params = jax.device_put(small_params, small_sh)
+  evaluate.warm_up(small_params, domain)
+  dense = evaluate(small_params, domain, "test")
+  return {"model_fields": fields, "params": common.param_count(small_params),
+          "stored_bytes": int(sum(np.asarray(v).nbytes for v in jax.tree.leaves(small_params))),
+          "test": dense, "eval_users_per_second": dense["users_per_second"],
+          "masked_eval_users_per_second": test["users_per_second"]}
