@@ -50,10 +50,13 @@ class Evaluator:
     self.vocab_size = int(module.vocab_size)
     self.candidates = None  # [vocab] bool: the items that may be recommended (None: all)
 
+  def _candidates(self) -> np.ndarray:
+    return np.ones(self.vocab_size, bool) if self.candidates is None else np.asarray(self.candidates, bool)
+
   def warm_up(self, params, domain: pipeline.DomainSequences, split: str = "test") -> None:
     """One batch through the jitted step, untimed, so that a following call's users/s measures
     evaluation and not compilation (a model evaluated only once, e.g. a pruned dense model)."""
-    candidates = np.ones(self.vocab_size, bool) if self.candidates is None else np.asarray(self.candidates, bool)
+    candidates = self._candidates()
     batch = next(pipeline.eval_batches(domain, split, self.eval_cfg.batch_size, self.max_len,
                                        jax.process_index(), jax.process_count()))
     jax.block_until_ready(self.batch_step(params, sharding.put_batch(batch, self.mesh), candidates))
@@ -62,7 +65,7 @@ class Evaluator:
     """Metrics over the domain's evaluation population; with `with_ranks`, also the target's 0-based
     rank per population user (int array, in `domain.eval_users` order): (metrics, ranks). Only the
     items in `self.candidates` (when set: a pruned model's served items) are ranked."""
-    candidates = np.ones(self.vocab_size, bool) if self.candidates is None else np.asarray(self.candidates, bool)
+    candidates = self._candidates()
     start = time.time()
     batches = pipeline.eval_batches(domain, split, self.eval_cfg.batch_size, self.max_len,
                                     jax.process_index(), jax.process_count())
