@@ -34,6 +34,9 @@ from xrec.train import optimizer
 PRESETS = {
     "cpu_small": dict(num_items=10_000, embed_dim=64, max_len=50, num_layers=2, num_heads=2,
                       batch_size=128, compute_dtype="float32", eval_batch=256),
+    # MovieLens-1M's shape (configs/sasrec_ml1m.py): 3,706 items, max_len 200, d 64, 2 blocks, 1 head, MLP 64
+    "cpu_ml1m": dict(num_items=3706, embed_dim=64, max_len=200, num_layers=2, num_heads=1, mlp_dim=64,
+                     batch_size=128, compute_dtype="float32", eval_batch=256),
     "cpu_medium": dict(num_items=50_000, embed_dim=128, max_len=100, num_layers=2, num_heads=2,
                        batch_size=128, compute_dtype="float32", eval_batch=256),
     "h200_reference": dict(num_items=100_000, embed_dim=512, max_len=200, num_layers=4, num_heads=8,
@@ -45,7 +48,7 @@ def _config(p):
   c = base_config()
   c.model.max_len = p["max_len"]
   c.model.embed_dim = p["embed_dim"]
-  c.model.sasrec.update(dict(num_layers=p["num_layers"], num_heads=p["num_heads"], mlp_dim=4 * p["embed_dim"]))
+  c.model.sasrec.update(dict(num_layers=p["num_layers"], num_heads=p["num_heads"], mlp_dim=p.get("mlp_dim", 4 * p["embed_dim"])))
   c.model.compute_dtype = p["compute_dtype"]
   c.train.batch_size = p["batch_size"]
   c.eval.batch_size = p["eval_batch"]
@@ -80,13 +83,15 @@ def _flops(jitted, *args) -> float:
 def model_flops(p) -> float:
   """Analytic matmul FLOPs of one train step (fwd + bwd = 3x fwd), full softmax over items."""
   b, l, d, v = p["batch_size"], p["max_len"], p["embed_dim"], p["num_items"]
-  per_layer = 2 * b * l * (4 * d * d + 2 * d * 4 * d) + 2 * 2 * b * l * l * d
+  mlp = p.get("mlp_dim", 4 * d)
+  per_layer = 2 * b * l * (4 * d * d + 2 * d * mlp) + 2 * 2 * b * l * l * d
   return 3.0 * (p["num_layers"] * per_layer + 2 * b * l * d * v)
 
 
 class NaiveBlock(nn.Module):
   d: int
   heads: int
+  mlp: int
   dtype: object
 
   @nn.compact
@@ -94,7 +99,7 @@ class NaiveBlock(nn.Module):
     h = nn.LayerNorm(dtype=self.dtype)(x)
     x = x + nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype)(h, h, mask=mask)
     h = nn.LayerNorm(dtype=self.dtype)(x)
-    return x + nn.Dense(self.d, dtype=self.dtype)(nn.gelu(nn.Dense(4 * self.d, dtype=self.dtype)(h)))
+    return x + nn.Dense(self.d, dtype=self.dtype)(nn.gelu(nn.Dense(self.mlp, dtype=self.dtype)(h)))
 
 
 class NaiveSASRec(nn.Module):
@@ -104,6 +109,7 @@ class NaiveSASRec(nn.Module):
   l: int
   layers: int
   heads: int
+  mlp: int
   dtype: object
 
   @nn.compact
@@ -112,14 +118,15 @@ class NaiveSASRec(nn.Module):
     x = emb(ids).astype(self.dtype) + nn.Embed(self.l, self.d)(jnp.arange(self.l))[None].astype(self.dtype)
     mask = nn.combine_masks(nn.make_causal_mask(ids), nn.make_attention_mask(ids > 0, ids > 0))
     for _ in range(self.layers):
-      x = NaiveBlock(self.d, self.heads, self.dtype)(x, mask)
+      x = NaiveBlock(self.d, self.heads, self.mlp, self.dtype)(x, mask)
     x = nn.LayerNorm()(x.astype(jnp.float32))
     return x @ emb.embedding.T  # fp32 logits
 
 
 def bench_naive(p, batch):
   dtype = models.dtype(p["compute_dtype"])
-  m = NaiveSASRec(p["num_items"] + 1, p["embed_dim"], p["max_len"], p["num_layers"], p["num_heads"], dtype)
+  m = NaiveSASRec(p["num_items"] + 1, p["embed_dim"], p["max_len"], p["num_layers"], p["num_heads"],
+                 p.get("mlp_dim", 4 * p["embed_dim"]), dtype)
   params = m.init(jax.random.key(0), batch["inputs"])["params"]
   tx = optax.adamw(1e-3)
   opt = tx.init(params)
@@ -168,7 +175,8 @@ def bench_xrec(p, batch, config):
   ids = rng_np.integers(1, p["num_items"] + 1, size=(b, p["max_len"] + 1)).astype(np.int32)
   eb = sharding.put_batch({"inputs": ids[:, :-1], "target": ids[:, -1], "history": ids[:, :-1],
                     "weight": np.ones(b, np.float32)}, mesh)
-  eval_sec = _time(lambda: ev.batch_step(holder[0]["params"], eb))
+  everything = np.ones(ev.vocab_size, bool)  # the candidate set: every item
+  eval_sec = _time(lambda: ev.batch_step(holder[0]["params"], eb, everything))
   return sec, eval_sec, flops
 
 

@@ -28,6 +28,15 @@ def _target_logit(hidden, ids, table, bias):
                      preferred_element_type=jnp.float32) + bias[ids].astype(jnp.float32))
 
 
+def _label_logit(logits, targets):
+  """logits [batch, len, vocab] at `targets` [batch, len]: a select and a sum over the vocab axis,
+  which keeps a vocab-sharded logits tensor sharded and whose gradient is a select. (Gathering the
+  target's table row instead made the backward a scatter-add into the whole item table, which
+  made the full-softmax step 1.6x slower on XLA:CPU at the MovieLens-1M shape.)"""
+  hit = jnp.arange(logits.shape[-1])[None, None, :] == targets[..., None]
+  return jnp.where(hit, logits, 0.0).sum(-1)
+
+
 def _logsumexp(x):
   """Stable log-sum-exp over the last axis (cheaper than jax.nn.logsumexp's inf handling)."""
   m = jax.lax.stop_gradient(x.max(-1, keepdims=True))
@@ -44,8 +53,8 @@ def full_softmax(hidden, targets, table, bias, *, num_items, rng=None, **_):
   del rng
   # padding / sharding-padding ids are masked through the bias, fused into the matmul epilogue
   masked_bias = jnp.where(_valid_vocab(table.shape[0], num_items), bias.astype(jnp.float32), _NEG)
-  lse = _logsumexp(score_items(hidden, table, masked_bias))  # [batch, len]
-  return _mean(lse - _target_logit(hidden, targets, table, bias), (targets > 0).astype(jnp.float32))
+  logits = score_items(hidden, table, masked_bias)  # [batch, len, vocab]
+  return _mean(_logsumexp(logits) - _label_logit(logits, targets), (targets > 0).astype(jnp.float32))
 
 
 def sampled_softmax(hidden, targets, table, bias, *, num_items, rng, num_negatives=256,
