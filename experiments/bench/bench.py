@@ -221,13 +221,18 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--preset", default="cpu_small", choices=sorted(PRESETS))
   ap.add_argument("--skip_naive", action="store_true")
+  ap.add_argument("--dropout", type=float, default=None,
+                  help="xrec's model.dropout (default: the config's 0.2; the plain Flax step has none, so 0 "
+                       "compares like with like)")
   ap.add_argument("--out", default="")
   args = ap.parse_args()
   p = PRESETS[args.preset]
   config = _config(p)
+  if args.dropout is not None:
+    config.model.dropout = args.dropout
   batch = _batch(p, np.random.default_rng(0))
   dev = jax.devices()[0]
-  result = {"preset": args.preset, "shapes": p, "device_kind": dev.device_kind, "platform": dev.platform,
+  result = {"preset": args.preset, "shapes": p, "xrec_dropout": float(config.model.dropout), "device_kind": dev.device_kind, "platform": dev.platform,
             "num_devices": jax.device_count(), "jax_version": jax.__version__}
   train, evaluate, flops = bench_xrec(p, batch, config)
   fns = {"xrec": train, "eval": evaluate}
