@@ -38,12 +38,14 @@ from xrec.train import optimizer
 PRESETS = {
     # seconds: checks that the script runs (tests/test_bench.py), measures nothing useful
     "smoke": dict(num_items=50, embed_dim=8, max_len=6, num_layers=1, num_heads=1, mlp_dim=16, batch_size=8,
-                  compute_dtype="float32", eval_batch=8),
+                  compute_dtype="float32", eval_batch=8, users=40, min_seq_len=5, mean_seq_len=10.0, max_seq_len=20),
     "cpu_small": dict(num_items=10_000, embed_dim=64, max_len=50, num_layers=2, num_heads=2,
                       batch_size=128, compute_dtype="float32", eval_batch=256),
     # MovieLens-1M's shape (configs/sasrec_ml1m.py): 3,706 items, max_len 200, d 64, 2 blocks, 1 head, MLP 64
     "cpu_ml1m": dict(num_items=3706, embed_dim=64, max_len=200, num_layers=2, num_heads=1, mlp_dim=64,
-                     batch_size=128, compute_dtype="float32", eval_batch=256),
+                     batch_size=128, compute_dtype="float32", eval_batch=256,
+                     # --loop: synthetic data of ML-1M's shape (users, catalogue, sequence lengths)
+                     users=6040, min_seq_len=20, mean_seq_len=165.6, max_seq_len=2314),
     "cpu_medium": dict(num_items=50_000, embed_dim=128, max_len=100, num_layers=2, num_heads=2,
                        batch_size=128, compute_dtype="float32", eval_batch=256),
     "h200_reference": dict(num_items=100_000, embed_dim=512, max_len=200, num_layers=4, num_heads=8,
@@ -202,6 +204,90 @@ def bench_xrec(p, batch, config):
   return run, (lambda: ev.batch_step(holder[0]["params"], eb, everything)), flops
 
 
+def loop_config(p, data_dir: str, steps: int, dropout: float):
+  """A single-domain run of `steps` on synthetic data of the preset's shape, evaluated once at the
+  end, throughput logged every 5 steps."""
+  c = _config(p)
+  c.model.dropout = dropout
+  c.data.name, c.data.domain, c.data.data_dir = "synthetic", "target", data_dir
+  c.data.synthetic.update(dict(num_target_users=p["users"], num_source_users=p["users"], num_target_items=p["num_items"],
+                               num_source_items=p["num_items"], min_seq_len=p["min_seq_len"],
+                               mean_seq_len=p["mean_seq_len"], max_seq_len=p["max_seq_len"]))
+  c.objective.terms = (("full_softmax", 1.0),)
+  c.train.update(dict(num_steps=steps, eval_every_steps=steps, checkpoint_every_steps=steps, eval_at_start=False,
+                      log_every_steps=5, progress_bar=False))
+  return c
+
+
+def plain_loop(p, domain, steps: int, seed: int = 0) -> list[float]:
+  """What one writes without xrec: numpy batches of each user's last max_len + 1 training items
+  (a fresh permutation per epoch), one jitted plain Flax step; sequences/s per window of 5 steps."""
+  from xrec.data import pipeline  # the same data, read the obvious way
+  dtype = models.dtype(p["compute_dtype"])
+  m = NaiveSASRec(p["num_items"] + 1, p["embed_dim"], p["max_len"], p["num_layers"], p["num_heads"],
+                  p.get("mlp_dim", 4 * p["embed_dim"]), dtype)
+  b, l = p["batch_size"], p["max_len"]
+  users = np.asarray(domain.train_users)
+  rng = np.random.default_rng(seed)
+  order = np.concatenate([rng.permutation(users) for _ in range(steps * b // len(users) + 1)])
+
+  def batch(i):
+    x = np.zeros((b, l + 1), np.int32)
+    for row, u in enumerate(order[i * b:(i + 1) * b]):
+      seq = domain.sequence(int(u))[:-2][-(l + 1):]
+      x[row, l + 1 - len(seq):] = seq
+    return {"inputs": x[:, :-1], "targets": x[:, 1:]}
+
+  params = m.init(jax.random.key(seed), batch(0)["inputs"])["params"]
+  tx = optax.adamw(1e-3)
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt, batch):
+    def loss_fn(params):
+      logits = m.apply({"params": params}, batch["inputs"])
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+      w = (batch["targets"] > 0).astype(jnp.float32)
+      return (ce * w).sum() / w.sum()
+    loss, g = jax.value_and_grad(loss_fn)(params)
+    u, opt = tx.update(g, opt, params)
+    return optax.apply_updates(params, u), opt, loss
+
+  rates, t = [], time.perf_counter()
+  for i in range(steps):
+    params, opt, loss = step(params, opt, batch(i))
+    if (i + 1) % 5 == 0:
+      float(loss)  # the plain loop logs its loss, which waits for the step
+      now = time.perf_counter()
+      rates.append(5 * b / (now - t))
+      t = now
+  return rates
+
+
+def bench_loop(p, steps: int, dropout: float, rounds: int = 2) -> dict:
+  """The whole training loop (input pipeline, step, logging) of xrec's train_and_evaluate against
+  the plain loop on the same synthetic data, alternating `rounds` times; the first window of
+  each run (compilation) is dropped and the median window rate over the rest reported."""
+  import tempfile
+  from xrec.data import pipeline
+  from xrec.train.loop import train_and_evaluate
+  out = {"xrec": [], "plain": []}
+  with tempfile.TemporaryDirectory() as tmp:
+    config = loop_config(p, os.path.join(tmp, "data"), steps, dropout)
+    domain = pipeline.load_domain(config.data)
+    for r in range(rounds):
+      workdir = os.path.join(tmp, f"run{r}")
+      train_and_evaluate(config, workdir)
+      with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+      out["xrec"] += [row["examples_per_second"] for row in rows if row["split"] == "train"][1:]
+      out["plain"] += plain_loop(p, domain, steps, seed=r)[1:]
+  xrec, plain = float(np.median(out["xrec"])), float(np.median(out["plain"]))
+  return {"steps_per_run": steps, "rounds": rounds, "xrec_loop_sequences_per_s": xrec,
+          "plain_loop_sequences_per_s": plain, "loop_ratio_xrec_vs_plain": xrec / plain,
+          "training_users": len(domain.train_users), "interactions": int(domain.lengths.sum())}
+
+
 def matmul_peak(dtype) -> float:
   n = 8192 if jax.devices()[0].platform == "gpu" else 1024
   a = jnp.ones((n, n), dtype)
@@ -225,6 +311,9 @@ def main():
                   help="xrec's model.dropout (default: the config's 0.2; the plain Flax step has none, so 0 "
                        "compares like with like)")
   ap.add_argument("--out", default="")
+  ap.add_argument("--loop", type=int, default=0,
+                  help="also time the whole training loop (xrec's train_and_evaluate vs a plain loop, same "
+                       "synthetic data of the preset's shape) over runs of this many steps")
   args = ap.parse_args()
   p = PRESETS[args.preset]
   config = _config(p)
@@ -254,6 +343,8 @@ def main():
     result["xrec"]["mfu"] = analytic / sec / peak
     if "naive_flax" in result:
       result["naive_flax"]["mfu"] = analytic / nsec / peak
+  if args.loop:
+    result["loop"] = bench_loop(p, args.loop, float(config.model.dropout))
   result["memory"] = peak_memory_bytes()
   text = json.dumps(result, indent=2)
   print(text)
