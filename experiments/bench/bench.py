@@ -282,10 +282,35 @@ def bench_loop(p, steps: int, dropout: float, rounds: int = 2) -> dict:
         rows = [json.loads(line) for line in f if line.strip()]
       out["xrec"] += [row["examples_per_second"] for row in rows if row["split"] == "train"][1:]
       out["plain"] += plain_loop(p, domain, steps, seed=r)[1:]
+    evaluation = bench_population_eval(p, config, domain)
   xrec, plain = float(np.median(out["xrec"])), float(np.median(out["plain"]))
   return {"steps_per_run": steps, "rounds": rounds, "xrec_loop_sequences_per_s": xrec,
           "plain_loop_sequences_per_s": plain, "loop_ratio_xrec_vs_plain": xrec / plain,
-          "training_users": len(domain.train_users), "interactions": int(domain.lengths.sum())}
+          "training_users": len(domain.train_users), "interactions": int(domain.lengths.sum()),
+          "population_eval": evaluation}
+
+
+def bench_population_eval(p, config, domain, rounds: int = 2) -> dict:
+  """Full-ranking test evaluation of the whole population (its real history lengths), with
+  length buckets and with full-length inputs, alternating; users/s (median over rounds)."""
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.sharding.rules)
+  module = models.build(config.model, domain.num_items, p["max_len"])
+  tx, _ = optimizer.make_optimizer(config.optim, 1000)
+  state, state_sh = loop.create_state(module, tx, p["max_len"], 0, mesh, rules)
+  evaluators = {name: evaluator.Evaluator(module, domain.num_items, p["max_len"], config.eval, mesh,
+                                          state_sh["params"], length_buckets=name == "buckets")
+                for name in ("buckets", "full_length")}
+  speeds = {name: [] for name in evaluators}
+  for ev in evaluators.values():
+    ev.warm_up(state["params"], domain)
+  for _ in range(rounds):
+    for name, ev in evaluators.items():
+      speeds[name].append(ev(state["params"], domain, "test")["users_per_second"])
+  out = {f"{name}_users_per_s": float(np.median(v)) for name, v in speeds.items()}
+  out["users"] = len(domain.eval_users)
+  out["speedup"] = out["buckets_users_per_s"] / out["full_length_users_per_s"]
+  return out
 
 
 def matmul_peak(dtype) -> float:

@@ -421,8 +421,11 @@ def max_history_len(domain: DomainSequences, multiple: int = 64) -> int:
 
 
 def eval_batches(domain: DomainSequences, split: str, batch_size: int, max_len: int,
-                 process_index: int = 0, process_count: int = 1, prefetch: int = 4):
-  """Every user of the evaluation population once, in order, last batch padded with weight-0 rows."""
+                 process_index: int = 0, process_count: int = 1, prefetch: int = 4, order=None,
+                 batch_lengths=None):
+  """Every user of the evaluation population once, in order (or in `order`: positions into
+  domain.eval_users), last batch padded with weight-0 rows. `batch_lengths[b]` <= max_len: batch
+  b's inputs keep only their last that many slots (evaluation length buckets)."""
   if split not in ("valid", "test"):
     raise ValueError(f"Unknown eval split {split!r}; valid: ['valid', 'test']")
   users = domain.eval_users
@@ -433,10 +436,14 @@ def eval_batches(domain: DomainSequences, split: str, batch_size: int, max_len: 
   num_batches = -(-len(users) // batch_size)
   lo, hi = process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count
 
+  if order is None:
+    order = np.arange(len(users))
+
   def make(b):
     rows = []
     for u in range(b * batch_size + lo, b * batch_size + hi):
       if u < len(users):
+        u = order[u]
         rows.append(eval_example(domain.sequence(users[u]), split, max_len, max_history))
         if domain.pseudo:  # the items synthesised before the history are part of the input
           rows[-1]["inputs"] = right_align(domain.history(users[u], {"valid": -2, "test": -1}[split]), max_len)
@@ -445,7 +452,10 @@ def eval_batches(domain: DomainSequences, split: str, batch_size: int, max_len: 
       else:  # padding row: scored but weighted out
         pad = eval_example(np.array([1, 1, 1], np.int64), split, max_len, max_history)
         rows.append({**pad, "weight": np.float32(0.0)})
-    return _stack(rows)
+    batch = _stack(rows)
+    if batch_lengths is not None:
+      batch["inputs"] = batch["inputs"][:, max_len - batch_lengths[b]:]
+    return batch
 
   ds = grain.MapDataset.range(num_batches).map(make)
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch)))

@@ -27,12 +27,19 @@ def protocol(eval_cfg, population: dict | None = None) -> dict:
   return out
 
 
+LENGTH_BUCKETS = (8, 4, 2, 1)  # input lengths max_len / d (rounded up to a multiple of 8)
+
+
 class Evaluator:
   def __init__(self, module, num_items: int, max_len: int, eval_cfg, mesh, param_shardings,
-               method_kwargs: dict | None = None):
+               method_kwargs: dict | None = None, length_buckets: bool = True):
     """method_kwargs: extra arguments of the module's score_last (e.g. {"domain": "source"} for a
-    multi-domain model)."""
+    multi-domain model). length_buckets: when the encoder's states do not depend on left padding
+    (trims_left_padding), users are evaluated in order of history length and each batch keeps
+    only the input slots its longest history needs (LENGTH_BUCKETS of max_len): the same scores
+    for a fraction of the encoder's work on short histories."""
     method_kwargs = dict(method_kwargs or {})
+    self.length_buckets = bool(length_buckets and getattr(module, "trims_left_padding", False))
     self.eval_cfg, self.mesh, self.num_items, self.max_len = eval_cfg, mesh, num_items, max_len
     ks, mask_history = tuple(eval_cfg.ks), bool(eval_cfg.mask_history)
     scores_sharding = NamedSharding(mesh, P("data", "model"))
@@ -50,6 +57,22 @@ class Evaluator:
     self.vocab_size = int(module.vocab_size)
     self.candidates = None  # [vocab] bool: the items that may be recommended (None: all)
 
+  def _batches(self, domain: pipeline.DomainSequences, split: str):
+    """(eval batches, the order of domain.eval_users they visit or None)."""
+    order = lengths = None
+    if self.length_buckets and not domain.pseudo and domain.cross is None:
+      users = np.asarray(domain.eval_users)
+      # every input is shorter than its user's whole sequence; +1 keeps one padding slot, which a
+      # bidirectional encoder's scoring input (shifted left, mask token appended) drops
+      need = np.minimum(domain.lengths[users] + 1, self.max_len)
+      order = np.argsort(need, kind="stable")
+      sizes = sorted({min(self.max_len, -(-self.max_len // d // 8) * 8) for d in LENGTH_BUCKETS})
+      size = self.eval_cfg.batch_size
+      lengths = [next(s for s in sizes if s >= need[order[i:i + size]].max()) for i in range(0, len(users), size)]
+    batches = pipeline.eval_batches(domain, split, self.eval_cfg.batch_size, self.max_len, jax.process_index(),
+                                    jax.process_count(), order=order, batch_lengths=lengths)
+    return batches, order
+
   def _candidates(self) -> np.ndarray:
     return np.ones(self.vocab_size, bool) if self.candidates is None else np.asarray(self.candidates, bool)
 
@@ -57,9 +80,11 @@ class Evaluator:
     """One batch through the jitted step, untimed, so that a following call's users/s measures
     evaluation and not compilation (a model evaluated only once, e.g. a pruned dense model)."""
     candidates = self._candidates()
-    batch = next(pipeline.eval_batches(domain, split, self.eval_cfg.batch_size, self.max_len,
-                                       jax.process_index(), jax.process_count()))
-    jax.block_until_ready(self.batch_step(params, sharding.put_batch(batch, self.mesh), candidates))
+    seen = set()
+    for batch in self._batches(domain, split)[0]:  # one batch of each input length
+      if batch["inputs"].shape[-1] not in seen:
+        seen.add(batch["inputs"].shape[-1])
+        jax.block_until_ready(self.batch_step(params, sharding.put_batch(batch, self.mesh), candidates))
 
   def __call__(self, params, domain: pipeline.DomainSequences, split: str, with_ranks: bool = False):
     """Metrics over the domain's evaluation population; with `with_ranks`, also the target's 0-based
@@ -67,8 +92,7 @@ class Evaluator:
     items in `self.candidates` (when set: a pruned model's served items) are ranked."""
     candidates = self._candidates()
     start = time.time()
-    batches = pipeline.eval_batches(domain, split, self.eval_cfg.batch_size, self.max_len,
-                                    jax.process_index(), jax.process_count())
+    batches, order = self._batches(domain, split)
     total, ranks = {}, []
     for batch in batches:  # per-batch sums are a few scalars: accumulate on the host in float64
       sums, rank = jax.device_get(self.batch_step(params, sharding.put_batch(batch, self.mesh), candidates))
@@ -81,4 +105,9 @@ class Evaluator:
     out["users_per_second"] = out["num_users"] / max(out["eval_seconds"], 1e-9)
     if not with_ranks:
       return out
-    return out, np.concatenate(ranks)[:len(domain.eval_users)].astype(np.int64)
+    visited = np.concatenate(ranks)[:len(domain.eval_users)].astype(np.int64)
+    if order is None:
+      return out, visited
+    in_order = np.empty_like(visited)
+    in_order[order] = visited
+    return out, in_order

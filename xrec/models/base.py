@@ -83,6 +83,9 @@ class Roles:
     return dataclasses.asdict(self)
 
 
-def check_inputs(inputs, max_len: int) -> None:
-  if inputs.shape[-1] != max_len:
-    raise ValueError(f"inputs length {inputs.shape[-1]} != model max_len {max_len}")
+def check_inputs(inputs, max_len: int, shorter_ok: bool = False) -> None:
+  """Inputs are [batch, max_len]; an encoder whose result does not depend on left padding
+  (trims_left_padding) also takes the last L <= max_len slots (evaluation length buckets)."""
+  length = inputs.shape[-1]
+  if length != max_len and not (shorter_ok and 0 < length < max_len):
+    raise ValueError(f"inputs length {length} != model max_len {max_len}")

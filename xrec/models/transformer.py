@@ -119,6 +119,9 @@ class TransformerEncoder(common.ScoresItems, nn.Module):
   causal = True
   uses_mask_token = False
   fitted = False
+  # padded slots are zeroed and never attended to, so inputs without some of their left padding
+  # ([batch, L], L <= max_len, positions max_len - L .. max_len - 1) give the same states
+  trims_left_padding = True
   # config.model.<name>: this encoder's own fields (the common ones live in config.model)
   config_defaults = {"num_layers": 2, "num_heads": 2, "mlp_dim": 256, "head_dim": 0}
 
@@ -155,17 +158,18 @@ class TransformerEncoder(common.ScoresItems, nn.Module):
 
   def encode(self, inputs, deterministic: bool = True):
     """inputs [batch, len] -> hidden states [batch, len, embed] (compute dtype)."""
-    base.check_inputs(inputs, self.max_len)
+    base.check_inputs(inputs, self.max_len, shorter_ok=True)
+    length = inputs.shape[-1]  # right-aligned: the slots are the last `length` positions
     valid = inputs > 0
     x = self.embed_items(inputs) * jnp.asarray(self.embed_dim ** 0.5, self.dtype)
-    x = x + self.pos_embed(jnp.arange(self.max_len))[None]
+    x = x + self.pos_embed(jnp.arange(self.max_len - length, self.max_len))[None]
     x = self.embed_dropout(x, deterministic=deterministic)
     x = x * valid[..., None].astype(x.dtype)
     mask = valid[:, None, None, :]
     if self.causal:
-      mask = mask & jnp.tril(jnp.ones((self.max_len, self.max_len), bool))[None, None]
+      mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
     # a fully padded query row attends to itself so softmax stays finite
-    mask = mask | jnp.eye(self.max_len, dtype=bool)[None, None]
+    mask = mask | jnp.eye(length, dtype=bool)[None, None]
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     for blk in self.blocks:
       x = blk(x, mask, deterministic)
