@@ -22,4 +22,6 @@ def test_bench_reports_xrec_and_the_plain_flax_step_in_one_run(tmp_path):
   loop = result["loop"]
   assert loop["xrec_loop_sequences_per_s"] > 0 and loop["plain_loop_sequences_per_s"] > 0
   assert loop["training_users"] == 40 and loop["steps_per_run"] == 15
-  assert loop["population_eval"]["users"] == 40 and loop["population_eval"]["speedup"] > 0
+  evaluation = loop["population_eval"]
+  assert evaluation["users"] == 40 and evaluation["speedup"] > 0
+  assert min(evaluation["bucket_widths"]) < result["shapes"]["max_len"] == max(evaluation["bucket_widths"])

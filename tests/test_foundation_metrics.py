@@ -137,10 +137,13 @@ def test_length_buckets_score_exactly_like_full_length_inputs(data_dir, encoder)
       assert m_b[k] == pytest.approx(m_f[k], abs=1e-9)
 
 
-def test_trimmed_inputs_give_the_same_states_as_left_padded_ones():
-  from xrec.models import transformer
-  m = transformer.TransformerEncoder(vocab_size=24, max_len=10, num_items=20, embed_dim=8, num_heads=2,
-                                     mlp_dim=16, dropout=0.0)
+@pytest.mark.parametrize("encoder", ["sasrec", "bert4rec"])
+def test_trimmed_inputs_give_the_same_states_as_left_padded_ones(encoder):
+  """... and last_states (the last block computing only the last position) is the last state."""
+  from xrec.models.bert4rec import BERT4Rec
+  from xrec.models.sasrec import SASRec
+  m = {"sasrec": SASRec, "bert4rec": BERT4Rec}[encoder](vocab_size=24, max_len=10, num_items=20, embed_dim=8,
+                                                        num_heads=2, mlp_dim=16, dropout=0.0)
   x = np.zeros((3, 10), np.int32)
   x[0, 6:] = [3, 4, 5, 6]
   x[1, 8:] = [7, 8]
@@ -149,3 +152,5 @@ def test_trimmed_inputs_give_the_same_states_as_left_padded_ones():
   full = m.apply({"params": params}, jnp.asarray(x), method="encode")
   cut = m.apply({"params": params}, jnp.asarray(x[:, 3:]), method="encode")
   np.testing.assert_allclose(np.asarray(cut)[:, -6:], np.asarray(full)[:, -6:], rtol=1e-5, atol=1e-6)
+  last = m.apply({"params": params}, jnp.asarray(x), method="last_states")
+  np.testing.assert_allclose(np.asarray(last), np.asarray(full)[:, -1], rtol=1e-5, atol=1e-6)

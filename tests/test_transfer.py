@@ -148,6 +148,28 @@ def test_zero_init_identity_at_step_0(pretrained, strategy, options):
   assert not np.allclose(apply(module, nudged, "score_last")[:, items], want_scores)
 
 
+@pytest.mark.parametrize("strategy,options", [
+    ("full_finetune", {}), ("adapter", {}), ("adapter", {"adapter.kind": "parallel"}),
+    ("lora", {"lora.targets": ("query", "key", "value", "out", "wi", "wo")}), ("prompt", {}), ("patch", {}),
+    ("dann", {}),
+])
+def test_score_last_computes_only_the_last_position_and_scores_the_same(pretrained, strategy, options):
+  """score_last's last block computes only the last position (TransformerEncoder.last_states):
+  with every inserted module live (nudged away from zero), its scores equal scoring the last of
+  the states the full forward pass computes."""
+  plan, module, params, _ = transfer(strategy, pretrained, options=options)
+  nudged = common.unflatten({p: v + 0.3 * np.sign(v + 0.01) for p, v in common.flatten(params).items()})
+  hidden, table, bias = module.apply({"params": nudged}, INPUTS)
+  want = np.asarray(common.score_items(hidden[:, -1], table, bias))
+  got = apply(module, nudged, "score_last")
+  np.testing.assert_allclose(got[:, 1:NUM_ITEMS + 1], want[:, 1:NUM_ITEMS + 1], rtol=1e-5, atol=1e-5)
+  # evaluation length buckets: without 3 slots of left padding, the wrapped model scores the same
+  assert module.trims_left_padding
+  padded = INPUTS[:2]  # 3 and 6 leading padding slots
+  trimmed = module.apply({"params": nudged}, padded[:, 3:], method="score_last")
+  np.testing.assert_allclose(np.asarray(trimmed)[:, 1:NUM_ITEMS + 1], got[:2, 1:NUM_ITEMS + 1], rtol=1e-5, atol=1e-5)
+
+
 # --- exact trainable counts per preset --------------------------------------------------------
 
 # per block: 2 LayerNorms 64, attention 4 x (256 + 16) = 1088, MLP 544 + 528 = 1072 -> 2,224;

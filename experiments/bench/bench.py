@@ -37,7 +37,7 @@ from xrec.train import optimizer
 
 PRESETS = {
     # seconds: checks that the script runs (tests/test_bench.py), measures nothing useful
-    "smoke": dict(num_items=50, embed_dim=8, max_len=6, num_layers=1, num_heads=1, mlp_dim=16, batch_size=8,
+    "smoke": dict(num_items=50, embed_dim=8, max_len=16, num_layers=1, num_heads=1, mlp_dim=16, batch_size=8,
                   compute_dtype="float32", eval_batch=8, users=40, min_seq_len=5, mean_seq_len=10.0, max_seq_len=20),
     "cpu_small": dict(num_items=10_000, embed_dim=64, max_len=50, num_layers=2, num_heads=2,
                       batch_size=128, compute_dtype="float32", eval_batch=256),
@@ -222,7 +222,6 @@ def loop_config(p, data_dir: str, steps: int, dropout: float):
 def plain_loop(p, domain, steps: int, seed: int = 0) -> list[float]:
   """What one writes without xrec: numpy batches of each user's last max_len + 1 training items
   (a fresh permutation per epoch), one jitted plain Flax step; sequences/s per window of 5 steps."""
-  from xrec.data import pipeline  # the same data, read the obvious way
   dtype = models.dtype(p["compute_dtype"])
   m = NaiveSASRec(p["num_items"] + 1, p["embed_dim"], p["max_len"], p["num_layers"], p["num_heads"],
                   p.get("mlp_dim", 4 * p["embed_dim"]), dtype)
@@ -309,6 +308,7 @@ def bench_population_eval(p, config, domain, rounds: int = 2) -> dict:
       speeds[name].append(ev(state["params"], domain, "test")["users_per_second"])
   out = {f"{name}_users_per_s": float(np.median(v)) for name, v in speeds.items()}
   out["users"] = len(domain.eval_users)
+  out["bucket_widths"] = sorted({b["inputs"].shape[-1] for b in evaluators["buckets"]._batches(domain, "test")[0]})
   out["speedup"] = out["buckets_users_per_s"] / out["full_length_users_per_s"]
   return out
 

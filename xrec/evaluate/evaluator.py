@@ -37,7 +37,8 @@ class Evaluator:
     multi-domain model). length_buckets: when the encoder's states do not depend on left padding
     (trims_left_padding), users are evaluated in order of history length and each batch keeps
     only the input slots its longest history needs (LENGTH_BUCKETS of max_len): the same scores
-    for a fraction of the encoder's work on short histories."""
+    (up to float rounding: other shapes may sum in another order) for a fraction of the encoder's
+    work on short histories."""
     method_kwargs = dict(method_kwargs or {})
     self.length_buckets = bool(length_buckets and getattr(module, "trims_left_padding", False))
     self.eval_cfg, self.mesh, self.num_items, self.max_len = eval_cfg, mesh, num_items, max_len

@@ -18,6 +18,9 @@ Methods
   score_last(inputs) -> scores [batch, vocab] float32
       scores of every item as the NEXT item after each sequence (evaluation). Causal encoders
       score from the last position; bidirectional ones append the mask token and score it.
+      It scores `last_states(scoring inputs)` [batch, embed], by default encode(...)[:, -1]; an
+      encoder may compute that state for less (Transformers: the last block only at the last
+      position).
   roles() -> Roles
       the encoder's params by role (below). Transfer, objectives, evaluation and the trainer
       address params through roles, never through one model's paths.
@@ -30,6 +33,10 @@ Class attributes
                       table has one more row than the items and padding
   fitted: bool        True: params come from counting, not from gradients: such an encoder has
                       fit_params(item_counts [num_items + 1]) -> params (popularity)
+  trims_left_padding: bool (optional, default False)  True: the states of an input without some of
+                      its left padding ([batch, L], L < max_len, read as the last L positions)
+                      equal those of the full input up to float rounding, so evaluation may cut
+                      each batch to the slots its longest history needs (xrec/evaluate/evaluator.py)
 
 Param trees are plain nested dicts with readable `a/b/c` paths and logical axis names (`vocab`,
 `embed`, `mlp`, `heads`, `kv`) on the large params, so sharding rules apply.

@@ -66,9 +66,13 @@ class ScoresItems:
 
   def score_last(self, inputs):
     """Scores of every item as the next one after each sequence: [batch, vocab] float32."""
-    hidden = self.encode(self.scoring_inputs(inputs), deterministic=True)[:, -1]
+    hidden = self.last_states(self.scoring_inputs(inputs))
     table, bias = self.output_table()
     return score_items(self.scoring_hidden(hidden), table, bias)
+
+  def last_states(self, inputs):
+    """[batch, embed]: the state score_last scores from (an encoder may compute it for less)."""
+    return self.encode(inputs, deterministic=True)[:, -1]
 
   def scoring_inputs(self, inputs):
     """What score_last encodes (causal encoders: the inputs themselves)."""

@@ -40,8 +40,10 @@ class Attention(nn.Module):
   head_dim: int = 0  # 0: embed // num_heads
 
   @nn.compact
-  def __call__(self, x, mask):
-    """x: [batch, len, embed]; mask: [batch, 1, len, len] bool (True = may attend)."""
+  def __call__(self, x, mask, kv=None):
+    """x: [batch, len, embed] (the queries; also keys and values unless `kv` [batch, kv_len, embed]
+    is given); mask: [batch, 1, len, kv_len] bool (True = may attend)."""
+    kv = x if kv is None else kv
     embed = x.shape[-1]
     if not self.head_dim and embed % self.num_heads:
       raise ValueError(f"embed_dim {embed} is not divisible by num_heads {self.num_heads}")
@@ -53,7 +55,7 @@ class Attention(nn.Module):
                                                                      ("embed", "heads", "kv")),
                              bias_init=common.with_axes(nn.initializers.zeros, ("heads", "kv")))
 
-    q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # [batch, len, heads, head_dim]
+    q, k, v = proj("query")(x), proj("key")(kv), proj("value")(kv)  # [batch, len, heads, head_dim]
     out = jax.nn.dot_product_attention(q, k, v, mask=mask)
     return nn.DenseGeneral(embed, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype, name="out",
                            kernel_init=common.with_axes(nn.initializers.xavier_uniform(), ("heads", "kv", "embed")),
@@ -89,9 +91,15 @@ class Block(nn.Module):
   head_dim: int = 0
 
   @nn.compact
-  def __call__(self, x, mask, deterministic):
+  def __call__(self, x, mask, deterministic, last_only=False):
+    """last_only: only the last position's output [batch, 1, embed] (it still attends to all)."""
     h = common.layer_norm("ln_attn", self.dtype, self.param_dtype)(x)
-    a = Attention(self.num_heads, self.dtype, self.param_dtype, self.head_dim, name="attn")(h, mask)
+    attn = Attention(self.num_heads, self.dtype, self.param_dtype, self.head_dim, name="attn")
+    if last_only:
+      a = attn(h[:, -1:], mask[:, :, -1:], kv=h)
+      x = x[:, -1:]
+    else:
+      a = attn(h, mask)
     x = x + nn.Dropout(self.dropout)(a, deterministic=deterministic)
     h = common.layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
     m = MLP(self.mlp_dim, self.dropout, self.dtype, self.param_dtype, name="mlp")(h, deterministic)
@@ -150,14 +158,21 @@ class TransformerEncoder(common.ScoresItems, nn.Module):
     self.item_tables(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
     self.pos_embed = nn.Embed(self.max_len, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                               embedding_init=common.with_axes(nn.initializers.normal(0.02), (None, "embed")))
-    block = nn.remat(Block, static_argnums=(3,)) if self.remat else Block
+    block = nn.remat(Block, static_argnums=(3, 4)) if self.remat else Block
     self.blocks = [block(self.num_heads, self.mlp_dim, self.dropout, self.dtype, self.param_dtype, self.head_dim,
                          name=f"block_{i}") for i in range(self.num_layers)]
     self.final_ln = common.layer_norm("final_ln", self.dtype, self.param_dtype)
     self.embed_dropout = nn.Dropout(self.dropout)
 
-  def encode(self, inputs, deterministic: bool = True):
-    """inputs [batch, len] -> hidden states [batch, len, embed] (compute dtype)."""
+  def last_states(self, inputs):
+    """The final state of every sequence [batch, embed] for scoring: the last block computes only
+    the last position (its keys and values still cover every position), the same result as
+    encode(inputs)[:, -1] for a fraction of the last block's work."""
+    return self.encode(inputs, deterministic=True, last_only=True)[:, -1]
+
+  def encode(self, inputs, deterministic: bool = True, last_only: bool = False):
+    """inputs [batch, len] -> hidden states [batch, len, embed] (compute dtype); last_only: the
+    last block computes only the last position ([batch, 1, embed])."""
     base.check_inputs(inputs, self.max_len, shorter_ok=True)
     length = inputs.shape[-1]  # right-aligned: the slots are the last `length` positions
     valid = inputs > 0
@@ -171,8 +186,8 @@ class TransformerEncoder(common.ScoresItems, nn.Module):
     # a fully padded query row attends to itself so softmax stays finite
     mask = mask | jnp.eye(length, dtype=bool)[None, None]
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    for blk in self.blocks:
-      x = blk(x, mask, deterministic)
+    for i, blk in enumerate(self.blocks):
+      x = blk(x, mask, deterministic, last_only and i == len(self.blocks) - 1)
     return self.final_ln(x)
 
   def scoring_inputs(self, inputs):

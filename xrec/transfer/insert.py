@@ -206,6 +206,10 @@ class Intercepting(Forwarding):
 class Inserted(Intercepting, nn.Module):
   """`encoder` with modules of one `kind` at `points` (see the module docstring)."""
 
+  # adapters, LoRA and patches act per position and prompts are learned tokens every query
+  # attends to: none reads the left padding, so the encoder's answer holds for the wrapper
+  trims_left_padding = property(lambda self: getattr(self.encoder, "trims_left_padding", False))
+
   encoder: nn.Module
   kind: str
   points: tuple[str, ...]
@@ -290,6 +294,8 @@ class WithHeads(Forwarding, nn.Module):
   `heads/domain_discriminator/...` read by `discriminate(representation)` (domain-adversarial
   transfer) and `heads/projection/...` read by `project(hidden)` (distillation's hidden-state
   matching into the teacher's width). The encoder's contract is forwarded unchanged."""
+
+  trims_left_padding = property(lambda self: getattr(self.encoder, "trims_left_padding", False))
 
   encoder: nn.Module
   discriminator_hidden: int = 0  # 0: no discriminator
