@@ -149,13 +149,14 @@ class NaiveSASRec(nn.Module):
     return x @ emb.embedding.T  # fp32 logits
 
 
-def bench_naive(p, batch):
+def plain_model_and_step(p, inputs, seed: int = 0):
+  """The plain Flax SASRec of the preset's shape, its params and Adam state, and one jitted step
+  (params, opt, batch) -> (params, opt, loss): what one writes without xrec."""
   dtype = models.dtype(p["compute_dtype"])
   m = NaiveSASRec(p["num_items"] + 1, p["embed_dim"], p["max_len"], p["num_layers"], p["num_heads"],
-                 p.get("mlp_dim", 4 * p["embed_dim"]), dtype)
-  params = m.init(jax.random.key(0), batch["inputs"])["params"]
+                  p.get("mlp_dim", 4 * p["embed_dim"]), dtype)
+  params = m.init(jax.random.key(seed), inputs)["params"]
   tx = optax.adamw(1e-3)
-  opt = tx.init(params)
 
   @jax.jit
   def step(params, opt, batch):
@@ -168,6 +169,11 @@ def bench_naive(p, batch):
     u, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, u), opt, loss
 
+  return params, tx.init(params), step
+
+
+def bench_naive(p, batch):
+  params, opt, step = plain_model_and_step(p, batch["inputs"])
   state = [params, opt]
 
   def run():
@@ -222,9 +228,6 @@ def loop_config(p, data_dir: str, steps: int, dropout: float):
 def plain_loop(p, domain, steps: int, seed: int = 0) -> list[float]:
   """What one writes without xrec: numpy batches of each user's last max_len + 1 training items
   (a fresh permutation per epoch), one jitted plain Flax step; sequences/s per window of 5 steps."""
-  dtype = models.dtype(p["compute_dtype"])
-  m = NaiveSASRec(p["num_items"] + 1, p["embed_dim"], p["max_len"], p["num_layers"], p["num_heads"],
-                  p.get("mlp_dim", 4 * p["embed_dim"]), dtype)
   b, l = p["batch_size"], p["max_len"]
   users = np.asarray(domain.train_users)
   rng = np.random.default_rng(seed)
@@ -237,20 +240,7 @@ def plain_loop(p, domain, steps: int, seed: int = 0) -> list[float]:
       x[row, l + 1 - len(seq):] = seq
     return {"inputs": x[:, :-1], "targets": x[:, 1:]}
 
-  params = m.init(jax.random.key(seed), batch(0)["inputs"])["params"]
-  tx = optax.adamw(1e-3)
-  opt = tx.init(params)
-
-  @jax.jit
-  def step(params, opt, batch):
-    def loss_fn(params):
-      logits = m.apply({"params": params}, batch["inputs"])
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-      w = (batch["targets"] > 0).astype(jnp.float32)
-      return (ce * w).sum() / w.sum()
-    loss, g = jax.value_and_grad(loss_fn)(params)
-    u, opt = tx.update(g, opt, params)
-    return optax.apply_updates(params, u), opt, loss
+  params, opt, step = plain_model_and_step(p, batch(0)["inputs"], seed)
 
   rates, t = [], time.perf_counter()
   for i in range(steps):
