@@ -15,7 +15,11 @@ WORKDIR/results.json.
 Multi-host: when cluster variables are present (SLURM with several tasks, Open MPI,
 Cloud TPU pods, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID),
 jax.distributed.initialize() is called first; each process then feeds its slice
-of every global batch.
+of every global batch. Two local CPU processes, e.g.:
+
+  for i in 0 1; do JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=2 \
+    JAX_COORDINATOR_ADDRESS=localhost:12355 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=$i \
+    python launch.py --config configs/sasrec_synthetic.py --workdir runs/two & done; wait
 """
 
 import json
@@ -40,6 +44,24 @@ def in_cluster(env=os.environ) -> bool:
   if any(v in env for v in _CLUSTER_VARS):
     return True
   return int(env.get("SLURM_NTASKS", "1")) > 1
+
+
+def start_distributed(env=os.environ) -> None:
+  """jax.distributed.initialize(): from the cluster's own variables, or from JAX_COORDINATOR_ADDRESS
+  + JAX_NUM_PROCESSES + JAX_PROCESS_ID (which jax itself does not read). CPU processes exchange
+  collectives through gloo."""
+  import jax
+  if env.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  explicit = [v for v in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if v in env]
+  if explicit and len(explicit) < 2:
+    raise ValueError("set both JAX_NUM_PROCESSES and JAX_PROCESS_ID (with JAX_COORDINATOR_ADDRESS), "
+                     f"or neither; got only {explicit}")
+  if explicit:
+    jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                               num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
+  else:
+    jax.distributed.initialize()
 
 
 def summary(results: dict) -> str:
@@ -75,8 +97,7 @@ def main(argv):
   del argv
   _quiet_logs()
   if in_cluster():
-    import jax
-    jax.distributed.initialize()
+    start_distributed()
   from xrec.train import sweep
   # config_flags hands over only the ConfigDict; sweep() / metrics() live in the file (`path[:arg]`)
   config_file, config_arg = sweep.config_file_of(config_flags.get_config_filename(flags.FLAGS["config"]))

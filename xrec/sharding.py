@@ -73,3 +73,19 @@ def put_batch(batch: dict, mesh) -> dict:
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def to_host(tree):
+  """Device arrays -> host numpy arrays, also arrays that span processes (a collective: every
+  process must call it; an array sharded across processes is gathered whole onto every host, as
+  large as the checkpoint a transfer restores anyway)."""
+  from jax.experimental import multihost_utils
+
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(get, tree)
+

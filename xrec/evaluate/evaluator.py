@@ -40,6 +40,9 @@ class Evaluator:
     (up to float rounding: other shapes may sum in another order) for a fraction of the encoder's
     work on short histories."""
     method_kwargs = dict(method_kwargs or {})
+    if eval_cfg.batch_size % jax.process_count():
+      raise ValueError(f"eval.batch_size={eval_cfg.batch_size} does not divide over the {jax.process_count()} "
+                       f"processes; use a multiple of {jax.process_count()}")
     self.length_buckets = bool(length_buckets and getattr(module, "trims_left_padding", False))
     self.eval_cfg, self.mesh, self.num_items, self.max_len = eval_cfg, mesh, num_items, max_len
     ks, mask_history = tuple(eval_cfg.ks), bool(eval_cfg.mask_history)

@@ -21,6 +21,8 @@ import json
 import logging
 import os
 
+import jax
+
 from xrec.config import base_config, dotted, with_overrides
 from xrec import runindex
 from xrec.train.loop import train_and_evaluate
@@ -111,9 +113,14 @@ def stage_hash(config, depends_on: dict[str, str] | None = None) -> str:
 
 @contextlib.contextmanager
 def _stage_lock(stage_dir: str):
-  """One process per stage: cells that share a pretraining, launched at once on a cluster, wait
-  for it instead of training it twice into the same checkpoints."""
+  """One job per stage: cells that share a pretraining, launched at once on a cluster, wait for it
+  instead of training it twice into the same checkpoints. Within one multi-process job only the
+  main process holds the lock (the others run the stage with it; a lock on every process would
+  serialise them and their collectives would time out)."""
   os.makedirs(os.path.dirname(stage_dir), exist_ok=True)
+  if jax.process_index() != 0:
+    yield
+    return
   with open(stage_dir + ".lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
@@ -138,9 +145,10 @@ def run_cached_stage(config, stages_dir: str, kind: str, depends_on: dict[str, s
       with open(path) as f:
         return {**json.load(f), "stage": info}
     os.makedirs(stage_dir, exist_ok=True)
-    runindex.write_json_atomic(os.path.join(stage_dir, "stage.json"),
-                        {"kind": kind, "hash": digest, "depends_on": depends_on or {},
-                         "config": json.loads(json.dumps(config.to_dict()))})
+    if jax.process_index() == 0:
+      runindex.write_json_atomic(os.path.join(stage_dir, "stage.json"),
+                                 {"kind": kind, "hash": digest, "depends_on": depends_on or {},
+                                  "config": json.loads(json.dumps(config.to_dict()))})
     log.info("running %s stage %s", kind, digest)
     results = train_and_evaluate(config, stage_dir)
   return {**results, "stage": {**info, "reused": False}}

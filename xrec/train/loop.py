@@ -345,7 +345,7 @@ def initial_params(config, workdir, model: Model, state, param_sh, domain):
                        f"{plan.name!r} loads nothing; pick a strategy that loads "
                        "(e.g. full_finetune) or clear train.init_from")
     pretrained, _ = ckpt.restore_best_params(init.path)
-    params, report = plan.init_params(jax.device_get(state["params"]), pretrained,
+    params, report = plan.init_params(sharding.to_host(state["params"]), pretrained,
                                       _item_keys(init.path), domain.item_keys, model.source)
     state["params"] = jax.device_put(params, param_sh)
     if jax.process_index() == 0:  # a resumed run reports the same loading (shared params, items)
@@ -484,7 +484,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state_sh = {**state_sh, "masks": param_sh}
   state, meta, init, report = initial_params(config, workdir, model, state, param_sh, domain)
   if plan.name == "cross_user" and config.transfer.cross_user.mode == "prefix" and init.kind == "pretrained":
-    params = jax.device_get(state["params"])
+    params = sharding.to_host(state["params"])
     params["cross"]["user_table"] = prefix_user_table(config, domain, params["cross"]["user_table"].shape[0])
     state["params"] = jax.device_put(params, param_sh)
   budget = plan.budget(state["params"], report)
@@ -502,7 +502,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                max(num_steps, 1), model.teacher)
   evaluate = evaluation.Evaluator(module, domain.num_items, max_len, config.eval, mesh, param_sh)
   if pruner is not None and pruner.kind == "items":  # pruned items are no longer recommended
-    evaluate.candidates = pruning.served_items(jax.device_get(state["masks"]), plan.roles)
+    evaluate.candidates = pruning.served_items(sharding.to_host(state["masks"]), plan.roles)
 
   writer = writing.MetricWriter(workdir, resume_step=start_step if init.kind == "resume_workdir" else None,
                                 enabled=is_main)
@@ -534,7 +534,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, stats = train_step(state, sharding.put_batch(step_batches, mesh), base_rng)
     step += 1
     if step in prune_events:  # new masks at the scheduled ratio; pruned entries zeroed now
-      params = jax.device_get(state["params"])
+      params = sharding.to_host(state["params"])
       masks = pruner.masks(params, prune_events[step])
       state["masks"] = jax.device_put(masks, param_sh)
       state["params"] = jax.device_put(jax.tree.map(lambda p, m: p * m, params, masks), param_sh)
@@ -657,8 +657,8 @@ def _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rule
   """Sparsity and size of the pruned model; for structured pruning, the smaller dense model built
   from it, evaluated (same scores, faster)."""
   kind, ratio, events, start, end = plan.strategy.prune
-  masks = jax.device_get(state["masks"])
-  params = jax.device_get(best_params)
+  masks = sharding.to_host(state["masks"])
+  params = sharding.to_host(best_params)
   flat_m = common.flatten(masks)
   nonzero = int(sum(np.count_nonzero(np.asarray(v)) for v in jax.tree.leaves(params)))
   report = {"kind": kind, "ratio": ratio, "events": events, "start": start, "end": end,

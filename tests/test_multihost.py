@@ -1,0 +1,67 @@
+"""Two local processes x 2 CPU devices through jax.distributed (launch.py's own start) train the
+same run as one process x 4 devices: the same loss at every step, the same metrics."""
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdir, data_dir, devices: int, process=None):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  if process is not None:
+    port, index = process
+    env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(index))
+  args = [sys.executable, os.path.join(ROOT, "launch.py"), "--config", os.path.join(ROOT, "configs", "sasrec_synthetic.py"),
+          "--workdir", str(workdir), "--config.data.data_dir=" + data_dir,
+          "--config.data.synthetic.num_source_users=120", "--config.data.synthetic.num_target_users=60",
+          "--config.data.synthetic.num_source_items=200", "--config.data.synthetic.num_target_items=200",
+          "--config.data.synthetic.mean_seq_len=12", "--config.data.synthetic.max_seq_len=30",
+          "--config.model.max_len=20", "--config.model.embed_dim=16", "--config.model.sasrec.mlp_dim=32",
+          "--config.model.vocab_multiple=8", "--config.train.num_steps=6", "--config.train.eval_every_steps=3",
+          "--config.train.batch_size=16", "--config.train.log_every_steps=1", "--config.eval.batch_size=16"]
+  return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _losses(workdir):
+  (path,) = glob.glob(os.path.join(str(workdir), "stages", "*", "metrics.jsonl"))
+  with open(path) as f:
+    return [row["loss"] for row in map(json.loads, f) if row["split"] == "train"]
+
+
+def test_two_processes_train_like_one(data_dir, tmp_path):
+  one = _launch(tmp_path / "one", data_dir, 4)  # also prepares the dataset the two then read
+  out, _ = one.communicate(timeout=600)
+  assert one.returncode == 0, out[-3000:]
+  port = _free_port()
+  procs = [_launch(tmp_path / "two", data_dir, 2, (port, i)) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, o in zip(procs, outs):
+    assert p.returncode == 0, o[-3000:]
+  two = json.load(open(tmp_path / "two" / "results.json"))
+  single = json.load(open(tmp_path / "one" / "results.json"))
+  assert two["process_count"] == 2 and single["process_count"] == 1
+  assert two["mesh"] == single["mesh"] == {"data": 4, "model": 1}
+  assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-5)
+  for split in ("valid", "test"):
+    assert two[split]["ndcg@10"] == pytest.approx(single[split]["ndcg@10"], abs=1e-6)
+
+
+def test_explicit_distributed_variables_must_come_together():
+  sys.path.insert(0, ROOT)
+  import launch
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
+    launch.start_distributed({"JAX_COORDINATOR_ADDRESS": "localhost:1", "JAX_NUM_PROCESSES": "2"})
