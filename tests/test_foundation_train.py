@@ -258,6 +258,9 @@ def test_multi_host_start_only_in_a_cluster():
   assert launch.in_cluster({"SLURM_NTASKS": "4"})
   assert launch.in_cluster({"OMPI_COMM_WORLD_SIZE": "2"})
   assert launch.in_cluster({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
+  # explicit variables come together (jax itself reads only the coordinator address)
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
+    launch.start_distributed({"JAX_COORDINATOR_ADDRESS": "localhost:1", "JAX_NUM_PROCESSES": "2"})
 
 
 def test_killed_before_first_checkpoint_reruns_cleanly(data_dir, tmp_path):
