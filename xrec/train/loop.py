@@ -329,6 +329,9 @@ def initial_params(config, workdir, model: Model, state, param_sh, domain):
   (state, loop meta, InitSource, transfer report or None)."""
   plan = model.plan
   init = ckpt.resolve_init(workdir, config.train)
+  if jax.process_count() > 1:  # every process decides before any creates the checkpoint folders
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("xrec:resolve_init")
   meta, report = BestTracker.fresh_meta(), None
   if init.kind in ("resume_workdir", "resume_path"):
     state, meta = ckpt.restore_state(init.path, state)
