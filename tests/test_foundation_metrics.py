@@ -154,3 +154,15 @@ def test_trimmed_inputs_give_the_same_states_as_left_padded_ones(encoder):
   np.testing.assert_allclose(np.asarray(cut)[:, -6:], np.asarray(full)[:, -6:], rtol=1e-5, atol=1e-6)
   last = m.apply({"params": params}, jnp.asarray(x), method="last_states")
   np.testing.assert_allclose(np.asarray(last), np.asarray(full)[:, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_batch_must_divide_over_the_processes(data_dir, monkeypatch):
+  from conftest import tiny_config
+  from xrec import models, sharding
+  from xrec.evaluate.evaluator import Evaluator
+  c = tiny_config(data_dir)
+  c.eval.batch_size = 16
+  module = models.build(c.model, 50)
+  monkeypatch.setattr(jax, "process_count", lambda: 3)
+  with pytest.raises(ValueError, match=r"eval.batch_size=16 does not divide over the 3 processes; use a multiple of 3"):
+    Evaluator(module, 50, c.model.max_len, c.eval, sharding.make_mesh(c.mesh), None)
