@@ -25,3 +25,20 @@ def test_bench_reports_xrec_and_the_plain_flax_step_in_one_run(tmp_path):
   evaluation = loop["population_eval"]
   assert evaluation["users"] == 40 and evaluation["speedup"] > 0
   assert min(evaluation["bucket_widths"]) < result["shapes"]["max_len"] == max(evaluation["bucket_widths"])
+
+
+def test_catalogue_preset_reports_memory_per_device(tmp_path):
+  out = tmp_path / "catalog.json"
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  proc = subprocess.run([sys.executable, "experiments/bench/bench.py", "--preset=catalog_smoke", "--out", str(out)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result["num_devices"] == 4  # the preset starts jax with 4 simulated CPU devices
+  cat = result["catalogue"]
+  assert cat["item_table_bytes_per_device"] * 4 == cat["item_table_bytes"]
+  for term in ("sampled_softmax", "chunked_softmax", "full_softmax"):
+    row = cat["objectives"][term]
+    assert row["memory_per_device"]["peak_estimate"] > 0 and row["ms_per_step"] > 0
+  assert cat["evaluation"]["users_per_s"] > 0 and cat["evaluation"]["top10_users_per_s"] > 0
+  assert cat["evaluation"]["largest_collective_elements"] < cat["evaluation"]["scores_elements_per_batch"] // 4

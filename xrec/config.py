@@ -138,7 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
   # its own. terms = ((name, weight), ...); () = the encoder's default (full_softmax for causal
   # encoders, cloze for bidirectional ones). Per-term options in the sub-dicts.
   c.objective = ml_collections.ConfigDict()
-  c.objective.terms = ()  # names: full_softmax | sampled_softmax | bce | cloze
+  c.objective.terms = ()  # names: full_softmax | chunked_softmax | sampled_softmax | bce | cloze | ...
   for name, term in objectives.TERMS.items():  # each term declares its options (objectives.py)
     if term.options:
       c.objective[name] = ml_collections.ConfigDict(dict(term.options))

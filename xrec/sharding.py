@@ -40,6 +40,12 @@ def logical_rules(rules_cfg) -> tuple[tuple[str, str | None], ...]:
   return rules
 
 
+def axis_shards(mesh, rules, logical: str) -> int:
+  """How many pieces a dimension with logical axis `logical` is split into (1 = replicated)."""
+  mesh_axis = dict(rules).get(logical)
+  return int(mesh.shape[mesh_axis]) if mesh_axis is not None else 1
+
+
 def param_shardings(abstract_boxed_params, mesh, rules):
   """NamedShardings for a tree of LogicallyPartitioned abstract params; checks divisibility."""
   specs = nn.get_partition_spec(abstract_boxed_params)

@@ -20,20 +20,33 @@ import resource
 import sys
 import time
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+
+def _preset_arg() -> str:
+  for i, a in enumerate(sys.argv):
+    if a.startswith("--preset="):
+      return a.split("=", 1)[1]
+    if a == "--preset" and i + 1 < len(sys.argv):
+      return sys.argv[i + 1]
+  return ""
+
+
+if _preset_arg().startswith("catalog"):  # simulated CPU devices exist only if set before jax starts
+  os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repo root
 
 from xrec import models  # noqa: E402
-from xrec import sharding
-from xrec.config import base_config
-from xrec.evaluate import evaluator
-from xrec.train import loop, objectives
-from xrec.train import optimizer
+from xrec import sharding  # noqa: E402
+from xrec.config import base_config  # noqa: E402
+from xrec.evaluate import evaluator, metrics  # noqa: E402
+from xrec.train import loop, objectives  # noqa: E402
+from xrec.train import optimizer  # noqa: E402
 
 PRESETS = {
     # seconds: checks that the script runs (tests/test_bench.py), measures nothing useful
@@ -48,6 +61,17 @@ PRESETS = {
                      users=6040, min_seq_len=20, mean_seq_len=165.6, max_seq_len=2314),
     "cpu_medium": dict(num_items=50_000, embed_dim=128, max_len=100, num_layers=2, num_heads=2,
                        batch_size=128, compute_dtype="float32", eval_batch=256),
+    # catalogue scale (--preset=catalog_*): the item table split on 'vocab' over 4 (simulated CPU)
+    # devices; per objective the compiled step's memory per device, and steps/s where timed
+    "catalog_smoke": dict(num_items=20_000, embed_dim=16, max_len=10, num_layers=1, num_heads=1, mlp_dim=16,
+                          batch_size=8, compute_dtype="float32", eval_batch=8, devices=4, chunk_size=1024,
+                          num_negatives=64, timed=("sampled_softmax", "chunked_softmax", "full_softmax")),
+    "catalog_1m": dict(num_items=1_000_000, embed_dim=64, max_len=50, num_layers=1, num_heads=1, mlp_dim=64,
+                       batch_size=32, compute_dtype="float32", eval_batch=64, devices=4, chunk_size=8192,
+                       num_negatives=1024, timed=("sampled_softmax", "chunked_softmax")),
+    "catalog_10m": dict(num_items=10_000_000, embed_dim=64, max_len=50, num_layers=1, num_heads=1, mlp_dim=64,
+                        batch_size=32, compute_dtype="float32", eval_batch=64, devices=4, chunk_size=8192,
+                        num_negatives=1024, timed=("sampled_softmax",)),
     "h200_reference": dict(num_items=100_000, embed_dim=512, max_len=200, num_layers=4, num_heads=8,
                            batch_size=256, compute_dtype="bfloat16", eval_batch=1024),
 }
@@ -318,6 +342,91 @@ def peak_memory_bytes() -> dict:
   return out
 
 
+def _memory(compiled) -> dict:
+  """What XLA allocates per device for a compiled program (bytes)."""
+  m = compiled.memory_analysis()
+  return {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
+          "aliased": int(m.alias_size_in_bytes), "temporaries": int(m.temp_size_in_bytes),
+          "peak_estimate": int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+                               + m.temp_size_in_bytes)}
+
+
+def _largest_collective(compiled) -> int:
+  """Elements of the largest array any collective of the program moves between devices."""
+  import re
+  sizes = [int(np.prod([int(d) for d in m.group(1).split(",") if d] or [1]))
+           for m in re.finditer(r"= \S+?\[([\d,]*)\]\S* (?:all-gather|all-reduce|all-to-all|collective-permute|"
+                                r"reduce-scatter)\(", compiled.as_text())]
+  return max(sizes, default=0)
+
+
+def bench_catalogue(p, steps: int = 2) -> dict:
+  """The item table split on 'vocab' over the mesh's 'model' axis (every device holds 1/devices of
+  it). For each objective (sampled softmax with logQ correction, the chunked full softmax, and the
+  plain full softmax for comparison): the compiled step's memory per device, the largest array a
+  collective moves, and ms/step for those the preset times. Then full-ranking evaluation: memory,
+  users/s and the largest collective (per-user counts: the [users, vocab] scores stay on their
+  devices), and top-k recommendation lists per device merged over the mesh."""
+  config = _config(p)
+  config.mesh.data, config.mesh.model = 1, p["devices"]
+  config.sharding.rules = tuple((a, m if a in ("vocab", "batch") else None) for a, m in config.sharding.rules)
+  config.objective.chunked_softmax.chunk_size = p["chunk_size"]
+  config.objective.sampled_softmax.num_negatives = p["num_negatives"]
+  mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.sharding.rules)
+  module = models.build(config.model, p["num_items"], p["max_len"])
+  tx, _ = optimizer.make_optimizer(config.optim, 1000)
+  t = time.perf_counter()
+  state, state_sh = loop.create_state(module, tx, p["max_len"], 0, mesh, rules)
+  jax.block_until_ready(state)
+  table = state["params"]["item_embed"]["embedding"]
+  out = {"devices": p["devices"], "vocab_rows": int(module.vocab_size), "init_seconds": time.perf_counter() - t,
+         "item_table_bytes": int(table.size * table.dtype.itemsize),
+         "item_table_bytes_per_device": int(table.addressable_shards[0].data.nbytes),
+         "state_bytes_per_device": int(sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state))),
+         "objectives": {}}
+  batch = _batch(p, np.random.default_rng(0))
+  dev_batch = sharding.put_batch({"target": batch}, mesh)
+  for term in ("sampled_softmax", "chunked_softmax", "full_softmax"):
+    config.objective.terms = ((term, 1.0),)
+    step = loop.make_train_step(module, tx, objectives.build(config.objective, True), p["num_items"], state_sh,
+                                mesh, vocab_shards=sharding.axis_shards(mesh, rules, "vocab"))
+    compiled = step.lower(state, dev_batch, jax.random.key(1)).compile()
+    row = {"memory_per_device": _memory(compiled), "largest_collective_elements": _largest_collective(compiled)}
+    if term in p["timed"]:
+      holder = [state]
+
+      def run():
+        holder[0], stats = step(holder[0], dev_batch, jax.random.key(1))
+        return stats["loss"]
+      jax.block_until_ready(run())  # the first call (and its donation) untimed
+      t = time.perf_counter()
+      for _ in range(steps):
+        loss = run()
+      jax.block_until_ready(loss)
+      row["ms_per_step"] = (time.perf_counter() - t) / steps * 1e3
+      row["loss"] = float(loss)
+      state = holder[0]
+    out["objectives"][term] = row
+  ev = evaluator.Evaluator(module, p["num_items"], p["max_len"], config.eval, mesh, state_sh["params"])
+  b = p["eval_batch"]
+  ids = np.random.default_rng(2).integers(1, p["num_items"] + 1, size=(b, p["max_len"] + 1)).astype(np.int32)
+  eval_batch = sharding.put_batch({"inputs": ids[:, :-1], "target": ids[:, -1], "history": ids[:, :-1],
+                                   "weight": np.ones(b, np.float32)}, mesh)
+  everything = np.ones(ev.vocab_size, bool)
+  compiled = ev.batch_step.lower(state["params"], eval_batch, everything).compile()
+  sec = _time(lambda: ev.batch_step(state["params"], eval_batch, everything), 1, 3)
+  top_k = jax.jit(lambda params, x: metrics.top_k_items(
+      module.apply({"params": params}, x, method="score_last"), 10, p["num_items"], x, mesh=mesh))
+  top_k_compiled = top_k.lower(state["params"], eval_batch["inputs"]).compile()
+  top_sec = _time(lambda: top_k(state["params"], eval_batch["inputs"]), 1, 3)
+  out["evaluation"] = {"users_per_batch": b, "users_per_s": b / sec, "memory_per_device": _memory(compiled),
+                       "largest_collective_elements": _largest_collective(compiled),
+                       "scores_elements_per_batch": b * int(ev.vocab_size),
+                       "top10_users_per_s": b / top_sec, "top10_memory_per_device": _memory(top_k_compiled),
+                       "top10_largest_collective_elements": _largest_collective(top_k_compiled)}
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--preset", default="cpu_small", choices=sorted(PRESETS))
@@ -331,11 +440,17 @@ def main():
                        "synthetic data of the preset's shape) over runs of this many steps")
   args = ap.parse_args()
   p = PRESETS[args.preset]
+  dev = jax.devices()[0]
+  if "devices" in p:  # catalogue scale
+    result = {"preset": args.preset, "shapes": p, "device_kind": dev.device_kind, "platform": dev.platform,
+              "num_devices": jax.device_count(), "jax_version": jax.__version__, "catalogue": bench_catalogue(p)}
+    result["memory"] = peak_memory_bytes()
+    _write(result, args.out)
+    return
   config = _config(p)
   if args.dropout is not None:
     config.model.dropout = args.dropout
   batch = _batch(p, np.random.default_rng(0))
-  dev = jax.devices()[0]
   result = {"preset": args.preset, "shapes": p, "xrec_dropout": float(config.model.dropout), "device_kind": dev.device_kind, "platform": dev.platform,
             "num_devices": jax.device_count(), "jax_version": jax.__version__}
   train, evaluate, flops = bench_xrec(p, batch, config)
@@ -361,10 +476,14 @@ def main():
   if args.loop:
     result["loop"] = bench_loop(p, args.loop, float(config.model.dropout))
   result["memory"] = peak_memory_bytes()
+  _write(result, args.out)
+
+
+def _write(result: dict, path: str) -> None:
   text = json.dumps(result, indent=2)
   print(text)
-  if args.out:
-    with open(args.out, "w") as f:
+  if path:
+    with open(path, "w") as f:
       f.write(text + "\n")
 
 

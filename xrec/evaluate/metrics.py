@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 DEFAULT_KS = (1, 5, 10, 20, 50)
 METRIC_NAMES = ("hr", "recall", "ndcg", "mrr")
@@ -79,11 +80,30 @@ def metric_sums(rank, weight, ks=DEFAULT_KS) -> dict:
   return out
 
 
-def top_k_items(scores, k: int, num_items: int, history=None):
-  """Top-k recommendations on device: (item ids [batch, k], scores [batch, k])."""
+def top_k_items(scores, k: int, num_items: int, history=None, mesh=None, vocab_axis: str = "model"):
+  """Top-k recommendations on device: (item ids [batch, k], scores [batch, k]).
+
+  With a `mesh` whose `vocab_axis` splits the vocab axis of `scores` over several devices (as
+  evaluation's [batch, vocab] scores are), each device takes the top k of its own block and only
+  those [batch, devices x k] candidates are merged: the [batch, vocab] scores are never gathered."""
   masked = mask_scores(scores, num_items, history)
-  values, ids = jax.lax.top_k(masked, k)
-  return ids, values
+  shards = int(mesh.shape[vocab_axis]) if mesh is not None else 1
+  if shards <= 1:
+    values, ids = jax.lax.top_k(masked, k)
+    return ids, values
+  batch, vocab = masked.shape
+  if vocab % shards:
+    raise ValueError(f"top_k_items: {vocab} scores do not split over the {shards} devices of mesh axis {vocab_axis!r}")
+  width = vocab // shards
+
+  def local_top_k(block):  # [batch, width]: one device's block of the catalogue
+    values, ids = jax.lax.top_k(block, min(k, width))
+    return values, ids + jax.lax.axis_index(vocab_axis) * width
+
+  values, ids = jax.shard_map(local_top_k, mesh=mesh, in_specs=P(None, vocab_axis),
+                              out_specs=(P(None, vocab_axis), P(None, vocab_axis)))(masked)
+  values, pick = jax.lax.top_k(values, k)  # merge the devices' candidates [batch, devices x k]
+  return jnp.take_along_axis(ids, pick, axis=1), values
 
 
 def finalize(sums: dict) -> dict:

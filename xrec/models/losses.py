@@ -9,8 +9,11 @@ and return (mean loss over non-padded positions, number of such positions).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from xrec.models.common import score_items
 
@@ -57,6 +60,121 @@ def full_softmax(hidden, targets, table, bias, *, num_items, rng=None, **_):
   return _mean(_logsumexp(logits) - _label_logit(logits, targets), (targets > 0).astype(jnp.float32))
 
 
+def _chunk_layout(vocab: int, shards: int, chunk_size: int) -> tuple[int, int]:
+  """(chunks per shard, chunk width): the vocab splits into `shards` contiguous blocks (as the
+  'vocab' sharding splits the table) and each block into equal chunks of at most chunk_size."""
+  if vocab % shards:
+    raise ValueError(f"chunked softmax: the item table's {vocab} rows do not split into {shards} vocab shards")
+  per = vocab // shards
+  chunks = -(-per // max(1, min(chunk_size, per)))
+  while per % chunks:
+    chunks += 1
+  return chunks, per // chunks
+
+
+def _in_chunks(x, shards: int, chunks: int):
+  """[vocab, ...] -> [chunks, shards, width, ...]: chunk c holds the c-th slice of every shard's
+  block, so a scan over chunks keeps the shard axis (and its device split) in every step."""
+  return jnp.swapaxes(x.reshape((shards, chunks, -1) + x.shape[1:]), 0, 1)
+
+
+def _from_chunks(x):
+  """Inverse of _in_chunks: [chunks, shards, width, ...] -> [vocab, ...]."""
+  x = jnp.swapaxes(x, 0, 1)
+  return x.reshape((-1,) + x.shape[3:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunked_xent(hidden, table, bias, targets, shards, chunk_size):
+  return _chunked_xent_fwd(hidden, table, bias, targets, shards, chunk_size)[0]
+
+
+def _chunk_logits(hidden, table_c, bias_c):
+  return (jnp.einsum("nd,scd->nsc", hidden, table_c.astype(hidden.dtype), preferred_element_type=jnp.float32)
+          + bias_c.astype(jnp.float32)[None])
+
+
+def _chunked_xent_fwd(hidden, table, bias, targets, shards, chunk_size):
+  """Per-position cross-entropy [n] of hidden [n, embed] against every row of table [vocab, embed]
+  (+ bias [vocab], -1e9 where not an item) without the [n, vocab] logits: an online log-sum-exp
+  over vocab chunks; the target logit is picked out of the chunk that holds it."""
+  chunks, _ = _chunk_layout(table.shape[0], shards, chunk_size)
+  ids = _in_chunks(jnp.arange(table.shape[0]), shards, chunks)
+  n = hidden.shape[0]
+
+  def body(carry, xs):
+    m, s, tgt = carry
+    table_c, bias_c, ids_c = xs
+    logits = _chunk_logits(hidden, table_c, bias_c)  # [n, shards, width]
+    m_new = jnp.maximum(m, logits.max((1, 2)))
+    s = s * jnp.exp(m - m_new) + jnp.exp(logits - m_new[:, None, None]).sum((1, 2))
+    tgt = tgt + jnp.where(ids_c[None] == targets[:, None, None], logits, 0.0).sum((1, 2))
+    return (m_new, s, tgt), None
+
+  init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32))
+  (m, s, tgt), _ = jax.lax.scan(body, init, (_in_chunks(table, shards, chunks), _in_chunks(bias, shards, chunks), ids))
+  lse = jnp.log(s) + m
+  return lse - tgt, (hidden, table, bias, targets, lse)
+
+
+def _chunked_xent_bwd(shards, chunk_size, residuals, g):
+  """d loss / d logits = g (softmax - onehot), rebuilt chunk by chunk from the saved log-sum-exp."""
+  hidden, table, bias, targets, lse = residuals
+  chunks, _ = _chunk_layout(table.shape[0], shards, chunk_size)
+  ids = _in_chunks(jnp.arange(table.shape[0]), shards, chunks)
+  g = g.astype(jnp.float32)
+
+  def body(d_hidden, xs):
+    table_c, bias_c, ids_c = xs
+    logits = _chunk_logits(hidden, table_c, bias_c)
+    d_logits = g[:, None, None] * (jnp.exp(logits - lse[:, None, None])
+                                   - (ids_c[None] == targets[:, None, None]).astype(jnp.float32))
+    d_hidden = d_hidden + jnp.einsum("nsc,scd->nd", d_logits, table_c.astype(jnp.float32))
+    d_table = jnp.einsum("nsc,nd->scd", d_logits, hidden.astype(jnp.float32))
+    return d_hidden, (d_table.astype(table.dtype), d_logits.sum(0).astype(bias.dtype))
+
+  d_hidden, (d_table, d_bias) = jax.lax.scan(
+      body, jnp.zeros(hidden.shape, jnp.float32),
+      (_in_chunks(table, shards, chunks), _in_chunks(bias, shards, chunks), ids))
+  zero_targets = np.zeros(targets.shape, jax.dtypes.float0)
+  return d_hidden.astype(hidden.dtype), _from_chunks(d_table), _from_chunks(d_bias), zero_targets
+
+
+_chunked_xent.defvjp(_chunked_xent_fwd, _chunked_xent_bwd)
+
+
+def chunked_softmax(hidden, targets, table, bias, *, num_items, rng=None, chunk_size=2048, vocab_shards=1, **_):
+  """full_softmax's loss and gradients, computed over the catalogue in chunks of at most
+  `chunk_size` items per vocab shard so that neither the forward nor the backward ever holds
+  [batch, len, vocab] logits (memory O(batch x len x chunk_size x vocab_shards) per step, for
+  million-item catalogues). `vocab_shards` is the number of devices the item table is split over
+  on 'vocab' (the trainer passes it): each scan step then works on a slice of every device's block."""
+  del rng
+  masked_bias = jnp.where(_valid_vocab(table.shape[0], num_items), bias.astype(jnp.float32), _NEG)
+  flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+  per_position = _chunked_xent(flat_hidden, table, masked_bias, targets.reshape(-1), int(vocab_shards),
+                               int(chunk_size))
+  return _mean(per_position.reshape(targets.shape), (targets > 0).astype(jnp.float32))
+
+
+def _draw_negatives(rng, num_negatives: int, num_items: int, sampling_probs=None):
+  """`num_negatives` item ids drawn with replacement from `sampling_probs` [vocab] (uniform over
+  the real items when None) and their log-probabilities. Inverse-CDF sampling: memory O(vocab),
+  never [num_negatives, vocab] (what jax.random.categorical's Gumbel trick allocates, 4 GB for
+  1,024 negatives over a million items)."""
+  if sampling_probs is None:
+    neg = jax.random.randint(rng, (num_negatives,), 1, num_items + 1)
+    return neg, jnp.full((num_negatives,), -jnp.log(float(num_items)), jnp.float32)
+  probs = sampling_probs.astype(jnp.float32)
+  cdf = jnp.cumsum(probs)
+  u = jax.random.uniform(rng, (num_negatives,), jnp.float32) * cdf[-1]
+  neg = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, probs.shape[0] - 1)
+  # a draw can land on a zero-probability id only through float rounding at the cdf's edges:
+  # move it to the last id with mass below it
+  neg = jnp.where(probs[neg] > 0, neg, jnp.searchsorted(cdf, cdf[neg], side="left"))
+  return neg, jnp.log(jnp.maximum(probs[neg] / cdf[-1], 1e-30))
+
+
 def sampled_softmax(hidden, targets, table, bias, *, num_items, rng, num_negatives=256,
                     sampling_probs=None, **_):
   """Softmax over the target plus `num_negatives` shared negatives, logQ-corrected.
@@ -69,14 +187,10 @@ def sampled_softmax(hidden, targets, table, bias, *, num_items, rng, num_negativ
   logit is left uncorrected. As num_negatives grows the loss tends to the full
   softmax cross-entropy (tested).
   """
-  vocab = table.shape[0]
-  if sampling_probs is None:
-    sampling_probs = _valid_vocab(vocab, num_items).astype(jnp.float32) / num_items
-  log_q = jnp.log(jnp.maximum(sampling_probs, 1e-30))
-  neg = jax.random.categorical(rng, log_q, shape=(num_negatives,))  # [neg]
+  neg, log_q_neg = _draw_negatives(rng, num_negatives, num_items, sampling_probs)
   pos_logit = _target_logit(hidden, targets, table, bias)  # [batch, len]
   neg_logit = score_items(hidden, table[neg], bias[neg])  # [batch, len, neg]
-  neg_logit = neg_logit - (log_q[neg] + jnp.log(float(num_negatives)))[None, None, :]
+  neg_logit = neg_logit - (log_q_neg + jnp.log(float(num_negatives)))[None, None, :]
   neg_logit = jnp.where(neg[None, None, :] == targets[..., None], _NEG, neg_logit)
   logits = jnp.concatenate([pos_logit[..., None], neg_logit], axis=-1)
   loss = _logsumexp(logits) - pos_logit

@@ -280,9 +280,11 @@ def create_state(module, tx, max_len: int, seed: int, mesh, rules):
 
 
 def make_train_step(module, tx, objective: objectives.Objective, num_items: int, state_sh, mesh,
-                    sampling_probs=None, num_steps: int = 1, teacher: dict | None = None):
+                    sampling_probs=None, num_steps: int = 1, teacher: dict | None = None, vocab_shards: int = 1):
   """One jitted step over the streams' batches: the objective's weighted terms, one update.
-  With a distillation teacher the step takes its params as a fourth (non-donated) argument."""
+  With a distillation teacher the step takes its params as a fourth (non-donated) argument.
+  vocab_shards: the devices the item table is split over (sharding.axis_shards), for terms that
+  lay out their work per shard (chunked_softmax)."""
 
   def step(state, batches, base_rng, teacher_params=None):
     rng = jax.random.fold_in(base_rng, state["step"])
@@ -291,7 +293,8 @@ def make_train_step(module, tx, objective: objectives.Objective, num_items: int,
               if teacher else None)
 
     def total(params):
-      return objective.loss(module, params, batches, rng, num_items, sampling_probs, progress, frozen)
+      return objective.loss(module, params, batches, rng, num_items, sampling_probs, progress, frozen,
+                            vocab_shards)
 
     (loss, parts), grads = jax.value_and_grad(total, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -502,7 +505,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   sampling_probs = _sampling_probs(config, domain, module.vocab_size)
   train_step = make_train_step(module, tx, model.objective, domain.num_items, state_sh, mesh, sampling_probs,
-                               max(num_steps, 1), model.teacher)
+                               max(num_steps, 1), model.teacher, sharding.axis_shards(mesh, rules, "vocab"))
   evaluate = evaluation.Evaluator(module, domain.num_items, max_len, config.eval, mesh, param_sh)
   if pruner is not None and pruner.kind == "items":  # pruned items are no longer recommended
     evaluate.candidates = pruning.served_items(sharding.to_host(state["masks"]), plan.roles)

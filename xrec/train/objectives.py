@@ -47,6 +47,7 @@ class TermContext:
   sampling_probs: Any = None  # [vocab] item sampling distribution (sampled_softmax, popularity)
   progress: Any = 0.0  # step / num_steps in [0, 1] (schedules such as the Ganin lambda)
   teacher: Any = None  # Teacher: a frozen model whose outputs on the target batch are the "teacher" stream
+  vocab_shards: int = 1  # devices the item table is split over on 'vocab' (chunked_softmax's chunk layout)
 
   def forward(self, inputs, stream: str = "target"):
     """(hidden, table, bias) of the module in training mode (dropout on); a multi-domain model
@@ -346,6 +347,10 @@ def adversarial_examples(ctx: TermContext):
 TERMS: dict[str, Term] = {t.name: t for t in (
     Term("full_softmax", ("target",), "causal", _next_item(losses.full_softmax),
          "next-item cross-entropy over the whole catalogue"),
+    Term("chunked_softmax", ("target",), "causal", _next_item(
+        losses.chunked_softmax, chunk_size=lambda c: c.options.chunk_size, vocab_shards=lambda c: c.vocab_shards),
+         "full_softmax computed in vocab chunks: never holds [batch, len, vocab] (million-item catalogues)",
+         {"chunk_size": 2048}),
     Term("sampled_softmax", ("target",), "causal", _next_item(
         losses.sampled_softmax, num_negatives=lambda c: c.options.num_negatives,
         sampling_probs=lambda c: c.sampling_probs),
@@ -399,14 +404,14 @@ class Objective:
     return tuple(sorted({f for t, _ in self.terms for f in t.fields}))
 
   def loss(self, module, params, batches: dict, rng, num_items: int, sampling_probs=None, progress=0.0,
-           teacher=None):
+           teacher=None, vocab_shards: int = 1):
     """(weighted total, {name: value}) for one step: each term's loss under its name, and the
     extra values a term reports (e.g. domain_accuracy) as "<term>/<name>"; each term gets its
     own rng."""
     total, parts = 0.0, {}
     for i, (term, weight) in enumerate(self.terms):
       ctx = TermContext(module, params, batches, jax.random.fold_in(rng, i), num_items,
-                        self.options.get(term.name), sampling_probs, progress, teacher)
+                        self.options.get(term.name), sampling_probs, progress, teacher, vocab_shards)
       value, _, *extra = term.fn(ctx)
       parts[term.name] = value
       for k, v in (extra[0] if extra else {}).items():
