@@ -303,9 +303,35 @@ def bench_loop(p, steps: int, dropout: float, rounds: int = 2) -> dict:
           "population_eval": evaluation}
 
 
+def _issue_baseline_eval(module, num_items, config, mesh, param_sh):
+  """Evaluation as it was when issue 11 measured it (454 users/s at the ML-1M shape): every user's
+  full-length input through the whole encoder, the last position's state scored against the
+  catalogue; the same masking and ranking. Returns (users/s of one pass over the population)."""
+  from xrec.data import pipeline
+  from xrec.models import common
+
+  def step(params, batch, candidates):
+    hidden = module.apply({"params": params}, batch["inputs"], deterministic=True, method="encode")[:, -1]
+    table, bias = module.apply({"params": params}, method="output_table")
+    scores = common.score_items(hidden, table, bias)
+    rank = metrics.target_rank(scores, batch["target"], num_items, batch["history"], candidates)
+    return metrics.metric_sums(rank, batch["weight"], tuple(config.eval.ks))
+
+  jitted = jax.jit(step, in_shardings=(param_sh, sharding.batch_sharding(mesh), sharding.replicated(mesh)))
+
+  def run(params, domain):
+    candidates = np.ones(module.vocab_size, bool)
+    start, count = time.perf_counter(), 0.0
+    for batch in pipeline.eval_batches(domain, "test", config.eval.batch_size, config.model.max_len):
+      count += float(jax.device_get(jitted(params, sharding.put_batch(batch, mesh), candidates))["count"])
+    return count / (time.perf_counter() - start)
+  return run
+
+
 def bench_population_eval(p, config, domain, rounds: int = 2) -> dict:
-  """Full-ranking test evaluation of the whole population (its real history lengths), with
-  length buckets and with full-length inputs, alternating; users/s (median over rounds)."""
+  """Full-ranking test evaluation of the whole population (its real history lengths): xrec's
+  evaluator with length buckets, with full-length inputs, and the evaluation issue 11 measured
+  (full encoder pass, `_issue_baseline_eval`), alternating; users/s (median over rounds)."""
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.sharding.rules)
   module = models.build(config.model, domain.num_items, p["max_len"])
@@ -314,16 +340,22 @@ def bench_population_eval(p, config, domain, rounds: int = 2) -> dict:
   evaluators = {name: evaluator.Evaluator(module, domain.num_items, p["max_len"], config.eval, mesh,
                                           state_sh["params"], length_buckets=name == "buckets")
                 for name in ("buckets", "full_length")}
-  speeds = {name: [] for name in evaluators}
+  runs = {name: (lambda ev: lambda: ev(state["params"], domain, "test")["users_per_second"])(ev)
+          for name, ev in evaluators.items()}
+  baseline = _issue_baseline_eval(module, domain.num_items, config, mesh, state_sh["params"])
+  runs["issue_baseline"] = lambda: baseline(state["params"], domain)
   for ev in evaluators.values():
     ev.warm_up(state["params"], domain)
+  runs["issue_baseline"]()  # compiles
+  speeds = {name: [] for name in runs}
   for _ in range(rounds):
-    for name, ev in evaluators.items():
-      speeds[name].append(ev(state["params"], domain, "test")["users_per_second"])
+    for name, run in runs.items():
+      speeds[name].append(run())
   out = {f"{name}_users_per_s": float(np.median(v)) for name, v in speeds.items()}
   out["users"] = len(domain.eval_users)
   out["bucket_widths"] = sorted({b["inputs"].shape[-1] for b in evaluators["buckets"]._batches(domain, "test")[0]})
   out["speedup"] = out["buckets_users_per_s"] / out["full_length_users_per_s"]
+  out["speedup_vs_issue_baseline"] = out["buckets_users_per_s"] / out["issue_baseline_users_per_s"]
   return out
 
 
