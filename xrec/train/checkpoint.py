@@ -37,7 +37,14 @@ def _handlers(array_item: str) -> dict:
 
 def _manager(directory: str, max_to_keep: int, create: bool = True,
              array_item: str | None = None) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+  # with several processes, orbax synchronises each save on a barrier named after its step: the
+  # latest and best managers both save step N when N is a new best, so each gets its own names
+  # (without a prefix the second save fails with "Barrier _async_write_complete.N is already
+  # ongoing" and the run hangs until the barrier times out)
+  prefix = os.path.basename(os.path.normpath(directory))
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=create,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix))
   handlers = _handlers(array_item) if array_item else None
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
