@@ -18,12 +18,14 @@ NUM_ITEMS = 20_000
 
 
 def _collectives(hlo: str):
-  """(op, element count) of every collective in a compiled program."""
+  """(op, elements of its largest array) of every collective in a compiled program; XLA combines
+  several collectives into one over a tuple, so every array of the result counts."""
   out = []
   for line in hlo.splitlines():
-    m = re.search(r"= (\S+?)\[([\d,]*)\]\S* (all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)\(", line)
+    m = re.search(r"= (.+?) (all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(-start)?\(", line)
     if m:
-      out.append((m.group(3), int(np.prod([int(d) for d in m.group(2).split(",") if d] or [1]))))
+      sizes = [int(np.prod([int(d) for d in dims.split(",") if d] or [1])) for dims in re.findall(r"\[([\d,]*)\]", m.group(1))]
+      out.append((m.group(2), max(sizes, default=1)))
   return out
 
 

@@ -186,8 +186,9 @@ def test_top_k_per_shard_equals_top_k_and_never_gathers_the_catalogue():
   np.testing.assert_array_equal(np.asarray(ids), np.asarray(want_ids))
   np.testing.assert_allclose(np.asarray(vals), np.asarray(want_vals))
   hlo = f.lower(sharded, jnp.asarray(history)).compile().as_text()
-  moved = [line for line in hlo.splitlines() if re.search(r"= \S+ (all-gather|all-to-all|collective-permute)\(", line)]
+  moved = [m.group(1) for m in re.finditer(
+      r"= (.+?) (?:all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(", hlo)]
   assert moved, "expected the merge to gather the shards' candidates"
-  for line in moved:  # each gathered array is [batch, shards x k] or smaller, never [batch, vocab]
-    dims = [int(d) for d in re.findall(r"\[([\d,]*)\]", line.split("=")[1])[0].split(",") if d]
-    assert int(np.prod(dims)) <= 8 * 4 * k, line
+  for result in moved:  # each array moved is [batch, shards x k] or smaller, never [batch, vocab]
+    for dims in re.findall(r"\[([\d,]*)\]", result):
+      assert int(np.prod([int(d) for d in dims.split(",") if d] or [1])) <= 8 * 4 * k, result

@@ -384,12 +384,14 @@ def _memory(compiled) -> dict:
 
 
 def _largest_collective(compiled) -> int:
-  """Elements of the largest array any collective of the program moves between devices."""
+  """Elements of the largest array any collective of the program moves between devices (XLA
+  combines collectives into one over a tuple: every array of the result counts)."""
   import re
-  sizes = [int(np.prod([int(d) for d in m.group(1).split(",") if d] or [1]))
-           for m in re.finditer(r"= \S+?\[([\d,]*)\]\S* (?:all-gather|all-reduce|all-to-all|collective-permute|"
-                                r"reduce-scatter)\(", compiled.as_text())]
-  return max(sizes, default=0)
+  sizes = [0]
+  for m in re.finditer(r"= (.+?) (?:all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(",
+                       compiled.as_text()):
+    sizes += [int(np.prod([int(d) for d in dims.split(",") if d] or [1])) for dims in re.findall(r"\[([\d,]*)\]", m.group(1))]
+  return max(sizes)
 
 
 def bench_catalogue(p, steps: int = 2) -> dict:
