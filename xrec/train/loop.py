@@ -303,9 +303,10 @@ def make_train_step(module, tx, objective: objectives.Objective, num_items: int,
       params = jax.tree.map(lambda p, m: p * m.astype(p.dtype), params, state["masks"])
     new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
     # each term's loss as loss/<term>, the values terms report as <term>/<name>
-    stats = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+    grad_norm = optax.tree.norm(grads)
+    stats = {"loss": loss, "grad_norm": grad_norm,
              **{(k if "/" in k else f"loss/{k}"): v for k, v in parts.items()}}
-    return new_state, stats
+    return new_state, {**stats, "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
 
   jitted = jax.jit(step, in_shardings=(state_sh, sharding.batch_sharding(mesh), None, None),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
@@ -425,6 +426,42 @@ def _sampling_probs(config, domain, vocab_size: int):
   return jnp.asarray(probs, jnp.float32)
 
 
+class DivergedError(RuntimeError):
+  """Training produced a non-finite loss or gradient norm (the run stops; its checkpoints stay)."""
+
+
+class Divergence:
+  """Watches each step's `finite` flag (loss and gradient norm) without a sync per step: the flags
+  wait on the device and `check()` (before every evaluation, checkpoint and log line, and at the
+  end) reads them and raises DivergedError naming the first bad step and the last good checkpoint,
+  so that no evaluation, best params or checkpoint is ever taken from a diverged state."""
+
+  def __init__(self, workdir: str, latest_manager):
+    self.workdir, self.latest, self.pending = workdir, latest_manager, []
+
+  def add(self, step: int, stats: dict) -> None:
+    self.pending.append((step, stats["finite"], stats["loss"], stats["grad_norm"]))
+
+  def check(self) -> None:
+    if not self.pending:
+      return
+    pending, self.pending = self.pending, []
+    flags = jax.device_get([f for _, f, _, _ in pending])
+    bad = [i for i, ok in enumerate(flags) if not bool(ok)]
+    if not bad:
+      return
+    step, _, loss, grad_norm = pending[bad[0]]
+    self.latest.wait_until_finished()
+    saved = self.latest.all_steps()
+    kept = (f"the last good checkpoint is {os.path.join(self.workdir, ckpt.LATEST_DIR, str(max(saved)))} "
+            f"(step {max(saved)})" if saved else "no checkpoint was saved before it")
+    raise DivergedError(
+        f"training diverged: the loss ({float(jax.device_get(loss))}) or gradient norm "
+        f"({float(jax.device_get(grad_norm))}) is not finite at step {step}; {kept}. Nothing after it was "
+        "evaluated or saved. Rerun in a new workdir with a lower optim.lr (or a lower optim.clip_norm, a "
+        "longer optim.warmup_fraction)")
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs training with periodic evaluation and checkpoints; returns (and writes) results.json."""
   t_start = time.time()
@@ -536,10 +573,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   stop_at = start_step + config.train.stop_after_steps if config.train.stop_after_steps > 0 else None
   t_window, window_examples = time.time(), 0
   finished = start_step >= num_steps or best.should_stop
+  health = Divergence(workdir, latest)
   for step_batches in pipeline.iterate_streams(streams, start_step, num_steps) if not finished else ():
     state, stats = train_step(state, sharding.put_batch(step_batches, mesh), base_rng)
     step += 1
-    if step in prune_events:  # new masks at the scheduled ratio; pruned entries zeroed now
+    health.add(step, stats)
+    if step in prune_events:
+      health.check()  # new masks at the scheduled ratio; pruned entries zeroed now
       params = sharding.to_host(state["params"])
       masks = pruner.masks(params, prune_events[step])
       state["masks"] = jax.device_put(masks, param_sh)
@@ -549,8 +589,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         evaluate.candidates = pruning.served_items(masks, plan.roles)
     window_examples += config.train.batch_size
     bar.update(1)
+    will_save = (step % config.train.checkpoint_every_steps == 0 or step == num_steps
+                 or step % config.train.eval_every_steps == 0)
+    if will_save or step % config.train.log_every_steps == 0:
+      health.check()  # before any evaluation or checkpoint sees non-finite params
     if step % config.train.log_every_steps == 0 or step == num_steps:
-      stats = jax.device_get(stats)
+      stats = {k: v for k, v in jax.device_get(stats).items() if k != "finite"}
       elapsed = time.time() - t_window
       row = {k: float(v) for k, v in stats.items()}
       row.update(lr=float(schedule(step - 1)), examples_per_second=window_examples / max(elapsed, 1e-9))
@@ -571,6 +615,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if stop_at is not None and step >= stop_at:
       killed = True
       break
+  health.check()
   bar.close()
   train_seconds = time.time() - t_train
   for manager in (latest, best.manager):

@@ -1,0 +1,57 @@
+"""Nothing lost, nothing silently wrong (issue 12): a diverged run stops non-zero and keeps its last
+good checkpoint; ..."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_config
+from xrec.train import checkpoint as ckpt
+from xrec.train.loop import DivergedError, train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(workdir, *args, config="sasrec_synthetic.py"):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config", os.path.join(ROOT, "configs", config),
+                         "--workdir", str(workdir), *args], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                        env={**os.environ, "XLA_FLAGS": ""})
+
+
+TINY = ["--config.data.synthetic.num_source_users=120", "--config.data.synthetic.num_target_users=60",
+        "--config.data.synthetic.num_source_items=200", "--config.data.synthetic.num_target_items=200",
+        "--config.data.synthetic.mean_seq_len=12", "--config.data.synthetic.max_seq_len=30",
+        "--config.model.max_len=20", "--config.model.embed_dim=16", "--config.model.sasrec.mlp_dim=32",
+        "--config.model.vocab_multiple=8", "--config.train.num_steps=8", "--config.train.eval_every_steps=4",
+        "--config.train.batch_size=16", "--config.eval.batch_size=16", "--config.train.progress_bar=False"]
+
+
+def test_a_diverged_run_stops_at_the_first_bad_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+  cfg = tiny_config(data_dir)
+  cfg.optim.lr = 1e10  # the loss is NaN within a few steps
+  cfg.train.update(dict(checkpoint_every_steps=1, eval_every_steps=1, log_every_steps=100))
+  with pytest.raises(DivergedError, match=r"not finite at step (\d+)") as err:
+    train_and_evaluate(cfg, str(tmp_path / "w"))
+  bad_step = int(err.value.args[0].split("not finite at step ")[1].split(";")[0])
+  assert bad_step > 1
+  # every step before it was checkpointed; none at or after it
+  mgr = ckpt.latest_manager(str(tmp_path / "w"))
+  assert max(mgr.all_steps()) == bad_step - 1
+  mgr.close()
+  assert f"checkpoints/{bad_step - 1} (step {bad_step - 1})" in str(err.value)
+  assert not (tmp_path / "w" / "results.json").exists()
+  with open(tmp_path / "w" / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert all(r["step"] < bad_step for r in rows)  # nothing evaluated on the diverged state
+
+
+def test_a_diverged_study_cell_is_recorded_as_failed_and_the_launch_exits_non_zero(data_dir, tmp_path):
+  proc = _launch(tmp_path / "w", *TINY, f"--config.data.data_dir={data_dir}", "--config.optim.lr=1e10")
+  assert proc.returncode != 0
+  assert "training diverged" in proc.stderr and "ndcg@10=1.0000" not in proc.stdout
+  with open(tmp_path / "w" / "runs.jsonl") as f:
+    (row,) = [json.loads(line) for line in f]
+  assert row["status"] == "failed" and row["error"].startswith("DivergedError: training diverged")
