@@ -70,10 +70,13 @@ def summary(results: dict) -> str:
   protocol = {k: v for k, v in results["protocol"].items() if k != "population"}
   lines = [f"protocol: {json.dumps(protocol)}",
            f"evaluated on {results['protocol']['population']['description']}"]
+  preferred = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@50")
   for split in ("valid", "test"):
     m = results[split]
-    lines.append(f"{split:5s} " + "  ".join(f"{k}={m[k]:.4f}" for k in
-                                           ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@50")))
+    # the usual columns where eval.ks has them, else ndcg and hr at every K the run computed
+    names = [k for k in preferred if k in m] or [f"{name}@{k}" for k in results["protocol"]["ks"]
+                                                   for name in ("ndcg", "hr")]
+    lines.append(f"{split:5s} " + "  ".join(f"{k}={m[k]:.4f}" for k in names if k in m))
   lines.append(f"params={results['param_count']:,}  best_step={results.get('best_step')}  "
                f"wall={results['wall_seconds']['total']:.1f}s  device={results['device_kind']}")
   return "\n".join(lines)
@@ -93,16 +96,52 @@ def _quiet_logs():
   xrec_log.propagate = False
 
 
+# what a user gets wrong (a misspelt field, a value out of range, a missing file): one line on stderr
+# and exit status 2, not a traceback; XREC_TRACEBACK=1 shows the traceback too
+USER_ERRORS = (ValueError, KeyError, AttributeError, TypeError, FileNotFoundError, NotADirectoryError,
+               IsADirectoryError, PermissionError, flags.Error)
+
+
+def user_error(e: BaseException) -> str:
+  """`e` as one readable line (ml_collections' "Did you mean" comes as a quoted repr)."""
+  text = str(e.args[0]) if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+  text = text.strip("'\"").replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
+  if isinstance(e, AttributeError) and "Did you mean" in text:
+    text = f"unknown config field {text}"
+  return f"xrec: error: {text}"
+
+
+def _fail(e: BaseException) -> int:
+  if os.environ.get("XREC_TRACEBACK"):
+    import traceback
+    traceback.print_exception(e)
+  print(user_error(e), file=sys.stderr, flush=True)
+  return 2
+
+
+def parse_flags(argv):
+  """absl's flag parsing (the config file and its --config.* overrides), user errors as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except USER_ERRORS as e:
+    sys.exit(_fail(e))
+
+
 def main(argv):
   del argv
   _quiet_logs()
   if in_cluster():
     start_distributed()
   from xrec.train import sweep
-  # config_flags hands over only the ConfigDict; sweep() / metrics() live in the file (`path[:arg]`)
-  config_file, config_arg = sweep.config_file_of(config_flags.get_config_filename(flags.FLAGS["config"]))
-  module = sweep.load_config_module(config_file)
-  return run_study(sweep.study_of(module, flags.FLAGS.config), config_file, config_arg)
+  try:
+    # config_flags hands over only the ConfigDict; sweep() / metrics() live in the file (`path[:arg]`)
+    config_file, config_arg = sweep.config_file_of(config_flags.get_config_filename(flags.FLAGS["config"]))
+    module = sweep.load_config_module(config_file)
+    study = sweep.study_of(module, flags.FLAGS.config)
+    sweep.check_study(flags.FLAGS.config, study)
+  except USER_ERRORS as e:  # found before any data or file is touched
+    return _fail(e)
+  return run_study(study, config_file, config_arg)
 
 
 def run_study(module, config_file: str, config_arg):
@@ -125,4 +164,4 @@ def run_study(module, config_file: str, config_arg):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -55,3 +55,39 @@ def test_a_diverged_study_cell_is_recorded_as_failed_and_the_launch_exits_non_ze
   with open(tmp_path / "w" / "runs.jsonl") as f:
     (row,) = [json.loads(line) for line in f]
   assert row["status"] == "failed" and row["error"].startswith("DivergedError: training diverged")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("eval.ks", "(0,10)"), ("eval.ks", "(-1,)"), ("train.eval_every_steps", "0"),
+    ("train.checkpoint_every_steps", "0"), ("train.log_every_steps", "0"), ("optim.lr", "-1.0"),
+    ("model.dropout", "1.5"), ("data.user_fraction", "0.0"), ("train.batch_size", "0"),
+])
+def test_an_invalid_value_is_refused_before_any_work(tmp_path, field, value):
+  from xrec.config import base_config, check_ranges
+  from xrec.train import sweep
+  config = base_config()
+  with pytest.raises(ValueError, match=rf"{field}=.*must be (an integer|a number)"):
+    check_ranges(sweep.apply_overrides(config, {field: eval(value)}))
+
+
+def test_invalid_values_are_refused_before_data_or_files_and_the_summary_reads_the_metrics_that_exist(data_dir, tmp_path):
+  proc = _launch(tmp_path / "bad", *TINY, "--config.data.data_dir=" + str(tmp_path / "no_data"),
+                 "--config.train.checkpoint_every_steps=0")
+  assert proc.returncode != 0 and "train.checkpoint_every_steps=0: must be an integer >= 1" in proc.stderr
+  assert not (tmp_path / "no_data").exists() and not (tmp_path / "bad" / "stages").exists()
+  proc = _launch(tmp_path / "ks", *TINY, f"--config.data.data_dir={data_dir}", "--config.eval.ks=(5,10)")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "test  ndcg@10=" in proc.stdout and "hr@50" not in proc.stdout.split("protocol:")[-1]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.train.num_stepz=3"], 'xrec: error: unknown config field \'num_stepz\' Did you mean "num_steps"'),
+    (["--config.transfer.strategy=foo"], "xrec: error: cell 0 (config): Unknown transfer strategy 'foo'; valid: ['adapter',"),
+    (["--config.objective.terms=(('full_softmx',1.0),)"], "objective.terms entry ('full_softmx', 1.0): (name, weight) with a name in"),
+])
+def test_a_user_error_is_one_line_before_any_file_is_written(tmp_path, args, message):
+  proc = _launch(tmp_path / "w", *args)
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("xrec: error: ") and message in last and "Traceback" not in proc.stderr
+  assert not (tmp_path / "w").exists()

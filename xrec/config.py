@@ -233,6 +233,79 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Numeric fields and their valid ranges, checked in one place before any work (check_ranges):
+# field -> (low, high, low inclusive, high inclusive); None = unbounded; integer fields say "int".
+RANGES = {
+    "seed": (0, None, True, True, "int"),
+    "data.user_fraction": (0.0, 1.0, False, True, "float"),
+    "model.max_len": (2, None, True, True, "int"),
+    "model.embed_dim": (1, None, True, True, "int"),
+    "model.dropout": (0.0, 1.0, True, False, "float"),
+    "model.vocab_multiple": (1, None, True, True, "int"),
+    "optim.lr": (0.0, None, False, True, "float"),
+    "optim.warmup_fraction": (0.0, 1.0, True, False, "float"),
+    "optim.end_lr_factor": (0.0, 1.0, True, True, "float"),
+    "optim.b1": (0.0, 1.0, True, False, "float"),
+    "optim.b2": (0.0, 1.0, True, False, "float"),
+    "optim.weight_decay": (0.0, None, True, True, "float"),
+    "optim.clip_norm": (0.0, None, True, True, "float"),  # 0 = no clipping
+    "train.batch_size": (1, None, True, True, "int"),
+    "train.num_epochs": (0.0, None, True, True, "float"),
+    "train.num_steps": (0, None, True, True, "int"),  # 0 = from num_epochs
+    "train.eval_every_steps": (1, None, True, True, "int"),
+    "train.checkpoint_every_steps": (1, None, True, True, "int"),
+    "train.keep_checkpoints": (1, None, True, True, "int"),
+    "train.log_every_steps": (1, None, True, True, "int"),
+    "train.early_stopping_patience": (0, None, True, True, "int"),  # 0 = off
+    "train.stop_after_steps": (0, None, True, True, "int"),
+    "eval.batch_size": (1, None, True, True, "int"),
+    "eval.ks": (1, None, True, True, "int"),  # every K
+    "objective.chunked_softmax.chunk_size": (1, None, True, True, "int"),
+    "objective.sampled_softmax.num_negatives": (1, None, True, True, "int"),
+    "objective.cloze.mask_prob": (0.0, 1.0, False, True, "float"),
+    "objective.cloze.prefix_prob": (0.0, 1.0, True, True, "float"),
+    "objective.cl4srec.temperature": (0.0, None, False, True, "float"),
+    "objective.distill_logits.temperature": (0.0, None, False, True, "float"),
+    "objective.distill_ranking.top_k": (1, None, True, True, "int"),
+    "transfer.lr_mult": (0.0, None, True, True, "float"),
+    "transfer.new_lr_mult": (0.0, None, True, True, "float"),
+}
+
+
+def _describe_range(low, high, low_in, high_in, kind) -> str:
+  left = "[" if low_in else "("
+  right = "]" if high_in else ")"
+  if high is None:
+    return f"{'an integer' if kind == 'int' else 'a number'} {'>=' if low_in else '>'} {low}"
+  return f"{'an integer' if kind == 'int' else 'a number'} in {left}{low}, {high}{right}"
+
+
+def check_ranges(config) -> None:
+  """Every field of RANGES (those the config has) holds a value of its type in its range;
+  otherwise a ValueError names the field, the value and the valid range."""
+  problems = []
+  for field, (low, high, low_in, high_in, kind) in RANGES.items():
+    node = config
+    try:
+      for part in field.split("."):
+        node = node[part]
+    except (KeyError, AttributeError):
+      continue
+    values = node if isinstance(node, (tuple, list)) else (node,)
+    if field == "eval.ks" and not values:
+      problems.append("eval.ks=(): at least one K is needed")
+    for v in values:
+      ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind == "float" or float(v).is_integer())
+      if ok:
+        ok = ((v >= low if low_in else v > low) if low is not None else True) and (
+            (v <= high if high_in else v < high) if high is not None else True)
+      if not ok:
+        problems.append(f"{field}={node!r}: must be {_describe_range(low, high, low_in, high_in, kind)}")
+        break
+  if problems:
+    raise ValueError("invalid config values:\n  " + "\n  ".join(problems))
+
+
 def with_overrides(config, overrides: dict[str, Any], what: str = "field"):
   """A copy of `config` with dotted fields set (`{"train.num_steps": 100}`); an unknown field fails
   with the valid names at the level where it went wrong."""

@@ -30,7 +30,7 @@ import optax
 
 from xrec import models
 from xrec import sharding
-from xrec.config import with_overrides
+from xrec.config import check_ranges, with_overrides
 from xrec.data import augment, cross_user, pipeline
 from xrec.evaluate import evaluator as evaluation
 from xrec.models import common
@@ -42,6 +42,7 @@ from xrec.train import writer as writing
 from xrec.transfer import apply as transfer
 from xrec.transfer import prune as pruning
 from xrec.transfer import schedule as schedules
+from xrec.transfer import strategies
 from xrec.transfer import vocab
 
 log = logging.getLogger("xrec")
@@ -52,6 +53,7 @@ TRANSFER_REPORT_FILE = "transfer_report.json"  # what a pretrained init loaded (
 
 def validate(config) -> None:
   """Checks names and ranges before any work; errors list the valid choices."""
+  check_ranges(config)
   models.model_class(config.model.name)
   models.dtype(config.model.compute_dtype)
   metric = config.train.best_metric
@@ -59,12 +61,11 @@ def validate(config) -> None:
   if metric not in valid_metrics:
     raise ValueError(f"train.best_metric {metric!r} is not computed; valid: {valid_metrics}")
   sharding.logical_rules(config.sharding.rules)
-  if config.train.batch_size < 1 or config.eval.batch_size < 1:
-    raise ValueError("train.batch_size and eval.batch_size must be >= 1")
-  if config.train.eval_every_steps < 1:
-    raise ValueError(f"train.eval_every_steps={config.train.eval_every_steps} must be >= 1")
-  if config.train.num_steps < 0:
-    raise ValueError(f"train.num_steps={config.train.num_steps} must be >= 0 (0 = from train.num_epochs)")
+  if config.transfer.strategy not in strategies.STRATEGIES:
+    raise ValueError(f"Unknown transfer strategy {config.transfer.strategy!r}; valid: {sorted(strategies.STRATEGIES)}")
+  for pair in config.objective.terms:
+    if len(pair) != 2 or pair[0] not in objectives.TERMS:
+      raise ValueError(f"objective.terms entry {tuple(pair)!r}: (name, weight) with a name in {sorted(objectives.TERMS)}")
 
 
 def total_steps(config, batches: pipeline.TrainBatches) -> int:

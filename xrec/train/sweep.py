@@ -353,18 +353,27 @@ def _cached(config, cell: Cell, workdir: str, previous: dict | None) -> bool:
       os.path.exists(os.path.join(workdir, STAGES_DIR, h, "results.json")) for h in hashes)
 
 
+def check_study(config, module) -> None:
+  """Every cell's names, values and protocol, before any data or file is touched: a misspelt
+  field, an unknown strategy or a value out of range fails here, naming the cell."""
+  for cell in cells_of(module):
+    cell_config = apply_overrides(config, cell.overrides)
+    try:
+      loop.validate(cell_config)  # names (model, strategy, objective terms) and numeric ranges
+      if cell_config.experiment.mode == "pretrain_transfer":
+        loop.validate(experiment.pretrain_config(cell_config))
+      experiment.check_transfer_protocol(cell_config)
+    except ValueError as e:
+      raise ValueError(f"cell {cell.index} ({cell.key}): {e}") from e
+
+
 def run_study(config, module, workdir: str, only: str | None = None, config_file: str = "",
               config_arg: str | None = None) -> dict:
   """Runs the sweep's cells (all, or `only` one) in order; returns {"ran", "cached", "failed", "stopped"}
   counts and writes WORKDIR/study.json and WORKDIR/runs.jsonl."""
   cells = cells_of(module)
   layout = layout_of(module)
-  for cell in cells:  # a misspelt field or a broken protocol fails before any work starts
-    cell_config = apply_overrides(config, cell.overrides)
-    try:
-      experiment.check_transfer_protocol(cell_config)
-    except ValueError as e:
-      raise ValueError(f"cell {cell.index} ({cell.key}): {e}") from e
+  check_study(config, module)
   chosen = select(cells, only)
   is_main = is_main_process()
   os.makedirs(workdir, exist_ok=True)
