@@ -139,6 +139,7 @@ def main(argv):
     module = sweep.load_config_module(config_file)
     study = sweep.study_of(module, flags.FLAGS.config)
     sweep.check_study(flags.FLAGS.config, study)
+    sweep.check_same_config(flags.FLAGS.workdir, flags.FLAGS.config)
   except USER_ERRORS as e:  # found before any data or file is touched
     return _fail(e)
   return run_study(study, config_file, config_arg)

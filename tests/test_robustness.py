@@ -91,3 +91,19 @@ def test_a_user_error_is_one_line_before_any_file_is_written(tmp_path, args, mes
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("xrec: error: ") and message in last and "Traceback" not in proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_a_workdir_refuses_another_config_with_the_differences_and_accepts_safe_changes(data_dir, tmp_path):
+  wd = tmp_path / "w"
+  base = [*TINY, f"--config.data.data_dir={data_dir}"]
+  first = _launch(wd, *base)
+  assert first.returncode == 0, first.stderr[-3000:]
+  results = (wd / "results.json").read_text()
+  changed = _launch(wd, *base, "--config.optim.lr=5e-3", "--config.model.dropout=0.5")
+  assert changed.returncode == 2 and "Traceback" not in changed.stderr
+  assert "was started with another config (2 field(s) differ)" in changed.stderr
+  assert "model.dropout: 0.2 -> 0.5" in changed.stderr and "optim.lr: 0.001 -> 0.005" in changed.stderr
+  assert (wd / "results.json").read_text() == results and len((wd / "runs.jsonl").read_text().splitlines()) == 1
+  safe = _launch(wd, *base, "--config.train.log_every_steps=3")  # how a run is logged, not what it computes
+  assert safe.returncode == 0, safe.stderr[-3000:]
+  assert "'cached': 1" in safe.stdout and (wd / "results.json").read_text() == results

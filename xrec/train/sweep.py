@@ -367,6 +367,48 @@ def check_study(config, module) -> None:
       raise ValueError(f"cell {cell.index} ({cell.key}): {e}") from e
 
 
+# Fields a rerun may change in a workdir: how runs are driven and logged (never their results) and
+# what only the experiment reads (strategies, grids, seeds: more cells, the finished ones reused)
+SAFE_TO_CHANGE = experiment.UNHASHED_FIELDS + ("train.keep_checkpoints", "experiment", "tune")
+
+
+def _dotted(tree, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_dotted(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _comparable(config) -> dict:
+  """The config as stored in study.json (tuples as lists)."""
+  return json.loads(json.dumps(config.to_dict()))
+
+
+def check_same_config(workdir: str, config) -> None:
+  """A workdir holds one config: a rerun with other values (beyond SAFE_TO_CHANGE) is refused
+  with the differences, before any work."""
+  path = os.path.join(workdir, runindex.STUDY_FILE)
+  if not os.path.exists(path):
+    return
+  stored = runindex.read_study(workdir).get("config")
+  if stored is None:  # a study from before configs were stored: this run records it
+    return
+  before, now = _dotted(stored), _dotted(_comparable(config))
+
+  def safe(field):
+    return any(field == s or field.startswith(s + ".") for s in SAFE_TO_CHANGE)
+  changed = sorted(f for f in set(before) | set(now) if not safe(f) and before.get(f, "<absent>") != now.get(f, "<absent>"))
+  if changed:
+    lines = [f"  {f}: {before.get(f, '<absent>')!r} -> {now.get(f, '<absent>')!r}" for f in changed]
+    raise ValueError(
+        f"workdir {workdir!r} was started with another config ({len(changed)} field(s) differ):\n"
+        + "\n".join(lines) + "\nuse a new --workdir for a different config (fields a rerun may change: "
+        f"{', '.join(SAFE_TO_CHANGE)})")
+
+
 def run_study(config, module, workdir: str, only: str | None = None, config_file: str = "",
               config_arg: str | None = None) -> dict:
   """Runs the sweep's cells (all, or `only` one) in order; returns {"ran", "cached", "failed", "stopped"}
@@ -375,12 +417,13 @@ def run_study(config, module, workdir: str, only: str | None = None, config_file
   layout = layout_of(module)
   check_study(config, module)
   chosen = select(cells, only)
+  check_same_config(workdir, config)
   is_main = is_main_process()
   os.makedirs(workdir, exist_ok=True)
   if is_main:
     runindex.write_study(workdir, {
         "config_file": config_file, "config_arg": config_arg, "layout": layout,
-        "cells": [dataclasses.asdict(c) for c in cells]})
+        "config": _comparable(config), "cells": [dataclasses.asdict(c) for c in cells]})
   previous = latest_runs(workdir)
   counts = {"ran": 0, "cached": 0, "failed": 0, "stopped": 0}
   for cell in chosen:
