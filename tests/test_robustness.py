@@ -107,3 +107,48 @@ def test_a_workdir_refuses_another_config_with_the_differences_and_accepts_safe_
   safe = _launch(wd, *base, "--config.train.log_every_steps=3")  # how a run is logged, not what it computes
   assert safe.returncode == 0, safe.stderr[-3000:]
   assert "'cached': 1" in safe.stdout and (wd / "results.json").read_text() == results
+
+
+def _largest_file(folder):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+  """The tiny run's results, trained without interruption."""
+  return train_and_evaluate(tiny_config(data_dir), str(tmp_path_factory.mktemp("whole")))
+
+
+@pytest.mark.parametrize("damage", ["truncated_data", "empty_array_metadata", "empty_meta"])
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_path, damage, caplog,
+                                                                         uninterrupted):
+  cfg = tiny_config(data_dir)
+  whole = uninterrupted
+  cfg.train.stop_after_steps = 9  # checkpoints at 4 and 8
+  wd = tmp_path / "w"
+  assert train_and_evaluate(cfg, str(wd)) == {"stopped_at_step": 9}
+  newest = wd / "checkpoints" / "8"
+  if damage == "truncated_data":
+    path = _largest_file(newest / "state")
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  else:
+    open(newest / ("state/_METADATA" if damage == "empty_array_metadata" else "meta/metadata"), "w").close()
+  cfg.train.stop_after_steps = 0
+  with caplog.at_level("WARNING", logger="xrec"):
+    resumed = train_and_evaluate(cfg, str(wd))
+  assert f"checkpoint {newest} is unreadable" in caplog.text and "resuming from" in caplog.text
+  assert (wd / "checkpoints" / "8.unreadable").is_dir()  # kept for inspection, not deleted
+  assert resumed["test"] == pytest.approx({k: v for k, v in whole["test"].items() if k not in (
+      "eval_seconds", "users_per_second")} | {k: resumed["test"][k] for k in ("eval_seconds", "users_per_second")})
+
+
+def test_an_unreadable_best_checkpoint_is_an_error_naming_it(data_dir, tmp_path):
+  cfg = tiny_config(data_dir)
+  wd = tmp_path / "w"
+  train_and_evaluate(cfg, str(wd))
+  (step,) = [d for d in os.listdir(wd / "best") if d.isdigit()]
+  open(wd / "best" / step / "params" / "_METADATA", "w").close()
+  with pytest.raises(ValueError, match=rf"the best params at {wd}/best/{step} are unreadable .*retraining"):
+    ckpt.restore_best_params(str(wd))

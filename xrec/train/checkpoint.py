@@ -14,6 +14,7 @@ Load priority (first that applies wins), see `resolve_init`:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import jax
@@ -21,6 +22,7 @@ import orbax.checkpoint as ocp
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
+log = logging.getLogger("xrec")
 INIT_KINDS = ("resume_workdir", "resume_path", "pretrained", "scratch")
 
 
@@ -105,15 +107,35 @@ def save_state(mgr: ocp.CheckpointManager, step: int, state: dict, meta: dict) -
 
 
 def restore_state(directory_workdir: str, target_state: dict):
-  """Latest (state, meta) of a run's workdir, restored with target's shapes and shardings."""
-  mgr = _manager(os.path.join(directory_workdir, LATEST_DIR), 1, create=False, array_item="state")
+  """Latest readable (state, meta) of a run's workdir, restored with target's shapes and shardings.
+
+  The newest checkpoint is tried first; one that cannot be read (a truncated file, an empty
+  metadata file: a disk that filled up or a copy cut short) is logged with the reason, moved
+  aside to `<step>.unreadable` (kept for inspection; the resumed run saves that step again) and
+  the previous one is tried. No readable checkpoint at all is an error listing each reason."""
+  directory = os.path.join(directory_workdir, LATEST_DIR)
+  mgr = _manager(directory, 1, create=False, array_item="state")
+  problems = []
   try:
-    step = mgr.latest_step()
-    restored = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_like(target_state)), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+    for step in sorted(mgr.all_steps(), reverse=True):
+      try:
+        restored = mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_like(target_state)), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001 -- any read error: fall back to the previous checkpoint
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        path = os.path.join(directory, str(step))
+        problems.append(f"{path}: {reason}")
+        log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, reason)
+        if jax.process_index() == 0 and os.path.isdir(path):
+          os.replace(path, path + ".unreadable")
+        continue
+      if problems:
+        log.warning("resuming from %s (step %d)", os.path.join(directory, str(step)), step)
+      return restored["state"], restored["meta"]
   finally:
     mgr.close()
+  raise ValueError(f"no readable checkpoint under {directory}:\n  " + "\n  ".join(problems)
+                   + "\ndelete the workdir (or that folder) to train from the start")
 
 
 def save_best(mgr: ocp.CheckpointManager, step: int, params, meta: dict) -> None:
@@ -125,8 +147,10 @@ def save_best(mgr: ocp.CheckpointManager, step: int, params, meta: dict) -> None
 
 def restore_best_params(workdir: str, target_params=None):
   """Best params of a run. With `target_params`, shapes/shardings must match it exactly;
-  without, the tree comes back as saved (for surgery into another model)."""
+  without, the tree comes back as saved (for surgery into another model). An unreadable best
+  checkpoint is an error naming it (nothing falls back silently: other params are not the best)."""
   mgr = _manager(os.path.join(workdir, BEST_DIR), 1, create=False, array_item="params")
+  step = None
   try:
     step = mgr.latest_step()
     if target_params is None:
@@ -139,5 +163,13 @@ def restore_best_params(workdir: str, target_params=None):
       args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_like(target_params)),
                                 meta=ocp.args.JsonRestore())
     return mgr.restore(step, args=args)["params"], step
+  except Exception as e:  # noqa: BLE001 -- a read error names the checkpoint
+    if isinstance(e, ValueError) and "does not fit" in str(e):
+      raise
+    path = os.path.join(workdir, BEST_DIR, str(step))
+    reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    raise ValueError(f"the best params at {path} are unreadable ({reason}). They are the run's result and "
+                     f"cannot be replaced by other params: re-evaluate by retraining this run (delete "
+                     f"{workdir} and rerun; a study reruns only that stage)") from e
   finally:
     mgr.close()
