@@ -151,8 +151,11 @@ def run_study(module, config_file: str, config_arg):
   if flags.FLAGS.list:
     print(sweep.list_text(cells), flush=True)
     return
-  counts = sweep.run_study(flags.FLAGS.config, module, flags.FLAGS.workdir, only=flags.FLAGS.only,
-                           config_file=config_file, config_arg=config_arg)
+  try:
+    counts = sweep.run_study(flags.FLAGS.config, module, flags.FLAGS.workdir, only=flags.FLAGS.only,
+                             config_file=config_file, config_arg=config_arg)
+  except sweep.WorkdirInUse as e:
+    return _fail(e)
   print(f"study {flags.FLAGS.workdir}: {counts}", flush=True)
   if flags.FLAGS.only is None and sweep.is_main_process():
     from xrec import report

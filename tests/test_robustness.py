@@ -152,3 +152,24 @@ def test_an_unreadable_best_checkpoint_is_an_error_naming_it(data_dir, tmp_path)
   open(wd / "best" / step / "params" / "_METADATA", "w").close()
   with pytest.raises(ValueError, match=rf"the best params at {wd}/best/{step} are unreadable .*retraining"):
     ckpt.restore_best_params(str(wd))
+
+
+def test_a_second_launch_on_a_workdir_in_use_exits_at_once_naming_the_owner(data_dir, tmp_path):
+  import socket
+  from xrec.train import sweep
+  wd = tmp_path / "w"
+  wd.mkdir()
+  with sweep.launch_lock(str(wd)):  # a live launch holds the workdir
+    second = _launch(wd, *TINY, f"--config.data.data_dir={data_dir}")
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"is in use by pid {os.getpid()} on host {socket.gethostname()}" in second.stderr.strip().splitlines()[-1]
+    with sweep.launch_lock(str(wd), only="3"):  # --only launches lock their own cell
+      pass
+  assert not (wd / "runs.jsonl").exists()
+  # a lock left by a process that died is taken over
+  dead = subprocess.Popen([sys.executable, "-c", "import sys; sys.path.insert(0, %r)\n"
+                           "from xrec.train import sweep\nimport os\n"
+                           "with sweep.launch_lock(%r): os._exit(0)" % (ROOT, str(wd))])
+  assert dead.wait(timeout=120) == 0
+  third = _launch(wd, *TINY, f"--config.data.data_dir={data_dir}")
+  assert third.returncode == 0, third.stderr[-3000:]

@@ -33,13 +33,17 @@ resumes where it stopped and a changed field re-runs only what depends on it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime
+import fcntl
+import hashlib
 import importlib.util
 import json
 import logging
 import os
+import socket
 import time
 import traceback
 import types
@@ -418,8 +422,52 @@ def run_study(config, module, workdir: str, only: str | None = None, config_file
   check_study(config, module)
   chosen = select(cells, only)
   check_same_config(workdir, config)
-  is_main = is_main_process()
   os.makedirs(workdir, exist_ok=True)
+  with launch_lock(workdir, only):
+    return _run_cells(config, cells, chosen, layout, workdir, config_file, config_arg)
+
+
+class WorkdirInUse(RuntimeError):
+  """Another live launch holds this workdir (or this cell of it)."""
+
+
+@contextlib.contextmanager
+def launch_lock(workdir: str, only: str | None = None):
+  """One launch per workdir (per cell with --only, so that a cluster can run a study's cells as
+  separate jobs; they share stages through the stage locks). The lock is an flock on
+  WORKDIR/.launch[.<cell>].lock holding the owner's pid and host: the kernel drops it when the
+  owner dies, so a lock left by a killed launch is taken over. A second live launch fails at once
+  naming the owner. Within one multi-process job only the main process takes it."""
+  if not is_main_process():
+    yield
+    return
+  name = ".launch.lock" if only is None else f".launch.{hashlib.sha256(str(only).encode()).hexdigest()[:12]}.lock"
+  path = os.path.join(workdir, name)
+  handle = open(path, "a+")
+  try:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      try:
+        owner = json.loads(handle.read() or "{}")
+      except json.JSONDecodeError:
+        owner = {}
+      raise WorkdirInUse(f"workdir {workdir!r} is in use by pid {owner.get('pid', '?')} on host "
+                         f"{owner.get('host', '?')} (since {owner.get('started', '?')}); wait for it to finish "
+                         "or use another --workdir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started": datetime.datetime.now().isoformat(timespec="seconds"), "only": only}))
+    handle.flush()
+    yield
+  finally:
+    handle.close()  # releases the lock
+
+
+def _run_cells(config, cells, chosen, layout, workdir, config_file, config_arg) -> dict:
+  is_main = is_main_process()
   if is_main:
     runindex.write_study(workdir, {
         "config_file": config_file, "config_arg": config_arg, "layout": layout,
