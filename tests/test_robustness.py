@@ -173,3 +173,15 @@ def test_a_second_launch_on_a_workdir_in_use_exits_at_once_naming_the_owner(data
   assert dead.wait(timeout=120) == 0
   third = _launch(wd, *TINY, f"--config.data.data_dir={data_dir}")
   assert third.returncode == 0, third.stderr[-3000:]
+
+
+def test_a_torn_last_index_line_is_ended_before_the_next_record_and_reported(tmp_path, caplog):
+  from xrec import runindex
+  runindex.append_run(str(tmp_path), {"key": "a", "status": "done"})
+  with open(tmp_path / "runs.jsonl", "a") as f:
+    f.write('{"key": "b", "sta')  # a crash mid-append
+  runindex.append_run(str(tmp_path), {"key": "c", "status": "done"})
+  with caplog.at_level("WARNING", logger="xrec"):
+    records = runindex.read_runs(str(tmp_path))
+  assert [r["key"] for r in records] == ["a", "c"]
+  assert "runs.jsonl:2: skipping a torn line" in caplog.text

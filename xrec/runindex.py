@@ -63,13 +63,13 @@ def read_runs(workdir: str) -> list[dict]:
     return []
   records = []
   with open(path) as f:
-    for line in f:
+    for number, line in enumerate(f, 1):
       line = line.strip()
       if line:
         try:
           records.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut by a kill mid-write: that cell simply reruns
-          log.warning("skipping a malformed line in %s", path)
+          log.warning("%s:%d: skipping a torn line (a write cut short): %.80s", path, number, line)
   return records
 
 
@@ -79,6 +79,14 @@ def latest_runs(workdir: str) -> dict[str, dict]:
 
 
 def append_run(workdir: str, record: dict) -> None:
-  # One write of one line in append mode: processes of a cluster sweep can share the index.
-  with open(os.path.join(workdir, RUNS_FILE), "a") as f:
-    f.write(json.dumps(record) + "\n")
+  """One write of one line in append mode (processes of a cluster sweep can share the index),
+  always on a fresh line: a torn last line (a crash mid-append) is ended first, so the new record
+  is never glued onto it."""
+  path = os.path.join(workdir, RUNS_FILE)
+  with open(path, "a+b") as f:
+    f.seek(0, os.SEEK_END)
+    torn = False
+    if f.tell() > 0:
+      f.seek(-1, os.SEEK_END)
+      torn = f.read(1) != b"\n"
+    f.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
