@@ -182,3 +182,27 @@ def test_skipped_lines_are_reported_with_the_domains(tmp_path):
   domains, report = scenarios.build_domains(options, {})
   assert len(domains["main"].user_keys) == 2
   assert report["skipped_lines"][str(path)]["count"] == 1
+
+
+@pytest.mark.parametrize("fmt,content,line", [
+    ("sasrec", b"1 10\n2 caf\xe9\n3 30\n", 2),
+    ("csv", b"user_id,parent_asin,rating,timestamp\nu1,i1,5,1\nu2,caf\xe9,4,2\nu3,i3,3,3\n", 3),
+])
+def test_a_line_not_in_the_files_encoding_is_named_and_can_be_skipped(tmp_path, fmt, content, line):
+  """A non-UTF-8 byte names file:line and the encoding setting; on_malformed=skip skips and counts it;
+  the right data.files.encoding reads it."""
+  path = tmp_path / "data.txt"
+  path.write_bytes(content)
+  extra = dict(user_column="user_id", item_column="parent_asin", rating_column="rating",
+               timestamp_column="timestamp") if fmt == "csv" else {}
+  with pytest.raises(ValueError, match=rf"{path}:{line}: bytes b'\\xe9.*' at column \d+ are not valid utf-8 \(set data.files.encoding"):
+    formats.read_interactions(files_cfg(format=fmt, path=str(path), **extra))
+  t = formats.read_interactions(files_cfg(format=fmt, path=str(path), on_malformed="skip", **extra))
+  assert len(t.users) == 2 and t.skipped[str(path)]["count"] == 1
+  t = formats.read_interactions(files_cfg(format=fmt, path=str(path), encoding="latin-1", **extra))
+  assert "café" in t.item_keys
+
+
+def test_a_directory_as_the_data_file_says_so(tmp_path):
+  with pytest.raises(IsADirectoryError, match=r"data.files.path=.* is a directory; it must be the interaction file"):
+    formats.read_interactions(files_cfg(format="sasrec", path=str(tmp_path)))

@@ -37,6 +37,7 @@ Sources without timestamps get timestamp 0 for every row; their file order is th
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime
 import json
@@ -111,6 +112,9 @@ def read_interactions(files_cfg, name: str = "interactions") -> InteractionTable
   if not path:
     raise ValueError("data.files.path is empty: set it to the interaction file to read "
                      f"(format {fmt!r})")
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"data.files.path={path!r} is a directory; it must be the interaction file itself "
+                            f"(format {fmt!r})")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Interaction file not found: {path} (data.files.path, format {fmt!r})")
   acc = TableAccumulator(name)
@@ -121,8 +125,44 @@ def read_interactions(files_cfg, name: str = "interactions") -> InteractionTable
   return acc.table(has_ratings, has_timestamps, item_features=item_features)
 
 
-def _open(path, cfg):
-  return open(path, encoding=_get(cfg, "encoding", "utf-8") or "utf-8", newline="")
+class _DecodedLines:
+  """The lines of a text file decoded one by one (line endings kept, as csv wants them), so that a
+  line that is not valid in data.files.encoding is named by file:line and, with
+  on_malformed='skip', skipped and counted like any malformed line (`acc`; None: always an error).
+  UTF-16/32 files, whose line breaks are not single bytes, are read by Python's text decoder."""
+
+  def __init__(self, path, cfg, acc=None):
+    self.path, self.cfg, self.acc = path, cfg, acc
+    self.encoding = _get(cfg, "encoding", "utf-8") or "utf-8"
+    self.handle = None
+
+  def __enter__(self):
+    wide = codecs.lookup(self.encoding).name.startswith(("utf-16", "utf-32"))
+    if wide:
+      self.handle = open(self.path, encoding=self.encoding, newline="")
+      return self.handle
+    self.handle = open(self.path, "rb")
+    return self._lines()
+
+  def __exit__(self, *exc):
+    self.handle.close()
+
+  def _lines(self):
+    for line_no, raw in enumerate(self.handle, 1):
+      try:
+        yield raw.decode(self.encoding)
+      except UnicodeDecodeError as e:
+        reason = (f"bytes {raw[e.start:e.start + 4]!r} at column {e.start + 1} are not valid {self.encoding} "
+                  f"(set data.files.encoding to the file's encoding, e.g. 'latin-1' or 'cp1252')")
+        if self.acc is not None and _get(self.cfg, "on_malformed", "raise") == "skip":
+          self.acc.skip(self.path, line_no, reason)
+          continue
+        raise malformed(self.path, line_no, reason, raw.decode(self.encoding, "replace").rstrip("\r\n"),
+                        skippable=self.acc is not None) from None
+
+
+def _open(path, cfg, acc=None):
+  return _DecodedLines(path, cfg, acc)
 
 
 def _fail_or_skip(acc, cfg, path, line_no, reason, line):
@@ -133,7 +173,7 @@ def _fail_or_skip(acc, cfg, path, line_no, reason, line):
 
 
 def _read_sasrec(path, cfg, acc):
-  with _open(path, cfg) as f:
+  with _open(path, cfg, acc) as f:
     for line_no, line in enumerate(f, 1):
       fields = line.split()
       if not fields:
@@ -146,7 +186,7 @@ def _read_sasrec(path, cfg, acc):
 
 
 def _read_s3rec(path, cfg, acc):
-  with _open(path, cfg) as f:
+  with _open(path, cfg, acc) as f:
     for line_no, line in enumerate(f, 1):
       fields = line.split()
       if not fields:
@@ -197,7 +237,7 @@ def _read_rows(path, cfg, acc, rows, first_line_no, indices, unit):
 
 
 def _read_recbole(path, cfg, acc):
-  with _open(path, cfg) as f:
+  with _open(path, cfg, acc) as f:
     rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
       typed = next(rows)
@@ -219,7 +259,7 @@ def _read_recbole(path, cfg, acc):
 
 def _read_csv(path, cfg, acc):
   delimiter = delimiter_of(_get(cfg, "delimiter", ","))
-  with _open(path, cfg) as f:
+  with _open(path, cfg, acc) as f:
     rows = csv.reader(f, delimiter=delimiter)
     names = [_get(cfg, k, "") for k in ("user_column", "item_column", "rating_column", "timestamp_column")]
     what = ("user_column", "item_column", "rating_column", "timestamp_column")
@@ -252,7 +292,7 @@ def _read_jsonl(path, cfg, acc):
   unit = _get(cfg, "timestamp_unit", "s")
   u_f, i_f = _get(cfg, "user_column", "user_id"), _get(cfg, "item_column", "item_id")
   r_f, t_f = _get(cfg, "rating_column", ""), _get(cfg, "timestamp_column", "")
-  with _open(path, cfg) as f:
+  with _open(path, cfg, acc) as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -289,6 +329,8 @@ def read_item_attributes(cfg) -> dict:
   fmt = _get(cfg, "item_attributes_format", "json")
   if fmt not in ATTRIBUTE_FORMATS:
     raise ValueError(f"data.files.item_attributes_format={fmt!r} is not valid; valid: {list(ATTRIBUTE_FORMATS)}")
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"data.files.item_attributes_path={path!r} is a directory; it must be the file itself")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Item attribute file not found: {path} (data.files.item_attributes_path)")
   key = _get(cfg, "item_attributes_key", "item_id")
@@ -297,7 +339,7 @@ def read_item_attributes(cfg) -> dict:
   if fmt == "json":
     with _open(path, cfg) as f:
       try:
-        mapping = json.load(f)
+        mapping = json.loads("".join(f))
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     if not isinstance(mapping, dict):
