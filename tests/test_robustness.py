@@ -185,3 +185,17 @@ def test_a_torn_last_index_line_is_ended_before_the_next_record_and_reported(tmp
     records = runindex.read_runs(str(tmp_path))
   assert [r["key"] for r in records] == ["a", "c"]
   assert "runs.jsonl:2: skipping a torn line" in caplog.text
+
+
+def test_an_unwritable_checkpoint_folder_fails_before_training(data_dir, tmp_path):
+  wd = tmp_path / "w"
+  wd.mkdir()
+  (wd / "checkpoints").write_text("not a folder")  # (permission bits do not stop root, which CI may be)
+  with pytest.raises(PermissionError, match=rf"{wd}/checkpoints is not a writable directory"):
+    train_and_evaluate(tiny_config(data_dir), str(wd))
+  assert not (wd / "metrics.jsonl").exists()  # nothing trained
+  if os.geteuid() != 0:
+    (wd / "checkpoints").unlink()
+    (wd / "checkpoints").mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match="is not a writable directory"):
+      train_and_evaluate(tiny_config(data_dir), str(wd))

@@ -43,6 +43,20 @@ def write_json_atomic(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+def check_writable(directory: str) -> None:
+  """`directory` exists (created if needed) and takes a new file, or an error naming it: checked
+  before any work, so a run never trains and then fails (or hangs in a checkpoint write) at the end."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f".xrec-write-probe-{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"{directory} is not a writable directory ({e.strerror or e}); xrec writes its "
+                          "checkpoints and results there: fix its permissions or choose another --workdir") from None
+
+
 def write_study(workdir: str, study: dict) -> None:
   write_json_atomic(os.path.join(workdir, STUDY_FILE), study)
 

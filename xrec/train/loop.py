@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from xrec import models
+from xrec import runindex
 from xrec import sharding
 from xrec.config import check_ranges, with_overrides
 from xrec.data import augment, cross_user, pipeline
@@ -467,7 +468,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Runs training with periodic evaluation and checkpoints; returns (and writes) results.json."""
   t_start = time.time()
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  for folder in (workdir, os.path.join(workdir, ckpt.LATEST_DIR), os.path.join(workdir, ckpt.BEST_DIR)):
+    runindex.check_writable(folder)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.sharding.rules)
   max_len = config.model.max_len

@@ -422,7 +422,7 @@ def run_study(config, module, workdir: str, only: str | None = None, config_file
   check_study(config, module)
   chosen = select(cells, only)
   check_same_config(workdir, config)
-  os.makedirs(workdir, exist_ok=True)
+  runindex.check_writable(workdir)
   with launch_lock(workdir, only):
     return _run_cells(config, cells, chosen, layout, workdir, config_file, config_arg)
 
