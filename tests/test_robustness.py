@@ -199,3 +199,56 @@ def test_an_unwritable_checkpoint_folder_fails_before_training(data_dir, tmp_pat
     (wd / "checkpoints").mkdir(mode=0o500)
     with pytest.raises(PermissionError, match="is not a writable directory"):
       train_and_evaluate(tiny_config(data_dir), str(wd))
+
+
+def _metrics_of(workdir) -> dict:
+  """Test metrics of every finished cell of a study, by cell key (timings left out)."""
+  out = {}
+  with open(os.path.join(workdir, "runs.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if row["status"] == "done":
+        out[row["key"]] = {k: v for k, v in row["test"].items() if k not in ("eval_seconds", "users_per_second")}
+  return out
+
+
+STUDY = ["--config.experiment.pretrain.train.num_epochs=4", "--config.experiment.pretrain.train.batch_size=16",
+         "--config.experiment.pretrain.train.eval_every_steps=5", "--config.experiment.pretrain.train.checkpoint_every_steps=5",
+         "--config.data.user_fraction=0.5", "--config.tune.lr=(0.003,)",
+         "--config.experiment.strategies=('scratch','full_finetune')"]
+
+
+@pytest.mark.parametrize("kind,seed", [("run", 0), ("study", 1)])
+def test_sigkill_at_random_points_then_rerun_ends_as_an_uninterrupted_run(data_dir, tmp_path, kind, seed):
+  """SIGKILL at random moments (data preparation, compilation, training, checkpoint saves, the final
+  evaluation, the report), rerun after each kill, then once to the end: the same test metrics,
+  float for float, as one uninterrupted launch."""
+  import random
+  import signal
+  import time
+  args = [*TINY, f"--config.data.data_dir={data_dir}", "--config.train.num_steps=24",
+          "--config.train.eval_every_steps=6", "--config.train.checkpoint_every_steps=3"]
+  config = "sasrec_synthetic.py" if kind == "run" else "transfer_synthetic.py"
+  if kind == "study":
+    args += STUDY
+  start = time.monotonic()
+  whole = _launch(tmp_path / "whole", *args, config=config)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  duration = time.monotonic() - start  # kill times scale with this machine's speed
+  wd = tmp_path / "killed"
+  rng = random.Random(seed)
+  kills = 0
+  for _ in range(2 if kind == "run" else 3):
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--config",
+                             os.path.join(ROOT, "configs", config), "--workdir", str(wd), *args],
+                            cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(0.15, 0.8) * duration)
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGKILL)
+      kills += 1
+    proc.wait(timeout=60)
+  last = _launch(wd, *args, config=config)
+  assert last.returncode == 0, last.stderr[-3000:]
+  assert kills >= 1
+  assert _metrics_of(wd) == _metrics_of(tmp_path / "whole") and _metrics_of(wd)

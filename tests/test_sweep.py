@@ -108,9 +108,13 @@ def test_killed_study_resumes_to_the_same_table(finished_study, data_dir, tmp_pa
   calls.clear()
   changed = study_config(data_dir)
   changed.transfer.lr_mult = 0.5
-  counts = sweep.run_study(changed, module(), wd, only=ft["key"])
+  with pytest.raises(ValueError, match=r"was started with another config .*\n  transfer.lr_mult: 1.0 -> 0.5"):
+    sweep.run_study(changed, module(), wd, only=ft["key"])  # the workdir's config is not silently replaced
+  variant = {**ft["overrides"], "transfer.lr_mult": 0.5}  # a new cell of the same study may change it
+  counts = sweep.run_study(study_config(data_dir), module([variant]), wd,
+                           only=sweep.cell_key(variant))
   assert counts["ran"] == 1 and len(calls) == 1
-  after = sweep.latest_runs(wd)[ft["key"]]
+  after = sweep.latest_runs(wd)[sweep.cell_key(variant)]
   assert after["stages"]["pretrain"] == ft["stages"]["pretrain"] and after["reused"] == ["pretrain"]
   assert after["stages"]["transfer"] != ft["stages"]["transfer"]
   assert os.path.getmtime(pre_results) == mtime
