@@ -31,6 +31,7 @@ import optax
 from xrec import models
 from xrec import runindex
 from xrec import sharding
+from xrec import zoo
 from xrec.config import check_ranges, with_overrides
 from xrec.data import augment, cross_user, pipeline
 from xrec.evaluate import evaluator as evaluation
@@ -468,6 +469,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Runs training with periodic evaluation and checkpoints; returns (and writes) results.json."""
   t_start = time.time()
   validate(config)
+  if config.train.init_from:  # a folder, or a model zoo entry's name (python -m xrec.zoo list)
+    config = with_overrides(config, {"train.init_from": zoo.resolve(config.train.init_from)})
   for folder in (workdir, os.path.join(workdir, ckpt.LATEST_DIR), os.path.join(workdir, ckpt.BEST_DIR)):
     runindex.check_writable(folder)
   mesh = sharding.make_mesh(config.mesh)

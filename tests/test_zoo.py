@@ -1,0 +1,71 @@
+"""The local model zoo: add / list / remove, init_from by name, and its errors (issue 13)."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import tiny_config
+from xrec import zoo
+from xrec.train.loop import train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def pretrained(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("pretrained"))
+  train_and_evaluate(tiny_config(data_dir), workdir)
+  return workdir
+
+
+def test_zoo_round_trip_and_init_from_by_name(data_dir, pretrained, tmp_path):
+  catalog = str(tmp_path / "zoo.json")
+  entry = zoo.add(pretrained, "tiny-sasrec", catalog)
+  with open(os.path.join(pretrained, "results.json")) as f:
+    results = json.load(f)
+  assert entry["encoder"] == "sasrec" and entry["params"] == results["param_count"]
+  assert entry["stored_bytes"] > 0 and entry["items"]["count"] == results["dataset"]["items"]
+  assert entry["valid"]["ndcg@10"] == results["valid"]["ndcg@10"]
+  assert entry["source"]["domain"] == "source" and entry["model"]["embed_dim"] == 16
+  assert zoo.read_catalog(catalog)["entries"]["tiny-sasrec"] == entry  # written and read back
+  listed = zoo.table(catalog)
+  assert "| tiny-sasrec | sasrec | 16 |" in listed and "| ok |" in listed
+  assert zoo.main(["--catalog", catalog, "list"]) == 0
+  # a run names the entry in train.init_from and starts from that checkpoint
+  os.environ["XREC_ZOO"] = catalog
+  try:
+    cfg = tiny_config(data_dir)
+    cfg.data.domain = "target"
+    cfg.transfer.strategy = "full_finetune"
+    cfg.train.init_from = "tiny-sasrec"
+    out = train_and_evaluate(cfg, str(tmp_path / "transfer"))
+  finally:
+    del os.environ["XREC_ZOO"]
+  assert out["init"] == {"kind": "pretrained", "path": pretrained}
+  zoo.remove("tiny-sasrec", catalog)
+  assert zoo.read_catalog(catalog)["entries"] == {}
+
+
+def test_zoo_errors_name_what_is_wrong(pretrained, tmp_path):
+  catalog = str(tmp_path / "zoo.json")
+  with pytest.raises(FileNotFoundError, match="holds no finished run"):
+    zoo.add(str(tmp_path), "empty", catalog)
+  copy = str(tmp_path / "copy")
+  shutil.copytree(pretrained, copy)
+  zoo.add(copy, "gone", catalog)
+  shutil.rmtree(os.path.join(copy, "best"))
+  assert "| **missing** |" in zoo.table(catalog)
+  with pytest.raises(FileNotFoundError, match=r"zoo entry 'gone': its checkpoint .*best is gone"):
+    zoo.resolve("gone", catalog)
+  with pytest.raises(FileNotFoundError, match=r"train.init_from='nope' is neither a folder nor a zoo entry.*\['gone'\]"):
+    zoo.resolve("nope", catalog)
+  other = str(tmp_path / "other")
+  shutil.copytree(pretrained, other)
+  with open(os.path.join(other, "model.json")) as f:
+    model = json.load(f)
+  model["model"]["name"] = "transformer9000"
+  with open(os.path.join(other, "model.json"), "w") as f:
+    json.dump(model, f)
+  with pytest.raises(ValueError, match=r"encoder 'transformer9000' is unknown to this xrec; known: \["):
+    zoo.add(other, "odd", catalog)
+  assert zoo.main(["--catalog", catalog, "remove", "nothing"]) == 2
