@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 
+import numpy as np
+
 import pytest
 
 from conftest import tiny_config
@@ -69,3 +71,40 @@ def test_zoo_errors_name_what_is_wrong(pretrained, tmp_path):
   with pytest.raises(ValueError, match=r"encoder 'transformer9000' is unknown to this xrec; known: \["):
     zoo.add(other, "odd", catalog)
   assert zoo.main(["--catalog", catalog, "remove", "nothing"]) == 2
+
+
+def test_select_ranks_a_tiny_zoo_with_costs_and_a_pareto_front(data_dir, pretrained, tmp_path):
+  from xrec import select
+  catalog = str(tmp_path / "zoo.json")
+  zoo.add(pretrained, "small", catalog)
+  bigger = tiny_config(data_dir)
+  bigger.model.embed_dim = 32
+  train_and_evaluate(bigger, str(tmp_path / "bigger"))
+  zoo.add(str(tmp_path / "bigger"), "bigger", catalog)
+  target = tiny_config(data_dir)
+  target.data.domain = "target"
+  rows = select.select(target, catalog, str(tmp_path / "out"), proxy_steps=6)
+  assert {r["name"] for r in rows} == {"small", "bigger"}
+  for r in rows:
+    assert r["item_overlap"] == 1.0 and r["zero_shot_ndcg@10"] is not None
+    assert 0 <= r["probe_ndcg@10"] <= 1 and np.isfinite(r["log_me"]) and r["proxy_ndcg@10"] is not None
+    assert set(r["ranks"]) == set(select.ESTIMATORS) and all(v >= 0 for v in r["seconds"].values())
+  assert rows[0]["combined_rank"] <= rows[1]["combined_rank"]
+  assert any(r["pareto"] for r in rows)
+  small = next(r for r in rows if r["name"] == "small")
+  assert small["pareto"]  # the fewest params is never dominated
+  written = json.load(open(tmp_path / "out" / "select.json"))
+  assert [c["name"] for c in written["candidates"]] == [r["name"] for r in rows]
+  assert "| small | sasrec |" in (tmp_path / "out" / "select.md").read_text()
+
+
+def test_rank_rows_marks_the_front_and_leaves_na_unranked():
+  from xrec import select
+  rows = [{"name": "a", "params": 10, "zero_shot_ndcg@10": None, "probe_ndcg@10": 0.5, "log_me": -1.0},
+          {"name": "b", "params": 20, "zero_shot_ndcg@10": 0.3, "probe_ndcg@10": 0.6, "log_me": -0.5},
+          {"name": "c", "params": 30, "zero_shot_ndcg@10": 0.1, "probe_ndcg@10": 0.4, "log_me": -2.0}]
+  out = {r["name"]: r for r in select.rank_rows(rows)}
+  assert "zero_shot_ndcg@10" not in out["a"]["ranks"]  # n/a, not ranked last as if 0
+  assert out["b"]["combined_rank"] == 1.0 and out["c"]["combined_rank"] == pytest.approx(8 / 3)  # ranks 2, 3, 3
+  assert out["a"]["combined_rank"] == 2.0  # ranks 2, 2: its n/a column does not count
+  assert out["a"]["pareto"] and out["b"]["pareto"] and not out["c"]["pareto"]

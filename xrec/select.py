@@ -1,0 +1,230 @@
+"""Choosing a pretrained model for a target without fine-tuning them all (issue 13).
+
+  python -m xrec.select --target configs/sasrec_synthetic.py --set data.domain=target \
+      --zoo ~/.xrec/zoo.json --out runs/select [--proxy_steps 50]
+
+For every zoo entry (python -m xrec.zoo) and the target's data (the target config's data.*):
+the item overlap by raw key, and on the entry's frozen representations of the target's sequences
+(its encoder's last state; target items the entry does not know are read as padding) the
+zero-shot validation NDCG@10 over the target's catalogue (n/a without overlap), a linear probe's
+validation NDCG@10, LogME, and with --proxy_steps a short fine-tuning run's validation NDCG@10.
+Each is ranked, a combined score is the mean rank over the estimators, and the table marks the
+quality-vs-cost Pareto front (combined score vs params). Writes select.md and select.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from xrec import models, zoo
+from xrec.config import with_overrides
+from xrec.data import pipeline
+from xrec.evaluate import transferability
+from xrec.train import checkpoint as ckpt
+from xrec.train import loop, sweep
+from xrec.transfer import vocab
+
+ESTIMATORS = ("zero_shot_ndcg@10", "probe_ndcg@10", "log_me", "proxy_ndcg@10")
+
+
+def _examples(domain: pipeline.DomainSequences, max_len: int):
+  """(train inputs, train labels, valid inputs, valid labels) in target ids: each training user's
+  training part predicts its last item from the rest; each evaluated user's validation target
+  from its history (the protocol's validation split)."""
+  train_x, train_y, valid_x, valid_y = [], [], [], []
+  for u in domain.train_users:
+    part = domain.sequence(u)[:-2]
+    if len(part) >= 2:
+      train_x.append(pipeline.right_align(part[:-1], max_len))
+      train_y.append(part[-1])
+  for u in domain.eval_users:
+    seq = domain.sequence(u)
+    valid_x.append(pipeline.right_align(seq[:-2], max_len))
+    valid_y.append(seq[-2])
+  return (np.stack(train_x), np.asarray(train_y), np.stack(valid_x), np.asarray(valid_y))
+
+
+def _in_batches(fn, x, size: int = 256):
+  out = []
+  for start in range(0, len(x), size):
+    chunk = x[start:start + size]
+    pad = size - len(chunk)
+    padded = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)]) if pad else chunk
+    out.append(np.asarray(fn(padded))[:len(chunk)])
+  return np.concatenate(out)
+
+
+def _ndcg_at_10(scores, labels, history) -> float:
+  """Full-ranking NDCG@10 of labels [n] among target items (scores [n, items + 1], column 0 unused),
+  items of each user's history other than the label removed; ties against the label."""
+  scores = scores.copy()
+  scores[:, 0] = -np.inf
+  rows = np.arange(len(labels))[:, None]
+  keep = scores[np.arange(len(labels)), labels].copy()
+  scores[rows, history] = -np.inf
+  scores[np.arange(len(labels)), labels] = keep
+  target = np.where(np.isnan(keep), -np.inf, keep)
+  rank = (np.where(np.isnan(scores), np.inf, scores) >= target[:, None]).sum(1) - 1
+  hit = rank < 10
+  return float((hit / np.log2(rank + 2.0)).mean())
+
+
+def estimate(entry_name: str, entry: dict, config, domain, examples, out_dir: str, proxy_steps: int = 0) -> dict:
+  """Every estimator's value and wall seconds for one zoo entry on the target."""
+  path = entry["path"]
+  with open(os.path.join(path, loop.MODEL_FILE)) as f:
+    info = json.load(f)
+  module = models.build(ml_collections.ConfigDict(info["model"]), int(info["num_items"]))
+  params, _ = ckpt.restore_best_params(path)
+  with open(os.path.join(path, loop.ITEM_KEYS_FILE)) as f:
+    keys = json.load(f)["item_keys"]
+  position = {k: i + 1 for i, k in enumerate(keys)}
+  to_entry = np.zeros(domain.num_items + 1, np.int64)  # target id -> the entry's id (0: unknown)
+  to_entry[1:] = [position.get(k, 0) for k in domain.item_keys]
+  overlap = vocab.item_overlap(keys, domain.item_keys, domain.item_frequency)
+  train_x, train_y, valid_x, valid_y = examples
+  max_len = int(info["model"]["max_len"])
+
+  def fit(x):  # target ids, right-aligned to the target's max_len -> the entry's ids and length
+    x = to_entry[x][:, -max_len:]
+    return np.concatenate([np.zeros((len(x), max_len - x.shape[1]), x.dtype), x], 1).astype(np.int32)
+
+  features = jax.jit(lambda p, x: module.apply(
+      {"params": p}, x, method=lambda m, x: m.last_states(m.scoring_inputs(x))).astype(jnp.float32))
+  row = {"name": entry_name, "encoder": entry["encoder"], "params": entry["params"],
+         "stored_bytes": entry["stored_bytes"], "eval_users_per_second": entry.get("eval_users_per_second"),
+         "item_overlap": overlap.get("interaction_share", overlap["item_share"]), "seconds": {}}
+  t = time.time()
+  train_f = _in_batches(lambda x: features(params, x), fit(train_x))
+  valid_f = _in_batches(lambda x: features(params, x), fit(valid_x))
+  represent = time.time() - t
+  t = time.time()
+  if overlap["overlap_items"] > 0:
+    score = jax.jit(lambda p, x: module.apply({"params": p}, x, method="score_last"))
+    entry_scores = _in_batches(lambda x: score(params, x), fit(valid_x))
+    scores = np.where(to_entry[None, :] > 0, entry_scores[:, to_entry], -np.inf)
+    row["zero_shot_ndcg@10"] = _ndcg_at_10(scores, valid_y, valid_x)
+  else:
+    row["zero_shot_ndcg@10"] = None  # n/a: the entry knows none of the target's items
+  row["seconds"]["zero_shot_ndcg@10"] = time.time() - t
+  t = time.time()
+  probe = transferability.linear_probe(train_f, train_y, valid_f, valid_y, domain.num_items + 1)
+  row["probe_ndcg@10"] = probe["ndcg@10"]
+  row["seconds"]["probe_ndcg@10"] = represent + time.time() - t
+  t = time.time()
+  row["log_me"] = transferability.log_me(train_f, train_y)
+  row["seconds"]["log_me"] = represent + time.time() - t
+  row["proxy_ndcg@10"] = None
+  if proxy_steps > 0:
+    t = time.time()
+    proxy = with_overrides(config, {"train.init_from": path, "transfer.strategy": "full_finetune",
+                                    "train.num_steps": proxy_steps, "train.eval_every_steps": proxy_steps,
+                                    "train.checkpoint_every_steps": proxy_steps, "train.progress_bar": False})
+    with proxy.unlocked():  # the candidate's own architecture, fine-tuned whole
+      proxy.model = ml_collections.ConfigDict(info["model"])
+    results = loop.train_and_evaluate(proxy, os.path.join(out_dir, "proxy", entry_name))
+    row["proxy_ndcg@10"] = results["valid"]["ndcg@10"]
+    row["seconds"]["proxy_ndcg@10"] = time.time() - t
+  return row
+
+
+def rank_rows(rows: list[dict]) -> list[dict]:
+  """Each estimator's rank (1 = best; n/a rows unranked), the combined score (mean rank over the
+  estimators a row has) and the Pareto front of combined score vs params."""
+  for name in ESTIMATORS:
+    ranked = sorted((r for r in rows if r.get(name) is not None), key=lambda r: -r[name])
+    for i, r in enumerate(ranked, 1):
+      r.setdefault("ranks", {})[name] = i
+  for r in rows:
+    ranks = list((r.get("ranks") or {}).values())
+    r["combined_rank"] = float(np.mean(ranks)) if ranks else None
+  for r in rows:
+    r["pareto"] = r["combined_rank"] is not None and not any(
+        o is not r and o["combined_rank"] is not None and o["combined_rank"] <= r["combined_rank"]
+        and o["params"] <= r["params"] and (o["combined_rank"] < r["combined_rank"] or o["params"] < r["params"])
+        for o in rows)
+  return sorted(rows, key=lambda r: (r["combined_rank"] is None, r["combined_rank"] or 0))
+
+
+def markdown(rows: list[dict]) -> str:
+  def fmt(v, digits=4):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+  lines = ["| name | encoder | params | stored MB | eval users/s | item overlap | zero-shot ndcg@10 | probe ndcg@10 "
+           "| LogME | proxy ndcg@10 | combined rank | Pareto | estimator seconds |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+  for r in rows:
+    secs = ", ".join(f"{k.split('_ndcg')[0]} {v:.1f}" for k, v in r["seconds"].items())
+    speed = r.get("eval_users_per_second")
+    lines.append(f"| {r['name']} | {r['encoder']} | {r['params']:,} | {r['stored_bytes'] / 1e6:.2f} | "
+                 f"{'-' if speed is None else f'{speed:,.0f}'} | {fmt(r['item_overlap'], 3)} | "
+                 f"{fmt(r['zero_shot_ndcg@10'])} | {fmt(r['probe_ndcg@10'])} | {fmt(r['log_me'])} | "
+                 f"{fmt(r['proxy_ndcg@10'])} | {fmt(r['combined_rank'], 2)} | {'**yes**' if r['pareto'] else ''} | "
+                 f"{secs} |")
+  return "\n".join(lines)
+
+
+def select(config, catalog: str | None, out_dir: str, proxy_steps: int = 0) -> list[dict]:
+  entries = zoo.read_catalog(catalog)["entries"]
+  if not entries:
+    raise ValueError(f"the zoo {zoo.catalog_path(catalog)} has no entries (python -m xrec.zoo add WORKDIR)")
+  for name in entries:
+    zoo.resolve(name, catalog)  # every checkpoint still there, before any work
+  loop.validate(config)
+  domain = pipeline.load_domain(config.data)
+  examples = _examples(domain, int(config.model.max_len))
+  rows = rank_rows([estimate(name, entries[name], config, domain, examples, out_dir, proxy_steps)
+                    for name in sorted(entries)])
+  os.makedirs(out_dir, exist_ok=True)
+  text = markdown(rows)
+  with open(os.path.join(out_dir, "select.md"), "w") as f:
+    f.write(text + "\n")
+  with open(os.path.join(out_dir, "select.json"), "w") as f:
+    json.dump({"target": {"dataset": config.data.name, "domain": domain.name, "items": domain.num_items,
+                          "training_users": int(len(domain.train_users)),
+                          "evaluated_users": int(len(domain.eval_users))},
+               "zoo": zoo.catalog_path(catalog), "candidates": rows}, f, indent=2)
+  return rows
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m xrec.select", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--target", required=True, help="the target's config file (configs/x.py[:arg])")
+  ap.add_argument("--set", action="append", default=[], help="a config override field=value (repeatable)")
+  ap.add_argument("--zoo", default=None, help="zoo catalog (default $XREC_ZOO or ~/.xrec/zoo.json)")
+  ap.add_argument("--out", required=True, help="folder for select.md and select.json")
+  ap.add_argument("--proxy_steps", type=int, default=0, help="also fine-tune each candidate this many steps")
+  args = ap.parse_args(argv)
+  try:
+    path, arg = sweep.config_file_of(args.target)
+    config = sweep.load_config_module(path).get_config(arg)
+    overrides = {}
+    for item in args.set:
+      field, sep, value = item.partition("=")
+      if not sep:
+        raise ValueError(f"--set {item!r}: expected field=value")
+      try:
+        overrides[field] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        overrides[field] = value
+    config = with_overrides(config, overrides)
+    rows = select(config, args.zoo, args.out, args.proxy_steps)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    print(f"xrec.select: error: {e.args[0] if e.args else e}", file=sys.stderr)
+    return 2
+  print(markdown(rows))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
