@@ -88,6 +88,7 @@ def test_select_ranks_a_tiny_zoo_with_costs_and_a_pareto_front(data_dir, pretrai
   for r in rows:
     assert r["item_overlap"] == 1.0 and r["zero_shot_ndcg@10"] is not None
     assert 0 <= r["probe_ndcg@10"] <= 1 and np.isfinite(r["log_me"]) and r["proxy_ndcg@10"] is not None
+    assert r["mmd"] is not None and r["neg_mmd"] == -r["mmd"]
     assert set(r["ranks"]) == set(select.ESTIMATORS) and all(v >= 0 for v in r["seconds"].values())
   assert rows[0]["combined_rank"] <= rows[1]["combined_rank"]
   assert any(r["pareto"] for r in rows)

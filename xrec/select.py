@@ -7,7 +7,9 @@ For every zoo entry (python -m xrec.zoo) and the target's data (the target confi
 the item overlap by raw key, and on the entry's frozen representations of the target's sequences
 (its encoder's last state; target items the entry does not know are read as padding) the
 zero-shot validation NDCG@10 over the target's catalogue (n/a without overlap), a linear probe's
-validation NDCG@10, LogME, and with --proxy_steps a short fine-tuning run's validation NDCG@10.
+validation NDCG@10, LogME, the MMD between its representations of its own source sequences and of
+the target's (n/a when the source data cannot be read here), and with --proxy_steps a short
+fine-tuning run's validation NDCG@10.
 Each is ranked, a combined score is the mean rank over the estimators, and the table marks the
 quality-vs-cost Pareto front (combined score vs params). Writes select.md and select.json.
 """
@@ -34,7 +36,9 @@ from xrec.train import checkpoint as ckpt
 from xrec.train import loop, sweep
 from xrec.transfer import vocab
 
-ESTIMATORS = ("zero_shot_ndcg@10", "probe_ndcg@10", "log_me", "proxy_ndcg@10")
+ESTIMATORS = ("zero_shot_ndcg@10", "probe_ndcg@10", "log_me", "proxy_ndcg@10", "neg_mmd")
+# neg_mmd: -MMD^2 between the entry's representations of its source sequences and of the target's
+# (closer = higher)
 
 
 def _examples(domain: pipeline.DomainSequences, max_len: int):
@@ -77,6 +81,17 @@ def _ndcg_at_10(scores, labels, history) -> float:
   rank = (np.where(np.isnan(scores), np.inf, scores) >= target[:, None]).sum(1) - 1
   hit = rank < 10
   return float((hit / np.log2(rank + 2.0)).mean())
+
+
+def _source_domain(path: str):
+  """The domain a zoo entry was trained on, from its results.json's data config (None when it
+  cannot be read here, e.g. a real dataset whose files are elsewhere)."""
+  try:
+    with open(os.path.join(path, "results.json")) as f:
+      data = ml_collections.ConfigDict(json.load(f)["config"]["data"])
+    return pipeline.load_domain(data)
+  except (OSError, ValueError, KeyError):
+    return None
 
 
 def estimate(entry_name: str, entry: dict, config, domain, examples, out_dir: str, proxy_steps: int = 0) -> dict:
@@ -124,6 +139,17 @@ def estimate(entry_name: str, entry: dict, config, domain, examples, out_dir: st
   t = time.time()
   row["log_me"] = transferability.log_me(train_f, train_y)
   row["seconds"]["log_me"] = represent + time.time() - t
+  t = time.time()
+  source = _source_domain(path)
+  if source is not None:  # the entry's own pretraining data, encoded the same way
+    sample = np.random.default_rng(0).permutation(source.eval_users)[:len(valid_x)][:1000]
+    source_x = np.stack([pipeline.right_align(source.sequence(u)[:-2], max_len) for u in sample]).astype(np.int32)
+    source_f = _in_batches(lambda x: features(params, x), source_x)
+    row["mmd"] = transferability.mmd_rbf(source_f, valid_f[:1000])
+    row["neg_mmd"] = -row["mmd"]
+  else:
+    row["mmd"] = row["neg_mmd"] = None  # the source data is not readable here
+  row["seconds"]["mmd"] = represent + time.time() - t
   row["proxy_ndcg@10"] = None
   if proxy_steps > 0:
     t = time.time()
@@ -160,14 +186,14 @@ def markdown(rows: list[dict]) -> str:
   def fmt(v, digits=4):
     return "n/a" if v is None else f"{v:.{digits}f}"
   lines = ["| name | encoder | params | stored MB | eval users/s | item overlap | zero-shot ndcg@10 | probe ndcg@10 "
-           "| LogME | proxy ndcg@10 | combined rank | Pareto | estimator seconds |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+           "| LogME | MMD to source | proxy ndcg@10 | combined rank | Pareto | estimator seconds |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
   for r in rows:
     secs = ", ".join(f"{k.split('_ndcg')[0]} {v:.1f}" for k, v in r["seconds"].items())
     speed = r.get("eval_users_per_second")
     lines.append(f"| {r['name']} | {r['encoder']} | {r['params']:,} | {r['stored_bytes'] / 1e6:.2f} | "
                  f"{'-' if speed is None else f'{speed:,.0f}'} | {fmt(r['item_overlap'], 3)} | "
-                 f"{fmt(r['zero_shot_ndcg@10'])} | {fmt(r['probe_ndcg@10'])} | {fmt(r['log_me'])} | "
+                 f"{fmt(r['zero_shot_ndcg@10'])} | {fmt(r['probe_ndcg@10'])} | {fmt(r['log_me'])} | {fmt(r['mmd'])} | "
                  f"{fmt(r['proxy_ndcg@10'])} | {fmt(r['combined_rank'], 2)} | {'**yes**' if r['pareto'] else ''} | "
                  f"{secs} |")
   return "\n".join(lines)
