@@ -65,3 +65,13 @@ def test_a_linear_probe_separates_separable_representations():
   random_out = T.linear_probe(rng.normal(size=(300, d)), labels[:300], rng.normal(size=(100, d)), labels[300:],
                               num_classes=k, steps=200, ks=(1,))
   assert random_out["accuracy"] < 0.5
+
+
+def test_kendall_tau_b_on_hand_cases():
+  assert T.kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+  assert T.kendall_tau([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+  # pairs (1,2) concordant, (1,3) concordant, (2,3) discordant -> (2 - 1) / 3
+  assert T.kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+  # a tie in a: (1,2) tied in a only; (1,3), (2,3) concordant -> 2 / sqrt(2 * 3)
+  assert T.kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / np.sqrt(6))
+  assert T.kendall_tau([1], [2]) is None

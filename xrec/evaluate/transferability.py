@@ -6,6 +6,7 @@ a target, computed without fine-tuning (issue 13). Each takes plain arrays (repr
   mmd_rbf(x, y)                    distance between the source's and the target's representations
   log_me(features, labels)         evidence of a Bayesian linear model of the labels (LogME)
   linear_probe(train, valid, ...)  a softmax probe on frozen features, scored on held-out examples
+  kendall_tau(a, b)                how well an estimate ranks candidates like their fine-tuned results
 """
 
 from __future__ import annotations
@@ -144,3 +145,28 @@ def linear_probe(train_features, train_labels, valid_features, valid_labels, num
     out[f"hr@{k}"] = float(hit.mean())
     out[f"ndcg@{k}"] = float((hit / np.log2(rank + 2.0)).mean())
   return out
+
+
+def kendall_tau(a, b) -> float | None:
+  """Kendall's tau-b (Kendall, 1945) of two score lists (ties in either count as neither concordant nor
+  discordant, normalised by the tie-corrected pair counts); None for fewer than 2 pairs."""
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  n = len(a)
+  if n < 2:
+    return None
+  concordant = discordant = ties_a = ties_b = 0
+  for i in range(n):
+    for j in range(i + 1, n):
+      da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+      if da == 0 and db == 0:
+        continue
+      if da == 0:
+        ties_a += 1
+      elif db == 0:
+        ties_b += 1
+      elif da == db:
+        concordant += 1
+      else:
+        discordant += 1
+  denom = np.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+  return float((concordant - discordant) / denom) if denom > 0 else None

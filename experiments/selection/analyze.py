@@ -1,0 +1,118 @@
+"""Transferability estimates vs fine-tuned results for the selection study (config.py).
+
+  python experiments/selection/analyze.py runs/selection
+
+For every target (shift, seed) of the study, each candidate's pretraining stage is estimated on
+that target without fine-tuning (xrec.select.estimate) and compared with its fine-tuned
+validation NDCG@10 (the cell's chosen learning rate): Kendall's tau-b and whether the estimator's
+top candidate is the fine-tuned best, per target, then averaged over targets (seeds folded into
+targets). Writes WORKDIR/selection/{selection.md, selection.json, estimate_vs_finetuned.png}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import ml_collections
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from xrec import runindex, select  # noqa: E402
+from xrec.evaluate.transferability import kendall_tau  # noqa: E402
+from xrec.data import pipeline  # noqa: E402
+
+ESTIMATORS = ("zero_shot_ndcg@10", "probe_ndcg@10", "log_me", "neg_mmd")
+
+
+def main(workdir: str) -> dict:
+  runs = [r for r in runindex.latest_runs(workdir).values() if r.get("status") == "done"]
+  targets: dict = {}
+  for r in runs:
+    fields = r["overrides"]
+    targets.setdefault((fields["data.synthetic.shift"], fields["seed"]), []).append(r)
+  out_dir = os.path.join(workdir, "selection")
+  os.makedirs(out_dir, exist_ok=True)
+  per_target, points = [], []
+  for (shift, seed), cells in sorted(targets.items()):
+    stage = os.path.join(workdir, "stages", cells[0]["stages"]["transfer"])
+    with open(os.path.join(stage, "results.json")) as f:
+      config = ml_collections.ConfigDict(json.load(f)["config"])
+    domain = pipeline.load_domain(config.data)
+    examples = select._examples(domain, int(config.model.max_len))
+    rows = []
+    for cell in cells:
+      path = os.path.join(workdir, "stages", cell["stages"]["pretrain"])
+      with open(os.path.join(path, "results.json")) as f:
+        pre = json.load(f)
+      entry = {"path": path, "encoder": pre["config"]["model"]["name"], "params": pre["param_count"],
+               "stored_bytes": 0, "eval_users_per_second": None}
+      name = f"{cell['overrides']['model.name']}-d{cell['overrides']['model.embed_dim']}"
+      t = time.time()
+      row = select.estimate(name, entry, config, domain, examples, out_dir)
+      row["estimate_seconds"] = time.time() - t
+      row["finetuned_valid_ndcg@10"] = cell["valid"]["ndcg@10"]
+      row["finetuned_test_ndcg@10"] = cell["test"]["ndcg@10"]
+      row["finetune_seconds"] = cell.get("wall_seconds")
+      rows.append(row)
+      points.append({"shift": shift, "seed": seed, **{k: row.get(k) for k in ESTIMATORS},
+                     "finetuned": row["finetuned_valid_ndcg@10"], "name": name})
+    truth = [r["finetuned_valid_ndcg@10"] for r in rows]
+    best = int(np.argmax(truth))
+    result = {"shift": shift, "seed": seed, "candidates": len(rows), "rows": rows, "tau": {}, "top1": {}}
+    for est in ESTIMATORS:
+      have = [i for i, r in enumerate(rows) if r.get(est) is not None]
+      result["tau"][est] = kendall_tau([rows[i][est] for i in have], [truth[i] for i in have]) if have else None
+      result["top1"][est] = (max(have, key=lambda i: rows[i][est]) == best) if have else None
+    per_target.append(result)
+  summary = {}
+  for est in ESTIMATORS:
+    taus = [t["tau"][est] for t in per_target if t["tau"][est] is not None]
+    hits = [t["top1"][est] for t in per_target if t["top1"][est] is not None]
+    summary[est] = {"mean_tau": float(np.mean(taus)) if taus else None, "targets": len(taus),
+                    "top1_hit_rate": float(np.mean(hits)) if hits else None}
+  estimate_seconds = sum(r["estimate_seconds"] for t in per_target for r in t["rows"])
+  finetune_seconds = sum(r["finetune_seconds"] or 0 for t in per_target for r in t["rows"])
+  lines = ["| estimator | mean Kendall tau | top-1 hit rate | targets |", "|---|---:|---:|---:|"]
+  for est, s in summary.items():
+    tau = "n/a" if s["mean_tau"] is None else f"{s['mean_tau']:.3f}"
+    hit = "n/a" if s["top1_hit_rate"] is None else f"{s['top1_hit_rate']:.2f}"
+    lines.append(f"| {est} | {tau} | {hit} | {s['targets']} |")
+  lines.append("")
+  lines.append(f"All estimators together took {estimate_seconds:.0f} s; the cells they stand in for (each "
+               f"candidate's pretraining and fine-tuning at every learning rate) took {finetune_seconds:.0f} s.")
+  text = "\n".join(lines)
+  report = {"summary": summary, "targets": per_target, "estimate_seconds": estimate_seconds,
+            "finetune_seconds": finetune_seconds}
+  with open(os.path.join(out_dir, "selection.json"), "w") as f:
+    json.dump(report, f, indent=2, default=float)
+  with open(os.path.join(out_dir, "selection.md"), "w") as f:
+    f.write(text + "\n")
+  _plot(points, os.path.join(out_dir, "estimate_vs_finetuned.png"))
+  print(text)
+  return report
+
+
+def _plot(points, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(ESTIMATORS), figsize=(4 * len(ESTIMATORS), 3.5))
+  for ax, est in zip(axes, ESTIMATORS):
+    xs = [(p[est], p["finetuned"]) for p in points if p[est] is not None]
+    if xs:
+      ax.scatter(*zip(*xs), s=14)
+    ax.set_xlabel(est)
+    ax.set_ylabel("fine-tuned valid ndcg@10")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+if __name__ == "__main__":
+  if len(sys.argv) != 2:
+    sys.exit(__doc__)
+  main(sys.argv[1])
