@@ -109,3 +109,27 @@ def test_rank_rows_marks_the_front_and_leaves_na_unranked():
   assert out["b"]["combined_rank"] == 1.0 and out["c"]["combined_rank"] == pytest.approx(8 / 3)  # ranks 2, 3, 3
   assert out["a"]["combined_rank"] == 2.0  # ranks 2, 2: its n/a column does not count
   assert out["a"]["pareto"] and out["b"]["pareto"] and not out["c"]["pareto"]
+
+
+def test_select_reports_overlap_estimates_as_na_for_a_model_of_other_items(data_dir, pretrained, tmp_path):
+  """A candidate trained on a catalogue that shares no item with the target: its zero-shot estimate
+  is n/a (None), not 0, and it is not ranked on it; the representation-based estimates still run."""
+  from xrec import select
+  other = str(tmp_path / "other_items")
+  shutil.copytree(pretrained, other)
+  with open(os.path.join(other, "item_keys.json")) as f:
+    keys = json.load(f)
+  keys["item_keys"] = [f"elsewhere-{k}" for k in keys["item_keys"]]
+  with open(os.path.join(other, "item_keys.json"), "w") as f:
+    json.dump(keys, f)
+  catalog = str(tmp_path / "zoo.json")
+  zoo.add(other, "elsewhere", catalog)
+  zoo.add(pretrained, "same-items", catalog)
+  target = tiny_config(data_dir)
+  target.data.domain = "target"
+  rows = {r["name"]: r for r in select.select(target, catalog, str(tmp_path / "out"))}
+  assert rows["elsewhere"]["item_overlap"] == 0.0 and rows["elsewhere"]["zero_shot_ndcg@10"] is None
+  assert "zero_shot_ndcg@10" not in rows["elsewhere"]["ranks"] and rows["elsewhere"]["log_me"] is not None
+  assert rows["same-items"]["zero_shot_ndcg@10"] is not None
+  assert "| elsewhere |" in (tmp_path / "out" / "select.md").read_text()
+  assert "| n/a |" in (tmp_path / "out" / "select.md").read_text()
