@@ -2,7 +2,8 @@
 
   python experiments/selection/analyze.py runs/selection
 
-For every target (shift, seed) of the study, each candidate's pretraining stage is estimated on
+For every target of the study (the cells' overrides other than the candidate's encoder and size:
+the synthetic shift and the seed, or a real-data scenario's seed), each candidate's pretraining stage is estimated on
 that target without fine-tuning (xrec.select.estimate) and compared with its fine-tuned
 validation NDCG@10 (the cell's chosen learning rate): Kendall's tau-b and whether the estimator's
 top candidate is the fine-tuned best, per target, then averaged over targets (seeds folded into
@@ -26,18 +27,19 @@ from xrec.evaluate.transferability import kendall_tau  # noqa: E402
 from xrec.data import pipeline  # noqa: E402
 
 ESTIMATORS = ("zero_shot_ndcg@10", "probe_ndcg@10", "log_me", "neg_mmd")
+CANDIDATE_FIELDS = ("model.name", "model.embed_dim")
 
 
 def main(workdir: str) -> dict:
   runs = [r for r in runindex.latest_runs(workdir).values() if r.get("status") == "done"]
-  targets: dict = {}
+  targets: dict = {}  # a target: every override but the candidate's encoder and size (shift, seed, ...)
   for r in runs:
-    fields = r["overrides"]
-    targets.setdefault((fields["data.synthetic.shift"], fields["seed"]), []).append(r)
+    target = tuple(sorted((k, v) for k, v in r["overrides"].items() if k not in CANDIDATE_FIELDS))
+    targets.setdefault(target, []).append(r)
   out_dir = os.path.join(workdir, "selection")
   os.makedirs(out_dir, exist_ok=True)
   per_target, points = [], []
-  for (shift, seed), cells in sorted(targets.items()):
+  for target, cells in sorted(targets.items(), key=lambda t: str(t[0])):
     stage = os.path.join(workdir, "stages", cells[0]["stages"]["transfer"])
     with open(os.path.join(stage, "results.json")) as f:
       config = ml_collections.ConfigDict(json.load(f)["config"])
@@ -58,11 +60,11 @@ def main(workdir: str) -> dict:
       row["finetuned_test_ndcg@10"] = cell["test"]["ndcg@10"]
       row["finetune_seconds"] = cell.get("wall_seconds")
       rows.append(row)
-      points.append({"shift": shift, "seed": seed, **{k: row.get(k) for k in ESTIMATORS},
+      points.append({"target": dict(target), **{k: row.get(k) for k in ESTIMATORS},
                      "finetuned": row["finetuned_valid_ndcg@10"], "name": name})
     truth = [r["finetuned_valid_ndcg@10"] for r in rows]
     best = int(np.argmax(truth))
-    result = {"shift": shift, "seed": seed, "candidates": len(rows), "rows": rows, "tau": {}, "top1": {}}
+    result = {"target": dict(target), "candidates": len(rows), "rows": rows, "tau": {}, "top1": {}}
     for est in ESTIMATORS:
       have = [i for i, r in enumerate(rows) if r.get(est) is not None]
       result["tau"][est] = kendall_tau([rows[i][est] for i in have], [truth[i] for i in have]) if have else None
