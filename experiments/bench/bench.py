@@ -14,6 +14,7 @@ speed, not quality.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -472,6 +473,9 @@ def main():
   ap.add_argument("--loop", type=int, default=0,
                   help="also time the whole training loop (xrec's train_and_evaluate vs a plain loop, same "
                        "synthetic data of the preset's shape) over runs of this many steps")
+  ap.add_argument("--ablate", action="store_true",
+                  help="also time xrec's step without gradient clipping and with a constant learning rate "
+                       "(same run, interleaved): what each costs against the plain Flax step")
   args = ap.parse_args()
   p = PRESETS[args.preset]
   dev = jax.devices()[0]
@@ -491,6 +495,15 @@ def main():
   fns = {"xrec": train, "eval": evaluate}
   if not args.skip_naive:
     fns["naive"] = bench_naive(p, batch)
+  ablations = {}
+  if args.ablate:  # xrec's step with one piece of its extra work removed
+    for name, change in (("xrec_no_clip", {"optim.clip_norm": 0.0}), ("xrec_constant_lr", {"optim.schedule": "constant"})):
+      variant = copy.deepcopy(config)
+      for field, value in change.items():
+        group, key = field.split(".")
+        variant[group][key] = value
+      fns[name] = bench_xrec(p, batch, variant)[0]
+      ablations[name] = change
   seconds = _interleaved(fns)
   sec, eval_sec = seconds["xrec"], seconds["eval"]
   result["xrec"] = {"ms_per_step": sec * 1e3, "train_sequences_per_s": p["batch_size"] / sec,
@@ -501,6 +514,11 @@ def main():
     nsec = seconds["naive"]
     result["naive_flax"] = {"ms_per_step": nsec * 1e3, "train_sequences_per_s": p["batch_size"] / nsec}
     result["speedup_vs_naive"] = nsec / sec
+  for name, change in ablations.items():
+    result[name] = {"change": change, "ms_per_step": seconds[name] * 1e3,
+                    "speedup_vs_xrec": seconds["xrec"] / seconds[name]}
+    if "naive" in seconds:
+      result[name]["speedup_vs_naive"] = seconds["naive"] / seconds[name]
   if dev.platform == "gpu":
     peak = matmul_peak(models.dtype(p["compute_dtype"]))
     result["matmul_peak_flops"] = peak
