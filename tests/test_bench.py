@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_bench_reports_xrec_and_the_plain_flax_step_in_one_run(tmp_path):
   out = tmp_path / "bench.json"
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-  proc = subprocess.run([sys.executable, "experiments/bench/bench.py", "--preset", "smoke", "--loop", "15", "--out", str(out)],
+  proc = subprocess.run([sys.executable, "experiments/bench/bench.py", "--preset", "smoke", "--loop", "15", "--ablate", "--out", str(out)],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
@@ -19,6 +19,8 @@ def test_bench_reports_xrec_and_the_plain_flax_step_in_one_run(tmp_path):
   for side in ("xrec", "naive_flax"):
     assert result[side]["ms_per_step"] > 0 and result[side]["train_sequences_per_s"] > 0
   assert result["xrec"]["eval_users_per_s"] > 0 and result["speedup_vs_naive"] > 0
+  assert result["xrec_no_clip"]["change"] == {"optim.clip_norm": 0.0} and result["xrec_no_clip"]["ms_per_step"] > 0
+  assert result["xrec_constant_lr"]["speedup_vs_naive"] > 0
   loop = result["loop"]
   assert loop["xrec_loop_sequences_per_s"] > 0 and loop["plain_loop_sequences_per_s"] > 0
   assert loop["training_users"] == 40 and loop["steps_per_run"] == 15
