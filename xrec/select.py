@@ -31,7 +31,7 @@ import numpy as np
 from xrec import models, zoo
 from xrec.config import with_overrides
 from xrec.data import pipeline
-from xrec.evaluate import transferability
+from xrec.evaluate import metrics, transferability
 from xrec.train import checkpoint as ckpt
 from xrec.train import loop, sweep
 from xrec.transfer import vocab
@@ -69,18 +69,11 @@ def _in_batches(fn, x, size: int = 256):
 
 
 def _ndcg_at_10(scores, labels, history) -> float:
-  """Full-ranking NDCG@10 of labels [n] among target items (scores [n, items + 1], column 0 unused),
-  items of each user's history other than the label removed; ties against the label."""
-  scores = scores.copy()
-  scores[:, 0] = -np.inf
-  rows = np.arange(len(labels))[:, None]
-  keep = scores[np.arange(len(labels)), labels].copy()
-  scores[rows, history] = -np.inf
-  scores[np.arange(len(labels)), labels] = keep
-  target = np.where(np.isnan(keep), -np.inf, keep)
-  rank = (np.where(np.isnan(scores), np.inf, scores) >= target[:, None]).sum(1) - 1
-  hit = rank < 10
-  return float((hit / np.log2(rank + 2.0)).mean())
+  """Full-ranking NDCG@10 of labels [n] among the target's items (scores [n, items + 1]), each
+  user's history masked: the evaluator's own ranking (metrics.target_rank)."""
+  num_items = scores.shape[1] - 1
+  rank = metrics.target_rank(jnp.asarray(scores), jnp.asarray(labels), num_items, jnp.asarray(history))
+  return metrics.finalize(metrics.metric_sums(rank, jnp.ones(len(labels)), (10,)))["ndcg@10"]
 
 
 def _source_domain(path: str):

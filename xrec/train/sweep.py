@@ -50,6 +50,7 @@ import types
 from typing import Any
 
 from xrec import models
+from xrec.models import common
 from xrec import runindex
 from xrec.config import with_overrides
 from xrec.train import experiment
@@ -376,14 +377,8 @@ def check_study(config, module) -> None:
 SAFE_TO_CHANGE = experiment.UNHASHED_FIELDS + ("train.keep_checkpoints", "experiment", "tune")
 
 
-def _dotted(tree, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_dotted(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+def _dotted(tree) -> dict:
+  return {path.replace("/", "."): v for path, v in common.flatten(tree).items()}
 
 
 def _comparable(config) -> dict:
