@@ -164,3 +164,34 @@ def test_eval_batches_pad_with_zero_weight():
   assert len(batches) == 2
   assert batches[1]["weight"].tolist() == [1.0, 0.0, 0.0, 0.0]
   assert batches[0]["target"].tolist() == [4, 4, 4, 4]
+
+
+_PREPARE = """
+import os, sys, time
+from xrec.config import base_config
+from xrec.data import pipeline
+c = base_config().data
+c.data_dir = sys.argv[1]
+c.synthetic.update(dict(num_source_users=600, num_target_users=600, num_source_items=300, num_target_items=300))
+open(os.path.join(sys.argv[2], sys.argv[3]), "w").close()
+while len(os.listdir(sys.argv[2])) < 2:  # both processes start preparing at the same moment
+  time.sleep(0.01)
+b = pipeline.prepare_builder(c)
+print(len(b.as_data_source()["target"]))
+"""
+
+
+def test_two_processes_preparing_one_new_dataset_at_once_both_get_it(tmp_path):
+  """Two studies (or two jobs of one study) that need the same dataset, first use, same moment:
+  one prepares it, the other waits and reads it (before the lock, the second's rename of its own
+  copy failed with FileExistsError and its cell failed)."""
+  import subprocess
+  import sys
+  ready = tmp_path / "ready"
+  ready.mkdir()
+  procs = [subprocess.Popen([sys.executable, "-c", _PREPARE, str(tmp_path / "data"), str(ready), f"p{i}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1] == "600"

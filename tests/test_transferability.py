@@ -19,6 +19,20 @@ def test_linear_cka_is_one_for_identical_rotated_and_scaled_inputs_and_small_for
     T.linear_cka(x, x[:10])
 
 
+def test_label_cka_is_one_when_the_representations_are_the_labels_and_small_when_unrelated():
+  rng = np.random.default_rng(4)
+  labels = rng.integers(0, 5, size=300)
+  assert T.label_cka(np.eye(5)[labels], labels) == pytest.approx(1.0)
+  q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+  assert T.label_cka(2.0 * np.eye(5)[labels] @ q, labels) == pytest.approx(1.0)  # rotated and scaled
+  assert T.label_cka(rng.normal(size=(300, 5)), labels) < 0.1
+  # hand-computed: two examples, labels 0 and 1, features 1 and -1: one-hot centred = +-[0.5, -0.5],
+  # a rank-one label kernel along the feature's direction -> 1
+  assert T.label_cka(np.array([[1.0], [-1.0]]), np.array([3, 7])) == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="2 feature rows but 3 labels"):
+    T.label_cka(np.ones((2, 1)), np.array([0, 1, 2]))
+
+
 def test_mmd_is_zero_for_one_distribution_and_grows_with_the_shift():
   rng = np.random.default_rng(1)
   a, b = rng.normal(size=(300, 4)), rng.normal(size=(300, 4))

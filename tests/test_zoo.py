@@ -88,8 +88,10 @@ def test_select_ranks_a_tiny_zoo_with_costs_and_a_pareto_front(data_dir, pretrai
   for r in rows:
     assert r["item_overlap"] == 1.0 and r["zero_shot_ndcg@10"] is not None
     assert 0 <= r["probe_ndcg@10"] <= 1 and np.isfinite(r["log_me"]) and r["proxy_ndcg@10"] is not None
-    assert r["mmd"] is not None and r["neg_mmd"] == -r["mmd"]
-    assert set(r["ranks"]) == set(select.ESTIMATORS) and all(v >= 0 for v in r["seconds"].values())
+    assert r["mmd"] is not None and r["neg_mmd"] == -r["mmd"] and 0 <= r["label_cka"] <= 1
+    # cross-region: no user is in both domains, so user CKA is n/a (not 0) and not ranked
+    assert r["shared_users"] == 0 and r["user_cka"] is None
+    assert set(r["ranks"]) == set(select.ESTIMATORS) - {"user_cka"} and all(v >= 0 for v in r["seconds"].values())
   assert rows[0]["combined_rank"] <= rows[1]["combined_rank"]
   assert any(r["pareto"] for r in rows)
   small = next(r for r in rows if r["name"] == "small")
@@ -97,6 +99,20 @@ def test_select_ranks_a_tiny_zoo_with_costs_and_a_pareto_front(data_dir, pretrai
   written = json.load(open(tmp_path / "out" / "select.json"))
   assert [c["name"] for c in written["candidates"]] == [r["name"] for r in rows]
   assert "| small | sasrec |" in (tmp_path / "out" / "select.md").read_text()
+
+
+def test_select_pairs_the_users_of_both_domains_for_user_cka(data_dir, tmp_path):
+  """On a cross-platform pair every target user has a source history: user CKA compares the
+  candidate's representations of each user's two histories, over all of them."""
+  from xrec import select
+  cfg = tiny_config(data_dir)
+  cfg.data.synthetic.scenario = "cross_platform"
+  train_and_evaluate(cfg, str(tmp_path / "run"))
+  catalog = str(tmp_path / "zoo.json")
+  zoo.add(str(tmp_path / "run"), "platform", catalog)
+  cfg.data.domain = "target"
+  (row,) = select.select(cfg, catalog, str(tmp_path / "out"))
+  assert row["shared_users"] == 60 and 0 < row["user_cka"] <= 1 and "user_cka" in row["ranks"]
 
 
 def test_rank_rows_marks_the_front_and_leaves_na_unranked():

@@ -7,9 +7,11 @@ For every zoo entry (python -m xrec.zoo) and the target's data (the target confi
 the item overlap by raw key, and on the entry's frozen representations of the target's sequences
 (its encoder's last state; target items the entry does not know are read as padding) the
 zero-shot validation NDCG@10 over the target's catalogue (n/a without overlap), a linear probe's
-validation NDCG@10, LogME, the MMD between its representations of its own source sequences and of
-the target's (n/a when the source data cannot be read here), and with --proxy_steps a short
-fine-tuning run's validation NDCG@10.
+validation NDCG@10, LogME, the centred alignment of the representations with the next-item labels
+(label CKA), the MMD between its representations of its own source sequences and of the target's,
+the linear CKA between its representations of the same users' source and target histories (user
+CKA; both n/a when the source data cannot be read here, user CKA also with fewer than 10 users in
+both domains), and with --proxy_steps a short fine-tuning run's validation NDCG@10.
 Each is ranked, a combined score is the mean rank over the estimators, and the table marks the
 quality-vs-cost Pareto front (combined score vs params). Writes select.md and select.json.
 """
@@ -36,21 +38,32 @@ from xrec.train import checkpoint as ckpt
 from xrec.train import loop, sweep
 from xrec.transfer import vocab
 
-ESTIMATORS = ("zero_shot_ndcg@10", "probe_ndcg@10", "log_me", "proxy_ndcg@10", "neg_mmd")
+ESTIMATORS = ("zero_shot_ndcg@10", "probe_ndcg@10", "log_me", "label_cka", "user_cka", "neg_mmd",
+              "proxy_ndcg@10")
 # neg_mmd: -MMD^2 between the entry's representations of its source sequences and of the target's
-# (closer = higher)
+# (closer = higher); user_cka: linear CKA between its representations of the same users' source and
+# target histories (users in both domains only)
+MIN_SHARED_USERS = 10  # fewer users in both domains: user_cka is n/a
 
 
-def _examples(domain: pipeline.DomainSequences, max_len: int):
-  """(train inputs, train labels, valid inputs, valid labels) in target ids: each training user's
-  training part predicts its last item from the rest; each evaluated user's validation target
-  from its history (the protocol's validation split)."""
+def _examples(domain: pipeline.DomainSequences, max_len: int, max_train: int = 4000):
+  """(train inputs, train labels, valid inputs, valid labels) in target ids: every prefix of each
+  training user's training part predicts the item after it (a deterministic sample of at most
+  `max_train` such examples; with 15 training users one example per user would leave the probe and
+  LogME a handful of labels); each evaluated user's validation target from its history (the
+  protocol's validation split)."""
   train_x, train_y, valid_x, valid_y = [], [], [], []
   for u in domain.train_users:
     part = domain.sequence(u)[:-2]
-    if len(part) >= 2:
-      train_x.append(pipeline.right_align(part[:-1], max_len))
-      train_y.append(part[-1])
+    for end in range(1, len(part)):
+      train_x.append(pipeline.right_align(part[:end], max_len))
+      train_y.append(part[end])
+  if not train_x:
+    raise ValueError(f"the target {domain.name!r} has no training examples (its training users' sequences "
+                     "are too short to hold out a validation and a test item and still predict one)")
+  if len(train_x) > max_train:
+    keep = np.sort(np.random.default_rng(0).permutation(len(train_x))[:max_train])
+    train_x, train_y = [train_x[i] for i in keep], [train_y[i] for i in keep]
   for u in domain.eval_users:
     seq = domain.sequence(u)
     valid_x.append(pipeline.right_align(seq[:-2], max_len))
@@ -133,16 +146,30 @@ def estimate(entry_name: str, entry: dict, config, domain, examples, out_dir: st
   row["log_me"] = transferability.log_me(train_f, train_y)
   row["seconds"]["log_me"] = represent + time.time() - t
   t = time.time()
+  row["label_cka"] = transferability.label_cka(train_f, train_y)
+  row["seconds"]["label_cka"] = represent + time.time() - t
+  t = time.time()
   source = _source_domain(path)
+  row["mmd"] = row["neg_mmd"] = row["user_cka"] = None  # n/a: the source data is not readable here
+  row["shared_users"] = None
   if source is not None:  # the entry's own pretraining data, encoded the same way
     sample = np.random.default_rng(0).permutation(source.eval_users)[:len(valid_x)][:1000]
     source_x = np.stack([pipeline.right_align(source.sequence(u)[:-2], max_len) for u in sample]).astype(np.int32)
     source_f = _in_batches(lambda x: features(params, x), source_x)
     row["mmd"] = transferability.mmd_rbf(source_f, valid_f[:1000])
     row["neg_mmd"] = -row["mmd"]
-  else:
-    row["mmd"] = row["neg_mmd"] = None  # the source data is not readable here
   row["seconds"]["mmd"] = represent + time.time() - t
+  t = time.time()
+  if source is not None:  # the users in both domains: their source history vs their target history
+    in_source = {k: i for i, k in enumerate(source.user_keys)}
+    pairs = [(i, in_source[domain.user_keys[u]]) for i, u in enumerate(domain.eval_users)
+             if domain.user_keys[u] in in_source][:2000]
+    row["shared_users"] = len(pairs)
+    if len(pairs) >= MIN_SHARED_USERS:
+      theirs = np.stack([pipeline.right_align(source.sequence(s)[:-2], max_len) for _, s in pairs]).astype(np.int32)
+      row["user_cka"] = transferability.linear_cka(_in_batches(lambda x: features(params, x), theirs),
+                                                   valid_f[[i for i, _ in pairs]])
+  row["seconds"]["user_cka"] = represent + time.time() - t
   row["proxy_ndcg@10"] = None
   if proxy_steps > 0:
     t = time.time()
@@ -179,14 +206,15 @@ def markdown(rows: list[dict]) -> str:
   def fmt(v, digits=4):
     return "n/a" if v is None else f"{v:.{digits}f}"
   lines = ["| name | encoder | params | stored MB | eval users/s | item overlap | zero-shot ndcg@10 | probe ndcg@10 "
-           "| LogME | MMD to source | proxy ndcg@10 | combined rank | Pareto | estimator seconds |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+           "| LogME | label CKA | user CKA | MMD to source | proxy ndcg@10 | combined rank | Pareto | estimator seconds |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
   for r in rows:
     secs = ", ".join(f"{k.split('_ndcg')[0]} {v:.1f}" for k, v in r["seconds"].items())
     speed = r.get("eval_users_per_second")
     lines.append(f"| {r['name']} | {r['encoder']} | {r['params']:,} | {r['stored_bytes'] / 1e6:.2f} | "
                  f"{'-' if speed is None else f'{speed:,.0f}'} | {fmt(r['item_overlap'], 3)} | "
-                 f"{fmt(r['zero_shot_ndcg@10'])} | {fmt(r['probe_ndcg@10'])} | {fmt(r['log_me'])} | {fmt(r['mmd'])} | "
+                 f"{fmt(r['zero_shot_ndcg@10'])} | {fmt(r['probe_ndcg@10'])} | {fmt(r['log_me'])} | "
+                 f"{fmt(r['label_cka'])} | {fmt(r['user_cka'])} | {fmt(r['mmd'])} | "
                  f"{fmt(r['proxy_ndcg@10'])} | {fmt(r['combined_rank'], 2)} | {'**yes**' if r['pareto'] else ''} | "
                  f"{secs} |")
   return "\n".join(lines)

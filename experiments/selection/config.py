@@ -1,12 +1,14 @@
 """Do transferability estimates predict which pretrained model fine-tunes best? (issue 13)
 
 A zoo of 8 pretrained encoders per target (SASRec, GRU4Rec, NextItNet, BERT4Rec x embed 32 / 64),
-each pretrained on the source domain of the fraction study's synthetic cross-region setting, and
-3 targets (the generator's shift 0.25, 0.5, 0.75; 5% of the target's users train, all evaluated).
+each pretrained once (seed 0: the zoo is a fixed set of checkpoints) on the source domain of the
+fraction study's synthetic cross-region setting, and 3 targets (the generator's shift 0.25, 0.5,
+0.75; 5% of the target's users train, all evaluated).
 Every (target, candidate) pair is fine-tuned (full_finetune) under the fraction study's protocol:
 1,000-step budget with early stopping, learning rate tuned per cell on validation, seeds 0-4.
 `analyze.py` then estimates each candidate on its target without fine-tuning (xrec.select: item
-overlap, zero-shot NDCG@10, linear probe, LogME, MMD to the source) and reports each estimator's
+overlap, zero-shot NDCG@10, linear probe, LogME, label CKA, MMD to the source; user CKA is n/a
+here, the cross-region domains share no user) and reports each estimator's
 Kendall tau and top-1 hit rate against the fine-tuned ranking (validation NDCG@10, mean over
 seeds), per target and averaged, with the estimators' wall time against fine-tuning's.
 
@@ -18,6 +20,8 @@ seeds), per target and averaged, with the estimators' wall time against fine-tun
 """
 
 import os
+
+import ml_collections
 
 from xrec.train.sweep import SEEDS, load_config_module
 
@@ -32,6 +36,9 @@ def get_config(arg=None):
   c = load_config_module(FRACTION_STUDY).synthetic_study_config()
   c.data.user_fraction = 0.05
   c.transfer.strategy = "full_finetune"
+  # one checkpoint per (shift, encoder, size), whatever the cell's fine-tuning seed
+  c.experiment.pretrain.seed = 0
+  c.experiment.pretrain.data = ml_collections.ConfigDict({"fraction_seed": 0})
   return c
 
 

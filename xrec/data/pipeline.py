@@ -26,6 +26,7 @@ Two user sets per domain, chosen separately (`split_users`):
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import os
 
@@ -176,8 +177,7 @@ def split_users(user_keys: list[str], user_fraction: float, fraction_seed: int, 
   return train_users.astype(np.int64), eval_users.astype(np.int64), info
 
 
-def prepare_builder(data_cfg):
-  """Builds (or reuses) the TFDS dataset named by `data_cfg`; returns the builder."""
+def _builder(data_cfg):
   data_dir = data_cfg.get("data_dir") or os.environ.get("XREC_DATA_DIR") or builders.DEFAULT_DATA_DIR
   if data_cfg.name == "synthetic":
     knobs = dict(data_cfg.synthetic)
@@ -186,13 +186,26 @@ def prepare_builder(data_cfg):
       if knobs.get(overlap, 0.0) < 0:
         knobs.pop(overlap)
     config = builders.synthetic_config(scenario, **knobs)
-    builder = builders.SyntheticXdomain(config=config, data_dir=data_dir)
-  elif data_cfg.name in ("movielens", "interactions"):
+    return builders.SyntheticXdomain(config=config, data_dir=data_dir)
+  if data_cfg.name in ("movielens", "interactions"):
     from xrec.data import prepared  # real sources: MovieLens archives, interaction files, scenario splits
-    builder = prepared.make_builder(data_cfg)
-  else:
-    raise ValueError(f"Unknown dataset {data_cfg.name!r}; valid: ['synthetic', 'movielens', 'interactions']")
-  builder.download_and_prepare(file_format="array_record")
+    return prepared.make_builder(data_cfg)
+  raise ValueError(f"Unknown dataset {data_cfg.name!r}; valid: ['synthetic', 'movielens', 'interactions']")
+
+
+def prepare_builder(data_cfg):
+  """Builds (or reuses) the TFDS dataset named by `data_cfg`; returns the builder. Processes that
+  prepare the same dataset at once (two studies, the cells of one study launched as separate jobs)
+  take turns on an flock next to it: the first writes it, the others then read what it wrote."""
+  folder = os.path.dirname(_builder(data_cfg).data_dir)  # .../<dataset>/<config>/ (version folders inside)
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, ".prepare.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      builder = _builder(data_cfg)  # again, under the lock: it sees what a process before it wrote
+      builder.download_and_prepare(file_format="array_record")
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
   return builder
 
 

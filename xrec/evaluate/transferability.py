@@ -3,6 +3,7 @@ a target, computed without fine-tuning (issue 13). Each takes plain arrays (repr
 [n, d] float, next-item labels [n] int) so any encoder's `last_states` can feed it.
 
   linear_cka(x, y)                 similarity of two representations of the same sequences
+  label_cka(features, labels)      alignment of the representations with the next-item labels
   mmd_rbf(x, y)                    distance between the source's and the target's representations
   log_me(features, labels)         evidence of a Bayesian linear model of the labels (LogME)
   linear_probe(train, valid, ...)  a softmax probe on frozen features, scored on held-out examples
@@ -33,6 +34,20 @@ def linear_cka(x, y) -> float:
   cross = np.linalg.norm(y.T @ x) ** 2
   norm = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
   return float(cross / norm) if norm > 0 else 0.0
+
+
+def label_cka(features, labels) -> float:
+  """Centred kernel alignment between the representations and the labels (Cortes, Mohri and
+  Rostamizadeh, "Algorithms for Learning Kernels Based on Centered Alignment", JMLR 2012, with a
+  linear kernel on the features and the label kernel Y Y^T of one-hot labels): linear_cka of
+  features [n, d] and the one-hot matrix of labels [n] over the classes that occur. Near 1 when
+  examples of one label share a direction that examples of other labels do not; near 0 when the
+  representations ignore the labels."""
+  labels = np.asarray(labels)
+  if len(labels) != len(features):
+    raise ValueError(f"label_cka: {len(features)} feature rows but {len(labels)} labels")
+  _, codes = np.unique(labels, return_inverse=True)
+  return linear_cka(features, np.eye(codes.max() + 1)[codes])
 
 
 def mmd_rbf(x, y, bandwidth: float | None = None) -> float:
