@@ -1,0 +1,158 @@
+"""The Flax BERT sentence encoder and its WordPiece tokenizer (issue 14), on a tiny random-weight
+model written here in the Hugging Face layout and checked against a from-the-paper numpy BERT."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from xrec.models import text_encoder as te
+from xrec.models.wordpiece import WordPiece
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", ",", "world", "!", "un", "##aff", "##able", "cafe",
+         "the", "matrix", "(", ")", "1999", "action", "|", "sci", "-", "fi", "中", "国", "##s", "film"]
+
+
+def test_wordpiece_splits_like_bert():
+  tok = WordPiece({t: i for i, t in enumerate(VOCAB)}, max_len=8)
+  ids = tok.tokenize("Hello, World! unaffable")
+  assert [VOCAB[i] for i in ids] == ["hello", ",", "world", "!", "un", "##aff", "##able"]
+  # accents stripped when uncased, CJK characters split, control characters dropped
+  assert [VOCAB[i] for i in tok.tokenize("Café\x00 中国")] == ["cafe", "中", "国"]
+  # a word with no split is one [UNK]; continuation pieces
+  assert [VOCAB[i] for i in tok.tokenize("films xyz")] == ["film", "##s", "[UNK]"]
+  assert [VOCAB[i] for i in tok.tokenize("The Matrix (1999) Action|Sci-Fi")] == [
+      "the", "matrix", "(", "1999", ")", "action", "|", "sci", "-", "fi"]
+  enc = tok.encode("The Matrix (1999) Action|Sci-Fi")
+  assert len(enc) == 8 and enc[0] == 2 and enc[-1] == 3  # [CLS] ... [SEP], truncated to max_len
+  ids, mask = tok.batch(["hello", "hello world"])
+  assert ids.tolist() == [[2, 4, 3, 0], [2, 4, 6, 3]] and mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+  with pytest.raises(ValueError, match=r"lacks the special tokens \['\[CLS\]'\]"):
+    WordPiece({t: i for i, t in enumerate(VOCAB) if t != "[CLS]"})
+
+
+CONFIG = dict(model_type="bert", vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=24, max_position_embeddings=32, type_vocab_size=2, layer_norm_eps=1e-12,
+              hidden_act="gelu")
+
+
+def _hf_tensors(rng) -> dict:
+  """A BertModel state dict (Hugging Face names, torch [out, in] weights) with random values."""
+  h, i, v = CONFIG["hidden_size"], CONFIG["intermediate_size"], CONFIG["vocab_size"]
+  t = {"embeddings.word_embeddings.weight": rng.normal(size=(v, h)),
+       "embeddings.position_embeddings.weight": rng.normal(size=(CONFIG["max_position_embeddings"], h)),
+       "embeddings.token_type_embeddings.weight": rng.normal(size=(2, h)),
+       "embeddings.LayerNorm.weight": 1 + 0.1 * rng.normal(size=h), "embeddings.LayerNorm.bias": 0.1 * rng.normal(size=h),
+       "pooler.dense.weight": rng.normal(size=(h, h)), "pooler.dense.bias": rng.normal(size=h)}
+  for layer in range(CONFIG["num_hidden_layers"]):
+    p = f"encoder.layer.{layer}."
+    for name, shape in (("attention.self.query", (h, h)), ("attention.self.key", (h, h)),
+                        ("attention.self.value", (h, h)), ("attention.output.dense", (h, h)),
+                        ("intermediate.dense", (i, h)), ("output.dense", (h, i))):
+      t[p + name + ".weight"] = rng.normal(size=shape) / math.sqrt(shape[1])
+      t[p + name + ".bias"] = 0.1 * rng.normal(size=shape[0])
+    for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+      t[p + name + ".weight"] = 1 + 0.1 * rng.normal(size=h)
+      t[p + name + ".bias"] = 0.1 * rng.normal(size=h)
+  return {k: np.asarray(a, np.float32) for k, a in t.items()}
+
+
+def _reference(t: dict, ids: np.ndarray) -> np.ndarray:
+  """BERT (Devlin et al. 2019) written out in numpy, float64: mean-pooled, normalised sentence vectors."""
+  def ln(x, name):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-12) * t[name + ".weight"] + t[name + ".bias"]
+
+  def dense(x, name):
+    return x @ t[name + ".weight"].T.astype(np.float64) + t[name + ".bias"]
+
+  gelu = np.vectorize(lambda z: 0.5 * z * (1 + math.erf(z / math.sqrt(2))))
+  x = (t["embeddings.word_embeddings.weight"][ids] + t["embeddings.position_embeddings.weight"][:len(ids)]
+       + t["embeddings.token_type_embeddings.weight"][0]).astype(np.float64)
+  x = ln(x, "embeddings.LayerNorm")
+  heads = CONFIG["num_attention_heads"]
+  width = CONFIG["hidden_size"] // heads
+  for layer in range(CONFIG["num_hidden_layers"]):
+    p = f"encoder.layer.{layer}."
+    q, k, v = (dense(x, p + f"attention.self.{n}").reshape(len(ids), heads, width) for n in ("query", "key", "value"))
+    s = np.einsum("qhd,khd->hqk", q, k) / math.sqrt(width)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    ctx = np.einsum("hqk,khd->qhd", w, v).reshape(len(ids), -1)
+    x = ln(x + dense(ctx, p + "attention.output.dense"), p + "attention.output.LayerNorm")
+    x = ln(x + dense(gelu(dense(x, p + "intermediate.dense")), p + "output.dense"), p + "output.LayerNorm")
+  pooled = x.mean(0)
+  return pooled / np.linalg.norm(pooled)
+
+
+@pytest.fixture()
+def folder(tmp_path):
+  path = tmp_path / "tiny-bert"
+  path.mkdir()
+  tensors = _hf_tensors(np.random.default_rng(0))
+  te.write_safetensors(str(path / "model.safetensors"), tensors)
+  (path / "config.json").write_text(json.dumps(CONFIG))
+  (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+  return path, tensors
+
+
+def test_the_flax_encoder_matches_a_numpy_bert_on_the_same_weights(folder):
+  path, tensors = folder
+  enc = te.load(str(path))
+  texts = ["The Matrix (1999) Action|Sci-Fi", "hello", "hello, world! unaffable films", "中国 cafe"]
+  got = enc.embed(texts, batch_size=3)  # two batches of different widths, a filler row
+  assert got.shape == (4, 16) and enc.dim == 16
+  for text, vec in zip(texts, got):
+    want = _reference(tensors, np.asarray(enc.tokenizer.encode(text)))
+    assert float(vec @ want) > 0.99999 and np.allclose(vec, want, atol=1e-5)
+  # the order of the texts does not change a text's vector
+  assert np.allclose(enc.embed(texts[::-1])[::-1], got, atol=1e-6)
+  # the fingerprint names the weights: other weights, another fingerprint
+  tensors["embeddings.LayerNorm.bias"] = tensors["embeddings.LayerNorm.bias"] + 1.0
+  te.write_safetensors(str(path / "model.safetensors"), tensors)
+  assert te.load(str(path)).fingerprint != enc.fingerprint
+
+
+def test_safetensors_round_trip_and_bf16():
+  import tempfile
+  with tempfile.TemporaryDirectory() as d:
+    a = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.arange(3, dtype=np.int64)}
+    te.write_safetensors(os.path.join(d, "a.safetensors"), a)
+    back = te.read_safetensors(os.path.join(d, "a.safetensors"))
+    assert back["x"].tolist() == a["x"].tolist() and back["n"].tolist() == [0, 1, 2]
+    # a BF16 tensor: the top 16 bits of float32 1.5 and -2.0
+    raw = (np.array([1.5, -2.0], np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+    header = json.dumps({"b": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}).encode()
+    with open(os.path.join(d, "b.safetensors"), "wb") as f:
+      f.write(len(header).to_bytes(8, "little") + header + raw)
+    assert te.read_safetensors(os.path.join(d, "b.safetensors"))["b"].tolist() == [1.5, -2.0]
+    with open(os.path.join(d, "c.safetensors"), "wb") as f:
+      f.write(b"\x05\x00\x00\x00\x00\x00\x00\x00hello")
+    with pytest.raises(ValueError, match="header is not JSON"):
+      te.read_safetensors(os.path.join(d, "c.safetensors"))
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_with_each_path(folder):
+  path, tensors = folder
+  bad = dict(tensors)
+  del bad["encoder.layer.1.output.dense.bias"]
+  bad["encoder.layer.2.output.dense.bias"] = np.zeros(16, np.float32)
+  bad["embeddings.word_embeddings.weight"] = np.zeros((5, 16), np.float32)
+  te.write_safetensors(str(path / "model.safetensors"), bad)
+  with pytest.raises(ValueError) as e:
+    te.load(str(path))
+  text = str(e.value)
+  assert "+ encoder.layer.2.output.dense.bias [16]" in text and "- layer_1/mlp_out/bias [16]" in text
+  assert "embeddings.word_embeddings.weight [5, 16] -> word_embed/embedding needs [26, 16]" in text
+  (path / "config.json").write_text(json.dumps({**CONFIG, "model_type": "roberta"}))
+  with pytest.raises(ValueError, match="model_type 'roberta' is not supported"):
+    te.load(str(path))
+  os.remove(path / "vocab.txt")
+  (path / "pytorch_model.bin").write_bytes(b"")
+  os.remove(path / "model.safetensors")
+  with pytest.raises(FileNotFoundError, match=r"lacks \['model.safetensors', 'vocab.txt'\].*convert it"):
+    te.load(str(path))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    te.load(str(path / "nope"))

@@ -1,0 +1,288 @@
+"""A pretrained sentence encoder in Flax: BERT-family models (MiniLM, BERT, ...) read from a
+Hugging Face / sentence-transformers folder, for item text (issue 14).
+
+  encoder = text_encoder.load("/path/to/all-MiniLM-L6-v2")   # config.json, model.safetensors, vocab.txt
+  vectors = encoder.embed(["The Matrix (1999) Action|Sci-Fi", ...])   # [n, hidden] float32
+
+The folder is what `sentence_transformers.SentenceTransformer.save` or the model hub holds:
+`config.json` (model_type "bert"), `model.safetensors` (read here without the safetensors
+package), `vocab.txt`, and optionally `tokenizer_config.json` (do_lower_case),
+`sentence_bert_config.json` (max_seq_length), `1_Pooling/config.json` (mean or CLS pooling) and
+`modules.json` (a Normalize module: unit-length outputs). Without them: lower-cased, 128 tokens,
+mean pooling, normalised (all-MiniLM-L6-v2's settings).
+
+The architecture is BERT's (Devlin et al., 2019), post-LayerNorm, as Hugging Face's `BertModel`
+computes it: word + position + token-type(0) embeddings, LayerNorm; per layer self-attention
+(scaled dot product, padded keys masked), output projection, residual, LayerNorm; a GELU (erf)
+MLP, residual, LayerNorm. Pooling: the mean of the non-padded tokens' last hidden states (or the
+[CLS] state), then optionally L2-normalised. Loading is strict: every tensor of the file must
+find its parameter (the unused pooler excepted) and every parameter its tensor, shapes equal.
+Parameter tree (readable, [in, out] kernels):
+
+  word_embed/embedding [vocab, hidden], pos_embed/embedding [positions, hidden],
+  type_embed/embedding [types, hidden], embed_ln/{scale,bias}
+  layer_{i}/{query,key,value,attn_out}/{kernel,bias}, layer_{i}/attn_ln/{scale,bias},
+  layer_{i}/mlp_in/{kernel,bias} [hidden, intermediate], layer_{i}/mlp_out/{kernel,bias},
+  layer_{i}/mlp_ln/{scale,bias}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import struct
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xrec.models import common
+from xrec.models.wordpiece import WordPiece
+
+_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """Every tensor of a .safetensors file (format: an 8-byte little-endian header length, a JSON
+  header {name: {dtype, shape, data_offsets}}, then the raw little-endian data); BF16 is widened
+  to float32."""
+  with open(path, "rb") as f:
+    blob = f.read()
+  if len(blob) < 8:
+    raise ValueError(f"{path} is not a safetensors file (shorter than its 8-byte header length)")
+  (size,) = struct.unpack("<Q", blob[:8])
+  try:
+    header = json.loads(blob[8:8 + size])
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not a safetensors file: its header is not JSON ({e})") from None
+  data, out = memoryview(blob)[8 + size:], {}
+  for name, spec in header.items():
+    if name == "__metadata__":
+      continue
+    begin, end = spec["data_offsets"]
+    raw = data[begin:end]
+    if spec["dtype"] == "BF16":
+      array = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+    elif spec["dtype"] in _DTYPES:
+      array = np.frombuffer(raw, np.dtype(_DTYPES[spec["dtype"]]).newbyteorder("<"))
+    else:
+      raise ValueError(f"{path}: tensor {name!r} has dtype {spec['dtype']}; readable: {sorted(_DTYPES) + ['BF16']}")
+    out[name] = array.reshape(spec["shape"]).copy()
+  return out
+
+
+def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
+  """The inverse of read_safetensors for float32 / int64 arrays (used to write test models)."""
+  header, offset, chunks = {}, 0, []
+  codes = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
+  for name, array in tensors.items():
+    array = np.ascontiguousarray(array)
+    raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+    header[name] = {"dtype": codes[array.dtype], "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
+    chunks.append(raw)
+    offset += len(raw)
+  text = json.dumps(header).encode()
+  text += b" " * (-len(text) % 8)
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  vocab_size: int
+  hidden_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  intermediate_size: int
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+
+  @classmethod
+  def from_json(cls, path: str) -> "BertConfig":
+    with open(path) as f:
+      raw = json.load(f)
+    kind = raw.get("model_type", "bert")
+    if kind != "bert":
+      raise ValueError(f"{path}: model_type {kind!r} is not supported; the text encoder implements 'bert' "
+                       "(BERT, MiniLM and other BertModel checkpoints)")
+    act = raw.get("hidden_act", "gelu")
+    if act != "gelu":
+      raise ValueError(f"{path}: hidden_act {act!r} is not supported (the encoder implements 'gelu')")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in raw.items() if k in fields})
+
+
+class BertLayer(nn.Module):
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x, keep):
+    c = self.config
+    heads, width = c.num_attention_heads, c.hidden_size // c.num_attention_heads
+    split = lambda t: t.reshape(t.shape[:2] + (heads, width))  # noqa: E731
+    q, k, v = (split(nn.Dense(c.hidden_size, name=name)(x)) for name in ("query", "key", "value"))
+    scores = jnp.einsum("nqhd,nkhd->nhqk", q, k) / np.sqrt(width)
+    weights = jax.nn.softmax(jnp.where(keep, scores, jnp.finfo(scores.dtype).min), axis=-1)
+    context = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(x.shape)
+    x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="attn_ln")(x + nn.Dense(c.hidden_size, name="attn_out")(context))
+    hidden = jax.nn.gelu(nn.Dense(c.intermediate_size, name="mlp_in")(x), approximate=False)
+    return nn.LayerNorm(epsilon=c.layer_norm_eps, name="mlp_ln")(x + nn.Dense(c.hidden_size, name="mlp_out")(hidden))
+
+
+class Bert(nn.Module):
+  """BertModel's encoder (see the module docstring); returns the last hidden states [n, L, hidden]."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, ids, mask):
+    c = self.config
+    x = (nn.Embed(c.vocab_size, c.hidden_size, name="word_embed")(ids)
+         + nn.Embed(c.max_position_embeddings, c.hidden_size, name="pos_embed")(jnp.arange(ids.shape[1]))[None]
+         + nn.Embed(c.type_vocab_size, c.hidden_size, name="type_embed")(jnp.zeros_like(ids)))
+    x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embed_ln")(x)
+    keep = mask[:, None, None, :].astype(bool)  # [n, 1, 1, L]: padded keys are never attended to
+    for i in range(c.num_hidden_layers):
+      x = BertLayer(c, name=f"layer_{i}")(x, keep)
+    return x
+
+
+# Hugging Face BertModel tensor name (after an optional "bert." prefix) -> (param path, transpose)
+def _hf_names(num_layers: int) -> dict[str, tuple[str, bool]]:
+  names = {"embeddings.word_embeddings.weight": ("word_embed/embedding", False),
+           "embeddings.position_embeddings.weight": ("pos_embed/embedding", False),
+           "embeddings.token_type_embeddings.weight": ("type_embed/embedding", False),
+           "embeddings.LayerNorm.weight": ("embed_ln/scale", False),
+           "embeddings.LayerNorm.bias": ("embed_ln/bias", False)}
+  for i in range(num_layers):
+    pre, layer = f"encoder.layer.{i}.", f"layer_{i}"
+    for hf, ours in (("attention.self.query", "query"), ("attention.self.key", "key"),
+                     ("attention.self.value", "value"), ("attention.output.dense", "attn_out"),
+                     ("intermediate.dense", "mlp_in"), ("output.dense", "mlp_out")):
+      names[pre + hf + ".weight"] = (f"{layer}/{ours}/kernel", True)
+      names[pre + hf + ".bias"] = (f"{layer}/{ours}/bias", False)
+    for hf, ours in (("attention.output.LayerNorm", "attn_ln"), ("output.LayerNorm", "mlp_ln")):
+      names[pre + hf + ".weight"] = (f"{layer}/{ours}/scale", False)
+      names[pre + hf + ".bias"] = (f"{layer}/{ours}/bias", False)
+  return names
+
+
+_UNUSED = ("pooler.", "embeddings.position_ids")
+  # BertModel's pooler (unused by mean pooling), a buffer
+
+
+def params_from_hf(tensors: dict[str, np.ndarray], config: BertConfig, where: str = "the checkpoint") -> dict:
+  """The Flax params of `Bert(config)` from a BertModel state dict, strictly (see the module docstring)."""
+  names = _hf_names(config.num_hidden_layers)
+  expected = jax.eval_shape(lambda: Bert(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32),
+                                                      jnp.ones((1, 2), jnp.int32)))["params"]
+  expected = common.flatten(expected)
+  params, extra, wrong = {}, [], []
+  for name, array in tensors.items():
+    key = name[len("bert."):] if name.startswith("bert.") else name
+    key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+    if key not in names:
+      if not key.startswith(_UNUSED):
+        extra.append(f"+ {name} {list(array.shape)}")
+      continue
+    path, transpose = names[key]
+    value = np.asarray(array, np.float32).T if transpose else np.asarray(array, np.float32)
+    if value.shape != expected[path].shape:
+      wrong.append(f"  {name} {list(array.shape)} -> {path} needs {list(expected[path].shape)}")
+    params[path] = value
+  missing = [f"- {path} {list(leaf.shape)}" for path, leaf in expected.items() if path not in params]
+  if extra or missing or wrong:
+    raise ValueError(f"{where} does not fit a BERT text encoder of {config} "
+                     "(+ only in the checkpoint, - only in the model, shapes that differ):\n"
+                     + "\n".join(extra + missing + wrong))
+  return jax.tree.map(jnp.asarray, common.unflatten(params))
+
+
+class SentenceEncoder:
+  """A loaded text encoder: texts -> pooled vectors [n, hidden] (float32)."""
+
+  def __init__(self, config: BertConfig, params, tokenizer: WordPiece, pooling: str = "mean",
+               normalize: bool = True, name: str = "bert", fingerprint: str = ""):
+    if pooling not in ("mean", "cls"):
+      raise ValueError(f"text encoder pooling {pooling!r}; valid: ['cls', 'mean']")
+    self.config, self.params, self.tokenizer = config, params, tokenizer
+    self.pooling, self.normalize, self.name, self.fingerprint = pooling, normalize, name, fingerprint
+    self.tokenizer.max_len = min(self.tokenizer.max_len, config.max_position_embeddings)
+    self._apply = jax.jit(self._pooled)
+
+  @property
+  def dim(self) -> int:
+    return self.config.hidden_size
+
+  def _pooled(self, params, ids, mask):
+    states = Bert(self.config).apply({"params": params}, ids, mask)
+    if self.pooling == "cls":
+      out = states[:, 0]
+    else:
+      weight = mask[..., None].astype(states.dtype)
+      out = (states * weight).sum(1) / jnp.maximum(weight.sum(1), 1e-9)
+    if self.normalize:
+      out = out / jnp.maximum(jnp.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+    return out
+
+  def embed(self, texts: list[str], batch_size: int = 64, progress=None) -> np.ndarray:
+    """Vectors of `texts` in their order. Texts are batched by length (widths rounded up to a
+    power of two, so few shapes compile); `progress(done, total)` is called after each batch."""
+    encoded = [self.tokenizer.encode(t) for t in texts]
+    order = np.argsort([len(e) for e in encoded], kind="stable")
+    out = np.zeros((len(texts), self.dim), np.float32)
+    for start in range(0, len(order), batch_size):
+      rows = order[start:start + batch_size]
+      width = min(self.tokenizer.max_len, 1 << max(3, (max(len(encoded[r]) for r in rows) - 1).bit_length()))
+      ids = np.full((batch_size, width), self.tokenizer.pad_id, np.int32)
+      mask = np.zeros((batch_size, width), np.int32)
+      for j, r in enumerate(rows):
+        ids[j, :len(encoded[r])], mask[j, :len(encoded[r])] = encoded[r], 1
+      mask[len(rows):, 0] = 1  # filler rows: one token, discarded
+      out[rows] = np.asarray(self._apply(self.params, ids, mask))[:len(rows)]
+      if progress is not None:
+        progress(min(start + batch_size, len(order)), len(order))
+    return out
+
+
+def _read_json(path: str, default=None):
+  if not os.path.isfile(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
+def load(folder: str) -> SentenceEncoder:
+  """The sentence encoder stored in `folder` (see the module docstring)."""
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"text encoder folder {folder!r} does not exist (a Hugging Face / sentence-transformers "
+                            "folder with config.json, model.safetensors and vocab.txt)")
+  files = {name: os.path.join(folder, name) for name in ("config.json", "model.safetensors", "vocab.txt")}
+  missing = [name for name, path in files.items() if not os.path.isfile(path)]
+  if missing:
+    hint = (" (a pytorch_model.bin is there: convert it to model.safetensors, e.g. with "
+            "safetensors.torch.save_file, since xrec does not read torch pickles)"
+            if os.path.isfile(os.path.join(folder, "pytorch_model.bin")) else "")
+    raise FileNotFoundError(f"text encoder folder {folder} lacks {missing}{hint}")
+  config = BertConfig.from_json(files["config.json"])
+  params = params_from_hf(read_safetensors(files["model.safetensors"]), config, files["model.safetensors"])
+  tok = _read_json(os.path.join(folder, "tokenizer_config.json"), {})
+  max_len = (_read_json(os.path.join(folder, "sentence_bert_config.json"), {}).get("max_seq_length")
+             or min(int(tok.get("model_max_length", 128)), 512))
+  tokenizer = WordPiece.from_file(files["vocab.txt"], lower_case=bool(tok.get("do_lower_case", True)),
+                                  max_len=int(max_len))
+  pool = _read_json(os.path.join(folder, "1_Pooling", "config.json"), {"pooling_mode_mean_tokens": True})
+  pooling = "cls" if pool.get("pooling_mode_cls_token") else "mean"
+  modules = _read_json(os.path.join(folder, "modules.json"))
+  normalize = True if modules is None else any("Normalize" in m.get("type", "") for m in modules)
+  digest = hashlib.sha256()
+  for path in sorted(files.values()):
+    with open(path, "rb") as f:
+      digest.update(f.read())
+  digest.update(f"{pooling}:{normalize}:{max_len}:{tokenizer.lower_case}".encode())
+  return SentenceEncoder(config, params, tokenizer, pooling, normalize, name=os.path.basename(os.path.normpath(folder)),
+                         fingerprint=digest.hexdigest()[:16])
