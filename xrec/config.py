@@ -73,7 +73,15 @@ def base_config() -> ml_collections.ConfigDict:
       num_source_items=1000, num_target_items=1000,
       shift=0.2, popularity_skew=1.0,
       user_overlap=-1.0, item_overlap=-1.0,  # shares of target users / items in the source; < 0: the scenario's
-      min_seq_len=5, mean_seq_len=20.0, max_seq_len=100, seed=0))
+      min_seq_len=5, mean_seq_len=20.0, max_seq_len=100, seed=0,
+      # item text (xrec/data/synthetic.py): words per item, share from the item's own topic, words per topic
+      text_words=6, text_signal=0.8, text_vocab=25))
+  # Item text (xrec/data/text.py), read when a model represents items by their text: the item
+  # features joined into one string per item, in this order ("" = every field the source has of
+  # title, text, brand, categories, genres, attributes, description); `missing` is what an item
+  # without any of them gets: "empty" (an empty string), "attributes" (every other feature the
+  # source has for it) or "error".
+  c.data.text = ml_collections.ConfigDict(dict(fields=(), missing="empty"))
 
   # Real sources (docs/datasets.md). data.name = "movielens" | "interactions".
   def interaction_files():  # data.files, and data.scenario.target_files for cross_app
@@ -126,6 +134,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = False
   c.model.compute_dtype = "float32"  # "bfloat16": bf16 compute, fp32 params
   c.model.vocab_multiple = 128  # item table rows rounded up to this (even sharding on 'vocab')
+  # Item text through a pretrained sentence encoder (xrec/train/item_text.py): a folder with
+  # config.json, model.safetensors and vocab.txt, or a Hugging Face model id found in its cache.
+  c.model.text = ml_collections.ConfigDict(dict(encoder=""))
   # () = item tables as wide as embed_dim; else the embedding dims the item tables keep (a model
   # whose item tables were pruned by dims, prune.kind="dims": tables [vocab, len(item_columns)],
   # looked up into those dims of the model width, scored against those dims of the hidden states)

@@ -206,7 +206,8 @@ def markdown(rows: list[dict]) -> str:
   def fmt(v, digits=4):
     return "n/a" if v is None else f"{v:.{digits}f}"
   lines = ["| name | encoder | params | stored MB | eval users/s | item overlap | zero-shot ndcg@10 | probe ndcg@10 "
-           "| LogME | label CKA | user CKA | MMD to source | proxy ndcg@10 | combined rank | Pareto | estimator seconds |",
+           "| LogME | label CKA | user CKA | MMD to source | proxy ndcg@10 | combined rank | Pareto "
+           "| estimator seconds |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
   for r in rows:
     secs = ", ".join(f"{k.split('_ndcg')[0]} {v:.1f}" for k, v in r["seconds"].items())

@@ -24,6 +24,11 @@ from xrec.data import synthetic
 DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), ".cache", "xrec", "datasets")
 
 
+def data_dir_of(data_cfg) -> str:
+  """Where prepared datasets live: data.data_dir, else $XREC_DATA_DIR, else ~/.cache/xrec/datasets."""
+  return data_cfg.get("data_dir") or os.environ.get("XREC_DATA_DIR") or DEFAULT_DATA_DIR
+
+
 def sequence_features() -> tfds.features.FeaturesDict:
   return tfds.features.FeaturesDict({
       "user_key": tfds.features.Text(),
@@ -109,6 +114,8 @@ class SyntheticXdomain(tfds.core.GeneratorBasedBuilder):
         "overlap": overlap_statistics(domains),
     }
     meta["spec"] = dataclasses.asdict(self.builder_config.spec)
+    meta["item_features"] = {name: {k: {"text": t} for k, t in zip(d.item_keys, d.item_text)}
+                             for name, d in domains.items()}
     return {name: self._generate_examples(d) for name, d in domains.items()}
 
   def _generate_examples(self, domain: synthetic.DomainData):

@@ -178,7 +178,7 @@ def split_users(user_keys: list[str], user_fraction: float, fraction_seed: int, 
 
 
 def _builder(data_cfg):
-  data_dir = data_cfg.get("data_dir") or os.environ.get("XREC_DATA_DIR") or builders.DEFAULT_DATA_DIR
+  data_dir = builders.data_dir_of(data_cfg)
   if data_cfg.name == "synthetic":
     knobs = dict(data_cfg.synthetic)
     scenario = knobs.pop("scenario")

@@ -96,15 +96,11 @@ def options_from_config(data_cfg) -> tuple[dict, dict]:
       options["target"] = _files_source(data_cfg.scenario.target_files)
     else:
       raise ValueError(f"data.scenario.target_name={target_name!r} is not valid; valid: {list(scenarios.SOURCE_NAMES)}")
-  data_dir = data_dir_of(data_cfg)
+  data_dir = builders.data_dir_of(data_cfg)
   runtime = {"manual_dir": data_cfg.movielens.manual_dir or os.path.join(data_dir, "manual"),
              "download": bool(data_cfg.movielens.download),
              "verify_checksum": bool(data_cfg.movielens.verify_checksum)}
   return options, runtime
-
-
-def data_dir_of(data_cfg) -> str:
-  return data_cfg.get("data_dir") or os.environ.get("XREC_DATA_DIR") or builders.DEFAULT_DATA_DIR
 
 
 def prepared_config(options: dict, runtime: dict) -> PreparedBuilderConfig:
@@ -173,4 +169,5 @@ BUILDERS = {"movielens": XrecMovielens, "interactions": XrecInteractions}
 def make_builder(data_cfg):
   """The (unprepared) builder for `config.data` with name movielens | interactions."""
   options, runtime = options_from_config(data_cfg)
-  return BUILDERS[data_cfg.name](config=prepared_config(options, runtime), data_dir=data_dir_of(data_cfg))
+  return BUILDERS[data_cfg.name](config=prepared_config(options, runtime),
+                                 data_dir=builders.data_dir_of(data_cfg))

@@ -11,6 +11,13 @@ item latents, popularity and transitions move away from the source's by
 `shift` (0 = same behaviour, 1 = unrelated); `user_overlap` / `item_overlap`
 say which fraction of the target's users / items are also in the source, and
 keep the same raw keys there (`u000042`, `i000017`), so transfer can map them.
+
+Every item also has a text (`DomainData.item_text`, the dataset's item feature "text"): `text_words`
+pseudo-words, each drawn with probability `text_signal` from the vocabulary of the item's own
+topic (the topic nearest its latent) and otherwise from a random topic's; a topic's `text_vocab`
+words share a stem (`bralo-kimu`, `bralo-sate`, ...), so that a sub-word text encoder can see
+which words go together. Text is a function of the global item id (an item in both domains has
+one text) and is drawn from its own random stream, so the sequences do not depend on the text knobs.
 """
 
 from __future__ import annotations
@@ -60,6 +67,11 @@ class SyntheticSpec:
   mean_seq_len: float = 20.0
   max_seq_len: int = 100
   seed: int = 0
+  # Item text: words per item, share of them from the item's own topic (0 = text carries no
+  # signal, 1 = every word names the topic), words per topic vocabulary.
+  text_words: int = 6
+  text_signal: float = 0.8
+  text_vocab: int = 25
 
   def __post_init__(self):
     def check(cond, msg):
@@ -75,6 +87,8 @@ class SyntheticSpec:
     check(self.mean_seq_len >= self.min_seq_len, "mean_seq_len must be >= min_seq_len")
     check(self.num_successors >= 1, "num_successors must be >= 1")
     check(0.0 <= self.transition_prob <= 1.0, "transition_prob must be in [0, 1]")
+    check(0.0 <= self.text_signal <= 1.0, "text_signal must be in [0, 1]")
+    check(self.text_words >= 1 and self.text_vocab >= 1, "text_words and text_vocab must be >= 1")
     for name in ("num_source_users", "num_target_users"):
       check(getattr(self, name) >= 1, f"{name} must be >= 1")
     for name in ("num_source_items", "num_target_items"):
@@ -107,6 +121,7 @@ class DomainData:
   item_keys: list[str]  # item id i (1-based) has key item_keys[i - 1]
   sequences: list[np.ndarray]  # int64 [len_u], chronological
   timestamps: list[np.ndarray]  # int64 [len_u], seconds, non-decreasing
+  item_text: list[str] = dataclasses.field(default_factory=list)  # item id i has text item_text[i - 1]
 
 
 def _pair_noise(rows: np.ndarray, cols: np.ndarray, salt: int) -> np.ndarray:
@@ -183,6 +198,26 @@ def _timestamps(lengths, rng):
   return out
 
 
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # 70
+
+
+def topic_word(topic: int, j: int) -> str:
+  """Word j of topic `topic`'s vocabulary: the topic's two-syllable stem, a dash, j's suffix."""
+  n = len(_SYLLABLES)
+  stem = _SYLLABLES[topic % n] + _SYLLABLES[(topic // n * 17 + topic * 31 + 7) % n]
+  return f"{stem}-{_SYLLABLES[(j * 23 + 5) % n]}{_SYLLABLES[(j // n * 13 + j * 7 + 2) % n]}"
+
+
+def item_texts(topic_of: np.ndarray, spec: SyntheticSpec) -> list[str]:
+  """Texts of items with topics `topic_of` [n] (indexed by global item id), drawn from the text stream."""
+  rng = np.random.default_rng([spec.seed, 0x7E47])
+  n = len(topic_of)
+  own = rng.random((n, spec.text_words)) < spec.text_signal
+  topics = np.where(own, topic_of[:, None], rng.integers(0, spec.num_topics, size=(n, spec.text_words)))
+  words = rng.integers(0, spec.text_vocab, size=(n, spec.text_words))
+  return [" ".join(topic_word(int(t), int(j)) for t, j in zip(topics[i], words[i])) for i in range(n)]
+
+
 def generate(spec: SyntheticSpec) -> dict[str, DomainData]:
   """Draws the source and target domains. Same spec -> bit-identical output."""
   rng = np.random.default_rng(spec.seed)
@@ -230,6 +265,9 @@ def generate(spec: SyntheticSpec) -> dict[str, DomainData]:
   moved_u = _normalise((1 - s) * src_users[shared_u] + s * new_users(n_shared_u)) if n_shared_u else np.zeros((0, d))
   tgt_users = np.concatenate([moved_u, new_users(nt_u - n_shared_u)])
 
+  # item text, by global id (source items, then the target's new ones): the nearest topic's words
+  text = item_texts(np.concatenate([src_items, tgt_items[n_shared_i:]]).dot(topics.T).argmax(1), spec)
+
   out = {}
   for name, users, user_ids, items, item_ids, pop, succ in (
       ("source", src_users, src_user_ids, src_items, src_item_ids, src_pop, src_succ),
@@ -239,6 +277,7 @@ def generate(spec: SyntheticSpec) -> dict[str, DomainData]:
         name=name,
         user_keys=[f"u{u:06d}" for u in user_ids],
         item_keys=[f"i{i:06d}" for i in item_ids],
+        item_text=[text[i] for i in item_ids],
         sequences=[q + 1 for q in seqs],  # 1-based ids, 0 = padding
         timestamps=_timestamps([len(q) for q in seqs], rng),
     )

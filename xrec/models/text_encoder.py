@@ -81,7 +81,8 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
   for name, array in tensors.items():
     array = np.ascontiguousarray(array)
     raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
-    header[name] = {"dtype": codes[array.dtype], "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
+    header[name] = {"dtype": codes[array.dtype], "shape": list(array.shape),
+                    "data_offsets": [offset, offset + len(raw)]}
     chunks.append(raw)
     offset += len(raw)
   text = json.dumps(header).encode()

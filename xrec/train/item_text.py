@@ -1,0 +1,110 @@
+"""Item text embeddings for text-based item representations (issue 14): the domain's item texts
+(xrec/data/text.py) through a pretrained sentence encoder (xrec/models/text_encoder.py), computed
+once per (encoder, texts) and cached next to the datasets:
+
+  <data_dir>/item_text_embeddings/<encoder name>-<encoder fingerprint>/<texts sha256>.npy   [items, dim]
+                                                                      <texts sha256>.json  what made it
+
+The fingerprint hashes the encoder's weights, vocabulary and pooling, the texts' hash every item's
+string in id order: another encoder or other texts (other fields, an edited metadata file) never
+reuse a cache made from different ones.
+
+`model.text.encoder` names the encoder: a folder (Hugging Face / sentence-transformers layout) or
+a model id of the Hugging Face cache (`sentence-transformers/all-MiniLM-L6-v2`, found under
+$HF_HOME/hub or ~/.cache/huggingface/hub when it was downloaded once; nothing is downloaded here).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from xrec.data import builders
+from xrec.data import text as data_text
+from xrec.models import text_encoder
+
+log = logging.getLogger("xrec")
+
+
+def _hub_folder(name: str) -> str | None:
+  """The newest snapshot folder of model id `name` (org/model) in the Hugging Face cache, if any."""
+  home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+  hub = os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")
+  snapshots = glob.glob(os.path.join(hub, "models--" + name.replace("/", "--"), "snapshots", "*"))
+  return max(snapshots, key=os.path.getmtime) if snapshots else None
+
+
+def load_encoder(name: str) -> text_encoder.SentenceEncoder:
+  """The sentence encoder `model.text.encoder` names (see the module docstring)."""
+  if not name:
+    raise ValueError("model.text.encoder is empty: text-based items need a sentence encoder (a folder with "
+                     "config.json, model.safetensors and vocab.txt, or a Hugging Face model id in its cache)")
+  if os.path.isdir(name):
+    return text_encoder.load(name)
+  if "/" in name and not os.path.isabs(name) and not name.startswith("."):
+    folder = _hub_folder(name)
+    if folder is None:
+      raise FileNotFoundError(
+          f"model.text.encoder={name!r} is not installed: it is neither a folder nor in the Hugging Face cache "
+          f"({os.environ.get('HF_HOME') or '~/.cache/huggingface'}/hub). Download it once where there is internet "
+          f"(`huggingface-cli download {name}`) or point model.text.encoder at a folder holding it")
+    return text_encoder.load(folder)
+  raise FileNotFoundError(f"model.text.encoder={name!r} is not a folder (and not an org/model id of the Hugging "
+                          "Face cache)")
+
+
+def item_texts(config, domain) -> tuple[list[str], dict]:
+  """The domain's item texts (texts[0] = "" for padding) and the report of items without text."""
+  features = (domain.metadata.get("item_features") or {}).get(domain.name, {})
+  where = f"domain {domain.name!r} of dataset {config.data.name!r}"
+  return data_text.item_text(domain.item_keys, features, config.data.text, where)
+
+
+def item_text_table(config, domain, encoder: text_encoder.SentenceEncoder | None = None,
+                    progress: bool = True) -> tuple[np.ndarray, dict]:
+  """([num_items + 1, dim] float32: row i = item i's text embedding, row 0 zeros; info: encoder,
+  fingerprint, texts' hash, the missing-text report, cache path, whether it was reused, seconds)."""
+  texts, report = item_texts(config, domain)
+  encoder = encoder or load_encoder(config.model.text.encoder)
+  sha = data_text.text_sha(texts)
+  folder = os.path.join(builders.data_dir_of(config.data), "item_text_embeddings",
+                        f"{encoder.name}-{encoder.fingerprint}")
+  path = os.path.join(folder, sha + ".npy")
+  info = {"encoder": encoder.name, "fingerprint": encoder.fingerprint, "dim": encoder.dim, "texts_sha": sha,
+          "items": len(texts) - 1, "text": report, "cache": path}
+  start = time.time()
+  if os.path.isfile(path):
+    vectors = np.load(path)
+    if vectors.shape != (len(texts) - 1, encoder.dim):
+      raise ValueError(f"item text cache {path} holds {vectors.shape}, expected {(len(texts) - 1, encoder.dim)}: "
+                       "it is damaged; delete it to recompute")
+    info["reused"] = True
+  else:
+    log.info("embedding %d item texts with %s (cached at %s)", len(texts) - 1, encoder.name, path)
+    from xrec.train import writer
+    bar = writer.progress_bar(len(texts) - 1, 0, progress)
+    bar.unit, bar.desc = "item", "item text"
+    done = [0]
+
+    def advance(n, _total):
+      bar.update(n - done[0])
+      done[0] = n
+
+    vectors = encoder.embed(texts[1:], progress=advance)
+    bar.close()
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.npy"
+    np.save(tmp, vectors)
+    os.replace(tmp, path)  # atomic: a reader never sees half a cache
+    with open(os.path.join(folder, sha + ".json"), "w") as f:
+      json.dump({k: v for k, v in info.items() if k != "cache"}, f, indent=2)
+    info["reused"] = False
+  info["seconds"] = time.time() - start
+  table = np.zeros((len(texts), encoder.dim), np.float32)
+  table[1:] = vectors
+  return table, info
