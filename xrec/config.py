@@ -134,9 +134,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = False
   c.model.compute_dtype = "float32"  # "bfloat16": bf16 compute, fp32 params
   c.model.vocab_multiple = 128  # item table rows rounded up to this (even sharding on 'vocab')
-  # Item text through a pretrained sentence encoder (xrec/train/item_text.py): a folder with
-  # config.json, model.safetensors and vocab.txt, or a Hugging Face model id found in its cache.
-  c.model.text = ml_collections.ConfigDict(dict(encoder=""))
+  # How items enter the encoder: "id" (an ID table), "text" (their text through a pretrained
+  # sentence encoder and an adaptor: ID-free, any item with a text is scored) or "text+id" (both).
+  c.model.item_repr = "id"
+  # Item text (xrec/train/item_text.py): the sentence encoder, a folder with config.json,
+  # model.safetensors and vocab.txt or a Hugging Face model id found in its cache; dim: its width
+  # (0 = set from the encoder); experts: of the mixture-of-experts whitening adaptor (UniSRec).
+  c.model.text = ml_collections.ConfigDict(dict(encoder="", dim=0, experts=8))
   # () = item tables as wide as embed_dim; else the embedding dims the item tables keep (a model
   # whose item tables were pruned by dims, prune.kind="dims": tables [vocab, len(item_columns)],
   # looked up into those dims of the model width, scored against those dims of the hidden states)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from xrec.models import common
+
 from xrec.models.bert4rec import BERT4Rec
 from xrec.models.gru4rec import GRU4Rec
 from xrec.models.nextitnet import NextItNet
@@ -66,6 +68,28 @@ def model_class(name: str) -> type:
   return MODELS[name]
 
 
+def _item_repr(cfg, cls) -> dict:
+  """The text-based item fields (model.item_repr text / text+id), checked; {} for ID tables."""
+  repr_ = cfg.get("item_repr", "id")
+  if repr_ not in common.ITEM_REPRS:
+    raise ValueError(f"model.item_repr={repr_!r} is not valid; valid: {list(common.ITEM_REPRS)}")
+  if repr_ == "id":
+    return {}
+  if "item_repr" not in getattr(cls, "__dataclass_fields__", {}):
+    raise ValueError(f"model.item_repr={repr_!r} (items by their text) is not supported by {cls.__name__}; "
+                     "encoders with text items: sasrec, bert4rec, gru4rec, nextitnet")
+  text = cfg.get("text") or {}
+  if int(text.get("dim", 0)) < 1:
+    raise ValueError(f"model.item_repr={repr_!r} needs model.text.dim, the width of the item text embeddings "
+                     "(the trainer sets it from model.text.encoder)")
+  if not cfg.tie_embeddings:
+    raise ValueError(f"model.item_repr={repr_!r} scores items through their adapted text, so it needs "
+                     "model.tie_embeddings=True")
+  if tuple(cfg.get("item_columns", ())):
+    raise ValueError(f"model.item_columns (dims pruning) does not apply to model.item_repr={repr_!r}")
+  return {"item_repr": repr_, "text_dim": int(text.dim), "text_experts": int(text.get("experts", 8))}
+
+
 def build(model_cfg, num_items: int, max_len: int | None = None):
   """The flax module named by `model_cfg.name` for a catalogue of `num_items` items (ids 1..num_items;
   encoders with a mask token get id num_items + 1 for it)."""
@@ -73,5 +97,6 @@ def build(model_cfg, num_items: int, max_len: int | None = None):
   rows = num_items + 1 + int(cls.uses_mask_token)
   vocab = padded_vocab_size(rows, model_cfg.vocab_multiple)
   own = model_cfg.get(model_cfg.name)
-  return cls.from_config({**_common(model_cfg), **_item_columns(model_cfg, cls)}, own, vocab_size=vocab,
+  return cls.from_config({**_common(model_cfg), **_item_columns(model_cfg, cls), **_item_repr(model_cfg, cls)}, own,
+                         vocab_size=vocab,
                          max_len=max_len or model_cfg.max_len, num_items=num_items)

@@ -64,6 +64,10 @@ class Roles:
   projections: tuple[str, ...] = ()  # LoRA: dense projections W x -> W x + B A x
   attention: tuple[str, ...] = ()  # prompts: attention modules with query/key/value/out projections
   norms: tuple[str, ...] = ()  # LayerNorm modules (partitioned per domain by STAR)
+  # Text-based items (model.item_repr text / text+id, common.TextItems):
+  item_text: str | None = None  # the items' text embeddings [vocab, text]: set from the current
+  #                               catalogue, never loaded from a checkpoint, never trained
+  item_adaptor: str | None = None  # subtree of the adaptor from text embeddings to the model width
 
   @property
   def item_rows(self) -> tuple[str, ...]:

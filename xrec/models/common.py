@@ -4,6 +4,7 @@ flatten to `a/b/c` paths and strict loading of a checkpoint into a model."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -31,6 +32,70 @@ def item_embedding(vocab_size: int, embed_dim: int, dtype, param_dtype, name: st
 def output_bias_param(module: nn.Module, vocab_size: int, param_dtype):
   """The per-item output bias [vocab] (zeros), created in the calling module's scope."""
   return module.param("output_bias", with_axes(nn.initializers.zeros, ("vocab",)), (vocab_size,), param_dtype)
+
+
+ITEM_REPRS = ("id", "text", "text+id")
+
+
+class MoEAdaptor(nn.Module):
+  """UniSRec's mixture-of-experts adaptor with parametric whitening (Hou et al., "Towards
+  Universal Sequence Representation Learning for Recommender Systems", KDD 2022, eqs. 1-3): expert
+  k maps a text vector x to (x - bias_k) kernel_k; a softmax gate over x @ gate weighs the experts.
+  The gate starts at zero, so at step 0 every expert weighs 1 / experts."""
+
+  embed_dim: int
+  experts: int = 8
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    text_dim = x.shape[-1]
+    bias = self.param("bias", with_axes(nn.initializers.zeros, (None, None)), (self.experts, text_dim),
+                      self.param_dtype)
+    kernel = self.param("kernel", with_axes(nn.initializers.normal(self.embed_dim ** -0.5), (None, None, "embed")),
+                        (self.experts, text_dim, self.embed_dim), self.param_dtype)
+    gate = self.param("gate", with_axes(nn.initializers.zeros, (None, None)), (text_dim, self.experts),
+                      self.param_dtype)
+    x = x.astype(self.dtype)
+    weights = jax.nn.softmax(x @ gate.astype(self.dtype), axis=-1)  # [..., experts]
+    experts = jnp.einsum("...t,kte->...ke", x, kernel.astype(self.dtype)) - jnp.einsum(
+        "kt,kte->ke", bias.astype(self.dtype), kernel.astype(self.dtype))
+    return jnp.einsum("...k,...ke->...e", weights, experts)
+
+
+class TextItems(nn.Module):
+  """Items represented by their text (model.item_repr "text" or "text+id"), in place of an ID
+  table: `table` [vocab, text_dim] holds each item's text embedding from a pretrained sentence
+  encoder (xrec/train/item_text.py sets it from the current catalogue: it is never trained and
+  never loaded from a checkpoint), `adaptor` (MoEAdaptor) maps it to the model's width, and with
+  ids an ID table `id_embed` is added (text + ID, transductive). Text only is inductive: any item
+  with a text is scored, seen in training or not. `embedding` is the adapted table [vocab, embed]
+  (what a tied encoder scores against), calling it adapts the rows of `ids`."""
+
+  vocab_size: int
+  text_dim: int
+  embed_dim: int
+  experts: int = 8
+  with_ids: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    self.table = self.param("table", with_axes(nn.initializers.zeros, ("vocab", None)),
+                            (self.vocab_size, self.text_dim), self.param_dtype)
+    self.adaptor = MoEAdaptor(self.embed_dim, self.experts, self.dtype, self.param_dtype)
+    if self.with_ids:
+      self.id_embed = item_embedding(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
+
+  def __call__(self, ids):
+    rows = self.adaptor(jnp.take(self.table, ids, axis=0))
+    return rows + self.id_embed(ids) if self.with_ids else rows
+
+  @property
+  def embedding(self):
+    table = self.adaptor(self.table)
+    return table + self.id_embed.embedding.astype(table.dtype) if self.with_ids else table
 
 
 class ScoresItems:
@@ -78,10 +143,24 @@ class ScoresItems:
     """What score_last encodes (causal encoders: the inputs themselves)."""
     return inputs
 
+  def item_roles(self) -> dict:
+    """The item roles of `item_tables`' params (base.Roles fields)."""
+    repr_ = getattr(self, "item_repr", "id")
+    if repr_ == "id":
+      return {"item_table": "item_embed/embedding"}
+    return {"item_table": "item_embed/id_embed/embedding" if repr_ == "text+id" else None,
+            "item_text": "item_embed/table", "item_adaptor": "item_embed/adaptor"}
+
   def item_tables(self, vocab_size: int, embed_dim: int, dtype, param_dtype):
-    """Creates item_embed, output_embed (untied only) and output_bias; call from setup."""
+    """Creates item_embed (an ID table, or TextItems for model.item_repr text / text+id),
+    output_embed (untied only) and output_bias; call from setup."""
     width = len(getattr(self, "item_columns", ())) or embed_dim
-    self.item_embed = item_embedding(vocab_size, width, dtype, param_dtype)
+    repr_ = getattr(self, "item_repr", "id")
+    if repr_ == "id":
+      self.item_embed = item_embedding(vocab_size, width, dtype, param_dtype)
+    else:
+      self.item_embed = TextItems(vocab_size, self.text_dim, embed_dim, self.text_experts, repr_ == "text+id",
+                                  dtype, param_dtype)
     if not self.tie_embeddings:
       self.output_embed = item_embedding(vocab_size, width, dtype, param_dtype)
     self.output_bias = output_bias_param(self, vocab_size, param_dtype)

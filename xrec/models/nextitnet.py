@@ -66,6 +66,9 @@ class NextItNet(common.ScoresItems, nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   item_columns: tuple = ()  # the embedding dims the item tables keep (model.item_columns; () = all)
+  item_repr: str = "id"  # model.item_repr: items by an ID table, their text (TextItems) or both
+  text_dim: int = 0  # width of the item text embeddings (model.text.dim, set from the text encoder)
+  text_experts: int = 8  # experts of the text adaptor (model.text.experts)
 
   causal = True
   uses_mask_token = False
@@ -78,7 +81,7 @@ class NextItNet(common.ScoresItems, nn.Module):
 
   def roles(self) -> base.Roles:
     blocks = tuple(f"block_{i}" for i in range(len(self.dilations)))
-    return base.Roles(item_table="item_embed/embedding", output_bias="output_bias",
+    return base.Roles(**self.item_roles(), output_bias="output_bias",
                       output_table=None if self.tie_embeddings else "output_embed/embedding",
                       blocks=blocks, final_norm="final_ln",
                       sublayers=tuple(f"{b}/conv_{j}" for b in blocks for j in (0, 1)))

@@ -122,6 +122,9 @@ class TransformerEncoder(common.ScoresItems, nn.Module):
   dtype: Dtype = jnp.float32  # compute dtype (bfloat16 for mixed precision)
   param_dtype: Dtype = jnp.float32
   item_columns: tuple = ()  # the embedding dims the item tables keep (model.item_columns; () = all)
+  item_repr: str = "id"  # model.item_repr: items by an ID table, their text (TextItems) or both
+  text_dim: int = 0  # width of the item text embeddings (model.text.dim, set from the text encoder)
+  text_experts: int = 8  # experts of the text adaptor (model.text.experts)
   head_dim: int = 0  # per-head size; 0 = embed_dim // num_heads (a head-pruned model keeps its size)
 
   causal = True
@@ -145,7 +148,7 @@ class TransformerEncoder(common.ScoresItems, nn.Module):
   def roles(self) -> base.Roles:
     blocks = tuple(f"block_{i}" for i in range(self.num_layers))
     return base.Roles(
-        item_table="item_embed/embedding", output_bias="output_bias",
+        **self.item_roles(), output_bias="output_bias",
         output_table=None if self.tie_embeddings else "output_embed/embedding",
         positions="pos_embed/embedding", blocks=blocks, final_norm="final_ln",
         sublayers=tuple(f"{b}/{s}" for b in blocks for s in ("attn", "mlp")),

@@ -37,6 +37,7 @@ from xrec.data import augment, cross_user, pipeline
 from xrec.evaluate import evaluator as evaluation
 from xrec.models import common
 from xrec.train import checkpoint as ckpt
+from xrec.train import item_text
 from xrec.train import objectives
 from xrec.train import optimizer as optim
 from xrec.train import synthesis
@@ -100,6 +101,7 @@ class Model:
   objective: objectives.Objective
   source: transfer.SourceEncoder | None  # the pretrained encoder (train.init_from), if any
   teacher: dict | None = None  # distillation: {"path", "module", "params", "id_map", "info"}
+  item_text: np.ndarray | None = None  # text items: [num_items + 1, dim] text embeddings of the catalogue
 
 
 def model_config(config, fields: dict) -> ml_collections.ConfigDict:
@@ -122,7 +124,8 @@ def read_encoder(workdir: str) -> transfer.SourceEncoder:
   return transfer.SourceEncoder(type(module).__name__, module.roles(), bool(module.uses_mask_token))
 
 
-def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None) -> Model:
+def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None,
+                item_text_table: np.ndarray | None = None) -> Model:
   teacher = None
   if config.transfer.strategy == "distill":  # the teacher's width sizes the student's projection head
     teacher = read_teacher(config, domain)
@@ -137,7 +140,7 @@ def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None) 
                objectives.build(config.objective, encoder.causal, streams, type(encoder).__name__,
                                 plan.strategy.terms))
   source = read_encoder(config.train.init_from) if config.train.init_from and plan.strategy.load else None
-  return Model(module, plan, objective, source, teacher)
+  return Model(module, plan, objective, source, teacher, item_text_table)
 
 
 def _pretrained_model(path: str):
@@ -364,7 +367,23 @@ def initial_params(config, workdir, model: Model, state, param_sh, domain):
   elif plan.strategy.load:
     raise ValueError(f"transfer.strategy={plan.name!r} starts from a pretrained model: "
                      "set train.init_from to the pretraining run's workdir")
+  if model.item_text is not None:  # the current catalogue's item text embeddings (never trained nor loaded)
+    state["params"] = jax.device_put(set_item_text(sharding.to_host(state["params"]), plan.roles, model.item_text),
+                                     param_sh)
   return state, meta, init, report
+
+
+def set_item_text(params, roles, table: np.ndarray):
+  """`params` with the item text table (Roles.item_text) holding `table` [num_items + 1, dim] in
+  its first rows (the rest, sharding padding and a mask token, stay zero)."""
+  flat = common.flatten(params)
+  current = flat[roles.item_text]
+  if current.shape[1] != table.shape[1] or current.shape[0] < table.shape[0]:
+    raise ValueError(f"item text embeddings {table.shape} do not fit the model's text table {current.shape}")
+  value = np.zeros(current.shape, current.dtype)
+  value[:table.shape[0]] = table
+  flat[roles.item_text] = value
+  return common.unflatten(flat)
 
 
 class BestTracker:
@@ -481,7 +500,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   domain = pipeline.load_domain(config.data)
   t_data = time.time()
   overlap = _item_overlap(config, domain)
-  model = build_model(config, domain, overlap)
+  text_table, text_info = None, None
+  if config.model.item_repr != "id":  # items by their text: embedded once per (encoder, texts), cached
+    text_table, text_info = item_text.item_text_table(config, domain, progress=config.train.progress_bar and is_main)
+    if config.model.text.dim not in (0, text_table.shape[1]):
+      raise ValueError(f"model.text.dim={config.model.text.dim} but the text encoder {text_info['encoder']!r} "
+                       f"gives {text_table.shape[1]}-d vectors; leave model.text.dim=0")
+    config = with_overrides(config, {"model.text.dim": int(text_table.shape[1])})
+    log.info("item text: %d items, %d without text (%s), %s (%s)", text_info["items"],
+             text_info["text"]["without_text"], text_info["text"]["missing_policy"], text_info["encoder"],
+             "cached" if text_info["reused"] else f"embedded in {text_info['seconds']:.1f}s")
+  model = build_model(config, domain, overlap, text_table)
   module, plan = model.module, model.plan
   if is_main:
     writing.write_json_atomic(os.path.join(workdir, ITEM_KEYS_FILE),
@@ -643,7 +672,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "protocol": evaluation.protocol(config.eval, domain.population),
       "init": {"kind": init.kind, "path": init.path},
       "model": {"name": config.model.name, "encoder": plan.encoder,
-                "objective": [[t.name, w] for t, w in model.objective.terms]},
+                "objective": [[t.name, w] for t, w in model.objective.terms],
+                "item_repr": config.model.item_repr, "item_text": text_info},
       "transfer": {"strategy": plan.name, **budget,
                    "items": report["items"] if report else None,
                    "item_overlap": overlap, "item_tables": plan.item_tables,

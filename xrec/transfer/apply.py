@@ -92,13 +92,20 @@ class TransferPlan:
 
   @property
   def schedule(self):
-    return self._bound().schedule
+    """The preset's trainable schedule; the items' text embeddings (Roles.item_text) are data of
+    the current catalogue, frozen under every preset."""
+    schedule = self._bound().schedule
+    if self.roles is not None and self.roles.item_text:
+      return [(Roles.subtree_regex(self.roles.item_text), None)] + list(schedule)
+    return schedule
 
   @property
   def not_applicable(self) -> str:
     """Why this result is not reported (zero_shot on a catalogue the source barely knows), or ""."""
     share = _share(self.overlap)
     threshold = self.options.min_item_overlap
+    if self.roles is not None and self.roles.item_text and not self.roles.item_table:
+      return ""  # items by their text alone: a catalogue the source never saw is still scored
     if self._bound().train or share is None or share >= threshold:
       return ""
     return (f"n/a (item overlap {share:.0%}): the source knows {share:.1%} of the target's "
@@ -128,6 +135,8 @@ class TransferPlan:
     pretrained = tree.tree_get(pretrained_params, self.source_subtree)
     rename = tuple(strategy.rename) + self.extra_rename
     dont_load = tuple(strategy.dont_load) + self.extra_dont_load
+    if roles.item_text:  # the current catalogue's text embeddings, set by the trainer
+      dont_load += (re.escape(roles.item_text),)
     if strategy.load_roles is not None:
       pretrained, dont_load = self._by_role(pretrained, fresh_params, source_roles, strategy.load_roles,
                                             source)

@@ -1,0 +1,137 @@
+"""Items represented by their text (model.item_repr text / text+id, issue 14): the adaptor's step-0
+behaviour, the text table frozen and set from the current catalogue, zero-shot on a disjoint
+catalogue, and scoring items never seen in training."""
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import tiny_config  # noqa: E402
+import test_text_encoder as T  # noqa: E402
+
+from xrec import models  # noqa: E402
+from xrec.models import common  # noqa: E402
+from xrec.train import checkpoint as ckpt  # noqa: E402
+from xrec.train import item_text  # noqa: E402
+from xrec.train.loop import train_and_evaluate  # noqa: E402
+from xrec.data import pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("text_encoder")
+  from xrec.models import text_encoder as te
+  te.write_safetensors(str(path / "model.safetensors"), T._hf_tensors(np.random.default_rng(0)))
+  (path / "config.json").write_text(json.dumps(T.CONFIG))
+  # the synthetic words split into these pieces (stems and suffixes are two syllables of 2 letters)
+  syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+  vocab = T.VOCAB + ["-"] + syllables + ["##" + s for s in syllables]
+  (path / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+  config = json.loads((path / "config.json").read_text())
+  config["vocab_size"] = len(dict.fromkeys(vocab))
+  (path / "config.json").write_text(json.dumps(config))
+  tensors = T._hf_tensors(np.random.default_rng(0))
+  tensors["embeddings.word_embeddings.weight"] = np.random.default_rng(1).normal(
+      size=(config["vocab_size"], T.CONFIG["hidden_size"])).astype(np.float32)
+  te.write_safetensors(str(path / "model.safetensors"), tensors)
+  return str(path)
+
+
+def _text_config(data_dir, encoder_dir, repr_="text"):
+  c = tiny_config(data_dir)
+  c.data.synthetic.update(dict(scenario="cross_app", item_overlap=0.0))  # disjoint catalogues
+  c.model.item_repr = repr_
+  c.model.text.encoder = encoder_dir
+  c.model.text.experts = 2
+  return c
+
+
+def test_the_adaptor_starts_as_the_mean_of_its_experts_and_the_shapes_follow_the_config():
+  adaptor = common.MoEAdaptor(embed_dim=4, experts=3)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 6)), jnp.float32)
+  import flax.linen as nn
+  params = nn.unbox(adaptor.init(jax.random.PRNGKey(0), x)["params"])
+  assert params["bias"].shape == (3, 6) and params["kernel"].shape == (3, 6, 4) and params["gate"].shape == (6, 3)
+  params = {**params, "bias": jnp.asarray(np.random.default_rng(1).normal(size=(3, 6)), jnp.float32)}
+  want = np.mean([(np.asarray(x) - np.asarray(params["bias"][k])) @ np.asarray(params["kernel"][k])
+                  for k in range(3)], axis=0)  # zero gate: every expert weighs 1/3
+  assert np.allclose(adaptor.apply({"params": params}, x), want, atol=1e-5)
+  c = tiny_config("/tmp").model
+  c.item_repr, c.text.dim = "text", 0
+  with pytest.raises(ValueError, match="needs model.text.dim"):
+    models.build(c, 10)
+  c.text.dim, c.tie_embeddings = 8, False
+  with pytest.raises(ValueError, match="needs model.tie_embeddings=True"):
+    models.build(c, 10)
+  c.tie_embeddings, c.item_repr = True, "words"
+  with pytest.raises(ValueError, match=r"model.item_repr='words' is not valid; valid: \['id', 'text', 'text\+id'\]"):
+    models.build(c, 10)
+  c.item_repr, c.name = "text", "popularity"
+  with pytest.raises(ValueError, match="not supported by Popularity"):
+    models.build(c, 10)
+
+
+def test_text_only_pretraining_transfers_to_a_disjoint_catalogue_zero_shot_and_fine_tuned(data_dir, encoder_dir,
+                                                                                          tmp_path):
+  c = _text_config(data_dir, encoder_dir)
+  source = train_and_evaluate(c, str(tmp_path / "source"))
+  assert source["model"]["item_repr"] == "text" and source["model"]["item_text"]["items"] == 200
+  # the text table holds the catalogue's text embeddings, frozen: bit-identical after training
+  params, _ = ckpt.restore_best_params(str(tmp_path / "source"))
+  domain = pipeline.load_domain(c.data)
+  table, _ = item_text.item_text_table(c, domain, progress=False)
+  assert np.array_equal(np.asarray(params["item_embed"]["table"])[:201], table)
+  assert source["transfer"]["trainable"] < source["transfer"]["total"]
+  assert float(np.abs(np.asarray(params["item_embed"]["adaptor"]["gate"])).max()) > 0  # the adaptor trained
+  # zero-shot on a target that shares no item with the source: a real number, not n/a
+  t = _text_config(data_dir, encoder_dir)
+  t.data.domain = "target"
+  t.train.init_from = str(tmp_path / "source")
+  t.transfer.strategy = "zero_shot"
+  zero = train_and_evaluate(t, str(tmp_path / "zero"))
+  assert zero["transfer"]["item_overlap"]["overlap_items"] == 0 and zero["transfer"]["not_applicable"] is None
+  assert 0 < zero["test"]["ndcg@10"] <= 1
+  target_params, _ = ckpt.restore_best_params(str(tmp_path / "zero"))
+  target_domain = pipeline.load_domain(t.data)
+  target_table, _ = item_text.item_text_table(t, target_domain, progress=False)
+  assert np.array_equal(np.asarray(target_params["item_embed"]["table"])[:target_table.shape[0]], target_table)
+  for part in ("kernel", "gate", "bias"):  # the adaptor and the encoder come from the source
+    assert np.array_equal(target_params["item_embed"]["adaptor"][part], params["item_embed"]["adaptor"][part])
+  # fine-tuned with 10% of the target's users: some items are in no training sequence, and the
+  # model scores them by their text: an unseen item given another's text scores as that one
+  t.transfer.strategy, t.data.user_fraction = "full_finetune", 0.1
+  tuned = train_and_evaluate(t, str(tmp_path / "tuned"))
+  assert tuned["init"]["kind"] == "pretrained" and np.isfinite(tuned["test"]["ndcg@10"])
+  p, _ = ckpt.restore_best_params(str(tmp_path / "tuned"))
+  domain = pipeline.load_domain(t.data)
+  seen = {int(i) for u in domain.train_users for i in domain.sequence(u)[:-2]}
+  a, b = [i for i in range(1, domain.num_items + 1) if i not in seen][:2]
+  with open(os.path.join(tmp_path / "tuned", "model.json")) as f:
+    module = models.build(ml_collections.ConfigDict(json.load(f)["model"]), domain.num_items)
+  p = jax.tree.map(np.array, p)
+  x = jnp.asarray(pipeline.right_align(domain.sequence(domain.eval_users[0])[:-2], t.model.max_len))[None]
+  before = np.asarray(module.apply({"params": p}, x, method="score_last"))[0]
+  p["item_embed"]["table"][b] = p["item_embed"]["table"][a]  # item b gets item a's text
+  scores = np.asarray(module.apply({"params": p}, x, method="score_last"))[0]
+  assert scores[b] != pytest.approx(before[b], abs=1e-6)
+  assert scores[a] - float(p["output_bias"][a]) == pytest.approx(scores[b] - float(p["output_bias"][b]), abs=1e-5)
+
+
+def test_text_and_id_items_train_both_and_keep_the_text_frozen(data_dir, encoder_dir, tmp_path):
+  c = _text_config(data_dir, encoder_dir, "text+id")
+  c.data.domain = "target"
+  out = train_and_evaluate(c, str(tmp_path / "run"))
+  assert out["model"]["item_repr"] == "text+id" and np.isfinite(out["test"]["ndcg@10"])
+  params, _ = ckpt.restore_best_params(str(tmp_path / "run"))
+  fresh = models.build(ml_collections.ConfigDict(json.load(open(tmp_path / "run" / "model.json"))["model"]), 200)
+  init = fresh.init(jax.random.PRNGKey(c.seed), jnp.zeros((1, c.model.max_len), jnp.int32))["params"]
+  assert np.asarray(params["item_embed"]["id_embed"]["embedding"]).shape == (208, 16)
+  assert out["transfer"]["frozen"] == int(np.prod(np.asarray(params["item_embed"]["table"]).shape))
+  assert common.param_count(params) == common.param_count(init)
