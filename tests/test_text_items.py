@@ -135,3 +135,29 @@ def test_text_and_id_items_train_both_and_keep_the_text_frozen(data_dir, encoder
   assert np.asarray(params["item_embed"]["id_embed"]["embedding"]).shape == (208, 16)
   assert out["transfer"]["frozen"] == int(np.prod(np.asarray(params["item_embed"]["table"]).shape))
   assert common.param_count(params) == common.param_count(init)
+
+
+def test_adaptor_only_trains_the_adaptor_alone_and_frozen_encoder_the_item_side():
+  from xrec.transfer import apply as transfer
+  from xrec.transfer import schedule
+  c = tiny_config("/tmp")
+  c.model.update(dict(item_repr="text", embed_dim=16))
+  c.model.text.update(dict(dim=8, experts=2))
+
+  def trainable(strategy, repr_="text"):
+    c.transfer.strategy, c.model.item_repr = strategy, repr_
+    module, plan = transfer.prepare(c).bind(models.build(c.model, 20))
+    params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, c.model.max_len), jnp.int32)))
+    mults = schedule.resolve(params["params"], plan.schedule)
+    return {p for p, m in mults.items() if m is not None}, plan.budget(params["params"])
+
+  paths, budget = trainable("adaptor_only")
+  assert paths == {"item_embed/adaptor/bias", "item_embed/adaptor/gate", "item_embed/adaptor/kernel"}
+  assert budget["trainable"] == 2 * 8 + 2 * 8 * 16 + 8 * 2  # bias, kernel, gate
+  paths, _ = trainable("frozen_encoder", "text+id")
+  assert paths == {"item_embed/adaptor/bias", "item_embed/adaptor/gate", "item_embed/adaptor/kernel",
+                   "item_embed/id_embed/embedding", "output_bias"}
+  paths, _ = trainable("full_finetune")
+  assert "item_embed/table" not in paths and "block_0/attn/query/kernel" in paths  # the text stays frozen
+  with pytest.raises(ValueError, match="transfer.strategy='adaptor_only' does not apply to this encoder"):
+    trainable("adaptor_only", "id")

@@ -102,8 +102,9 @@ def _sub(path: str | None) -> list[str]:
 
 
 def _item_tables(roles: Roles) -> str:
-  tables = [p for p in (roles.item_table, roles.output_table) if p]
-  return "|".join(re.escape(p) for p in tables) or "(?!)"
+  """The item side the presets train or freeze together: ID tables and, for text items, the adaptor."""
+  tables = [re.escape(p) for p in (roles.item_table, roles.output_table) if p] + _sub(roles.item_adaptor)
+  return "|".join(tables) or "(?!)"
 
 
 def _bottom_frozen(k: int, roles: Roles) -> list[tuple[str, None]]:
@@ -154,6 +155,14 @@ def frozen_encoder(options, roles):
   train."""
   return Strategy("frozen_encoder", schedule=((_item_tables(roles), options.lr_mult),
                                               (re.escape(roles.output_bias), options.lr_mult), (".*", None)))
+
+
+def adaptor_only(options, roles):
+  """Text items (model.item_repr text / text+id): everything loaded, only the adaptor from the
+  text embeddings to the model's width trains (UniSRec's parameter-efficient fine-tuning); the
+  encoder, ID table and output bias stay as pretrained."""
+  return Strategy("adaptor_only", schedule=((Roles.subtree_regex(roles.item_adaptor), options.lr_mult),
+                                            (".*", None)))
 
 
 def embedding_transfer(options, roles):
@@ -365,6 +374,7 @@ STRATEGIES: dict[str, Callable[[Any, Roles], Strategy]] = {
     "full_finetune": full_finetune,
     "linear_probe": linear_probe,
     "frozen_encoder": frozen_encoder,
+    "adaptor_only": adaptor_only,
     "embedding_transfer": embedding_transfer,
     "partial_freeze": partial_freeze,
     "reuse_bottom": reuse_bottom,
@@ -396,6 +406,8 @@ def applicable(roles: Roles, causal: bool = True) -> list[str]:
     out = [n for n in out if n not in ("partial_freeze", "reuse_bottom")]
   if not roles.item_table:
     out = [n for n in out if n not in ("linear_probe", "embedding_transfer", "dann", "shared_private", "cross_user")]
+  if not roles.item_adaptor:  # items by ID only
+    out = [n for n in out if n != "adaptor_only"]
   return out
 
 
