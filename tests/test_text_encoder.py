@@ -210,3 +210,24 @@ def test_the_encoder_is_found_by_folder_or_hugging_face_cache_id_and_a_missing_o
   assert item_text.load_encoder("sentence-transformers/all-MiniLM-L6-v2").dim == 16
   with pytest.raises(FileNotFoundError, match="is not a folder"):
     item_text.load_encoder(str(tmp_path / "nowhere"))
+
+
+def test_the_packaged_wordllama_encoder_matches_its_own_implementation():
+  """WordLlama's l2_supercat weights, installed with the package (nothing downloaded): xrec's Flax
+  static encoder gives the vectors wordllama's own WordLlamaInference gives, normalised; an empty
+  text is a zero vector (not NaN); words that share a stem are closer than words that do not."""
+  import wordllama
+  from tokenizers import Tokenizer
+  from wordllama.inference import WordLlamaInference
+  from xrec.train import item_text
+  enc = item_text.load_encoder("wordllama")
+  root = os.path.dirname(wordllama.__file__)
+  weights, tokenizer = (os.path.join(root, p) for p in te.WORDLLAMA)
+  reference = WordLlamaInference(te.read_safetensors(weights)["embedding.weight"], Tokenizer.from_file(tokenizer))
+  texts = ["bralo-kimu bralo-sate", "bralo-kimu bralo-tuve", "zeti-mowa kedu-rafo",
+           "The Matrix (1999); genres: Action, Sci-Fi", "Wireless headphones; brand: Acme"]
+  ours, theirs = enc.embed(texts), reference.embed(texts, norm=True)
+  assert enc.dim == 256 and ours.shape == (5, 256)
+  assert float(np.min(np.sum(ours * theirs, axis=1))) > 0.9999
+  assert not enc.embed([""]).any()
+  assert ours[0] @ ours[1] > ours[0] @ ours[2] + 0.3

@@ -137,8 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
   # How items enter the encoder: "id" (an ID table), "text" (their text through a pretrained
   # sentence encoder and an adaptor: ID-free, any item with a text is scored) or "text+id" (both).
   c.model.item_repr = "id"
-  # Item text (xrec/train/item_text.py): the sentence encoder, a folder with config.json,
-  # model.safetensors and vocab.txt or a Hugging Face model id found in its cache; dim: its width
+  # Item text (xrec/train/item_text.py): the sentence encoder, "wordllama" (installed with its
+  # weights), a folder with config.json, model.safetensors and vocab.txt or a Hugging Face model
+  # id found in its cache; dim: its width
   # (0 = set from the encoder); experts: of the mixture-of-experts whitening adaptor (UniSRec).
   c.model.text = ml_collections.ConfigDict(dict(encoder="", dim=0, experts=8))
   # () = item tables as wide as embed_dim; else the embedding dims the item tables keep (a model

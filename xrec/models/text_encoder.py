@@ -1,5 +1,6 @@
-"""A pretrained sentence encoder in Flax: BERT-family models (MiniLM, BERT, ...) read from a
-Hugging Face / sentence-transformers folder, for item text (issue 14).
+"""Pretrained sentence encoders in Flax for item text (issue 14): BERT-family models (MiniLM,
+BERT, ...) read from a Hugging Face / sentence-transformers folder, and WordLlama's static token
+embeddings from the installed `wordllama` package (`load_wordllama`).
 
   encoder = text_encoder.load("/path/to/all-MiniLM-L6-v2")   # config.json, model.safetensors, vocab.txt
   vectors = encoder.embed(["The Matrix (1999) Action|Sci-Fi", ...])   # [n, hidden] float32
@@ -248,6 +249,88 @@ class SentenceEncoder:
       if progress is not None:
         progress(min(start + batch_size, len(order)), len(order))
     return out
+
+
+class StaticTokenEmbed(nn.Module):
+  """A static sentence encoder: the mean of the tokens' embedding rows over the attention mask
+  (WordLlama, Miller 2024: token embeddings distilled from an LLM's embedding layer)."""
+
+  vocab_size: int
+  dim: int
+
+  @nn.compact
+  def __call__(self, ids, mask):
+    rows = nn.Embed(self.vocab_size, self.dim, name="token_embed")(ids)
+    weight = mask[..., None].astype(rows.dtype)
+    return (rows * weight).sum(1) / jnp.maximum(weight.sum(1), 1.0)
+
+
+class StaticEncoder:
+  """Texts -> vectors with StaticTokenEmbed and a Hugging Face `tokenizers` tokenizer (no special
+  tokens), optionally L2-normalised. Same interface as SentenceEncoder (embed, dim, name, fingerprint)."""
+
+  def __init__(self, table: np.ndarray, tokenizer_file: str, normalize: bool = True, name: str = "static",
+               fingerprint: str = "", max_len: int = 256):
+    from tokenizers import Tokenizer  # installed with wordllama
+    self.tokenizer = Tokenizer.from_file(tokenizer_file)
+    self.tokenizer.no_padding()
+    self.tokenizer.no_truncation()
+    self.module = StaticTokenEmbed(int(table.shape[0]), int(table.shape[1]))
+    self.params = {"token_embed": {"embedding": jnp.asarray(table, jnp.float32)}}
+    self.normalize, self.name, self.fingerprint, self.max_len = normalize, name, fingerprint, max_len
+    self._apply = jax.jit(self._pooled)
+
+  @property
+  def dim(self) -> int:
+    return int(self.params["token_embed"]["embedding"].shape[1])
+
+  def _pooled(self, params, ids, mask):
+    out = self.module.apply({"params": params}, ids, mask)
+    if self.normalize:
+      out = out / jnp.maximum(jnp.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+    return out
+
+  def embed(self, texts: list[str], batch_size: int = 256, progress=None) -> np.ndarray:
+    encoded = [e.ids[:self.max_len] for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    out = np.zeros((len(texts), self.dim), np.float32)
+    order = np.argsort([len(e) for e in encoded], kind="stable")
+    for start in range(0, len(order), batch_size):
+      rows = order[start:start + batch_size]
+      width = 1 << max(3, (max(max(len(encoded[r]) for r in rows), 1) - 1).bit_length())
+      ids = np.zeros((batch_size, width), np.int32)
+      mask = np.zeros((batch_size, width), np.int32)
+      for j, r in enumerate(rows):
+        ids[j, :len(encoded[r])], mask[j, :len(encoded[r])] = encoded[r], 1
+      out[rows] = np.asarray(self._apply(self.params, ids, mask))[:len(rows)]
+      if progress is not None:
+        progress(min(start + batch_size, len(order)), len(order))
+    return out
+
+
+WORDLLAMA = ("weights/l2_supercat_256.safetensors", "tokenizers/l2_supercat_tokenizer_config.json")
+
+
+def load_wordllama() -> StaticEncoder:
+  """WordLlama's packaged l2_supercat model (256-d token embeddings from Llama 2's tokenizer), read
+  from the installed `wordllama` package's files (its own loader looks for the tokenizer where the
+  wheel does not put it and then tries to download it)."""
+  import importlib.util
+  spec = importlib.util.find_spec("wordllama")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError("model.text.encoder='wordllama' is not installed: pip install wordllama "
+                            "(its wheel ships the weights; nothing is downloaded)")
+  root = list(spec.submodule_search_locations)[0]
+  weights, tokenizer = (os.path.join(root, p) for p in WORDLLAMA)
+  for path in (weights, tokenizer):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"the installed wordllama package lacks {path}; reinstall it (pip install wordllama)")
+  table = read_safetensors(weights)["embedding.weight"].astype(np.float32)
+  digest = hashlib.sha256()
+  for path in (weights, tokenizer):
+    with open(path, "rb") as f:
+      digest.update(f.read())
+  return StaticEncoder(table, tokenizer, normalize=True, name="wordllama-l2-supercat-256",
+                       fingerprint=digest.hexdigest()[:16])
 
 
 def _read_json(path: str, default=None):

@@ -9,7 +9,8 @@ The fingerprint hashes the encoder's weights, vocabulary and pooling, the texts'
 string in id order: another encoder or other texts (other fields, an edited metadata file) never
 reuse a cache made from different ones.
 
-`model.text.encoder` names the encoder: a folder (Hugging Face / sentence-transformers layout) or
+`model.text.encoder` names the encoder: "wordllama" (the static token embeddings the `wordllama`
+package installs with its weights), a folder (Hugging Face / sentence-transformers layout) or
 a model id of the Hugging Face cache (`sentence-transformers/all-MiniLM-L6-v2`, found under
 $HF_HOME/hub or ~/.cache/huggingface/hub when it was downloaded once; nothing is downloaded here).
 """
@@ -39,13 +40,15 @@ def _hub_folder(name: str) -> str | None:
   return max(snapshots, key=os.path.getmtime) if snapshots else None
 
 
-def load_encoder(name: str) -> text_encoder.SentenceEncoder:
+def load_encoder(name: str):
   """The sentence encoder `model.text.encoder` names (see the module docstring)."""
   if not name:
     raise ValueError("model.text.encoder is empty: text-based items need a sentence encoder (a folder with "
                      "config.json, model.safetensors and vocab.txt, or a Hugging Face model id in its cache)")
   if os.path.isdir(name):
     return text_encoder.load(name)
+  if name == "wordllama":
+    return text_encoder.load_wordllama()
   if "/" in name and not os.path.isabs(name) and not name.startswith("."):
     folder = _hub_folder(name)
     if folder is None:
@@ -65,7 +68,7 @@ def item_texts(config, domain) -> tuple[list[str], dict]:
   return data_text.item_text(domain.item_keys, features, config.data.text, where)
 
 
-def item_text_table(config, domain, encoder: text_encoder.SentenceEncoder | None = None,
+def item_text_table(config, domain, encoder=None,
                     progress: bool = True) -> tuple[np.ndarray, dict]:
   """([num_items + 1, dim] float32: row i = item i's text embedding, row 0 zeros; info: encoder,
   fingerprint, texts' hash, the missing-text report, cache path, whether it was reused, seconds)."""
