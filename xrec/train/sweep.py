@@ -185,7 +185,10 @@ def _strategy_of(config):
   """The cell's preset built on its encoder's roles (no data needed: roles do not depend on the
   catalogue)."""
   fields = strategies.MODEL_FIELDS.get(config.transfer.strategy, {})
-  encoder = models.build(loop.model_config(config, fields), num_items=1)
+  model_cfg = loop.model_config(config, fields)
+  if model_cfg.get("item_repr", "id") != "id" and not model_cfg.text.dim:
+    model_cfg.text.dim = 1  # text items: the trainer sets the width from the encoder; roles do not depend on it
+  encoder = models.build(model_cfg, num_items=1)
   return strategies.get_strategy(config.transfer.strategy, config.transfer, encoder.roles(), bool(encoder.causal))
 
 
