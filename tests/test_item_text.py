@@ -108,3 +108,18 @@ def test_items_without_text_follow_the_policy_and_are_counted():
   assert texts[1] == "Cream; categories: Beauty, Skin; attributes: 12, 40; description: Soft."
   assert text.text_sha(["", "a"]) != text.text_sha(["", "b"])
   json.dumps(report)  # the report is stored with results
+
+
+def test_s3rec_item2attributes_become_item_text_through_the_pipeline(tmp_path):
+  (tmp_path / "Beauty.txt").write_text("1 1 2 3 4\n2 2 3 4 5\n3 1 3 5 6\n")
+  (tmp_path / "Beauty_item2attributes.json").write_text(json.dumps({"1": [10, 11], "2": [12], "3": [], "5": [13]}))
+  c = base_config()
+  c.data.name, c.data.domain, c.data.data_dir = "interactions", "main", str(tmp_path / "prepared")
+  c.data.files.update(dict(format="s3rec", path=str(tmp_path / "Beauty.txt"),
+                           item_attributes_path=str(tmp_path / "Beauty_item2attributes.json")))
+  domain = pipeline.load_domain(c.data)
+  texts, report = text.item_text(domain.item_keys, domain.metadata["item_features"]["main"], c.data.text)
+  by_key = dict(zip(domain.item_keys, texts[1:]))
+  assert by_key == {"1": "attributes: 10, 11", "2": "attributes: 12", "3": "", "4": "", "5": "attributes: 13",
+                    "6": ""}
+  assert report["without_text"] == 3 and report["examples_without_text"] == ["3", "4", "6"]
