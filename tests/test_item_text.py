@@ -123,3 +123,29 @@ def test_s3rec_item2attributes_become_item_text_through_the_pipeline(tmp_path):
   assert by_key == {"1": "attributes: 10, 11", "2": "attributes: 12", "3": "", "4": "", "5": "attributes: 13",
                     "6": ""}
   assert report["without_text"] == 3 and report["examples_without_text"] == ["3", "4", "6"]
+
+
+def test_several_domains_join_into_one_for_pretraining_on_several_sources(tmp_path):
+  """data.domain='source+target': both domains' users (keys prefixed by domain) over the union of
+  their catalogues by raw key, with every item's text; e.g. a text model pretrained on several
+  source domains at once."""
+  c = base_config()
+  c.data.data_dir = str(tmp_path)
+  c.data.synthetic.update(dict(SMALL, scenario="cross_app", item_overlap=0.5))
+  parts = {}
+  for name in ("source", "target"):
+    c.data.domain = name
+    parts[name] = pipeline.load_domain(c.data)
+  c.data.domain = "source+target"
+  both = pipeline.load_domain(c.data)
+  src, tgt = parts["source"], parts["target"]
+  assert both.num_users == src.num_users + tgt.num_users
+  assert both.num_items == len(set(src.item_keys) | set(tgt.item_keys)) == 80 + 35
+  assert both.item_keys[:80] == src.item_keys
+  u = both.user_keys.index("target:" + tgt.user_keys[3])
+  assert [both.item_keys[i - 1] for i in both.sequence(u)] == [tgt.item_keys[i - 1] for i in tgt.sequence(3)]
+  texts, report = text.item_text(both.item_keys, both.metadata["item_features"]["source+target"], c.data.text)
+  assert report["without_text"] == 0 and len(texts) == 116
+  with pytest.raises(ValueError, match=r"Unknown domain 'source\+elsewhere' .*valid: \['source', 'target'\]"):
+    c.data.domain = "source+elsewhere"
+    pipeline.load_domain(c.data)

@@ -210,20 +210,69 @@ def prepare_builder(data_cfg):
 
 
 def load_domain(data_cfg) -> DomainSequences:
-  """Prepares the dataset and returns the checked domain with its training users and population."""
+  """Prepares the dataset and returns the checked domain with its training users and population.
+  `data.domain` names one split, or several joined by "+" (e.g. "books+movies": pretraining on
+  several source domains at once, see `UnionSource`)."""
   builder = prepare_builder(data_cfg)
   sources = builder.as_data_source()
-  if data_cfg.domain not in sources:
-    raise ValueError(f"Unknown domain {data_cfg.domain!r} in {builder.name}; valid: {sorted(sources)}")
-  source = sources[data_cfg.domain]
-  item_keys = list(builder.info.metadata["item_keys"][data_cfg.domain])
+  names = data_cfg.domain.split("+")
+  unknown = [n for n in names if n not in sources]
+  if unknown or len(set(names)) != len(names):
+    raise ValueError(f"Unknown domain {data_cfg.domain!r} in {builder.name}; valid: {sorted(sources)}"
+                     + (" (or several joined by '+', each once)" if len(sources) > 1 else ""))
+  metadata = dict(builder.info.metadata)
+  if len(names) == 1:
+    source = sources[data_cfg.domain]
+    item_keys = list(metadata["item_keys"][data_cfg.domain])
+  else:
+    source = UnionSource(names, sources, metadata)
+    item_keys = source.item_keys
+    metadata["item_keys"] = {**metadata["item_keys"], data_cfg.domain: item_keys}
+    metadata["item_features"] = {**(metadata.get("item_features") or {}), data_cfg.domain: source.item_features}
   domain = index_domain(data_cfg.domain, source, item_keys, data_cfg.user_fraction, data_cfg.fraction_seed,
-                        metadata=dict(builder.info.metadata), population=data_cfg.eval_population,
+                        metadata=metadata, population=data_cfg.eval_population,
                         unseen_fraction=data_cfg.eval_unseen_fraction,
                         population_seed=data_cfg.eval_population_seed)
   if data_cfg.get("reverse", False):
     domain = reversed_domain(domain)
   return domain
+
+
+class UnionSource:
+  """Several domains of one dataset as one: every user of each (its key prefixed `domain:`, so a
+  person in two domains is two users here), items numbered in the union of the domains'
+  vocabularies by raw key (the first domain's order, then each later domain's new keys), item
+  features from the first domain that has the item."""
+
+  def __init__(self, names, sources, metadata):
+    self.item_keys, position, self.item_features = [], {}, {}
+    features = metadata.get("item_features") or {}
+    self._parts, self._maps = [], []
+    for name in names:
+      keys = list(metadata["item_keys"][name])
+      id_map = np.zeros(len(keys) + 1, np.int64)
+      for i, key in enumerate(keys):
+        if key not in position:
+          position[key] = len(self.item_keys) + 1
+          self.item_keys.append(key)
+          if key in features.get(name, {}):
+            self.item_features[key] = features[name][key]
+        id_map[i + 1] = position[key]
+      self._parts.append((name, sources[name]))
+      self._maps.append(id_map)
+    self._offsets = np.cumsum([0] + [len(src) for _, src in self._parts])
+
+  def __len__(self) -> int:
+    return int(self._offsets[-1])
+
+  def __getitem__(self, i):
+    part = int(np.searchsorted(self._offsets, i, side="right")) - 1
+    name, src = self._parts[part]
+    rec = dict(src[int(i - self._offsets[part])])
+    key = rec["user_key"]
+    rec["user_key"] = f"{name}:{key.decode() if isinstance(key, bytes) else key}"
+    rec["items"] = self._maps[part][np.asarray(rec["items"], np.int64)]
+    return rec
 
 
 def reversed_domain(domain: DomainSequences) -> DomainSequences:
