@@ -161,3 +161,35 @@ def test_adaptor_only_trains_the_adaptor_alone_and_frozen_encoder_the_item_side(
   assert "item_embed/table" not in paths and "block_0/attn/query/kernel" in paths  # the text stays frozen
   with pytest.raises(ValueError, match="transfer.strategy='adaptor_only' does not apply to this encoder"):
     trainable("adaptor_only", "id")
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec", "nextitnet"])
+def test_every_encoder_trains_its_adaptor_through_text_items(name):
+  """Text items in each encoder: the next-item loss reaches the adaptor (and the ID table with
+  text+id), an item's score follows its text, and the adapted table is what is scored."""
+  from xrec.models import losses
+  import flax.linen as nn
+  c = tiny_config("/tmp").model
+  c.update(dict(name=name, item_repr="text+id", embed_dim=16, vocab_multiple=8))
+  c.text.update(dict(dim=8, experts=2))
+  module = models.build(c, 30)
+  pool = np.array([i for i in range(1, 31) if i not in (5, 7)])  # items 5 and 7 are in no input
+  x = jnp.asarray(np.random.default_rng(0).choice(pool, size=(4, c.max_len)), jnp.int32)
+  params = nn.unbox(module.init(jax.random.PRNGKey(0), x)["params"])
+  table = np.random.default_rng(1).normal(size=params["item_embed"]["table"].shape).astype(np.float32)
+  params["item_embed"]["table"] = jnp.asarray(table)
+  targets = jnp.roll(x, -1, axis=1)
+
+  def loss(p):
+    hidden, tbl, bias = module.apply({"params": p}, x)
+    return losses.full_softmax(hidden, targets, tbl, bias, num_items=30)[0]
+
+  grads = jax.grad(loss)(params)
+  assert np.isfinite(float(loss(params)))
+  assert float(jnp.abs(grads["item_embed"]["adaptor"]["kernel"]).max()) > 0
+  assert float(jnp.abs(grads["item_embed"]["id_embed"]["embedding"]).max()) > 0
+  scores = module.apply({"params": params}, x, method="score_last")
+  params["item_embed"]["table"] = params["item_embed"]["table"].at[5].set(table[7])
+  moved = module.apply({"params": params}, x, method="score_last")
+  assert not np.allclose(scores[:, 5], moved[:, 5]) and np.allclose(scores[:, 7], moved[:, 7], atol=1e-5)
+  # item 5 now has item 7's text: with text + ID they differ only by their ID rows and biases
