@@ -102,6 +102,9 @@ def test_items_without_text_follow_the_policy_and_are_counted():
     text.item_text(keys, features, {**cfg, "missing": "error"})
   with pytest.raises(ValueError, match=r"data.text.missing='skip' is not valid; valid: \['empty', 'attributes'"):
     text.item_text(keys, features, {**cfg, "missing": "skip"})
+  # a catalogue where no item has any text: refused (a text model would see one vector for all)
+  with pytest.raises(ValueError, match=r"no item of books has a text: its item features are \['price'\]"):
+    text.item_text(["a", "b"], {"a": {"price": 1}}, {"fields": (), "missing": "empty"}, "books")
   # S3Rec attribute lists and Amazon-style metadata join in the default field order
   texts, _ = text.item_text(["x"], {"x": {"description": "Soft.", "categories": ["Beauty", "Skin"],
                                           "title": "Cream", "attributes": ["12", "40"]}}, {})

@@ -76,6 +76,12 @@ def test_the_adaptor_starts_as_the_mean_of_its_experts_and_the_shapes_follow_the
   c.item_repr, c.name = "text", "popularity"
   with pytest.raises(ValueError, match="not supported by Popularity"):
     models.build(c, 10)
+  c.text.dim = 0  # checked before any text is embedded, without the width
+  with pytest.raises(ValueError, match="not supported by Popularity"):
+    models.check_item_repr(c)
+  c.name, c.text.experts = "sasrec", 0
+  with pytest.raises(ValueError, match="model.text.experts=0 must be >= 1"):
+    models.check_item_repr(c)
 
 
 def test_text_only_pretraining_transfers_to_a_disjoint_catalogue_zero_shot_and_fine_tuned(data_dir, encoder_dir,
@@ -152,8 +158,11 @@ def test_adaptor_only_trains_the_adaptor_alone_and_frozen_encoder_the_item_side(
     return {p for p, m in mults.items() if m is not None}, plan.budget(params["params"])
 
   paths, budget = trainable("adaptor_only")
-  assert paths == {"item_embed/adaptor/bias", "item_embed/adaptor/gate", "item_embed/adaptor/kernel"}
+  adaptor = {"item_embed/adaptor/bias", "item_embed/adaptor/gate", "item_embed/adaptor/kernel"}
+  assert paths == adaptor
   assert budget["trainable"] == 2 * 8 + 2 * 8 * 16 + 8 * 2  # bias, kernel, gate
+  # text + ID: a new catalogue's ID rows hold nothing pretrained, so they train with the adaptor
+  assert trainable("adaptor_only", "text+id")[0] == adaptor | {"item_embed/id_embed/embedding"}
   paths, _ = trainable("frozen_encoder", "text+id")
   assert paths == {"item_embed/adaptor/bias", "item_embed/adaptor/gate", "item_embed/adaptor/kernel",
                    "item_embed/id_embed/embedding", "output_bias"}
@@ -193,3 +202,31 @@ def test_every_encoder_trains_its_adaptor_through_text_items(name):
   moved = module.apply({"params": params}, x, method="score_last")
   assert not np.allclose(scores[:, 5], moved[:, 5]) and np.allclose(scores[:, 7], moved[:, 7], atol=1e-5)
   # item 5 now has item 7's text: with text + ID they differ only by their ID rows and biases
+
+
+def test_bert4rec_text_items_give_the_mask_token_a_learned_row_of_its_own():
+  """The [MASK] token has no text: it gets its own learned row, not the adaptor's output for an
+  empty text (which every item without text shares)."""
+  import flax.linen as nn
+  c = tiny_config("/tmp").model
+  c.update(dict(name="bert4rec", item_repr="text", embed_dim=16, vocab_multiple=8))
+  c.text.update(dict(dim=8, experts=2))
+  module = models.build(c, 30)
+  x = jnp.asarray(np.random.default_rng(0).integers(1, 31, size=(2, c.max_len)), jnp.int32)
+  params = nn.unbox(module.init(jax.random.PRNGKey(0), x)["params"])
+  assert params["item_embed"]["mask_embed"].shape == (16,)
+  mask_id = module.mask_token_id
+
+  def rows(ids):
+    return module.apply({"params": params}, jnp.asarray(ids), method=lambda m, i: m.item_embed(i))
+
+  assert np.allclose(rows([mask_id]), params["item_embed"]["mask_embed"])
+  assert not np.allclose(rows([mask_id]), rows([3]))  # item 3's text is zero (an empty text) here
+  table = module.apply({"params": params}, method=lambda m: m.item_embed.embedding)
+  assert np.allclose(table[mask_id], params["item_embed"]["mask_embed"])
+  hidden, _, _ = module.apply({"params": params}, x)
+  assert np.isfinite(np.asarray(hidden)).all()
+  # pruning that reshapes the item tables does not apply to text items
+  from xrec.transfer import prune
+  with pytest.raises(ValueError, match="needs an encoder with an ID item table and no text items"):
+    prune.Pruner("items", module.roles())

@@ -242,7 +242,8 @@ class UnionSource:
   """Several domains of one dataset as one: every user of each (its key prefixed `domain:`, so a
   person in two domains is two users here), items numbered in the union of the domains'
   vocabularies by raw key (the first domain's order, then each later domain's new keys), item
-  features from the first domain that has the item."""
+  features from the first domain that has features for the item. Users are never paired across
+  domains here (a model pretrained on a union sees no user of a single-domain target as known)."""
 
   def __init__(self, names, sources, metadata):
     self.item_keys, position, self.item_features = [], {}, {}
@@ -255,8 +256,8 @@ class UnionSource:
         if key not in position:
           position[key] = len(self.item_keys) + 1
           self.item_keys.append(key)
-          if key in features.get(name, {}):
-            self.item_features[key] = features[name][key]
+        if key not in self.item_features and key in features.get(name, {}):
+          self.item_features[key] = features[name][key]
         id_map[i + 1] = position[key]
       self._parts.append((name, sources[name]))
       self._maps.append(id_map)

@@ -62,6 +62,10 @@ def item_text(item_keys, item_features: dict, text_cfg, where: str = "the datase
         text = _joined(feats, sorted(feats))
         filled += bool(text)
     texts.append(text)
+  if item_keys and len(without) == len(item_keys) and filled == 0:
+    raise ValueError(f"no item of {where} has a text: its item features are {present or 'none'} and the text "
+                     f"fields {list(fields) or list(DEFAULT_FIELDS)} are empty for every item; set data.text.fields "
+                     "to features it has, or give the source item metadata (data.files.item_attributes_path)")
   report = {"fields": list(fields), "items": len(item_keys), "without_text": len(without),
             "filled_from_attributes": filled, "empty": sum(1 for t in texts[1:] if not t),
             "missing_policy": missing, "examples_without_text": without[:5]}

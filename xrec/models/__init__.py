@@ -6,6 +6,8 @@ one line here (name -> builder from config.model) and its test (docs/architectur
 
 from __future__ import annotations
 
+import copy
+
 import jax.numpy as jnp
 
 from xrec.models import common
@@ -82,12 +84,24 @@ def _item_repr(cfg, cls) -> dict:
   if int(text.get("dim", 0)) < 1:
     raise ValueError(f"model.item_repr={repr_!r} needs model.text.dim, the width of the item text embeddings "
                      "(the trainer sets it from model.text.encoder)")
+  if int(text.get("experts", 8)) < 1:
+    raise ValueError(f"model.text.experts={text.get('experts')} must be >= 1 (the adaptor's experts)")
   if not cfg.tie_embeddings:
     raise ValueError(f"model.item_repr={repr_!r} scores items through their adapted text, so it needs "
                      "model.tie_embeddings=True")
   if tuple(cfg.get("item_columns", ())):
     raise ValueError(f"model.item_columns (dims pruning) does not apply to model.item_repr={repr_!r}")
   return {"item_repr": repr_, "text_dim": int(text.dim), "text_experts": int(text.get("experts", 8))}
+
+
+def check_item_repr(model_cfg) -> None:
+  """model.item_repr and what it needs of the encoder, checked before the item texts are embedded
+  (the text width, set from the encoder later, is not needed for that)."""
+  cfg = copy.deepcopy(model_cfg)
+  if cfg.get("item_repr", "id") != "id" and not cfg.text.get("dim"):
+    with cfg.unlocked():
+      cfg.text.dim = 1
+  _item_repr(cfg, model_class(cfg.name))
 
 
 def build(model_cfg, num_items: int, max_len: int | None = None):

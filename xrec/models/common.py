@@ -78,6 +78,7 @@ class TextItems(nn.Module):
   embed_dim: int
   experts: int = 8
   with_ids: bool = False
+  mask_id: int = 0  # encoders with a [MASK] token: its id, which gets a learned row (`mask_embed`)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -87,15 +88,26 @@ class TextItems(nn.Module):
     self.adaptor = MoEAdaptor(self.embed_dim, self.experts, self.dtype, self.param_dtype)
     if self.with_ids:
       self.id_embed = item_embedding(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
+    if self.mask_id:  # the [MASK] token has no text: its own row
+      self.mask_embed = self.param("mask_embed", with_axes(nn.initializers.normal(self.embed_dim ** -0.5), ("embed",)),
+                                   (self.embed_dim,), self.param_dtype)
 
   def __call__(self, ids):
     rows = self.adaptor(jnp.take(self.table, ids, axis=0))
-    return rows + self.id_embed(ids) if self.with_ids else rows
+    if self.with_ids:
+      rows = rows + self.id_embed(ids)
+    if self.mask_id:
+      rows = jnp.where((ids == self.mask_id)[..., None], self.mask_embed.astype(rows.dtype), rows)
+    return rows
 
   @property
   def embedding(self):
     table = self.adaptor(self.table)
-    return table + self.id_embed.embedding.astype(table.dtype) if self.with_ids else table
+    if self.with_ids:
+      table = table + self.id_embed.embedding.astype(table.dtype)
+    if self.mask_id:
+      table = table.at[self.mask_id].set(self.mask_embed.astype(table.dtype))
+    return table
 
 
 class ScoresItems:
@@ -159,8 +171,9 @@ class ScoresItems:
     if repr_ == "id":
       self.item_embed = item_embedding(vocab_size, width, dtype, param_dtype)
     else:
+      mask_id = self.num_items + 1 if self.uses_mask_token else 0
       self.item_embed = TextItems(vocab_size, self.text_dim, embed_dim, self.text_experts, repr_ == "text+id",
-                                  dtype, param_dtype)
+                                  mask_id, dtype, param_dtype)
     if not self.tie_embeddings:
       self.output_embed = item_embedding(vocab_size, width, dtype, param_dtype)
     self.output_bias = output_bias_param(self, vocab_size, param_dtype)

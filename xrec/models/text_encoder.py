@@ -43,6 +43,10 @@ import numpy as np
 from xrec.models import common
 from xrec.models.wordpiece import WordPiece
 
+# Part of every encoder's fingerprint (which names cached item embeddings): raise it when a change
+# here (tokenizer, pooling, architecture) changes the vectors, so no cache made before is reused.
+IMPLEMENTATION = 1
+
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
 
 
@@ -325,7 +329,7 @@ def load_wordllama() -> StaticEncoder:
     if not os.path.isfile(path):
       raise FileNotFoundError(f"the installed wordllama package lacks {path}; reinstall it (pip install wordllama)")
   table = read_safetensors(weights)["embedding.weight"].astype(np.float32)
-  digest = hashlib.sha256()
+  digest = hashlib.sha256(f"{IMPLEMENTATION}:StaticEncoder:normalize=True:max_len=256".encode())
   for path in (weights, tokenizer):
     with open(path, "rb") as f:
       digest.update(f.read())
@@ -363,7 +367,7 @@ def load(folder: str) -> SentenceEncoder:
   pooling = "cls" if pool.get("pooling_mode_cls_token") else "mean"
   modules = _read_json(os.path.join(folder, "modules.json"))
   normalize = True if modules is None else any("Normalize" in m.get("type", "") for m in modules)
-  digest = hashlib.sha256()
+  digest = hashlib.sha256(f"{IMPLEMENTATION}:SentenceEncoder".encode())
   for path in sorted(files.values()):
     with open(path, "rb") as f:
       digest.update(f.read())

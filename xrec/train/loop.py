@@ -502,6 +502,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   overlap = _item_overlap(config, domain)
   text_table, text_info = None, None
   if config.model.item_repr != "id":  # items by their text: embedded once per (encoder, texts), cached
+    models.check_item_repr(config.model)  # an encoder or option that cannot take text fails before embedding
     text_table, text_info = item_text.item_text_table(config, domain, progress=config.train.progress_bar and is_main)
     if config.model.text.dim not in (0, text_table.shape[1]):
       raise ValueError(f"model.text.dim={config.model.text.dim} but the text encoder {text_info['encoder']!r} "

@@ -64,8 +64,10 @@ class Pruner:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"Unknown transfer.prune.kind {self.kind!r}; valid: {list(KINDS)}")
-    if self.kind in ("items", "dims") and not self.roles.item_table:
-      raise ValueError(f"transfer.prune.kind={self.kind!r} needs an encoder with an item table")
+    if self.kind in ("items", "dims") and (not self.roles.item_table or self.roles.item_text):
+      raise ValueError(f"transfer.prune.kind={self.kind!r} needs an encoder with an ID item table and no text "
+                       "items (model.item_repr='id'); kinds that apply: ['magnitude'] (+ ['heads', 'mlp'] for "
+                       "Transformers)")
     if self.kind in ("heads", "mlp") and not self.roles.attention:
       raise ValueError(f"transfer.prune.kind={self.kind!r} needs a Transformer encoder (attention heads and MLP "
                        "channels in its roles); kinds that apply to this encoder: ['magnitude']")

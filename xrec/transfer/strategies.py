@@ -158,11 +158,13 @@ def frozen_encoder(options, roles):
 
 
 def adaptor_only(options, roles):
-  """Text items (model.item_repr text / text+id): everything loaded, only the adaptor from the
-  text embeddings to the model's width trains (UniSRec's parameter-efficient fine-tuning); the
-  encoder, ID table and output bias stay as pretrained."""
-  return Strategy("adaptor_only", schedule=((Roles.subtree_regex(roles.item_adaptor), options.lr_mult),
-                                            (".*", None)))
+  """Text items (model.item_repr text / text+id): everything loaded, the encoder and output bias
+  frozen; the adaptor from the text embeddings to the model's width trains, and with text + ID the
+  ID table too (UniSRec's inductive / transductive fine-tuning: a new catalogue's ID rows have
+  nothing pretrained in them)."""
+  ids = [(re.escape(roles.item_table), options.lr_mult)] if roles.item_table else []
+  return Strategy("adaptor_only", schedule=tuple([(Roles.subtree_regex(roles.item_adaptor), options.lr_mult)]
+                                                 + ids + [(".*", None)]))
 
 
 def embedding_transfer(options, roles):
