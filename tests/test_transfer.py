@@ -535,9 +535,9 @@ def test_reuse_bottom_loads_bottom_blocks_from_a_deeper_checkpoint(pretrained):
 # --- registry and options ----------------------------------------------------------------------
 
 def test_strategy_typo_lists_valid_names():
-  with pytest.raises(ValueError, match=r"Unknown transfer strategy 'adaptor'; valid: \['adapter', "
-                                       r"'bitfit', .*'zero_shot'\]"):
-    transfer_apply.prepare(tiny_config("adaptor"))
+  with pytest.raises(ValueError, match=r"Unknown transfer strategy 'adaptr'; valid: \['adapter', "
+                                       r"'adaptor_only', 'bitfit', .*'zero_shot'\]"):
+    transfer_apply.prepare(tiny_config("adaptr"))
 
 
 def test_a_preset_that_does_not_apply_names_those_that_do():
