@@ -149,3 +149,34 @@ def test_select_reports_overlap_estimates_as_na_for_a_model_of_other_items(data_
   assert rows["same-items"]["zero_shot_ndcg@10"] is not None
   assert "| elsewhere |" in (tmp_path / "out" / "select.md").read_text()
   assert "| n/a |" in (tmp_path / "out" / "select.md").read_text()
+
+
+def test_the_selection_study_parts_merge_into_one_summary(tmp_path):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("selection_analyze", os.path.join(
+      os.path.dirname(__file__), "..", "experiments", "selection", "analyze.py"))
+  analyze = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(analyze)
+
+  def target(shift, est_values, truth):
+    rows = [{"name": f"c{i}", **{e: v for e in analyze.ESTIMATORS}, "finetuned_valid_ndcg@10": t,
+             "estimate_seconds": 1.0, "finetune_seconds": 10.0} for i, (v, t) in enumerate(zip(est_values, truth))]
+    return {"target": {"data.synthetic.shift": shift}, "candidates": len(rows), "rows": rows,
+            "tau": {e: analyze.kendall_tau(est_values, truth) for e in analyze.ESTIMATORS},
+            "top1": {e: int(np.argmax(est_values)) == int(np.argmax(truth)) for e in analyze.ESTIMATORS}}
+
+  parts = []
+  for name, t in (("a", target(0.25, [1, 2, 3], [0.1, 0.2, 0.3])), ("b", target(0.5, [3, 2, 1], [0.1, 0.3, 0.2]))):
+    path = tmp_path / name / "selection.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"targets": [t]}))
+    parts.append(str(path))
+  report = analyze.merge(str(tmp_path / "all"), parts)
+  est = analyze.ESTIMATORS[0]
+  # taus 1 and -1/3 (one concordant pair of three in the second part): mean 1/3; top-1 hits 1 and 0
+  assert report["summary"][est]["mean_tau"] == pytest.approx((1.0 - 1 / 3) / 2)
+  assert report["summary"][est]["top1_hit_rate"] == 0.5 and report["summary"][est]["targets"] == 2
+  assert report["estimate_seconds"] == 6.0 and report["finetune_seconds"] == 60.0
+  assert (tmp_path / "all" / "selection.md").exists() and (tmp_path / "all" / "estimate_vs_finetuned.png").exists()
+  with pytest.raises(ValueError, match="is in both"):
+    analyze.merge(str(tmp_path / "again"), [parts[0], parts[0]])

@@ -8,6 +8,12 @@ that target without fine-tuning (xrec.select.estimate) and compared with its fin
 validation NDCG@10 (the cell's chosen learning rate): Kendall's tau-b and whether the estimator's
 top candidate is the fine-tuned best, per target, then averaged over targets (seeds folded into
 targets). Writes WORKDIR/selection/{selection.md, selection.json, estimate_vs_finetuned.png}.
+
+A study run in parts (each part a whole target's candidates, in a run directory of its own) is
+estimated part by part while each part's checkpoints exist, and the parts' selection.json are then
+summarised together:
+
+  python experiments/selection/analyze.py --merge OUT_DIR PART1/selection/selection.json ...
 """
 
 from __future__ import annotations
@@ -31,14 +37,36 @@ CANDIDATE_FIELDS = ("model.name", "model.embed_dim")
 
 
 def main(workdir: str) -> dict:
+  """Estimates every target of WORKDIR's done cells and writes WORKDIR/selection/."""
+  out_dir = os.path.join(workdir, "selection")
+  os.makedirs(out_dir, exist_ok=True)
+  return write(estimate_targets(workdir, out_dir), out_dir)
+
+
+def merge(out_dir: str, paths: list[str]) -> dict:
+  """Summarises the targets of several parts' selection.json (a target may appear in one part only)."""
+  per_target, seen = [], {}
+  for path in paths:
+    with open(path) as f:
+      for t in json.load(f)["targets"]:
+        key = json.dumps(t["target"], sort_keys=True)
+        if key in seen:
+          raise ValueError(f"target {t['target']} is in both {seen[key]} and {path}; each target must be "
+                           "estimated in one part only")
+        seen[key] = path
+        per_target.append(t)
+  os.makedirs(out_dir, exist_ok=True)
+  return write(per_target, out_dir)
+
+
+def estimate_targets(workdir: str, out_dir: str) -> list[dict]:
+  """One entry per target: each candidate's estimates next to its fine-tuned result."""
   runs = [r for r in runindex.latest_runs(workdir).values() if r.get("status") == "done"]
   targets: dict = {}  # a target: every override but the candidate's encoder and size (shift, seed, ...)
   for r in runs:
     target = tuple(sorted((k, v) for k, v in r["overrides"].items() if k not in CANDIDATE_FIELDS))
     targets.setdefault(target, []).append(r)
-  out_dir = os.path.join(workdir, "selection")
-  os.makedirs(out_dir, exist_ok=True)
-  per_target, points = [], []
+  per_target = []
   for target, cells in sorted(targets.items(), key=lambda t: str(t[0])):
     stage = os.path.join(workdir, "stages", cells[0]["stages"]["transfer"])
     with open(os.path.join(stage, "results.json")) as f:
@@ -60,8 +88,6 @@ def main(workdir: str) -> dict:
       row["finetuned_test_ndcg@10"] = cell["test"]["ndcg@10"]
       row["finetune_seconds"] = cell.get("wall_seconds")
       rows.append(row)
-      points.append({"target": dict(target), **{k: row.get(k) for k in ESTIMATORS},
-                     "finetuned": row["finetuned_valid_ndcg@10"], "name": name})
     truth = [r["finetuned_valid_ndcg@10"] for r in rows]
     best = int(np.argmax(truth))
     result = {"target": dict(target), "candidates": len(rows), "rows": rows, "tau": {}, "top1": {}}
@@ -70,6 +96,11 @@ def main(workdir: str) -> dict:
       result["tau"][est] = kendall_tau([rows[i][est] for i in have], [truth[i] for i in have]) if have else None
       result["top1"][est] = (max(have, key=lambda i: rows[i][est]) == best) if have else None
     per_target.append(result)
+  return per_target
+
+
+def write(per_target: list[dict], out_dir: str) -> dict:
+  """The summary over targets: selection.{md,json} and the plot in OUT_DIR."""
   summary = {}
   for est in ESTIMATORS:
     taus = [t["tau"][est] for t in per_target if t["tau"][est] is not None]
@@ -93,6 +124,8 @@ def main(workdir: str) -> dict:
     json.dump(report, f, indent=2, default=float)
   with open(os.path.join(out_dir, "selection.md"), "w") as f:
     f.write(text + "\n")
+  points = [{**{k: r.get(k) for k in ESTIMATORS}, "finetuned": r["finetuned_valid_ndcg@10"]}
+            for t in per_target for r in t["rows"]]
   _plot(points, os.path.join(out_dir, "estimate_vs_finetuned.png"))
   print(text)
   return report
@@ -115,6 +148,9 @@ def _plot(points, path):
 
 
 if __name__ == "__main__":
-  if len(sys.argv) != 2:
+  if len(sys.argv) >= 4 and sys.argv[1] == "--merge":
+    merge(sys.argv[2], sys.argv[3:])
+  elif len(sys.argv) == 2:
+    main(sys.argv[1])
+  else:
     sys.exit(__doc__)
-  main(sys.argv[1])
