@@ -1,6 +1,9 @@
 """Pruning: masks, the schedule, pruned entries stay zero through fine-tuning, and a structurally
 pruned Transformer shrinks into a smaller dense model with the same scores."""
 
+import os
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,6 +82,23 @@ def _pruned_run(data_dir, tmp_path, kind: str) -> dict:
   return train_and_evaluate(c, str(tmp_path / kind))
 
 
+def _served_params(results: dict) -> int:
+  """Params of the served model that experiments/distill_prune/speed.py rebuilds from a run's results."""
+  import importlib.util
+  import jax
+  import ml_collections
+  from xrec.data import pipeline
+  spec = importlib.util.spec_from_file_location("distill_prune_speed", os.path.join(
+      os.path.dirname(__file__), "..", "experiments", "distill_prune", "speed.py"))
+  speed = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(speed)
+  domain = pipeline.load_domain(ml_collections.ConfigDict(results["config"]).data)
+  config, module, _, _ = speed.served(results, domain)
+  shapes = jax.eval_shape(lambda: module.init({"params": jax.random.key(0)},
+                                              jnp.ones((1, config.model.max_len), jnp.int32))["params"])
+  return common.param_count(nn.unbox(shapes))
+
+
 @pytest.mark.parametrize("kind", ["magnitude", "heads"])
 def test_pruned_entries_stay_zero_through_fine_tuning(data_dir, tmp_path, kind):
   r = _pruned_run(data_dir, tmp_path, kind)
@@ -96,6 +116,7 @@ def test_pruned_entries_stay_zero_through_fine_tuning(data_dir, tmp_path, kind):
       assert sorted(np.abs(out).reshape(2, -1).max(1) > 0) == [False, True]
     dense = report["dense"]
     assert dense["model_fields"] == {"num_heads": 1} and dense["params"] < report["params"]
+    assert _served_params(r) == dense["params"]
     assert dense["test"]["ndcg@10"] == pytest.approx(r["test"]["ndcg@10"], abs=1e-6)
   assert report["nonzero_params"] < report["params"]
 
@@ -148,6 +169,7 @@ def test_item_table_pruning_run_reports_the_dense_model(data_dir, tmp_path, kind
   else:
     assert report["items_served"] == 200 and dense["model_fields"] == {"item_columns": 8}  # of 16 dims
   assert dense["params"] < report["params"]
+  assert _served_params(r) == dense["params"]  # the speed benchmark serves the same model
   assert dense["test"]["ndcg@10"] == pytest.approx(r["test"]["ndcg@10"], abs=1e-6)
   assert dense["eval_users_per_second"] > 0
 

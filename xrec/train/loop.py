@@ -756,7 +756,7 @@ def _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rule
             "stored_bytes_sparse": nonzero * 4 + nonzero * 4}  # value + index per kept entry
   if kind == "items":  # a model over the kept items only: a smaller table, fewer scores per user
     served = int(report["items_served"])
-    small = models.build(model_config(config, {}), served + 1)
+    small = served_model(config, kind, {"num_items": served}, domain.num_items)
     shapes = {p: tuple(v.shape) for p, v in common.flatten(nn.unbox(_abstract_params(small, config))).items()}
     small_params, id_map = pruning.shrink_items(params, masks, plan.roles, shapes, domain.num_items,
                                                 bool(small.uses_mask_token))
@@ -769,21 +769,35 @@ def _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rule
                                     mesh, rules, test)
   elif kind == "dims":  # item tables of the kept dims: fewer bytes per item, fewer multiply-adds per score
     small_params, fields = pruning.shrink_dims(params, masks, plan.roles)
-    small = models.build(model_config(config, fields), domain.num_items)
+    small = served_model(config, kind, fields, domain.num_items)
     report["dense"] = _dense_report(small, small_params, {"item_columns": len(fields["item_columns"])},
                                     domain.num_items, domain, config, mesh, rules, test)
   elif kind in ("heads", "mlp"):
     # the masks of the best checkpoint's step (masks only grow), so shrink the best params with the final masks
     small_params, fields = pruning.shrink(params, masks, kind, plan.roles)
-    small_cfg = model_config(config, {})
-    with small_cfg.unlocked():
-      small_cfg[config.model.name].update(fields)
-      if kind == "heads":
-        own = small_cfg[config.model.name]
-        own.head_dim = own.get("head_dim", 0) or config.model.embed_dim // config.model[config.model.name].num_heads
-    small = models.build(small_cfg, domain.num_items)
+    small = served_model(config, kind, fields, domain.num_items)
     report["dense"] = _dense_report(small, small_params, fields, domain.num_items, domain, config, mesh, rules, test)
   return report
+
+
+def served_model(config, kind: str | None, fields: dict, num_items: int):
+  """The module a run serves: its own model (kind None, or unstructured magnitude pruning), or the
+  smaller dense model structured pruning makes of it, from the fields its pruning report records:
+  items {"num_items": kept items} (the table keeps one more row: pruned ids map to it), dims
+  {"item_columns": kept dims}, heads / mlp the encoder's own fields (kept heads / channels)."""
+  if kind == "items":
+    return models.build(model_config(config, {}), int(fields["num_items"]) + 1)
+  if kind == "dims":
+    return models.build(model_config(config, fields), num_items)
+  if kind in ("heads", "mlp"):
+    cfg = model_config(config, {})
+    with cfg.unlocked():
+      own = cfg[config.model.name]
+      if kind == "heads":  # fewer heads of the same width each
+        own.head_dim = own.get("head_dim", 0) or config.model.embed_dim // own.num_heads
+      own.update(fields)
+    return models.build(cfg, num_items)
+  return models.build(model_config(config, {}), num_items)
 
 
 def _abstract_params(module, config):
