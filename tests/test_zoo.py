@@ -158,25 +158,27 @@ def test_the_selection_study_parts_merge_into_one_summary(tmp_path):
   analyze = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(analyze)
 
-  def target(shift, est_values, truth):
-    rows = [{"name": f"c{i}", **{e: v for e in analyze.ESTIMATORS}, "finetuned_valid_ndcg@10": t,
-             "estimate_seconds": 1.0, "finetune_seconds": 10.0} for i, (v, t) in enumerate(zip(est_values, truth))]
-    return {"target": {"data.synthetic.shift": shift}, "candidates": len(rows), "rows": rows,
-            "tau": {e: analyze.kendall_tau(est_values, truth) for e in analyze.ESTIMATORS},
-            "top1": {e: int(np.argmax(est_values)) == int(np.argmax(truth)) for e in analyze.ESTIMATORS}}
+  def rows(shift, names, est_values, truth):
+    return [{"name": n, "target": {"data.synthetic.shift": shift}, **{e: v for e in analyze.ESTIMATORS},
+             "finetuned_valid_ndcg@10": t, "estimate_seconds": 1.0, "finetune_seconds": 10.0}
+            for n, v, t in zip(names, est_values, truth)]
 
+  a = rows(0.25, "abc", [1, 2, 3], [0.1, 0.2, 0.3])  # tau 1, top-1 hit
+  b = rows(0.5, "abc", [3, 2, 1], [0.1, 0.3, 0.2])  # one concordant pair of 3: tau -1/3, top-1 miss
+  c = rows(0.75, "ab", [1, 2], [0.2, 0.1])  # a target missing a candidate: not in the means
   parts = []
-  for name, t in (("a", target(0.25, [1, 2, 3], [0.1, 0.2, 0.3])), ("b", target(0.5, [3, 2, 1], [0.1, 0.3, 0.2]))):
+  # a target's candidates split over two parts (a session ended between them)
+  for name, part in (("p1", a[:2] + b), ("p2", a[2:] + c)):
     path = tmp_path / name / "selection.json"
     path.parent.mkdir()
-    path.write_text(json.dumps({"targets": [t]}))
+    path.write_text(json.dumps({"rows": part}))
     parts.append(str(path))
   report = analyze.merge(str(tmp_path / "all"), parts)
   est = analyze.ESTIMATORS[0]
-  # taus 1 and -1/3 (one concordant pair of three in the second part): mean 1/3; top-1 hits 1 and 0
   assert report["summary"][est]["mean_tau"] == pytest.approx((1.0 - 1 / 3) / 2)
   assert report["summary"][est]["top1_hit_rate"] == 0.5 and report["summary"][est]["targets"] == 2
-  assert report["estimate_seconds"] == 6.0 and report["finetune_seconds"] == 60.0
+  assert [t["complete"] for t in report["targets"]] == [True, True, False]
+  assert report["estimate_seconds"] == 8.0 and report["finetune_seconds"] == 80.0
   assert (tmp_path / "all" / "selection.md").exists() and (tmp_path / "all" / "estimate_vs_finetuned.png").exists()
   with pytest.raises(ValueError, match="is in both"):
     analyze.merge(str(tmp_path / "again"), [parts[0], parts[0]])

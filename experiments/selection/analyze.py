@@ -9,9 +9,9 @@ validation NDCG@10 (the cell's chosen learning rate): Kendall's tau-b and whethe
 top candidate is the fine-tuned best, per target, then averaged over targets (seeds folded into
 targets). Writes WORKDIR/selection/{selection.md, selection.json, estimate_vs_finetuned.png}.
 
-A study run in parts (each part a whole target's candidates, in a run directory of its own) is
-estimated part by part while each part's checkpoints exist, and the parts' selection.json are then
-summarised together:
+A study run in parts (run directories that do not outlive a session) is estimated part by part
+while each part's checkpoints exist (one row per done cell), and the parts' selection.json are then
+summarised together (a target's candidates may come from several parts):
 
   python experiments/selection/analyze.py --merge OUT_DIR PART1/selection/selection.json ...
 """
@@ -37,43 +37,44 @@ CANDIDATE_FIELDS = ("model.name", "model.embed_dim")
 
 
 def main(workdir: str) -> dict:
-  """Estimates every target of WORKDIR's done cells and writes WORKDIR/selection/."""
+  """Estimates every done cell of WORKDIR and writes WORKDIR/selection/."""
   out_dir = os.path.join(workdir, "selection")
   os.makedirs(out_dir, exist_ok=True)
-  return write(estimate_targets(workdir, out_dir), out_dir)
+  return write(estimate_rows(workdir, out_dir), out_dir)
 
 
 def merge(out_dir: str, paths: list[str]) -> dict:
-  """Summarises the targets of several parts' selection.json (a target may appear in one part only)."""
-  per_target, seen = [], {}
+  """Summarises the rows of several parts' selection.json together (a part may hold some of a
+  target's candidates, another the rest; one (target, candidate) pair is estimated once)."""
+  rows, seen = [], {}
   for path in paths:
     with open(path) as f:
-      for t in json.load(f)["targets"]:
-        key = json.dumps(t["target"], sort_keys=True)
+      for row in json.load(f)["rows"]:
+        key = json.dumps([row["target"], row["name"]], sort_keys=True)
         if key in seen:
-          raise ValueError(f"target {t['target']} is in both {seen[key]} and {path}; each target must be "
-                           "estimated in one part only")
+          raise ValueError(f"candidate {row['name']} on target {row['target']} is in both {seen[key]} and {path}; "
+                           "each pair must be estimated in one part only")
         seen[key] = path
-        per_target.append(t)
+        rows.append(row)
   os.makedirs(out_dir, exist_ok=True)
-  return write(per_target, out_dir)
+  return write(rows, out_dir)
 
 
-def estimate_targets(workdir: str, out_dir: str) -> list[dict]:
-  """One entry per target: each candidate's estimates next to its fine-tuned result."""
+def estimate_rows(workdir: str, out_dir: str) -> list[dict]:
+  """One row per done cell: its candidate's estimates on its target next to its fine-tuned result
+  (a target: every override but the candidate's encoder and size, e.g. the shift and the seed)."""
   runs = [r for r in runindex.latest_runs(workdir).values() if r.get("status") == "done"]
-  targets: dict = {}  # a target: every override but the candidate's encoder and size (shift, seed, ...)
+  targets: dict = {}
   for r in runs:
     target = tuple(sorted((k, v) for k, v in r["overrides"].items() if k not in CANDIDATE_FIELDS))
     targets.setdefault(target, []).append(r)
-  per_target = []
+  rows = []
   for target, cells in sorted(targets.items(), key=lambda t: str(t[0])):
     stage = os.path.join(workdir, "stages", cells[0]["stages"]["transfer"])
     with open(os.path.join(stage, "results.json")) as f:
       config = ml_collections.ConfigDict(json.load(f)["config"])
     domain = pipeline.load_domain(config.data)
     examples = select._examples(domain, int(config.model.max_len))
-    rows = []
     for cell in cells:
       path = os.path.join(workdir, "stages", cell["stages"]["pretrain"])
       with open(os.path.join(path, "results.json")) as f:
@@ -84,48 +85,68 @@ def estimate_targets(workdir: str, out_dir: str) -> list[dict]:
       t = time.time()
       row = select.estimate(name, entry, config, domain, examples, out_dir)
       row["estimate_seconds"] = time.time() - t
+      row["target"] = dict(target)
       row["finetuned_valid_ndcg@10"] = cell["valid"]["ndcg@10"]
       row["finetuned_test_ndcg@10"] = cell["test"]["ndcg@10"]
       row["finetune_seconds"] = cell.get("wall_seconds")
       rows.append(row)
-    truth = [r["finetuned_valid_ndcg@10"] for r in rows]
+  return rows
+
+
+def summarize(rows: list[dict]) -> tuple[list[dict], dict]:
+  """Per target (its candidates' rows): each estimator's Kendall tau-b against the fine-tuned
+  validation NDCG@10 and whether its top candidate is the fine-tuned best; then the mean over
+  targets. Targets with fewer candidates than the most complete one are left out of the means
+  (a tau over a subset of the zoo answers a different question) and listed as incomplete."""
+  targets: dict = {}
+  for row in rows:
+    targets.setdefault(json.dumps(row["target"], sort_keys=True), []).append(row)
+  full = max((len(v) for v in targets.values()), default=0)
+  per_target = []
+  for key, cands in sorted(targets.items()):
+    truth = [r["finetuned_valid_ndcg@10"] for r in cands]
     best = int(np.argmax(truth))
-    result = {"target": dict(target), "candidates": len(rows), "rows": rows, "tau": {}, "top1": {}}
+    result = {"target": json.loads(key), "candidates": len(cands), "complete": len(cands) == full,
+              "names": [r["name"] for r in cands], "tau": {}, "top1": {}}
     for est in ESTIMATORS:
-      have = [i for i, r in enumerate(rows) if r.get(est) is not None]
-      result["tau"][est] = kendall_tau([rows[i][est] for i in have], [truth[i] for i in have]) if have else None
-      result["top1"][est] = (max(have, key=lambda i: rows[i][est]) == best) if have else None
+      have = [i for i, r in enumerate(cands) if r.get(est) is not None]
+      result["tau"][est] = kendall_tau([cands[i][est] for i in have], [truth[i] for i in have]) if len(have) > 1 else None
+      result["top1"][est] = (max(have, key=lambda i: cands[i][est]) == best) if have else None
     per_target.append(result)
-  return per_target
-
-
-def write(per_target: list[dict], out_dir: str) -> dict:
-  """The summary over targets: selection.{md,json} and the plot in OUT_DIR."""
   summary = {}
   for est in ESTIMATORS:
-    taus = [t["tau"][est] for t in per_target if t["tau"][est] is not None]
-    hits = [t["top1"][est] for t in per_target if t["top1"][est] is not None]
+    taus = [t["tau"][est] for t in per_target if t["complete"] and t["tau"][est] is not None]
+    hits = [t["top1"][est] for t in per_target if t["complete"] and t["top1"][est] is not None]
     summary[est] = {"mean_tau": float(np.mean(taus)) if taus else None, "targets": len(taus),
                     "top1_hit_rate": float(np.mean(hits)) if hits else None}
-  estimate_seconds = sum(r["estimate_seconds"] for t in per_target for r in t["rows"])
-  finetune_seconds = sum(r["finetune_seconds"] or 0 for t in per_target for r in t["rows"])
+  return per_target, summary
+
+
+def write(rows: list[dict], out_dir: str) -> dict:
+  """The summary over targets: selection.{md,json} (with every row, so parts can be merged) and
+  the plot in OUT_DIR."""
+  per_target, summary = summarize(rows)
+  complete = [t for t in per_target if t["complete"]]
+  estimate_seconds = sum(r["estimate_seconds"] for r in rows)
+  finetune_seconds = sum(r["finetune_seconds"] or 0 for r in rows)
   lines = ["| estimator | mean Kendall tau | top-1 hit rate | targets |", "|---|---:|---:|---:|"]
   for est, s in summary.items():
     tau = "n/a" if s["mean_tau"] is None else f"{s['mean_tau']:.3f}"
     hit = "n/a" if s["top1_hit_rate"] is None else f"{s['top1_hit_rate']:.2f}"
     lines.append(f"| {est} | {tau} | {hit} | {s['targets']} |")
   lines.append("")
-  lines.append(f"All estimators together took {estimate_seconds:.0f} s; the cells they stand in for (each "
-               f"candidate's pretraining and fine-tuning at every learning rate) took {finetune_seconds:.0f} s.")
+  lines.append(f"{len(rows)} (target, candidate) pairs, {len(complete)} of {len(per_target)} targets with every "
+               f"candidate ({max((t['candidates'] for t in per_target), default=0)}). All estimators together took "
+               f"{estimate_seconds:.0f} s; the cells they stand in for (each candidate's fine-tuning at every "
+               f"learning rate, and its pretraining where the cell ran it) took {finetune_seconds:.0f} s.")
   text = "\n".join(lines)
-  report = {"summary": summary, "targets": per_target, "estimate_seconds": estimate_seconds,
+  report = {"summary": summary, "targets": per_target, "rows": rows, "estimate_seconds": estimate_seconds,
             "finetune_seconds": finetune_seconds}
   with open(os.path.join(out_dir, "selection.json"), "w") as f:
     json.dump(report, f, indent=2, default=float)
   with open(os.path.join(out_dir, "selection.md"), "w") as f:
     f.write(text + "\n")
-  points = [{**{k: r.get(k) for k in ESTIMATORS}, "finetuned": r["finetuned_valid_ndcg@10"]}
-            for t in per_target for r in t["rows"]]
+  points = [{**{k: r.get(k) for k in ESTIMATORS}, "finetuned": r["finetuned_valid_ndcg@10"]} for r in rows]
   _plot(points, os.path.join(out_dir, "estimate_vs_finetuned.png"))
   print(text)
   return report
