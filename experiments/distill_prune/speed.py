@@ -12,7 +12,8 @@ Weights are random of the served shapes: evaluation cost depends on the shapes o
   python experiments/distill_prune/speed.py runs/distill_prune [--seed 4] [--rounds 7]
 
 Writes WORKDIR/speed.json and prints a Markdown table: params and users/s of each served model,
-and the ratio to the fine-tuned teacher-width model (full_finetune).
+and the ratio to the fine-tuned teacher-width model (full_finetune); and WORKDIR/speed_quality.png,
+quality against the timed users/s and against params (`--plot_only` redraws it from speed.json).
 """
 
 from __future__ import annotations
@@ -95,7 +96,36 @@ def main(workdir: str, seed: int, rounds: int) -> dict:
   with open(os.path.join(workdir, "speed.json"), "w") as f:
     json.dump(out, f, indent=2)
   print("\n".join(lines))
+  plot(workdir)
   return out
+
+
+def plot(workdir: str) -> str:
+  """WORKDIR/speed_quality.png: each served model's mean test NDCG@10 over the study's seeds
+  against its timed users/s (speed.json) and its params."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  with open(os.path.join(workdir, "speed.json")) as f:
+    speed = json.load(f)["models"]
+  quality: dict = {}
+  for r in runindex.latest_runs(workdir).values():
+    if r.get("status") == "done":
+      quality.setdefault(row_name(r["overrides"]), []).append(r["test"]["ndcg@10"])
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, field, label in ((axes[0], "users_per_second", "evaluation users/s (timed side by side)"),
+                           (axes[1], "params", "params of the served model")):
+    for name, m in speed.items():
+      if name in quality:
+        ax.scatter(m[field], np.mean(quality[name]), s=18)
+        ax.annotate(name, (m[field], np.mean(quality[name])), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(label)
+    ax.set_ylabel(f"test ndcg@10 (mean of {max(len(v) for v in quality.values())} seeds)")
+  fig.tight_layout()
+  path = os.path.join(workdir, "speed_quality.png")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
 
 
 if __name__ == "__main__":
@@ -103,5 +133,9 @@ if __name__ == "__main__":
   ap.add_argument("workdir")
   ap.add_argument("--seed", type=int, default=4)
   ap.add_argument("--rounds", type=int, default=7)
+  ap.add_argument("--plot_only", action="store_true", help="redraw speed_quality.png from speed.json")
   a = ap.parse_args()
-  main(a.workdir, a.seed, a.rounds)
+  if a.plot_only:
+    plot(a.workdir)
+  else:
+    main(a.workdir, a.seed, a.rounds)
