@@ -182,3 +182,19 @@ def test_the_selection_study_parts_merge_into_one_summary(tmp_path):
   assert (tmp_path / "all" / "selection.md").exists() and (tmp_path / "all" / "estimate_vs_finetuned.png").exists()
   with pytest.raises(ValueError, match="is in both"):
     analyze.merge(str(tmp_path / "again"), [parts[0], parts[0]])
+  # a second pass over a run directory keeps the rows already estimated for the same cell results
+  # (the stages are not there: estimating again would fail), and estimates the changed cell anew
+  wd = tmp_path / "wd"
+  (wd / "selection").mkdir(parents=True)
+  cells = [{"key": f"k{i}", "index": i, "status": "done", "valid": {"ndcg@10": r["finetuned_valid_ndcg@10"]},
+            "overrides": {"data.synthetic.shift": 0.25, "model.name": "sasrec", "model.embed_dim": i},
+            "stages": {"transfer": "gone", "pretrain": "gone"}} for i, r in enumerate(a)]
+  for i, r in enumerate(a):
+    r["name"] = f"sasrec-d{i}"
+  (wd / "selection" / "selection.json").write_text(json.dumps({"rows": a}))
+  (wd / "runs.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
+  assert analyze.estimate_rows(str(wd), str(wd / "selection")) == a
+  cells[0]["valid"]["ndcg@10"] = 0.5  # a rerun cell: its row is stale
+  (wd / "runs.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
+  with pytest.raises(FileNotFoundError, match="gone"):
+    analyze.estimate_rows(str(wd), str(wd / "selection"))

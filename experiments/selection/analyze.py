@@ -62,14 +62,31 @@ def merge(out_dir: str, paths: list[str]) -> dict:
 
 def estimate_rows(workdir: str, out_dir: str) -> list[dict]:
   """One row per done cell: its candidate's estimates on its target next to its fine-tuned result
-  (a target: every override but the candidate's encoder and size, e.g. the shift and the seed)."""
+  (a target: every override but the candidate's encoder and size, e.g. the shift and the seed).
+  Rows already in OUT_DIR/selection.json for the same cell result are kept, not estimated again."""
   runs = [r for r in runindex.latest_runs(workdir).values() if r.get("status") == "done"]
+  done = {}  # rows an earlier pass wrote (the analysis runs beside the study and picks up where it was)
+  if os.path.exists(os.path.join(out_dir, "selection.json")):
+    with open(os.path.join(out_dir, "selection.json")) as f:
+      done = {(json.dumps(r["target"], sort_keys=True), r["name"], r["finetuned_valid_ndcg@10"]): r
+              for r in json.load(f)["rows"]}
   targets: dict = {}
   for r in runs:
     target = tuple(sorted((k, v) for k, v in r["overrides"].items() if k not in CANDIDATE_FIELDS))
     targets.setdefault(target, []).append(r)
   rows = []
   for target, cells in sorted(targets.items(), key=lambda t: str(t[0])):
+    key = json.dumps(dict(target), sort_keys=True)
+    todo = []
+    for cell in cells:
+      old = done.get((key, _name(cell), cell["valid"]["ndcg@10"]))
+      if old is None:
+        todo.append(cell)
+      else:
+        rows.append(old)
+    if not todo:
+      continue
+    cells = todo
     stage = os.path.join(workdir, "stages", cells[0]["stages"]["transfer"])
     with open(os.path.join(stage, "results.json")) as f:
       config = ml_collections.ConfigDict(json.load(f)["config"])
@@ -81,7 +98,7 @@ def estimate_rows(workdir: str, out_dir: str) -> list[dict]:
         pre = json.load(f)
       entry = {"path": path, "encoder": pre["config"]["model"]["name"], "params": pre["param_count"],
                "stored_bytes": 0, "eval_users_per_second": None}
-      name = f"{cell['overrides']['model.name']}-d{cell['overrides']['model.embed_dim']}"
+      name = _name(cell)
       t = time.time()
       row = select.estimate(name, entry, config, domain, examples, out_dir)
       row["estimate_seconds"] = time.time() - t
@@ -91,6 +108,10 @@ def estimate_rows(workdir: str, out_dir: str) -> list[dict]:
       row["finetune_seconds"] = cell.get("wall_seconds")
       rows.append(row)
   return rows
+
+
+def _name(cell: dict) -> str:
+  return f"{cell['overrides']['model.name']}-d{cell['overrides']['model.embed_dim']}"
 
 
 def summarize(rows: list[dict]) -> tuple[list[dict], dict]:
