@@ -160,6 +160,7 @@ def test_the_selection_study_parts_merge_into_one_summary(tmp_path):
 
   def rows(shift, names, est_values, truth):
     return [{"name": n, "target": {"data.synthetic.shift": shift}, **{e: v for e in analyze.ESTIMATORS},
+             "seconds": {e: 0.5 for e in analyze.ESTIMATORS},
              "finetuned_valid_ndcg@10": t, "estimate_seconds": 1.0, "finetune_seconds": 10.0}
             for n, v, t in zip(names, est_values, truth)]
 
@@ -179,6 +180,8 @@ def test_the_selection_study_parts_merge_into_one_summary(tmp_path):
   assert report["summary"][est]["top1_hit_rate"] == 0.5 and report["summary"][est]["targets"] == 2
   assert [t["complete"] for t in report["targets"]] == [True, True, False]
   assert report["estimate_seconds"] == 8.0 and report["finetune_seconds"] == 80.0
+  assert report["summary"][est]["seconds_per_candidate"] == 0.5
+  assert f"| {est} | 0.333 | 0.50 | 2 | 0.5 | 5.0% |" in (tmp_path / "all" / "selection.md").read_text()
   assert (tmp_path / "all" / "selection.md").exists() and (tmp_path / "all" / "estimate_vs_finetuned.png").exists()
   with pytest.raises(ValueError, match="is in both"):
     analyze.merge(str(tmp_path / "again"), [parts[0], parts[0]])

@@ -147,11 +147,19 @@ def write(rows: list[dict], out_dir: str) -> dict:
   complete = [t for t in per_target if t["complete"]]
   estimate_seconds = sum(r["estimate_seconds"] for r in rows)
   finetune_seconds = sum(r["finetune_seconds"] or 0 for r in rows)
-  lines = ["| estimator | mean Kendall tau | top-1 hit rate | targets |", "|---|---:|---:|---:|"]
+  finetune_each = finetune_seconds / max(len(rows), 1)
+  lines = ["| estimator | mean Kendall tau | top-1 hit rate | targets | seconds per candidate | vs fine-tuning it |",
+           "|---|---:|---:|---:|---:|---:|"]
   for est, s in summary.items():
+    # its own wall time per (target, candidate), including the representations it reads
+    secs = [r["seconds"].get(est, r["seconds"].get(est.replace("neg_", ""))) for r in rows if r.get(est) is not None]
+    secs = [x for x in secs if x is not None]
+    s["seconds_per_candidate"] = float(np.mean(secs)) if secs else None
     tau = "n/a" if s["mean_tau"] is None else f"{s['mean_tau']:.3f}"
     hit = "n/a" if s["top1_hit_rate"] is None else f"{s['top1_hit_rate']:.2f}"
-    lines.append(f"| {est} | {tau} | {hit} | {s['targets']} |")
+    cost = "n/a" if not secs else f"{np.mean(secs):.1f}"
+    share = "n/a" if not secs else f"{np.mean(secs) / finetune_each:.1%}"
+    lines.append(f"| {est} | {tau} | {hit} | {s['targets']} | {cost} | {share} |")
   lines.append("")
   lines.append(f"{len(rows)} (target, candidate) pairs, {len(complete)} of {len(per_target)} targets with every "
                f"candidate ({max((t['candidates'] for t in per_target), default=0)}). All estimators together took "
