@@ -181,7 +181,9 @@ def test_the_selection_study_parts_merge_into_one_summary(tmp_path):
   assert [t["complete"] for t in report["targets"]] == [True, True, False]
   assert report["estimate_seconds"] == 8.0 and report["finetune_seconds"] == 80.0
   assert report["summary"][est]["seconds_per_candidate"] == 0.5
-  assert f"| {est} | 0.333 | 0.50 | 2 | 0.5 | 5.0% |" in (tmp_path / "all" / "selection.md").read_text()
+  md = (tmp_path / "all" / "selection.md").read_text()
+  assert f"| {est} | 0.333 | 0.50 | 2 | 0.5 | 5.0% |" in md
+  assert "| data.synthetic.shift=0.5 | 1 | -0.333 |" in md  # per setting: complete targets only
   assert (tmp_path / "all" / "selection.md").exists() and (tmp_path / "all" / "estimate_vs_finetuned.png").exists()
   with pytest.raises(ValueError, match="is in both"):
     analyze.merge(str(tmp_path / "again"), [parts[0], parts[0]])

@@ -160,6 +160,21 @@ def write(rows: list[dict], out_dir: str) -> dict:
     cost = "n/a" if not secs else f"{np.mean(secs):.1f}"
     share = "n/a" if not secs else f"{np.mean(secs) / finetune_each:.1%}"
     lines.append(f"| {est} | {tau} | {hit} | {s['targets']} | {cost} | {share} |")
+  # the same means per setting (the target's fields but its seeds), where there are several
+  groups: dict = {}
+  for t in complete:
+    setting = {k: v for k, v in t["target"].items() if k not in ("seed", "data.fraction_seed")}
+    groups.setdefault(json.dumps(setting, sort_keys=True), []).append(t)
+  if len(groups) > 1:
+    lines += ["", "Mean Kendall tau per setting (its seeds' targets):", "",
+              "| setting | targets | " + " | ".join(ESTIMATORS) + " |", "|---|---:|" + "---:|" * len(ESTIMATORS)]
+    for setting, ts in sorted(groups.items()):
+      cells = []
+      for est in ESTIMATORS:
+        taus = [t["tau"][est] for t in ts if t["tau"][est] is not None]
+        cells.append(f"{np.mean(taus):.3f}" if taus else "n/a")
+      label = ", ".join(f"{k}={v}" for k, v in json.loads(setting).items())
+      lines.append(f"| {label} | {len(ts)} | " + " | ".join(cells) + " |")
   lines.append("")
   lines.append(f"{len(rows)} (target, candidate) pairs, {len(complete)} of {len(per_target)} targets with every "
                f"candidate ({max((t['candidates'] for t in per_target), default=0)}). All estimators together took "
