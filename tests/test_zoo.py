@@ -182,7 +182,9 @@ def test_the_selection_study_parts_merge_into_one_summary(tmp_path):
   assert report["estimate_seconds"] == 8.0 and report["finetune_seconds"] == 80.0
   assert report["summary"][est]["seconds_per_candidate"] == 0.5
   md = (tmp_path / "all" / "selection.md").read_text()
-  assert f"| {est} | 0.333 | 0.50 | 2 | 0.5 | 5.0% |" in md
+  # regret: the fine-tuned metric lost by taking the estimator's top candidate (0, then 0.3 - 0.1)
+  assert report["summary"][est]["mean_regret"] == pytest.approx(0.1)
+  assert f"| {est} | 0.333 | 0.50 | 0.1000 (0.2000) | 2 | 0.5 | 5.0% |" in md
   assert "| data.synthetic.shift=0.5 | 1 | -0.333 |" in md  # per setting: complete targets only
   assert (tmp_path / "all" / "selection.md").exists() and (tmp_path / "all" / "estimate_vs_finetuned.png").exists()
   with pytest.raises(ValueError, match="is in both"):

@@ -130,18 +130,24 @@ def summarize(rows: list[dict]) -> tuple[list[dict], dict]:
     truth = [r["finetuned_valid_ndcg@10"] for r in cands]
     best = int(np.argmax(truth))
     result = {"target": json.loads(key), "candidates": len(cands), "complete": len(cands) == full,
-              "names": [r["name"] for r in cands], "tau": {}, "top1": {}}
+              "names": [r["name"] for r in cands], "tau": {}, "top1": {}, "regret": {}}
     for est in ESTIMATORS:
       have = [i for i, r in enumerate(cands) if r.get(est) is not None]
       result["tau"][est] = kendall_tau([cands[i][est] for i in have], [truth[i] for i in have]) if len(have) > 1 else None
-      result["top1"][est] = (max(have, key=lambda i: cands[i][est]) == best) if have else None
+      pick = max(have, key=lambda i: cands[i][est]) if have else None
+      result["top1"][est] = (pick == best) if have else None
+      # what choosing the estimator's top candidate costs: the fine-tuned metric lost against the best
+      result["regret"][est] = truth[best] - truth[pick] if have else None
     per_target.append(result)
   summary = {}
   for est in ESTIMATORS:
     taus = [t["tau"][est] for t in per_target if t["complete"] and t["tau"][est] is not None]
     hits = [t["top1"][est] for t in per_target if t["complete"] and t["top1"][est] is not None]
+    regrets = [t["regret"][est] for t in per_target if t["complete"] and t["regret"][est] is not None]
     summary[est] = {"mean_tau": float(np.mean(taus)) if taus else None, "targets": len(taus),
-                    "top1_hit_rate": float(np.mean(hits)) if hits else None}
+                    "top1_hit_rate": float(np.mean(hits)) if hits else None,
+                    "mean_regret": float(np.mean(regrets)) if regrets else None,
+                    "max_regret": float(np.max(regrets)) if regrets else None}
   return per_target, summary
 
 
@@ -153,8 +159,8 @@ def write(rows: list[dict], out_dir: str) -> dict:
   estimate_seconds = sum(r["estimate_seconds"] for r in rows)
   finetune_seconds = sum(r["finetune_seconds"] or 0 for r in rows)
   finetune_each = finetune_seconds / max(len(rows), 1)
-  lines = ["| estimator | mean Kendall tau | top-1 hit rate | targets | seconds per candidate | vs fine-tuning it |",
-           "|---|---:|---:|---:|---:|---:|"]
+  lines = ["| estimator | mean Kendall tau | top-1 hit rate | regret: mean (max) | targets | seconds per candidate "
+           "| vs fine-tuning it |", "|---|---:|---:|---:|---:|---:|---:|"]
   for est, s in summary.items():
     # its own wall time per (target, candidate), including the representations it reads
     secs = [r["seconds"].get(est, r["seconds"].get(est.replace("neg_", ""))) for r in rows if r.get(est) is not None]
@@ -164,7 +170,8 @@ def write(rows: list[dict], out_dir: str) -> dict:
     hit = "n/a" if s["top1_hit_rate"] is None else f"{s['top1_hit_rate']:.2f}"
     cost = "n/a" if not secs else f"{np.mean(secs):.1f}"
     share = "n/a" if not secs else f"{np.mean(secs) / finetune_each:.1%}"
-    lines.append(f"| {est} | {tau} | {hit} | {s['targets']} | {cost} | {share} |")
+    regret = "n/a" if s["mean_regret"] is None else f"{s['mean_regret']:.4f} ({s['max_regret']:.4f})"
+    lines.append(f"| {est} | {tau} | {hit} | {regret} | {s['targets']} | {cost} | {share} |")
   # the same means per setting (the target's fields but its seeds), where there are several
   groups: dict = {}
   for t in complete:
