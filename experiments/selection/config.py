@@ -8,9 +8,10 @@ Every (target, candidate) pair is fine-tuned (full_finetune) under the fraction 
 1,000-step budget with early stopping, learning rate tuned per cell on validation, seeds 0-4.
 `analyze.py` then estimates each candidate on its target without fine-tuning (xrec.select: item
 overlap, zero-shot NDCG@10, linear probe, LogME, label CKA, MMD to the source; user CKA is n/a
-here, the cross-region domains share no user) and reports each estimator's
-Kendall tau and top-1 hit rate against the fine-tuned ranking (validation NDCG@10, mean over
-seeds), per target and averaged, with the estimators' wall time against fine-tuning's.
+here, the cross-region domains share no user), next to a free baseline (each checkpoint's own
+source validation NDCG@10), and reports each estimator's Kendall tau, top-1 hit rate and regret
+against the fine-tuned ranking (validation NDCG@10) per target (a shift and a seed) and averaged,
+with the estimators' wall time against fine-tuning's. Measured: README.md here.
 
   python launch.py --config experiments/selection/config.py --workdir runs/selection
   python experiments/selection/analyze.py runs/selection
