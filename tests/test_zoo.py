@@ -189,6 +189,12 @@ def test_the_selection_study_parts_merge_into_one_summary(tmp_path):
   assert (tmp_path / "all" / "selection.md").exists() and (tmp_path / "all" / "estimate_vs_finetuned.png").exists()
   with pytest.raises(ValueError, match="is in both"):
     analyze.merge(str(tmp_path / "again"), [parts[0], parts[0]])
+  # a candidate pretrained elsewhere than on the source (experiments/selection/sources.py) is named by it,
+  # and its target by the rest of its overrides
+  o = {"data.synthetic.shift": 0.25, "experiment.source_domain": "target", "experiment.pretrain.data.synthetic.shift": 0.5,
+       "model.name": "sasrec", "model.embed_dim": 64, "seed": 0}
+  assert analyze._name({"overrides": o}) == "sasrec-d64 from target@0.5"
+  assert {k for k in o if k not in analyze.CANDIDATE_FIELDS} == {"data.synthetic.shift", "seed"}
   # a second pass over a run directory keeps the rows already estimated for the same cell results
   # (the stages are not there: estimating again would fail), and estimates the changed cell anew
   wd = tmp_path / "wd"

@@ -36,7 +36,10 @@ from xrec.data import pipeline  # noqa: E402
 # validation metric on its source (the zoo records it: free)
 BASELINE = "source_valid_ndcg@10"
 ESTIMATORS = tuple(e for e in select.ESTIMATORS if e != "proxy_ndcg@10") + (BASELINE,)
-CANDIDATE_FIELDS = ("model.name", "model.embed_dim")
+# what names a candidate (its architecture and, in sources.py, the data it was pretrained on);
+# the rest of a cell's overrides name its target
+SOURCE_FIELDS = ("experiment.source_domain", "experiment.pretrain.data.synthetic.shift")
+CANDIDATE_FIELDS = ("model.name", "model.embed_dim") + SOURCE_FIELDS
 
 
 def main(workdir: str) -> dict:
@@ -113,7 +116,9 @@ def estimate_rows(workdir: str, out_dir: str) -> list[dict]:
 
 
 def _name(cell: dict) -> str:
-  return f"{cell['overrides']['model.name']}-d{cell['overrides']['model.embed_dim']}"
+  o = cell["overrides"]
+  source = "".join(f"{o[f]}" if f == SOURCE_FIELDS[0] else f"@{o[f]}" for f in SOURCE_FIELDS if f in o)
+  return f"{o['model.name']}-d{o['model.embed_dim']}" + (f" from {source}" if source else "")
 
 
 def summarize(rows: list[dict]) -> tuple[list[dict], dict]:
