@@ -189,6 +189,21 @@ def test_the_selection_study_parts_merge_into_one_summary(tmp_path):
   assert (tmp_path / "all" / "selection.md").exists() and (tmp_path / "all" / "estimate_vs_finetuned.png").exists()
   with pytest.raises(ValueError, match="is in both"):
     analyze.merge(str(tmp_path / "again"), [parts[0], parts[0]])
+  assert report["source_choice"] == {}  # one source per architecture: no source to pick
+  # picking the source of one architecture: a pick per (target, architecture), the best source counted
+  names = ["a", "a from target@0.5", "a from target@0.75", "b", "b from target@0.5", "b from target@0.75"]
+  zoo = rows(0.25, names, [3, 2, 1, 1, 2, 3], [0.3, 0.2, 0.1, 0.1, 0.4, 0.2])
+  for row in zoo[0::3]:
+    row["user_cka"] = None  # defined for the other sources only (shared users): not a pick among all
+  choice = analyze.source_choice(zoo + rows(0.5, ["c", "d"], [1, 2], [0.1, 0.2]))
+  assert choice["groups"] == 2 and choice["sources"] == 3
+  assert choice["best_source"] == {"source": 1, "target@0.5": 1}
+  first = choice["estimators"][analyze.ESTIMATORS[0]]
+  assert first["top1_hit_rate"] == 0.5 and first["mean_regret"] == pytest.approx(0.1) and first["groups"] == 2
+  assert choice["estimators"]["user_cka"]["groups"] == 0
+  (tmp_path / "zoo").mkdir()
+  md = analyze.write(zoo, str(tmp_path / "zoo"))  # the table in selection.md
+  assert f"| {analyze.ESTIMATORS[0]} | 0.50 | 0.1000 (0.2000) | 2 |" in (tmp_path / "zoo" / "selection.md").read_text()
   # a candidate pretrained elsewhere than on the source (experiments/selection/sources.py) is named by it,
   # and its target by the rest of its overrides
   o = {"data.synthetic.shift": 0.25, "experiment.source_domain": "target", "experiment.pretrain.data.synthetic.shift": 0.5,

@@ -156,6 +156,42 @@ def summarize(rows: list[dict]) -> tuple[list[dict], dict]:
   return per_target, summary
 
 
+def source_choice(rows: list[dict]) -> dict:
+  """Picking the source for a fixed architecture: per target and architecture with candidates
+  pretrained on several sources (sources.py), whether each estimator's top source is the one that
+  fine-tunes best, and the fine-tuned validation NDCG@10 lost if not (regret). Also counts which
+  source fine-tunes best. Empty when no architecture has more than one source."""
+  groups: dict = {}
+  for row in rows:
+    arch, _, source = row["name"].partition(" from ")
+    key = json.dumps([row["target"], arch], sort_keys=True)
+    groups.setdefault(key, []).append((source or "source", row))
+  groups = {k: v for k, v in groups.items() if len(v) > 1}
+  full = max((len(v) for v in groups.values()), default=0)
+  complete = [v for v in groups.values() if len(v) == full]
+  if not complete:
+    return {}
+  out = {"groups": len(complete), "sources": full, "best_source": {}, "estimators": {}}
+  for cands in complete:
+    truth = [r["finetuned_valid_ndcg@10"] for _, r in cands]
+    best = int(np.argmax(truth))
+    out["best_source"][cands[best][0]] = out["best_source"].get(cands[best][0], 0) + 1
+  for est in ESTIMATORS:
+    hits, regrets = [], []
+    for cands in complete:
+      have = [i for i, (_, r) in enumerate(cands) if r.get(est) is not None]
+      if len(have) < full:  # an estimator defined for some sources only does not pick among all
+        continue
+      truth = [r["finetuned_valid_ndcg@10"] for _, r in cands]
+      pick = max(have, key=lambda i: cands[i][1][est])
+      hits.append(truth[pick] == max(truth))
+      regrets.append(max(truth) - truth[pick])
+    out["estimators"][est] = {"groups": len(hits), "top1_hit_rate": float(np.mean(hits)) if hits else None,
+                              "mean_regret": float(np.mean(regrets)) if regrets else None,
+                              "max_regret": float(np.max(regrets)) if regrets else None}
+  return out
+
+
 def write(rows: list[dict], out_dir: str) -> dict:
   """The summary over targets: selection.{md,json} (with every row, so parts can be merged) and
   the plot in OUT_DIR."""
@@ -192,13 +228,24 @@ def write(rows: list[dict], out_dir: str) -> dict:
         cells.append(f"{np.mean(taus):.3f}" if taus else "n/a")
       label = ", ".join(f"{k}={v}" for k, v in json.loads(setting).items())
       lines.append(f"| {label} | {len(ts)} | " + " | ".join(cells) + " |")
+  sources = source_choice(rows)
+  if sources:
+    lines += ["", f"Picking the source for a fixed architecture ({sources['groups']} (target, architecture) pairs with "
+              f"{sources['sources']} sources each; the source that fine-tuned best: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(sources["best_source"].items())) + "):", "",
+              "| estimator | best source picked | regret: mean (max) | pairs |", "|---|---:|---:|---:|"]
+    for est, s in sources["estimators"].items():
+      if s["groups"]:
+        lines.append(f"| {est} | {s['top1_hit_rate']:.2f} | {s['mean_regret']:.4f} ({s['max_regret']:.4f}) | {s['groups']} |")
+      else:
+        lines.append(f"| {est} | n/a | n/a | 0 |")
   lines.append("")
   lines.append(f"{len(rows)} (target, candidate) pairs, {len(complete)} of {len(per_target)} targets with every "
                f"candidate ({max((t['candidates'] for t in per_target), default=0)}). All estimators together took "
                f"{estimate_seconds:.0f} s; the fine-tuning they stand in for (every candidate at every learning "
                f"rate of the grid, pretraining not counted) took {finetune_seconds:.0f} s.")
   text = "\n".join(lines)
-  report = {"summary": summary, "targets": per_target, "rows": rows, "estimate_seconds": estimate_seconds,
+  report = {"summary": summary, "source_choice": sources, "targets": per_target, "rows": rows, "estimate_seconds": estimate_seconds,
             "finetune_seconds": finetune_seconds}
   with open(os.path.join(out_dir, "selection.json"), "w") as f:
     json.dump(report, f, indent=2, default=float)
