@@ -139,7 +139,7 @@ def summarize(rows: list[dict]) -> tuple[list[dict], dict]:
     for est in ESTIMATORS:
       have = [i for i, r in enumerate(cands) if r.get(est) is not None]
       result["tau"][est] = kendall_tau([cands[i][est] for i in have], [truth[i] for i in have]) if len(have) > 1 else None
-      pick = max(have, key=lambda i: cands[i][est]) if have else None
+      pick = _pick(cands, est)
       result["top1"][est] = (pick == best) if have else None
       # what choosing the estimator's top candidate costs: the fine-tuned metric lost against the best
       result["regret"][est] = truth[best] - truth[pick] if have else None
@@ -154,6 +154,12 @@ def summarize(rows: list[dict]) -> tuple[list[dict], dict]:
                     "mean_regret": float(np.mean(regrets)) if regrets else None,
                     "max_regret": float(np.max(regrets)) if regrets else None}
   return per_target, summary
+
+
+def _pick(rows: list[dict], est: str):
+  """The index of the row an estimator ranks first (None when it is n/a for every row)."""
+  have = [i for i, r in enumerate(rows) if r.get(est) is not None]
+  return max(have, key=lambda i: rows[i][est]) if have else None
 
 
 def source_choice(rows: list[dict]) -> dict:
@@ -179,11 +185,11 @@ def source_choice(rows: list[dict]) -> dict:
   for est in ESTIMATORS:
     hits, regrets = [], []
     for cands in complete:
-      have = [i for i, (_, r) in enumerate(cands) if r.get(est) is not None]
-      if len(have) < full:  # an estimator defined for some sources only does not pick among all
+      rs = [r for _, r in cands]
+      if any(r.get(est) is None for r in rs):  # an estimator defined for some sources only does not pick among all
         continue
-      truth = [r["finetuned_valid_ndcg@10"] for _, r in cands]
-      pick = max(have, key=lambda i: cands[i][1][est])
+      truth = [r["finetuned_valid_ndcg@10"] for r in rs]
+      pick = _pick(rs, est)
       hits.append(truth[pick] == max(truth))
       regrets.append(max(truth) - truth[pick])
     out["estimators"][est] = {"groups": len(hits), "top1_hit_rate": float(np.mean(hits)) if hits else None,
