@@ -1,7 +1,8 @@
 """The model zoo on the built-in synthetic data: every encoder against popularity.
 
 One-domain runs on the source domain of the default synthetic cross-region scenario (3,000 users x
-1,000 items): popularity, SASRec, BERT4Rec (cloze objective), GRU4Rec and NextItNet, d = 64, the
+1,000 items): popularity, SASRec, BERT4Rec (cloze objective), GRU4Rec and NextItNet, and SASRec
+with items by their text (ID-free "text" and "text+id", through wordllama), d = 64, the
 same budget of 600 optimizer steps of batch 128 with validation every 100 steps and early stopping,
 each encoder's learning rate chosen on validation from {1e-3, 3e-3, 1e-2}. Full ranking over all
 items with history masked, leave-one-out by time, evaluated on all 3,000 users. One seed: the
@@ -16,6 +17,9 @@ Measured numbers, throughput and wall time: experiments/model_zoo/README.md.
 from xrec.config import base_config
 
 MODELS = ("popularity", "sasrec", "bert4rec", "gru4rec", "nextitnet")
+# SASRec with items by their text (issue 14): ID-free (text) and text + ID, the item text through
+# wordllama (the default synthetic data's item text, text_signal 0.8)
+TEXT_MODELS = ("text", "text+id")
 
 
 def get_config(arg=None):
@@ -36,7 +40,11 @@ def get_config(arg=None):
 def sweep():
   for name in MODELS:
     yield {"model.name": name}
+  for repr_ in TEXT_MODELS:
+    yield {"model.name": "sasrec", "model.item_repr": repr_, "model.text.encoder": "wordllama",
+           "experiment.variant": repr_}
 
 
 def metrics():
-  return {"metrics": ("ndcg@10", "hr@10"), "rows": "model.name", "columns": ()}
+  return {"metrics": ("ndcg@10", "hr@10"), "rows": "model.name", "columns": (),
+          "row_detail": "experiment.variant"}
