@@ -277,7 +277,9 @@ def test_report_cli_writes_tables_and_plots(tmp_path):
     ("experiments/cross_user/config.py", None), ("experiments/real_data/adversarial.py", "ml1m_cross_region,short"),
     ("experiments/real_data/overlap.py", "ml1m_cross_genre"), ("experiments/real_data/compress.py", "ml1m_cross_region"),
     ("experiments/real_data/augment.py", "cross_app,amazon2018"),
-    ("experiments/selection/config.py", None), ("experiments/selection/sources.py", None), ("experiments/real_data/selection.py", "ml1m_cross_region,short")])
+    ("experiments/selection/config.py", None), ("experiments/selection/sources.py", None), ("experiments/real_data/selection.py", "ml1m_cross_region,short"),
+    ("experiments/text_transfer/config.py", None), ("experiments/text_transfer/signal.py", None),
+    ("experiments/real_data/text.py", "ml1m_cross_genre,short")])
 def test_study_configs_load_and_every_cell_applies(path, arg):
   from xrec.train import sweep
   module = sweep.load_config_module(os.path.join(ROOT, path))
