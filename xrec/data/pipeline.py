@@ -425,9 +425,11 @@ class TrainBatches:
     if batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} not divisible by process count {process_count}")
     self.domain, self.batch_size, self.max_len, self.seed = domain, batch_size, max_len, seed
+    self.process_count = process_count
     self.local = slice(process_index * batch_size // process_count,
                        (process_index + 1) * batch_size // process_count)
     self._perms = {}
+    self.packing = None  # (shards, capacity) once pack_targets has chosen a layout
 
   @property
   def steps_per_epoch(self) -> float:
@@ -460,13 +462,74 @@ class TrainBatches:
   def batch(self, step: int) -> dict:
     start = step * self.batch_size
     rows = range(start + self.local.start, start + self.local.stop)
-    return _stack([self.example(step, p) for p in rows])
+    batch = _stack([self.example(step, p) for p in rows])
+    if self.packing is not None:
+      batch["positions"] = target_positions(batch["targets"], *self.packing, self.process_count)
+    return batch
+
+  def target_bounds(self) -> np.ndarray:
+    """Per user id, an upper bound on the predicted positions (targets > 0) of its training
+    window: min(training part - 1, max_len), or max_len where windows are built otherwise
+    (augmented views, overlapping-user inputs)."""
+    if self.augmenter is not None or self.domain.cross is not None:
+      return np.full(self.domain.num_users, self.max_len, np.int64)
+    lengths = self.domain.lengths - 2
+    if self.domain.pseudo:
+      lengths = lengths + np.array([sum(map(len, self.domain.pseudo.get(u, ()))) for u in range(len(lengths))],
+                                   np.int64)
+    return np.clip(lengths - 1, 0, self.max_len)
+
+  def pack_targets(self, shards: int, num_steps: int, multiple: int = 128) -> int | None:
+    """Lay the next-item terms' work out over the predicted positions only (see target_positions):
+    each of the `shards` blocks of a batch (its rows split over the mesh's 'data' devices) lists
+    its positions with targets > 0, padded to one capacity for the whole run: the largest count
+    any block of steps [0, num_steps) can hold, from the users' lengths (so every process and a
+    resumed run choose the same), rounded up to `multiple`. Returns the capacity, or None (and
+    batches keep the [batch, len] layout) when it would not be smaller than a block."""
+    self.packing = None
+    rows = self.batch_size // shards if shards and self.batch_size % shards == 0 else 0
+    if not rows or shards % self.process_count:
+      return None
+    block = rows * self.max_len
+    bounds, need, carry = self.target_bounds(), 0, np.zeros(0, np.int64)
+    total = num_steps * self.batch_size
+    for epoch in range(-(-total // len(self.users))):  # batches straddle epochs: carry the rest
+      perm = np.random.default_rng([self.seed, epoch]).permutation(self.users)
+      seq = np.concatenate([carry, bounds[perm[:total - epoch * len(self.users)]]])
+      whole = len(seq) // rows * rows
+      if whole:
+        need = max(need, int(seq[:whole].reshape(-1, rows).sum(1).max()))
+      carry = seq[whole:]
+    capacity = min(block, -(-max(need, 1) // multiple) * multiple)
+    if capacity >= block:
+      return None
+    self.packing = (shards, capacity)
+    return capacity
 
   def iterate(self, start_step: int, num_steps: int, prefetch: int = 4):
     """grain pipeline over steps [start_step, num_steps), prepared ahead in threads."""
     ds = grain.MapDataset.range(start_step, num_steps).map(self.batch)
     opts = grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch)
     return iter(ds.to_iter_dataset(opts))
+
+
+def target_positions(targets: np.ndarray, shards: int, capacity: int, process_count: int = 1) -> np.ndarray:
+  """[shards / process_count, capacity] int32: for this process's rows of a batch split into its
+  blocks of the global `shards`, the flat indices (within the block's [rows * len]) of the positions
+  with targets > 0, and then of as many padding positions (targets 0) as fill the capacity; sorted
+  and distinct. The next-item terms gather these positions and compute the output head on them
+  only (objectives._next_item): the same loss, without the padding's share of the work."""
+  local = shards // process_count
+  blocks = targets.reshape(local, -1)
+  out = np.empty((local, capacity), np.int32)
+  for i, block in enumerate(blocks):
+    valid = np.flatnonzero(block > 0)
+    if len(valid) > capacity:
+      raise ValueError(f"a training batch block has {len(valid)} predicted positions, above the capacity "
+                       f"{capacity} chosen for the run (TrainBatches.pack_targets)")
+    fill = np.flatnonzero(block == 0)[:capacity - len(valid)]
+    out[i] = np.sort(np.concatenate([valid, fill]))
+  return out
 
 
 def iterate_streams(streams: dict, start_step: int, num_steps: int):

@@ -550,6 +550,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                               jax.process_index(), jax.process_count())
   trains = plan.train and not module.fitted
   num_steps = total_steps(config, batches) if trains else 0  # zero_shot / fitted: evaluate only
+  for name, stream in sorted(streams.items()):  # next-item terms skip the padding (objectives.predicted_positions)
+    capacity = stream.pack_targets(int(mesh.shape["data"]), num_steps)
+    if capacity:
+      log.info("%s batches: next-item terms on %d of the %d positions of each of %d blocks", name, capacity,
+               config.train.batch_size // int(mesh.shape["data"]) * max_len, int(mesh.shape["data"]))
   schedule = optim.learning_rate_schedule(config.optim, max(num_steps, 1))
   tx = plan.make_optimizer(lambda: optim.make_optimizer(config.optim, max(num_steps, 1))[0])
   state, state_sh = create_state(module, tx, max_len, config.seed, mesh, rules)

@@ -17,6 +17,8 @@ Each stream batch has (xrec/data/pipeline.py TrainBatches):
   inputs  [batch, len]  the training window without its last item (right-aligned)
   targets [batch, len]  the next item at every position (0 = padding)
   items   [batch, len]  the training window itself (right-aligned), for cloze-style terms
+  positions [shards, capacity]  where targets > 0, per 'data' block (when the run packs them:
+                        TrainBatches.pack_targets); the next-item terms compute their loss there
   view_a, view_b [batch, len]  two augmented views (data.augment), when a term declares them in
                         `fields` (cl4srec)
 """
@@ -80,9 +82,25 @@ def _next_item(loss_fn, stream="target", **extra):
   def fn(ctx: TermContext):
     batch = ctx.batches[stream]
     hidden, table, bias = ctx.forward(batch["inputs"], stream)
+    targets = batch["targets"]
+    if "positions" in batch:
+      hidden, targets = predicted_positions(hidden, targets, batch["positions"])
     kwargs = {k: v(ctx) for k, v in extra.items()}
-    return loss_fn(hidden, batch["targets"], table, bias, num_items=ctx.num_items, rng=ctx.term_rng, **kwargs)
+    return loss_fn(hidden, targets, table, bias, num_items=ctx.num_items, rng=ctx.term_rng, **kwargs)
   return fn
+
+
+def predicted_positions(hidden, targets, positions):
+  """hidden [batch, len, embed] and targets [batch, len] at `positions` [shards, capacity] (each
+  row: flat indices into one 'data' block of the batch, pipeline.target_positions): [shards,
+  capacity, embed] and [shards, capacity]. Every position with a target is among them and the
+  rest are padding (target 0), so a loss over them is the loss over the batch, while the output
+  head (the [positions x catalogue] product, most of a step at the MovieLens shapes) skips the
+  padding. Blocks follow the batch's 'data' split, so the gather stays on each device."""
+  shards = positions.shape[0]
+  take = jax.vmap(lambda x, p: x.at[p].get(indices_are_sorted=True, unique_indices=True))
+  return (take(hidden.reshape(shards, -1, hidden.shape[-1]), positions),
+          take(targets.reshape(shards, -1), positions))
 
 
 def cloze(ctx: TermContext):

@@ -1,0 +1,105 @@
+"""Training batches list the positions that predict an item, and the next-item terms compute the
+output head there only: the same loss and update as over the whole [batch, len] layout, with the
+padding's share of the work gone (objectives.predicted_positions, TrainBatches.pack_targets)."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from test_foundation_data import _ListSource
+from xrec import models, sharding
+from xrec.data import augment, pipeline
+from xrec.train import loop, objectives, optimizer
+
+
+def _domain(num_users=53, num_items=40, seed=0):
+  rng = np.random.default_rng(seed)
+  # lengths from 4 (one training pair) to well above max_len (full windows)
+  seqs = [rng.integers(1, num_items + 1, size=int(n)).tolist() for n in rng.integers(4, 14, size=num_users)]
+  return pipeline.index_domain("d", _ListSource(seqs), [str(i) for i in range(num_items)])
+
+
+def test_one_capacity_per_run_holds_every_block_and_positions_cover_every_target():
+  dom, steps = _domain(), 25
+  batches = pipeline.TrainBatches(dom, batch_size=8, max_len=12, seed=3)
+  capacity = batches.pack_targets(shards=2, num_steps=steps, multiple=1)
+  counts = [int((b["targets"].reshape(2, -1) > 0).sum(1).max()) for b in map(batches.batch, range(steps))]
+  # the lengths bound each window exactly here, so the capacity is the fullest block of the run
+  assert capacity == max(counts) < 4 * 12
+  for step in range(steps):
+    batch = batches.batch(step)
+    blocks = batch["targets"].reshape(2, -1)
+    assert batch["positions"].shape == (2, capacity)
+    for block, pos in zip(blocks, batch["positions"]):
+      assert np.all(np.diff(pos) > 0)  # sorted and distinct
+      assert set(np.flatnonzero(block > 0)) <= set(pos.tolist())
+  # rounded up to a multiple; a resumed run (a fresh object) and each of two processes choose the same
+  again = pipeline.TrainBatches(dom, 8, 12, seed=3)
+  assert again.pack_targets(2, steps, multiple=8) == -(-capacity // 8) * 8
+  halves = [pipeline.TrainBatches(dom, 8, 12, 3, process_index=i, process_count=2) for i in range(2)]
+  assert {h.pack_targets(2, steps, multiple=8) for h in halves} == {again.packing[1]}
+  np.testing.assert_array_equal(np.concatenate([h.batch(7)["positions"] for h in halves]),
+                                again.batch(7)["positions"])
+  # no saving (a window as long as max_len in every row), or windows built otherwise: no positions
+  full = pipeline.TrainBatches(dom, 8, 2, seed=3)
+  assert full.pack_targets(2, steps) is None and "positions" not in full.batch(0)
+  augment_cfg = tiny_config("").data.augment
+  augment_cfg.ops = ("crop",)
+  aug = augment.from_config(augment_cfg, 0, (dom.sequence(u)[:-2] for u in dom.train_users), dom.num_items)
+  augmented = pipeline.TrainBatches(dom, 8, 12, 3, augmenter=aug, augment_prob=0.5)
+  assert augmented.pack_targets(2, steps) is None
+
+
+def test_a_block_above_the_capacity_is_refused():
+  targets = np.array([[0, 3, 4], [0, 0, 7]], np.int32)
+  np.testing.assert_array_equal(pipeline.target_positions(targets, 2, 2), [[1, 2], [0, 2]])
+  with pytest.raises(ValueError, match="3 predicted positions, above the capacity 2"):
+    pipeline.target_positions(np.array([[1, 3, 4]]), 1, 2)
+
+
+@pytest.mark.parametrize("term", ["full_softmax", "chunked_softmax", "source_full_softmax"])
+def test_a_step_on_the_predicted_positions_equals_the_step_on_the_whole_batch(term):
+  cfg = tiny_config("")
+  cfg.model.dropout = 0.0
+  cfg.mesh.data, cfg.mesh.model = 2, 2
+  cfg.objective.terms = ((term, 1.0),)
+  cfg.objective.chunked_softmax.chunk_size = 64
+  dom, max_len = _domain(num_items=200, seed=1), cfg.model.max_len
+  streams = {"target": pipeline.TrainBatches(dom, cfg.train.batch_size, max_len, 0)}
+  if term.startswith("source"):
+    streams["source"] = pipeline.TrainBatches(_domain(num_items=200, seed=2), cfg.train.batch_size, max_len, 1)
+  for stream in streams.values():
+    assert stream.pack_targets(2, 4, multiple=16) <= 0.6 * cfg.train.batch_size // 2 * max_len
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding.rules)
+  module = models.build(cfg.model, dom.num_items, max_len)
+  objective = objectives.build(cfg.objective, module.causal, tuple(streams))
+  tx, _ = optimizer.make_optimizer(cfg.optim, 10)
+  rng = jax.random.key(0)
+
+  def run(packed: bool):
+    state, state_sh = loop.create_state(module, tx, max_len, 0, mesh, rules)
+    step = loop.make_train_step(module, tx, objective, dom.num_items, state_sh, mesh,
+                                vocab_shards=sharding.axis_shards(mesh, rules, "vocab"))
+    losses, grads, flops = [], None, None
+    for s in range(3):
+      batches = {k: v.batch(s) for k, v in streams.items()}
+      if not packed:
+        batches = {k: {f: x for f, x in b.items() if f != "positions"} for k, b in batches.items()}
+      batches = sharding.put_batch(batches, mesh)
+      if grads is None:
+        cost = step.lower(state, batches, rng).compile().cost_analysis()
+        flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+        grads = jax.device_get(jax.jit(jax.grad(lambda p: objective.loss(
+            module, p, batches, rng, dom.num_items, vocab_shards=sharding.axis_shards(mesh, rules, "vocab"))[0]))(
+                state["params"]))
+      state, stats = step(state, batches, rng)
+      losses.append(float(stats["loss"]))
+    return losses, grads, flops
+
+  (want, want_grads, full_flops), (got, got_grads, packed_flops) = run(False), run(True)
+  np.testing.assert_allclose(got, want, rtol=1e-5)  # three steps: the same loss curve
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6 * float(np.abs(w).max()))
+  if term != "chunked_softmax":  # XLA counts no FLOPs inside the chunked scan's loop body
+    assert packed_flops < 0.9 * full_flops, (packed_flops, full_flops)
