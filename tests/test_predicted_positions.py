@@ -41,6 +41,9 @@ def test_one_capacity_per_run_holds_every_block_and_positions_cover_every_target
   assert {h.pack_targets(2, steps, multiple=8) for h in halves} == {again.packing[1]}
   np.testing.assert_array_equal(np.concatenate([h.batch(7)["positions"] for h in halves]),
                                 again.batch(7)["positions"])
+  # a run too long to list bounds its blocks by the fullest any order can form
+  bound = int(np.sort(np.clip(dom.lengths[batches.users] - 3, 0, 12))[-4:].sum())
+  assert pipeline.TrainBatches(dom, 8, 12, seed=3).pack_targets(2, steps, multiple=1, max_rows=8) == bound
   # no saving (a window as long as max_len in every row), or windows built otherwise: no positions
   full = pipeline.TrainBatches(dom, 8, 2, seed=3)
   assert full.pack_targets(2, steps) is None and "positions" not in full.batch(0)

@@ -479,13 +479,14 @@ class TrainBatches:
                                    np.int64)
     return np.clip(lengths - 1, 0, self.max_len)
 
-  def pack_targets(self, shards: int, num_steps: int, multiple: int = 128) -> int | None:
+  def pack_targets(self, shards: int, num_steps: int, multiple: int = 128, max_rows: int = 20_000_000) -> int | None:
     """Lay the next-item terms' work out over the predicted positions only (see target_positions):
     each of the `shards` blocks of a batch (its rows split over the mesh's 'data' devices) lists
     its positions with targets > 0, padded to one capacity for the whole run: the largest count
     any block of steps [0, num_steps) can hold, from the users' lengths (so every process and a
-    resumed run choose the same), rounded up to `multiple`. Returns the capacity, or None (and
-    batches keep the [batch, len] layout) when it would not be smaller than a block."""
+    resumed run choose the same; beyond `max_rows` rows of training, the fullest block any order
+    can form), rounded up to `multiple`. Returns the capacity, or None (and batches keep the
+    [batch, len] layout) when it would not be smaller than a block."""
     self.packing = None
     rows = self.batch_size // shards if shards and self.batch_size % shards == 0 else 0
     if not rows or shards % self.process_count:
@@ -493,7 +494,9 @@ class TrainBatches:
     block = rows * self.max_len
     bounds, need, carry = self.target_bounds(), 0, np.zeros(0, np.int64)
     total = num_steps * self.batch_size
-    for epoch in range(-(-total // len(self.users))):  # batches straddle epochs: carry the rest
+    if total > max_rows:  # too many to list: the fullest block any order can form
+      need = int(np.sort(bounds[self.users])[-rows:].sum())
+    for epoch in range(-(-total // len(self.users)) if total <= max_rows else 0):  # batches straddle epochs
       perm = np.random.default_rng([self.seed, epoch]).permutation(self.users)
       seq = np.concatenate([carry, bounds[perm[:total - epoch * len(self.users)]]])
       whole = len(seq) // rows * rows
