@@ -106,3 +106,20 @@ def test_a_step_on_the_predicted_positions_equals_the_step_on_the_whole_batch(te
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6 * float(np.abs(w).max()))
   if term != "chunked_softmax":  # XLA counts no FLOPs inside the chunked scan's loop body
     assert packed_flops < 0.9 * full_flops, (packed_flops, full_flops)
+
+
+def test_a_run_feeds_its_steps_the_predicted_positions(data_dir, tmp_path, monkeypatch):
+  cfg = tiny_config(data_dir)
+  cfg.train.update(dict(num_steps=2, eval_every_steps=2, checkpoint_every_steps=2))
+  fed, put = [], sharding.put_batch
+
+  def spy(batches, mesh):
+    if isinstance(batches.get("target"), dict):  # a training step's streams (not an evaluation batch)
+      fed.append({k: (set(b), b["targets"]) for k, b in batches.items()})
+    return put(batches, mesh)
+  monkeypatch.setattr(loop.sharding, "put_batch", spy)
+  loop.train_and_evaluate(cfg, str(tmp_path / "run"))
+  assert len(fed) == 2
+  for step in fed:
+    fields, targets = step["target"]
+    assert "positions" in fields and (targets > 0).mean() < 0.9  # tiny synthetic windows hold padding

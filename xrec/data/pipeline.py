@@ -87,6 +87,13 @@ class DomainSequences:
     mapped = self.id_map[items]
     return mapped[mapped > 0]
 
+  def train_lengths(self) -> np.ndarray:
+    """len(train_part(u)) for every user id u, from the stored lengths (no sequence is read)."""
+    lengths = self.lengths - 2
+    if self.pseudo:  # pseudo-interactions lengthen short training parts
+      lengths = lengths + np.array([sum(map(len, self.pseudo.get(u, ()))) for u in range(len(lengths))], np.int64)
+    return lengths
+
   def train_part(self, u: int) -> np.ndarray:
     """What user u's training windows read: its sequence without the valid / test items, with the
     pseudo-interactions of data.synthesis around it."""
@@ -412,11 +419,7 @@ class TrainBatches:
       raise ValueError(f"data.augment.prob={augment_prob!r} must be in [0, 1]")
     self.augmenter, self.augment_prob, self.views = augmenter, augment_prob, views
     # users with fewer than 4 interactions have no (input, next) pair before valid/test
-    lengths = domain.lengths[domain.train_users]
-    if domain.pseudo:  # pseudo-interactions lengthen short training parts
-      lengths = lengths + np.array([sum(map(len, domain.pseudo.get(int(u), ()))) for u in domain.train_users],
-                                   np.int64)
-    self.users = domain.train_users[lengths >= 4]
+    self.users = domain.train_users[domain.train_lengths()[domain.train_users] >= 2]
     if len(self.users) == 0:
       raise ValueError(
           f"Domain {domain.name!r}: none of the {len(domain.train_users)} training users has >= 4 "
@@ -473,11 +476,7 @@ class TrainBatches:
     (augmented views, overlapping-user inputs)."""
     if self.augmenter is not None or self.domain.cross is not None:
       return np.full(self.domain.num_users, self.max_len, np.int64)
-    lengths = self.domain.lengths - 2
-    if self.domain.pseudo:
-      lengths = lengths + np.array([sum(map(len, self.domain.pseudo.get(u, ()))) for u in range(len(lengths))],
-                                   np.int64)
-    return np.clip(lengths - 1, 0, self.max_len)
+    return np.clip(self.domain.train_lengths() - 1, 0, self.max_len)
 
   def pack_targets(self, shards: int, num_steps: int, multiple: int = 128, max_rows: int = 20_000_000) -> int | None:
     """Lay the next-item terms' work out over the predicted positions only (see target_positions):
@@ -488,21 +487,22 @@ class TrainBatches:
     can form), rounded up to `multiple`. Returns the capacity, or None (and batches keep the
     [batch, len] layout) when it would not be smaller than a block."""
     self.packing = None
-    rows = self.batch_size // shards if shards and self.batch_size % shards == 0 else 0
-    if not rows or shards % self.process_count:
+    if self.batch_size % shards or shards % self.process_count:
       return None
-    block = rows * self.max_len
-    bounds, need, carry = self.target_bounds(), 0, np.zeros(0, np.int64)
+    rows = self.batch_size // shards
+    block, bounds = rows * self.max_len, self.target_bounds()
     total = num_steps * self.batch_size
     if total > max_rows:  # too many to list: the fullest block any order can form
       need = int(np.sort(bounds[self.users])[-rows:].sum())
-    for epoch in range(-(-total // len(self.users)) if total <= max_rows else 0):  # batches straddle epochs
-      perm = np.random.default_rng([self.seed, epoch]).permutation(self.users)
-      seq = np.concatenate([carry, bounds[perm[:total - epoch * len(self.users)]]])
-      whole = len(seq) // rows * rows
-      if whole:
-        need = max(need, int(seq[:whole].reshape(-1, rows).sum(1).max()))
-      carry = seq[whole:]
+    else:
+      need, carry = 0, np.zeros(0, np.int64)
+      for epoch in range(-(-total // len(self.users))):  # batches straddle epochs: carry the rest
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.users)
+        seq = np.concatenate([carry, bounds[perm[:total - epoch * len(self.users)]]])
+        whole = len(seq) // rows * rows
+        if whole:
+          need = max(need, int(seq[:whole].reshape(-1, rows).sum(1).max()))
+        carry = seq[whole:]
     capacity = min(block, -(-max(need, 1) // multiple) * multiple)
     if capacity >= block:
       return None
