@@ -119,10 +119,37 @@ def _fail(e: BaseException) -> int:
   return 2
 
 
+def _flag_name(arg: str) -> str | None:
+  """`--config.a.b=1` / `-config.a.b` / `--noconfig.a.b` -> "config.a.b"; any other argument -> None."""
+  if not arg.startswith("-") or arg in ("-", "--"):
+    return None
+  name = arg.lstrip("-").split("=", 1)[0]
+  if name.startswith("noconfig."):
+    name = name[2:]
+  return name if name.startswith("config.") else None
+
+
+def last_flag_wins(argv: list[str]) -> list[str]:
+  """argv with every --config.FIELD override but the last of each field removed. ml_collections
+  appends the values of a tuple field given twice (`--config.eval.ks='(1,5)' --config.eval.ks='(10,)'`
+  gives (1, 5, 10)); a scalar field keeps its last value. Here the last value wins for every field.
+  An override without "=" takes the next argument as its value unless that is another flag (a bare
+  boolean)."""
+  groups, i = [], 0  # (field or None, [its arguments])
+  while i < len(argv):
+    name = _flag_name(argv[i]) if i else None  # argv[0] is the program
+    takes_next = name is not None and "=" not in argv[i] and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+    groups.append((name, argv[i:i + 1 + takes_next]))
+    i += 1 + takes_next
+  last = {name: k for k, (name, _) in enumerate(groups) if name}
+  return [a for k, (name, args) in enumerate(groups) if name is None or last[name] == k for a in args]
+
+
 def parse_flags(argv):
-  """absl's flag parsing (the config file and its --config.* overrides), user errors as one line."""
+  """absl's flag parsing (the config file and its --config.* overrides, the last value of a field
+  given twice winning), user errors as one line."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(last_flag_wins(argv))
   except USER_ERRORS as e:
     sys.exit(_fail(e))
 
@@ -138,9 +165,11 @@ def main(argv):
     config_file, config_arg = sweep.config_file_of(config_flags.get_config_filename(flags.FLAGS["config"]))
     module = sweep.load_config_module(config_file)
     study = sweep.study_of(module, flags.FLAGS.config)
-    sweep.check_study(flags.FLAGS.config, study)
-    sweep.check_same_config(flags.FLAGS.workdir, flags.FLAGS.config)
-  except USER_ERRORS as e:  # found before any data or file is touched
+    if not flags.FLAGS.list:
+      sweep.check_launch(flags.FLAGS.config, study, flags.FLAGS.workdir, flags.FLAGS.only)
+    else:
+      sweep.check_study(flags.FLAGS.config, study)
+  except USER_ERRORS as e:  # found before any data is read; no file is written but the workdir folder
     return _fail(e)
   return run_study(study, config_file, config_arg)
 
@@ -154,7 +183,7 @@ def run_study(module, config_file: str, config_arg):
   try:
     counts = sweep.run_study(flags.FLAGS.config, module, flags.FLAGS.workdir, only=flags.FLAGS.only,
                              config_file=config_file, config_arg=config_arg)
-  except sweep.WorkdirInUse as e:
+  except (sweep.WorkdirInUse, sweep.ConfigConflict) as e:  # another launch got there first
     return _fail(e)
   print(f"study {flags.FLAGS.workdir}: {counts}", flush=True)
   if flags.FLAGS.only is None and sweep.is_main_process():

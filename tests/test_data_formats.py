@@ -177,7 +177,7 @@ def test_skipped_lines_are_reported_with_the_domains(tmp_path):
   path.write_text("1 1\n1 2\n1 3\nbroken\n2 1\n2 2\n2 3\n")
   files = dict(files_cfg(format="sasrec", path=str(path), on_malformed="skip").to_dict(), name="interactions")
   options = {"source": files, "scenario": {"kind": "none"},
-             "preprocess": {"min_rating": 0.0, "dedup": "none", "user_core": 0, "item_core": 0, "min_seq_len": 3,
+             "preprocess": {"min_rating": 0.0, "dedup": "keep", "user_core": 0, "item_core": 0, "min_seq_len": 3,
                             "max_seq_len": 0}}
   domains, report = scenarios.build_domains(options, {})
   assert len(domains["main"].user_keys) == 2

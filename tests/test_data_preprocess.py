@@ -43,7 +43,7 @@ def test_sort_is_chronological_and_stable_on_ties():
 
 
 @pytest.mark.parametrize("mode,expected", [
-    ("none", ["a", "b", "a", "a", "c", "b"]),
+    ("keep", ["a", "b", "a", "a", "c", "b"]),
     ("first", ["a", "b", "c"]),
     ("last", ["a", "c", "b"]),
     ("consecutive", ["a", "b", "a", "c", "b"]),
@@ -79,7 +79,7 @@ def test_k_core_matches_a_naive_fixed_point_on_random_data():
   rng = np.random.default_rng(0)
   rows = [(f"u{rng.integers(100)}", f"i{int(rng.zipf(1.3)) % 80}") for _ in range(700)]
   t = table([(u, i, 1, ts) for ts, (u, i) in enumerate(rows)])
-  d = preprocess(t, PreprocessSpec(user_core=5, item_core=5))
+  d = preprocess(t, PreprocessSpec(user_core=5, item_core=5, dedup="keep"))
   got = sorted((u, d.item_keys[i - 1]) for u, seq in zip(d.user_keys, d.sequences) for i in seq)
   assert got == sorted(naive_core(rows, 5, 5)) and d.report["core_filter_iterations"] >= 2
   counts = collections.Counter(k for _, k in got)
@@ -96,7 +96,7 @@ def test_min_and_max_sequence_length_and_vocabulary():
   d = preprocess(table(rows), PreprocessSpec(max_seq_len=3))
   assert sequences(d) == {"1": ["4", "30", "5"], "3": ["4", "5", "30"]}  # the most recent 3
   assert d.item_keys == ["4", "5", "30"]  # items only in the cut prefix leave the vocabulary
-  with pytest.raises(ValueError, match=r"dedup='all' is not valid; valid: \['none', 'first', 'last'"):
+  with pytest.raises(ValueError, match=r"dedup='all' is not valid; valid: \[.consecutive., .first., .last., .keep."):
     PreprocessSpec(dedup="all")
   with pytest.raises(ValueError, match="max_seq_len=2 is below min_seq_len=3"):
     PreprocessSpec(max_seq_len=2)

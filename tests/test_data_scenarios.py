@@ -11,7 +11,7 @@ import test_data_fixtures as F  # noqa: E402
 from xrec.config import base_config  # noqa: E402
 from xrec.data import pipeline, scenarios  # noqa: E402
 
-PRE = {"min_rating": 0.0, "dedup": "none", "user_core": 0, "item_core": 0, "min_seq_len": 3, "max_seq_len": 0}
+PRE = {"min_rating": 0.0, "dedup": "keep", "user_core": 0, "item_core": 0, "min_seq_len": 3, "max_seq_len": 0}
 EAST, WEST = ["0", "1", "2", "3", "4"], ["5", "6", "7", "8", "9"]
 
 

@@ -7,6 +7,7 @@ exact GroupLens layouts (separators, headers, latin-1, quoted titles, zips).
 import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 
@@ -147,8 +148,13 @@ def test_prepared_movielens_loads_through_the_pipeline(tmp_path):
   b3 = pipeline.prepare_builder(c.data)
   assert b3.data_dir != b1.data_dir
   assert b3.info.metadata["statistics"]["domains"]["main"]["interactions"] < 72
-  c.data.movielens.manual_dir = str(tmp_path / "elsewhere")  # where the archive lives is not an option
+  shutil.copytree(tmp_path / "manual", tmp_path / "elsewhere")  # where the archive lives is not an option,
+  c.data.movielens.manual_dir = str(tmp_path / "elsewhere")  # its content is
   assert prepared.make_builder(c.data).builder_config.name == b3.builder_config.name
+  archive = next((tmp_path / "elsewhere").glob("*.zip"))
+  with open(archive, "ab") as f:
+    f.write(b"\0")  # same name, one byte more: another dataset
+  assert prepared.make_builder(c.data).builder_config.name != b3.builder_config.name
 
 
 def test_cross_region_through_the_pipeline_with_few_shot_target(tmp_path):

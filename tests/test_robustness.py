@@ -195,7 +195,7 @@ def test_an_unwritable_checkpoint_folder_fails_before_training(data_dir, tmp_pat
   wd = tmp_path / "w"
   wd.mkdir()
   (wd / "checkpoints").write_text("not a folder")  # (permission bits do not stop root, which CI may be)
-  with pytest.raises(PermissionError, match=rf"{wd}/checkpoints is not a writable directory"):
+  with pytest.raises(NotADirectoryError, match=rf"{wd}/checkpoints is a file, not a directory"):
     train_and_evaluate(tiny_config(data_dir), str(wd))
   assert not (wd / "metrics.jsonl").exists()  # nothing trained
   if os.geteuid() != 0:

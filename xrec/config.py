@@ -8,6 +8,7 @@ before any work with the valid names.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import ml_collections
@@ -110,7 +111,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.files = interaction_files()
   c.data.preprocess = ml_collections.ConfigDict(dict(
       min_rating=0.0,  # keep ratings >= min_rating (implicit positives); 0 = keep all
-      dedup="none",  # none | first | last | consecutive
+      # consecutive (drop a user's item repeated right after itself, e.g. a row written twice: it would
+      # hand the model its leave-one-out target as its last input) | first | last (one row per
+      # (user, item): the earliest / latest) | keep (every row); counted in the data statistics
+      dedup="consecutive",
       user_core=0, item_core=0,  # k-core, iterated to a fixed point; 0 = off
       min_seq_len=3,  # leave-one-out needs >= 3
       max_seq_len=0))  # keep the most recent max_seq_len interactions per user; 0 = all
@@ -192,7 +196,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
   c.eval.ks = (1, 5, 10, 20, 50)
-  c.eval.mask_history = True
+  c.eval.mask_history = True  # items the user had before the target are not ranked
+  # a target the user already had (a repeat), under mask_history: "rank" it like any target, or
+  # "exclude" it with the history (that user then scores a miss); xrec/evaluate/metrics.py
+  c.eval.target_in_history = "rank"
 
   # Transfer from a pretrained model (train.init_from) with a named strategy: xrec/transfer,
   # docs/transfer.md. The presets read only the fields below.
@@ -250,42 +257,51 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Numeric fields and their valid ranges, checked in one place before any work (check_ranges):
-# field -> (low, high, low inclusive, high inclusive); None = unbounded; integer fields say "int".
+# field -> (low, high, low inclusive, high inclusive, kind); None = unbounded; integer fields say "int".
+# Every count has an upper bound: a step counter, a batch or a table past these overflows (int32 step
+# counters, numpy seeds) or never finishes, after data were prepared and folders written.
+MAX_COUNT = 2**31 - 1  # steps, intervals, K: the step counter is int32
+MAX_SIZE = 2**24  # batch sizes, widths, lengths: far above any that fits a device
 RANGES = {
-    "seed": (0, None, True, True, "int"),
+    "seed": (0, 2**30, True, True, "int"),  # runs add offsets to it; numpy seeds stop at 2**32
     "data.user_fraction": (0.0, 1.0, False, True, "float"),
-    "model.max_len": (2, None, True, True, "int"),
-    "model.embed_dim": (1, None, True, True, "int"),
+    "data.fraction_seed": (0, 2**30, True, True, "int"),
+    "data.eval_population_seed": (0, 2**30, True, True, "int"),
+    "model.max_len": (2, MAX_SIZE, True, True, "int"),
+    "model.embed_dim": (1, MAX_SIZE, True, True, "int"),
     "model.dropout": (0.0, 1.0, True, False, "float"),
-    "model.vocab_multiple": (1, None, True, True, "int"),
-    "optim.lr": (0.0, None, False, True, "float"),
+    "model.vocab_multiple": (1, MAX_SIZE, True, True, "int"),
+    "optim.lr": (0.0, 1e3, False, True, "float"),
     "optim.warmup_fraction": (0.0, 1.0, True, False, "float"),
     "optim.end_lr_factor": (0.0, 1.0, True, True, "float"),
     "optim.b1": (0.0, 1.0, True, False, "float"),
     "optim.b2": (0.0, 1.0, True, False, "float"),
-    "optim.weight_decay": (0.0, None, True, True, "float"),
-    "optim.clip_norm": (0.0, None, True, True, "float"),  # 0 = no clipping
-    "train.batch_size": (1, None, True, True, "int"),
-    "train.num_epochs": (0.0, None, True, True, "float"),
-    "train.num_steps": (0, None, True, True, "int"),  # 0 = from num_epochs
-    "train.eval_every_steps": (1, None, True, True, "int"),
-    "train.checkpoint_every_steps": (1, None, True, True, "int"),
-    "train.keep_checkpoints": (1, None, True, True, "int"),
-    "train.log_every_steps": (1, None, True, True, "int"),
-    "train.early_stopping_patience": (0, None, True, True, "int"),  # 0 = off
-    "train.stop_after_steps": (0, None, True, True, "int"),
-    "eval.batch_size": (1, None, True, True, "int"),
-    "eval.ks": (1, None, True, True, "int"),  # every K
-    "objective.chunked_softmax.chunk_size": (1, None, True, True, "int"),
-    "objective.sampled_softmax.num_negatives": (1, None, True, True, "int"),
+    "optim.weight_decay": (0.0, 1e3, True, True, "float"),
+    "optim.clip_norm": (0.0, 1e9, True, True, "float"),  # 0 = no clipping
+    "train.batch_size": (1, MAX_SIZE, True, True, "int"),
+    "train.num_epochs": (0.0, 1e6, True, True, "float"),
+    "train.num_steps": (0, MAX_COUNT, True, True, "int"),  # 0 = from num_epochs
+    "train.eval_every_steps": (1, MAX_COUNT, True, True, "int"),
+    "train.checkpoint_every_steps": (1, MAX_COUNT, True, True, "int"),
+    "train.keep_checkpoints": (1, 10**6, True, True, "int"),
+    "train.log_every_steps": (1, MAX_COUNT, True, True, "int"),
+    "train.early_stopping_patience": (0, MAX_COUNT, True, True, "int"),  # 0 = off
+    "train.stop_after_steps": (0, MAX_COUNT, True, True, "int"),
+    "eval.batch_size": (1, MAX_SIZE, True, True, "int"),
+    "eval.ks": (1, MAX_COUNT, True, True, "int"),  # every K
+    "objective.chunked_softmax.chunk_size": (1, MAX_COUNT, True, True, "int"),
+    "objective.sampled_softmax.num_negatives": (1, MAX_SIZE, True, True, "int"),
     "objective.cloze.mask_prob": (0.0, 1.0, False, True, "float"),
     "objective.cloze.prefix_prob": (0.0, 1.0, True, True, "float"),
-    "objective.cl4srec.temperature": (0.0, None, False, True, "float"),
-    "objective.distill_logits.temperature": (0.0, None, False, True, "float"),
-    "objective.distill_ranking.top_k": (1, None, True, True, "int"),
-    "transfer.lr_mult": (0.0, None, True, True, "float"),
-    "transfer.new_lr_mult": (0.0, None, True, True, "float"),
+    "objective.cl4srec.temperature": (0.0, 1e6, False, True, "float"),
+    "objective.distill_logits.temperature": (0.0, 1e6, False, True, "float"),
+    "objective.distill_ranking.top_k": (1, MAX_SIZE, True, True, "int"),
+    "transfer.lr_mult": (0.0, 1e6, True, True, "float"),
+    "transfer.new_lr_mult": (0.0, 1e6, True, True, "float"),
 }
+# The tuning grids hold values of the fields they tune: each is checked with that field's range
+# (a grid value out of range would fail every cell, or be skipped where the field is not tuned).
+TUNED_FIELDS = {"tune.lr": "optim.lr", "tune.lr_mult": "transfer.lr_mult"}
 
 
 def _describe_range(low, high, low_in, high_in, kind) -> str:
@@ -296,27 +312,51 @@ def _describe_range(low, high, low_in, high_in, kind) -> str:
   return f"{'an integer' if kind == 'int' else 'a number'} in {left}{low}, {high}{right}"
 
 
+def _in_range(v, low, high, low_in, high_in, kind) -> bool:
+  if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+    return False
+  if kind == "int" and not float(v).is_integer():
+    return False
+  return ((v >= low if low_in else v > low) if low is not None else True) and (
+      (v <= high if high_in else v < high) if high is not None else True)
+
+
+def _get(config, field: str):
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  return node
+
+
 def check_ranges(config) -> None:
-  """Every field of RANGES (those the config has) holds a value of its type in its range;
-  otherwise a ValueError names the field, the value and the valid range."""
+  """Every field of RANGES (those the config has) and every value of the tuning grids (with the range
+  of the field it tunes) holds a finite value of its type in its range; every other number of the
+  config is finite and at most MAX_COUNT in size. Otherwise a ValueError names each field, the value
+  and the valid range."""
   problems = []
-  for field, (low, high, low_in, high_in, kind) in RANGES.items():
-    node = config
+  checks = [(field, field, bounds) for field, bounds in RANGES.items()]
+  checks += [(grid, field, RANGES[field]) for grid, field in TUNED_FIELDS.items()]
+  for name, tuned, (low, high, low_in, high_in, kind) in checks:
     try:
-      for part in field.split("."):
-        node = node[part]
+      node = _get(config, name)
     except (KeyError, AttributeError):
       continue
     values = node if isinstance(node, (tuple, list)) else (node,)
-    if field == "eval.ks" and not values:
+    if name == "eval.ks" and not values:
       problems.append("eval.ks=(): at least one K is needed")
     for v in values:
-      ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind == "float" or float(v).is_integer())
-      if ok:
-        ok = ((v >= low if low_in else v > low) if low is not None else True) and (
-            (v <= high if high_in else v < high) if high is not None else True)
-      if not ok:
-        problems.append(f"{field}={node!r}: must be {_describe_range(low, high, low_in, high_in, kind)}")
+      if not _in_range(v, low, high, low_in, high_in, kind):
+        what = f" (each value as {tuned})" if name != tuned else ""
+        problems.append(f"{name}={node!r}: must be {_describe_range(low, high, low_in, high_in, kind)}{what}")
+        break
+  checked = set(RANGES) | set(TUNED_FIELDS)
+  for field, value in dotted(config).items():
+    if field in checked or field.startswith("sharding."):
+      continue
+    for v in (value if isinstance(value, (tuple, list)) else (value,)):
+      if isinstance(v, (int, float)) and not isinstance(v, bool) and (
+          not math.isfinite(v) or abs(v) > MAX_COUNT):
+        problems.append(f"{field}={value!r}: must be a finite number of at most {MAX_COUNT} in size")
         break
   if problems:
     raise ValueError("invalid config values:\n  " + "\n  ".join(problems))

@@ -43,9 +43,15 @@ def write_json_atomic(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
-def check_writable(directory: str) -> None:
-  """`directory` exists (created if needed) and takes a new file, or an error naming it: checked
-  before any work, so a run never trains and then fails (or hangs in a checkpoint write) at the end."""
+WORKDIR_HINT = "xrec writes its checkpoints and results there: fix its permissions or choose another --workdir"
+
+
+def check_writable(directory: str, hint: str = WORKDIR_HINT) -> None:
+  """`directory` exists (created if needed) and takes a new file, or an error naming it and `hint`:
+  checked before any work, so a run never trains and then fails (or hangs in a checkpoint write) at
+  the end."""
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise NotADirectoryError(f"{directory} is a file, not a directory; {hint}")
   try:
     os.makedirs(directory, exist_ok=True)
     probe = os.path.join(directory, f".xrec-write-probe-{os.getpid()}")
@@ -53,8 +59,7 @@ def check_writable(directory: str) -> None:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise PermissionError(f"{directory} is not a writable directory ({e.strerror or e}); xrec writes its "
-                          "checkpoints and results there: fix its permissions or choose another --workdir") from None
+    raise PermissionError(f"{directory} is not a writable directory ({e.strerror or e}); {hint}") from None
 
 
 def write_study(workdir: str, study: dict) -> None:

@@ -39,6 +39,7 @@ class Release:
   sha256: str  # of the archive (same values as TFDS's url_checksums/movielens.txt)
   size: int  # bytes of the archive
   ratings_file: str  # the file whose presence marks an extracted folder
+  read_files: tuple[str, ...] = ()  # every file of the release the reader reads (the first is ratings_file)
 
   @property
   def archive(self) -> str:
@@ -49,18 +50,20 @@ class Release:
     return BASE_URL + self.archive
 
 
+CSV_FILES = ("ratings.csv", "movies.csv", "links.csv")
 RELEASES = {
-    "100k": Release("ml-100k", "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229", 4924029, "u.data"),
+    "100k": Release("ml-100k", "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229", 4924029, "u.data",
+                  ("u.data", "u.user", "u.item")),
     "1m": Release("ml-1m", "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20", 5917549,
-                  "ratings.dat"),
+                  "ratings.dat", ("ratings.dat", "users.dat", "movies.dat")),
     "20m": Release("ml-20m", "96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3", 198702078,
-                   "ratings.csv"),
+                   "ratings.csv", CSV_FILES),
     "25m": Release("ml-25m", "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa", 261978986,
-                   "ratings.csv"),
+                   "ratings.csv", CSV_FILES),
     # GroupLens regenerates 'latest' releases; this is the checksum of the copy TFDS pinned.
     "latest-small": Release("ml-latest-small",
                             "696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436", 978202,
-                            "ratings.csv"),
+                            "ratings.csv", CSV_FILES),
 }
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",

@@ -28,12 +28,15 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
+import logging
 import os
 
 import grain
 import numpy as np
 
 from xrec.data import builders
+
+log = logging.getLogger("xrec")
 
 SPLITS = ("train", "valid", "test")
 POPULATIONS = ("all", "unseen")
@@ -242,7 +245,26 @@ def load_domain(data_cfg) -> DomainSequences:
                         population_seed=data_cfg.eval_population_seed)
   if data_cfg.get("reverse", False):
     domain = reversed_domain(domain)
+  for name, pre in preprocessing(domain).items():  # every run says so, not only the one that prepared the data
+    if pre.get("duplicates_dropped"):
+      log.warning("%s (domain %s): %d duplicate interactions were dropped when the dataset was prepared "
+                  "(data.preprocess.dedup=%s)", _source_name(metadata), name, pre["duplicates_dropped"],
+                  metadata.get("options", {}).get("preprocess", {}).get("dedup"))
   return domain
+
+
+def _source_name(metadata: dict) -> str:
+  source = metadata.get("options", {}).get("source", {})
+  return source.get("path") or f"{source.get('name', 'the source')} {source.get('release', '')}".strip()
+
+
+def preprocessing(domain: DomainSequences) -> dict:
+  """{domain name: the preprocessing counts of its prepared dataset (xrec/data/preprocess.py: rows read,
+  duplicates dropped, targets repeating the last input, ...)} for each domain the run reads; empty for
+  the synthetic generator."""
+  stats = domain.metadata.get("statistics", {}).get("domains", {})
+  return {name: stats[name]["preprocess"] for name in domain.name.split("+")
+          if "preprocess" in stats.get(name, {})}
 
 
 class UnionSource:

@@ -17,8 +17,8 @@ Metadata (saved as metadata.json next to the records, loaded with the builder):
   item_features[domain]  raw item key -> features (MovieLens: title, year, genres; attribute files)
   options                every option the dataset was prepared with
 
-The builder config's name carries a hash of every option (and of the input
-files' size and modification time), so changed options or edited files never
+The builder config's name carries a hash of every option and of the input files'
+content (xrec/data/fingerprint.py), so changed options or edited files never
 reuse a dataset prepared from other ones.
 """
 
@@ -32,7 +32,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from xrec.data import builders, scenarios
+from xrec.data import builders, fingerprint, scenarios
 
 
 def record_features() -> tfds.features.FeaturesDict:
@@ -59,18 +59,9 @@ def _plain(value):
   return value
 
 
-def _file_fingerprint(path: str):
-  if not path or not os.path.isfile(path):
-    return None
-  st = os.stat(path)
-  return [st.st_size, st.st_mtime_ns]
-
-
 def _files_source(files_cfg) -> dict:
   files = _plain(files_cfg)
   files["name"] = "interactions"
-  files["fingerprint"] = [_file_fingerprint(files.get("path", "")),
-                          _file_fingerprint(files.get("item_attributes_path", ""))]
   return files
 
 
@@ -96,6 +87,8 @@ def options_from_config(data_cfg) -> tuple[dict, dict]:
       options["target"] = _files_source(data_cfg.scenario.target_files)
     else:
       raise ValueError(f"data.scenario.target_name={target_name!r} is not valid; valid: {list(scenarios.SOURCE_NAMES)}")
+  # the content of every input file (not its size or time): an edited file is another dataset
+  options["input_sha256"] = fingerprint.digests(data_cfg)
   data_dir = builders.data_dir_of(data_cfg)
   runtime = {"manual_dir": data_cfg.movielens.manual_dir or os.path.join(data_dir, "manual"),
              "download": bool(data_cfg.movielens.download),

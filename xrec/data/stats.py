@@ -37,8 +37,13 @@ def format_statistics(stats: dict, title: str = "") -> str:
     if pre:
       chain = " -> ".join(f"{label} {pre[key]:,}" for key, label in _STEPS if key in pre)
       lines.append(f"preprocessing {name}: {chain} interactions "
-                   f"(k-core iterations {pre.get('core_filter_iterations', 0)}, users dropped "
-                   f"{pre.get('users_dropped', 0):,})")
+                   f"(duplicates dropped {pre.get('duplicates_dropped', 0):,}, k-core iterations "
+                   f"{pre.get('core_filter_iterations', 0)}, users dropped {pre.get('users_dropped', 0):,})")
+      repeats = (pre.get("valid_targets_repeating_input", 0), pre.get("test_targets_repeating_input", 0))
+      if any(repeats):
+        lines.append(f"  warning: the valid / test target of {repeats[0]:,} / {repeats[1]:,} users repeats the "
+                     "item right before it (the model reads its answer as its last input; "
+                     "data.preprocess.dedup=consecutive drops such repeats)")
   for pair, o in stats.get("overlap", {}).items():
     lines.append(f"overlap {pair}: shared users {o['shared_users']:,}, shared items {o['shared_items']:,}")
   scenario = {k: v for k, v in stats.get("scenario", {}).items() if k not in ("overlap", "skipped_lines")}

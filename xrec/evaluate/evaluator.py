@@ -19,6 +19,8 @@ def protocol(eval_cfg, population: dict | None = None) -> dict:
       "split": "leave_one_out_by_time",
       "ranking": "full",  # all catalogue items, no sampled negatives
       "mask_history": bool(eval_cfg.mask_history),
+      # a target the user already had: ranked, or removed with the history (a miss); metrics.py
+      "target_in_history": eval_cfg.target_in_history if eval_cfg.mask_history else "rank",
       "ties": metrics.TIES,
       "ks": list(eval_cfg.ks),
   }
@@ -46,13 +48,14 @@ class Evaluator:
     self.length_buckets = bool(length_buckets and getattr(module, "trims_left_padding", False))
     self.eval_cfg, self.mesh, self.num_items, self.max_len = eval_cfg, mesh, num_items, max_len
     ks, mask_history = tuple(eval_cfg.ks), bool(eval_cfg.mask_history)
+    exclude_repeats = mask_history and eval_cfg.target_in_history == "exclude"
     scores_sharding = NamedSharding(mesh, P("data", "model"))
 
     def step(params, batch, candidates):
       scores = module.apply({"params": params}, batch["inputs"], method="score_last", **method_kwargs)
       scores = jax.lax.with_sharding_constraint(scores, scores_sharding)  # [batch, vocab]
       rank = metrics.target_rank(scores, batch["target"], num_items,
-                                 batch["history"] if mask_history else None, candidates)
+                                 batch["history"] if mask_history else None, candidates, exclude_repeats)
       return metrics.metric_sums(rank, batch["weight"], ks), rank
 
     self.batch_step = jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh),

@@ -11,8 +11,11 @@ Ties are counted against the target (rank = number of other valid items
 scoring >= the target), so a model that scores everything equally gets the
 worst rank, never a lucky one; NaN scores count as worst too (a diverged model
 scores 0). With `mask_history`, items the user
-interacted with before the target are removed from the ranking (the target
-itself is never removed).
+interacted with before the target are removed from the ranking. A target the
+user already interacted with (a repeat) is, by `target_in_history`:
+  "rank"     ranked like any target (never removed with the history): default
+  "exclude"  removed with the rest of the history, so that user scores a miss at every K
+Without `mask_history` nothing is removed and a repeated target is ranked.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 DEFAULT_KS = (1, 5, 10, 20, 50)
 METRIC_NAMES = ("hr", "recall", "ndcg", "mrr")
 TIES = "pessimistic"
+TARGET_IN_HISTORY = ("rank", "exclude")
 
 
 def mask_scores(scores, num_items: int, history=None, candidates=None):
@@ -42,13 +46,14 @@ def mask_scores(scores, num_items: int, history=None, candidates=None):
   return scores
 
 
-def target_rank(scores, targets, num_items: int, history=None, candidates=None):
+def target_rank(scores, targets, num_items: int, history=None, candidates=None, exclude_repeated_target=False):
   """0-based pessimistic rank [batch] of each target among valid items.
 
   scores [batch, vocab] (any float dtype), targets [batch] ids in [1, num_items],
   history [batch, hist] ids to exclude (0 = padding) or None, candidates [vocab] bool or None:
   the items that may be recommended (a target outside them, or beyond num_items, gets rank
-  vocab: a miss at every K).
+  vocab: a miss at every K). exclude_repeated_target: a target found in `history` is removed with
+  it (rank vocab, a miss); otherwise it is ranked.
   """
   rows = jnp.arange(scores.shape[0])
   # a non-finite score is worthless: a NaN target ranks last, a NaN item beats the target (so a
@@ -58,6 +63,8 @@ def target_rank(scores, targets, num_items: int, history=None, candidates=None):
   servable = (targets >= 1) & (targets <= num_items)
   if candidates is not None:
     servable = servable & candidates[targets]
+  if exclude_repeated_target and history is not None:
+    servable = servable & ~(history == targets[:, None]).any(-1)
   target_score = jnp.where(servable, target_score, -jnp.inf)
   ids = jnp.arange(scores.shape[-1])
   ranked = jnp.isfinite(mask_scores(jnp.zeros_like(scores), num_items, history, candidates))  # valid, not history
@@ -117,15 +124,17 @@ def finalize(sums: dict) -> dict:
 
 
 def reference_metrics(scores: np.ndarray, targets: np.ndarray, num_items: int, history=None,
-                      ks=DEFAULT_KS) -> dict:
+                      ks=DEFAULT_KS, exclude_repeated_target=False) -> dict:
   """Brute-force numpy version (per user, explicit sort) used to check the device path."""
   out = {f"{m}@{k}": 0.0 for k in ks for m in METRIC_NAMES}
   n = len(targets)
   for b in range(n):
     s = scores[b].astype(np.float64)
     t = int(targets[b])
-    excluded = set(int(h) for h in (history[b] if history is not None else []) if h != 0) - {t}
-    others = [s[i] for i in range(1, num_items + 1) if i != t and i not in excluded]
+    seen = set(int(h) for h in (history[b] if history is not None else []) if h != 0)
+    if exclude_repeated_target and t in seen:
+      continue  # removed with the history: a miss
+    others = [s[i] for i in range(1, num_items + 1) if i != t and i not in seen]
     rank = sum(1 for v in others if v >= s[t])
     for k in ks:
       if rank < k:

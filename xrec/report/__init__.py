@@ -111,7 +111,7 @@ def write_report(workdir: str, out_dir: str | None = None, alpha: float = tables
   """Writes the tables and plots; returns {"markdown": report.md text, "files": [paths]}."""
   study, runs = load_study(workdir)
   out_dir = out_dir or os.path.join(workdir, "report")
-  os.makedirs(out_dir, exist_ok=True)
+  runindex.check_writable(out_dir, "the report is written there: pass --out DIR to write it elsewhere")
   layout = study["layout"]
   done = [runs[c["key"]] for c in study["cells"] if runs.get(c["key"], {}).get("status") == "done"]
   files, sections = [], [f"# Study report: {study.get('config_file') or workdir}", ""]

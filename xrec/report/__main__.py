@@ -15,7 +15,11 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if not 0.0 < args.alpha < 1.0:
     parser.error(f"--alpha={args.alpha} must be in (0, 1)")
-  out = write_report(args.workdir, args.out, args.alpha)
+  try:
+    out = write_report(args.workdir, args.out, args.alpha)
+  except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as e:
+    print(f"xrec: error: {e}", file=sys.stderr)  # a user error: one line, like launch.py
+    return 2
   print(out["markdown"])
   print("wrote:\n  " + "\n  ".join(out["files"]), file=sys.stderr)
   return 0

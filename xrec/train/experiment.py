@@ -25,6 +25,7 @@ import jax
 
 from xrec.config import base_config, dotted, with_overrides
 from xrec import runindex
+from xrec.data import fingerprint
 from xrec.train.loop import train_and_evaluate
 
 log = logging.getLogger("xrec")
@@ -101,12 +102,17 @@ def _drop_field(tree: dict, dotted: str) -> None:
 def stage_hash(config, depends_on: dict[str, str] | None = None) -> str:
   """Hash of what a stage's results depend on: its own config (UNHASHED_FIELDS left out) with
   train.init_from replaced by the hash of the stage it loads, so a moved study keeps its hashes and
-  a changed pretraining changes every transfer built on it."""
+  a changed pretraining changes every transfer built on it, and the sha256 of every data file the
+  stage reads (xrec/data/fingerprint.py), so an edited file never reuses a stage computed from the
+  old one."""
   tree = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored in results.json
   for field in UNHASHED_FIELDS:
     _drop_field(tree, field)
   if depends_on:
     tree["train"]["init_from"] = {name: depends_on[name] for name in sorted(depends_on)}
+  inputs = fingerprint.digests(config.data)
+  if inputs:  # a real source: the content of the files it reads (an edited file is another stage)
+    tree["data_input_sha256"] = inputs
   text = json.dumps(tree, sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -32,9 +32,11 @@ from xrec import models
 from xrec import runindex
 from xrec import sharding
 from xrec import zoo
-from xrec.config import check_ranges, with_overrides
-from xrec.data import augment, cross_user, pipeline
+from xrec.config import MAX_COUNT, check_ranges, with_overrides
+from xrec.data import augment, cross_user, fingerprint, pipeline
+from xrec.data.preprocess import DEDUP
 from xrec.evaluate import evaluator as evaluation
+from xrec.evaluate.metrics import TARGET_IN_HISTORY
 from xrec.models import common
 from xrec.train import checkpoint as ckpt
 from xrec.train import item_text
@@ -64,6 +66,11 @@ def validate(config) -> None:
   if metric not in valid_metrics:
     raise ValueError(f"train.best_metric {metric!r} is not computed; valid: {valid_metrics}")
   sharding.logical_rules(config.sharding.rules)
+  if config.eval.target_in_history not in TARGET_IN_HISTORY:
+    raise ValueError(f"eval.target_in_history={config.eval.target_in_history!r} is not valid; valid: "
+                     f"{list(TARGET_IN_HISTORY)}")
+  if config.data.preprocess.dedup not in DEDUP:
+    raise ValueError(f"data.preprocess.dedup={config.data.preprocess.dedup!r} is not valid; valid: {list(DEDUP)}")
   if config.transfer.strategy not in strategies.STRATEGIES:
     raise ValueError(f"Unknown transfer strategy {config.transfer.strategy!r}; valid: {sorted(strategies.STRATEGIES)}")
   for pair in config.objective.terms:
@@ -83,6 +90,10 @@ def total_steps(config, batches: pipeline.TrainBatches) -> int:
                        "train.eval_every_steps")
     return steps
   steps = max(1, math.ceil(config.train.num_epochs * batches.steps_per_epoch))
+  if steps > MAX_COUNT:
+    raise ValueError(f"train.num_epochs={config.train.num_epochs:g} over {len(batches.users)} training users "
+                     f"(batch {config.train.batch_size}) is {steps:,} steps, above the {MAX_COUNT:,} a run can "
+                     "count; lower train.num_epochs")
   if steps < every:
     raise ValueError(f"train.num_epochs={config.train.num_epochs:g} over {len(batches.users)} training users "
                      f"(batch {config.train.batch_size}) is {steps} steps, below one evaluation interval "
@@ -426,7 +437,11 @@ def _run_info(config, mesh, domain, module_params) -> dict:
       "dataset": {"name": config.data.name, "domain": domain.name, "users": domain.num_users,
                   "items": domain.num_items, "user_fraction": config.data.user_fraction,
                   "training_users": int(len(domain.train_users)),
-                  "evaluation_users": int(len(domain.eval_users))},
+                  "evaluation_users": int(len(domain.eval_users)),
+                  # what preprocessing did (duplicates dropped, targets repeating the last input)
+                  # and the content of the files read (xrec/data/fingerprint.py)
+                  "preprocess": pipeline.preprocessing(domain), "dedup": config.data.preprocess.dedup,
+                  "input_files": fingerprint.fingerprint(config.data)},
   }
 
 

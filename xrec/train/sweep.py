@@ -52,6 +52,7 @@ from typing import Any
 from xrec import models
 from xrec.models import common
 from xrec import runindex
+from xrec.data import fingerprint
 from xrec.config import with_overrides
 from xrec.train import experiment
 from xrec.train import loop
@@ -222,9 +223,7 @@ def tuning_grid(config) -> tuple[list[dict[str, Any]], dict]:
     else:
       note["transfer.lr_mult"] = ("not tuned: every trained param follows it (so tuning optim.lr "
                                   "tunes it) or none does")
-  for field, values in axes:
-    if not values or any(not v > 0 for v in values):
-      raise ValueError(f"tune grid for {field} must hold positive values, got {values}")
+  # the grids' values were checked with their fields' ranges (config.TUNED_FIELDS) before any work
   candidates = [{}]
   for field, values in axes:
     candidates = [{**c, field: v} for c in candidates for v in values]
@@ -389,13 +388,18 @@ def _comparable(config) -> dict:
   return json.loads(json.dumps(config.to_dict()))
 
 
+class ConfigConflict(ValueError):
+  """The workdir's study was started with another config or on other data."""
+
+
 def check_same_config(workdir: str, config) -> None:
-  """A workdir holds one config: a rerun with other values (beyond SAFE_TO_CHANGE) is refused
-  with the differences, before any work."""
+  """A workdir holds one config and one version of its data: a rerun with other values (beyond
+  SAFE_TO_CHANGE) or with edited input files is refused with the differences, before any work."""
   path = os.path.join(workdir, runindex.STUDY_FILE)
-  if not os.path.exists(path):
+  if not os.path.isfile(path):
     return
-  stored = runindex.read_study(workdir).get("config")
+  study = runindex.read_study(workdir)
+  stored = study.get("config")
   if stored is None:  # a study from before configs were stored: this run records it
     return
   before, now = _dotted(stored), _dotted(_comparable(config))
@@ -405,24 +409,60 @@ def check_same_config(workdir: str, config) -> None:
   changed = sorted(f for f in set(before) | set(now) if not safe(f) and before.get(f, "<absent>") != now.get(f, "<absent>"))
   if changed:
     lines = [f"  {f}: {before.get(f, '<absent>')!r} -> {now.get(f, '<absent>')!r}" for f in changed]
-    raise ValueError(
+    raise ConfigConflict(
         f"workdir {workdir!r} was started with another config ({len(changed)} field(s) differ):\n"
         + "\n".join(lines) + "\nuse a new --workdir for a different config (fields a rerun may change: "
         f"{', '.join(SAFE_TO_CHANGE)})")
+  if "data_files" in study:  # studies from before data were fingerprinted: this run records them
+    data_changes = fingerprint.changes(study["data_files"], fingerprint.fingerprint(config.data))
+    if data_changes:
+      raise ConfigConflict(
+          f"workdir {workdir!r} holds results computed on other data ({len(data_changes)} input file(s) "
+          "changed since):\n  " + "\n  ".join(data_changes) + "\nits finished cells would mix with cells on "
+          "the new data: use a new --workdir for the new data (or restore the files)")
+
+
+def check_launch(config, module, workdir: str, only: str | None) -> list[Cell]:
+  """Everything a launch can check before any data is read or any file is written (each a user
+  error): every cell's names, values and protocol, --only, the workdir's config and data, and that
+  the workdir is a writable folder. Returns the cells to run."""
+  check_study(config, module)
+  chosen = select(cells_of(module), only)
+  check_same_config(workdir, config)
+  runindex.check_writable(workdir)
+  return chosen
 
 
 def run_study(config, module, workdir: str, only: str | None = None, config_file: str = "",
               config_arg: str | None = None) -> dict:
   """Runs the sweep's cells (all, or `only` one) in order; returns {"ran", "cached", "failed", "stopped"}
-  counts and writes WORKDIR/study.json and WORKDIR/runs.jsonl."""
+  counts and writes WORKDIR/study.json and WORKDIR/runs.jsonl. The config check and the write of
+  study.json happen together under the study lock, so two launches started at once with different
+  configs cannot both record their cells in one study: the second is refused (ConfigConflict)."""
   cells = cells_of(module)
   layout = layout_of(module)
-  check_study(config, module)
-  chosen = select(cells, only)
-  check_same_config(workdir, config)
-  runindex.check_writable(workdir)
+  chosen = check_launch(config, module, workdir, only)
   with launch_lock(workdir, only):
-    return _run_cells(config, cells, chosen, layout, workdir, config_file, config_arg)
+    if is_main_process():
+      with study_lock(workdir):
+        check_same_config(workdir, config)
+        runindex.write_study(workdir, {
+            "config_file": config_file, "config_arg": config_arg, "layout": layout,
+            "config": _comparable(config), "data_files": fingerprint.fingerprint(config.data),
+            "cells": [dataclasses.asdict(c) for c in cells]})
+    return _run_cells(config, cells, chosen, layout, workdir)
+
+
+@contextlib.contextmanager
+def study_lock(workdir: str):
+  """An flock on WORKDIR/.study.lock, held only while a launch checks and records study.json (every
+  launch of the workdir, --only or not, takes the same one)."""
+  with open(os.path.join(workdir, ".study.lock"), "a") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class WorkdirInUse(RuntimeError):
@@ -464,12 +504,8 @@ def launch_lock(workdir: str, only: str | None = None):
     handle.close()  # releases the lock
 
 
-def _run_cells(config, cells, chosen, layout, workdir, config_file, config_arg) -> dict:
+def _run_cells(config, cells, chosen, layout, workdir) -> dict:
   is_main = is_main_process()
-  if is_main:
-    runindex.write_study(workdir, {
-        "config_file": config_file, "config_arg": config_arg, "layout": layout,
-        "config": _comparable(config), "cells": [dataclasses.asdict(c) for c in cells]})
   previous = latest_runs(workdir)
   counts = {"ran": 0, "cached": 0, "failed": 0, "stopped": 0}
   for cell in chosen:

@@ -1,0 +1,271 @@
+"""Nothing silently wrong, round two (issue 26): duplicated interactions, edited data files, racing
+configs, repeated list flags, and the user errors that were tracebacks (docs/failures.md)."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+import launch
+from xrec.config import base_config, dotted
+from xrec.data import fingerprint, pipeline, prepared
+from xrec.evaluate import metrics as M
+from xrec.train import experiment, sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _sasrec_file(path, users=40, twice=False, seed=0):
+  """A SASRec-layout file (`user item` per line, users contiguous); `twice`: every line written twice."""
+  rng = np.random.default_rng(seed)
+  lines = []
+  for u in range(1, users + 1):
+    for item in rng.choice(np.arange(1, 60), size=int(rng.integers(5, 10)), replace=False):
+      lines += [f"{u} {item}\n"] * (2 if twice else 1)
+  with open(path, "w") as f:
+    f.writelines(lines)
+  return path
+
+
+def _files_config(path, data_dir):
+  c = base_config()
+  c.data.update(dict(name="interactions", domain="main", data_dir=str(data_dir)))
+  c.data.files.update(dict(format="sasrec", path=str(path)))
+  return c
+
+
+def test_a_file_with_every_line_twice_never_hands_the_model_its_target(tmp_path, caplog):
+  path = _sasrec_file(tmp_path / "twice.txt", twice=True)
+  c = _files_config(path, tmp_path / "prepared")
+  with caplog.at_level(logging.WARNING, logger="xrec"):
+    domain = pipeline.load_domain(c.data)
+  lines = sum(1 for _ in open(path))
+  pre = pipeline.preprocessing(domain)["main"]
+  assert pre["duplicates_dropped"] == lines // 2 and pre["test_targets_repeating_input"] == 0
+  assert f"{path}: dropped {lines // 2} duplicate interactions" in caplog.text  # names the file and count
+  for u in range(domain.num_users):  # neither target is the item the model reads last
+    seq = domain.sequence(u)
+    assert seq[-1] != seq[-2] and seq[-2] != seq[-3]
+  # the explicit choice keeps every row, and says what it costs
+  c.data.preprocess.dedup = "keep"
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="xrec"):
+    kept = pipeline.load_domain(c.data)
+  pre = pipeline.preprocessing(kept)["main"]
+  assert pre["duplicates_dropped"] == 0 and pre["test_targets_repeating_input"] == kept.num_users
+  assert f"the test target of {kept.num_users} users" in caplog.text
+
+
+def test_a_repeat_made_by_the_core_filter_is_dropped_too():
+  from test_data_preprocess import table
+  from xrec.data.preprocess import PreprocessSpec, preprocess
+  rows = [("u", k, 1, ts) for ts, k in enumerate(["a", "b", "c", "rare", "c"])]  # c, rare, c
+  rows += [(f"v{n}", k, 1, ts) for n in range(3) for ts, k in enumerate(["a", "b", "c"])]
+  d = preprocess(table(rows), PreprocessSpec(item_core=2))  # 'rare' goes: c, c would be a repeat
+  u = d.user_keys.index("u")
+  assert [d.item_keys[i - 1] for i in d.sequences[u]] == ["a", "b", "c"]
+  assert d.report["repeats_after_core_filter"] == 1 and d.report["test_targets_repeating_input"] == 0
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_a_target_already_in_the_history_is_ranked_or_excluded_as_configured(exclude):
+  scores = np.array([[0, 5, 4, 3, 2, 1], [0, 5, 4, 3, 2, 1]], np.float32)
+  targets = np.array([2, 2])
+  history = np.array([[1, 2], [1, 3]])  # user 0 had item 2 before (a repeat); user 1 did not
+  rank = M.target_rank(jnp.asarray(scores), jnp.asarray(targets), 5, jnp.asarray(history),
+                       exclude_repeated_target=exclude)
+  # both: item 1 is history, so item 2 ranks first; a repeat that is excluded is a miss
+  assert rank.tolist() == ([6, 0] if exclude else [0, 0])
+  want = M.reference_metrics(scores, targets, 5, history, (1,), exclude_repeated_target=exclude)
+  assert want["hr@1"] == (0.5 if exclude else 1.0)
+  c = base_config()
+  c.eval.target_in_history = "exclude" if exclude else "rank"
+  from xrec.evaluate.evaluator import protocol
+  assert protocol(c.eval)["target_in_history"] == c.eval.target_in_history
+  c.eval.target_in_history = "drop"
+  from xrec.train.loop import validate
+  with pytest.raises(ValueError, match=r"eval.target_in_history='drop' is not valid; valid: \['rank', 'exclude'\]"):
+    validate(c)
+
+
+def test_an_edited_data_file_is_another_stage_and_another_prepared_dataset(tmp_path):
+  path = _sasrec_file(tmp_path / "data.txt")
+  c = _files_config(path, tmp_path / "prepared")
+  stage, name = experiment.stage_hash(c), prepared.make_builder(c.data).builder_config.name
+  before = fingerprint.fingerprint(c.data)
+  os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))  # touched: same bytes
+  assert experiment.stage_hash(c) == stage and prepared.make_builder(c.data).builder_config.name == name
+  stat = os.stat(path)
+  text = open(path).read()
+  with open(path, "w") as f:  # the same size and modification time, one item changed
+    f.write(text.replace("\n1 ", "\n9 ", 1) if "\n1 " in text else text[:-2] + "9\n")
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert os.path.getsize(path) == stat.st_size
+  assert experiment.stage_hash(c) != stage and prepared.make_builder(c.data).builder_config.name != name
+  (change,) = fingerprint.changes(before, fingerprint.fingerprint(c.data))
+  assert change.startswith(f"data.files.path: {path} changed")
+  assert fingerprint.fingerprint(base_config().data) == {}  # the synthetic generator reads no file
+
+
+def _launch(workdir, *args, config="sasrec_interactions.py"):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config", os.path.join(ROOT, "configs", config),
+                         "--workdir", str(workdir), *args], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                        env={**os.environ, "XLA_FLAGS": ""})
+
+
+TINY = ["--config.model.max_len=12", "--config.model.embed_dim=8", "--config.model.sasrec.mlp_dim=8",
+        "--config.model.sasrec.num_layers=1", "--config.model.vocab_multiple=8", "--config.train.num_steps=4",
+        "--config.train.eval_every_steps=2", "--config.train.batch_size=16", "--config.eval.batch_size=64",
+        "--config.train.progress_bar=False", "--config.eval.ks=(10,)", "--config.train.best_metric=ndcg@10"]
+
+
+def test_a_study_on_an_appended_file_is_refused_naming_the_file_and_results_say_what_was_dropped(tmp_path):
+  path = _sasrec_file(tmp_path / "data.txt", twice=True)
+  args = [*TINY, f"--config.data.files.path={path}", f"--config.data.data_dir={tmp_path / 'prepared'}"]
+  first = _launch(tmp_path / "w", *args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  results = json.loads((tmp_path / "w" / "results.json").read_text())
+  lines = sum(1 for _ in open(path))
+  assert results["dataset"]["preprocess"]["main"]["duplicates_dropped"] == lines // 2
+  assert results["dataset"]["dedup"] == "consecutive"
+  assert results["dataset"]["input_files"]["data.files.path"]["sha256"] == fingerprint.sha256_of(str(path))
+  assert f"duplicate interactions were dropped" in first.stderr
+  with open(path, "a") as f:  # 200 more lines
+    f.writelines(f"{u} {i}\n" for u in range(41, 61) for i in range(1, 11))
+  again = _launch(tmp_path / "w", *args)
+  assert again.returncode == 2 and "Traceback" not in again.stderr
+  last = again.stderr.strip().splitlines()
+  assert any("holds results computed on other data (1 input file(s) changed" in line for line in last)
+  assert any(f"data.files.path: {path} changed" in line for line in last)
+  assert "'cached'" not in again.stdout  # nothing was reused, nothing ran
+
+
+def test_two_launches_with_different_configs_at_once_record_one_config(data_dir, tmp_path):
+  """Cells 0 and 1 of one study started at the same moment with different dropout: one runs, the
+  other is refused with the field diff, and study.json records the config of the one that ran."""
+  wd = tmp_path / "w"
+  args = ["--config.experiment.strategies=('scratch','full_finetune')", "--config.experiment.mode=pretrain_transfer",
+          f"--config.data.data_dir={data_dir}", "--config.data.synthetic.num_source_users=80",
+          "--config.data.synthetic.num_target_users=60", "--config.data.synthetic.num_source_items=100",
+          "--config.data.synthetic.num_target_items=100", "--config.data.synthetic.max_seq_len=20",
+          "--config.experiment.pretrain.train.num_steps=4", "--config.experiment.pretrain.train.eval_every_steps=2",
+          "--config.experiment.pretrain.train.checkpoint_every_steps=2",
+          *[a for a in TINY if "eval.ks" not in a and "best_metric" not in a]]
+  cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--config", os.path.join(ROOT, "configs", "sasrec_synthetic.py"),
+         "--workdir", str(wd), *args]
+  procs = [subprocess.Popen(cmd + ["--only", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}),
+           subprocess.Popen(cmd + ["--only", "1", "--config.model.dropout=0.5"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""})]
+  outs = [p.communicate(timeout=600) for p in procs]
+  codes = [p.returncode for p in procs]
+  assert sorted(codes) == [0, 2], [o[1][-2000:] for o in outs]
+  loser = codes.index(2)
+  assert "was started with another config (1 field(s) differ)" in outs[loser][1]
+  assert "model.dropout:" in outs[loser][1] and "Traceback" not in outs[loser][1]
+  study = json.loads((wd / "study.json").read_text())
+  assert study["config"]["model"]["dropout"] == (0.2 if loser == 1 else 0.5)
+  runs = [json.loads(line) for line in (wd / "runs.jsonl").read_text().splitlines()]
+  assert [r["index"] for r in runs] == [1 - loser]
+
+
+def test_the_config_check_and_the_study_record_are_one_step_under_the_study_lock(data_dir, tmp_path, monkeypatch):
+  """The race itself, made deterministic: a launch whose early check passed before another launch
+  recorded its config is still refused by the check under the lock, before any cell runs."""
+  module = sweep.load_config_module(os.path.join(ROOT, "configs", "sasrec_synthetic.py"))
+  config = module.get_config()
+  config.data.data_dir = data_dir
+  study = sweep.study_of(module, config)
+  wd = str(tmp_path / "w")
+  os.makedirs(wd)
+  other = sweep.apply_overrides(config, {"model.dropout": 0.5})
+  with sweep.study_lock(wd):  # the other launch records its config first
+    with open(os.path.join(wd, "study.json"), "w") as f:
+      json.dump({"config": sweep._comparable(other), "layout": sweep.DEFAULT_LAYOUT, "cells": []}, f)
+  monkeypatch.setattr(sweep, "check_launch", lambda *a: sweep.cells_of(study))  # the early check saw no study
+  ran = []
+  monkeypatch.setattr(sweep, "_run_cells", lambda *a: ran.append(a))
+  with pytest.raises(sweep.ConfigConflict, match=r"model.dropout: 0.5 -> 0.2"):
+    sweep.run_study(config, study, wd)
+  assert not ran and json.load(open(os.path.join(wd, "study.json")))["config"]["model"]["dropout"] == 0.5
+
+
+def _tuple_fields(config) -> dict:
+  return {f: v for f, v in dotted(config).items() if isinstance(v, tuple)}
+
+
+def _parse(argv):
+  """launch.py's parsing of --config overrides, on fresh flag values."""
+  values = flags.FlagValues()  # (ml_collections reads which fields are overridden from sys_argv)
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+  values(launch.last_flag_wins(argv))
+  return values.config
+
+
+def test_a_list_field_given_twice_takes_the_last_value_for_every_tuple_field():
+  config_file = os.path.join(ROOT, "configs", "transfer_synthetic.py")
+  fields = _tuple_fields(sweep.load_config_module(config_file).get_config())
+  assert {"eval.ks", "tune.lr", "tune.lr_mult", "objective.terms", "experiment.strategies"} <= set(fields)
+  argv = ["launch.py", "--config", config_file]
+  for field in fields:
+    argv += [f"--config.{field}=('first',)", f"--config.{field}", "('second','third')"]
+  argv += ["--config.train.num_steps=3", "--config.train.num_steps=5", "--config.model.remat",
+           "--noconfig.model.remat"]
+  config = _parse(argv)
+  for field in fields:
+    assert _tuple_fields(config)[field] == ("second", "third"), field
+  assert config.train.num_steps == 5 and config.model.remat is False
+  assert launch.last_flag_wins(["p", "--config.optim.lr", "-1", "--config.optim.lr=2"]) == ["p", "--config.optim.lr=2"]
+
+
+@pytest.mark.parametrize("make,args,message", [
+    ("file", [], "is a file, not a directory"),
+    ("sys", [], "is not a writable directory"),
+    (None, ["--only", "5"], "--only=5: no cell with that index; valid: 0..0"),
+    (None, ["--config.train.num_steps=1000000000000"], "train.num_steps=1000000000000: must be an integer in [0, 2147483647]"),
+    (None, ["--config.train.num_epochs=inf"], "train.num_epochs=inf: must be a number in [0.0, 1000000.0]"),
+    (None, ["--config.tune.lr=(-1.0,)"], "tune.lr=(-1.0,): must be a number in (0.0, 1000.0] (each value as optim.lr)"),
+    (None, ["--config.experiment.mode=pretrain_transfer", "--config.experiment.strategies=('full_finetune',)",
+            "--config.train.num_steps=10", "--config.tune.lr_mult=(-1.0,)"],
+     "tune.lr_mult=(-1.0,): must be a number in [0.0, 1000000.0] (each value as transfer.lr_mult)"),
+])
+def test_every_user_error_is_one_line_and_exit_2_before_any_work(tmp_path, make, args, message):
+  wd = tmp_path / "w"
+  if make == "file":
+    wd.write_text("a file")
+  elif make == "sys":
+    wd = "/sys/xrec-test-workdir"  # a read-only mount (permission bits do not stop root)
+    try:
+      os.makedirs(wd)
+      os.rmdir(wd)
+      pytest.skip("/sys is writable here")
+    except OSError:
+      pass
+  proc = _launch(wd, *args, config="sasrec_synthetic.py")
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("xrec: error: ") and message in last and "Traceback" not in proc.stderr
+  if make == "file":
+    assert wd.read_text() == "a file"
+  elif make is None:
+    assert not wd.exists()  # nothing prepared, no folder written
+
+
+def test_the_report_on_a_read_only_workdir_says_that_out_writes_elsewhere(tmp_path, capsys):
+  from xrec.report.__main__ import main
+  wd = tmp_path / "w"
+  wd.mkdir()
+  (wd / "study.json").write_text(json.dumps({"layout": sweep.DEFAULT_LAYOUT, "cells": []}))
+  (wd / "report").write_text("stands in for a read-only folder (root writes through permission bits)")
+  assert main([str(wd)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert err.startswith("xrec: error: ") and "pass --out DIR to write it elsewhere" in err
+  assert main([str(wd), "--out", str(tmp_path / "elsewhere")]) == 0
+  assert (tmp_path / "elsewhere" / "report.md").exists()
