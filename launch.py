@@ -119,36 +119,11 @@ def _fail(e: BaseException) -> int:
   return 2
 
 
-def _flag_name(arg: str) -> str | None:
-  """`--config.a.b=1` / `-config.a.b` / `--noconfig.a.b` -> "config.a.b"; any other argument -> None."""
-  if not arg.startswith("-") or arg in ("-", "--"):
-    return None
-  name = arg.lstrip("-").split("=", 1)[0]
-  if name.startswith("noconfig."):
-    name = name[2:]
-  return name if name.startswith("config.") else None
-
-
-def last_flag_wins(argv: list[str]) -> list[str]:
-  """argv with every --config.FIELD override but the last of each field removed. ml_collections
-  appends the values of a tuple field given twice (`--config.eval.ks='(1,5)' --config.eval.ks='(10,)'`
-  gives (1, 5, 10)); a scalar field keeps its last value. Here the last value wins for every field.
-  An override without "=" takes the next argument as its value unless that is another flag (a bare
-  boolean)."""
-  groups, i = [], 0  # (field or None, [its arguments])
-  while i < len(argv):
-    name = _flag_name(argv[i]) if i else None  # argv[0] is the program
-    takes_next = name is not None and "=" not in argv[i] and i + 1 < len(argv) and not argv[i + 1].startswith("--")
-    groups.append((name, argv[i:i + 1 + takes_next]))
-    i += 1 + takes_next
-  last = {name: k for k, (name, _) in enumerate(groups) if name}
-  return [a for k, (name, args) in enumerate(groups) if name is None or last[name] == k for a in args]
-
-
 def parse_flags(argv):
   """absl's flag parsing (the config file and its --config.* overrides, the last value of a field
   given twice winning), user errors as one line."""
   try:
+    from xrec.config import last_flag_wins
     return flags.FLAGS(last_flag_wins(argv))
   except USER_ERRORS as e:
     sys.exit(_fail(e))

@@ -13,8 +13,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-import launch
-from xrec.config import base_config, dotted
+from xrec.config import base_config, dotted, last_flag_wins
 from xrec.data import fingerprint, pipeline, prepared
 from xrec.evaluate import metrics as M
 from xrec.train import experiment, sweep
@@ -205,7 +204,7 @@ def _parse(argv):
   """launch.py's parsing of --config overrides, on fresh flag values."""
   values = flags.FlagValues()  # (ml_collections reads which fields are overridden from sys_argv)
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
-  values(launch.last_flag_wins(argv))
+  values(last_flag_wins(argv))
   return values.config
 
 
@@ -222,7 +221,7 @@ def test_a_list_field_given_twice_takes_the_last_value_for_every_tuple_field():
   for field in fields:
     assert _tuple_fields(config)[field] == ("second", "third"), field
   assert config.train.num_steps == 5 and config.model.remat is False
-  assert launch.last_flag_wins(["p", "--config.optim.lr", "-1", "--config.optim.lr=2"]) == ["p", "--config.optim.lr=2"]
+  assert last_flag_wins(["p", "--config.optim.lr", "-1", "--config.optim.lr=2"]) == ["p", "--config.optim.lr=2"]
 
 
 @pytest.mark.parametrize("make,args,message", [
@@ -231,10 +230,10 @@ def test_a_list_field_given_twice_takes_the_last_value_for_every_tuple_field():
     (None, ["--only", "5"], "--only=5: no cell with that index; valid: 0..0"),
     (None, ["--config.train.num_steps=1000000000000"], "train.num_steps=1000000000000: must be an integer in [0, 2147483647]"),
     (None, ["--config.train.num_epochs=inf"], "train.num_epochs=inf: must be a number in [0.0, 1000000.0]"),
-    (None, ["--config.tune.lr=(-1.0,)"], "tune.lr=(-1.0,): must be a number in (0.0, 1000.0] (each value as optim.lr)"),
+    (None, ["--config.tune.lr=(-1.0,)"], "tune.lr=(-1.0,): must be a number > 0.0 (finite) (each value as optim.lr)"),
     (None, ["--config.experiment.mode=pretrain_transfer", "--config.experiment.strategies=('full_finetune',)",
             "--config.train.num_steps=10", "--config.tune.lr_mult=(-1.0,)"],
-     "tune.lr_mult=(-1.0,): must be a number in [0.0, 1000000.0] (each value as transfer.lr_mult)"),
+     "tune.lr_mult=(-1.0,): must be a number >= 0.0 (finite) (each value as transfer.lr_mult)"),
 ])
 def test_every_user_error_is_one_line_and_exit_2_before_any_work(tmp_path, make, args, message):
   wd = tmp_path / "w"

@@ -259,7 +259,9 @@ def base_config() -> ml_collections.ConfigDict:
 # Numeric fields and their valid ranges, checked in one place before any work (check_ranges):
 # field -> (low, high, low inclusive, high inclusive, kind); None = unbounded; integer fields say "int".
 # Every count has an upper bound: a step counter, a batch or a table past these overflows (int32 step
-# counters, numpy seeds) or never finishes, after data were prepared and folders written.
+# counters, numpy seeds) or never finishes, after data were prepared and folders written. Every
+# number must be finite (rates and multipliers have no other upper bound: a huge lr diverges, and
+# divergence is caught at its first step).
 MAX_COUNT = 2**31 - 1  # steps, intervals, K: the step counter is int32
 MAX_SIZE = 2**24  # batch sizes, widths, lengths: far above any that fits a device
 RANGES = {
@@ -271,13 +273,13 @@ RANGES = {
     "model.embed_dim": (1, MAX_SIZE, True, True, "int"),
     "model.dropout": (0.0, 1.0, True, False, "float"),
     "model.vocab_multiple": (1, MAX_SIZE, True, True, "int"),
-    "optim.lr": (0.0, 1e3, False, True, "float"),
+    "optim.lr": (0.0, None, False, True, "float"),
     "optim.warmup_fraction": (0.0, 1.0, True, False, "float"),
     "optim.end_lr_factor": (0.0, 1.0, True, True, "float"),
     "optim.b1": (0.0, 1.0, True, False, "float"),
     "optim.b2": (0.0, 1.0, True, False, "float"),
-    "optim.weight_decay": (0.0, 1e3, True, True, "float"),
-    "optim.clip_norm": (0.0, 1e9, True, True, "float"),  # 0 = no clipping
+    "optim.weight_decay": (0.0, None, True, True, "float"),
+    "optim.clip_norm": (0.0, None, True, True, "float"),  # 0 = no clipping
     "train.batch_size": (1, MAX_SIZE, True, True, "int"),
     "train.num_epochs": (0.0, 1e6, True, True, "float"),
     "train.num_steps": (0, MAX_COUNT, True, True, "int"),  # 0 = from num_epochs
@@ -293,11 +295,11 @@ RANGES = {
     "objective.sampled_softmax.num_negatives": (1, MAX_SIZE, True, True, "int"),
     "objective.cloze.mask_prob": (0.0, 1.0, False, True, "float"),
     "objective.cloze.prefix_prob": (0.0, 1.0, True, True, "float"),
-    "objective.cl4srec.temperature": (0.0, 1e6, False, True, "float"),
-    "objective.distill_logits.temperature": (0.0, 1e6, False, True, "float"),
+    "objective.cl4srec.temperature": (0.0, None, False, True, "float"),
+    "objective.distill_logits.temperature": (0.0, None, False, True, "float"),
     "objective.distill_ranking.top_k": (1, MAX_SIZE, True, True, "int"),
-    "transfer.lr_mult": (0.0, 1e6, True, True, "float"),
-    "transfer.new_lr_mult": (0.0, 1e6, True, True, "float"),
+    "transfer.lr_mult": (0.0, None, True, True, "float"),
+    "transfer.new_lr_mult": (0.0, None, True, True, "float"),
 }
 # The tuning grids hold values of the fields they tune: each is checked with that field's range
 # (a grid value out of range would fail every cell, or be skipped where the field is not tuned).
@@ -308,7 +310,7 @@ def _describe_range(low, high, low_in, high_in, kind) -> str:
   left = "[" if low_in else "("
   right = "]" if high_in else ")"
   if high is None:
-    return f"{'an integer' if kind == 'int' else 'a number'} {'>=' if low_in else '>'} {low}"
+    return f"{'an integer' if kind == 'int' else 'a number'} {'>=' if low_in else '>'} {low} (finite)"
   return f"{'an integer' if kind == 'int' else 'a number'} in {left}{low}, {high}{right}"
 
 
@@ -398,3 +400,29 @@ def dotted(tree, prefix: str = "") -> dict[str, Any]:
     else:
       out[name] = value
   return out
+
+
+def _flag_name(arg: str) -> str | None:
+  """`--config.a.b=1` / `-config.a.b` / `--noconfig.a.b` -> "config.a.b"; any other argument -> None."""
+  if not arg.startswith("-") or arg in ("-", "--"):
+    return None
+  name = arg.lstrip("-").split("=", 1)[0]
+  if name.startswith("noconfig."):
+    name = name[2:]
+  return name if name.startswith("config.") else None
+
+
+def last_flag_wins(argv: list[str]) -> list[str]:
+  """argv with every --config.FIELD override but the last of each field removed. ml_collections
+  appends the values of a tuple field given twice (`--config.eval.ks='(1,5)' --config.eval.ks='(10,)'`
+  gives (1, 5, 10)); a scalar field keeps its last value. Here the last value wins for every field.
+  An override without "=" takes the next argument as its value unless that is another flag (a bare
+  boolean)."""
+  groups, i = [], 0  # (field or None, [its arguments])
+  while i < len(argv):
+    name = _flag_name(argv[i]) if i else None  # argv[0] is the program
+    takes_next = name is not None and "=" not in argv[i] and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+    groups.append((name, argv[i:i + 1 + takes_next]))
+    i += 1 + takes_next
+  last = {name: k for k, (name, _) in enumerate(groups) if name}
+  return [a for k, (name, args) in enumerate(groups) if name is None or last[name] == k for a in args]

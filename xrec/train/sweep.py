@@ -392,7 +392,16 @@ class ConfigConflict(ValueError):
   """The workdir's study was started with another config or on other data."""
 
 
-def check_same_config(workdir: str, config) -> None:
+def data_files(config, module=None) -> dict:
+  """The fingerprint of every input file the study's cells read (a cell may override the data
+  fields: a reproduction table over several datasets)."""
+  files = fingerprint.fingerprint(config.data)
+  for cell in cells_of(module) if module is not None and hasattr(module, "sweep") else ():
+    files.update(fingerprint.fingerprint(apply_overrides(config, cell.overrides).data))
+  return files
+
+
+def check_same_config(workdir: str, config, module=None) -> None:
   """A workdir holds one config and one version of its data: a rerun with other values (beyond
   SAFE_TO_CHANGE) or with edited input files is refused with the differences, before any work."""
   path = os.path.join(workdir, runindex.STUDY_FILE)
@@ -414,7 +423,7 @@ def check_same_config(workdir: str, config) -> None:
         + "\n".join(lines) + "\nuse a new --workdir for a different config (fields a rerun may change: "
         f"{', '.join(SAFE_TO_CHANGE)})")
   if "data_files" in study:  # studies from before data were fingerprinted: this run records them
-    data_changes = fingerprint.changes(study["data_files"], fingerprint.fingerprint(config.data))
+    data_changes = fingerprint.changes(study["data_files"], data_files(config, module))
     if data_changes:
       raise ConfigConflict(
           f"workdir {workdir!r} holds results computed on other data ({len(data_changes)} input file(s) "
@@ -428,7 +437,7 @@ def check_launch(config, module, workdir: str, only: str | None) -> list[Cell]:
   the workdir is a writable folder. Returns the cells to run."""
   check_study(config, module)
   chosen = select(cells_of(module), only)
-  check_same_config(workdir, config)
+  check_same_config(workdir, config, module)
   runindex.check_writable(workdir)
   return chosen
 
@@ -445,10 +454,10 @@ def run_study(config, module, workdir: str, only: str | None = None, config_file
   with launch_lock(workdir, only):
     if is_main_process():
       with study_lock(workdir):
-        check_same_config(workdir, config)
+        check_same_config(workdir, config, module)
         runindex.write_study(workdir, {
             "config_file": config_file, "config_arg": config_arg, "layout": layout,
-            "config": _comparable(config), "data_files": fingerprint.fingerprint(config.data),
+            "config": _comparable(config), "data_files": data_files(config, module),
             "cells": [dataclasses.asdict(c) for c in cells]})
     return _run_cells(config, cells, chosen, layout, workdir)
 

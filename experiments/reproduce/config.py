@@ -1,0 +1,84 @@
+"""Reproduction table: xrec's single-domain models on real data against published numbers.
+
+Leave-one-out by time, full ranking over the whole catalogue with the history masked, test metrics
+at the best validation step (early stopping on validation NDCG@10). Rows (`experiment.variant`):
+
+  ml1m_sasrec      SASRec, full softmax, max_len 200, d 64, 2 blocks, 1 head, dropout 0.2
+                   (published: SASRec+ 0.1821 test NDCG@10, HR@10 0.3152; Klenitskiy & Vasilev 2023)
+  ml1m_bert4rec    BERT4Rec, cloze, max_len 200, d 64, 2 blocks, 2 heads (published 0.1537, same paper)
+  ml1m_gru4rec     GRU4Rec, full softmax, max_len 200, d 64
+  <name>_sasrec    SASRec, full softmax, max_len 50, d 64, 2 blocks, 1 head, dropout 0.5, on the S3Rec
+                   release of Amazon Beauty / Sports_and_Outdoors / Toys_and_Games
+  <name>_cl4srec   the same + CL4SRec's contrastive term (weight 0.1) over crop / mask / reorder views
+                   (published, MCLRec table: CL4SRec NDCG@20 Beauty 0.0428, Sports 0.0238)
+
+The data are read from the published files (never copied into the repository): the MovieLens
+folder `ml-1m/` and `amazon-s3rec/<Name>.txt` under $XREC_REAL_DATA (default ../shared/data,
+relative to where the launch runs). Budgets are epochs with early stopping (patience 10
+evaluations): a reproduction trains to convergence, unlike a transfer table's equal step budgets.
+
+  python launch.py --config experiments/reproduce/config.py --workdir runs/reproduce --list
+  python launch.py --config experiments/reproduce/config.py --workdir runs/reproduce --only 0   # ml1m_sasrec
+  python -m xrec.report runs/reproduce
+
+(`--only` takes a cell index from --list, or its whole key.)
+Results, commands and wall times: experiments/reproduce/README.md.
+"""
+
+import os
+
+from xrec.config import base_config
+
+DATA = os.environ.get("XREC_REAL_DATA", "../shared/data")
+AMAZON = {"beauty": "Beauty", "sports": "Sports_and_Outdoors", "toys": "Toys_and_Games"}
+AUGMENT = {"data.augment.ops": ("crop", "mask", "reorder"), "data.augment.prob": 1.0,
+           "data.augment.crop": 0.2, "data.augment.mask": 0.7, "data.augment.reorder": 0.2}
+
+
+def _ml1m(model: dict) -> dict:
+  return {"data.name": "movielens", "data.movielens.release": "1m", "data.movielens.manual_dir": DATA,
+          "data.movielens.download": False, "data.domain": "main", "model.max_len": 200, "model.dropout": 0.2,
+          "train.eval_every_steps": 235, "train.checkpoint_every_steps": 235, **model}
+
+
+def _amazon(name: str, extra: dict) -> dict:
+  return {"data.name": "interactions", "data.files.format": "s3rec",
+          "data.files.path": os.path.join(DATA, "amazon-s3rec", AMAZON[name] + ".txt"), "data.domain": "main",
+          "model.max_len": 50, "model.dropout": 0.5, "train.eval_every_steps": 500,
+          "train.checkpoint_every_steps": 500, **extra}
+
+
+SASREC = {"model.name": "sasrec", "model.sasrec.num_heads": 1, "model.sasrec.mlp_dim": 64,
+          "objective.terms": (("full_softmax", 1.0),)}
+ROWS = {
+    "ml1m_sasrec": _ml1m(SASREC),
+    "ml1m_bert4rec": _ml1m({"model.name": "bert4rec", "model.bert4rec.num_heads": 2, "model.bert4rec.mlp_dim": 256,
+                            "model.dropout": 0.1, "objective.terms": (("cloze", 1.0),)}),
+    "ml1m_gru4rec": _ml1m({"model.name": "gru4rec", "objective.terms": (("full_softmax", 1.0),)}),
+    **{f"{name}_sasrec": _amazon(name, SASREC) for name in AMAZON},
+    **{f"{name}_cl4srec": _amazon(name, {**SASREC, **AUGMENT,
+                                         "objective.terms": (("full_softmax", 1.0), ("cl4srec", 0.1))})
+       for name in AMAZON},
+}
+
+
+def get_config(arg=None):
+  if arg not in (None, ""):
+    raise ValueError(f"Unknown config argument {arg!r}; experiments/reproduce/config.py takes none")
+  c = base_config()
+  c.model.embed_dim = 64
+  c.data.preprocess.min_seq_len = 3
+  c.eval.mask_history = True
+  c.train.update(dict(batch_size=128, num_epochs=200.0, early_stopping_patience=10, progress_bar=False,
+                      log_every_steps=100))
+  c.optim.update(dict(lr=1e-3, warmup_fraction=0.01, schedule="constant"))
+  return c
+
+
+def sweep():
+  for variant, overrides in ROWS.items():
+    yield {"experiment.variant": variant, **overrides}
+
+
+def metrics():
+  return {"metrics": ("ndcg@10", "hr@10", "ndcg@20", "hr@20"), "rows": "experiment.variant", "columns": ()}
