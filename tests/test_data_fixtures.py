@@ -107,8 +107,10 @@ def write_ml_csv(root, folder="ml-20m", as_zip=True):
 
 
 def files_cfg(**overrides):
-  """A data.files ConfigDict (base defaults) with `overrides`."""
+  """A data.files ConfigDict (base defaults, raw keys unless `keys` is given: these tests read
+  layouts) with `overrides`."""
   from xrec.config import base_config
   c = base_config().data.files
+  c.keys = "shared"
   c.update(overrides)
   return c

@@ -115,21 +115,49 @@ def write_app(path, users, items):
 
 
 @pytest.mark.parametrize("shared", [True, False])
-def test_cross_app_pairs_two_sources_by_raw_key(tmp_path, shared):
+def test_cross_app_pairs_two_sources_by_raw_key_when_the_files_share_their_keys(tmp_path, shared):
   a = write_app(tmp_path / "books.txt", ["u1", "u2", "u3"], ["b1", "b2", "b3", "x"])
   b = write_app(tmp_path / "movies.txt", ["u2", "u3", "u4"] if shared else ["v1", "v2", "v3"],
                 ["m1", "m2", "x"] if shared else ["m1", "m2", "m3"])
   c = base_config()
   c.data.update(dict(name="interactions", domain="source", data_dir=str(tmp_path / "prepared")))
-  c.data.files.update(dict(format="sasrec", path=a))
+  c.data.files.update(dict(format="sasrec", path=a, keys="shared"))
   c.data.scenario.kind = "cross_app"
-  c.data.scenario.target_files.update(dict(format="sasrec", path=b))
+  c.data.scenario.target_files.update(dict(format="sasrec", path=b, keys="shared"))
   src = pipeline.load_domain(c.data)
   c.data.domain = "target"
   tgt = pipeline.load_domain(c.data)
   overlap = tgt.metadata["statistics"]["overlap"]["source~target"]
   assert overlap == ({"shared_users": 2, "shared_items": 1} if shared else {"shared_users": 0, "shared_items": 0})
   assert src.num_items == 4 and tgt.num_items == 3 and src.num_users == tgt.num_users == 3
+  assert tgt.metadata["statistics"]["scenario"]["keys"] == {"source": "raw ids", "target": "raw ids"}
+
+
+@pytest.mark.parametrize("keys", ["auto", "shared"])
+def test_files_numbered_1_to_n_each_share_no_key_unless_declared(tmp_path, keys):
+  """The S3Rec release numbers users and items 1..N in every file: Sports' item 3 is not Toys'
+  item 3. Their keys are the file's own unless the user declares a shared numbering."""
+  sports = tmp_path / "Sports.txt"
+  sports.write_text("".join(f"{u} " + " ".join(str(i) for i in range(1, 6)) + "\n" for u in range(1, 5)))
+  toys = tmp_path / "Toys.txt"
+  toys.write_text("".join(f"{u} " + " ".join(str(i) for i in range(3, 8)) + "\n" for u in range(1, 4)))
+  c = base_config()
+  c.data.update(dict(name="interactions", domain="target", data_dir=str(tmp_path / "prepared")))
+  c.data.files.update(dict(format="s3rec", path=str(sports), keys=keys))
+  c.data.scenario.kind = "cross_app"
+  c.data.scenario.target_files.update(dict(format="s3rec", path=str(toys), keys=keys))
+  tgt = pipeline.load_domain(c.data)
+  stats = tgt.metadata["statistics"]
+  if keys == "auto":
+    assert stats["overlap"]["source~target"] == {"shared_users": 0, "shared_items": 0}
+    assert tgt.item_keys == [f"Toys.txt:{i}" for i in range(3, 8)]  # ids keep their numeric order
+    assert stats["scenario"]["keys"]["target"] == "per file (Toys.txt: no key matches another file)"
+  else:
+    assert stats["overlap"]["source~target"] == {"shared_users": 3, "shared_items": 3}
+    assert stats["scenario"]["keys"] == {"source": "raw ids", "target": "raw ids"}
+  c.data.domain = "source"
+  src_keys = set(pipeline.load_domain(c.data).item_keys)  # transfer maps item rows by these keys
+  assert [k for k in tgt.item_keys if k in src_keys] == ([] if keys == "auto" else ["3", "4", "5"])
 
 
 def test_cross_app_with_movielens_target(tmp_path):
@@ -137,7 +165,7 @@ def test_cross_app_with_movielens_target(tmp_path):
   a = write_app(tmp_path / "books.txt", ["1", "2", "99"], ["b1", "b2", "b3"])
   c = base_config()
   c.data.update(dict(name="interactions", domain="target", data_dir=str(tmp_path / "prepared")))
-  c.data.files.update(dict(format="sasrec", path=a))
+  c.data.files.update(dict(format="sasrec", path=a, keys="shared"))  # the file uses MovieLens user ids
   c.data.movielens.update(dict(manual_dir=str(tmp_path / "manual"), download=False, verify_checksum=False))
   c.data.scenario.update(dict(kind="cross_app", target_name="movielens", target_release="100k"))
   tgt = pipeline.load_domain(c.data)

@@ -122,10 +122,10 @@ def test_s3rec_item2attributes_become_item_text_through_the_pipeline(tmp_path):
                            item_attributes_path=str(tmp_path / "Beauty_item2attributes.json")))
   domain = pipeline.load_domain(c.data)
   texts, report = text.item_text(domain.item_keys, domain.metadata["item_features"]["main"], c.data.text)
-  by_key = dict(zip(domain.item_keys, texts[1:]))
+  by_key = {k.removeprefix("Beauty.txt:"): t for k, t in zip(domain.item_keys, texts[1:])}  # per-file keys
   assert by_key == {"1": "attributes: 10, 11", "2": "attributes: 12", "3": "", "4": "", "5": "attributes: 13",
                     "6": ""}
-  assert report["without_text"] == 3 and report["examples_without_text"] == ["3", "4", "6"]
+  assert report["without_text"] == 3 and report["examples_without_text"] == [f"Beauty.txt:{i}" for i in (3, 4, 6)]
 
 
 def test_several_domains_join_into_one_for_pretraining_on_several_sources(tmp_path):

@@ -96,6 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
         user_column="user_id", item_column="item_id", rating_column="rating", timestamp_column="timestamp",
         timestamp_unit="s",  # s | ms | us | ns | iso
         on_malformed="raise",  # raise (error with file:line) | skip (counted in the statistics)
+        # auto | file | shared: are user / item ids this file's own ("<file name>:<id>": the sasrec and
+        # s3rec releases number every file 1..N) or raw keys shared with other files? auto = file for
+        # sasrec / s3rec, shared for the rest (xrec/data/formats.py key_namespace)
+        keys="auto",
         item_attributes_path="",  # optional item -> attributes file
         item_attributes_format="json",  # json ({"item": [attr, ...]}) | csv | jsonl
         item_attributes_key="item_id",  # csv / jsonl: column / field with the item key

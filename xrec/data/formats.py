@@ -14,6 +14,9 @@
                    '' = the column is absent (rating / timestamp only)
   timestamp_unit:  s | ms | us | ns (numbers since the epoch) | iso (ISO-8601 date/time, UTC)
   on_malformed:    raise (error naming file:line) | skip (count the line, report it in the statistics)
+  keys:            auto | file | shared: whether user and item keys are the file's own ("<file name>:<id>")
+                   or raw ids matched across files (auto: per file for sasrec / s3rec, whose releases
+                   number every file 1..N; shared for the others); see key_namespace
   item_attributes_path:   optional item-attribute file, one of
   item_attributes_format: json  ({"item": [attr, ...]}, S3Rec *_item2attributes.json -> feature 'attributes')
                           csv   (header; key column + feature columns)
@@ -39,12 +42,16 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import datetime
 import json
+import logging
 import math
 import os
 
 from xrec.data.interactions import InteractionTable, TableAccumulator, malformed
+
+log = logging.getLogger("xrec")
 
 TIMESTAMP_UNITS = {"s": 1, "ms": 1000, "us": 1_000_000, "ns": 1_000_000_000, "iso": None}
 ON_MALFORMED = ("raise", "skip")
@@ -122,7 +129,38 @@ def read_interactions(files_cfg, name: str = "interactions") -> InteractionTable
   item_features = {}
   if _get(files_cfg, "item_attributes_path", ""):
     item_features = read_item_attributes(files_cfg)
-  return acc.table(has_ratings, has_timestamps, item_features=item_features)
+  table = acc.table(has_ratings, has_timestamps, item_features=item_features)
+  namespace = key_namespace(files_cfg)
+  if namespace and item_features and _get(files_cfg, "item_attributes_format", "json") == "json":
+    log.warning("%s: the keys are numbered per file (data.files.keys), and so are the attribute ids of %s "
+                "(S3Rec's item2attributes): as item text they carry nothing across files; set "
+                "data.files.keys='shared' only if both files share one numbering",
+                path, _get(files_cfg, "item_attributes_path"))
+  if namespace:  # the file numbers its own users and items: its keys mean nothing in another file
+    table = dataclasses.replace(
+        table, user_keys=[f"{namespace}:{k}" for k in table.user_keys],
+        item_keys=[f"{namespace}:{k}" for k in table.item_keys],
+        item_features={f"{namespace}:{k}": v for k, v in table.item_features.items()})
+  return table
+
+
+# Layouts whose published releases number users and items 1..N in each file (the SASRec and S3Rec
+# repositories renumber every dataset): equal ids in two such files are different users and items.
+NUMBERED_PER_FILE = ("sasrec", "s3rec")
+KEY_SCOPES = ("auto", "file", "shared")
+
+
+def key_namespace(files_cfg) -> str:
+  """The prefix of this file's user and item keys ("" = the raw keys). data.files.keys: "file" keys
+  are the file's own ("<file name>:<id>", so no key matches another file's), "shared" keys are the
+  raw ids (the user declares that files share a numbering: ASINs, MovieLens ids, one renumbering
+  over several files), "auto" = "file" for layouts numbered per file (NUMBERED_PER_FILE) and
+  "shared" for the others."""
+  scope = _get(files_cfg, "keys", "auto")
+  _check_choice("keys", scope, KEY_SCOPES)
+  if scope == "auto":
+    scope = "file" if _get(files_cfg, "format") in NUMBERED_PER_FILE else "shared"
+  return os.path.basename(_get(files_cfg, "path")) if scope == "file" else ""
 
 
 class _DecodedLines:

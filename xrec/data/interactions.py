@@ -119,12 +119,16 @@ _INT_KEY = re.compile(r"^-?\d+$")
 
 
 def key_order(keys) -> list:
-  """Indices of `keys` in vocabulary order: numeric when every key is an integer, else as given.
+  """Indices of `keys` in vocabulary order: numeric when every key is an integer (or one file's
+  namespaced integer, `Beauty.txt:12`), else as given.
 
   Numeric order keeps the original ids of SASRec-style files as the item ids
   when nothing is filtered; otherwise the order of first appearance is kept.
   """
   keys = list(keys)
-  if keys and all(_INT_KEY.match(k) for k in keys):
-    return sorted(range(len(keys)), key=lambda i: int(keys[i]))
+  if not keys:
+    return []
+  prefix = keys[0].rpartition(":")[0] + ":" if ":" in keys[0] else ""
+  if all(k.startswith(prefix) and _INT_KEY.match(k[len(prefix):]) for k in keys):
+    return sorted(range(len(keys)), key=lambda i: int(keys[i][len(prefix):]))
   return list(range(len(keys)))

@@ -64,6 +64,14 @@ def read_source(source: dict, runtime: dict) -> InteractionTable:
   raise ValueError(f"Unknown source {name!r}; valid: {list(SOURCE_NAMES)}")
 
 
+def key_scope(source: dict) -> str:
+  """How a source's keys meet another source's: "per file (NAME)" or "raw ids"."""
+  if source["name"] == "movielens":
+    return "raw ids (MovieLens)"
+  namespace = formats.key_namespace(source)
+  return f"per file ({namespace}: no key matches another file)" if namespace else "raw ids"
+
+
 def _values(values) -> set:
   return {str(v) for v in (values or ())}
 
@@ -156,6 +164,9 @@ def build_domains(options: dict, runtime: dict) -> tuple[dict, dict]:
   else:
     target = read_source(options["target"], runtime)
     report["skipped_lines"].update(target.skipped)
+    # how users and items were matched between the two sources (overlap below is by these keys)
+    report["keys"] = {side: key_scope(opts) for side, opts in (("source", options["source"]),
+                                                                ("target", options["target"]))}
     domains = {"source": preprocess(table, spec), "target": preprocess(target, spec)}
     report["overlap"] = builders.overlap_statistics(domains)
     return domains, report
