@@ -77,6 +77,12 @@ def summary(results: dict) -> str:
     names = [k for k in preferred if k in m] or [f"{name}@{k}" for k in results["protocol"]["ks"]
                                                    for name in ("ndcg", "hr")]
     lines.append(f"{split:5s} " + "  ".join(f"{k}={m[k]:.4f}" for k in names if k in m))
+  sampled = results["protocol"].get("sampled_negatives")
+  if sampled:  # labelled apart: not comparable with the full ranking above
+    for split in ("valid", "test"):
+      m = results[split]
+      lines.append(f"{split:5s} against {sampled['n']} {sampled['sampling']} sampled negatives: " + "  ".join(
+          f"{k}={m[k]:.4f}" for k in (f"sampled_{n}" for n in names) if k in m))
   lines.append(f"params={results['param_count']:,}  best_step={results.get('best_step')}  "
                f"wall={results['wall_seconds']['total']:.1f}s  device={results['device_kind']}")
   return "\n".join(lines)

@@ -268,3 +268,59 @@ def test_the_report_on_a_read_only_workdir_says_that_out_writes_elsewhere(tmp_pa
   assert err.startswith("xrec: error: ") and "pass --out DIR to write it elsewhere" in err
   assert main([str(wd), "--out", str(tmp_path / "elsewhere")]) == 0
   assert (tmp_path / "elsewhere" / "report.md").exists()
+
+
+def test_sampled_negative_ranks_match_hand_computed_ones():
+  scores = jnp.asarray(np.array([[0, 9, 5, 7, 1, 3, 8], [0, 1, 2, 3, 4, 5, 6]], np.float32))
+  targets = jnp.asarray(np.array([2, 6]))
+  negatives = jnp.asarray(np.array([[3, 4, 5, 0], [1, 2, 3, 5]]))  # 0: padding, never ranked
+  # user 0: target 5; negatives score 7, 1, 3 -> one beats it; user 1: target 6 beats all four
+  assert M.sampled_rank(scores, targets, negatives).tolist() == [1, 0]
+  tied = M.sampled_rank(jnp.ones((1, 7)), jnp.asarray([2]), jnp.asarray([[1, 3]]))
+  assert tied.tolist() == [2]  # ties count against the target
+
+
+def _toy_domain(sequences):
+  return pipeline.index_domain("d", _Records(sequences), [str(i) for i in range(1, 21)])
+
+
+class _Records:
+  def __init__(self, sequences):
+    self.rows = [{"user_key": f"u{n}", "items": np.asarray(s, np.int64), "timestamps": np.arange(len(s))}
+                 for n, s in enumerate(sequences)]
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, i):
+    return self.rows[i]
+
+
+def test_sampled_negatives_are_items_the_user_never_had_the_same_for_every_run():
+  domain = _toy_domain([[1, 2, 3, 4, 5], [6, 7, 8, 9], [1, 6, 11]])
+  uniform = np.log(np.r_[0.0, np.ones(20)])
+  a = pipeline.sampled_negatives(domain, 0, "test", 10, uniform, seed=0)
+  assert len(set(a.tolist())) == 10 and not set(a.tolist()) & {0, 1, 2, 3, 4, 5}
+  assert (a == pipeline.sampled_negatives(domain, 0, "test", 10, uniform, seed=0)).all()
+  assert (a != pipeline.sampled_negatives(domain, 0, "test", 10, uniform, seed=1)).any()
+  everything = pipeline.sampled_negatives(domain, 0, "test", 18, uniform, seed=0)  # only 15 can be drawn
+  assert sorted(everything[everything > 0].tolist()) == list(range(6, 21)) and (everything == 0).sum() == 3
+  with np.errstate(divide="ignore"):
+    popular = np.log(np.r_[0.0, np.zeros(9), np.ones(3), np.zeros(8)])  # only items 10-12 are drawable
+  # user 2 had item 11: of the drawable items only 10 and 12 are left
+  assert sorted(pipeline.sampled_negatives(domain, 2, "valid", 2, popular, seed=0).tolist()) == [10, 12]
+  assert sorted(pipeline.sampled_negatives(domain, 2, "valid", 5, popular, seed=0).tolist()) == [0, 0, 0, 10, 12]
+
+
+def test_a_run_with_sampled_negatives_reports_them_beside_the_full_ranking(data_dir, tmp_path):
+  from conftest import tiny_config
+  from xrec.train.loop import train_and_evaluate
+  c = tiny_config(data_dir)
+  c.train.num_steps, c.train.eval_every_steps = 6, 6
+  c.eval.negatives = 20
+  results = train_and_evaluate(c, str(tmp_path / "w"))
+  assert results["protocol"]["sampled_negatives"]["n"] == 20
+  for split in ("valid", "test"):  # the negatives are a subset of what full ranking ranks against
+    m = results[split]
+    assert m["sampled_ndcg@10"] >= m["ndcg@10"] and m["sampled_hr@10"] >= m["hr@10"]
+    assert m["sampled_hr@50"] == 1.0  # 20 negatives: every target is within the top 21

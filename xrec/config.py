@@ -204,6 +204,13 @@ def base_config() -> ml_collections.ConfigDict:
   # a target the user already had (a repeat), under mask_history: "rank" it like any target, or
   # "exclude" it with the history (that user then scores a miss); xrec/evaluate/metrics.py
   c.eval.target_in_history = "rank"
+  # Sampled-negative evaluation beside full ranking (papers that rank against N sampled items, e.g.
+  # 999): N > 0 also ranks each target against N items the user never had, drawn "uniform" or by
+  # "popularity" (training interactions), seeded per (negatives_seed, user, split); reported as
+  # sampled_<metric>@K. 0 = off. Full ranking stays the headline.
+  c.eval.negatives = 0
+  c.eval.negatives_sampling = "uniform"
+  c.eval.negatives_seed = 0
 
   # Transfer from a pretrained model (train.init_from) with a named strategy: xrec/transfer,
   # docs/transfer.md. The presets read only the fields below.
@@ -295,6 +302,8 @@ RANGES = {
     "train.stop_after_steps": (0, MAX_COUNT, True, True, "int"),
     "eval.batch_size": (1, MAX_SIZE, True, True, "int"),
     "eval.ks": (1, MAX_COUNT, True, True, "int"),  # every K
+    "eval.negatives": (0, MAX_SIZE, True, True, "int"),  # 0 = full ranking only
+    "eval.negatives_seed": (0, 2**30, True, True, "int"),
     "objective.chunked_softmax.chunk_size": (1, MAX_COUNT, True, True, "int"),
     "objective.sampled_softmax.num_negatives": (1, MAX_SIZE, True, True, "int"),
     "objective.cloze.mask_prob": (0.0, 1.0, False, True, "float"),

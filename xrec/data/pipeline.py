@@ -571,12 +571,31 @@ def max_history_len(domain: DomainSequences, multiple: int = 64) -> int:
   return max(multiple, -(-longest // multiple) * multiple)
 
 
+def sampled_negatives(domain: DomainSequences, user: int, split: str, n: int, log_probs: np.ndarray,
+                      seed: int) -> np.ndarray:
+  """n item ids [n] that user `user` never interacted with (in any split), drawn without replacement
+  in proportion to exp(log_probs) ([num_items + 1], -inf at id 0 and at items never to draw) by
+  Gumbel top-k; seeded by (seed, the user's key, split), so every model, fraction and strategy is
+  ranked against the same negatives. Fewer drawable items than n: the rest are 0 (padding, not ranked)."""
+  digest = hashlib.sha256(f"{domain.user_keys[user]}|{split}".encode()).digest()
+  rng = np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+  keys = log_probs + rng.gumbel(size=log_probs.shape)
+  keys[domain.sequence(user)] = -np.inf
+  drawable = int(np.isfinite(keys).sum())
+  top = np.argpartition(-keys, min(n, len(keys) - 1))[:n] if drawable > n else np.flatnonzero(np.isfinite(keys))
+  out = np.zeros(n, np.int64)
+  out[:len(top)] = np.sort(top)
+  return out
+
+
 def eval_batches(domain: DomainSequences, split: str, batch_size: int, max_len: int,
                  process_index: int = 0, process_count: int = 1, prefetch: int = 4, order=None,
-                 batch_lengths=None):
+                 batch_lengths=None, negatives=None):
   """Every user of the evaluation population once, in order (or in `order`: positions into
   domain.eval_users), last batch padded with weight-0 rows. `batch_lengths[b]` <= max_len: batch
-  b's inputs keep only their last that many slots (evaluation length buckets)."""
+  b's inputs keep only their last that many slots (evaluation length buckets). `negatives`:
+  user index -> item ids [n] to rank the target against as well (sampled-negative evaluation),
+  added as batch["negatives"]."""
   if split not in ("valid", "test"):
     raise ValueError(f"Unknown eval split {split!r}; valid: ['valid', 'test']")
   users = domain.eval_users
@@ -600,9 +619,13 @@ def eval_batches(domain: DomainSequences, split: str, batch_size: int, max_len: 
           rows[-1]["inputs"] = right_align(domain.history(users[u], {"valid": -2, "test": -1}[split]), max_len)
         if domain.cross is not None:  # the input also reads the user's source history
           rows[-1]["inputs"] = domain.cross.eval_inputs(int(users[u]), {"valid": -2, "test": -1}[split], max_len)
+        if negatives is not None:
+          rows[-1]["negatives"] = negatives(int(users[u]))
       else:  # padding row: scored but weighted out
         pad = eval_example(np.array([1, 1, 1], np.int64), split, max_len, max_history)
         rows.append({**pad, "weight": np.float32(0.0)})
+        if negatives is not None:
+          rows[-1]["negatives"] = np.zeros_like(negatives(int(users[0])))
     batch = _stack(rows)
     if batch_lengths is not None:
       batch["inputs"] = batch["inputs"][:, max_len - batch_lengths[b]:]

@@ -24,6 +24,10 @@ def protocol(eval_cfg, population: dict | None = None) -> dict:
       "ties": metrics.TIES,
       "ks": list(eval_cfg.ks),
   }
+  if eval_cfg.negatives:
+    out["sampled_negatives"] = {"n": int(eval_cfg.negatives), "sampling": eval_cfg.negatives_sampling,
+                                "seed": int(eval_cfg.negatives_seed), "excluded": "every item of the user",
+                                "metrics": metrics.SAMPLED_PREFIX + "<metric>@K"}
   if population is not None:
     out["population"] = dict(population)
   return out
@@ -56,7 +60,12 @@ class Evaluator:
       scores = jax.lax.with_sharding_constraint(scores, scores_sharding)  # [batch, vocab]
       rank = metrics.target_rank(scores, batch["target"], num_items,
                                  batch["history"] if mask_history else None, candidates, exclude_repeats)
-      return metrics.metric_sums(rank, batch["weight"], ks), rank
+      sums = metrics.metric_sums(rank, batch["weight"], ks)
+      if "negatives" in batch:  # also ranked against the user's sampled negatives
+        sampled = metrics.metric_sums(metrics.sampled_rank(scores, batch["target"], batch["negatives"]),
+                                      batch["weight"], ks)
+        sums.update({metrics.SAMPLED_PREFIX + k: v for k, v in sampled.items() if k != "count"})
+      return sums, rank
 
     self.batch_step = jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh),
                                                   sharding.replicated(mesh)),
@@ -77,8 +86,24 @@ class Evaluator:
       size = self.eval_cfg.batch_size
       lengths = [next(s for s in sizes if s >= need[order[i:i + size]].max()) for i in range(0, len(users), size)]
     batches = pipeline.eval_batches(domain, split, self.eval_cfg.batch_size, self.max_len, jax.process_index(),
-                                    jax.process_count(), order=order, batch_lengths=lengths)
+                                    jax.process_count(), order=order, batch_lengths=lengths,
+                                    negatives=self._negatives(domain, split))
     return batches, order
+
+  def _negatives(self, domain: pipeline.DomainSequences, split: str):
+    """user -> its sampled negatives (eval.negatives > 0), or None."""
+    n = int(self.eval_cfg.negatives)
+    if not n:
+      return None
+    if self.eval_cfg.negatives_sampling == "popularity":  # by training interactions (0: never drawn)
+      weights = pipeline.item_counts(domain).astype(np.float64)
+    else:
+      weights = np.ones(domain.num_items + 1)
+    weights[0] = 0.0
+    with np.errstate(divide="ignore"):
+      log_probs = np.log(weights)
+    seed = int(self.eval_cfg.negatives_seed)
+    return lambda user: pipeline.sampled_negatives(domain, user, split, n, log_probs, seed)
 
   def _candidates(self) -> np.ndarray:
     return np.ones(self.vocab_size, bool) if self.candidates is None else np.asarray(self.candidates, bool)

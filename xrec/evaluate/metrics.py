@@ -16,6 +16,11 @@ user already interacted with (a repeat) is, by `target_in_history`:
   "rank"     ranked like any target (never removed with the history): default
   "exclude"  removed with the rest of the history, so that user scores a miss at every K
 Without `mask_history` nothing is removed and a repeated target is ranked.
+
+Sampled-negative evaluation (eval.negatives = N > 0, for comparing with papers that rank against
+N sampled items) ranks the target against N items the user never interacted with as well, and
+reports those metrics beside the full ranking's as `sampled_<metric>@K`; full ranking stays the
+headline.
 """
 
 from __future__ import annotations
@@ -72,6 +77,21 @@ def target_rank(scores, targets, num_items: int, history=None, candidates=None, 
   beats = beats & (ids[None, :] != targets[:, None])
   # a target that cannot be recommended is a miss at every K, however few items are ranked
   return jnp.where(servable, beats.sum(-1), scores.shape[-1]).astype(jnp.int32)
+
+
+def sampled_rank(scores, targets, negatives):
+  """0-based pessimistic rank [batch] of each target among its own sampled negatives
+  ([batch, n] item ids, 0 = padding, not ranked): the number of negatives scoring >= the target
+  (a NaN target ranks last, a NaN negative beats it)."""
+  rows = jnp.arange(scores.shape[0])
+  target_score = scores[rows, targets]
+  target_score = jnp.where(jnp.isnan(target_score), -jnp.inf, target_score)
+  neg = jnp.take_along_axis(scores, negatives, axis=1)
+  beats = (jnp.where(jnp.isnan(neg), jnp.inf, neg) >= target_score[:, None]) & (negatives > 0)
+  return beats.sum(-1).astype(jnp.int32)
+
+
+SAMPLED_PREFIX = "sampled_"  # sampled-negative metrics: sampled_ndcg@10 beside the full ranking's ndcg@10
 
 
 def metric_sums(rank, weight, ks=DEFAULT_KS) -> dict:

@@ -36,7 +36,7 @@ from xrec.config import MAX_COUNT, check_ranges, with_overrides
 from xrec.data import augment, cross_user, fingerprint, pipeline
 from xrec.data.preprocess import DEDUP
 from xrec.evaluate import evaluator as evaluation
-from xrec.evaluate.metrics import TARGET_IN_HISTORY
+from xrec.evaluate.metrics import SAMPLED_PREFIX, TARGET_IN_HISTORY
 from xrec.models import common
 from xrec.train import checkpoint as ckpt
 from xrec.train import item_text
@@ -63,6 +63,11 @@ def validate(config) -> None:
   models.dtype(config.model.compute_dtype)
   metric = config.train.best_metric
   valid_metrics = [f"{m}@{k}" for m in ("hr", "recall", "ndcg", "mrr") for k in config.eval.ks]
+  if config.eval.negatives:
+    valid_metrics += [SAMPLED_PREFIX + m for m in valid_metrics]
+  if config.eval.negatives_sampling not in ("uniform", "popularity"):
+    raise ValueError(f"eval.negatives_sampling={config.eval.negatives_sampling!r} is not valid; valid: "
+                     "['uniform', 'popularity']")
   if metric not in valid_metrics:
     raise ValueError(f"train.best_metric {metric!r} is not computed; valid: {valid_metrics}")
   sharding.logical_rules(config.sharding.rules)
