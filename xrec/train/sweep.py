@@ -657,3 +657,23 @@ def as_transfer_study(c, preset: str = "full", lr_grid=(3e-4, 1e-3, 3e-3)):
   c.data.eval_population = "all"
   c.tune.lr = tuple(lr_grid)
   return c
+
+
+def parallel_jobs(config, module, workdir: str) -> list:
+  """The cells a `--jobs N` launch still has to run (not cached), each with the hashes of its
+  prerequisite stages (xrec/train/parallel.py schedules by them)."""
+  from xrec.train import parallel
+  previous = latest_runs(workdir)
+  jobs = []
+  for cell in cells_of(module):
+    if _cached(config, cell, workdir, previous.get(cell.key)):
+      continue
+    prereq, _, _ = plan_stages(apply_overrides(config, cell.overrides), os.path.join(workdir, STAGES_DIR))
+    jobs.append(parallel.Job(cell.index, cell.key, tuple(st.hash for st in prereq)))
+  return jobs
+
+
+def finished_stages(workdir: str) -> set[str]:
+  folder = os.path.join(workdir, STAGES_DIR)
+  return {h for h in (os.listdir(folder) if os.path.isdir(folder) else ())
+          if os.path.exists(os.path.join(folder, h, "results.json"))}
