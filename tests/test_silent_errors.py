@@ -298,7 +298,8 @@ class _Records:
 
 def test_sampled_negatives_are_items_the_user_never_had_the_same_for_every_run():
   domain = _toy_domain([[1, 2, 3, 4, 5], [6, 7, 8, 9], [1, 6, 11]])
-  uniform = np.log(np.r_[0.0, np.ones(20)])
+  with np.errstate(divide="ignore"):
+    uniform = np.log(np.r_[0.0, np.ones(20)])
   a = pipeline.sampled_negatives(domain, 0, "test", 10, uniform, seed=0)
   assert len(set(a.tolist())) == 10 and not set(a.tolist()) & {0, 1, 2, 3, 4, 5}
   assert (a == pipeline.sampled_negatives(domain, 0, "test", 10, uniform, seed=0)).all()
@@ -387,3 +388,25 @@ def test_a_study_launched_with_jobs_runs_every_cell_and_its_shared_pretraining_o
   assert "'ran': 3" in proc.stdout and "## test ndcg@10" in proc.stdout  # then the report
   again = _launch(wd, *args, "--jobs", "2", config="sasrec_synthetic.py")
   assert again.returncode == 0 and "'ran': 0, 'cached': 3" in again.stdout
+
+
+def test_tune_once_runs_the_grid_on_one_seed_and_the_other_seeds_reuse_its_choice(data_dir, tmp_path):
+  """tune.seed=0: seed 1's cell trains only the grid point seed 0 chose; a rerun reuses everything."""
+  module = sweep.load_config_module(os.path.join(ROOT, "configs", "sasrec_synthetic.py"))
+  from conftest import tiny_config
+  config = tiny_config(data_dir)
+  config.tune.update(dict(lr=(1e-4, 3e-3), seed=0))
+  config.train.update(dict(num_steps=6, eval_every_steps=3))
+  study = type("Study", (), {"sweep": staticmethod(lambda: iter([{"seed": 0}, {"seed": 1}])),
+                              "__file__": module.__file__})()
+  wd = str(tmp_path / "w")
+  assert sweep.run_study(config, study, wd) == {"ran": 2, "cached": 0, "failed": 0, "stopped": 0}
+  runs = {r["overrides"]["seed"]: r for r in sweep.read_runs(wd)}
+  assert len(runs[0]["tuning"]["candidates"]) == 2 and "tuned_on_seed" not in runs[0]["tuning"]
+  assert runs[1]["tuning"]["tuned_on_seed"] == 0 and len(runs[1]["tuning"]["candidates"]) == 1
+  assert runs[1]["tuning"]["chosen"] == runs[0]["tuning"]["chosen"]
+  assert [c["stage"] for c in runs[1]["tuning"]["tuning_candidates"]] == [
+      c["stage"] for c in runs[0]["tuning"]["candidates"]]
+  stages = [h for h in os.listdir(os.path.join(wd, "stages")) if not h.endswith(".lock")]
+  assert len(stages) == 3  # seed 0's two candidates and seed 1's one: not four
+  assert sweep.run_study(config, study, wd) == {"ran": 0, "cached": 2, "failed": 0, "stopped": 0}

@@ -260,7 +260,10 @@ def base_config() -> ml_collections.ConfigDict:
   # (xrec/train/sweep.py). Empty = not tuned. lr_mult (the pretrained params' multiplier) is tuned
   # only for presets where it is not redundant with optim.lr, i.e. where params at other
   # multipliers (fresh modules or blocks) train too.
-  c.tune = ml_collections.ConfigDict(dict(lr=(), lr_mult=()))
+  # seed: -1 = every seed tunes its own cell; s >= 0 = the grid runs on seed s's cell only and the
+  # cells of the other seeds train the values chosen there (tune once: recorded in runs.jsonl
+  # tuning.tuned_on_seed and in the report's caption).
+  c.tune = ml_collections.ConfigDict(dict(lr=(), lr_mult=(), seed=-1))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
   c.sharding = ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))
@@ -304,6 +307,7 @@ RANGES = {
     "eval.ks": (1, MAX_COUNT, True, True, "int"),  # every K
     "eval.negatives": (0, MAX_SIZE, True, True, "int"),  # 0 = full ranking only
     "eval.negatives_seed": (0, 2**30, True, True, "int"),
+    "tune.seed": (-1, 2**30, True, True, "int"),  # -1 = every seed tunes itself
     "objective.chunked_softmax.chunk_size": (1, MAX_COUNT, True, True, "int"),
     "objective.sampled_softmax.num_negatives": (1, MAX_SIZE, True, True, "int"),
     "objective.cloze.mask_prob": (0.0, 1.0, False, True, "float"),

@@ -52,9 +52,13 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
       continue
     slot = (tables.row_label(r, layout), tuple(tables.label(r, f) for f in layout["columns"]))
     text = ", ".join(f"{k.rsplit('.', 1)[-1]} {_short(v)}" for k, v in sorted(tuning["chosen"].items()))
+    unmoved = all(c.get("best_step") == 0 for c in tuning.get("candidates", ())) and tuning.get("candidates")
     edges = [k for k, v in tuning["chosen"].items()
              if len(tuning["tuned"].get(k, ())) > 1 and v in (min(tuning["tuned"][k]), max(tuning["tuned"][k]))]
-    text += " (edge)" if edges else ""
+    # every candidate best at step 0: training never beat the initial model, so no value was chosen
+    text = "none moved (all best at step 0)" if unmoved else text + (" (edge)" if edges else "")
+    if tuning.get("tuned_on_seed") is not None:
+      text += f" [tuned on seed {tuning['tuned_on_seed']}]"
     chosen.setdefault(slot, {}).setdefault(text, 0)
     chosen[slot][text] += 1
     for field, values in tuning["tuned"].items():
@@ -71,7 +75,9 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
            + f". Each cell's candidates were trained with the same budget; the one with the best "
            f"{(done[0].get('tuning') or {}).get('metric', 'validation metric')} was kept "
            "(counts: seeds that chose the value; \"(edge)\": the value is the smallest or largest of "
-           "its grid, so the best one may lie outside it).", "",
+           "its grid, so the best one may lie outside it; \"none moved\": every candidate's best validation "
+           "was its step 0, so training never improved on the initial model; \"[tuned on seed s]\": the "
+           "grid ran on seed s only and the other seeds reused its choice, tune.seed).", "",
            "| " + " | ".join(header) + " |", "|---" + "|---" * len(columns) + "|"]
   for row in rows:
     out = [str(row)]

@@ -292,6 +292,18 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> di
     prereq, candidates, note = plan_stages(cfg, stages_dir)
     record["planned"] = _planned_hashes(prereq, candidates)
     stage_seconds, done, pretrain = 0.0, [], None
+    tuning = tuning_stages(cfg, stages_dir, candidates)
+    if tuning:  # tune.seed: the grid runs on that seed (cached stages, shared with its own cell)
+      tuned = [(st, experiment.run_cached_stage(st.config, stages_dir, st.kind, st.depends_on)) for st in tuning]
+      tuned = [(st, r) for st, r in tuned if st.kind != "pretrain"]
+      if any("stopped_at_step" in r for _, r in tuned):
+        raise RuntimeError("a tuning stage was stopped (train.stop_after_steps); rerun to resume it")
+      best = _select_candidate(cfg, [r for _, r in tuned])
+      note.update(tuned_on_seed=int(cfg.tune.seed), tuning_candidates=[
+          {"overrides": st.overrides, "valid": r["valid"][cfg.train.best_metric], "stage": st.hash,
+           "best_step": r.get("best_step")} for st, r in tuned])
+      candidates = [candidates[best]]  # the same grid point on this cell's own seed
+      record["planned"] = [st.hash for st in tuning] + _planned_hashes(prereq, candidates)
     for stage in prereq + candidates:
       results = experiment.run_cached_stage(stage.config, stages_dir, stage.kind, stage.depends_on)
       if "stopped_at_step" in results:  # train.stop_after_steps: resumes on the next run
@@ -336,6 +348,17 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> di
   return record
 
 
+def outcome(record: dict, metric: str) -> str:
+  """One line of what a finished cell measured: its metric, the chosen values, its best step."""
+  if record["status"] != "done":
+    return f"{record['status']}" + (f": {record['error']}" if record.get("error") else "")
+  chosen = (record.get("tuning") or {}).get("chosen") or {}
+  return (f"done: valid {metric}={record['valid'].get(metric, float('nan')):.4f} test "
+          f"{metric}={record['test'].get(metric, float('nan')):.4f}, best step {record.get('best_step')}"
+          + (", chosen " + ", ".join(f"{k}={v:g}" for k, v in chosen.items()) if chosen else "")
+          + f" ({record['wall_seconds']:.0f} s)")
+
+
 def serving_cost(results: dict) -> dict:
   """What serving the cell's model costs: params and evaluation users/s of the model a deployment
   would keep (a structurally pruned run: its smaller dense model)."""
@@ -351,13 +374,33 @@ def _cached(config, cell: Cell, workdir: str, previous: dict | None) -> bool:
   """A cell is skipped when its last record is done and its stages (same hashes) still exist."""
   if not previous or previous.get("status") != "done":
     return False
+  stages_dir = os.path.join(workdir, STAGES_DIR)
   try:
-    hashes = _planned_hashes(*plan_stages(apply_overrides(config, cell.overrides),
-                                          os.path.join(workdir, STAGES_DIR))[:2])
+    cfg = apply_overrides(config, cell.overrides)
+    prereq, candidates, _ = plan_stages(cfg, stages_dir)
+    tuning = tuning_stages(cfg, stages_dir, candidates)
   except Exception:  # noqa: BLE001 -- an invalid cell is not cached; run_cell records why
     return False
-  return hashes == previous.get("planned") and all(
-      os.path.exists(os.path.join(workdir, STAGES_DIR, h, "results.json")) for h in hashes)
+  planned = previous.get("planned") or []
+  if tuning:  # the tuning seed's stages, this cell's prerequisites and the one candidate it chose
+    fixed = [st.hash for st in tuning] + _planned_hashes(prereq, [])
+    ok = planned[:-1] == fixed and planned[-1:] and planned[-1] in {st.hash for st in candidates}
+  else:
+    ok = planned == _planned_hashes(prereq, candidates)
+  return bool(ok) and all(os.path.exists(os.path.join(stages_dir, h, "results.json")) for h in planned)
+
+
+def tuning_stages(config, stages_dir: str, candidates: list[Stage]) -> list[Stage]:
+  """With tune.seed = s >= 0, a cell of another seed reuses the values chosen on seed s: the stages
+  to run first are seed s's cell's (its prerequisites and every grid candidate); [] when every seed
+  tunes itself (tune.seed = -1), the cell is seed s's own, or there is nothing to choose."""
+  s = int(config.tune.seed)
+  if s < 0 or len(candidates) < 2 or config.seed == s:
+    return []
+  # seed s's cell: its few-shot users too when the sweep draws them with the seed (strategy_grid)
+  seeds = {"seed": s, **({"data.fraction_seed": s} if config.data.fraction_seed == config.seed else {})}
+  prereq, tuned, _ = plan_stages(apply_overrides(config, seeds), stages_dir)
+  return prereq + tuned
 
 
 def check_study(config, module) -> None:
@@ -521,8 +564,9 @@ def _run_cells(config, cells, chosen, layout, workdir) -> dict:
     if _cached(config, cell, workdir, previous.get(cell.key)):
       counts["cached"] += 1
       continue
-    log.info("cell %d/%d: %s", cell.index + 1, len(cells), cell.key)
+    log.info("cell %d (of 0..%d): %s", cell.index, len(cells) - 1, cell.key)
     record = run_cell(config, cell, workdir, layout)
+    log.info("cell %d %s", cell.index, outcome(record, config.train.best_metric))
     if is_main:
       runindex.append_run(workdir, record)
     counts["ran"] += 1
