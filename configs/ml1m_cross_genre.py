@@ -18,7 +18,7 @@ Commands:
   python launch.py --config configs/ml1m_cross_genre.py --config.data.domain=target --workdir runs/ml1m_genre/target
 """
 
-from xrec.config import base_config
+from xrec.defaults import base_config
 
 THRILL = ("Action", "Adventure", "Crime", "Film-Noir", "Horror", "Mystery", "Sci-Fi", "Thriller", "War", "Western")
 

@@ -19,7 +19,7 @@ Commands (pretrain on the source, train on the target; `data.user_fraction` for 
 `configs/ml1m_cross_region.py:swap` exchanges the sides (source = 5-9, target = 0-4).
 """
 
-from xrec.config import base_config
+from xrec.defaults import base_config
 
 EAST = ("0", "1", "2", "3", "4")
 WEST = ("5", "6", "7", "8", "9")

@@ -3,7 +3,7 @@
   python launch.py --config configs/popularity_synthetic.py --workdir runs/popularity_synthetic
 """
 
-from xrec.config import base_config
+from xrec.defaults import base_config
 
 
 def get_config(arg=None):

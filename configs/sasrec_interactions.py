@@ -19,7 +19,7 @@ chronological leave-one-out, full ranking with history masked, full cross-entrop
 Statistics: `python -m xrec.data.stats --config configs/sasrec_interactions.py:amazon2018 --config.data.files.path=...`.
 """
 
-from xrec.config import base_config
+from xrec.defaults import base_config
 
 FORMATS = ("sasrec", "s3rec", "recbole", "amazon2018", "amazon2023", "amazon2023_reviews")
 

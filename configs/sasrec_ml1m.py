@@ -18,7 +18,7 @@ Reference (paper, full CE, max_len 200): test NDCG@10 = 0.182, HR@10 = 0.315. Da
 `python -m xrec.data.stats --config configs/sasrec_ml1m.py` (6,040 users, 3,706 items, 1,000,209 ratings).
 """
 
-from xrec.config import base_config
+from xrec.defaults import base_config
 
 
 def get_config(arg=None):

@@ -11,7 +11,7 @@ Switches via the config argument: `configs/sasrec_synthetic.py:bce` uses the
 original SASRec loss (BCE, one negative), `:sampled` a logQ-corrected sampled softmax.
 """
 
-from xrec.config import base_config
+from xrec.defaults import base_config
 
 
 def get_config(arg=None):

@@ -15,7 +15,7 @@ Pick other strategies / fraction / shift from the command line, e.g.
 Measured numbers: README.md (quick start), artifacts in experiments/quickstart/.
 """
 
-from xrec.config import base_config
+from xrec.defaults import base_config
 
 
 def get_config(arg=None):

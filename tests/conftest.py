@@ -20,7 +20,7 @@ def data_dir(tmp_path_factory):
 
 def tiny_config(data_dir: str):
   """A SASRec run that takes seconds: 120 users, 200 items, 2 tiny blocks."""
-  from xrec.config import base_config
+  from xrec.defaults import base_config
   c = base_config()
   c.data.data_dir = data_dir
   c.data.synthetic.update(dict(num_source_users=120, num_target_users=60, num_source_items=200,

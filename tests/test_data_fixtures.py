@@ -109,7 +109,7 @@ def write_ml_csv(root, folder="ml-20m", as_zip=True):
 def files_cfg(**overrides):
   """A data.files ConfigDict (base defaults, raw keys unless `keys` is given: these tests read
   layouts) with `overrides`."""
-  from xrec.config import base_config
+  from xrec.defaults import base_config
   c = base_config().data.files
   c.keys = "shared"
   c.update(overrides)

@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_data_fixtures as F  # noqa: E402
 
-from xrec.config import base_config  # noqa: E402
+from xrec.defaults import base_config  # noqa: E402
 from xrec.data import pipeline, scenarios  # noqa: E402
 
 PRE = {"min_rating": 0.0, "dedup": "keep", "user_core": 0, "item_core": 0, "min_seq_len": 3, "max_seq_len": 0}

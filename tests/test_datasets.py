@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_data_fixtures as F  # noqa: E402
 
-from xrec.config import base_config  # noqa: E402
+from xrec.defaults import base_config  # noqa: E402
 from xrec.data import movielens, pipeline, prepared, stats  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,8 @@ import pytest
 
 from xrec import models
 from xrec import sharding
-from xrec.config import base_config, with_overrides
+from xrec.config import with_overrides
+from xrec.defaults import base_config
 from xrec.models import base, common
 from xrec.train import loop, objectives
 from xrec.train import optimizer

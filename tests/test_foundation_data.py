@@ -168,7 +168,7 @@ def test_eval_batches_pad_with_zero_weight():
 
 _PREPARE = """
 import os, sys, time
-from xrec.config import base_config
+from xrec.defaults import base_config
 from xrec.data import pipeline
 c = base_config().data
 c.data_dir = sys.argv[1]

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_data_fixtures as F  # noqa: E402
 
-from xrec.config import base_config  # noqa: E402
+from xrec.defaults import base_config  # noqa: E402
 from xrec.data import pipeline, synthetic, text  # noqa: E402
 
 SMALL = dict(num_source_users=60, num_target_users=50, num_source_items=80, num_target_items=70,

@@ -63,7 +63,8 @@ def test_a_diverged_study_cell_is_recorded_as_failed_and_the_launch_exits_non_ze
     ("model.dropout", "1.5"), ("data.user_fraction", "0.0"), ("train.batch_size", "0"),
 ])
 def test_an_invalid_value_is_refused_before_any_work(tmp_path, field, value):
-  from xrec.config import base_config, check_ranges
+  from xrec.config import check_ranges
+  from xrec.defaults import base_config
   from xrec.train import sweep
   config = base_config()
   with pytest.raises(ValueError, match=rf"{field}=.*must be (an integer|a number)"):

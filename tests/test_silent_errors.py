@@ -13,7 +13,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from xrec.config import base_config, dotted, last_flag_wins
+from xrec.config import dotted, last_flag_wins
+from xrec.defaults import base_config
 from xrec.data import fingerprint, pipeline, prepared
 from xrec.evaluate import metrics as M
 from xrec.train import experiment, sweep

@@ -159,7 +159,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_with_each_path(folder):
 
 
 def test_item_text_embeddings_are_cached_per_encoder_and_texts(folder, tmp_path, monkeypatch):
-  from xrec.config import base_config
+  from xrec.defaults import base_config
   from xrec.data import pipeline
   from xrec.train import item_text
   path, tensors = folder

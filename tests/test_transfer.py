@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from xrec.config import base_config
+from xrec.defaults import base_config
 from xrec.models import common
 from xrec.models.sasrec import SASRec
 from xrec.train import optimizer

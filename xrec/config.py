@@ -1,4 +1,5 @@
-"""Base ConfigDict shared by configs/*.py, and its validation.
+"""The core of the ConfigDict shared by configs/*.py (xrec/defaults.py base_config() completes it
+with the defaults each registry declares, so this module imports no registry), and its validation.
 
 Every field that exists here can be overridden from the command line
 (`--config.model.sasrec.num_layers=4`); configs are locked, so a misspelt field fails
@@ -13,9 +14,6 @@ from typing import Any
 
 import ml_collections
 
-from xrec import models
-from xrec.train import objectives
-from xrec.transfer import strategies
 
 # logical axis -> mesh axis (None = replicated). The item table and the scoring
 # over the catalogue are split on 'vocab' over 'model'.
@@ -31,7 +29,8 @@ DEFAULT_RULES = (
 )
 
 
-def base_config() -> ml_collections.ConfigDict:
+def core_config() -> ml_collections.ConfigDict:
+  """The fields xrec itself defines; xrec/defaults.py base_config() adds the registries' own."""
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -154,18 +153,14 @@ def base_config() -> ml_collections.ConfigDict:
   # whose item tables were pruned by dims, prune.kind="dims": tables [vocab, len(item_columns)],
   # looked up into those dims of the model width, scored against those dims of the hidden states)
   c.model.item_columns = ()
-  for name, encoder in models.MODELS.items():  # each encoder declares its own fields
-    if encoder.config_defaults:
-      c.model[name] = ml_collections.ConfigDict(dict(encoder.config_defaults))
+  # model.<encoder>: each encoder's own fields, added by xrec/defaults.py from the model registry
 
   # What a run minimises (xrec/train/objectives.py): a weighted sum of named terms, each logged on
   # its own. terms = ((name, weight), ...); () = the encoder's default (full_softmax for causal
   # encoders, cloze for bidirectional ones). Per-term options in the sub-dicts.
   c.objective = ml_collections.ConfigDict()
   c.objective.terms = ()  # names: full_softmax | chunked_softmax | sampled_softmax | bce | cloze | ...
-  for name, term in objectives.TERMS.items():  # each term declares its options (objectives.py)
-    if term.options:
-      c.objective[name] = ml_collections.ConfigDict(dict(term.options))
+  # objective.<term>: each term's options, added by xrec/defaults.py from objectives.TERMS
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"
@@ -217,9 +212,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.transfer = ml_collections.ConfigDict()
   c.transfer.strategy = "scratch"  # scratch | zero_shot | full_finetune | linear_probe | frozen_encoder
   #   | embedding_transfer | partial_freeze | reuse_bottom | adapter | lora | prompt | bitfit | patch
-  # per-strategy options, declared with the presets (xrec/transfer/strategies.py OPTIONS)
-  for group, fields in strategies.OPTIONS.items():
-    c.transfer[group] = ml_collections.ConfigDict(dict(fields))
+  # transfer.<group>: per-strategy options, added by xrec/defaults.py from strategies.OPTIONS
   # options every loading strategy reads
   c.transfer.lr_mult = 1.0  # lr multiplier of pretrained params that train (few-shot: try < 1)
   c.transfer.new_lr_mult = 1.0  # lr multiplier of freshly initialised params (modules, new blocks)

@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from xrec import models  # noqa: E402
 from xrec import sharding  # noqa: E402
-from xrec.config import base_config  # noqa: E402
+from xrec.defaults import base_config  # noqa: E402
 from xrec.evaluate import evaluator, metrics  # noqa: E402
 from xrec.train import loop, objectives  # noqa: E402
 from xrec.train import optimizer  # noqa: E402

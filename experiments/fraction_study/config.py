@@ -19,7 +19,7 @@ One cell (a cluster job per cell): `--list` prints the cells, `--only INDEX` (or
 Measured numbers and wall time: experiments/fraction_study/README.md.
 """
 
-from xrec.config import base_config
+from xrec.defaults import base_config
 from xrec.train.sweep import SEEDS, strategy_grid
 
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")

@@ -14,7 +14,7 @@ report's intervals and tests are per-user paired bootstraps.
 Measured numbers, throughput and wall time: experiments/model_zoo/README.md.
 """
 
-from xrec.config import base_config
+from xrec.defaults import base_config
 
 MODELS = ("popularity", "sasrec", "bert4rec", "gru4rec", "nextitnet")
 # SASRec with items by their text (issue 14): ID-free (text) and text + ID, the item text through

@@ -27,7 +27,7 @@ Results, commands and wall times: experiments/reproduce/README.md.
 
 import os
 
-from xrec.config import base_config
+from xrec.defaults import base_config
 
 DATA = os.environ.get("XREC_REAL_DATA", "../shared/data")
 AMAZON = {"beauty": "Beauty", "sports": "Sports_and_Outdoors", "toys": "Toys_and_Games"}

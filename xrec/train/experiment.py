@@ -23,7 +23,8 @@ import os
 
 import jax
 
-from xrec.config import base_config, dotted, with_overrides
+from xrec.config import dotted, with_overrides
+from xrec.defaults import base_config
 from xrec import runindex
 from xrec.data import fingerprint
 from xrec.train.loop import train_and_evaluate
