@@ -38,7 +38,6 @@ from xrec.data import builders
 
 log = logging.getLogger("xrec")
 
-SPLITS = ("train", "valid", "test")
 POPULATIONS = ("all", "unseen")
 
 

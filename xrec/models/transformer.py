@@ -27,7 +27,6 @@ import jax.numpy as jnp
 from xrec.models import base, common
 
 Dtype = jnp.dtype
-PROJECTIONS = ("query", "key", "value", "out", "wi", "wo")  # the dense projections of a block
 
 
 class Attention(nn.Module):

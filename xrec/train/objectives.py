@@ -33,10 +33,6 @@ import jax.numpy as jnp
 
 from xrec.models import common, losses
 
-# the batch streams a run can provide: target (its own domain), source (data.source_domain), and
-# teacher (a distillation teacher's outputs on the target batch, transfer.strategy=distill)
-STREAMS = ("target", "source", "teacher")
-
 
 @dataclasses.dataclass(frozen=True)
 class TermContext:
