@@ -223,37 +223,52 @@ STUDY = ["--config.experiment.pretrain.train.num_epochs=4", "--config.experiment
          "--config.experiment.strategies=('scratch','full_finetune')"]
 
 
-@pytest.mark.parametrize("kind,seed", [("run", 0), ("study", 1)])
-def test_sigkill_at_random_points_then_rerun_ends_as_an_uninterrupted_run(data_dir, tmp_path, kind, seed):
-  """SIGKILL at random moments (data preparation, compilation, training, checkpoint saves, the final
-  evaluation, the report), rerun after each kill, then once to the end: the same test metrics,
-  float for float, as one uninterrupted launch."""
-  import random
+# Kill points by what the launch reports (deterministic in time, not fractions of a measured
+# duration): each launch is SIGKILLed when its stderr shows the Nth line matching the pattern, so
+# every rerun resumes from a different state: mid-training right after an evaluation (the save of
+# that step not yet written), a second time from that resumed state, and (study) as the
+# pretraining starts (a finished scratch cell before it) and as the transfer stage starts.
+KILL_POINTS = {
+    "run": [(r"step \d+ valid", 2), (r"step \d+ valid", 2)],
+    "study": [(r"running pretrain stage", 1), ("running transfer stage", 1), (r"step \d+ valid", 2)],
+}
+
+
+def _launch_killed_at(wd, args, config, pattern, nth) -> bool:
+  """Starts a launch and SIGKILLs it at the nth stderr line matching `pattern`; True if it was killed
+  (False: it finished first)."""
+  import re
   import signal
-  import time
+  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--config",
+                           os.path.join(ROOT, "configs", config), "--workdir", str(wd), *args],
+                          cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  seen = 0
+  for line in proc.stderr:
+    seen += bool(re.search(pattern, line))
+    if seen >= nth:
+      proc.send_signal(signal.SIGKILL)
+      proc.wait(timeout=60)
+      return True
+  proc.wait(timeout=60)
+  return False
+
+
+@pytest.mark.parametrize("kind", ["run", "study"])
+def test_sigkill_at_reported_points_then_rerun_ends_as_an_uninterrupted_run(data_dir, tmp_path, kind):
+  """SIGKILL at points the launch reports (before a stage, mid-training after an evaluation and a
+  checkpoint, between pretraining and transfer), rerun after each kill, then once to the end: the
+  same test metrics, float for float, as one uninterrupted launch."""
   args = [*TINY, f"--config.data.data_dir={data_dir}", "--config.train.num_steps=24",
           "--config.train.eval_every_steps=6", "--config.train.checkpoint_every_steps=3"]
   config = "sasrec_synthetic.py" if kind == "run" else "transfer_synthetic.py"
   if kind == "study":
     args += STUDY
-  start = time.monotonic()
   whole = _launch(tmp_path / "whole", *args, config=config)
   assert whole.returncode == 0, whole.stderr[-3000:]
-  duration = time.monotonic() - start  # kill times scale with this machine's speed
   wd = tmp_path / "killed"
-  rng = random.Random(seed)
-  kills = 0
-  for _ in range(2 if kind == "run" else 3):
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--config",
-                             os.path.join(ROOT, "configs", config), "--workdir", str(wd), *args],
-                            cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(0.15, 0.8) * duration)
-    if proc.poll() is None:
-      proc.send_signal(signal.SIGKILL)
-      kills += 1
-    proc.wait(timeout=60)
+  kills = sum(_launch_killed_at(wd, args, config, pattern, nth) for pattern, nth in KILL_POINTS[kind])
   last = _launch(wd, *args, config=config)
   assert last.returncode == 0, last.stderr[-3000:]
-  assert kills >= 1
+  assert kills == len(KILL_POINTS[kind])  # every launch was killed where it said it was
   assert _metrics_of(wd) == _metrics_of(tmp_path / "whole") and _metrics_of(wd)
