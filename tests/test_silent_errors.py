@@ -136,7 +136,7 @@ def test_a_study_on_an_appended_file_is_refused_naming_the_file_and_results_say_
   assert results["dataset"]["preprocess"]["main"]["duplicates_dropped"] == lines // 2
   assert results["dataset"]["dedup"] == "consecutive"
   assert results["dataset"]["input_files"]["data.files.path"]["sha256"] == fingerprint.sha256_of(str(path))
-  assert f"duplicate interactions were dropped" in first.stderr
+  assert "duplicate interactions were dropped" in first.stderr
   with open(path, "a") as f:  # 200 more lines
     f.writelines(f"{u} {i}\n" for u in range(41, 61) for i in range(1, 11))
   again = _launch(tmp_path / "w", *args)
@@ -347,7 +347,6 @@ def test_the_real_minilm_is_found_by_name_when_installed_and_named_when_not(monk
 def test_parallel_jobs_never_start_a_cell_whose_pretraining_another_worker_is_running(tmp_path):
   from xrec.train import parallel
   log_file = tmp_path / "order.txt"
-  done = set()
 
   def command(index):  # a cell that records when it starts and ends
     return [sys.executable, "-c", f"import time; open({str(log_file)!r}, 'a').write('start {index}\\n'); "

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from xrec import models, zoo
+from xrec import runfiles, zoo
 from xrec.config import with_overrides
 from xrec.data import pipeline
 from xrec.evaluate import metrics, transferability
@@ -93,8 +93,7 @@ def _source_domain(path: str):
   """The domain a zoo entry was trained on, from its results.json's data config (None when it
   cannot be read here, e.g. a real dataset whose files are elsewhere)."""
   try:
-    with open(os.path.join(path, "results.json")) as f:
-      data = ml_collections.ConfigDict(json.load(f)["config"]["data"])
+    data = ml_collections.ConfigDict(runfiles.read_results(path)["config"]["data"])
     return pipeline.load_domain(data)
   except (OSError, ValueError, KeyError):
     return None
@@ -103,12 +102,9 @@ def _source_domain(path: str):
 def estimate(entry_name: str, entry: dict, config, domain, examples, out_dir: str, proxy_steps: int = 0) -> dict:
   """Every estimator's value and wall seconds for one zoo entry on the target."""
   path = entry["path"]
-  with open(os.path.join(path, loop.MODEL_FILE)) as f:
-    info = json.load(f)
-  module = models.build(ml_collections.ConfigDict(info["model"]), int(info["num_items"]))
+  module, info = runfiles.build_encoder(path)
   params, _ = ckpt.restore_best_params(path)
-  with open(os.path.join(path, loop.ITEM_KEYS_FILE)) as f:
-    keys = json.load(f)["item_keys"]
+  keys = runfiles.read_item_keys(path)
   position = {k: i + 1 for i, k in enumerate(keys)}
   to_entry = np.zeros(domain.num_items + 1, np.int64)  # target id -> the entry's id (0: unknown)
   to_entry[1:] = [position.get(k, 0) for k in domain.item_keys]

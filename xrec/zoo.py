@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from xrec import models, runindex
+from xrec import models, runfiles, runindex
 
 DEFAULT_CATALOG = os.path.join("~", ".xrec", "zoo.json")
 
@@ -54,7 +54,7 @@ def run_folder(workdir: str) -> str:
   """The folder holding a finished run's results.json and best/ checkpoint: `workdir` itself, or a
   one-cell study's trained stage."""
   workdir = os.path.abspath(workdir)
-  if os.path.exists(os.path.join(workdir, "best")) and os.path.exists(os.path.join(workdir, "results.json")):
+  if os.path.exists(os.path.join(workdir, "best")) and os.path.exists(os.path.join(workdir, runfiles.RESULTS_FILE)):
     return workdir
   runs = runindex.latest_runs(workdir) if os.path.exists(os.path.join(workdir, runindex.RUNS_FILE)) else {}
   done = [r for r in runs.values() if r.get("status") == "done"]
@@ -76,12 +76,8 @@ def _folder_bytes(path: str) -> int:
 def describe(workdir: str) -> dict:
   """The catalog entry of a finished run (read from its files; nothing is loaded)."""
   folder = run_folder(workdir)
-  with open(os.path.join(folder, "results.json")) as f:
-    results = json.load(f)
-  with open(os.path.join(folder, "model.json")) as f:
-    model = json.load(f)
-  with open(os.path.join(folder, "item_keys.json")) as f:
-    keys = json.load(f)["item_keys"]
+  results, model, keys = (runfiles.read_results(folder), runfiles.read_model(folder),
+                          runfiles.read_item_keys(folder))
   name = model["model"]["name"]
   if name not in models.MODELS:
     raise ValueError(f"{folder}: encoder {name!r} is unknown to this xrec; known: {sorted(models.MODELS)}")

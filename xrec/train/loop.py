@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -29,6 +28,7 @@ import numpy as np
 import optax
 
 from xrec import models
+from xrec import runfiles
 from xrec import runindex
 from xrec import sharding
 from xrec import zoo
@@ -51,9 +51,6 @@ from xrec.transfer import strategies
 from xrec.transfer import vocab
 
 log = logging.getLogger("xrec")
-ITEM_KEYS_FILE = "item_keys.json"  # the run's item vocabulary: transfer maps rows by these raw keys
-MODEL_FILE = "model.json"  # the run's encoder: transfer reads its roles from it
-TRANSFER_REPORT_FILE = "transfer_report.json"  # what a pretrained init loaded (kept for resumes)
 
 
 def validate(config) -> None:
@@ -129,14 +126,8 @@ def model_config(config, fields: dict) -> ml_collections.ConfigDict:
 
 
 def read_encoder(workdir: str) -> transfer.SourceEncoder:
-  """The encoder a finished run trained (its MODEL_FILE): class name and roles."""
-  path = os.path.join(workdir, MODEL_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: the pretrained run's encoder description is needed to "
-                            "map its params by role (runs write it when they start)")
-  with open(path) as f:
-    info = json.load(f)
-  module = models.build(ml_collections.ConfigDict(info["model"]), int(info["num_items"]))
+  """The encoder a finished run trained (its model.json): class name and roles."""
+  module, _ = runfiles.build_encoder(workdir)
   return transfer.SourceEncoder(type(module).__name__, module.roles(), bool(module.uses_mask_token))
 
 
@@ -159,13 +150,6 @@ def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None,
   return Model(module, plan, objective, source, teacher, item_text_table)
 
 
-def _pretrained_model(path: str):
-  """(module, info) of a finished run's encoder (its MODEL_FILE)."""
-  with open(os.path.join(path, MODEL_FILE)) as f:
-    info = json.load(f)
-  return models.build(ml_collections.ConfigDict(info["model"]), int(info["num_items"])), info
-
-
 def cross_user_sizes(config, domain) -> dict:
   """transfer.cross_user.rows / source_dim: the pretrained model's vocab (merged: source items are
   read through a copy of its item table) or the target's users + 1 (prefix: one frozen
@@ -174,7 +158,7 @@ def cross_user_sizes(config, domain) -> dict:
     raise ValueError("transfer.strategy='cross_user' reads each user's source-domain history through the "
                      "pretrained source model: it needs data.source_domain and train.init_from (a "
                      "pretrain -> transfer experiment sets both)")
-  module, info = _pretrained_model(config.train.init_from)
+  module, info = runfiles.build_encoder(config.train.init_from)
   rows = module.vocab_size if config.transfer.cross_user.mode == "merged" else 2 * domain.num_users + 1
   return {"transfer.cross_user.rows": int(rows), "transfer.cross_user.source_dim": int(info["model"]["embed_dim"])}
 
@@ -185,7 +169,7 @@ def cross_user_inputs(config, domain, vocab_size: int):
   with source_cfg.unlocked():
     source_cfg.update(dict(domain=config.data.source_domain, user_fraction=1.0, eval_population="all"))
   source = pipeline.load_domain(source_cfg)
-  pretrained_keys = _item_keys(config.train.init_from)
+  pretrained_keys = runfiles.read_item_keys(config.train.init_from)
   if pretrained_keys != source.item_keys:
     raise ValueError(f"transfer.strategy='cross_user': the pretrained model {config.train.init_from!r} was not "
                      f"trained on domain {source.name!r}'s items (its item vocabulary differs), so it cannot "
@@ -202,7 +186,7 @@ def prefix_user_table(config, domain, rows: int) -> np.ndarray:
   """[rows, source embed] the frozen prefix representations: the pretrained source encoder's last
   state over each target user's source history, one row for its training window and one for its
   evaluation (CrossUserInputs.prefix_row; zero without history)."""
-  module, info = _pretrained_model(config.train.init_from)
+  module, info = runfiles.build_encoder(config.train.init_from)
   params, _ = ckpt.restore_best_params(config.train.init_from)
   max_len = int(info["model"]["max_len"])
   table = np.zeros((rows, int(info["model"]["embed_dim"])), np.float32)
@@ -233,7 +217,7 @@ def synthesise(config, domain):
                      "run's workdir; backward: one trained with data.reverse=True) or train.init_from")
   if not ckpt.has_best_params(path):
     raise FileNotFoundError(f"data.synthesis generator {path!r} has no best params under {os.path.join(path, 'best')}")
-  module, info = _pretrained_model(path)
+  module, info = runfiles.build_encoder(path)
   reversed_run = bool(info.get("reverse", False))
   if (cfg.direction == "backward") != reversed_run:
     raise ValueError(f"data.synthesis.direction={cfg.direction!r} needs a generator trained "
@@ -241,7 +225,7 @@ def synthesise(config, domain):
                      f"{path!r} was trained {'backwards' if reversed_run else 'forwards'}: use direction="
                      f"{'backward' if reversed_run else 'forward'!r} or another generator")
   params, _ = ckpt.restore_best_params(path)
-  pseudo, report = synthesis.generate(module, params, _item_keys(path), domain, cfg)
+  pseudo, report = synthesis.generate(module, params, runfiles.read_item_keys(path), domain, cfg)
   report["model"] = path
   log.info("synthesis (%s): %d of %d short training users lengthened, %d items added", cfg.direction,
            report["users_lengthened"], report["short_users"], report["items_added"])
@@ -257,10 +241,8 @@ def read_teacher(config, domain) -> dict:
                      "run's workdir) or train.init_from")
   if not ckpt.has_best_params(path):
     raise FileNotFoundError(f"distillation teacher {path!r} has no best params under {os.path.join(path, 'best')}")
-  with open(os.path.join(path, MODEL_FILE)) as f:
-    info = json.load(f)
-  module = models.build(ml_collections.ConfigDict(info["model"]), int(info["num_items"]))
-  teacher_keys = _item_keys(path)
+  module, info = runfiles.build_encoder(path)
+  teacher_keys = runfiles.readrunfiles.read_item_keys(path)
   position = {key: i + 1 for i, key in enumerate(teacher_keys)}
   missing = [k for k in domain.item_keys if k not in position]
   if missing:
@@ -270,7 +252,7 @@ def read_teacher(config, domain) -> dict:
   id_map = np.zeros(models.build(config.model, domain.num_items).vocab_size, np.int32)
   id_map[1:domain.num_items + 1] = [position[k] for k in domain.item_keys]
   params, _ = ckpt.restore_best_params(path)
-  results = _read_json(os.path.join(path, "results.json")) or {}
+  results = runfiles.read_results(path, missing_ok=True) or {}
   described = {"path": path, "encoder": type(module).__name__, "param_count": common.param_count(params),
                "stored_bytes": int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(params))),
                "test": (results.get("test") or {}).get("ndcg@10"),
@@ -361,7 +343,7 @@ def initial_params(config, workdir, model: Model, state, param_sh, domain):
   meta, report = BestTracker.fresh_meta(), None
   if init.kind in ("resume_workdir", "resume_path"):
     state, meta = ckpt.restore_state(init.path, state)
-    report = _read_json(os.path.join(init.path, TRANSFER_REPORT_FILE))  # what the first start loaded
+    report = runfiles.read_transfer_report(init.path)  # what the first start loaded
   elif model.module.fitted:  # counted, not trained: the training users' item counts
     counts = pipeline.item_counts(domain)
     state["params"] = jax.device_put(model.module.fit_params(counts), param_sh)
@@ -375,10 +357,10 @@ def initial_params(config, workdir, model: Model, state, param_sh, domain):
                        "(e.g. full_finetune) or clear train.init_from")
     pretrained, _ = ckpt.restore_best_params(init.path)
     params, report = plan.init_params(sharding.to_host(state["params"]), pretrained,
-                                      _item_keys(init.path), domain.item_keys, model.source)
+                                      runfiles.read_item_keys(init.path), domain.item_keys, model.source)
     state["params"] = jax.device_put(params, param_sh)
     if jax.process_index() == 0:  # a resumed run reports the same loading (shared params, items)
-      writing.write_json_atomic(os.path.join(workdir, TRANSFER_REPORT_FILE),
+      writing.write_json_atomic(os.path.join(workdir, runfiles.TRANSFER_REPORT_FILE),
                                 {k: report[k] for k in ("strategy", "loaded", "fresh", "shared", "items", "positions")})
   elif plan.strategy.load:
     raise ValueError(f"transfer.strategy={plan.name!r} starts from a pretrained model: "
@@ -454,7 +436,7 @@ def _item_overlap(config, domain) -> dict | None:
   """Overlap of the target's catalogue with the pretrained model's (train.init_from), by raw key."""
   if not config.train.init_from:
     return None
-  return vocab.item_overlap(_item_keys(config.train.init_from), domain.item_keys, domain.item_frequency)
+  return vocab.item_overlap(runfiles.read_item_keys(config.train.init_from), domain.item_keys, domain.item_frequency)
 
 
 def _sampling_probs(config, domain, vocab_size: int):
@@ -534,9 +516,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = build_model(config, domain, overlap, text_table)
   module, plan = model.module, model.plan
   if is_main:
-    writing.write_json_atomic(os.path.join(workdir, ITEM_KEYS_FILE),
+    writing.write_json_atomic(os.path.join(workdir, runfiles.ITEM_KEYS_FILE),
                               {"dataset": config.data.name, "domain": domain.name, "item_keys": domain.item_keys})
-    writing.write_json_atomic(os.path.join(workdir, MODEL_FILE),
+    writing.write_json_atomic(os.path.join(workdir, runfiles.MODEL_FILE),
                               {"model": model_config(config, plan.model_fields).to_dict(),
                                "num_items": domain.num_items, "encoder": plan.encoder,
                                "reverse": bool(config.data.reverse),  # trained to predict the previous item
@@ -746,24 +728,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer.write(int(best_step), "test", results["test"])
   writer.close()
   if is_main:
-    writing.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    writing.write_json_atomic(os.path.join(workdir, runfiles.RESULTS_FILE), results)
   return results
-
-
-def _item_keys(workdir: str) -> list[str]:
-  path = os.path.join(workdir, ITEM_KEYS_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: the pretrained run's item vocabulary is needed to "
-                            "map item rows by raw key")
-  with open(path) as f:
-    return json.load(f)["item_keys"]
-
-
-def _read_json(path: str):
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def _pruning_report(config, pruner, plan, best_params, state, domain, mesh, rules, test) -> dict:
