@@ -242,7 +242,7 @@ def read_teacher(config, domain) -> dict:
   if not ckpt.has_best_params(path):
     raise FileNotFoundError(f"distillation teacher {path!r} has no best params under {os.path.join(path, 'best')}")
   module, info = runfiles.build_encoder(path)
-  teacher_keys = runfiles.readrunfiles.read_item_keys(path)
+  teacher_keys = runfiles.read_item_keys(path)
   position = {key: i + 1 for i, key in enumerate(teacher_keys)}
   missing = [k for k in domain.item_keys if k not in position]
   if missing:
