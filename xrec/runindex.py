@@ -9,6 +9,8 @@ and read by the report (xrec/report).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -109,3 +111,15 @@ def append_run(workdir: str, record: dict) -> None:
       f.seek(-1, os.SEEK_END)
       torn = f.read(1) != b"\n"
     f.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str):
+  """Waits for and holds an flock on the file `path` (created if needed); the kernel drops it if the
+  holder dies, so a lock is never left behind by a killed process."""
+  with open(path, "a") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import hashlib
 import json
 import logging
@@ -128,12 +127,8 @@ def _stage_lock(stage_dir: str):
   if jax.process_index() != 0:
     yield
     return
-  with open(stage_dir + ".lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
+  with runindex.exclusive_lock(stage_dir + ".lock"):
+    yield
 
 
 def run_cached_stage(config, stages_dir: str, kind: str, depends_on: dict[str, str] | None = None) -> dict:

@@ -509,12 +509,8 @@ def run_study(config, module, workdir: str, only: str | None = None, config_file
 def study_lock(workdir: str):
   """An flock on WORKDIR/.study.lock, held only while a launch checks and records study.json (every
   launch of the workdir, --only or not, takes the same one)."""
-  with open(os.path.join(workdir, ".study.lock"), "a") as handle:
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(handle, fcntl.LOCK_UN)
+  with runindex.exclusive_lock(os.path.join(workdir, ".study.lock")):
+    yield
 
 
 class WorkdirInUse(RuntimeError):
