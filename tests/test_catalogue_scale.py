@@ -12,7 +12,8 @@ from conftest import tiny_config
 from xrec import models, sharding
 from xrec.evaluate import evaluator
 from xrec.models import losses
-from xrec.train import loop, objectives, optimizer
+from xrec.train import objectives, optimizer
+from xrec.train.step import create_state, make_train_step
 
 NUM_ITEMS = 20_000
 
@@ -57,7 +58,7 @@ def _sharded_model(data_dir, terms=()):
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding.rules)
   module = models.build(cfg.model, NUM_ITEMS, cfg.model.max_len)
   tx, _ = optimizer.make_optimizer(cfg.optim, 10)
-  state, state_sh = loop.create_state(module, tx, cfg.model.max_len, 0, mesh, rules)
+  state, state_sh = create_state(module, tx, cfg.model.max_len, 0, mesh, rules)
   return cfg, mesh, rules, module, tx, state, state_sh
 
 
@@ -75,7 +76,7 @@ def test_chunked_softmax_step_on_a_vocab_sharded_table(data_dir):
     cfg, mesh, rules, module, tx, state, state_sh = _sharded_model(data_dir, ((term, 1.0),))
     ids = _batch(cfg, cfg.train.batch_size)
     batch = sharding.put_batch({"target": {"inputs": ids[:, :-1], "targets": ids[:, 1:], "items": ids[:, 1:]}}, mesh)
-    step = loop.make_train_step(module, tx, objectives.build(cfg.objective, True), NUM_ITEMS, state_sh, mesh,
+    step = make_train_step(module, tx, objectives.build(cfg.objective, True), NUM_ITEMS, state_sh, mesh,
                                 vocab_shards=sharding.axis_shards(mesh, rules, "vocab"))
     compiled = step.lower(state, batch, jax.random.key(0)).compile()
     new_state, stats = step(state, batch, jax.random.key(0))

@@ -15,7 +15,9 @@ from xrec import sharding
 from xrec.config import with_overrides
 from xrec.defaults import base_config
 from xrec.models import base, common
-from xrec.train import loop, objectives
+from xrec.config import model_config as with_model_fields
+from xrec.train import objectives
+from xrec.train.step import create_state, make_train_step
 from xrec.train import optimizer
 from xrec.transfer import apply as transfer_apply
 from xrec.transfer import insert
@@ -114,7 +116,7 @@ def bound(name, strategy, **options):
     options = {"cross_user.rows": 32, "cross_user.source_dim": 5, **options}
   cfg = transfer_config(strategy, **options)
   plan = transfer_apply.prepare(cfg)
-  encoder = models.build(loop.model_config(model_config(name), plan.model_fields), NUM_ITEMS)
+  encoder = models.build(with_model_fields(model_config(name), plan.model_fields), NUM_ITEMS)
   module, plan = plan.bind(encoder)
   return encoder, module, plan
 
@@ -162,7 +164,7 @@ def _expected_trainable(strategy, flat: dict, roles: base.Roles) -> int:
   under = lambda prefixes: sum(n for p, n in size.items() if any(p == x or p.startswith(x + "/") for x in prefixes))  # noqa: E731
   tables = [roles.item_table] + ([roles.output_table] if roles.output_table else [])
   if strategy in ("scratch", "full_finetune", "embedding_transfer", "dann", "shared_private", "distill", "prune",
-                  "multi_domain",
+                  "multi_domain", "l2sp",
                   "cross_user"):  # cross_user: its default mode (merged) trains its source table too
     return sum(size.values())
   if strategy == "zero_shot":
@@ -217,14 +219,14 @@ def test_frozen_params_bit_identical_and_stateless(name, strategy):
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, model=1)))
   cfg = base_config()
   tx = plan.make_optimizer(lambda: optimizer.make_optimizer(cfg.optim, 10)[0], params)
-  state, state_sh = loop.create_state(module, tx, MAX_LEN, 0, mesh, sharding.logical_rules(cfg.sharding.rules))
+  state, state_sh = create_state(module, tx, MAX_LEN, 0, mesh, sharding.logical_rules(cfg.sharding.rules))
   state["params"] = jax.device_put(params, state_sh["params"])
   mults = schedules.resolve(params, plan.schedule)
   frozen = [p for p, m in mults.items() if m is None]
   state_leaves = [x for x in jax.tree.leaves(state["opt_state"]) if np.ndim(x)]
   assert sum(int(np.prod(np.shape(x))) for x in state_leaves) == 2 * plan.budget(params)["trainable"]
   objective = objectives.build(cfg.objective, encoder.causal)
-  step = loop.make_train_step(module, tx, objective, NUM_ITEMS, state_sh, mesh)
+  step = make_train_step(module, tx, objective, NUM_ITEMS, state_sh, mesh)
   rng = np.random.default_rng(0)
   for _ in range(2):
     seq = rng.integers(1, NUM_ITEMS + 1, (4, MAX_LEN + 1)).astype(np.int32)

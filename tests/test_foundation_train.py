@@ -34,9 +34,9 @@ def test_sharded_2x2_matches_single_device(data_dir, tmp_path):
   four = tiny_config(data_dir)
   four.model.dropout = 0.0
   four.mesh.data, four.mesh.model = 2, 2
-  from xrec.train import loop
+  from xrec.train import step as train_step
   seen = {}
-  orig = loop.create_state
+  orig = train_step.create_state
 
   def spy(*a, **k):
     state, sh = orig(*a, **k)
@@ -45,11 +45,11 @@ def test_sharded_2x2_matches_single_device(data_dir, tmp_path):
     seen["mu"] = [x.sharding.spec for x in jax.tree.leaves(state["opt_state"])
                   if getattr(x, "shape", None) == table.shape]
     return state, sh
-  loop.create_state = spy
+  train_step.create_state = spy
   try:
     r4 = train_and_evaluate(four, str(tmp_path / "four"))
   finally:
-    loop.create_state = orig
+    train_step.create_state = orig
   shape, spec, shard_shapes = seen["table"]
   assert spec[0] == "model", spec  # vocab axis split over 'model'
   assert shard_shapes == {(shape[0] // 2, shape[1])}

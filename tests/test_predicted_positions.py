@@ -11,6 +11,7 @@ from test_foundation_data import _ListSource
 from xrec import models, sharding
 from xrec.data import augment, pipeline
 from xrec.train import loop, objectives, optimizer
+from xrec.train.step import create_state, make_train_step
 
 
 def _domain(num_users=53, num_items=40, seed=0):
@@ -81,8 +82,8 @@ def test_a_step_on_the_predicted_positions_equals_the_step_on_the_whole_batch(te
   rng = jax.random.key(0)
 
   def run(packed: bool):
-    state, state_sh = loop.create_state(module, tx, max_len, 0, mesh, rules)
-    step = loop.make_train_step(module, tx, objective, dom.num_items, state_sh, mesh,
+    state, state_sh = create_state(module, tx, max_len, 0, mesh, rules)
+    step = make_train_step(module, tx, objective, dom.num_items, state_sh, mesh,
                                 vocab_shards=sharding.axis_shards(mesh, rules, "vocab"))
     losses, grads, flops = [], None, None
     for s in range(3):

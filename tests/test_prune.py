@@ -14,7 +14,8 @@ from test_encoders import INPUTS, NUM_ITEMS, build, init, perturbed
 from xrec import models
 from xrec.models import common
 from xrec.train import checkpoint as ckpt
-from xrec.train.loop import model_config, train_and_evaluate
+from xrec.config import model_config
+from xrec.train.loop import train_and_evaluate
 from xrec.transfer import prune as pruning
 
 

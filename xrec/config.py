@@ -212,6 +212,7 @@ def core_config() -> ml_collections.ConfigDict:
   c.transfer = ml_collections.ConfigDict()
   c.transfer.strategy = "scratch"  # scratch | zero_shot | full_finetune | linear_probe | frozen_encoder
   #   | embedding_transfer | partial_freeze | reuse_bottom | adapter | lora | prompt | bitfit | patch
+  #   | l2sp | dann | shared_private | distill | prune | multi_domain | cross_user (docs/transfer.md)
   # transfer.<group>: per-strategy options, added by xrec/defaults.py from strategies.OPTIONS
   # options every loading strategy reads
   c.transfer.lr_mult = 1.0  # lr multiplier of pretrained params that train (few-shot: try < 1)
@@ -310,6 +311,8 @@ RANGES = {
     "objective.distill_ranking.top_k": (1, MAX_SIZE, True, True, "int"),
     "transfer.lr_mult": (0.0, None, True, True, "float"),
     "transfer.new_lr_mult": (0.0, None, True, True, "float"),
+    "transfer.l2sp.alpha": (0.0, None, True, True, "float"),
+    "transfer.l2sp.beta": (0.0, None, True, True, "float"),
 }
 # The tuning grids hold values of the fields they tune: each is checked with that field's range
 # (a grid value out of range would fail every cell, or be skipped where the field is not tuned).
@@ -372,6 +375,14 @@ def check_ranges(config) -> None:
         break
   if problems:
     raise ValueError("invalid config values:\n  " + "\n  ".join(problems))
+
+
+def model_config(config, fields: dict) -> ml_collections.ConfigDict:
+  """A copy of config.model with `fields` (e.g. a strategy's model fields) set."""
+  cfg = copy.deepcopy(config.model)
+  with cfg.unlocked():
+    cfg.update(fields)
+  return cfg
 
 
 def with_overrides(config, overrides: dict[str, Any], what: str = "field"):

@@ -46,7 +46,8 @@ from xrec import models  # noqa: E402
 from xrec import sharding  # noqa: E402
 from xrec.defaults import base_config  # noqa: E402
 from xrec.evaluate import evaluator, metrics  # noqa: E402
-from xrec.train import loop, objectives  # noqa: E402
+from xrec.train import objectives  # noqa: E402
+from xrec.train.step import create_state, make_train_step  # noqa: E402
 from xrec.train import optimizer  # noqa: E402
 
 PRESETS = {
@@ -212,9 +213,9 @@ def bench_xrec(p, batch, config):
   rules = sharding.logical_rules(config.sharding.rules)
   module = models.build(config.model, p["num_items"], p["max_len"])
   tx, _ = optimizer.make_optimizer(config.optim, 1000)
-  state, state_sh = loop.create_state(module, tx, p["max_len"], 0, mesh, rules)
+  state, state_sh = create_state(module, tx, p["max_len"], 0, mesh, rules)
   objective = objectives.build(config.objective, module.causal)
-  step = loop.make_train_step(module, tx, objective, p["num_items"], state_sh, mesh)
+  step = make_train_step(module, tx, objective, p["num_items"], state_sh, mesh)
   rng = jax.random.key(1)
   dev_batch = sharding.put_batch({"target": batch}, mesh)
   flops = _flops(step, state, dev_batch, rng)
@@ -337,7 +338,7 @@ def bench_population_eval(p, config, domain, rounds: int = 2) -> dict:
   rules = sharding.logical_rules(config.sharding.rules)
   module = models.build(config.model, domain.num_items, p["max_len"])
   tx, _ = optimizer.make_optimizer(config.optim, 1000)
-  state, state_sh = loop.create_state(module, tx, p["max_len"], 0, mesh, rules)
+  state, state_sh = create_state(module, tx, p["max_len"], 0, mesh, rules)
   evaluators = {name: evaluator.Evaluator(module, domain.num_items, p["max_len"], config.eval, mesh,
                                           state_sh["params"], length_buckets=name == "buckets")
                 for name in ("buckets", "full_length")}
@@ -411,7 +412,7 @@ def bench_catalogue(p, steps: int = 2) -> dict:
   module = models.build(config.model, p["num_items"], p["max_len"])
   tx, _ = optimizer.make_optimizer(config.optim, 1000)
   t = time.perf_counter()
-  state, state_sh = loop.create_state(module, tx, p["max_len"], 0, mesh, rules)
+  state, state_sh = create_state(module, tx, p["max_len"], 0, mesh, rules)
   jax.block_until_ready(state)
   table = state["params"]["item_embed"]["embedding"]
   out = {"devices": p["devices"], "vocab_rows": int(module.vocab_size), "init_seconds": time.perf_counter() - t,
@@ -423,7 +424,7 @@ def bench_catalogue(p, steps: int = 2) -> dict:
   dev_batch = sharding.put_batch({"target": batch}, mesh)
   for term in ("sampled_softmax", "chunked_softmax", "full_softmax"):
     config.objective.terms = ((term, 1.0),)
-    step = loop.make_train_step(module, tx, objectives.build(config.objective, True), p["num_items"], state_sh,
+    step = make_train_step(module, tx, objectives.build(config.objective, True), p["num_items"], state_sh,
                                 mesh, vocab_shards=sharding.axis_shards(mesh, rules, "vocab"))
     compiled = step.lower(state, dev_batch, jax.random.key(1)).compile()
     row = {"memory_per_device": _memory(compiled), "largest_collective_elements": _largest_collective(compiled)}

@@ -42,7 +42,7 @@ def main():
   mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.sharding.rules)
   module = models.build(config.model, domain.num_items, p["max_len"])
   tx, _ = optimizer.make_optimizer(config.optim, 1000)
-  state, state_sh = loop.create_state(module, tx, p["max_len"], 0, mesh, rules)
+  state, state_sh = bench.create_state(module, tx, p["max_len"], 0, mesh, rules)
   params = state["params"]
   ev = evaluator.Evaluator(module, domain.num_items, p["max_len"], config.eval, mesh, state_sh["params"])
   ev.warm_up(params, domain)

@@ -6,7 +6,7 @@ between seeds of one row. This script times the served models of one seed's cell
 process, in alternating rounds (the median of the rounds; load from other processes falls on every
 model alike): full-ranking test evaluation of the whole population with the study's evaluation
 settings. Each model is built from its transfer stage's results.json: the run's model config and,
-for structured pruning, the smaller dense model its pruning report records (`loop.served_model`).
+for structured pruning, the smaller dense model its pruning report records (`xrec.train.hooks.prune.served_model`).
 Weights are random of the served shapes: evaluation cost depends on the shapes only.
 
   python experiments/distill_prune/speed.py runs/distill_prune [--seed 4] [--rounds 7]
@@ -34,7 +34,9 @@ from xrec.data import pipeline  # noqa: E402
 from xrec.evaluate import evaluator  # noqa: E402
 from xrec import sharding  # noqa: E402
 from xrec.models import common  # noqa: E402
-from xrec.train import loop, optimizer  # noqa: E402
+from xrec.train import optimizer  # noqa: E402
+from xrec.train.step import create_state  # noqa: E402
+from xrec.train.hooks.prune import served_model  # noqa: E402
 
 
 def row_name(overrides: dict) -> str:
@@ -50,7 +52,7 @@ def served(stage_results: dict, domain: pipeline.DomainSequences):
   fields = dict(pruning["dense"]["model_fields"]) if kind else {}
   if kind == "dims" and isinstance(fields.get("item_columns"), int):  # the report records how many dims
     fields["item_columns"] = tuple(range(fields["item_columns"]))
-  module = loop.served_model(config, kind, fields, domain.num_items)
+  module = served_model(config, kind, fields, domain.num_items)
   if kind == "items":  # histories in the kept items' ids (which items they are does not change the cost)
     kept = int(fields["num_items"])
     id_map = np.concatenate([[0], (np.arange(domain.num_items) % kept) + 1])
@@ -72,7 +74,7 @@ def main(workdir: str, seed: int, rounds: int) -> dict:
     config, module, num_items, dom = served(stage, domain)
     mesh = sharding.make_mesh(config.mesh)
     tx, _ = optimizer.make_optimizer(config.optim, 1000)
-    state, state_sh = loop.create_state(module, tx, config.model.max_len, 0, mesh,
+    state, state_sh = create_state(module, tx, config.model.max_len, 0, mesh,
                                         sharding.logical_rules(config.sharding.rules))
     ev = evaluator.Evaluator(module, num_items, config.model.max_len, config.eval, mesh, state_sh["params"])
     ev.warm_up(state["params"], dom)

@@ -64,6 +64,11 @@ class TransferPlan:
   uses_mask_token: bool = False
 
   @property
+  def runtime(self) -> tuple[str, ...]:
+    """The runtime hooks the preset trains with (strategies.RUNTIME; xrec/train/hooks)."""
+    return tuple(strategies.RUNTIME.get(self.name, ()))
+
+  @property
   def model_fields(self) -> dict:
     """Fields of config.model the preset sets before the encoder is built."""
     return dict(strategies.MODEL_FIELDS.get(self.name, {}))

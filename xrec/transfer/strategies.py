@@ -74,6 +74,8 @@ OPTIONS = {
     # source_dim are set by the trainer (the source model's vocab or the target's users + 1, and
     # the source encoder's width)
     "cross_user": {"mode": "merged", "rows": 0, "source_dim": 0},
+    # l2sp: weight of the pull toward the pretrained weights (alpha) and of plain L2 on fresh params (beta)
+    "l2sp": {"alpha": 0.1, "beta": 0.01},
 }
 
 # Model fields a preset sets on the target encoder (model.<field>), known before the encoder is
@@ -363,6 +365,17 @@ def cross_user(options, roles):
                             (r"cross/.*", options.new_lr_mult), (".*", options.lr_mult)))
 
 
+def l2sp(options, roles):
+  """L2-SP (Li et al., ICML 2018): full fine-tuning (lr_mult, optional layer-wise decay) with a
+  penalty toward the pretrained starting point (l2sp.alpha) and plain L2 on fresh params
+  (l2sp.beta); the starting point is train state of the runtime hook xrec/train/hooks/l2sp.py."""
+  o = options.l2sp
+  if not (o.alpha >= 0 and o.beta >= 0 and o.alpha + o.beta > 0):
+    raise ValueError(f"transfer.l2sp needs alpha >= 0 and beta >= 0, not both 0; got alpha={o.alpha!r}, "
+                     f"beta={o.beta!r}")
+  return Strategy("l2sp", schedule=tuple(schedules.layerwise_decay(roles, options.layerwise_decay, options.lr_mult)))
+
+
 def bitfit(options, roles):
   """Only biases (attention, MLP, convolutions, output bias) and norm parameters (scale, bias)."""
   lr = options.lr_mult
@@ -391,9 +404,15 @@ STRATEGIES: dict[str, Callable[[Any, Roles], Strategy]] = {
     "prune": prune,
     "multi_domain": multi_domain,
     "cross_user": cross_user,
+    "l2sp": l2sp,
 }
 INSERTING = {"adapter": "adapter", "lora": "lora", "prompt": "prompt", "patch": "patch"}  # preset -> module kind
 
+
+# preset -> the runtime hooks it trains with (xrec/train/hooks: extra inputs, streams, train state,
+# after-update work, results); presets not named here need none
+RUNTIME = {"distill": ("distill",), "prune": ("prune",), "cross_user": ("cross_user",),
+           "multi_domain": ("domains",), "shared_private": ("domains",), "l2sp": ("l2sp",)}
 
 CAUSAL_ONLY = ("dann", "shared_private", "distill", "multi_domain", "cross_user")  # their objective terms score next items from every position
 
