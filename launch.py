@@ -1,8 +1,8 @@
-"""xrec launcher: flags only; every launch is a study run by xrec/train/sweep.py.
+"""xrec launcher: flags only; every launch is a study run by xrec/train/runner.py.
 
   python launch.py --config configs/sasrec_synthetic.py --workdir runs/x [--config.model.sasrec.num_layers=4]
 
-A config with sweep() is a study (xrec/train/sweep.py, docs/experiments.md): the whole grid runs
+A config with sweep() is a study (xrec/train/runner.py, docs/experiments.md): the whole grid runs
 as cached stages under WORKDIR/stages/, indexed in WORKDIR/runs.jsonl, then WORKDIR/report/ is
 written (python -m xrec.report WORKDIR does it alone). A config with
 experiment.mode="pretrain_transfer" and no sweep() is the one-seed study of its
@@ -142,37 +142,37 @@ def main(argv):
   _quiet_logs()
   if in_cluster():
     start_distributed()
-  from xrec.train import sweep
+  from xrec.train import runner
   try:
     # config_flags hands over only the ConfigDict; sweep() / metrics() live in the file (`path[:arg]`)
-    config_file, config_arg = sweep.config_file_of(config_flags.get_config_filename(flags.FLAGS["config"]))
-    module = sweep.load_config_module(config_file)
-    study = sweep.study_of(module, flags.FLAGS.config)
+    config_file, config_arg = runner.config_file_of(config_flags.get_config_filename(flags.FLAGS["config"]))
+    module = runner.load_config_module(config_file)
+    study = runner.study_of(module, flags.FLAGS.config)
     if not flags.FLAGS.list:
-      sweep.check_launch(flags.FLAGS.config, study, flags.FLAGS.workdir, flags.FLAGS.only)
+      runner.check_launch(flags.FLAGS.config, study, flags.FLAGS.workdir, flags.FLAGS.only)
     else:
-      sweep.check_study(flags.FLAGS.config, study)
+      runner.check_study(flags.FLAGS.config, study)
   except USER_ERRORS as e:  # found before any data is read; no file is written but the workdir folder
     return _fail(e)
   return run_study(study, config_file, config_arg)
 
 
 def run_study(module, config_file: str, config_arg):
-  from xrec.train import sweep
-  cells = sweep.cells_of(module)
+  from xrec.train import runner
+  cells = runner.cells_of(module)
   if flags.FLAGS.list:
-    print(sweep.list_text(cells), flush=True)
+    print(runner.list_text(cells), flush=True)
     return
   try:
     if flags.FLAGS.jobs > 1 and flags.FLAGS.only is None:
       counts = run_parallel(module)
     else:
-      counts = sweep.run_study(flags.FLAGS.config, module, flags.FLAGS.workdir, only=flags.FLAGS.only,
+      counts = runner.run_study(flags.FLAGS.config, module, flags.FLAGS.workdir, only=flags.FLAGS.only,
                                config_file=config_file, config_arg=config_arg)
-  except (sweep.WorkdirInUse, sweep.ConfigConflict) as e:  # another launch got there first
+  except (runner.WorkdirInUse, runner.ConfigConflict) as e:  # another launch got there first
     return _fail(e)
   print(f"study {flags.FLAGS.workdir}: {counts}", flush=True)
-  if flags.FLAGS.only is None and sweep.is_main_process():
+  if flags.FLAGS.only is None and runner.is_main_process():
     from xrec import report
     print(report.write_report(flags.FLAGS.workdir)["markdown"], flush=True)
     results = os.path.join(flags.FLAGS.workdir, "results.json")
@@ -184,13 +184,13 @@ def run_study(module, config_file: str, config_arg):
 
 def run_parallel(module) -> dict:
   """--jobs N: the cells not yet done, N at a time, each as `launch.py --only INDEX` (xrec/train/parallel.py)."""
-  from xrec.train import parallel, sweep
-  with sweep.launch_lock(flags.FLAGS.workdir):  # one --jobs launch per workdir; cells lock themselves
-    jobs = sweep.parallel_jobs(flags.FLAGS.config, module, flags.FLAGS.workdir)
-    cached = len(sweep.cells_of(module)) - len(jobs)
+  from xrec.train import parallel, runner
+  with runner.launch_lock(flags.FLAGS.workdir):  # one --jobs launch per workdir; cells lock themselves
+    jobs = runner.parallel_jobs(flags.FLAGS.config, module, flags.FLAGS.workdir)
+    cached = len(runner.cells_of(module)) - len(jobs)
     done = parallel.run_jobs(jobs, parallel.launch_command(sys.argv), flags.FLAGS.jobs,
-                             lambda: sweep.finished_stages(flags.FLAGS.workdir))
-  records = sweep.latest_runs(flags.FLAGS.workdir)
+                             lambda: runner.finished_stages(flags.FLAGS.workdir))
+  records = runner.latest_runs(flags.FLAGS.workdir)
   statuses = [records.get(j.key, {}).get("status") for j in jobs]
   return {"ran": done["ran"], "cached": cached, "failed": statuses.count("failed") + sum(
       1 for j in jobs if j.key not in records), "stopped": statuses.count("stopped")}

@@ -13,7 +13,7 @@ from conftest import tiny_config
 from test_encoders import KEYS, NUM_ITEMS, bound, init, perturbed
 from xrec.data import cross_user, pipeline
 from xrec.models import common
-from xrec.train import sweep
+from xrec.train import runner
 
 OFFSET = 40  # a target vocab of 40 ids: source ids appear as 40 + s
 
@@ -120,8 +120,8 @@ def test_cross_user_runs_read_source_histories_and_need_shared_users(data_dir, t
   for mode in ("merged", "prefix"):
     c.transfer.cross_user.mode = mode
     wd = str(tmp_path / mode)
-    assert sweep.run_study(c, sweep.implicit_study(c), wd)["failed"] == 0
-    run = sweep.read_runs(wd)[0]
+    assert runner.run_study(c, runner.implicit_study(c), wd)["failed"] == 0
+    run = runner.read_runs(wd)[0]
     with open(os.path.join(wd, "stages", run["stages"]["transfer"], "results.json")) as f:
       result = json.load(f)
     report = result["transfer"]["cross_user"]
@@ -130,7 +130,7 @@ def test_cross_user_runs_read_source_histories_and_need_shared_users(data_dir, t
     assert 0.0 <= result["test"]["ndcg@10"] <= 1.0 and result["protocol"]["population"]["users"] == 60
   # no shared users: a clear error
   c.data.synthetic.user_overlap = 0.0
-  failed = sweep.run_study(c, sweep.implicit_study(c), str(tmp_path / "disjoint"))
+  failed = runner.run_study(c, runner.implicit_study(c), str(tmp_path / "disjoint"))
   assert failed["failed"] == 1
-  errors = [r.get("error", "") for r in sweep.read_runs(str(tmp_path / "disjoint"))]
+  errors = [r.get("error", "") for r in runner.read_runs(str(tmp_path / "disjoint"))]
   assert any("need users present in both domains" in e for e in errors), errors

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_config
 from xrec.data import pipeline
-from xrec.train import experiment, sweep
+from xrec.train import experiment, runner
 from xrec.train.loop import train_and_evaluate
 
 
@@ -36,10 +36,10 @@ def test_pretrain_once_then_every_strategy_tuned_on_one_population(data_dir, tmp
   c = _config(data_dir)
   c.tune.lr = (1e-3, 3e-3)
   c.tune.lr_mult = (0.5, 1.0)
-  study = sweep.implicit_study(c)
-  counts = sweep.run_study(c, study, wd)
+  study = runner.implicit_study(c)
+  counts = runner.run_study(c, study, wd)
   assert counts == {"ran": 4, "cached": 0, "failed": 0, "stopped": 0}
-  runs = {r["overrides"]["transfer.strategy"]: r for r in sweep.read_runs(wd)}
+  runs = {r["overrides"]["transfer.strategy"]: r for r in runner.read_runs(wd)}
   assert list(runs) == ["scratch", "zero_shot", "full_finetune", "adapter"]
   # one pretraining for every strategy, on the source with all its users
   assert len({r["stages"]["pretrain"] for s, r in runs.items() if s != "scratch"}) == 1
@@ -75,13 +75,13 @@ def test_pretrain_once_then_every_strategy_tuned_on_one_population(data_dir, tmp
   assert "## Values chosen on validation" in md and "## Pretraining (source domain)" in md
 
   # a rerun reuses every finished cell; a transfer-only change reruns only the transfers
-  assert sweep.run_study(c, study, wd) == {"ran": 0, "cached": 4, "failed": 0, "stopped": 0}
+  assert runner.run_study(c, study, wd) == {"ran": 0, "cached": 4, "failed": 0, "stopped": 0}
   mtime = os.path.getmtime(os.path.join(wd, "stages", runs["adapter"]["stages"]["pretrain"], "results.json"))
   c2 = _config(data_dir)
   c2.tune.lr = (1e-3, 3e-3)
   c2.experiment.strategies = ("lora",)
-  sweep.run_study(c2, sweep.implicit_study(c2), wd)
-  lora = sweep.latest_runs(wd)["transfer.strategy=lora"]
+  runner.run_study(c2, runner.implicit_study(c2), wd)
+  lora = runner.latest_runs(wd)["transfer.strategy=lora"]
   assert lora["status"] == "done" and lora["reused"] == ["pretrain"]
   assert os.path.getmtime(os.path.join(wd, "stages", lora["stages"]["pretrain"], "results.json")) == mtime
 
@@ -129,7 +129,7 @@ def test_step_budget_does_not_depend_on_the_fraction(data_dir, tmp_path):
   c = _config(data_dir)
   c.train.num_steps = 0
   with pytest.raises(ValueError, match=r"needs a step budget for the target runs: set train.num_steps > 0"):
-    sweep.run_study(c, sweep.implicit_study(c), str(tmp_path / "epochs"))
+    runner.run_study(c, runner.implicit_study(c), str(tmp_path / "epochs"))
 
 
 def test_test_metrics_come_from_the_best_validation_step_not_the_last(data_dir, tmp_path):
@@ -196,7 +196,7 @@ def test_bad_protocol_values_fail_naming_the_field(data_dir, tmp_path):
   with pytest.raises(ValueError, match="valid: \\['single', 'pretrain_transfer'\\]"):
     c = _config(data_dir)
     c.experiment.mode = "pretrain_only"
-    sweep.plan_stages(c, str(tmp_path / "stages"))
+    runner.plan_stages(c, str(tmp_path / "stages"))
   assert not any(os.path.exists(tmp_path / x / "results.json") for x in "abcde")
 
 
@@ -207,8 +207,8 @@ def test_disjoint_catalogue_zero_shot_is_na_and_peft_trains_item_tables(data_dir
   c.data.synthetic.scenario = "cross_app"
   c.experiment.strategies = ("zero_shot", "adapter")
   wd = str(tmp_path / "disjoint")
-  sweep.run_study(c, sweep.implicit_study(c), wd)
-  runs = {r["overrides"]["transfer.strategy"]: r for r in sweep.read_runs(wd)}
+  runner.run_study(c, runner.implicit_study(c), wd)
+  runs = {r["overrides"]["transfer.strategy"]: r for r in runner.read_runs(wd)}
   zs, ad = runs["zero_shot"], runs["adapter"]
   assert zs["item_overlap"]["overlap_items"] == 0 and zs["item_overlap"]["interaction_share"] == 0.0
   assert zs["not_applicable"].startswith("n/a (item overlap 0%)")
@@ -242,8 +242,8 @@ def test_pretraining_overrides_any_field_and_feeds_another_encoder(data_dir, tmp
   module = types.SimpleNamespace(sweep=lambda: iter(cells),
                                  metrics=lambda: {"metrics": ("ndcg@10",), "columns": "model.name"})
   wd = str(tmp_path / "xenc")
-  assert sweep.run_study(c, module, wd)["failed"] == 0
-  runs = sweep.read_runs(wd)
+  assert runner.run_study(c, module, wd)["failed"] == 0
+  runs = runner.read_runs(wd)
   assert runs[0]["stages"]["pretrain"] == runs[1]["stages"]["pretrain"]  # one SASRec pretraining
   gru = _stage(wd, runs[0])
   assert gru["model"]["encoder"] == "GRU4Rec" and gru["transfer"]["source_encoder"] == "SASRec"
@@ -251,15 +251,15 @@ def test_pretraining_overrides_any_field_and_feeds_another_encoder(data_dir, tmp
   c.experiment.pretrain.train.update({"num_epoch": 3.0})  # a typo in the overrides fails before work
   with pytest.raises(ValueError, match=r"experiment.pretrain field 'train.num_epoch': train has no field "
                                        r"'num_epoch'; valid: \[.*'num_epochs'"):
-    sweep.plan_stages(sweep.apply_overrides(c, cells[0]), str(tmp_path / "stages"))
+    runner.plan_stages(runner.apply_overrides(c, cells[0]), str(tmp_path / "stages"))
 
 
 def test_dann_trains_on_both_streams_and_needs_a_source(data_dir, tmp_path):
   c = _config(data_dir)
   c.experiment.strategies = ("dann",)
   wd = str(tmp_path / "dann")
-  assert sweep.run_study(c, sweep.implicit_study(c), wd)["failed"] == 0
-  run = sweep.read_runs(wd)[0]
+  assert runner.run_study(c, runner.implicit_study(c), wd)["failed"] == 0
+  run = runner.read_runs(wd)[0]
   stage = os.path.join(wd, "stages", run["stages"]["transfer"])
   rows = [json.loads(x) for x in open(os.path.join(stage, "metrics.jsonl")) if '"train"' in x]
   assert all(0.0 <= r["domain_adversarial/domain_accuracy"] <= 1.0 for r in rows)
@@ -269,8 +269,8 @@ def test_dann_trains_on_both_streams_and_needs_a_source(data_dir, tmp_path):
   # the shared-private variant: private encoders, the orthogonality term, each domain's metrics
   c.experiment.strategies = ("shared_private",)
   sp = str(tmp_path / "dann_sp")
-  assert sweep.run_study(c, sweep.implicit_study(c), sp)["failed"] == 0
-  sp_run = sweep.read_runs(sp)[0]
+  assert runner.run_study(c, runner.implicit_study(c), sp)["failed"] == 0
+  sp_run = runner.read_runs(sp)[0]
   result = _stage(sp, sp_run)
   assert result["model"]["objective"][-1] == ["orthogonality", 0.1]
   assert set(result["domains"]) == {"target", "source"}
@@ -324,15 +324,15 @@ def test_multi_domain_reports_every_domain(data_dir, tmp_path):
   c = _config(data_dir)
   c.experiment.strategies = ("multi_domain",)
   wd = str(tmp_path / "md")
-  assert sweep.run_study(c, sweep.implicit_study(c), wd)["failed"] == 0
-  result = _stage(wd, sweep.read_runs(wd)[0])
-  serving = sweep.read_runs(wd)[0]["serving"]  # what the served model costs, in the run index
+  assert runner.run_study(c, runner.implicit_study(c), wd)["failed"] == 0
+  result = _stage(wd, runner.read_runs(wd)[0])
+  serving = runner.read_runs(wd)[0]["serving"]  # what the served model costs, in the run index
   assert serving["params"] == result["param_count"] and serving["eval_users_per_second"] > 0
   assert set(result["domains"]) == {"target", "source"}
   assert result["domains"]["target"]["test"]["ndcg@10"] == result["test"]["ndcg@10"]
   assert result["domains"]["source"]["population_users"] == 120 and 0 <= result["domains"]["source"]["test"]["ndcg@10"] <= 1
   single = tiny_config(data_dir)  # no second domain: a clear error
   single.transfer.strategy = "multi_domain"
-  single.train.init_from = os.path.join(wd, "stages", sweep.read_runs(wd)[0]["stages"]["pretrain"])
+  single.train.init_from = os.path.join(wd, "stages", runner.read_runs(wd)[0]["stages"]["pretrain"])
   with pytest.raises(ValueError, match=r"reads the stream\(s\) \['source'\].*data.source_domain"):
     train_and_evaluate(single, str(tmp_path / "single"))

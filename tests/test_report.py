@@ -281,14 +281,14 @@ def test_report_cli_writes_tables_and_plots(tmp_path):
     ("experiments/text_transfer/config.py", None), ("experiments/text_transfer/signal.py", None),
     ("experiments/real_data/text.py", "ml1m_cross_genre,short")])
 def test_study_configs_load_and_every_cell_applies(path, arg):
-  from xrec.train import sweep
-  module = sweep.load_config_module(os.path.join(ROOT, path))
+  from xrec.train import runner
+  module = runner.load_config_module(os.path.join(ROOT, path))
   config = module.get_config(arg)
-  cells = sweep.cells_of(module)
-  layout = sweep.layout_of(module)
+  cells = runner.cells_of(module)
+  layout = runner.layout_of(module)
   for cell in cells:
-    c = sweep.apply_overrides(config, cell.overrides)
-    prereq, candidates, _ = sweep.plan_stages(c, "/tmp/stages")
+    c = runner.apply_overrides(config, cell.overrides)
+    prereq, candidates, _ = runner.plan_stages(c, "/tmp/stages")
     assert [s.kind for s in prereq] == ([] if c.transfer.strategy == "scratch" else ["pretrain"])
     assert {s.kind for s in candidates} == {"transfer"}
     # the protocol: tuned learning rates (zero_shot trains nothing), a budget in steps

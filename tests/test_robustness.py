@@ -65,10 +65,10 @@ def test_a_diverged_study_cell_is_recorded_as_failed_and_the_launch_exits_non_ze
 def test_an_invalid_value_is_refused_before_any_work(tmp_path, field, value):
   from xrec.config import check_ranges
   from xrec.defaults import base_config
-  from xrec.train import sweep
+  from xrec.train import runner
   config = base_config()
   with pytest.raises(ValueError, match=rf"{field}=.*must be (an integer|a number)"):
-    check_ranges(sweep.apply_overrides(config, {field: eval(value)}))
+    check_ranges(runner.apply_overrides(config, {field: eval(value)}))
 
 
 def test_invalid_values_are_refused_before_data_or_files_and_the_summary_reads_the_metrics_that_exist(data_dir, tmp_path):
@@ -161,20 +161,20 @@ def test_an_unreadable_best_checkpoint_is_an_error_naming_it(data_dir, tmp_path)
 
 def test_a_second_launch_on_a_workdir_in_use_exits_at_once_naming_the_owner(data_dir, tmp_path):
   import socket
-  from xrec.train import sweep
+  from xrec.train import runner
   wd = tmp_path / "w"
   wd.mkdir()
-  with sweep.launch_lock(str(wd)):  # a live launch holds the workdir
+  with runner.launch_lock(str(wd)):  # a live launch holds the workdir
     second = _launch(wd, *TINY, f"--config.data.data_dir={data_dir}")
     assert second.returncode == 2 and "Traceback" not in second.stderr
     assert f"is in use by pid {os.getpid()} on host {socket.gethostname()}" in second.stderr.strip().splitlines()[-1]
-    with sweep.launch_lock(str(wd), only="3"):  # --only launches lock their own cell
+    with runner.launch_lock(str(wd), only="3"):  # --only launches lock their own cell
       pass
   assert not (wd / "runs.jsonl").exists()
   # a lock left by a process that died is taken over
   dead = subprocess.Popen([sys.executable, "-c", "import sys; sys.path.insert(0, %r)\n"
-                           "from xrec.train import sweep\nimport os\n"
-                           "with sweep.launch_lock(%r): os._exit(0)" % (ROOT, str(wd))])
+                           "from xrec.train import runner\nimport os\n"
+                           "with runner.launch_lock(%r): os._exit(0)" % (ROOT, str(wd))])
   assert dead.wait(timeout=120) == 0
   third = _launch(wd, *TINY, f"--config.data.data_dir={data_dir}")
   assert third.returncode == 0, third.stderr[-3000:]

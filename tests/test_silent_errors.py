@@ -17,7 +17,7 @@ from xrec.config import dotted, last_flag_wins
 from xrec.defaults import base_config
 from xrec.data import fingerprint, pipeline, prepared
 from xrec.evaluate import metrics as M
-from xrec.train import experiment, sweep
+from xrec.train import experiment, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,21 +179,21 @@ def test_two_launches_with_different_configs_at_once_record_one_config(data_dir,
 def test_the_config_check_and_the_study_record_are_one_step_under_the_study_lock(data_dir, tmp_path, monkeypatch):
   """The race itself, made deterministic: a launch whose early check passed before another launch
   recorded its config is still refused by the check under the lock, before any cell runs."""
-  module = sweep.load_config_module(os.path.join(ROOT, "configs", "sasrec_synthetic.py"))
+  module = runner.load_config_module(os.path.join(ROOT, "configs", "sasrec_synthetic.py"))
   config = module.get_config()
   config.data.data_dir = data_dir
-  study = sweep.study_of(module, config)
+  study = runner.study_of(module, config)
   wd = str(tmp_path / "w")
   os.makedirs(wd)
-  other = sweep.apply_overrides(config, {"model.dropout": 0.5})
-  with sweep.study_lock(wd):  # the other launch records its config first
+  other = runner.apply_overrides(config, {"model.dropout": 0.5})
+  with runner.study_lock(wd):  # the other launch records its config first
     with open(os.path.join(wd, "study.json"), "w") as f:
-      json.dump({"config": sweep._comparable(other), "layout": sweep.DEFAULT_LAYOUT, "cells": []}, f)
-  monkeypatch.setattr(sweep, "check_launch", lambda *a: sweep.cells_of(study))  # the early check saw no study
+      json.dump({"config": runner._comparable(other), "layout": runner.DEFAULT_LAYOUT, "cells": []}, f)
+  monkeypatch.setattr(runner, "check_launch", lambda *a: runner.cells_of(study))  # the early check saw no study
   ran = []
-  monkeypatch.setattr(sweep, "_run_cells", lambda *a: ran.append(a))
-  with pytest.raises(sweep.ConfigConflict, match=r"model.dropout: 0.5 -> 0.2"):
-    sweep.run_study(config, study, wd)
+  monkeypatch.setattr(runner, "_run_cells", lambda *a: ran.append(a))
+  with pytest.raises(runner.ConfigConflict, match=r"model.dropout: 0.5 -> 0.2"):
+    runner.run_study(config, study, wd)
   assert not ran and json.load(open(os.path.join(wd, "study.json")))["config"]["model"]["dropout"] == 0.5
 
 
@@ -211,7 +211,7 @@ def _parse(argv):
 
 def test_a_list_field_given_twice_takes_the_last_value_for_every_tuple_field():
   config_file = os.path.join(ROOT, "configs", "transfer_synthetic.py")
-  fields = _tuple_fields(sweep.load_config_module(config_file).get_config())
+  fields = _tuple_fields(runner.load_config_module(config_file).get_config())
   assert {"eval.ks", "tune.lr", "tune.lr_mult", "objective.terms", "experiment.strategies"} <= set(fields)
   argv = ["launch.py", "--config", config_file]
   for field in fields:
@@ -262,7 +262,7 @@ def test_the_report_on_a_read_only_workdir_says_that_out_writes_elsewhere(tmp_pa
   from xrec.report.__main__ import main
   wd = tmp_path / "w"
   wd.mkdir()
-  (wd / "study.json").write_text(json.dumps({"layout": sweep.DEFAULT_LAYOUT, "cells": []}))
+  (wd / "study.json").write_text(json.dumps({"layout": runner.DEFAULT_LAYOUT, "cells": []}))
   (wd / "report").write_text("stands in for a read-only folder (root writes through permission bits)")
   assert main([str(wd)]) == 2
   err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -392,7 +392,7 @@ def test_a_study_launched_with_jobs_runs_every_cell_and_its_shared_pretraining_o
 
 def test_tune_once_runs_the_grid_on_one_seed_and_the_other_seeds_reuse_its_choice(data_dir, tmp_path):
   """tune.seed=0: seed 1's cell trains only the grid point seed 0 chose; a rerun reuses everything."""
-  module = sweep.load_config_module(os.path.join(ROOT, "configs", "sasrec_synthetic.py"))
+  module = runner.load_config_module(os.path.join(ROOT, "configs", "sasrec_synthetic.py"))
   from conftest import tiny_config
   config = tiny_config(data_dir)
   config.tune.update(dict(lr=(1e-4, 3e-3), seed=0))
@@ -400,8 +400,8 @@ def test_tune_once_runs_the_grid_on_one_seed_and_the_other_seeds_reuse_its_choic
   study = type("Study", (), {"sweep": staticmethod(lambda: iter([{"seed": 0}, {"seed": 1}])),
                               "__file__": module.__file__})()
   wd = str(tmp_path / "w")
-  assert sweep.run_study(config, study, wd) == {"ran": 2, "cached": 0, "failed": 0, "stopped": 0}
-  runs = {r["overrides"]["seed"]: r for r in sweep.read_runs(wd)}
+  assert runner.run_study(config, study, wd) == {"ran": 2, "cached": 0, "failed": 0, "stopped": 0}
+  runs = {r["overrides"]["seed"]: r for r in runner.read_runs(wd)}
   assert len(runs[0]["tuning"]["candidates"]) == 2 and "tuned_on_seed" not in runs[0]["tuning"]
   assert runs[1]["tuning"]["tuned_on_seed"] == 0 and len(runs[1]["tuning"]["candidates"]) == 1
   assert runs[1]["tuning"]["chosen"] == runs[0]["tuning"]["chosen"]
@@ -409,4 +409,4 @@ def test_tune_once_runs_the_grid_on_one_seed_and_the_other_seeds_reuse_its_choic
       c["stage"] for c in runs[0]["tuning"]["candidates"]]
   stages = [h for h in os.listdir(os.path.join(wd, "stages")) if not h.endswith(".lock")]
   assert len(stages) == 3  # seed 0's two candidates and seed 1's one: not four
-  assert sweep.run_study(config, study, wd) == {"ran": 0, "cached": 2, "failed": 0, "stopped": 0}
+  assert runner.run_study(config, study, wd) == {"ran": 0, "cached": 2, "failed": 0, "stopped": 0}

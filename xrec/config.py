@@ -251,7 +251,7 @@ def core_config() -> ml_collections.ConfigDict:
       optim=dict(lr=1e-3, warmup_fraction=0.1)))
   # Tuned baselines: each trained strategy's learning rate is chosen on validation
   # (train.best_metric) from these grids, per cell, as cached candidate stages
-  # (xrec/train/sweep.py). Empty = not tuned. lr_mult (the pretrained params' multiplier) is tuned
+  # (xrec/train/runner.py). Empty = not tuned. lr_mult (the pretrained params' multiplier) is tuned
   # only for presets where it is not redundant with optim.lr, i.e. where params at other
   # multipliers (fresh modules or blocks) train too.
   # seed: -1 = every seed tunes its own cell; s >= 0 = the grid runs on seed s's cell only and the

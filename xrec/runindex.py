@@ -1,4 +1,4 @@
-"""The run index of a study directory: one format, written by the runner (xrec/train/sweep.py)
+"""The run index of a study directory: one format, written by the runner (xrec/train/runner.py)
 and read by the report (xrec/report).
 
   WORKDIR/study.json   {"config_file", "config_arg", "layout", "cells": [{"index", "key", "overrides"}]}

@@ -35,7 +35,7 @@ from xrec.config import with_overrides
 from xrec.data import pipeline
 from xrec.evaluate import metrics, transferability
 from xrec.train import checkpoint as ckpt
-from xrec.train import loop, sweep
+from xrec.train import loop, runner
 from xrec.transfer import vocab
 
 ESTIMATORS = ("zero_shot_ndcg@10", "probe_ndcg@10", "log_me", "label_cka", "user_cka", "neg_mmd",
@@ -250,8 +250,8 @@ def main(argv=None) -> int:
   ap.add_argument("--proxy_steps", type=int, default=0, help="also fine-tune each candidate this many steps")
   args = ap.parse_args(argv)
   try:
-    path, arg = sweep.config_file_of(args.target)
-    config = sweep.load_config_module(path).get_config(arg)
+    path, arg = runner.config_file_of(args.target)
+    config = runner.load_config_module(path).get_config(arg)
     overrides = {}
     for item in args.set:
       field, sep, value = item.partition("=")

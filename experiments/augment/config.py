@@ -22,7 +22,7 @@ Measured numbers: experiments/augment/README.md.
 
 import os
 
-from xrec.train.sweep import SEEDS, load_config_module
+from xrec.train.runner import SEEDS, load_config_module
 
 FRACTION_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fraction_study", "config.py")
 FRACTIONS = (0.05, 0.2)

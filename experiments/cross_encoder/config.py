@@ -19,7 +19,7 @@ import os
 
 import ml_collections
 
-from xrec.train.sweep import SEEDS, load_config_module
+from xrec.train.runner import SEEDS, load_config_module
 
 FRACTION_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fraction_study", "config.py")
 CELLS = (("sasrec", "scratch"), ("sasrec", "embedding_transfer"), ("sasrec", "full_finetune"),

@@ -19,7 +19,7 @@ Measured numbers: experiments/cross_user/README.md.
 
 import os
 
-from xrec.train.sweep import SEEDS, load_config_module
+from xrec.train.runner import SEEDS, load_config_module
 
 FRACTION_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fraction_study", "config.py")
 OVERLAPS = (0.25, 0.5, 1.0)

@@ -22,7 +22,7 @@ import os
 
 import ml_collections
 
-from xrec.train.sweep import SEEDS, load_config_module
+from xrec.train.runner import SEEDS, load_config_module
 
 FRACTION_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fraction_study", "config.py")
 WIDTHS = (16, 32, 64)

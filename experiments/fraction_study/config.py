@@ -20,7 +20,7 @@ Measured numbers and wall time: experiments/fraction_study/README.md.
 """
 
 from xrec.defaults import base_config
-from xrec.train.sweep import SEEDS, strategy_grid
+from xrec.train.runner import SEEDS, strategy_grid
 
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")
 FRACTIONS = (0.01, 0.05, 0.2, 1.0)

@@ -29,7 +29,8 @@ CELLS = (
     ("prune", {"transfer.prune.kind": "dims"}),
     ("cross_user", {"transfer.cross_user.mode": "merged"}),
     ("cross_user", {"transfer.cross_user.mode": "prefix"}),
-    ("full_finetune", {"data.synthesis.num_items": 2, "data.synthesis.min_len": 8, "experiment.variant": "synthesis"}),
+    ("full_finetune", {"data.synthesis.num_items": 2, "data.synthesis.min_len": 8,
+                       "data.synthesis.direction": "forward", "experiment.variant": "synthesis"}),
     ("l2sp", {}),  # added by the move: no "before"
 )
 

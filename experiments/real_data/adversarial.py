@@ -12,7 +12,7 @@ Expected numbers: not yet run on the real archives (no internet here).
 
 import os
 
-from xrec.train.sweep import SEEDS, real_data_scenario, strategy_grid
+from xrec.train.runner import SEEDS, real_data_scenario, strategy_grid
 
 STRATEGIES = ("scratch", "full_finetune", "dann", "shared_private", "multi_domain")
 FRACTIONS = (0.05, 0.2, 1.0)

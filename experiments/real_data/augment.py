@@ -26,7 +26,7 @@ in experiments/augment/README.md.
 
 import os
 
-from xrec.train.sweep import SEEDS, real_data_scenario, strategy_variants_grid
+from xrec.train.runner import SEEDS, real_data_scenario, strategy_variants_grid
 
 AUGMENT = {"data.augment.prob": 0.5}
 ROWS = (

@@ -19,7 +19,7 @@ import os
 
 import ml_collections
 
-from xrec.train.sweep import SEEDS, real_data_scenario, strategy_variants_grid
+from xrec.train.runner import SEEDS, real_data_scenario, strategy_variants_grid
 
 ROWS = (("scratch", {}), ("full_finetune", {}), ("distill", {"model.embed_dim": 16}),
         ("prune", {"transfer.prune.kind": "heads"}), ("prune", {"transfer.prune.kind": "mlp"}),

@@ -15,13 +15,13 @@ Grid: scratch, zero_shot, full_finetune, frozen_encoder, adapter, lora x target 
   python -m xrec.report runs/cross_app_books_movies
 
 Arguments (comma-separated): the layout (one of the formats above, default sasrec) and `short` /
-`full` (default) the budget preset (xrec/train/sweep.py REAL_DATA_PRESETS), e.g.
+`full` (default) the budget preset (xrec/train/runner.py REAL_DATA_PRESETS), e.g.
 `cross_app.py:amazon2018,short`. Expected numbers: not yet run (no third-party data here).
 """
 
 from configs.sasrec_interactions import FORMATS
 from configs.sasrec_interactions import get_config as files_config
-from xrec.train.sweep import SEEDS, as_transfer_study, config_args, strategy_grid
+from xrec.train.runner import SEEDS, as_transfer_study, config_args, strategy_grid
 
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")
 FRACTIONS = (0.05, 0.2, 1.0)

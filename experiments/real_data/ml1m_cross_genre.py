@@ -14,12 +14,12 @@ scratch, zero_shot, full_finetune, frozen_encoder, adapter, lora x target user f
   python -m xrec.report runs/ml1m_cross_genre
 
 Arguments (comma-separated): `first` assigns multi-genre movies by their first genre; `short` /
-`full` (default) the budget preset (xrec/train/sweep.py REAL_DATA_PRESETS). Wall time of `short`
+`full` (default) the budget preset (xrec/train/runner.py REAL_DATA_PRESETS). Wall time of `short`
 on 2 CPU cores: experiments/real_data/README.md. Expected numbers: not yet run on the real archive.
 """
 
 from configs.ml1m_cross_genre import get_config as scenario_config
-from xrec.train.sweep import SEEDS, as_transfer_study, config_args, strategy_grid
+from xrec.train.runner import SEEDS, as_transfer_study, config_args, strategy_grid
 
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")
 FRACTIONS = (0.05, 0.2, 1.0)

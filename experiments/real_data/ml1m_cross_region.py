@@ -13,14 +13,14 @@ each strategy's learning rate is tuned per cell on validation; Holm-corrected pa
   python -m xrec.report runs/ml1m_cross_region
 
 Arguments (comma-separated): `swap` exchanges the sides (pretrain on regions 5-9); `short` is the
-CPU budget preset (xrec/train/sweep.py REAL_DATA_PRESETS: max_len 50, d 32, 20 pretraining epochs,
+CPU budget preset (xrec/train/runner.py REAL_DATA_PRESETS: max_len 50, d 32, 20 pretraining epochs,
 300 target steps), `full` (default) the accelerator one (max_len 200, d 64, 200 epochs with early
 stopping, 2,000 target steps). Wall time of `short` on 2 CPU cores: experiments/real_data/README.md.
 Expected numbers: not yet run on the real archive (no internet here).
 """
 
 from configs.ml1m_cross_region import get_config as scenario_config
-from xrec.train.sweep import SEEDS, as_transfer_study, config_args, strategy_grid
+from xrec.train.runner import SEEDS, as_transfer_study, config_args, strategy_grid
 
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")
 FRACTIONS = (0.05, 0.2, 1.0)

@@ -18,7 +18,7 @@ Expected numbers: not yet run on the real archives (no internet here).
 
 import os
 
-from xrec.train.sweep import SEEDS, real_data_scenario, strategy_variants_grid
+from xrec.train.runner import SEEDS, real_data_scenario, strategy_variants_grid
 
 ROWS = (("scratch", {}), ("full_finetune", {}), ("cross_user", {"transfer.cross_user.mode": "merged"}),
         ("cross_user", {"transfer.cross_user.mode": "prefix"}))

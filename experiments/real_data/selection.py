@@ -14,7 +14,7 @@ Expected numbers: not yet run on the real archives (no internet here).
 
 import os
 
-from xrec.train.sweep import SEEDS, real_data_scenario
+from xrec.train.runner import SEEDS, real_data_scenario
 
 ENCODERS = ("sasrec", "gru4rec", "nextitnet", "bert4rec")
 SIZES = (32, 64)

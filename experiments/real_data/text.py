@@ -24,7 +24,7 @@ Expected numbers: not yet run on the real archives (no internet, no third-party 
 import os
 
 from xrec.train import item_text
-from xrec.train.sweep import load_config_module, real_data_scenario
+from xrec.train.runner import load_config_module, real_data_scenario
 
 _study = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "text_transfer",
                                          "config.py"))

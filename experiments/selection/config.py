@@ -24,7 +24,7 @@ import os
 
 import ml_collections
 
-from xrec.train.sweep import SEEDS, load_config_module
+from xrec.train.runner import SEEDS, load_config_module
 
 FRACTION_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fraction_study", "config.py")
 ENCODERS = ("sasrec", "gru4rec", "nextitnet", "bert4rec")

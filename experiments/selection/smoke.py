@@ -8,7 +8,7 @@ nothing.
 
 import os
 
-from xrec.train.sweep import load_config_module
+from xrec.train.runner import load_config_module
 
 _study = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py"))
 metrics = _study.metrics

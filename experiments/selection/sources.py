@@ -23,7 +23,7 @@ shift and seed.)
 
 import os
 
-from xrec.train.sweep import SEEDS, load_config_module
+from xrec.train.runner import SEEDS, load_config_module
 
 _study = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py"))
 SHIFTS = _study.SHIFTS

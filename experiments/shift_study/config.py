@@ -16,7 +16,7 @@ Measured numbers and wall time: experiments/shift_study/README.md.
 
 import os
 
-from xrec.train.sweep import SEEDS, load_config_module, strategy_grid
+from xrec.train.runner import SEEDS, load_config_module, strategy_grid
 
 # the fraction study's setting (data, model, pretraining, budget, tuning grid)
 FRACTION_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fraction_study", "config.py")

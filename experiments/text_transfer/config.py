@@ -23,7 +23,7 @@ tests (every row against scratch). signal.py sweeps the text signal.
 
 import os
 
-from xrec.train.sweep import SEEDS, load_config_module
+from xrec.train.runner import SEEDS, load_config_module
 
 FRACTION_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fraction_study", "config.py")
 FRACTIONS = (0.01, 0.05, 0.2)

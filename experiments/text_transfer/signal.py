@@ -9,7 +9,7 @@ zero_shot:text, full_finetune:text. 5 seeds.
 
 import os
 
-from xrec.train.sweep import load_config_module
+from xrec.train.runner import load_config_module
 
 _study = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py"))
 SIGNALS = (0.0, 0.5, 1.0)

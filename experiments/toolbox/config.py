@@ -17,7 +17,7 @@ Measured numbers: experiments/toolbox/README.md.
 
 import os
 
-from xrec.train.sweep import SEEDS, load_config_module, strategy_grid
+from xrec.train.runner import SEEDS, load_config_module, strategy_grid
 
 # the shift study's setting and report layout (the fraction study's data, model, budget, 5% of users)
 SHIFT_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shift_study", "config.py")

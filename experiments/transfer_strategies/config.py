@@ -17,7 +17,7 @@ Measured numbers and wall time: experiments/transfer_strategies/README.md.
 
 import os
 
-from xrec.train.sweep import SEEDS, load_config_module, strategy_grid
+from xrec.train.runner import SEEDS, load_config_module, strategy_grid
 
 FRACTION_STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fraction_study", "config.py")
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "linear_probe", "frozen_encoder", "partial_freeze",

@@ -179,6 +179,25 @@ class ScoresItems:
     self.output_bias = output_bias_param(self, vocab_size, param_dtype)
 
 
+class Encoder(ScoresItems, nn.Module):
+  """The fields every ID/text sequence encoder shares (config.model's common fields plus the
+  catalogue's shape); an encoder subclasses it and adds only its own fields (config.model.<name>)."""
+
+  vocab_size: int  # rows of the item table (items + padding [+ mask], rounded up for sharding)
+  max_len: int
+  num_items: int
+  embed_dim: int = 64
+  dropout: float = 0.2
+  tie_embeddings: bool = True
+  remat: bool = False
+  dtype: Any = jnp.float32  # compute dtype (bfloat16 for mixed precision)
+  param_dtype: Any = jnp.float32
+  item_columns: tuple = ()  # the embedding dims the item tables keep (model.item_columns; () = all)
+  item_repr: str = "id"  # model.item_repr: items by an ID table, their text (TextItems) or both
+  text_dim: int = 0  # width of the item text embeddings (model.text.dim, set from the text encoder)
+  text_experts: int = 8  # experts of the text adaptor (model.text.experts)
+
+
 def score_items(hidden, table, bias):
   """hidden [..., embed] x table [vocab, embed] -> logits [..., vocab], fp32 accumulation."""
   logits = jnp.einsum("...d,vd->...v", hidden, table.astype(hidden.dtype),

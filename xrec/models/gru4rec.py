@@ -48,23 +48,10 @@ class GRULayer(nn.Module):
     return states
 
 
-class GRU4Rec(common.ScoresItems, nn.Module):
+class GRU4Rec(common.Encoder):
   """Inputs: item ids [batch, max_len], right-aligned, 0 = padding."""
 
-  vocab_size: int
-  max_len: int
-  num_items: int
-  embed_dim: int = 64
   num_layers: int = 1
-  dropout: float = 0.2
-  tie_embeddings: bool = True
-  remat: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  item_columns: tuple = ()  # the embedding dims the item tables keep (model.item_columns; () = all)
-  item_repr: str = "id"  # model.item_repr: items by an ID table, their text (TextItems) or both
-  text_dim: int = 0  # width of the item text embeddings (model.text.dim, set from the text encoder)
-  text_experts: int = 8  # experts of the text adaptor (model.text.experts)
 
   causal = True
   uses_mask_token = False

@@ -105,25 +105,12 @@ class Block(nn.Module):
     return x + nn.Dropout(self.dropout)(m, deterministic=deterministic)
 
 
-class TransformerEncoder(common.ScoresItems, nn.Module):
+class TransformerEncoder(common.Encoder):
   """The body of SASRec and BERT4Rec; subclasses set `causal` and `uses_mask_token`."""
 
-  vocab_size: int  # rows of the item table (items + padding [+ mask], rounded up for sharding)
-  max_len: int
-  num_items: int
-  embed_dim: int = 64
   num_layers: int = 2
   num_heads: int = 1
   mlp_dim: int = 256
-  dropout: float = 0.2
-  tie_embeddings: bool = True
-  remat: bool = False
-  dtype: Dtype = jnp.float32  # compute dtype (bfloat16 for mixed precision)
-  param_dtype: Dtype = jnp.float32
-  item_columns: tuple = ()  # the embedding dims the item tables keep (model.item_columns; () = all)
-  item_repr: str = "id"  # model.item_repr: items by an ID table, their text (TextItems) or both
-  text_dim: int = 0  # width of the item text embeddings (model.text.dim, set from the text encoder)
-  text_experts: int = 8  # experts of the text adaptor (model.text.experts)
   head_dim: int = 0  # per-head size; 0 = embed_dim // num_heads (a head-pruned model keeps its size)
 
   causal = True

@@ -282,7 +282,7 @@ def _compare(raw: dict, base: dict, metric: str) -> tuple[float, str, float]:
 
 def build(records: list[dict], layout: dict, metric: str, kind: str = "metric", alpha: float = ALPHA) -> Table:
   """The table of `metric` over done records (each: overrides, test metrics, and optionally
-  test_rank, budget, population, not_applicable as written by xrec/train/sweep.py)."""
+  test_rank, budget, population, not_applicable as written by xrec/train/runner.py)."""
   if kind not in ("metric", "gain"):
     raise ValueError(f"Unknown table kind {kind!r}; valid: ['metric', 'gain']")
   grid = collect(records, layout, metric)

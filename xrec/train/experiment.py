@@ -1,6 +1,6 @@
 """Stages of an experiment: pretraining and transfer configs, stage hashes, cached stage runs.
 
-With `experiment.mode = "pretrain_transfer"` a study cell (xrec/train/sweep.py) is the stages
+With `experiment.mode = "pretrain_transfer"` a study cell (xrec/train/runner.py) is the stages
 
   pretrain   the model trained on `experiment.source_domain` (all its users, `experiment.pretrain.*`)
   transfer   `transfer.strategy` on `experiment.target_domain`, trained on `data.user_fraction` of

@@ -1,5 +1,5 @@
 """train_and_evaluate(config, workdir): one stage, importable (launch.py runs stages through
-xrec/train/sweep.py). It reads as its recipe; the strategy- and data-specific work happens in the
+xrec/train/runner.py). It reads as its recipe; the strategy- and data-specific work happens in the
 runtime hooks (xrec/train/hooks), which this file calls at fixed points and never names:
 
   build_run        load the data, resolve the hooks, build the model (encoder + transfer plan +

@@ -12,7 +12,7 @@ import jax
 import pytest
 
 from conftest import tiny_config
-from xrec.train import experiment, sweep
+from xrec.train import experiment, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every stage of a sweep compiles the same tiny programs: a persistent cache makes the repeats cheap.
@@ -72,7 +72,7 @@ def count_stage_runs(monkeypatch, kill_at=None):
 @pytest.fixture(scope="module")
 def finished_study(data_dir, tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("study") / "uninterrupted")
-  counts = sweep.run_study(study_config(data_dir), module(), wd)
+  counts = runner.run_study(study_config(data_dir), module(), wd)
   assert counts == {"ran": 4, "cached": 0, "failed": 0, "stopped": 0}
   return wd
 
@@ -82,24 +82,24 @@ def test_killed_study_resumes_to_the_same_table(finished_study, data_dir, tmp_pa
   # stage runs: scratch s0, pretrain s0, zero_shot s0, scratch s1, then killed while pretraining s1
   calls = count_stage_runs(monkeypatch, kill_at=5)
   with pytest.raises(KeyboardInterrupt):
-    sweep.run_study(study_config(data_dir), module(), wd)
-  assert [r["key"] for r in sweep.read_runs(wd)] == [sweep.cell_key(c) for c in cells()[:3]]
+    runner.run_study(study_config(data_dir), module(), wd)
+  assert [r["key"] for r in runner.read_runs(wd)] == [runner.cell_key(c) for c in cells()[:3]]
   killed_stage = calls[4]
   assert not os.path.exists(os.path.join(killed_stage, "results.json"))
 
   calls.clear()
-  counts = sweep.run_study(study_config(data_dir), module(), wd)
+  counts = runner.run_study(study_config(data_dir), module(), wd)
   # finished cells are not run again; the killed pretraining resumes from its checkpoints
   assert counts == {"ran": 1, "cached": 3, "failed": 0, "stopped": 0}
   assert calls[0] == killed_stage and len(calls) == 2
   resumed = json.load(open(os.path.join(killed_stage, "results.json")))
   assert resumed["init"]["kind"] == "resume_workdir"
   assert table_of(wd) == table_of(finished_study)
-  runs = sweep.latest_runs(wd)
+  runs = runner.latest_runs(wd)
   assert {r["status"] for r in runs.values()} == {"done"}
-  ft = runs[sweep.cell_key(cells()[1])]  # zero_shot, seed 0: trained its pretraining before the kill
+  ft = runs[runner.cell_key(cells()[1])]  # zero_shot, seed 0: trained its pretraining before the kill
   assert ft["reused"] == [] and set(ft["stages"]) == {"pretrain", "transfer"} and ft["wall_seconds"] > 0
-  assert runs[sweep.cell_key(cells()[3])]["stages"]["pretrain"] == os.path.basename(killed_stage)
+  assert runs[runner.cell_key(cells()[3])]["stages"]["pretrain"] == os.path.basename(killed_stage)
   assert ft["test"] == json.load(open(os.path.join(wd, "stages", ft["stages"]["transfer"], "results.json")))["test"]
 
   # a transfer-only change re-runs the transfer, never the pretraining it loads
@@ -109,12 +109,12 @@ def test_killed_study_resumes_to_the_same_table(finished_study, data_dir, tmp_pa
   changed = study_config(data_dir)
   changed.transfer.lr_mult = 0.5
   with pytest.raises(ValueError, match=r"was started with another config .*\n  transfer.lr_mult: 1.0 -> 0.5"):
-    sweep.run_study(changed, module(), wd, only=ft["key"])  # the workdir's config is not silently replaced
+    runner.run_study(changed, module(), wd, only=ft["key"])  # the workdir's config is not silently replaced
   variant = {**ft["overrides"], "transfer.lr_mult": 0.5}  # a new cell of the same study may change it
-  counts = sweep.run_study(study_config(data_dir), module([variant]), wd,
-                           only=sweep.cell_key(variant))
+  counts = runner.run_study(study_config(data_dir), module([variant]), wd,
+                           only=runner.cell_key(variant))
   assert counts["ran"] == 1 and len(calls) == 1
-  after = sweep.latest_runs(wd)[sweep.cell_key(variant)]
+  after = runner.latest_runs(wd)[runner.cell_key(variant)]
   assert after["stages"]["pretrain"] == ft["stages"]["pretrain"] and after["reused"] == ["pretrain"]
   assert after["stages"]["transfer"] != ft["stages"]["transfer"]
   assert os.path.getmtime(pre_results) == mtime
@@ -129,50 +129,50 @@ def test_failing_and_stopped_cells_are_recorded_and_the_rest_complete(finished_s
   stopped = {"transfer.strategy": "scratch", "data.user_fraction": 0.5, "seed": 2, "train.stop_after_steps": 2}
   zero_shot = {"transfer.strategy": "zero_shot", "data.user_fraction": 0.25, "seed": 0}
   calls = count_stage_runs(monkeypatch)
-  counts = sweep.run_study(study_config(data_dir), module([bad, stopped, zero_shot]), wd)
+  counts = runner.run_study(study_config(data_dir), module([bad, stopped, zero_shot]), wd)
   assert counts == {"ran": 3, "cached": 4, "failed": 1, "stopped": 1}
   assert len(calls) == 3  # bad, stopped, zero_shot's transfer (its pretraining is reused)
-  runs = sweep.latest_runs(wd)
-  assert runs[sweep.cell_key(bad)]["status"] == "failed"
-  error = runs[sweep.cell_key(bad)]["error"]
-  assert "Traceback" in runs[sweep.cell_key(bad)]["traceback"]
-  assert runs[sweep.cell_key(stopped)]["status"] == "stopped"
-  assert runs[sweep.cell_key(stopped)]["stopped_at_step"] == 2
-  assert runs[sweep.cell_key(zero_shot)]["status"] == "done"
-  assert runs[sweep.cell_key(zero_shot)]["trainable_params"] == 0
+  runs = runner.latest_runs(wd)
+  assert runs[runner.cell_key(bad)]["status"] == "failed"
+  error = runs[runner.cell_key(bad)]["error"]
+  assert "Traceback" in runs[runner.cell_key(bad)]["traceback"]
+  assert runs[runner.cell_key(stopped)]["status"] == "stopped"
+  assert runs[runner.cell_key(stopped)]["stopped_at_step"] == 2
+  assert runs[runner.cell_key(zero_shot)]["status"] == "done"
+  assert runs[runner.cell_key(zero_shot)]["trainable_params"] == 0
   from xrec import report
   md = report.write_report(wd)["markdown"]
   assert "| zero_shot |" in md and f"failed | {error[:40]}" in md
-  assert f"| 5 | {sweep.cell_key(stopped)} | stopped |" in md
+  assert f"| 5 | {runner.cell_key(stopped)} | stopped |" in md
 
 
 def test_typo_in_a_sweep_field_fails_before_any_work(data_dir, tmp_path):
   wd = str(tmp_path / "typo")
   bad_metric = {"transfer.strategy": "scratch", "train.best_metric": "ndcg@7"}
   with pytest.raises(ValueError, match=r"cell \d+ \(.*best_metric=ndcg@7\): train.best_metric 'ndcg@7' is not computed"):
-    sweep.run_study(study_config(data_dir), module([{"transfer.strategy": "scratch"}, bad_metric]), wd)
+    runner.run_study(study_config(data_dir), module([{"transfer.strategy": "scratch"}, bad_metric]), wd)
   assert not os.path.exists(wd)
   with pytest.raises(ValueError, match=r"transfer has no field 'strategie'; valid: \[.*'strategy'"):
-    sweep.run_study(study_config(data_dir), module([{"transfer.strategie": "lora"}]), wd)
+    runner.run_study(study_config(data_dir), module([{"transfer.strategie": "lora"}]), wd)
   assert not os.path.exists(os.path.join(wd, "runs.jsonl"))
 
 
 def test_select_by_key_or_index():
-  all_cells = sweep.cells_of(module())
-  assert sweep.select(all_cells, "2") == [all_cells[2]]
-  assert sweep.select(all_cells, all_cells[1].key) == [all_cells[1]]
+  all_cells = runner.cells_of(module())
+  assert runner.select(all_cells, "2") == [all_cells[2]]
+  assert runner.select(all_cells, all_cells[1].key) == [all_cells[1]]
   with pytest.raises(ValueError, match=r"valid: 0\.\.3"):
-    sweep.select(all_cells, "7")
+    runner.select(all_cells, "7")
   with pytest.raises(ValueError, match="no cell key"):
-    sweep.select(all_cells, "transfer.strategy=lora")
+    runner.select(all_cells, "transfer.strategy=lora")
   with pytest.raises(ValueError, match="twice"):
-    sweep.cells_of(types.SimpleNamespace(sweep=lambda: [{"seed": 1}, {"seed": 1}]))
+    runner.cells_of(types.SimpleNamespace(sweep=lambda: [{"seed": 1}, {"seed": 1}]))
 
 
 CONFIG_FILE = '''
 import os, sys
 sys.path.insert(0, {tests!r})
-from test_sweep import study_config, cells
+from test_runner import study_config, cells
 
 def get_config(arg=None):
   return study_config(os.environ["XREC_DATA_DIR"])
@@ -198,11 +198,11 @@ def test_launch_list_and_only(finished_study, tmp_path):
   lines = out.stdout.strip().splitlines()
   assert lines[0] == "0\ttransfer.strategy=scratch,data.user_fraction=0.5,seed=0"
   assert lines[4] == "4\ttransfer.strategy=zero_shot,data.user_fraction=0.25,seed=1"
-  before = len(sweep.read_runs(wd))
+  before = len(runner.read_runs(wd))
   key = "transfer.strategy=zero_shot,data.user_fraction=0.25,seed=1"
   out = subprocess.run(launch + [f"--only={key}"], capture_output=True, text=True, env=env, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "'ran': 1, 'cached': 0" in out.stdout
-  runs = sweep.read_runs(wd)
+  runs = runner.read_runs(wd)
   assert len(runs) == before + 1 and runs[-1]["key"] == key and runs[-1]["status"] == "done"
   assert runs[-1]["reused"] == ["pretrain"]
