@@ -23,6 +23,5 @@ def base_config() -> ml_collections.ConfigDict:
   for name, term in objectives.TERMS.items():  # each term declares its options (objectives.py)
     if term.options:
       c.objective[name] = ml_collections.ConfigDict(dict(term.options))
-  for group, fields in strategies.OPTIONS.items():  # per-preset options (strategies.py OPTIONS)
-    c.transfer[group] = ml_collections.ConfigDict(dict(fields))
+  c.transfer = strategies.default_transfer_config()  # with per-preset options (strategies.py OPTIONS)
   return c

@@ -35,7 +35,7 @@ from xrec.config import with_overrides
 from xrec.data import pipeline
 from xrec.evaluate import metrics, transferability
 from xrec.train import checkpoint as ckpt
-from xrec.train import loop, runner
+from xrec.train import experiment, loop, runner
 from xrec.transfer import vocab
 
 ESTIMATORS = ("zero_shot_ndcg@10", "probe_ndcg@10", "log_me", "label_cka", "user_cka", "neg_mmd",
@@ -174,7 +174,10 @@ def estimate(entry_name: str, entry: dict, config, domain, examples, out_dir: st
                                     "train.checkpoint_every_steps": proxy_steps, "train.progress_bar": False})
     with proxy.unlocked():  # the candidate's own architecture, fine-tuned whole
       proxy.model = ml_collections.ConfigDict(info["model"])
-    results = loop.train_and_evaluate(proxy, os.path.join(out_dir, "proxy", entry_name))
+    # a cached stage like every run of the runner (hash of its config, lock, resumable): a rerun of
+    # the selection reuses a finished proxy instead of training it again
+    results = experiment.run_cached_stage(proxy, os.path.join(out_dir, "proxy_stages"), "transfer",
+                                          {"pretrained": path})
     row["proxy_ndcg@10"] = results["valid"]["ndcg@10"]
     row["seconds"]["proxy_ndcg@10"] = time.time() - t
   return row

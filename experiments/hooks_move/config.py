@@ -32,6 +32,11 @@ CELLS = (
     ("full_finetune", {"data.synthesis.num_items": 2, "data.synthesis.min_len": 8,
                        "data.synthesis.direction": "forward", "experiment.variant": "synthesis"}),
     ("l2sp", {}),  # added by the move: no "before"
+    # the inserted-module kinds (the split of xrec/transfer/insert.py into one file per family)
+    ("adapter", {}),
+    ("lora", {}),
+    ("prompt", {}),
+    ("patch", {}),
 )
 
 

@@ -2,7 +2,7 @@
 domain (cross-platform / cross-app scenarios, users matched by raw key).
 
 Two input modes, both in the model's item-id space (ids >= `offset`, the target model's vocab size,
-are not target items; the model wrapper xrec/transfer/insert.py CrossUser embeds them):
+are not target items; the model wrapper xrec/transfer/insert/cross_user.py CrossUser embeds them):
 
   merged  C2DSR-style input: the user's target and source interactions merged chronologically
           into one sequence (at equal times the target item first); a source item with source id s

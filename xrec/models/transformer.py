@@ -1,6 +1,6 @@
 """Pre-LN Transformer blocks and the encoder body shared by SASRec (causal) and BERT4Rec
 (bidirectional). No transfer code: adapters, LoRA, prompts and patches are inserted from
-outside (xrec/transfer/insert.py) at the sublayers, projections and attention modules the
+outside (xrec/transfer/insert/peft.py) at the sublayers, projections and attention modules the
 encoder's roles name.
 
 Param tree of the body (logical axes in brackets):

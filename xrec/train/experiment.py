@@ -22,11 +22,11 @@ import os
 
 import jax
 
-from xrec.config import dotted, with_overrides
-from xrec.defaults import base_config
+from xrec.config import core_config, dotted, with_overrides
 from xrec import runindex
 from xrec.data import fingerprint
 from xrec.train.loop import train_and_evaluate
+from xrec.transfer import strategies
 
 log = logging.getLogger("xrec")
 MODES = ("single", "pretrain_transfer")
@@ -38,8 +38,8 @@ def stage_config(config):
   strategy or a grid value)."""
   c = copy.deepcopy(config)
   with c.unlocked():
-    c.experiment = base_config().experiment
-    c.tune = base_config().tune
+    c.experiment = core_config().experiment
+    c.tune = core_config().tune
   return c
 
 
@@ -67,11 +67,11 @@ def pretrain_config(config):
     c.data.domain = config.experiment.source_domain
     c.data.user_fraction = 1.0
     c.data.eval_population = "all"  # the source is evaluated on all its users
-    c.transfer = base_config().transfer  # pretraining uses no transfer options
+    c.transfer = strategies.default_transfer_config()  # pretraining uses no transfer options
     # nor the target's data treatments (augmented examples, synthesised interactions): a study that
     # varies them shares one pretraining; experiment.pretrain can still set them
-    c.data.augment = base_config().data.augment
-    c.data.synthesis = base_config().data.synthesis
+    c.data.augment = core_config().data.augment
+    c.data.synthesis = core_config().data.synthesis
     c.train.init_from = ""
   return with_overrides(c, dotted(config.experiment.pretrain), "experiment.pretrain field")
 

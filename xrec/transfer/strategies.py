@@ -4,7 +4,7 @@ Each preset takes the `config.transfer` options and the target encoder's roles
 (xrec/models/base.py: item table, output bias, positions, ordered blocks, ...) and returns a
 `Strategy`: what to load (rename / graft / dont_load, or only some roles), the trainable
 schedule `(regex, lr_mult | None)` (first match wins, None = frozen) and the modules to insert
-(xrec/transfer/insert.py). Presets never name one model's paths, so every preset works on every
+(xrec/transfer/insert/). Presets never name one model's paths, so every preset works on every
 encoder whose roles it needs; the registry is explicit and an unknown name fails with the list.
 
 Multipliers: `lr_mult` scales the lr of pretrained params that train, `new_lr_mult` that of
@@ -19,12 +19,15 @@ import dataclasses
 import re
 from typing import Any, Callable
 
+import ml_collections
+
+from xrec.config import core_config
 from xrec.models.base import Roles
 from xrec.transfer import insert
 from xrec.transfer import prune as pruning
 from xrec.transfer import schedule as schedules
 
-INSERTED = r"inserted/.*"  # every inserted module's params (xrec/transfer/insert.py)
+INSERTED = r"inserted/.*"  # every inserted module's params (xrec/transfer/insert/)
 ITEM_TABLE_RULES = ("auto", "always", "never")
 
 
@@ -77,6 +80,17 @@ OPTIONS = {
     # l2sp: weight of the pull toward the pretrained weights (alpha) and of plain L2 on fresh params (beta)
     "l2sp": {"alpha": 0.1, "beta": 0.01},
 }
+
+
+
+def default_transfer_config() -> ml_collections.ConfigDict:
+  """config.transfer at its defaults: the core fields and every preset's OPTIONS group."""
+  c = core_config().transfer
+  with c.unlocked():
+    for group, fields in OPTIONS.items():
+      c[group] = ml_collections.ConfigDict(dict(fields))
+  return c
+
 
 # Model fields a preset sets on the target encoder (model.<field>), known before the encoder is
 # built (its roles depend on them).
