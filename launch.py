@@ -157,17 +157,17 @@ def main(argv):
   return run_study(study, config_file, config_arg)
 
 
-def run_study(module, config_file: str, config_arg):
+def run_study(study, config_file: str, config_arg):
   from xrec.train import runner
-  cells = runner.cells_of(module)
+  cells = runner.cells_of(study)
   if flags.FLAGS.list:
     print(runner.list_text(cells), flush=True)
     return
   try:
     if flags.FLAGS.jobs > 1 and flags.FLAGS.only is None:
-      counts = run_parallel(module)
+      counts = run_parallel(study)
     else:
-      counts = runner.run_study(flags.FLAGS.config, module, flags.FLAGS.workdir, only=flags.FLAGS.only,
+      counts = runner.run_study(flags.FLAGS.config, study, flags.FLAGS.workdir, only=flags.FLAGS.only,
                                config_file=config_file, config_arg=config_arg)
   except (runner.WorkdirInUse, runner.ConfigConflict) as e:  # another launch got there first
     return _fail(e)
@@ -182,12 +182,12 @@ def run_study(module, config_file: str, config_arg):
   return 1 if counts["failed"] else 0  # the index holds each failure's error
 
 
-def run_parallel(module) -> dict:
+def run_parallel(study) -> dict:
   """--jobs N: the cells not yet done, N at a time, each as `launch.py --only INDEX` (xrec/train/parallel.py)."""
   from xrec.train import parallel, runner
   with runner.launch_lock(flags.FLAGS.workdir):  # one --jobs launch per workdir; cells lock themselves
-    jobs = runner.parallel_jobs(flags.FLAGS.config, module, flags.FLAGS.workdir)
-    cached = len(runner.cells_of(module)) - len(jobs)
+    jobs = runner.parallel_jobs(flags.FLAGS.config, study, flags.FLAGS.workdir)
+    cached = len(runner.cells_of(study)) - len(jobs)
     done = parallel.run_jobs(jobs, parallel.launch_command(sys.argv), flags.FLAGS.jobs,
                              lambda: runner.finished_stages(flags.FLAGS.workdir))
   records = runner.latest_runs(flags.FLAGS.workdir)

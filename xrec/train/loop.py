@@ -105,7 +105,9 @@ def total_steps(config, batches: pipeline.TrainBatches) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Model:
+class Components:
+  """What a run trains: the module, its bound transfer plan, the objective, the pretrained encoder."""
+
   module: nn.Module  # the encoder, with inserted modules when the strategy inserts some
   plan: transfer.TransferPlan  # bound to the encoder
   objective: objectives.Objective
@@ -118,7 +120,7 @@ def read_encoder(workdir: str) -> transfer.SourceEncoder:
   return transfer.SourceEncoder(type(module).__name__, module.roles(), bool(module.uses_mask_token))
 
 
-def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None, provided: tuple[str, ...] = ()) -> Model:
+def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None, provided: tuple[str, ...] = ()) -> Components:
   """The encoder with the strategy's modules, its bound plan and the objective over the streams
   this run provides (target; source with data.source_domain; `provided` by runtime hooks)."""
   plan = transfer.prepare(config, overlap)  # names and options; fails before any work
@@ -129,10 +131,10 @@ def build_model(config, domain: pipeline.DomainSequences, overlap: dict | None, 
                objectives.build(config.objective, encoder.causal, streams, type(encoder).__name__,
                                 plan.strategy.terms))
   source = read_encoder(config.train.init_from) if config.train.init_from and plan.strategy.load else None
-  return Model(module, plan, objective, source)
+  return Components(module, plan, objective, source)
 
 
-def initial_params(config, workdir, model: Model, state, param_sh, domain):
+def initial_params(config, workdir, model: Components, state, param_sh, domain):
   """The load priority (xrec/train/checkpoint.py: resolve_init) applied to `state` (its
   checkpointed part): returns (state, loop meta, InitSource, transfer report or None)."""
   plan = model.plan
@@ -298,7 +300,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def build_run(config, workdir: str):
-  """(Run, hooks, Model): the data loaded, the runtime hooks resolved and configured, the model
+  """(Run, hooks, Components): the data loaded, the runtime hooks resolved and configured, the model
   built and described in the workdir (item_keys.json, model.json), the hooks' data changes made."""
   validate(config)
   if config.train.init_from:  # a folder, or a model zoo entry's name (python -m xrec.zoo list)
@@ -330,7 +332,7 @@ def build_run(config, workdir: str):
   return run, hooks, model
 
 
-def make_streams(run, model: Model) -> None:
+def make_streams(run, model: Components) -> None:
   """run.streams (the objective's batch streams: the target's, and the source domain's users in the
   target's item ids when a term reads them) and run.num_steps (0: evaluate only)."""
   config, domain, module = run.config, run.domain, run.module
@@ -363,7 +365,7 @@ def make_streams(run, model: Model) -> None:
                config.train.batch_size // blocks * max_len, blocks)
 
 
-def start_state(run, hooks, model: Model):
+def start_state(run, hooks, model: Components):
   """(state, its shardings, optimizer): created sharded, with the hooks' carried state (sharded like
   the params, checkpointed), loaded by the load priority, then each hook's after-load work and
   constants (state["frozen"], never checkpointed)."""
@@ -488,7 +490,7 @@ def fit(run, hooks, state, train_step) -> Outcome:
   return Outcome(state, start_step, step, killed, stopped_early, best, train_seconds, side[0])
 
 
-def finish(run, hooks, model: Model, outcome: Outcome) -> dict:
+def finish(run, hooks, model: Components, outcome: Outcome) -> dict:
   """The results: validation and test metrics (and per-user ranks) at the best validation
   checkpoint (never the final params, unless they are best), the protocol, budget, what was
   transferred, and what each hook adds."""
