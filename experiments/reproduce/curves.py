@@ -30,7 +30,8 @@ def curves(workdir: str) -> list[dict]:
           except json.JSONDecodeError:  # a line being written
             continue
           if r.get("split") == "valid":
-            rows.append({"step": r["step"], "ndcg@10": r["ndcg@10"], "hr@10": r["hr@10"]})
+            rows.append({"step": r["step"], "ndcg@10": r["ndcg@10"], "hr@10": r["hr@10"],
+                         **({"time": r["time"]} if "time" in r else {})})
     config = stage["config"]
     data = (os.path.basename(config["data"]["files"]["path"]) if config["data"]["name"] == "interactions"
             else f"movielens-{config['data']['movielens']['release']}")

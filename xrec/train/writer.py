@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -12,7 +13,8 @@ from xrec.runindex import jsonable as _jsonable, write_json_atomic  # noqa: F401
 
 
 class MetricWriter:
-  """WORKDIR/metrics.jsonl ({"step", "split", ...metrics}) + WORKDIR/tensorboard/ events.
+  """WORKDIR/metrics.jsonl ({"step", "split", "time", ...metrics}; time: seconds since the epoch when
+  the row was written, for time-to-quality curves) + WORKDIR/tensorboard/ events.
 
   TensorBoard files are written by tensorboardX (no TensorFlow). On resume,
   lines after the resumed step are dropped, so the log reads like one run.
@@ -40,7 +42,7 @@ class MetricWriter:
   def write(self, step: int, split: str, metrics: dict) -> None:
     if not self.enabled:
       return
-    row = {"step": int(step), "split": split, **_jsonable(metrics)}
+    row = {"step": int(step), "split": split, "time": round(time.time(), 3), **_jsonable(metrics)}
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
     if self._tb is not None:
