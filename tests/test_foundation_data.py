@@ -1,5 +1,7 @@
 """Synthetic generator, TFDS builder, leave-one-out splits, few-shot subsets, batches."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -155,6 +157,24 @@ def test_train_batches_are_a_function_of_step():
   p0 = pipeline.TrainBatches(dom, 8, 6, 0, process_index=0, process_count=2).batch(5)
   p1 = pipeline.TrainBatches(dom, 8, 6, 0, process_index=1, process_count=2).batch(5)
   np.testing.assert_array_equal(np.concatenate([p0["inputs"], p1["inputs"]]), a.batch(5)["inputs"])
+
+
+def test_sequences_come_from_the_in_memory_store_exactly_as_from_the_records():
+  seqs = [list(range(1, 4 + (i % 9))) + [2 + i % 5] for i in range(41)]
+  dom = pipeline.index_domain("d", _ListSource(seqs), [str(i) for i in range(20)])
+  assert dom.items is not None and dom.items.dtype == np.int32 and len(dom.items) == sum(map(len, seqs))
+  by_record = dataclasses.replace(dom, items=None, offsets=None)  # the per-record path
+  for u, seq in enumerate(seqs):
+    np.testing.assert_array_equal(dom.sequence(u), seq)
+    np.testing.assert_array_equal(by_record.sequence(u), seq)
+    assert dom.sequence(u).dtype == by_record.sequence(u).dtype == np.int64
+  # item frequency counts training parts only (each user's last two items are held out)
+  expected = np.bincount(np.concatenate([s[:-2] for s in seqs]), minlength=21)
+  np.testing.assert_array_equal(dom.item_frequency, expected)
+  a, b = pipeline.TrainBatches(dom, 8, 6, 0), pipeline.TrainBatches(by_record, 8, 6, 0)
+  for step in (0, 7):
+    for k, v in a.batch(step).items():
+      np.testing.assert_array_equal(v, b.batch(step)[k])
 
 
 def test_eval_batches_pad_with_zero_weight():
