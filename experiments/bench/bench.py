@@ -463,6 +463,25 @@ def bench_catalogue(p, steps: int = 2) -> dict:
   return out
 
 
+def real_population_eval(preset: str, p: dict, manual_dir: str) -> dict:
+  """bench_population_eval on real MovieLens-1M (every user, their real history lengths, the whole
+  catalogue), the model at the preset's shape with fresh parameters (speed, not quality)."""
+  from xrec.data import pipeline
+  config = _config(p)
+  config.data.update(dict(name="movielens", domain="main"))
+  config.data.movielens.update(dict(release="1m", manual_dir=manual_dir, download=False))
+  config.data.preprocess.min_seq_len = 3
+  config.eval.mask_history = True
+  domain = pipeline.load_domain(config.data)
+  dev = jax.devices()[0]
+  lengths = domain.lengths[domain.eval_users]
+  return {"preset": preset, "shapes": p, "data": "movielens-1m (real)", "device_kind": dev.device_kind,
+          "platform": dev.platform, "jax_version": jax.__version__,
+          "history_length": {"median": float(np.median(lengths)), "mean": float(lengths.mean()),
+                             "share_at_least_max_len": float(np.mean(lengths >= p["max_len"]))},
+          "population_eval": bench_population_eval(p, config, domain, rounds=3)}
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--preset", default="cpu_small", choices=sorted(PRESETS))
@@ -474,6 +493,9 @@ def main():
   ap.add_argument("--loop", type=int, default=0,
                   help="also time the whole training loop (xrec's train_and_evaluate vs a plain loop, same "
                        "synthetic data of the preset's shape) over runs of this many steps")
+  ap.add_argument("--real_eval", default="",
+                  help="only the population evaluation (bench_population_eval), on real MovieLens-1M: the "
+                       "folder holding ml-1m/ (e.g. ../shared/data); the preset gives the model's shape")
   ap.add_argument("--ablate", action="store_true",
                   help="also time xrec's step without gradient clipping and with a constant learning rate "
                        "(same run, interleaved): what each costs against the plain Flax step")
@@ -485,6 +507,9 @@ def main():
               "num_devices": jax.device_count(), "jax_version": jax.__version__, "catalogue": bench_catalogue(p)}
     result["memory"] = peak_memory_bytes()
     _write(result, args.out)
+    return
+  if args.real_eval:
+    _write(real_population_eval(args.preset, p, args.real_eval), args.out)
     return
   config = _config(p)
   if args.dropout is not None:
