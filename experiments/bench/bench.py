@@ -145,13 +145,15 @@ class NaiveBlock(nn.Module):
   heads: int
   mlp: int
   dtype: object
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, mask):
+  def __call__(self, x, mask, deterministic=True):
+    drop = nn.Dropout(self.dropout, deterministic=deterministic or not self.dropout)
     h = nn.LayerNorm(dtype=self.dtype)(x)
-    x = x + nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype)(h, h, mask=mask)
+    x = x + drop(nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype)(h, h, mask=mask))
     h = nn.LayerNorm(dtype=self.dtype)(x)
-    return x + nn.Dense(self.d, dtype=self.dtype)(nn.gelu(nn.Dense(self.mlp, dtype=self.dtype)(h)))
+    return x + drop(nn.Dense(self.d, dtype=self.dtype)(nn.gelu(nn.Dense(self.mlp, dtype=self.dtype)(h))))
 
 
 class NaiveSASRec(nn.Module):
@@ -163,31 +165,38 @@ class NaiveSASRec(nn.Module):
   heads: int
   mlp: int
   dtype: object
+  dropout: float = 0.0  # on the embeddings and each sublayer's output (0: none, as the step bench)
 
   @nn.compact
-  def __call__(self, ids):
+  def __call__(self, ids, deterministic=True):
     emb = nn.Embed(self.v, self.d)
     x = emb(ids).astype(self.dtype) + nn.Embed(self.l, self.d)(jnp.arange(self.l))[None].astype(self.dtype)
+    x = nn.Dropout(self.dropout, deterministic=deterministic or not self.dropout)(x)
     mask = nn.combine_masks(nn.make_causal_mask(ids), nn.make_attention_mask(ids > 0, ids > 0))
     for _ in range(self.layers):
-      x = NaiveBlock(self.d, self.heads, self.mlp, self.dtype)(x, mask)
+      x = NaiveBlock(self.d, self.heads, self.mlp, self.dtype, self.dropout)(x, mask, deterministic)
     x = nn.LayerNorm()(x.astype(jnp.float32))
     return x @ emb.embedding.T  # fp32 logits
 
 
-def plain_model_and_step(p, inputs, seed: int = 0):
+def plain_model(p, dropout: float = 0.0) -> NaiveSASRec:
+  return NaiveSASRec(p["num_items"] + 1, p["embed_dim"], p["max_len"], p["num_layers"], p["num_heads"],
+                     p.get("mlp_dim", 4 * p["embed_dim"]), models.dtype(p["compute_dtype"]), dropout)
+
+
+def plain_model_and_step(p, inputs, seed: int = 0, dropout: float = 0.0):
   """The plain Flax SASRec of the preset's shape, its params and Adam state, and one jitted step
-  (params, opt, batch) -> (params, opt, loss): what one writes without xrec."""
-  dtype = models.dtype(p["compute_dtype"])
-  m = NaiveSASRec(p["num_items"] + 1, p["embed_dim"], p["max_len"], p["num_layers"], p["num_heads"],
-                  p.get("mlp_dim", 4 * p["embed_dim"]), dtype)
+  (params, opt, batch[, rng]) -> (params, opt, loss): what one writes without xrec (`rng` draws the
+  dropout masks when dropout > 0)."""
+  m = plain_model(p, dropout)
   params = m.init(jax.random.key(seed), inputs)["params"]
   tx = optax.adamw(1e-3)
 
   @jax.jit
-  def step(params, opt, batch):
+  def step(params, opt, batch, rng=None):
     def loss_fn(params):
-      logits = m.apply({"params": params}, batch["inputs"])
+      logits = (m.apply({"params": params}, batch["inputs"]) if rng is None else
+                m.apply({"params": params}, batch["inputs"], False, rngs={"dropout": rng}))
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
       w = (batch["targets"] > 0).astype(jnp.float32)
       return (ce * w).sum() / w.sum()

@@ -1,0 +1,189 @@
+"""Time to quality on real MovieLens-1M: xrec's training run against a plain Flax loop, same data,
+same machine, alternating; wall time (training, evaluations excluded) until validation NDCG@10
+first reaches each level.
+
+  python experiments/bench/time_to_quality.py --data ../shared/data --steps 4700 \\
+      --levels 0.10,0.14,0.16 --out experiments/bench/results/ttq_<commit>.json
+
+xrec's side is the reproduction's ml1m_sasrec row (experiments/reproduce/config.py: SASRec d 64,
+2 blocks, 1 head, max_len 200, dropout 0.2, full softmax, Adam 1e-3, batch 128) run through
+`train_and_evaluate` for --steps steps with an evaluation every --eval_every, its time read from the
+run's metrics.jsonl (each row's wall-clock stamp, less the evaluations' own seconds: the input
+pipeline, steps, logging and checkpoints count). The plain side is bench.py's plain Flax SASRec
+of the same shape with the same dropout (flax.linen attention, fp32 logits, optax AdamW 1e-3, full
+softmax CE), numpy batches of each user's last 201 training items, one jitted step; it is
+evaluated by the same protocol (the same evaluation batches, xrec's rank and metric functions:
+full ranking over all items, history masked, pessimistic ties), untimed. Quality is read on
+validation; both curves (NDCG@10 against seconds) go to --plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench  # noqa: E402  (puts the repo root on the path)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from xrec.data import pipeline  # noqa: E402
+from xrec.evaluate import metrics  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+def ml1m_config(data: str, steps: int, eval_every: int, row: str = "ml1m_sasrec"):
+  """The reproduction row's config, with a budget of `steps` and no early stopping."""
+  spec = importlib.util.spec_from_file_location("reproduce", os.path.join(ROOT, "experiments", "reproduce", "config.py"))
+  study = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(study)
+  c = study.get_config()
+  for key, value in {**study.ROWS[row], "data.movielens.manual_dir": data}.items():
+    node = c
+    *path, last = key.split(".")
+    for name in path:
+      node = node[name]
+    node[last] = value
+  c.train.update(dict(num_steps=steps, eval_every_steps=eval_every, checkpoint_every_steps=eval_every,
+                      early_stopping_patience=0, eval_at_start=False))
+  return c
+
+
+def run_xrec(config, workdir: str) -> list[dict]:
+  """[{step, seconds, ndcg@10}] per evaluation: seconds since the call, less every evaluation so far."""
+  from xrec.train.loop import train_and_evaluate
+  start = time.time()
+  train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [r for r in map(json.loads, f) if r["split"] == "valid"]
+  out, evals = [], 0.0
+  for r in rows:
+    evals += r["eval_seconds"]
+    out.append({"step": r["step"], "seconds": r["time"] - start - evals, "ndcg@10": r["ndcg@10"]})
+  return out
+
+
+def plain_eval(model, params, domain, config, split: str = "valid") -> float:
+  """NDCG@10 of the plain model by xrec's protocol (same batches, ranks and sums)."""
+  num_items = domain.num_items
+
+  @jax.jit
+  def sums(params, batch):
+    scores = model.apply({"params": params}, batch["inputs"])[:, -1]
+    rank = metrics.target_rank(scores, batch["target"], num_items, batch["history"])
+    return metrics.metric_sums(rank, batch["weight"], (10,))
+
+  total = {}
+  for batch in pipeline.eval_batches(domain, split, config.eval.batch_size, config.model.max_len):
+    for k, v in jax.device_get(sums(params, {k: jnp.asarray(v) for k, v in batch.items()})).items():
+      total[k] = total.get(k, 0.0) + float(v)
+  return metrics.finalize(total)["ndcg@10"]
+
+
+def run_plain(config, domain, steps: int, eval_every: int, seed: int = 0) -> list[dict]:
+  """The plain loop: numpy batches, one jitted step, an untimed evaluation every `eval_every`."""
+  p = dict(num_items=domain.num_items, embed_dim=config.model.embed_dim, max_len=config.model.max_len,
+           num_layers=config.model.sasrec.num_layers, num_heads=config.model.sasrec.num_heads,
+           mlp_dim=config.model.sasrec.mlp_dim, compute_dtype="float32")
+  b, length = config.train.batch_size, p["max_len"]
+  users = np.asarray(domain.train_users)
+  rng = np.random.default_rng(seed)
+  order = np.concatenate([rng.permutation(users) for _ in range(steps * b // len(users) + 1)])
+
+  def batch(i):
+    x = np.zeros((b, length + 1), np.int32)
+    for row, u in enumerate(order[i * b:(i + 1) * b]):
+      seq = domain.sequence(int(u))[:-2][-(length + 1):]
+      x[row, length + 1 - len(seq):] = seq
+    return {"inputs": x[:, :-1], "targets": x[:, 1:]}
+
+  start, evals = time.time(), 0.0
+  params, opt, step = bench.plain_model_and_step(p, batch(0)["inputs"], seed, config.model.dropout)
+  model, key, out = bench.plain_model(p), jax.random.key(seed + 1), []
+  for i in range(steps):
+    params, opt, loss = step(params, opt, batch(i), jax.random.fold_in(key, i))
+    if (i + 1) % eval_every == 0:
+      float(loss)  # waits for the step
+      t0 = time.time()
+      ndcg = plain_eval(model, params, domain, config)
+      evals += time.time() - t0
+      out.append({"step": i + 1, "seconds": time.time() - start - evals, "ndcg@10": ndcg})
+      print(f"plain step {i + 1}: valid ndcg@10 {ndcg:.4f} at {out[-1]['seconds']:.0f} s", flush=True)
+  return out
+
+
+def first_reach(curve: list[dict], level: float):
+  return next((r["seconds"] for r in curve if r["ndcg@10"] >= level), None)
+
+
+def summarise(curves: dict, levels) -> dict:
+  out = {}
+  for level in levels:
+    row = {name: [first_reach(c, level) for c in runs] for name, runs in curves.items()}
+    med = {name: (float(np.median(v)) if v and all(x is not None for x in v) else None) for name, v in row.items()}
+    out[f"{level:g}"] = {"seconds": row, "median": med,
+                         "plain_over_xrec": (med["plain"] / med["xrec"] if med.get("xrec") and med.get("plain") else None)}
+  return out
+
+
+def plot(curves: dict, levels, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for (name, runs), color in zip(sorted(curves.items()), ("tab:orange", "tab:blue")):
+    for r, c in enumerate(runs):
+      ax.plot([x["seconds"] for x in c], [x["ndcg@10"] for x in c], color=color, marker=".",
+              label=name if r == 0 else None, alpha=1.0 if r == 0 else 0.5)
+  for level in levels:
+    ax.axhline(level, color="grey", lw=0.6, ls=":")
+  ax.set_xlabel("training seconds (evaluations excluded)")
+  ax.set_ylabel("valid NDCG@10 (full ranking)")
+  ax.set_title("MovieLens-1M, SASRec d64: time to quality")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--data", required=True, help="the folder holding ml-1m/ (e.g. ../shared/data)")
+  ap.add_argument("--steps", type=int, default=4700, help="budget of each run (47 steps = one epoch)")
+  ap.add_argument("--eval_every", type=int, default=235)
+  ap.add_argument("--levels", default="0.10,0.14,0.16")
+  ap.add_argument("--rounds", type=int, default=1, help="xrec then plain, this many times")
+  ap.add_argument("--loops", default="xrec,plain")
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--plot", default="")
+  args = ap.parse_args()
+  levels = [float(x) for x in args.levels.split(",")]
+  config = ml1m_config(args.data, args.steps, args.eval_every)
+  domain = pipeline.load_domain(config.data)
+  curves = {name: [] for name in args.loops.split(",")}
+  dev = jax.devices()[0]
+  result = {"data": "movielens-1m (real)", "steps": args.steps, "eval_every": args.eval_every, "levels": levels,
+            "device_kind": dev.device_kind, "platform": dev.platform, "jax_version": jax.__version__,
+            "config": config.to_dict(), "curves": curves}
+  with tempfile.TemporaryDirectory() as tmp:
+    for r in range(args.rounds):
+      if "xrec" in curves:
+        curves["xrec"].append(run_xrec(config, os.path.join(tmp, f"xrec{r}")))
+      if "plain" in curves:
+        curves["plain"].append(run_plain(config, domain, args.steps, args.eval_every, seed=r))
+      result["time_to"] = summarise(curves, levels)
+      result["best"] = {name: [max(x["ndcg@10"] for x in c) for c in runs] for name, runs in curves.items()}
+      bench._write(result, args.out)  # after every run: a cut session keeps what finished
+  if args.plot:
+    plot(curves, levels, args.plot)
+
+
+if __name__ == "__main__":
+  main()
