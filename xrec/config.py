@@ -190,6 +190,7 @@ def core_config() -> ml_collections.ConfigDict:
   c.train.resume_from = ""  # explicit resume: another run's workdir (state, optimizer, step)
   c.train.init_from = ""  # pretrained init: a workdir whose best params initialise this model
   c.train.stop_after_steps = 0  # > 0: stop this process after that many steps (simulates a kill)
+  c.train.stop_at_step = 0  # > 0: stop this process at that step (a rung of tune.halving; resumable)
   c.train.progress_bar = True
 
   c.eval = ml_collections.ConfigDict()
@@ -257,7 +258,11 @@ def core_config() -> ml_collections.ConfigDict:
   # seed: -1 = every seed tunes its own cell; s >= 0 = the grid runs on seed s's cell only and the
   # cells of the other seeds train the values chosen there (tune once: recorded in runs.jsonl
   # tuning.tuned_on_seed and in the report's caption).
-  c.tune = ml_collections.ConfigDict(dict(lr=(), lr_mult=(), seed=-1))
+  # halving = eta >= 2: successive halving of the grid (runner.run_candidates): every candidate trains
+  # to train.num_steps / eta^rungs, the best 1/eta (by validation so far) go on to the next rung,
+  # ..., the survivors to the whole budget (resumed, so their results equal uninterrupted runs);
+  # 0 = every candidate trains the whole budget
+  c.tune = ml_collections.ConfigDict(dict(lr=(), lr_mult=(), seed=-1, halving=0, rungs=2))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
   c.sharding = ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))
@@ -297,11 +302,14 @@ RANGES = {
     "train.log_every_steps": (1, MAX_COUNT, True, True, "int"),
     "train.early_stopping_patience": (0, MAX_COUNT, True, True, "int"),  # 0 = off
     "train.stop_after_steps": (0, MAX_COUNT, True, True, "int"),
+    "train.stop_at_step": (0, MAX_COUNT, True, True, "int"),
     "eval.batch_size": (1, MAX_SIZE, True, True, "int"),
     "eval.ks": (1, MAX_COUNT, True, True, "int"),  # every K
     "eval.negatives": (0, MAX_SIZE, True, True, "int"),  # 0 = full ranking only
     "eval.negatives_seed": (0, 2**30, True, True, "int"),
     "tune.seed": (-1, 2**30, True, True, "int"),  # -1 = every seed tunes itself
+    "tune.halving": (0, 2**10, True, True, "int"),  # 0 = off; else the eta of successive halving (>= 2)
+    "tune.rungs": (1, 10, True, True, "int"),
     "objective.chunked_softmax.chunk_size": (1, MAX_COUNT, True, True, "int"),
     "objective.sampled_softmax.num_negatives": (1, MAX_SIZE, True, True, "int"),
     "objective.cloze.mask_prob": (0.0, 1.0, False, True, "float"),

@@ -18,6 +18,7 @@
 #   3. the benchmark alone on the GPU: bench.py --preset h200_reference (xrec's step against a
 #      plain Flax step, MFU against a bf16 matmul peak measured in the same run), then the
 #      ML-1M shape (--preset cpu_ml1m: the shape, on whatever device is there);
+#   3b. time to quality on real ML-1M (experiments/bench/time_to_quality.py), alone on the device;
 #   4. the reproduction rows (experiments/reproduce/config.py), one process per row sharing the
 #      GPU, started in their own sessions so that a follow-up call can collect rows still running;
 #   5. the test suite with the GPU visible (JAX_PLATFORMS=cuda), beside the rows;
@@ -79,6 +80,12 @@ for preset in $PRESETS; do
     --out "$OUT/bench_$preset.json" > "$RUNDIR/logs/bench_$preset.log" 2>&1
   stamp "bench $preset: rc $? $(grep -o '"speedup_vs_naive": [0-9.]*' "$OUT/bench_$preset.json" 2>/dev/null)"
 done
+
+# 3b. time to quality on real ML-1M (xrec's run vs the plain Flax loop; issue 29 item 1), alone
+if [ "${SMOKE:-0}" = 1 ]; then TTQ=(--steps 4 --eval_every 2 --levels 0.01); else TTQ=(--steps 4700 --eval_every 235); fi
+timeout $(( $(left) > 200 ? 200 : $(left) )) python3 experiments/bench/time_to_quality.py --data /tmp/real "${TTQ[@]}" \
+  --out "$OUT/ttq.json" --plot "$RUNDIR/logs/ttq.png" > "$RUNDIR/logs/ttq.log" 2>&1
+stamp "time to quality: rc $? $(python3 -c "import json; print(json.load(open('$OUT/ttq.json'))['time_to'])" 2>/dev/null)"
 
 # 4. the reproduction rows, one process per row (own session: a later call may collect them)
 for i in $ROWS; do

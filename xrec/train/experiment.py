@@ -88,7 +88,10 @@ def transfer_config(config, strategy: str, pretrain_dir: str):
 
 # Fields that change how a run is driven or logged, never its results: left out of a stage's hash,
 # so a study whose stage was stopped (train.stop_after_steps) or moved to another data cache reuses it.
-UNHASHED_FIELDS = ("train.stop_after_steps", "train.progress_bar", "train.log_every_steps", "data.data_dir")
+# (tune.halving / tune.rungs: how a grid is searched, never a stage's result; unhashed so that stages
+# computed before these fields existed keep their hashes)
+UNHASHED_FIELDS = ("train.stop_after_steps", "train.stop_at_step", "train.progress_bar", "train.log_every_steps",
+                   "data.data_dir", "tune.halving", "tune.rungs")
 STAGE_KINDS = ("single", "pretrain", "transfer")
 
 

@@ -441,7 +441,9 @@ def fit(run, hooks, state, train_step) -> Outcome:
     run_eval(0, state["params"])
   bar = writing.progress_bar(num_steps, start_step, config.train.progress_bar and is_main)
   step, killed, stopped_early = start_step, False, False
-  stop_at = start_step + config.train.stop_after_steps if config.train.stop_after_steps > 0 else None
+  stops = [start_step + config.train.stop_after_steps] if config.train.stop_after_steps > 0 else []
+  stops += [config.train.stop_at_step] if config.train.stop_at_step > 0 else []
+  stop_at = min(stops, default=None)
   t_window, window_examples = time.time(), 0
   finished = start_step >= num_steps or best.should_stop
   health = Divergence(workdir, latest)

@@ -267,6 +267,69 @@ def _select_candidate(config, results: list[dict]) -> int:
   return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
+def rungs(config) -> list[int]:
+  """The steps at which successive halving (tune.halving = eta) ranks the candidates still in: the
+  budget / eta^r for r = tune.rungs .. 1, rounded down to evaluations (train.eval_every_steps);
+  rungs below one evaluation are dropped. [] when halving is off."""
+  eta = int(config.tune.halving)
+  if not eta:
+    return []
+  if eta < 2:
+    raise ValueError(f"tune.halving={eta} keeps every candidate; use 0 (off) or an eta >= 2 (keep 1/eta per rung)")
+  total, every = int(config.train.num_steps), int(config.train.eval_every_steps)
+  if total <= 0:
+    raise ValueError("tune.halving ranks candidates at fractions of a budget in steps: set train.num_steps "
+                     "(train.num_epochs is known only once the data is read)")
+  points = {total // eta ** r // every * every for r in range(int(config.tune.rungs), 0, -1)}
+  return sorted(p for p in points if every <= p < total)
+
+
+def _best_so_far(stage_dir: str, metric: str) -> float:
+  """The best validation `metric` a stopped stage has logged (metrics.jsonl)."""
+  with open(os.path.join(stage_dir, "metrics.jsonl")) as f:
+    values = [r[metric] for r in map(json.loads, f) if r.get("split") == "valid"]
+  if not values:
+    raise RuntimeError(f"stage {stage_dir} stopped at a rung without an evaluation")
+  return max(values)
+
+
+def run_candidates(config, candidates: list[Stage], stages_dir: str) -> tuple[list, dict]:
+  """([(stage, results)] of the candidates trained to the end, in grid order; halving note). With
+  tune.halving = eta and two or more candidates, successive halving: at each rung every candidate
+  still in trains up to that step (train.stop_at_step; the stage resumes from its checkpoints at
+  the next rung, so a survivor's results equal an uninterrupted run's) and the best ceil(n / eta)
+  by validation so far stay in; the survivors train the whole budget. A dropped candidate keeps
+  its stage folder (resumable, e.g. by a later study without halving)."""
+  points = rungs(config) if len(candidates) > 1 else []
+  live, dropped = list(range(len(candidates))), []
+  metric = config.train.best_metric
+  for point in points:
+    if len(live) < 2:
+      break
+    values = {}
+    for i in live:
+      st = candidates[i]
+      cfg = apply_overrides(st.config, {"train.stop_at_step": point})
+      results = experiment.run_cached_stage(cfg, stages_dir, st.kind, st.depends_on)
+      if "stopped_at_step" in results and results["stopped_at_step"] < point:
+        return [], {"stopped": results}  # train.stop_after_steps (a kill) inside a rung
+      values[i] = (results["valid"][metric] if "valid" in results
+                   else _best_so_far(os.path.join(stages_dir, st.hash), metric))
+    keep = sorted(live, key=lambda i: (-values[i], i))[:-(-len(live) // int(config.tune.halving))]
+    dropped += [{"overrides": candidates[i].overrides, "stage": candidates[i].hash, "rung_step": point,
+                 "valid_so_far": values[i]} for i in live if i not in keep]
+    live = sorted(keep)
+  done = []
+  for i in live:
+    st = candidates[i]
+    results = experiment.run_cached_stage(st.config, stages_dir, st.kind, st.depends_on)
+    if "stopped_at_step" in results:
+      return [], {"stopped": results}
+    done.append((st, results))
+  note = {"halving": {"eta": int(config.tune.halving), "rungs": points, "dropped": dropped}} if points else {}
+  return done, note
+
+
 def _field_value(config, field: str):
   node = config
   for name in field.split("."):
@@ -294,29 +357,46 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> di
     stage_seconds, done, pretrain = 0.0, [], None
     tuning = tuning_stages(cfg, stages_dir, candidates)
     if tuning:  # tune.seed: the grid runs on that seed (cached stages, shared with its own cell)
-      tuned = [(st, experiment.run_cached_stage(st.config, stages_dir, st.kind, st.depends_on)) for st in tuning]
-      tuned = [(st, r) for st, r in tuned if st.kind != "pretrain"]
-      if any("stopped_at_step" in r for _, r in tuned):
+      for st in (st for st in tuning if st.kind == "pretrain"):
+        if "stopped_at_step" in experiment.run_cached_stage(st.config, stages_dir, st.kind, st.depends_on):
+          raise RuntimeError("a tuning stage was stopped (train.stop_after_steps); rerun to resume it")
+      grid = [st for st in tuning if st.kind != "pretrain"]
+      tuned, halving = run_candidates(cfg, grid, stages_dir)
+      if not tuned:
         raise RuntimeError("a tuning stage was stopped (train.stop_after_steps); rerun to resume it")
       best = _select_candidate(cfg, [r for _, r in tuned])
-      note.update(tuned_on_seed=int(cfg.tune.seed), tuning_candidates=[
+      note.update(tuned_on_seed=int(cfg.tune.seed), **halving, tuning_candidates=[
           {"overrides": st.overrides, "valid": r["valid"][cfg.train.best_metric], "stage": st.hash,
            "best_step": r.get("best_step")} for st, r in tuned])
-      candidates = [candidates[best]]  # the same grid point on this cell's own seed
+      chosen = tuned[best][0].overrides
+      candidates = [c for c in candidates if c.overrides == chosen]  # the same grid point on this cell's seed
       record["planned"] = [st.hash for st in tuning] + _planned_hashes(prereq, candidates)
-    for stage in prereq + candidates:
+      record["dropped"] = [d["stage"] for d in halving.get("halving", {}).get("dropped", [])]
+    stopped = None
+    for stage in prereq:
       results = experiment.run_cached_stage(stage.config, stages_dir, stage.kind, stage.depends_on)
       if "stopped_at_step" in results:  # train.stop_after_steps: resumes on the next run
-        record.update(status="stopped", stopped_stage=stage.kind, stopped_at_step=results["stopped_at_step"])
+        stopped = (stage, results)
         break
       if results["stage"]["reused"]:
         record["reused"].append(stage.kind)
       stage_seconds += results["wall_seconds"]["total"]
-      if stage.kind == "pretrain":
-        record["stages"]["pretrain"] = stage.hash
-        pretrain = results
-      else:
-        done.append((stage, results))
+      record["stages"]["pretrain"] = stage.hash
+      pretrain = results
+    if stopped is None:
+      done, halving = run_candidates(cfg, candidates, stages_dir)
+      if not tuning and "stopped" not in halving:
+        note.update(halving)
+      if "stopped" in halving:
+        stopped = (candidates[0], halving["stopped"])
+      if not tuning:
+        record["dropped"] = [d["stage"] for d in halving.get("halving", {}).get("dropped", [])]
+      for _, results in done:
+        if results["stage"]["reused"]:
+          record["reused"].append(results["stage"]["kind"])
+        stage_seconds += results["wall_seconds"]["total"]
+    if stopped is not None:
+      record.update(status="stopped", stopped_stage=stopped[0].kind, stopped_at_step=stopped[1]["stopped_at_step"])
     else:
       best = _select_candidate(cfg, [r for _, r in done])
       stage, results = done[best]
@@ -387,7 +467,9 @@ def _cached(config, cell: Cell, workdir: str, previous: dict | None) -> bool:
     ok = planned[:-1] == fixed and planned[-1:] and planned[-1] in {st.hash for st in candidates}
   else:
     ok = planned == _planned_hashes(prereq, candidates)
-  return bool(ok) and all(os.path.exists(os.path.join(stages_dir, h, "results.json")) for h in planned)
+  dropped = set(previous.get("dropped") or ())  # candidates successive halving left behind
+  return bool(ok) and all(os.path.exists(os.path.join(stages_dir, h, "results.json")) for h in planned
+                          if h not in dropped)
 
 
 def tuning_stages(config, stages_dir: str, candidates: list[Stage]) -> list[Stage]:
