@@ -26,7 +26,7 @@ from xrec.transfer import strategies
 
 NUM_ITEMS, MAX_LEN, EMBED = 30, 6, 8
 KEYS = [f"i{i}" for i in range(NUM_ITEMS)]
-ENCODERS = ("sasrec", "bert4rec", "gru4rec", "nextitnet")
+ENCODERS = ("sasrec", "bert4rec", "gru4rec", "nextitnet", "hstu")
 INPUTS = jnp.array([[0, 0, 3, 5, 7, 9], [0, 0, 0, 0, 1, 2], [4, 8, 15, 16, 23, 30]], jnp.int32)
 
 

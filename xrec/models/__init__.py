@@ -14,6 +14,7 @@ from xrec.models import common
 
 from xrec.models.bert4rec import BERT4Rec
 from xrec.models.gru4rec import GRU4Rec
+from xrec.models.hstu import HSTU
 from xrec.models.nextitnet import NextItNet
 from xrec.models.popularity import Popularity
 from xrec.models.sasrec import SASRec
@@ -60,6 +61,7 @@ MODELS: dict[str, type] = {
     "bert4rec": BERT4Rec,
     "gru4rec": GRU4Rec,
     "nextitnet": NextItNet,
+    "hstu": HSTU,
     "popularity": Popularity,
 }
 
