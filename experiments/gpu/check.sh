@@ -27,7 +27,7 @@
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 BUDGET=${BUDGET:-520}
-ROWS=${ROWS:-"0 1 2 3 4 5 6 7 8"}
+ROWS=${ROWS:-"0 1 2 3 4 5 6 7 8 9 10"}
 START=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 stamp() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/check.log"; }
