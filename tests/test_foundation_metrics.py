@@ -122,7 +122,7 @@ def test_length_buckets_score_exactly_like_full_length_inputs(data_dir, encoder)
   from xrec.evaluate.evaluator import Evaluator
   c = tiny_config(data_dir)
   c.model.name = encoder
-  c.model.max_len = 64  # longer than most synthetic histories (mean 12, max 30): widths 16 .. 64
+  c.model.max_len = 64  # longer than most synthetic histories (mean 12, max 30): widths 8 .. 64
   c.eval.batch_size = 8
   domain = pipeline.load_domain(c.data)
   module = models.build(c.model, domain.num_items)

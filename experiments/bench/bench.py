@@ -260,20 +260,27 @@ def loop_config(p, data_dir: str, steps: int, dropout: float):
   return c
 
 
-def plain_loop(p, domain, steps: int, seed: int = 0) -> list[float]:
-  """What one writes without xrec: numpy batches of each user's last max_len + 1 training items
-  (a fresh permutation per epoch), one jitted plain Flax step; sequences/s per window of 5 steps."""
-  b, l = p["batch_size"], p["max_len"]
+def plain_batches(domain, batch_size: int, max_len: int, steps: int, seed: int):
+  """The plain loop's input: batch(i) holds each user's last max_len + 1 training items, right-
+  aligned, the users in a fresh permutation per epoch (numpy, no pipeline)."""
   users = np.asarray(domain.train_users)
   rng = np.random.default_rng(seed)
-  order = np.concatenate([rng.permutation(users) for _ in range(steps * b // len(users) + 1)])
+  order = np.concatenate([rng.permutation(users) for _ in range(steps * batch_size // len(users) + 1)])
 
   def batch(i):
-    x = np.zeros((b, l + 1), np.int32)
-    for row, u in enumerate(order[i * b:(i + 1) * b]):
-      seq = domain.sequence(int(u))[:-2][-(l + 1):]
-      x[row, l + 1 - len(seq):] = seq
+    x = np.zeros((batch_size, max_len + 1), np.int32)
+    for row, u in enumerate(order[i * batch_size:(i + 1) * batch_size]):
+      seq = domain.sequence(int(u))[:-2][-(max_len + 1):]
+      x[row, max_len + 1 - len(seq):] = seq
     return {"inputs": x[:, :-1], "targets": x[:, 1:]}
+  return batch
+
+
+def plain_loop(p, domain, steps: int, seed: int = 0) -> list[float]:
+  """What one writes without xrec: numpy batches (plain_batches), one jitted plain Flax step;
+  sequences/s per window of 5 steps."""
+  b = p["batch_size"]
+  batch = plain_batches(domain, b, p["max_len"], steps, seed)
 
   params, opt, step = plain_model_and_step(p, batch(0)["inputs"], seed)
 

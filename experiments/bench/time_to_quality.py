@@ -93,18 +93,7 @@ def run_plain(config, domain, steps: int, eval_every: int, seed: int = 0) -> lis
   p = dict(num_items=domain.num_items, embed_dim=config.model.embed_dim, max_len=config.model.max_len,
            num_layers=config.model.sasrec.num_layers, num_heads=config.model.sasrec.num_heads,
            mlp_dim=config.model.sasrec.mlp_dim, compute_dtype="float32")
-  b, length = config.train.batch_size, p["max_len"]
-  users = np.asarray(domain.train_users)
-  rng = np.random.default_rng(seed)
-  order = np.concatenate([rng.permutation(users) for _ in range(steps * b // len(users) + 1)])
-
-  def batch(i):
-    x = np.zeros((b, length + 1), np.int32)
-    for row, u in enumerate(order[i * b:(i + 1) * b]):
-      seq = domain.sequence(int(u))[:-2][-(length + 1):]
-      x[row, length + 1 - len(seq):] = seq
-    return {"inputs": x[:, :-1], "targets": x[:, 1:]}
-
+  batch = bench.plain_batches(domain, config.train.batch_size, p["max_len"], steps, seed)
   start, evals = time.time(), 0.0
   params, opt, step = bench.plain_model_and_step(p, batch(0)["inputs"], seed, config.model.dropout)
   model, key, out = bench.plain_model(p), jax.random.key(seed + 1), []

@@ -33,10 +33,14 @@ def protocol(eval_cfg, population: dict | None = None) -> dict:
   return out
 
 
-# evaluation input widths: every multiple of BUCKET_STEP up to max_len, and max_len (each width a
+# evaluation input widths: every multiple of the step up to max_len, and max_len (each width a
 # batch needs compiles once per run; on real MovieLens-1M, multiples of 16 cut ~14% of the encoder's
-# work left by the former four widths max_len / (8, 4, 2, 1): experiments/bench/README.md)
-BUCKET_STEP = 16
+# work left by the former four widths max_len / (8, 4, 2, 1): experiments/bench/README.md); the step
+# is 8 for windows up to 64 slots (few widths either way) and 16 beyond
+
+
+def bucket_step(max_len: int) -> int:
+  return 8 if max_len <= 64 else 16
 
 
 class Evaluator:
@@ -45,7 +49,7 @@ class Evaluator:
     """method_kwargs: extra arguments of the module's score_last (e.g. {"domain": "source"} for a
     multi-domain model). length_buckets: when the encoder's states do not depend on left padding
     (trims_left_padding), users are evaluated in order of history length and each batch keeps
-    only the input slots its longest history needs (rounded up to BUCKET_STEP): the same scores
+    only the input slots its longest history needs (rounded up to bucket_step): the same scores
     (up to float rounding: other shapes may sum in another order) for a fraction of the encoder's
     work on short histories."""
     method_kwargs = dict(method_kwargs or {})
@@ -85,7 +89,8 @@ class Evaluator:
       # bidirectional encoder's scoring input (shifted left, mask token appended) drops
       need = np.minimum(domain.lengths[users] + 1, self.max_len)
       order = np.argsort(need, kind="stable")
-      sizes = sorted({min(self.max_len, w) for w in range(BUCKET_STEP, self.max_len + BUCKET_STEP, BUCKET_STEP)})
+      step = bucket_step(self.max_len)
+      sizes = sorted({min(self.max_len, w) for w in range(step, self.max_len + step, step)})
       size = self.eval_cfg.batch_size
       lengths = [next(s for s in sizes if s >= need[order[i:i + size]].max()) for i in range(0, len(users), size)]
     batches = pipeline.eval_batches(domain, split, self.eval_cfg.batch_size, self.max_len, jax.process_index(),
