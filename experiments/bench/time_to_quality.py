@@ -118,6 +118,8 @@ def summarise(curves: dict, levels) -> dict:
   for level in levels:
     row = {name: [first_reach(c, level) for c in runs] for name, runs in curves.items()}
     med = {name: (float(np.median(v)) if v and all(x is not None for x in v) else None) for name, v in row.items()}
+    med.setdefault("xrec", None)
+    med.setdefault("plain", None)
     out[f"{level:g}"] = {"seconds": row, "median": med,
                          "plain_over_xrec": (med["plain"] / med["xrec"] if med.get("xrec") and med.get("plain") else None)}
   return out
@@ -163,13 +165,12 @@ def main():
             "config": config.to_dict(), "curves": curves}
   with tempfile.TemporaryDirectory() as tmp:
     for r in range(args.rounds):
-      if "xrec" in curves:
-        curves["xrec"].append(run_xrec(config, os.path.join(tmp, f"xrec{r}")))
-      if "plain" in curves:
-        curves["plain"].append(run_plain(config, domain, args.steps, args.eval_every, seed=r))
-      result["time_to"] = summarise(curves, levels)
-      result["best"] = {name: [max(x["ndcg@10"] for x in c) for c in runs] for name, runs in curves.items()}
-      bench._write(result, args.out)  # after every run: a cut session keeps what finished
+      for name in curves:
+        curves[name].append(run_xrec(config, os.path.join(tmp, f"xrec{r}")) if name == "xrec" else
+                            run_plain(config, domain, args.steps, args.eval_every, seed=r))
+        result["time_to"] = summarise(curves, levels)
+        result["best"] = {n: [max(x["ndcg@10"] for x in c) for c in runs] for n, runs in curves.items() if runs}
+        bench._write(result, args.out)  # after every run: a cut session keeps what finished
   if args.plot:
     plot(curves, levels, args.plot)
 
