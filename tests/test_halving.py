@@ -38,6 +38,9 @@ def test_rungs_are_evaluations_below_the_budget():
   c.tune.halving, c.train.num_steps = 2, 0
   with pytest.raises(ValueError, match="set train.num_steps"):
     runner.rungs(c)
+  study = types.SimpleNamespace(sweep=lambda: iter([{"seed": 0}]))  # refused before any work, naming the cell
+  with pytest.raises(ValueError, match=r"cell 0 .*set train.num_steps"):
+    runner.check_study(c, study)
 
 
 def test_halving_drops_at_rungs_and_survivors_equal_uninterrupted_runs(data_dir, tmp_path, monkeypatch):

@@ -495,6 +495,7 @@ def check_study(config, module) -> None:
       if cell_config.experiment.mode == "pretrain_transfer":
         loop.validate(experiment.pretrain_config(cell_config))
       experiment.check_transfer_protocol(cell_config)
+      rungs(cell_config)  # tune.halving's settings
     except ValueError as e:
       raise ValueError(f"cell {cell.index} ({cell.key}): {e}") from e
 
