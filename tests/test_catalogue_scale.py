@@ -76,7 +76,7 @@ def test_chunked_softmax_step_on_a_vocab_sharded_table(data_dir):
     cfg, mesh, rules, module, tx, state, state_sh = _sharded_model(data_dir, ((term, 1.0),))
     ids = _batch(cfg, cfg.train.batch_size)
     batch = sharding.put_batch({"target": {"inputs": ids[:, :-1], "targets": ids[:, 1:], "items": ids[:, 1:]}}, mesh)
-    step = make_train_step(module, tx, objectives.build(cfg.objective, True), NUM_ITEMS, state_sh, mesh,
+    step = make_train_step(module, tx, objectives.assemble(cfg.objective, True), NUM_ITEMS, state_sh, mesh,
                                 vocab_shards=sharding.axis_shards(mesh, rules, "vocab"))
     compiled = step.lower(state, batch, jax.random.key(0)).compile()
     new_state, stats = step(state, batch, jax.random.key(0))

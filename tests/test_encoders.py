@@ -115,8 +115,8 @@ def bound(name, strategy, **options):
   if strategy == "cross_user":  # the trainer sets these from the data (the source model's vocab: 32 here)
     options = {"cross_user.rows": 32, "cross_user.source_dim": 5, **options}
   cfg = transfer_config(strategy, **options)
-  plan = transfer_apply.prepare(cfg)
-  encoder = models.build(with_model_fields(model_config(name), plan.model_fields), NUM_ITEMS)
+  plan = transfer_apply.prepare(cfg.transfer)
+  encoder = models.build(with_model_fields(model_config(name).model, plan.model_fields), NUM_ITEMS)
   module, plan = plan.bind(encoder)
   return encoder, module, plan
 
@@ -225,7 +225,7 @@ def test_frozen_params_bit_identical_and_stateless(name, strategy):
   frozen = [p for p, m in mults.items() if m is None]
   state_leaves = [x for x in jax.tree.leaves(state["opt_state"]) if np.ndim(x)]
   assert sum(int(np.prod(np.shape(x))) for x in state_leaves) == 2 * plan.budget(params)["trainable"]
-  objective = objectives.build(cfg.objective, encoder.causal)
+  objective = objectives.assemble(cfg.objective, encoder.causal)
   step = make_train_step(module, tx, objective, NUM_ITEMS, state_sh, mesh)
   rng = np.random.default_rng(0)
   for _ in range(2):
@@ -275,7 +275,7 @@ def test_no_role_that_maps_is_an_error():
 
 
 def test_remat_with_inserted_modules_is_a_clear_error():
-  plan = transfer_apply.prepare(transfer_config("adapter"))
+  plan = transfer_apply.prepare(transfer_config("adapter").transfer)
   with pytest.raises(ValueError, match=r"model.remat .* set model.remat=False"):
     plan.bind(build("sasrec", remat=True))
 
@@ -295,7 +295,7 @@ def test_objective_terms_sum_and_are_reported_one_by_one(name, terms):
   cfg = base_config()
   cfg.objective.terms = terms
   module = build(name)
-  objective = objectives.build(cfg.objective, module.causal)
+  objective = objectives.assemble(cfg.objective, module.causal)
   params = init(module)
   total, parts = objective.loss(module, params, _batches(), jax.random.key(0), NUM_ITEMS)
   weights = dict((t.name, w) for t, w in objective.terms)
@@ -362,20 +362,20 @@ def test_bad_objectives_fail_naming_what_is_valid():
   cfg.objective.terms = (("cloze", 1.0),)
   with pytest.raises(ValueError, match=r"objective term 'cloze' needs a bidirectional encoder; SASRec is causal: "
                                        r"terms that apply: \[.*'bce'.*'full_softmax'.*'sampled_softmax'.*\]"):
-    objectives.build(cfg.objective, True, encoder="SASRec")
+    objectives.assemble(cfg.objective, True, encoder="SASRec")
   cfg.objective.terms = (("full_softmax", 1.0),)
   with pytest.raises(ValueError, match=r"needs a causal encoder; BERT4Rec is bidirectional"):
-    objectives.build(cfg.objective, False, encoder="BERT4Rec")
+    objectives.assemble(cfg.objective, False, encoder="BERT4Rec")
   cfg.objective.terms = (("ful_softmax", 1.0),)
   with pytest.raises(ValueError, match=r"Unknown objective term 'ful_softmax'; valid: \["):
-    objectives.build(cfg.objective, True)
+    objectives.assemble(cfg.objective, True)
   term = objectives.Term("from_source", ("target", "source"), "any", objectives.cloze)
   objectives.TERMS["from_source"] = term
   try:
     cfg.objective.terms = (("from_source", 1.0),)
     with pytest.raises(ValueError, match=r"reads the stream\(s\) \['source'\], which this run does not provide; "
                                          r"available: \['target'\]"):
-      objectives.build(cfg.objective, True)
+      objectives.assemble(cfg.objective, True)
   finally:
     del objectives.TERMS["from_source"]
 
@@ -412,7 +412,7 @@ def test_dann_discriminator_learns_and_reports_accuracy():
   assert any(p.startswith("heads/domain_discriminator/") for p in common.flatten(params))
   assert schedules.resolve(params, plan.schedule)["heads/domain_discriminator/out/kernel"] == 1.0
   cfg = base_config()
-  objective = objectives.build(cfg.objective, True, ("target", "source"), "NextItNet", plan.strategy.terms)
+  objective = objectives.assemble(cfg.objective, True, ("target", "source"), "NextItNet", plan.strategy.terms)
   assert objective.names == ["full_softmax", "source_full_softmax", "domain_adversarial"]
   batches = {"target": _batches(0)["target"], "source": _batches(1)["target"]}
   total, parts = objective.loss(module, params, batches, jax.random.key(0), NUM_ITEMS, progress=0.5)
@@ -447,7 +447,7 @@ def test_shared_private_starts_as_the_pretrained_model_and_separates_the_parts(n
     got = module.apply({"params": params}, INPUTS, domain, method="score_last")
     np.testing.assert_allclose(got[:, 1:NUM_ITEMS + 1], want[:, 1:NUM_ITEMS + 1], rtol=1e-5, atol=1e-5)
   cfg = base_config()
-  objective = objectives.build(cfg.objective, True, ("target", "source"), name, plan.strategy.terms)
+  objective = objectives.assemble(cfg.objective, True, ("target", "source"), name, plan.strategy.terms)
   assert objective.names == ["full_softmax", "source_full_softmax", "domain_adversarial", "orthogonality"]
   batches = {"target": _batches(0)["target"], "source": _batches(1)["target"]}
   ctx = lambda p, term: objectives.TermContext(module, p, batches, jax.random.key(0), NUM_ITEMS,  # noqa: E731
@@ -494,7 +494,7 @@ def test_adversarial_examples_increase_the_loss_within_the_radius(name):
   with pytest.raises(ValueError, match=r"perturb=\('tokens',\): a non-empty subset of \['items', 'sequence'\]"):
     cfg2 = base_config()
     cfg2.objective.adversarial_examples.perturb = ("tokens",)
-    objectives.build(cfg2.objective, True)
+    objectives.assemble(cfg2.objective, True)
 
 
 # --- distillation --------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def test_a_step_on_the_predicted_positions_equals_the_step_on_the_whole_batch(te
     assert stream.pack_targets(2, 4, multiple=16) <= 0.6 * cfg.train.batch_size // 2 * max_len
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding.rules)
   module = models.build(cfg.model, dom.num_items, max_len)
-  objective = objectives.build(cfg.objective, module.causal, tuple(streams))
+  objective = objectives.assemble(cfg.objective, module.causal, tuple(streams))
   tx, _ = optimizer.make_optimizer(cfg.optim, 10)
   rng = jax.random.key(0)
 

@@ -48,7 +48,7 @@ def test_global_magnitude_masks_the_smallest_block_weights():
 
 @pytest.mark.parametrize("kind,field", [("heads", "num_heads"), ("mlp", "mlp_dim")])
 def test_structured_pruning_shrinks_to_a_dense_model_with_the_same_scores(kind, field):
-  cfg = model_config(_config(), {})
+  cfg = model_config(_config().model, {})
   module = models.build(cfg, NUM_ITEMS)
   params = perturbed(init(module))
   pruner = pruning.Pruner(kind, module.roles())
@@ -138,7 +138,7 @@ def test_cold_item_rows_pruned_and_shrunk_to_the_kept_items(name):
   assert (np.asarray(flat["item_embed/embedding"])[dead] == 0).all() and (np.asarray(flat["output_bias"])[dead] == 0).all()
   # the dense model over the kept items: same scores for the kept items, the pruned ones read as its zero row
   kept = NUM_ITEMS - len(dead)
-  small = models.build(model_config(_encoder_config(name), {}), kept + 1)
+  small = models.build(model_config(_encoder_config(name).model, {}), kept + 1)
   shapes = {p: tuple(v.shape) for p, v in common.flatten(init(small)).items()}
   small_params, id_map = pruning.shrink_items(masked, masks, module.roles(), shapes, NUM_ITEMS)
   assert common.param_count(small_params) < common.param_count(params)
@@ -179,7 +179,7 @@ def test_item_table_pruning_run_reports_the_dense_model(data_dir, tmp_path, kind
 def test_embedding_dims_pruned_to_narrower_item_tables_with_the_same_scores(name, untied):
   full = _encoder_config(name)
   full.model.tie_embeddings = not untied
-  module = models.build(model_config(full, {}), NUM_ITEMS)
+  module = models.build(model_config(full.model, {}), NUM_ITEMS)
   params = perturbed(init(module))
   pruner = pruning.Pruner("dims", module.roles())
   masks = pruner.masks(params, 0.5)
@@ -187,7 +187,7 @@ def test_embedding_dims_pruned_to_narrower_item_tables_with_the_same_scores(name
   assert len(kept) == 4  # of 8 dims
   masked = jax.tree.map(lambda p, m: p * m, params, masks)
   small_params, fields = pruning.shrink_dims(masked, masks, module.roles())
-  small = models.build(model_config(full, fields), NUM_ITEMS)
+  small = models.build(model_config(full.model, fields), NUM_ITEMS)
   assert small.apply({"params": small_params}, INPUTS, method="score_last").shape == (3, module.vocab_size)
   assert common.flatten(small_params)["item_embed/embedding"].shape == (module.vocab_size, 4)
   np.testing.assert_allclose(small.apply({"params": small_params}, INPUTS, method="score_last"),
@@ -195,4 +195,4 @@ def test_embedding_dims_pruned_to_narrower_item_tables_with_the_same_scores(name
   hidden, table, _ = small.apply({"params": small_params}, INPUTS)
   assert hidden.shape[-1] == table.shape[-1] == 4  # training terms see the narrowed scoring space
   with pytest.raises(ValueError, match=r"model.item_columns=\(3, 1\) must be increasing dims in \[0, 8\)"):
-    models.build(model_config(full, {"item_columns": (3, 1)}), NUM_ITEMS)
+    models.build(model_config(full.model, {"item_columns": (3, 1)}), NUM_ITEMS)

@@ -170,28 +170,28 @@ def test_item_text_embeddings_are_cached_per_encoder_and_texts(folder, tmp_path,
   c.data.domain = "target"
   c.model.text.encoder = str(path)
   domain = pipeline.load_domain(c.data)
-  table, info = item_text.item_text_table(c, domain, progress=False)
+  table, info = item_text.item_text_table(c.data, domain, c.model.text.encoder, progress=False)
   assert table.shape == (41, 16) and not table[0].any() and np.allclose(np.linalg.norm(table[1:], axis=1), 1, atol=1e-5)
   assert info["reused"] is False and os.path.isfile(info["cache"]) and info["text"]["without_text"] == 0
-  texts, _ = item_text.item_texts(c, domain)
+  texts, _ = item_text.item_texts(c.data, domain)
   assert np.allclose(table[3], te.load(str(path)).embed([texts[3]])[0], atol=1e-6)  # row i is item i's text
-  again, info2 = item_text.item_text_table(c, domain, progress=False)
+  again, info2 = item_text.item_text_table(c.data, domain, c.model.text.encoder, progress=False)
   assert info2["reused"] is True and info2["cache"] == info["cache"] and np.array_equal(again, table)
   # other texts (another field choice) or another encoder: another cache, never the old one
   c.data.synthetic.text_signal = 0.0
-  other_texts = item_text.item_text_table(c, pipeline.load_domain(c.data), progress=False)[1]
+  other_texts = item_text.item_text_table(c.data, pipeline.load_domain(c.data), c.model.text.encoder, progress=False)[1]
   assert other_texts["cache"] != info["cache"] and other_texts["reused"] is False
   c.data.synthetic.text_signal = 0.8
   original = dict(tensors)
   tensors["embeddings.LayerNorm.bias"] = tensors["embeddings.LayerNorm.bias"] + 0.5
   te.write_safetensors(str(path / "model.safetensors"), tensors)
-  other_encoder = item_text.item_text_table(c, domain, progress=False)[1]
+  other_encoder = item_text.item_text_table(c.data, domain, c.model.text.encoder, progress=False)[1]
   assert other_encoder["cache"] != info["cache"] and other_encoder["reused"] is False
   # a damaged cache is named, not read
   np.save(info["cache"], np.zeros((3, 16), np.float32))
   te.write_safetensors(str(path / "model.safetensors"), original)
   with pytest.raises(ValueError, match="holds \\(3, 16\\), expected \\(40, 16\\): it is damaged"):
-    item_text.item_text_table(c, domain, progress=False)
+    item_text.item_text_table(c.data, domain, c.model.text.encoder, progress=False)
 
 
 def test_the_encoder_is_found_by_folder_or_hugging_face_cache_id_and_a_missing_one_is_named(folder, tmp_path,

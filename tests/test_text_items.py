@@ -92,7 +92,7 @@ def test_text_only_pretraining_transfers_to_a_disjoint_catalogue_zero_shot_and_f
   # the text table holds the catalogue's text embeddings, frozen: bit-identical after training
   params, _ = ckpt.restore_best_params(str(tmp_path / "source"))
   domain = pipeline.load_domain(c.data)
-  table, _ = item_text.item_text_table(c, domain, progress=False)
+  table, _ = item_text.item_text_table(c.data, domain, c.model.text.encoder, progress=False)
   assert np.array_equal(np.asarray(params["item_embed"]["table"])[:201], table)
   assert source["transfer"]["trainable"] < source["transfer"]["total"]
   assert float(np.abs(np.asarray(params["item_embed"]["adaptor"]["gate"])).max()) > 0  # the adaptor trained
@@ -106,7 +106,7 @@ def test_text_only_pretraining_transfers_to_a_disjoint_catalogue_zero_shot_and_f
   assert 0 < zero["test"]["ndcg@10"] <= 1
   target_params, _ = ckpt.restore_best_params(str(tmp_path / "zero"))
   target_domain = pipeline.load_domain(t.data)
-  target_table, _ = item_text.item_text_table(t, target_domain, progress=False)
+  target_table, _ = item_text.item_text_table(t.data, target_domain, t.model.text.encoder, progress=False)
   assert np.array_equal(np.asarray(target_params["item_embed"]["table"])[:target_table.shape[0]], target_table)
   for part in ("kernel", "gate", "bias"):  # the adaptor and the encoder come from the source
     assert np.array_equal(target_params["item_embed"]["adaptor"][part], params["item_embed"]["adaptor"][part])
@@ -152,7 +152,7 @@ def test_adaptor_only_trains_the_adaptor_alone_and_frozen_encoder_the_item_side(
 
   def trainable(strategy, repr_="text"):
     c.transfer.strategy, c.model.item_repr = strategy, repr_
-    module, plan = transfer.prepare(c).bind(models.build(c.model, 20))
+    module, plan = transfer.prepare(c.transfer).bind(models.build(c.model, 20))
     params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, c.model.max_len), jnp.int32)))
     mults = schedule.resolve(params["params"], plan.schedule)
     return {p for p, m in mults.items() if m is not None}, plan.budget(params["params"])

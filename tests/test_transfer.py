@@ -69,7 +69,7 @@ def bound(strategy, options=None, **model_fields):
   """(module, plan) of a preset on the tiny SASRec."""
   if strategy == "cross_user":  # set by the trainer from the data: the source model's vocab (the same 56 here)
     options = {"cross_user.rows": VOCAB, "cross_user.source_dim": 16, **(options or {})}
-  plan = transfer_apply.prepare(tiny_config(strategy, options))
+  plan = transfer_apply.prepare(tiny_config(strategy, options).transfer)
   return plan.bind(tiny_model(**model_fields).clone(**plan.model_fields))
 
 
@@ -218,7 +218,7 @@ def test_trainable_counts_per_preset(pretrained, strategy):
   assert budget["stored_bytes"] == 4 * stored
   assert budget["frozen"] == total - trainable
   assert plan.train == (strategy != "zero_shot")
-  assert f"{trainable:,} of {total:,} params" in plan.describe(budget)
+  assert f"{trainable:,} of {total:,} params" in plan.budget_summary(budget)
 
 
 def test_stored_bytes_count_remapped_and_fresh_params(pretrained):
@@ -273,7 +273,7 @@ def test_frozen_params_bit_identical_and_stateless_in_loop_step(pretrained):
 
   before = common.flatten(jax.device_get(state["params"]))
   from xrec.train import objectives
-  step = make_train_step(module, tx, objectives.build(cfg.objective, True), NUM_ITEMS, state_sh, mesh)
+  step = make_train_step(module, tx, objectives.assemble(cfg.objective, True), NUM_ITEMS, state_sh, mesh)
   rng = np.random.default_rng(0)
   for _ in range(3):
     seq = rng.integers(1, NUM_ITEMS + 1, (4, MAX_LEN + 1)).astype(np.int32)
@@ -538,13 +538,13 @@ def test_reuse_bottom_loads_bottom_blocks_from_a_deeper_checkpoint(pretrained):
 def test_strategy_typo_lists_valid_names():
   with pytest.raises(ValueError, match=r"Unknown transfer strategy 'adaptr'; valid: \['adapter', "
                                        r"'adaptor_only', 'bitfit', .*'zero_shot'\]"):
-    transfer_apply.prepare(tiny_config("adaptr"))
+    transfer_apply.prepare(tiny_config("adaptr").transfer)
 
 
 def test_a_preset_that_does_not_apply_names_those_that_do():
   from xrec.models.gru4rec import GRU4Rec
   gru = GRU4Rec(vocab_size=VOCAB, max_len=MAX_LEN, num_items=NUM_ITEMS, embed_dim=16)
-  plan = transfer_apply.prepare(tiny_config("prompt"))
+  plan = transfer_apply.prepare(tiny_config("prompt").transfer)
   with pytest.raises(ValueError, match=r"transfer.strategy='prompt' does not apply to this encoder; "
                                        r"strategies that apply: \[.*'adapter'.*'patch'.*\]"):
     plan.bind(gru)
@@ -591,7 +591,7 @@ def test_config_rename_dont_load_and_multipliers(pretrained):
   assert mults["inserted/block_0/mlp/adapter/up/kernel"] == 3.0 and mults["output_bias"] == 0.3
   assert mults["final_ln/scale"] is None
   with pytest.raises(ValueError, match=r"transfer.rename: invalid regex '\('"):
-    transfer_apply.prepare(tiny_config("adapter", {"rename": (("(", "x"),)}))
+    transfer_apply.prepare(tiny_config("adapter", {"rename": (("(", "x"),)}).transfer)
 
 
 def test_inserted_modules_carry_logical_axes_for_sharding():

@@ -1,5 +1,7 @@
 """The core of the ConfigDict shared by configs/*.py (xrec/defaults.py base_config() completes it
-with the defaults each registry declares, so this module imports no registry), and its validation.
+with the defaults each registry declares, so this module imports no registry), its validation, and
+the door where it stops: `resolve_spec` turns a validated config into a run's typed pieces
+(RunSpec; the last section of this file), which is all that the code below the door sees.
 
 Every field that exists here can be overridden from the command line
 (`--config.model.sasrec.num_layers=4`); configs are locked, so a misspelt field fails
@@ -9,6 +11,7 @@ before any work with the valid names.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Any
 
@@ -385,9 +388,9 @@ def check_ranges(config) -> None:
     raise ValueError("invalid config values:\n  " + "\n  ".join(problems))
 
 
-def model_config(config, fields: dict) -> ml_collections.ConfigDict:
-  """A copy of config.model with `fields` (e.g. a strategy's model fields) set."""
-  cfg = copy.deepcopy(config.model)
+def model_config(model_cfg, fields: dict) -> ml_collections.ConfigDict:
+  """A copy of the model piece (config.model) with `fields` (e.g. a strategy's model fields) set."""
+  cfg = copy.deepcopy(model_cfg)
   with cfg.unlocked():
     cfg.update(fields)
   return cfg
@@ -455,3 +458,123 @@ def last_flag_wins(argv: list[str]) -> list[str]:
     i += 1 + takes_next
   last = {name: k for k, (name, _) in enumerate(groups) if name}
   return [a for k, (name, args) in enumerate(groups) if name is None or last[name] == k for a in args]
+
+
+# --- the door: a run's typed pieces -------------------------------------------------------------
+# A run's typed pieces, resolved once from a study cell's ConfigDict at the door of a stage.
+#
+# `resolve_spec(config) -> RunSpec` is called by `xrec.train.loop.train_and_evaluate` after `validate`
+# (names and ranges checked) and after a zoo name in train.init_from became a folder. Below that
+# door no function sees the ConfigDict: each takes the piece it needs,
+#
+#   spec.data        -> xrec/data (load_domain, the text of items, synthesis)
+#   spec.model       -> xrec/models (models.build, with a strategy's fields: model_fields)
+#   spec.objective   -> xrec/train/objectives.assemble
+#   spec.optim       -> xrec/train/optimizer
+#   spec.eval        -> xrec/evaluate (Evaluator, protocol)
+#   spec.transfer    -> xrec/transfer (apply.prepare) and the strategy's runtime hooks
+#   spec.train       -> the budget and the loop (a typed, frozen `Train`: steps, evaluation cadence,
+#                       checkpoints, early stopping, what to load)
+#   spec.seed, spec.mesh, spec.rules
+#
+# The ConfigDict pieces are copies (locked: a misspelt field fails with the valid names); `Train` is
+# a frozen dataclass, so the loop cannot change its own budget. A runtime hook that sizes the model
+# before it exists (xrec/train/hooks: configure) returns dotted fields, which `RunSpec.replace`
+# applies by resolving again. `recorded` is the whole configuration as a dict, for results.json.
+
+PIECES = ("data", "model", "objective", "optim", "eval", "transfer", "mesh")
+
+
+@dataclasses.dataclass(frozen=True)
+class Train:
+  """config.train, typed: the run's budget, evaluation and checkpoint cadence, model selection and
+  what it starts from."""
+
+  batch_size: int
+  num_epochs: float
+  num_steps: int  # > 0: the budget in steps (num_epochs ignored)
+  eval_every_steps: int
+  eval_at_start: bool
+  checkpoint_every_steps: int
+  keep_checkpoints: int
+  log_every_steps: int
+  best_metric: str
+  early_stopping_patience: int
+  resume_from: str
+  init_from: str
+  stop_after_steps: int
+  stop_at_step: int
+  progress_bar: bool
+
+  @classmethod
+  def of(cls, train_cfg) -> Train:
+    kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+    cast = {"int": int, "float": float, "bool": bool, "str": str}
+    return cls(**{name: cast[kind](train_cfg[name]) for name, kind in kinds.items()})
+
+  def total_steps(self, steps_per_epoch: float, num_users: int) -> int:
+    """The budget in optimizer steps; a budget shorter than one evaluation interval is an error
+    (early stopping and model selection need evaluations inside the budget)."""
+    every = self.eval_every_steps
+    if self.num_steps > 0:
+      if self.num_steps < every:
+        raise ValueError(f"train.num_steps={self.num_steps} is below one evaluation interval "
+                         f"(train.eval_every_steps={every}); use train.num_steps >= {every} or lower "
+                         "train.eval_every_steps")
+      return self.num_steps
+    steps = max(1, math.ceil(self.num_epochs * steps_per_epoch))
+    over = f"train.num_epochs={self.num_epochs:g} over {num_users} training users (batch {self.batch_size})"
+    if steps > MAX_COUNT:
+      raise ValueError(f"{over} is {steps:,} steps, above the {MAX_COUNT:,} a run can count; lower train.num_epochs")
+    if steps < every:
+      raise ValueError(f"{over} is {steps} steps, below one evaluation interval (train.eval_every_steps={every}); "
+                       f"set train.num_steps >= {every} (a budget in steps) or lower train.eval_every_steps")
+    return steps
+
+  def stop_at(self, start_step: int) -> int | None:
+    """The step this process stops at before the budget (a simulated kill, a tuning rung), if any."""
+    stops = [start_step + self.stop_after_steps] if self.stop_after_steps > 0 else []
+    stops += [self.stop_at_step] if self.stop_at_step > 0 else []
+    return min(stops, default=None)
+
+  def at(self, step: int, num_steps: int) -> tuple[bool, bool, bool]:
+    """(evaluate, log, checkpoint) after `step` of `num_steps` (the last step does all three)."""
+    last = step == num_steps
+    return (step % self.eval_every_steps == 0 or last, step % self.log_every_steps == 0 or last,
+            step % self.checkpoint_every_steps == 0 or last)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One run's pieces (module docstring)."""
+
+  seed: int
+  data: ml_collections.ConfigDict
+  model: ml_collections.ConfigDict
+  objective: ml_collections.ConfigDict
+  optim: ml_collections.ConfigDict
+  eval: ml_collections.ConfigDict
+  transfer: ml_collections.ConfigDict
+  mesh: ml_collections.ConfigDict
+  rules: tuple
+  train: Train
+  _config: ml_collections.ConfigDict = dataclasses.field(repr=False, compare=False)
+
+  @property
+  def recorded(self) -> dict:
+    """The whole configuration (results.json "config")."""
+    return self._config.to_dict()
+
+  def replace(self, overrides: dict[str, Any]) -> RunSpec:
+    """The spec with dotted fields set (`{"model.text.dim": 384}`); an unknown field fails with the
+    valid names."""
+    return resolve_spec(with_overrides(self._config, overrides)) if overrides else self
+
+
+def resolve_spec(config) -> RunSpec:
+  """The pieces of a validated config (copies: the caller's config is never changed)."""
+  config = copy.deepcopy(config)
+  config.lock()
+  pieces = {name: config[name] for name in PIECES}
+  return RunSpec(seed=int(config.seed), rules=tuple(tuple(r) for r in config.sharding.rules),
+                 train=Train.of(config.train), _config=config, **pieces)

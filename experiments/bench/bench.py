@@ -223,7 +223,7 @@ def bench_xrec(p, batch, config):
   module = models.build(config.model, p["num_items"], p["max_len"])
   tx, _ = optimizer.make_optimizer(config.optim, 1000)
   state, state_sh = create_state(module, tx, p["max_len"], 0, mesh, rules)
-  objective = objectives.build(config.objective, module.causal)
+  objective = objectives.assemble(config.objective, module.causal)
   step = make_train_step(module, tx, objective, p["num_items"], state_sh, mesh)
   rng = jax.random.key(1)
   dev_batch = sharding.put_batch({"target": batch}, mesh)
@@ -440,7 +440,7 @@ def bench_catalogue(p, steps: int = 2) -> dict:
   dev_batch = sharding.put_batch({"target": batch}, mesh)
   for term in ("sampled_softmax", "chunked_softmax", "full_softmax"):
     config.objective.terms = ((term, 1.0),)
-    step = make_train_step(module, tx, objectives.build(config.objective, True), p["num_items"], state_sh,
+    step = make_train_step(module, tx, objectives.assemble(config.objective, True), p["num_items"], state_sh,
                                 mesh, vocab_shards=sharding.axis_shards(mesh, rules, "vocab"))
     compiled = step.lower(state, dev_batch, jax.random.key(1)).compile()
     row = {"memory_per_device": _memory(compiled), "largest_collective_elements": _largest_collective(compiled)}

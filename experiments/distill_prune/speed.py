@@ -52,7 +52,7 @@ def served(stage_results: dict, domain: pipeline.DomainSequences):
   fields = dict(pruning["dense"]["model_fields"]) if kind else {}
   if kind == "dims" and isinstance(fields.get("item_columns"), int):  # the report records how many dims
     fields["item_columns"] = tuple(range(fields["item_columns"]))
-  module = served_model(config, kind, fields, domain.num_items)
+  module = served_model(config.model, kind, fields, domain.num_items)
   if kind == "items":  # histories in the kept items' ids (which items they are does not change the cost)
     kept = int(fields["num_items"])
     id_map = np.concatenate([[0], (np.arange(domain.num_items) % kept) + 1])

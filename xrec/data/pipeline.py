@@ -649,6 +649,16 @@ def eval_batches(domain: DomainSequences, split: str, batch_size: int, max_len: 
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch)))
 
 
+def pack_streams(streams: dict, blocks: int, num_steps: int) -> None:
+  """Each stream's next-item terms over the non-padding positions only (objectives.predicted_positions),
+  packed for `num_steps` steps of `blocks` data-parallel blocks."""
+  for name, stream in sorted(streams.items()):
+    capacity = stream.pack_targets(blocks, num_steps)
+    if capacity:
+      log.info("%s batches: next-item terms on %d of the %d positions of each of %d blocks", name, capacity,
+               stream.batch_size // blocks * stream.max_len, blocks)
+
+
 def item_counts(domain: DomainSequences, split: str = "train") -> np.ndarray:
   """Interaction counts per item id [num_items + 1] over the training users' sequences before
   `split` (what a model fitted on the training users may see)."""
@@ -657,3 +667,12 @@ def item_counts(domain: DomainSequences, split: str = "train") -> np.ndarray:
   for u in domain.train_users:
     np.add.at(counts, domain.sequence(u)[:cut], 1)
   return counts
+
+
+def popularity(domain: DomainSequences, vocab_size: int) -> np.ndarray:
+  """[vocab_size] float32: the share of each item among the target's training interactions (0 for
+  padding, sharding padding and special tokens): what sampled softmax draws by popularity."""
+  counts = item_counts(domain).astype(np.float64)
+  probs = np.zeros(vocab_size)
+  probs[: len(counts)] = counts / counts.sum()
+  return probs.astype(np.float32)

@@ -2,7 +2,8 @@
 
   WORKDIR/checkpoints/<step>/  latest train states (params, optimizer, step) + loop meta,
                                saved every `checkpoint_every_steps`, last `keep_checkpoints` kept
-  WORKDIR/best/<step>/         params of the best validation evaluation so far (one kept)
+  WORKDIR/best/<step>/         params of the best validation evaluation so far (one kept;
+                               BestTracker decides, and stops early)
 
 Load priority (first that applies wins), see `resolve_init`:
   1. resume from WORKDIR        the workdir already has a train state: continue it
@@ -19,6 +20,11 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+
+from xrec import runfiles
+from xrec import runindex
+from xrec import sharding
+from xrec.data import pipeline
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -173,3 +179,70 @@ def restore_best_params(workdir: str, target_params=None):
                      f"{workdir} and rerun; a study reruns only that stage)") from e
   finally:
     mgr.close()
+
+
+def load_initial(train, workdir: str, plan, module, source, state: dict, param_sh, domain):
+  """The load priority (`resolve_init`) applied to `state` (its checkpointed part) of a run whose
+  bound transfer plan is `plan` (module: the encoder to train; source: the pretrained encoder's
+  description): returns (state, loop meta, InitSource, transfer report or None)."""
+  init = resolve_init(workdir, train)
+  if jax.process_count() > 1:  # every process decides before any creates the checkpoint folders
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("xrec:resolve_init")
+  meta, report = BestTracker.fresh_meta(), None
+  if init.kind in ("resume_workdir", "resume_path"):
+    state, meta = restore_state(init.path, state)
+    report = runfiles.read_transfer_report(init.path)  # what the first start loaded
+  elif module.fitted:  # counted, not trained: the training users' item counts
+    counts = pipeline.item_counts(domain)
+    state["params"] = jax.device_put(module.fit_params(counts), param_sh)
+    init = InitSource("fitted")
+  elif init.kind == "pretrained" and not plan.strategy.load and plan.strategy.teacher:
+    init = InitSource("scratch")  # distill: train.init_from is the teacher, the student starts fresh
+  elif init.kind == "pretrained":
+    if not plan.strategy.load:
+      raise ValueError(f"train.init_from={init.path!r} is set but transfer.strategy="
+                       f"{plan.name!r} loads nothing; pick a strategy that loads "
+                       "(e.g. full_finetune) or clear train.init_from")
+    pretrained, _ = restore_best_params(init.path)
+    params, report = plan.init_params(sharding.to_host(state["params"]), pretrained,
+                                      runfiles.read_item_keys(init.path), domain.item_keys, source)
+    state["params"] = jax.device_put(params, param_sh)
+    if jax.process_index() == 0:  # a resumed run reports the same loading (shared params, items)
+      runindex.write_json_atomic(os.path.join(workdir, runfiles.TRANSFER_REPORT_FILE),
+                                 {k: report[k] for k in ("strategy", "loaded", "fresh", "shared", "items", "positions")})
+  elif plan.strategy.load:
+    raise ValueError(f"transfer.strategy={plan.name!r} starts from a pretrained model: "
+                     "set train.init_from to the pretraining run's workdir")
+  return state, meta, init, report
+
+
+class BestTracker:
+  """Validation results -> the best checkpoint (step 0 included) and early stopping."""
+
+  def __init__(self, manager, metric: str, patience: int, meta: dict, min_step: int = 0):
+    """min_step: earlier evaluations are logged but are no candidates (pruning: the model must have
+    reached its final sparsity)."""
+    self.manager, self.metric, self.patience, self.meta = manager, metric, patience, meta
+    self.min_step = min_step
+
+  @staticmethod
+  def fresh_meta() -> dict:
+    return {"best_value": None, "best_step": None, "evals_since_best": 0, "last_eval_step": None,
+            "evaluations": 0}
+
+  def update(self, step: int, result: dict, params) -> None:
+    self.meta["evaluations"] = self.meta.get("evaluations", 0) + 1
+    self.meta["last_eval_step"] = step
+    if step < self.min_step:
+      return
+    value = result[self.metric]
+    if self.meta["best_value"] is None or value > self.meta["best_value"]:
+      self.meta.update(best_value=value, best_step=step, evals_since_best=0)
+      save_best(self.manager, step, params, {"step": step, "valid": result})
+    else:
+      self.meta["evals_since_best"] += 1
+
+  @property
+  def should_stop(self) -> bool:
+    return bool(self.patience and self.meta["evals_since_best"] >= self.patience)

@@ -85,21 +85,22 @@ def load_encoder(name: str):
                           "Face cache)")
 
 
-def item_texts(config, domain) -> tuple[list[str], dict]:
-  """The domain's item texts (texts[0] = "" for padding) and the report of items without text."""
+def item_texts(data_cfg, domain) -> tuple[list[str], dict]:
+  """The domain's item texts (texts[0] = "" for padding) and the report of items without text
+  (data_cfg: the config's data piece; data.text says which fields make the text)."""
   features = (domain.metadata.get("item_features") or {}).get(domain.name, {})
-  where = f"domain {domain.name!r} of dataset {config.data.name!r}"
-  return data_text.item_text(domain.item_keys, features, config.data.text, where)
+  where = f"domain {domain.name!r} of dataset {data_cfg.name!r}"
+  return data_text.item_text(domain.item_keys, features, data_cfg.text, where)
 
 
-def item_text_table(config, domain, encoder=None,
-                    progress: bool = True) -> tuple[np.ndarray, dict]:
+def item_text_table(data_cfg, domain, encoder, progress: bool = True) -> tuple[np.ndarray, dict]:
   """([num_items + 1, dim] float32: row i = item i's text embedding, row 0 zeros; info: encoder,
-  fingerprint, texts' hash, the missing-text report, cache path, whether it was reused, seconds)."""
-  texts, report = item_texts(config, domain)
-  encoder = encoder or load_encoder(config.model.text.encoder)
+  fingerprint, texts' hash, the missing-text report, cache path, whether it was reused, seconds).
+  encoder: a loaded text encoder, or its name (model.text.encoder; load_encoder)."""
+  texts, report = item_texts(data_cfg, domain)
+  encoder = load_encoder(encoder) if isinstance(encoder, str) else encoder
   sha = data_text.text_sha(texts)
-  folder = os.path.join(builders.data_dir_of(config.data), "item_text_embeddings",
+  folder = os.path.join(builders.data_dir_of(data_cfg), "item_text_embeddings",
                         f"{encoder.name}-{encoder.fingerprint}")
   path = os.path.join(folder, sha + ".npy")
   info = {"encoder": encoder.name, "fingerprint": encoder.fingerprint, "dim": encoder.dim, "texts_sha": sha,

@@ -434,7 +434,7 @@ class Objective:
     return total, parts
 
 
-def build(objective_cfg, causal: bool, available_streams=("target",), encoder: str = "",
+def assemble(objective_cfg, causal: bool, available_streams=("target",), encoder: str = "",
           extra_terms=()) -> Objective:
   """The objective of `objective_cfg` for an encoder (causal or bidirectional), plus the terms a
   transfer strategy adds (`extra_terms`); unknown names, a term that does not fit the encoder,

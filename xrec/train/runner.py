@@ -186,7 +186,7 @@ def _strategy_of(config):
   """The cell's preset built on its encoder's roles (no data needed: roles do not depend on the
   catalogue)."""
   fields = strategies.MODEL_FIELDS.get(config.transfer.strategy, {})
-  model_cfg = model_config(config, fields)
+  model_cfg = model_config(config.model, fields)
   if model_cfg.get("item_repr", "id") != "id" and not model_cfg.text.dim:
     model_cfg.text.dim = 1  # text items: the trainer sets the width from the encoder; roles do not depend on it
   encoder = models.build(model_cfg, num_items=1)

@@ -40,8 +40,9 @@ def create_state(module, tx, max_len: int, seed: int, mesh, rules):
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
   abstract = jax.eval_shape(init_state, rng)
-  opt_sh = schedules.opt_state_shardings(tx, abstract["opt_state"], param_sh, sharding.replicated(mesh))
-  state_sh = {"step": sharding.replicated(mesh), "params": param_sh, "opt_state": opt_sh}
+  replicated = sharding.replicated(mesh)
+  opt_sh = schedules.opt_state_shardings(tx, abstract["opt_state"], param_sh, replicated)
+  state_sh = {"step": replicated, "params": param_sh, "opt_state": opt_sh}
   state = jax.jit(init_state, out_shardings=state_sh)(rng)
   return state, state_sh
 

@@ -2,7 +2,7 @@
 a new model's tree by the encoders' roles, insert parameter-efficient modules from outside the
 model, freeze and scale via optimizer labels, named strategy presets.
 
-Entry point for a trainer: `xrec.transfer.apply.prepare(config, overlap)` (see its docstring).
+Entry point for a trainer: `xrec.transfer.apply.prepare(config.transfer, overlap)` (see its docstring).
 """
 
 from xrec.transfer.apply import SourceEncoder, TransferPlan, prepare

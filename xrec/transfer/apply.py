@@ -1,8 +1,8 @@
-"""The one entry point of xrec/transfer for a trainer: `prepare(config, overlap) -> TransferPlan`.
+"""The one entry point of xrec/transfer for a trainer: `prepare(transfer_cfg, overlap) -> TransferPlan`.
 
     from xrec.transfer import apply as transfer
 
-    plan = transfer.prepare(config, overlap)      # names and options checked; item-table rule resolved
+    plan = transfer.prepare(config.transfer, overlap)  # names and options checked; item-table rule resolved
     encoder = models.build(config.model with plan.model_fields, num_items)   # e.g. untied for linear_probe
     module, plan = plan.bind(encoder)             # the preset on the encoder's roles; modules inserted
     tx = plan.make_optimizer(lambda: optimizer.make_optimizer(config.optim, num_steps)[0])
@@ -207,7 +207,7 @@ class TransferPlan:
     shared = report["shared"] if report else ()
     return schedules.parameter_budget(params, self.schedule, shared)
 
-  def describe(self, budget: dict) -> str:
+  def budget_summary(self, budget: dict) -> str:
     return (f"transfer {self.name}: {budget['trainable']:,} of {budget['total']:,} params "
             f"train ({100 * budget['trainable'] / max(budget['total'], 1):.2f}%); per target domain "
             f"store {budget['stored_params']:,} params = {budget['stored_bytes']:,} bytes")
@@ -217,8 +217,8 @@ def _share(overlap: dict | None):
   return None if overlap is None else overlap.get("interaction_share", overlap.get("item_share"))
 
 
-def prepare(config, overlap: dict | None = None) -> TransferPlan:
-  """The plan for `config.transfer.strategy` with its options (config.transfer). Fails before any
+def prepare(transfer_cfg, overlap: dict | None = None) -> TransferPlan:
+  """The plan for `transfer_cfg.strategy` with its options (the config's transfer piece). Fails before any
   work on an unknown strategy, option value or rule; `bind(encoder)` then builds the preset.
 
   overlap: vocab.item_overlap(pretrained keys, target keys, target frequencies) when a pretrained
@@ -226,7 +226,7 @@ def prepare(config, overlap: dict | None = None) -> TransferPlan:
   not applicable (it would rank unseen items arbitrarily) and, with train_item_embeddings="auto",
   the parameter-efficient presets train the item tables.
   """
-  options = copy.deepcopy(config.transfer)
+  options = copy.deepcopy(transfer_cfg)
   if options.strategy not in strategies.STRATEGIES:
     raise ValueError(f"Unknown transfer strategy {options.strategy!r}; valid: {sorted(strategies.STRATEGIES)}")
   rule = options.train_item_embeddings

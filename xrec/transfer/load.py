@@ -62,9 +62,9 @@ def load_params(init_params, ckpt_params, *, subtree: str = "",
   skip = tree.compile_rules(dont_load, "dont_load")
   transform_rules = list(zip(tree.compile_rules([p for p, _ in transforms], "transforms"),
                              [fn for _, fn in transforms]))
-  model = common.flatten(init_params)
-  ckpt = tree.rename_paths(common.flatten(tree.tree_get(ckpt_params, subtree)), rename)
-  ckpt = tree.graft_paths(ckpt, graft)
+  source = tree.tree_get(ckpt_params, subtree)
+  model, ckpt = common.flatten(init_params), common.flatten(source)
+  ckpt = tree.graft_paths(tree.rename_paths(ckpt, rename), graft)
 
   def skipped(path):
     return any(r.fullmatch(path) for r in skip)

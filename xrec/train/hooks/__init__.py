@@ -5,6 +5,7 @@ in registry order, at fixed points of its recipe:
 
   point         when                                  method (every one optional)
   configure     before the model is built             configure(run) -> {config field: value}
+                                                        (the loop applies them: run.spec.replace)
   data          after the model is built              prepare_data(run)          (may replace run.domain)
   streams       what the objective may read           provides: stream names it adds (e.g. "teacher")
   state         the train state exists                init_state(run, state) -> pytree carried in the train
@@ -37,10 +38,10 @@ HOOKS: dict[str, type[Hook]] = {h.name: h for h in (
     domains.Domains, l2sp.L2SP)}
 
 
-def active(config, runtime: tuple[str, ...]) -> list[Hook]:
-  """The hooks a run with `config` and a strategy naming `runtime` hooks runs, fresh instances;
-  a runtime name that no hook has is an error."""
+def active(spec, runtime: tuple[str, ...]) -> list[Hook]:
+  """The hooks a run with `spec` (xrec.config.RunSpec) and a strategy naming `runtime` hooks runs,
+  fresh instances; a runtime name that no hook has is an error."""
   unknown = [n for n in runtime if n not in HOOKS]
   if unknown:
     raise ValueError(f"runtime hook(s) {unknown} are not registered; registered: {sorted(HOOKS)}")
-  return [cls() for cls in HOOKS.values() if cls.wanted(config, runtime)]
+  return [cls() for cls in HOOKS.values() if cls.wanted(spec, runtime)]

@@ -10,7 +10,7 @@ from typing import Any
 class Run:
   """What hooks see of the run being built; the loop fills fields as the recipe goes on."""
 
-  config: Any  # the run's ConfigDict (after every hook's configure)
+  spec: Any  # the run's typed pieces, xrec.config.RunSpec (after every hook's configure)
   workdir: str
   domain: Any  # pipeline.DomainSequences of the target (hooks may replace it in prepare_data)
   mesh: Any = None
@@ -21,6 +21,7 @@ class Run:
   objective: Any = None
   streams: dict = dataclasses.field(default_factory=dict)  # name -> pipeline.TrainBatches
   num_steps: int = 0
+  item_probs: Any = None  # sampled softmax by popularity: the item distribution it draws from
   param_sh: Any = None  # the params' shardings
   init: Any = None  # checkpoint.InitSource (after the load priority)
   report: dict | None = None  # the transfer report (what the pretrained model gave)
@@ -49,12 +50,14 @@ class Hook:
   provides: tuple[str, ...] = ()  # objective streams this hook provides
 
   @classmethod
-  def wanted(cls, config, runtime: tuple[str, ...]) -> bool:
-    """Whether a run with this config (and a strategy with these runtime hooks) runs the hook."""
-    del config
+  def wanted(cls, spec, runtime: tuple[str, ...]) -> bool:
+    """Whether a run with this spec (xrec.config.RunSpec; and a strategy with these runtime hooks) runs
+    the hook."""
+    del spec
     return cls.name in runtime
 
   def configure(self, run: Run) -> dict:
+    """Dotted config fields to set before the model is built (run.spec.replace applies them)."""
     return {}
 
   def prepare_data(self, run: Run) -> None:

@@ -29,54 +29,58 @@ class CrossUser(Hook):
     """transfer.cross_user.rows / source_dim: the pretrained model's vocab (merged: source items are
     read through a copy of its item table) or the target's users + 1 (prefix: one frozen
     representation per user), and the pretrained encoder's width."""
-    config = run.config
-    if not config.data.source_domain or not config.train.init_from:
+    spec = run.spec
+    if not spec.data.source_domain or not spec.train.init_from:
       raise ValueError("transfer.strategy='cross_user' reads each user's source-domain history through the "
                        "pretrained source model: it needs data.source_domain and train.init_from (a "
                        "pretrain -> transfer experiment sets both)")
-    module, info = runfiles.build_encoder(config.train.init_from)
-    rows = module.vocab_size if config.transfer.cross_user.mode == "merged" else 2 * run.domain.num_users + 1
+    module, info = runfiles.build_encoder(spec.train.init_from)
+    rows = module.vocab_size if spec.transfer.cross_user.mode == "merged" else 2 * run.domain.num_users + 1
     return {"transfer.cross_user.rows": int(rows), "transfer.cross_user.source_dim": int(info["model"]["embed_dim"])}
 
   def prepare_data(self, run) -> None:
-    run.domain = cross_user_inputs(run.config, run.domain, run.module.vocab_size)
+    spec = run.spec
+    run.domain = cross_user_inputs(spec.data, spec.train.init_from, spec.transfer.cross_user.mode, spec.model.max_len,
+                                   run.domain, run.module.vocab_size)
 
   def after_init(self, run, state: dict) -> dict:
-    if run.config.transfer.cross_user.mode != "prefix" or run.init.kind != "pretrained":
+    if run.spec.transfer.cross_user.mode != "prefix" or run.init.kind != "pretrained":
       return state
     params = sharding.to_host(state["params"])
-    params["cross"]["user_table"] = prefix_user_table(run.config, run.domain, params["cross"]["user_table"].shape[0])
+    params["cross"]["user_table"] = prefix_user_table(run.spec.train.init_from, run.domain,
+                                                      params["cross"]["user_table"].shape[0])
     return {**state, "params": jax.device_put(params, run.param_sh)}
 
   def results(self, run, final) -> dict:
     return {"transfer": {"cross_user": run.domain.cross.report}}
 
 
-def cross_user_inputs(config, domain, vocab_size: int):
-  """The target domain with its users' source histories attached (xrec/data/cross_user.py)."""
-  source_cfg = copy.deepcopy(config.data)
+def cross_user_inputs(data_cfg, pretrained: str, mode: str, max_len: int, domain, vocab_size: int):
+  """The target domain with its users' source histories (data_cfg.source_domain) attached
+  (xrec/data/cross_user.py), read through the pretrained run's item vocabulary (`pretrained`: its
+  folder; mode: transfer.cross_user.mode)."""
+  source_cfg = copy.deepcopy(data_cfg)
   with source_cfg.unlocked():
-    source_cfg.update(dict(domain=config.data.source_domain, user_fraction=1.0, eval_population="all"))
+    source_cfg.update(dict(domain=data_cfg.source_domain, user_fraction=1.0, eval_population="all"))
   source = pipeline.load_domain(source_cfg)
-  pretrained_keys = runfiles.read_item_keys(config.train.init_from)
+  pretrained_keys = runfiles.read_item_keys(pretrained)
   if pretrained_keys != source.item_keys:
-    raise ValueError(f"transfer.strategy='cross_user': the pretrained model {config.train.init_from!r} was not "
+    raise ValueError(f"transfer.strategy='cross_user': the pretrained model {pretrained!r} was not "
                      f"trained on domain {source.name!r}'s items (its item vocabulary differs), so it cannot "
                      "read that domain's histories; pretrain on data.source_domain")
-  cross = cross_user.CrossUserInputs(domain, source, config.transfer.cross_user.mode, vocab_size,
-                                     config.model.max_len)
+  cross = cross_user.CrossUserInputs(domain, source, mode, vocab_size, max_len)
   log.info("cross_user (%s): %d of %d target users have a source history in %r (%.1f%%)", cross.mode,
            cross.report["users_with_source_history"], domain.num_users, source.name,
            100 * cross.report["user_overlap"])
   return dataclasses.replace(domain, cross=cross)
 
 
-def prefix_user_table(config, domain, rows: int) -> np.ndarray:
+def prefix_user_table(pretrained: str, domain, rows: int) -> np.ndarray:
   """[rows, source embed] the frozen prefix representations: the pretrained source encoder's last
   state over each target user's source history, one row for its training window and one for its
-  evaluation (CrossUserInputs.prefix_row; zero without history)."""
-  module, info = runfiles.build_encoder(config.train.init_from)
-  params, _ = ckpt.restore_best_params(config.train.init_from)
+  evaluation (CrossUserInputs.prefix_row; zero without history). pretrained: its run folder."""
+  module, info = runfiles.build_encoder(pretrained)
+  params, _ = ckpt.restore_best_params(pretrained)
   max_len = int(info["model"]["max_len"])
   table = np.zeros((rows, int(info["model"]["embed_dim"])), np.float32)
   cross = domain.cross

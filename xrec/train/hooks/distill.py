@@ -25,7 +25,8 @@ class Distill(Hook):
 
   def configure(self, run) -> dict:
     """Reads the teacher; its width sizes the student's projection head (hidden-state matching)."""
-    self.teacher = read_teacher(run.config, run.domain)
+    spec = run.spec
+    self.teacher = read_teacher(spec.transfer.distill.teacher or spec.train.init_from, spec.model, run.domain)
     return {"transfer.distill.teacher_embed_dim": self.teacher["embed_dim"]}
 
   def frozen(self, run, state: dict):
@@ -40,10 +41,10 @@ class Distill(Hook):
     return {"transfer": {"teacher": self.teacher["info"]}}
 
 
-def read_teacher(config, domain) -> dict:
-  """The distillation teacher: a finished run (transfer.distill.teacher, else train.init_from), its
-  encoder, best params and the map from the student's item ids to the teacher's, by raw key."""
-  path = config.transfer.distill.teacher or config.train.init_from
+def read_teacher(path: str, model_cfg, domain) -> dict:
+  """The distillation teacher: a finished run (`path`: transfer.distill.teacher, else
+  train.init_from), its encoder, best params and the map from the student's item ids (of the model
+  `model_cfg` builds) to the teacher's, by raw key."""
   if not path:
     raise ValueError("transfer.strategy='distill' needs a teacher: set transfer.distill.teacher (a finished "
                      "run's workdir) or train.init_from")
@@ -57,7 +58,7 @@ def read_teacher(config, domain) -> dict:
     raise ValueError(f"the distillation teacher {path!r} was trained on another item vocabulary: {len(missing)} of "
                      f"the target's {domain.num_items} items are not in it (e.g. {missing[:3]}); distill from a "
                      "teacher that knows the target's items (e.g. a fine-tuned target run)")
-  id_map = np.zeros(models.build(config.model, domain.num_items).vocab_size, np.int32)
+  id_map = np.zeros(models.build(model_cfg, domain.num_items).vocab_size, np.int32)
   id_map[1:domain.num_items + 1] = [position[k] for k in domain.item_keys]
   params, _ = ckpt.restore_best_params(path)
   results = runfiles.read_results(path, missing_ok=True) or {}

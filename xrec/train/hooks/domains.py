@@ -18,7 +18,7 @@ class Domains(Hook):
     source = run.streams["source"].domain if "source" in run.streams else None
     if source is not None and "source" in run.module.domains:
       source = dataclasses.replace(source, eval_users=source.eval_users[source.lengths[source.eval_users] >= 3])
-      other = evaluation.Evaluator(run.module, run.domain.num_items, run.config.model.max_len, run.config.eval,
+      other = evaluation.Evaluator(run.module, run.domain.num_items, run.spec.model.max_len, run.spec.eval,
                                    run.mesh, run.param_sh, {"domain": "source"})
       out["source"] = {"valid": other(final.best_params, source, "valid"),
                        "test": other(final.best_params, source, "test"),

@@ -22,16 +22,16 @@ class ItemText(Hook):
   name = "item_text"
 
   @classmethod
-  def wanted(cls, config, runtime) -> bool:
-    return config.model.item_repr != "id"
+  def wanted(cls, spec, runtime) -> bool:
+    return spec.model.item_repr != "id"
 
   def configure(self, run) -> dict:
-    config = run.config
-    models.check_item_repr(config.model)  # an encoder or option that cannot take text fails before embedding
-    self.table, self.info = texts.item_text_table(config, run.domain,
-                                                  progress=config.train.progress_bar and jax.process_index() == 0)
-    if config.model.text.dim not in (0, self.table.shape[1]):
-      raise ValueError(f"model.text.dim={config.model.text.dim} but the text encoder {self.info['encoder']!r} "
+    spec = run.spec
+    models.check_item_repr(spec.model)  # an encoder or option that cannot take text fails before embedding
+    self.table, self.info = texts.item_text_table(spec.data, run.domain, spec.model.text.encoder,
+                                                  progress=spec.train.progress_bar and jax.process_index() == 0)
+    if spec.model.text.dim not in (0, self.table.shape[1]):
+      raise ValueError(f"model.text.dim={spec.model.text.dim} but the text encoder {self.info['encoder']!r} "
                        f"gives {self.table.shape[1]}-d vectors; leave model.text.dim=0")
     log.info("item text: %d items, %d without text (%s), %s (%s)", self.info["items"],
              self.info["text"]["without_text"], self.info["text"]["missing_policy"], self.info["encoder"],

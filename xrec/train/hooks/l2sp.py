@@ -22,7 +22,7 @@ class L2SP(Hook):
   state_key = "anchor"
 
   def init_state(self, run, state: dict):
-    o = run.config.transfer.l2sp
+    o = run.spec.transfer.l2sp
     self.alpha, self.beta = float(o.alpha), float(o.beta)
     return _copy(state["params"], run.param_sh)  # replaced by the loaded params in after_init
 

@@ -37,7 +37,8 @@ class Prune(Hook):
     return jax.jit(lambda p: jax.tree.map(jnp.ones_like, p), out_shardings=run.param_sh)(state["params"])
 
   def after_init(self, run, state: dict) -> dict:
-    self._serve(run, state["masks"])  # a resumed run serves what its restored masks keep
+    if self.pruner.kind == "items":  # a resumed run serves what its restored masks keep
+      run.evaluate.candidates = pruning.served_items(sharding.to_host(state["masks"]), run.plan.roles)
     return state
 
   def after_update(self, params, state: dict):
@@ -52,13 +53,10 @@ class Prune(Hook):
     params = sharding.to_host(state["params"])  # new masks at the scheduled ratio; pruned entries zeroed now
     masks = self.pruner.masks(params, self.events[step])
     log.info("step %d: pruned to %.1f%% (%s)", step, 100 * self.events[step], self.pruner.kind)
-    self._serve(run, masks)
+    if self.pruner.kind == "items":  # pruned items are no longer recommended
+      run.evaluate.candidates = pruning.served_items(masks, run.plan.roles)
     return {**state, "masks": jax.device_put(masks, run.param_sh),
             "params": jax.device_put(jax.tree.map(lambda p, m: p * m, params, masks), run.param_sh)}
-
-  def _serve(self, run, masks) -> None:
-    if self.pruner.kind == "items":  # pruned items are no longer recommended
-      run.evaluate.candidates = pruning.served_items(sharding.to_host(masks), run.plan.roles)
 
   def min_best_step(self, run) -> int:
     return max(self.events, default=0)  # the model must have reached its final sparsity
@@ -70,7 +68,7 @@ class Prune(Hook):
 def pruning_report(run, best_params, masks, test) -> dict:
   """Sparsity and size of the pruned model; for structured pruning, the smaller dense model built
   from it, evaluated (same scores, faster)."""
-  config, plan, domain = run.config, run.plan, run.domain
+  model_cfg, plan, domain = run.spec.model, run.plan, run.domain
   kind, ratio, events, start, end = plan.strategy.prune
   masks = sharding.to_host(masks)
   params = sharding.to_host(best_params)
@@ -86,8 +84,8 @@ def pruning_report(run, best_params, masks, test) -> dict:
       small, small_params, fields, num_items, dom, run, test)
   if kind == "items":  # a model over the kept items only: a smaller table, fewer scores per user
     served = int(report["items_served"])
-    small = served_model(config, kind, {"num_items": served}, domain.num_items)
-    shapes = {p: tuple(v.shape) for p, v in common.flatten(nn.unbox(_abstract_params(small, config))).items()}
+    small = served_model(model_cfg, kind, {"num_items": served}, domain.num_items)
+    shapes = {p: tuple(v.shape) for p, v in common.flatten(nn.unbox(_abstract_params(small, model_cfg.max_len))).items()}
     small_params, id_map = pruning.shrink_items(params, masks, plan.roles, shapes, domain.num_items,
                                                 bool(small.uses_mask_token))
     kept_ids = np.flatnonzero((id_map >= 1) & (id_map <= served))
@@ -98,48 +96,48 @@ def pruning_report(run, best_params, masks, test) -> dict:
     report["dense"] = dense(small, small_params, {"num_items": served}, served, dense_domain)
   elif kind == "dims":  # item tables of the kept dims: fewer bytes per item, fewer multiply-adds per score
     small_params, fields = pruning.shrink_dims(params, masks, plan.roles)
-    small = served_model(config, kind, fields, domain.num_items)
+    small = served_model(model_cfg, kind, fields, domain.num_items)
     report["dense"] = dense(small, small_params, {"item_columns": len(fields["item_columns"])},
                             domain.num_items, domain)
   elif kind in ("heads", "mlp"):
     # the masks of the best checkpoint's step (masks only grow), so shrink the best params with the final masks
     small_params, fields = pruning.shrink(params, masks, kind, plan.roles)
-    small = served_model(config, kind, fields, domain.num_items)
+    small = served_model(model_cfg, kind, fields, domain.num_items)
     report["dense"] = dense(small, small_params, fields, domain.num_items, domain)
   return report
 
 
-def served_model(config, kind: str | None, fields: dict, num_items: int):
+def served_model(model_cfg, kind: str | None, fields: dict, num_items: int):
   """The module a run serves: its own model (kind None, or unstructured magnitude pruning), or the
   smaller dense model structured pruning makes of it, from the fields its pruning report records:
   items {"num_items": kept items} (the table keeps one more row: pruned ids map to it), dims
   {"item_columns": kept dims}, heads / mlp the encoder's own fields (kept heads / channels)."""
   if kind == "items":
-    return models.build(model_config(config, {}), int(fields["num_items"]) + 1)
+    return models.build(model_config(model_cfg, {}), int(fields["num_items"]) + 1)
   if kind == "dims":
-    return models.build(model_config(config, fields), num_items)
+    return models.build(model_config(model_cfg, fields), num_items)
   if kind in ("heads", "mlp"):
-    cfg = model_config(config, {})
+    cfg = model_config(model_cfg, {})
     with cfg.unlocked():
-      own = cfg[config.model.name]
+      own = cfg[model_cfg.name]
       if kind == "heads":  # fewer heads of the same width each
-        own.head_dim = own.get("head_dim", 0) or config.model.embed_dim // own.num_heads
+        own.head_dim = own.get("head_dim", 0) or model_cfg.embed_dim // own.num_heads
       own.update(fields)
     return models.build(cfg, num_items)
-  return models.build(model_config(config, {}), num_items)
+  return models.build(model_config(model_cfg, {}), num_items)
 
 
-def _abstract_params(module, config):
+def _abstract_params(module, max_len: int):
   return jax.eval_shape(
-      lambda: module.init({"params": jax.random.key(0)}, jnp.ones((1, config.model.max_len), jnp.int32))["params"])
+      lambda: module.init({"params": jax.random.key(0)}, jnp.ones((1, max_len), jnp.int32))["params"])
 
 
 def _dense_report(small, small_params, fields, num_items, domain, run, test) -> dict:
   """The structurally pruned model as a smaller dense one, evaluated on the test split (after an
   untimed warm-up batch, so its users/s compares with the masked model's)."""
-  config = run.config
-  small_sh = sharding.param_shardings(_abstract_params(small, config), run.mesh, run.rules)
-  evaluate = evaluation.Evaluator(small, num_items, config.model.max_len, config.eval, run.mesh, small_sh)
+  spec = run.spec
+  small_sh = sharding.param_shardings(_abstract_params(small, spec.model.max_len), run.mesh, run.rules)
+  evaluate = evaluation.Evaluator(small, num_items, spec.model.max_len, spec.eval, run.mesh, small_sh)
   small_params = jax.device_put(small_params, small_sh)
   evaluate.warm_up(small_params, domain)
   dense = evaluate(small_params, domain, "test")

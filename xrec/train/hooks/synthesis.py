@@ -19,24 +19,24 @@ class Synthesis(Hook):
   name = "synthesis"
 
   @classmethod
-  def wanted(cls, config, runtime) -> bool:
-    return config.data.synthesis.num_items > 0
+  def wanted(cls, spec, runtime) -> bool:
+    return spec.data.synthesis.num_items > 0
 
   def prepare_data(self, run) -> None:
-    run.domain, self.report = synthesise(run.config, run.domain)
+    run.domain, self.report = synthesise(run.spec.data.synthesis, run.spec.train.init_from, run.domain)
 
   def results(self, run, final) -> dict:
     return {"transfer": {"synthesis": self.report}}
 
 
-def synthesise(config, domain):
-  """(domain with data.synthesis's pseudo-interactions, report): the generator is a finished run."""
-  cfg = config.data.synthesis
+def synthesise(cfg, init_from: str, domain):
+  """(domain with the pseudo-interactions data.synthesis (`cfg`) asks for, report): the generator is
+  a finished run (cfg.model, else `init_from`)."""
   synthesis.check(cfg)
   if domain.cross is not None:
     raise ValueError("data.synthesis does not combine with transfer.strategy='cross_user' (its inputs read "
                      "the real source history); set data.synthesis.num_items=0")
-  path = cfg.model or config.train.init_from
+  path = cfg.model or init_from
   if not path:
     raise ValueError("data.synthesis.num_items > 0 needs a generator: set data.synthesis.model (a finished "
                      "run's workdir; backward: one trained with data.reverse=True) or train.init_from")
