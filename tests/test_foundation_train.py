@@ -186,9 +186,11 @@ def _launch(args, workdir):
                         env={**os.environ, "XLA_FLAGS": ""})
 
 
-def test_full_softmax_value_and_gradient_match_a_hand_computation():
+@pytest.mark.parametrize("vocab_shards", [1, 3])  # the target's logit by a gather (1) or a select (3)
+def test_full_softmax_value_and_gradient_match_a_hand_computation(vocab_shards):
   """Cross-entropy over the real items only (id 0 and sharding-padding rows never compete), mean over
-  non-padded positions; value and gradients (hidden, table, bias) equal numpy's."""
+  non-padded positions; value and gradients (hidden, table, bias) equal numpy's, whichever way the
+  target's logit is picked."""
   import jax.numpy as jnp
   from xrec.models import losses
   rng = np.random.default_rng(1)
@@ -205,10 +207,11 @@ def test_full_softmax_value_and_gradient_match_a_hand_computation():
     return jnp.where(w, nll, 0.0).sum() / w.sum()
 
   args = [jnp.asarray(x, jnp.float32) for x in (h, table, bias)]
-  value, n = losses.full_softmax(args[0], targets, args[1], args[2], num_items=6)
+  value, n = losses.full_softmax(args[0], targets, args[1], args[2], num_items=6, vocab_shards=vocab_shards)
   assert int(n) == 5
   assert float(value) == pytest.approx(float(reference(*args)), rel=1e-5)
-  got = jax.grad(lambda h, t, b: losses.full_softmax(h, targets, t, b, num_items=6)[0], argnums=(0, 1, 2))(*args)
+  got = jax.grad(lambda h, t, b: losses.full_softmax(h, targets, t, b, num_items=6, vocab_shards=vocab_shards)[0],
+                 argnums=(0, 1, 2))(*args)
   want = jax.grad(reference, argnums=(0, 1, 2))(*args)
   for g, w in zip(got, want):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-6)

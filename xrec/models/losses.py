@@ -31,11 +31,17 @@ def _target_logit(hidden, ids, table, bias):
                      preferred_element_type=jnp.float32) + bias[ids].astype(jnp.float32))
 
 
-def _label_logit(logits, targets):
-  """logits [batch, len, vocab] at `targets` [batch, len]: a select and a sum over the vocab axis,
-  which keeps a vocab-sharded logits tensor sharded and whose gradient is a select. (Gathering the
-  target's table row instead made the backward a scatter-add into the whole item table, which
-  made the full-softmax step 1.6x slower on XLA:CPU at the MovieLens-1M shape.)"""
+def _label_logit(logits, targets, vocab_shards: int = 1):
+  """logits [batch, len, vocab] at `targets` [batch, len]. On one vocab shard, a gather along the
+  vocab axis (its gradient a scatter into the logits' gradient): the head's forward and backward
+  take 0.80 s instead of 0.99 s with the select below at the MovieLens-1M shape on XLA:CPU
+  (experiments/bench/README.md, "The step at parity"), and the whole step reaches the plain
+  Flax step. Over several vocab shards, a select and a sum over the vocab axis, which keeps the
+  sharded logits sharded (a gather along a sharded axis would gather the logits) and whose
+  gradient is a select. (Gathering the target's *table row* instead of its logit made the backward
+  a scatter-add into the whole item table: 1.6x slower.)"""
+  if vocab_shards == 1:
+    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   hit = jnp.arange(logits.shape[-1])[None, None, :] == targets[..., None]
   return jnp.where(hit, logits, 0.0).sum(-1)
 
@@ -51,13 +57,14 @@ def _mean(per_position, weights):
   return (per_position * weights).sum() / jnp.maximum(n, 1.0), n
 
 
-def full_softmax(hidden, targets, table, bias, *, num_items, rng=None, **_):
-  """Cross-entropy over the whole catalogue (Klenitskiy & Vasilev, 2023)."""
+def full_softmax(hidden, targets, table, bias, *, num_items, rng=None, vocab_shards: int = 1, **_):
+  """Cross-entropy over the whole catalogue (Klenitskiy & Vasilev, 2023); vocab_shards: the devices
+  the item table (and so the logits' vocab axis) is split over."""
   del rng
   # padding / sharding-padding ids are masked through the bias, fused into the matmul epilogue
   masked_bias = jnp.where(_valid_vocab(table.shape[0], num_items), bias.astype(jnp.float32), _NEG)
   logits = score_items(hidden, table, masked_bias)  # [batch, len, vocab]
-  return _mean(_logsumexp(logits) - _label_logit(logits, targets), (targets > 0).astype(jnp.float32))
+  return _mean(_logsumexp(logits) - _label_logit(logits, targets, vocab_shards), (targets > 0).astype(jnp.float32))
 
 
 def _chunk_layout(vocab: int, shards: int, chunk_size: int) -> tuple[int, int]:

@@ -45,7 +45,7 @@ class TermContext:
   sampling_probs: Any = None  # [vocab] item sampling distribution (sampled_softmax, popularity)
   progress: Any = 0.0  # step / num_steps in [0, 1] (schedules such as the Ganin lambda)
   teacher: Any = None  # Teacher: a frozen model whose outputs on the target batch are the "teacher" stream
-  vocab_shards: int = 1  # devices the item table is split over on 'vocab' (chunked_softmax's chunk layout)
+  vocab_shards: int = 1  # devices the item table is split over on 'vocab' (chunk layout, label pick)
 
   def forward(self, inputs, stream: str = "target"):
     """(hidden, table, bias) of the module in training mode (dropout on); a multi-domain model
@@ -122,7 +122,7 @@ def cloze(ctx: TermContext):
   inputs = jnp.where(masked, mask_id, items)
   targets = jnp.where(masked, items, 0)
   hidden, table, bias = ctx.forward(inputs)
-  return losses.full_softmax(hidden, targets, table, bias, num_items=ctx.num_items)
+  return losses.full_softmax(hidden, targets, table, bias, num_items=ctx.num_items, vocab_shards=ctx.vocab_shards)
 
 
 def drop_newest(items, rng, prob: float):
@@ -337,7 +337,8 @@ def adversarial_examples(ctx: TermContext):
     else:
       hidden, out_table, bias = forward(tree, batch["inputs"])
     hidden = hidden + delta["sequence"].astype(hidden.dtype)
-    return losses.full_softmax(hidden, batch["targets"], out_table, bias, num_items=ctx.num_items)
+    return losses.full_softmax(hidden, batch["targets"], out_table, bias, num_items=ctx.num_items,
+                               vocab_shards=ctx.vocab_shards)
 
   delta = {"items": jnp.zeros_like(table), "sequence": jnp.zeros(clean_hidden.shape, jnp.float32)}
   for _ in range(int(ctx.options.steps)):
@@ -359,7 +360,8 @@ def adversarial_examples(ctx: TermContext):
 
 
 TERMS: dict[str, Term] = {t.name: t for t in (
-    Term("full_softmax", ("target",), "causal", _next_item(losses.full_softmax),
+    Term("full_softmax", ("target",), "causal",
+         _next_item(losses.full_softmax, vocab_shards=lambda c: c.vocab_shards),
          "next-item cross-entropy over the whole catalogue"),
     Term("chunked_softmax", ("target",), "causal", _next_item(
         losses.chunked_softmax, chunk_size=lambda c: c.options.chunk_size, vocab_shards=lambda c: c.vocab_shards),
@@ -373,7 +375,8 @@ TERMS: dict[str, Term] = {t.name: t for t in (
          {"num_negatives": 256, "sampling": "uniform"}),
     Term("bce", ("target",), "causal", _next_item(losses.bce_one_negative),
          "the original SASRec loss: BCE on the target vs one uniform negative"),
-    Term("source_full_softmax", ("source",), "causal", _next_item(losses.full_softmax, stream="source"),
+    Term("source_full_softmax", ("source",), "causal",
+         _next_item(losses.full_softmax, stream="source", vocab_shards=lambda c: c.vocab_shards),
          "next-item cross-entropy on the source stream (its items in the model's vocabulary)"),
     Term("distill_logits", ("target", "teacher"), "causal", distill_logits,
          "soft targets of a teacher model (transfer.strategy=distill)", {"temperature": 2.0}),
