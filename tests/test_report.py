@@ -318,6 +318,14 @@ def test_compare_two_runs_of_a_study(tmp_path):
   moved = compare.compare(before, large)
   assert moved["within"] == 5 and [r["row"] for r in moved["rows"] if not r["within"]] == ["adapter"]
   assert "**no**" in compare.to_markdown(moved) and "5 of 6 cells within noise" in compare.to_markdown(moved)
+  # cell by cell: a rerun of some cells (here all) after a change that moves nothing, and one that moves a row
+  same = compare.compare_cells(before, small)
+  moved_cells = [r for r in same["rows"] if r["max_abs_diff"] > 0]
+  assert same["cells"] == len(records()) and same["identical"] == same["cells"] - len(moved_cells)
+  assert moved_cells and all("transfer.strategy=adapter" in r["key"] and "data.user_fraction=1.0" in r["key"]
+                             and abs(r["max_abs_diff"] - 0.01) < 1e-9 for r in moved_cells)
+  assert compare.compare_cells(before, before)["identical"] == len(records())
+  assert "cells identical" in compare.cells_markdown(same)
 
 
 def test_row_detail_splits_one_strategy_into_its_variants():
