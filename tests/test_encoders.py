@@ -299,8 +299,14 @@ def test_objective_terms_sum_and_are_reported_one_by_one(name, terms):
   params = init(module)
   total, parts = objective.loss(module, params, _batches(), jax.random.key(0), NUM_ITEMS)
   weights = dict((t.name, w) for t, w in objective.terms)
-  assert set(parts) == set(weights) and np.isfinite(float(total))
-  assert float(total) == pytest.approx(sum(weights[k] * float(v) for k, v in parts.items()), rel=1e-5)
+  assert set(parts) == set(weights) | {f"{k}/count" for k in weights} and np.isfinite(float(total))
+  assert float(total) == pytest.approx(sum(weights[k] * float(parts[k]) for k in weights), rel=1e-5)
+  # each term's count: the positions its loss averaged over (next-item terms: every target > 0)
+  targets = int((np.asarray(_batches()["target"]["targets"]) > 0).sum())
+  for k in weights:
+    assert 0 < float(parts[f"{k}/count"]) <= targets
+    if k in ("full_softmax", "sampled_softmax", "bce"):
+      assert float(parts[f"{k}/count"]) == targets
   assert objective.names == ([t for t, _ in terms] or (["full_softmax"] if module.causal else ["cloze"]))
   # deterministic per rng: the same step gives the same loss, another step another (dropout, masks)
   again, _ = objective.loss(module, params, _batches(), jax.random.key(0), NUM_ITEMS)

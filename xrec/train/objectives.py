@@ -6,7 +6,9 @@ A term is one function and its declaration:
     streams   the batch streams it reads (today "target", the run's own domain; the pipeline
               provides each stream's batch deterministically per (seed, step))
     encoders  "causal" | "bidirectional" | "any": which encoders it applies to
-    fn(ctx) -> (loss scalar, count)   ctx: TermContext (module, params, batches, rng, options)
+    fn(ctx) -> (loss scalar, count)   ctx: TermContext (module, params, batches, rng, options);
+              count: how many positions (or examples) the loss averages over, logged as
+              "<term>/count" (0 on a step where the term had nothing to score)
 
 `objective.terms` in the config is ((name, weight), ...); empty means the encoder's default:
 full_softmax for causal encoders, cloze for bidirectional ones. The trainer calls
@@ -422,15 +424,16 @@ class Objective:
 
   def loss(self, module, params, batches: dict, rng, num_items: int, sampling_probs=None, progress=0.0,
            teacher=None, vocab_shards: int = 1):
-    """(weighted total, {name: value}) for one step: each term's loss under its name, and the
-    extra values a term reports (e.g. domain_accuracy) as "<term>/<name>"; each term gets its
-    own rng."""
+    """(weighted total, {name: value}) for one step: each term's loss under its name, how many
+    positions it averaged over as "<term>/count", and the extra values a term reports (e.g.
+    domain_accuracy) as "<term>/<name>"; each term gets its own rng."""
     total, parts = 0.0, {}
     for i, (term, weight) in enumerate(self.terms):
       ctx = TermContext(module, params, batches, jax.random.fold_in(rng, i), num_items,
                         self.options.get(term.name), sampling_probs, progress, teacher, vocab_shards)
-      value, _, *extra = term.fn(ctx)
+      value, count, *extra = term.fn(ctx)
       parts[term.name] = value
+      parts[f"{term.name}/count"] = jnp.asarray(count, jnp.float32)
       for k, v in (extra[0] if extra else {}).items():
         parts[f"{term.name}/{k}"] = v
       total = total + weight * value
