@@ -4,13 +4,15 @@ xrec/train/runner.py). It is the door where the ConfigDict stops: `validate` che
 piece it needs. It reads as its recipe; the strategy- and data-specific work happens in the
 runtime hooks (xrec/train/hooks), which this file calls at fixed points and never names:
 
+  door             validate the config, resolve it into a RunSpec (a zoo name becomes a folder)
   build_run        load the data, resolve the hooks, build the model (encoder + transfer plan +
                    objective), write the run's item keys and model.json, let hooks change the data
   streams          the objective's batch streams (xrec/data/streams.py) and the step budget
   start_state      the train state (xrec/train/step.py) with the hooks' carried state, the load
-                   priority (initial_params: resume > explicit resume > pretrained > scratch;
+                   priority (checkpoint.load_initial: resume > explicit resume > pretrained > scratch;
                    fitted models count instead), the hooks' after-load work and constants
-  fit              steps, periodic evaluation and checkpoints, early stopping, divergence checks
+  fit              the jitted step (step.py) over the streams, periodic evaluation and checkpoints,
+                   early stopping, divergence checks
   finish           the metrics at the best validation checkpoint, written to results.json
 """
 
