@@ -2,9 +2,17 @@
 
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The tests, and every launch.py they start as a subprocess (which inherits this environment),
+# compile the same tiny programs again and again: a persistent compilation cache shared by the
+# session makes the repeats a file read (the robustness tests: 366 s -> 160 s on one core). XLA's
+# flags and the devices are part of each entry's key; an entry cut short by a killed process or a
+# concurrent writer fails to load and is compiled again (JAX warns and goes on).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "xrec_test_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402

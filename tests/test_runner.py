@@ -8,17 +8,12 @@ import subprocess
 import sys
 import types
 
-import jax
 import pytest
 
 from conftest import tiny_config
 from xrec.train import experiment, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Every stage of a sweep compiles the same tiny programs: a persistent cache makes the repeats cheap.
-JAX_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "xrec_test_jax_cache")
-jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 STRATEGIES = ("scratch", "zero_shot")  # zero_shot loads the pretraining and only evaluates: cheap
 SEEDS = (0, 1)
 
@@ -190,8 +185,7 @@ def test_launch_list_and_only(finished_study, tmp_path):
   cfg.write_text(CONFIG_FILE.format(tests=os.path.join(ROOT, "tests")))
   wd = str(tmp_path / "study")
   shutil.copytree(finished_study, wd)
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = dict(os.environ, PYTHONPATH=ROOT)  # with conftest's compilation cache
   launch = [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={cfg}", f"--workdir={wd}"]
   out = subprocess.run(launch + ["--list"], capture_output=True, text=True, env=env, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]

@@ -8,6 +8,7 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "bench"))
 
@@ -53,3 +54,16 @@ def test_both_loops_on_real_layout_files_and_the_summary(tmp_path, monkeypatch):
   tq.plot(curves, [0.10], str(tmp_path / "ttq.png"))
   assert os.path.getsize(tmp_path / "ttq.png") > 1000
   json.dumps(summary)
+
+
+def test_xrec_set_changes_xrec_side_only_and_names_an_unknown_field(tmp_path):
+  base = tq.ml1m_config(str(tmp_path), steps=10, eval_every=5)
+  fast = tq.ml1m_config(str(tmp_path), steps=10, eval_every=5, overrides=[
+      "objective.terms=(('sampled_softmax', 1.0),)", "objective.sampled_softmax.num_negatives = 512"])
+  assert base.objective.terms == (("full_softmax", 1.0),)
+  assert fast.objective.terms == (("sampled_softmax", 1.0),) and fast.objective.sampled_softmax.num_negatives == 512
+  assert fast.model.to_dict() == base.model.to_dict() and fast.train.num_steps == 10
+  with pytest.raises(ValueError, match="objective.nope"):
+    tq.ml1m_config(str(tmp_path), steps=10, eval_every=5, overrides=["objective.nope=1"])
+  with pytest.raises(ValueError, match="field=value"):
+    tq.ml1m_config(str(tmp_path), steps=10, eval_every=5, overrides=["objective.terms"])

@@ -20,6 +20,7 @@ validation; both curves (NDCG@10 against seconds) go to --plot.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import os
@@ -40,21 +41,33 @@ from xrec.evaluate import metrics  # noqa: E402
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 
-def ml1m_config(data: str, steps: int, eval_every: int, row: str = "ml1m_sasrec"):
-  """The reproduction row's config, with a budget of `steps` and no early stopping."""
+def ml1m_config(data: str, steps: int, eval_every: int, row: str = "ml1m_sasrec", overrides=()):
+  """The reproduction row's config, with a budget of `steps` and no early stopping; then
+  `overrides` ("field=value", value a Python literal) for xrec's side (--xrec_set)."""
   spec = importlib.util.spec_from_file_location("reproduce", os.path.join(ROOT, "experiments", "reproduce", "config.py"))
   study = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(study)
   c = study.get_config()
   for key, value in {**study.ROWS[row], "data.movielens.manual_dir": data}.items():
-    node = c
-    *path, last = key.split(".")
-    for name in path:
-      node = node[name]
-    node[last] = value
+    _set(c, key, value)
   c.train.update(dict(num_steps=steps, eval_every_steps=eval_every, checkpoint_every_steps=eval_every,
                       early_stopping_patience=0, eval_at_start=False))
+  for item in overrides:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--xrec_set takes field=value, got {item!r}")
+    _set(c, key.strip(), ast.literal_eval(value.strip()))
   return c
+
+
+def _set(c, key: str, value) -> None:
+  node = c
+  *path, last = key.split(".")
+  for name in path:
+    node = node[name]
+  if last not in node:
+    raise ValueError(f"Unknown config field {key!r}")
+  node[last] = value
 
 
 def run_xrec(config, workdir: str) -> list[dict]:
@@ -152,22 +165,30 @@ def main():
   ap.add_argument("--levels", default="0.10,0.14,0.16")
   ap.add_argument("--rounds", type=int, default=1, help="xrec then plain, this many times")
   ap.add_argument("--loops", default="xrec,plain")
+  ap.add_argument("--xrec_set", action="append", default=[],
+                  help="field=value on xrec's side only (repeatable), e.g. "
+                       "'objective.terms=((\"sampled_softmax\", 1.0),)'; recorded in the output")
   ap.add_argument("--out", required=True)
   ap.add_argument("--plot", default="")
+  ap.add_argument("--workdir", default="", help="keep xrec's runs here (metrics.jsonl: its curve so far, even "
+                                              "if this is cut); default a temporary folder")
   args = ap.parse_args()
   levels = [float(x) for x in args.levels.split(",")]
-  config = ml1m_config(args.data, args.steps, args.eval_every)
-  domain = pipeline.load_domain(config.data)
+  config = ml1m_config(args.data, args.steps, args.eval_every, overrides=args.xrec_set)
+  plain_config = ml1m_config(args.data, args.steps, args.eval_every)  # the plain loop's shape ignores --xrec_set
+  domain = pipeline.load_domain(plain_config.data)
   curves = {name: [] for name in args.loops.split(",")}
   dev = jax.devices()[0]
   result = {"data": "movielens-1m (real)", "steps": args.steps, "eval_every": args.eval_every, "levels": levels,
+            "xrec_set": args.xrec_set,
             "device_kind": dev.device_kind, "platform": dev.platform, "jax_version": jax.__version__,
             "config": config.to_dict(), "curves": curves}
-  with tempfile.TemporaryDirectory() as tmp:
+  with tempfile.TemporaryDirectory() as scratch:
+    tmp = args.workdir or scratch
     for r in range(args.rounds):
       for name in curves:
         curves[name].append(run_xrec(config, os.path.join(tmp, f"xrec{r}")) if name == "xrec" else
-                            run_plain(config, domain, args.steps, args.eval_every, seed=r))
+                            run_plain(plain_config, domain, args.steps, args.eval_every, seed=r))
         result["time_to"] = summarise(curves, levels)
         result["best"] = {n: [max(x["ndcg@10"] for x in c) for c in runs] for n, runs in curves.items() if runs}
         bench._write(result, args.out)  # after every run: a cut session keeps what finished
