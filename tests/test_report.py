@@ -357,3 +357,27 @@ def test_speed_plot_puts_quality_against_the_served_models_users_per_second(tmp_
   assert open(tmp_path / "ndcg_at_10_vs_users_per_s.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   assert not any("users_per_s" in p for p in plots.write_plots(table, rs, dict(layout, speed_plot=False),
                                                                 str(tmp_path / "none") if os.makedirs(tmp_path / "none") is None else ""))
+
+
+def test_the_reproduction_rows_load_validate_and_differ_only_where_their_docstring_says():
+  """experiments/reproduce/config.py: every row applies and passes the door's checks; each row is
+  named in the module's docstring; the ablation rows change one thing of the row they ablate."""
+  from xrec.train import loop, runner
+  module = runner.load_config_module(os.path.join(ROOT, "experiments", "reproduce", "config.py"))
+  config = module.get_config()
+  rows = {}
+  for cell in runner.cells_of(module):
+    c = runner.apply_overrides(config, cell.overrides)
+    loop.validate(c)
+    assert c.train.early_stopping_patience > 0 and c.eval.mask_history
+    rows[cell.overrides["experiment.variant"]] = c
+    variant = cell.overrides["experiment.variant"]  # by name, or as <name>_<model> for the Amazon files
+    assert variant in module.__doc__ or "<name>_" + variant.split("_", 1)[1] in module.__doc__
+  assert {"ml1m_sasrec", "beauty_sasrec", "ml1m_sasrec_dropout01", "beauty_sasrec_bce"} <= set(rows)
+
+  def differences(a, b):
+    from xrec import config as config_lib
+    da, db = config_lib.dotted(a.to_dict()), config_lib.dotted(b.to_dict())
+    return {k for k in da if da[k] != db.get(k) and k != "experiment.variant"}
+  assert differences(rows["ml1m_sasrec_dropout01"], rows["ml1m_sasrec"]) == {"model.dropout"}
+  assert differences(rows["beauty_sasrec_bce"], rows["beauty_sasrec"]) == {"objective.terms"}
