@@ -67,3 +67,19 @@ def test_xrec_set_changes_xrec_side_only_and_names_an_unknown_field(tmp_path):
     tq.ml1m_config(str(tmp_path), steps=10, eval_every=5, overrides=["objective.nope=1"])
   with pytest.raises(ValueError, match="field=value"):
     tq.ml1m_config(str(tmp_path), steps=10, eval_every=5, overrides=["objective.terms"])
+
+
+def test_merge_puts_loops_run_in_separate_processes_side_by_side(tmp_path):
+  def part(name, points):
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"steps": 4, "curves": {name: [[{"step": s, "seconds": t, "ndcg@10": v}
+                                                                for s, t, v in points]]}}))
+    return str(path)
+  xrec = part("xrec", [(2, 10.0, 0.11), (4, 20.0, 0.15)])
+  plain = part("plain", [(2, 12.0, 0.05), (4, 25.0, 0.12)])
+  merged = tq.merge([xrec, plain], [0.10, 0.14])
+  assert merged["time_to"]["0.1"]["median"] == {"xrec": 10.0, "plain": 25.0}
+  assert merged["time_to"]["0.14"]["median"] == {"xrec": 20.0, "plain": None}
+  assert merged["best"] == {"xrec": [0.15], "plain": [0.12]} and merged["parts"] == [{"steps": 4}, {"steps": 4}]
+  with pytest.raises(ValueError, match="an xrec and a plain curve"):
+    tq.merge([xrec], [0.10])

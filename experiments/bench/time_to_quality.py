@@ -157,9 +157,29 @@ def plot(curves: dict, levels, path: str) -> None:
   fig.savefig(path, dpi=120)
 
 
+def merge(paths: list[str], levels) -> dict:
+  """One result from the outputs of runs of the loops in separate processes (e.g. one per core):
+  their curves side by side, summarised again; each input's own fields kept under `parts`."""
+  parts = []
+  for path in paths:
+    with open(path) as f:
+      parts.append(json.load(f))
+  curves = {}
+  for part in parts:
+    for name, runs in part["curves"].items():
+      curves.setdefault(name, []).extend(runs)
+  if not curves.get("xrec") or not curves.get("plain"):
+    raise ValueError(f"--merge needs an xrec and a plain curve among {paths}; found {sorted(curves)}")
+  return {"merged_from": paths, "levels": levels, "curves": curves, "time_to": summarise(curves, levels),
+          "best": {n: [max(x["ndcg@10"] for x in c) for c in runs] for n, runs in curves.items()},
+          "parts": [{k: v for k, v in part.items() if k not in ("curves", "time_to", "best")} for part in parts]}
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--data", required=True, help="the folder holding ml-1m/ (e.g. ../shared/data)")
+  ap.add_argument("--merge", nargs="+", default=[], help="instead of running: merge these outputs (xrec's and "
+                                                         "plain's, run in separate processes) into --out")
+  ap.add_argument("--data", default="", help="the folder holding ml-1m/ (e.g. ../shared/data)")
   ap.add_argument("--steps", type=int, default=4700, help="budget of each run (47 steps = one epoch)")
   ap.add_argument("--eval_every", type=int, default=235)
   ap.add_argument("--levels", default="0.10,0.14,0.16")
@@ -174,6 +194,14 @@ def main():
                                               "if this is cut); default a temporary folder")
   args = ap.parse_args()
   levels = [float(x) for x in args.levels.split(",")]
+  if args.merge:
+    result = merge(args.merge, levels)
+    bench._write(result, args.out)
+    if args.plot:
+      plot(result["curves"], levels, args.plot)
+    return
+  if not args.data:
+    ap.error("--data is required (unless --merge)")
   config = ml1m_config(args.data, args.steps, args.eval_every, overrides=args.xrec_set)
   plain_config = ml1m_config(args.data, args.steps, args.eval_every)  # the plain loop's shape ignores --xrec_set
   domain = pipeline.load_domain(plain_config.data)
