@@ -35,6 +35,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xrec.config import with_overrides  # noqa: E402
 from xrec.data import pipeline  # noqa: E402
 from xrec.evaluate import metrics  # noqa: E402
 
@@ -47,27 +48,16 @@ def ml1m_config(data: str, steps: int, eval_every: int, row: str = "ml1m_sasrec"
   spec = importlib.util.spec_from_file_location("reproduce", os.path.join(ROOT, "experiments", "reproduce", "config.py"))
   study = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(study)
-  c = study.get_config()
-  for key, value in {**study.ROWS[row], "data.movielens.manual_dir": data}.items():
-    _set(c, key, value)
+  c = with_overrides(study.get_config(), {**study.ROWS[row], "data.movielens.manual_dir": data})
   c.train.update(dict(num_steps=steps, eval_every_steps=eval_every, checkpoint_every_steps=eval_every,
                       early_stopping_patience=0, eval_at_start=False))
+  fields = {}
   for item in overrides:
     key, sep, value = item.partition("=")
     if not sep:
       raise ValueError(f"--xrec_set takes field=value, got {item!r}")
-    _set(c, key.strip(), ast.literal_eval(value.strip()))
-  return c
-
-
-def _set(c, key: str, value) -> None:
-  node = c
-  *path, last = key.split(".")
-  for name in path:
-    node = node[name]
-  if last not in node:
-    raise ValueError(f"Unknown config field {key!r}")
-  node[last] = value
+    fields[key.strip()] = ast.literal_eval(value.strip())
+  return with_overrides(c, fields, what="--xrec_set field")
 
 
 def run_xrec(config, workdir: str) -> list[dict]:
