@@ -381,3 +381,5 @@ def test_the_reproduction_rows_load_validate_and_differ_only_where_their_docstri
     return {k for k in da if da[k] != db.get(k) and k != "experiment.variant"}
   assert differences(rows["ml1m_sasrec_dropout01"], rows["ml1m_sasrec"]) == {"model.dropout"}
   assert differences(rows["beauty_sasrec_bce"], rows["beauty_sasrec"]) == {"objective.terms"}
+  assert differences(rows["ml1m_sasrec_refcode"], rows["ml1m_sasrec"]) == {
+      "model.dropout", "model.sasrec.block", "model.item_init_std"}

@@ -79,6 +79,7 @@ def test_select_ranks_a_tiny_zoo_with_costs_and_a_pareto_front(data_dir, pretrai
   zoo.add(pretrained, "small", catalog)
   bigger = tiny_config(data_dir)
   bigger.model.embed_dim = 32
+  bigger.model.name = "hstu"  # the zoo holds any encoder: every estimator runs on HSTU too (issue 30)
   train_and_evaluate(bigger, str(tmp_path / "bigger"))
   zoo.add(str(tmp_path / "bigger"), "bigger", catalog)
   target = tiny_config(data_dir)
@@ -99,6 +100,7 @@ def test_select_ranks_a_tiny_zoo_with_costs_and_a_pareto_front(data_dir, pretrai
   written = json.load(open(tmp_path / "out" / "select.json"))
   assert [c["name"] for c in written["candidates"]] == [r["name"] for r in rows]
   assert "| small | sasrec |" in (tmp_path / "out" / "select.md").read_text()
+  assert "| bigger | hstu |" in (tmp_path / "out" / "select.md").read_text()
 
 
 def test_select_pairs_the_users_of_both_domains_for_user_cka(data_dir, tmp_path):

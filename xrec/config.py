@@ -144,6 +144,9 @@ def core_config() -> ml_collections.ConfigDict:
   c.model.remat = False
   c.model.compute_dtype = "float32"  # "bfloat16": bf16 compute, fp32 params
   c.model.vocab_multiple = 128  # item table rows rounded up to this (even sharding on 'vocab')
+  # The ID item tables' initialisation N(0, std^2); 0 = 1/sqrt(embed_dim) (SASRec's reference code
+  # and SASRec+ use 0.02 with the same sqrt(embed_dim) input scaling)
+  c.model.item_init_std = 0.0
   # How items enter the encoder: "id" (an ID table), "text" (their text through a pretrained
   # sentence encoder and an adaptor: ID-free, any item with a text is scored) or "text+id" (both).
   c.model.item_repr = "id"
@@ -289,6 +292,7 @@ RANGES = {
     "model.embed_dim": (1, MAX_SIZE, True, True, "int"),
     "model.dropout": (0.0, 1.0, True, False, "float"),
     "model.vocab_multiple": (1, MAX_SIZE, True, True, "int"),
+    "model.item_init_std": (0.0, None, True, True, "float"),
     "optim.lr": (0.0, None, False, True, "float"),
     "optim.warmup_fraction": (0.0, 1.0, True, False, "float"),
     "optim.end_lr_factor": (0.0, 1.0, True, True, "float"),

@@ -1,5 +1,5 @@
-"""The selection study (experiments/selection) on a real-data scenario: SASRec, GRU4Rec, NextItNet
-and BERT4Rec at embed 32 and 64, each pretrained on the scenario's source domain and fine-tuned
+"""The selection study (experiments/selection) on a real-data scenario: SASRec, GRU4Rec, NextItNet,
+BERT4Rec and HSTU at embed 32 and 64, each pretrained on the scenario's source domain and fine-tuned
 (full_finetune) on 5% of its target's users, seeds 0-4; then each candidate's transferability
 estimates on the target against its fine-tuned result. The argument: ml1m_cross_region,
 ml1m_cross_genre or cross_app, then that scenario's own arguments (one target per scenario: run
@@ -16,7 +16,7 @@ import os
 
 from xrec.train.runner import SEEDS, real_data_scenario
 
-ENCODERS = ("sasrec", "gru4rec", "nextitnet", "bert4rec")
+ENCODERS = ("sasrec", "gru4rec", "nextitnet", "bert4rec", "hstu")
 SIZES = (32, 64)
 
 

@@ -20,6 +20,12 @@ at the best validation step (early stopping on validation NDCG@10). Rows (`exper
   ml1m_sasrec_dropout01  ablation: ml1m_sasrec with dropout 0.1, the value of SASRec+'s published
                    code (antklen/sasrec-bert4rec-recsys23, configs/SASRec.yaml) where ml1m_sasrec
                    follows the SASRec paper's 0.2 for ML-1M: how much of the gap to 0.1821 is it?
+  ml1m_sasrec_refcode  ml1m_sasrec with the model of SASRec+'s published code, everything else
+                   equal: dropout 0.1, the reference code's block (model.sasrec.block="reference":
+                   queries normalised, keys and values not, residuals on the normalised input, ReLU
+                   feed-forward) and its item table init N(0, 0.02^2) (model.item_init_std): do
+                   these close the gap to 0.1821 together? (one row for all three: a row costs ~3
+                   hours of a core; the single-field rows say which one matters)
 
 The data are read from the published files (never copied into the repository): the MovieLens
 folder `ml-1m/` and `amazon-s3rec/<Name>.txt` under $XREC_REAL_DATA (default ../shared/data,
@@ -71,6 +77,8 @@ ROWS = {
     "beauty_sasrec_bce": _amazon("beauty", {**SASREC, "objective.terms": (("bce", 1.0),)}),
     "ml1m_hstu": _ml1m({"model.name": "hstu", "model.hstu.num_heads": 1, "objective.terms": (("full_softmax", 1.0),)}),
     "ml1m_sasrec_dropout01": _ml1m({**SASREC, "model.dropout": 0.1}),
+    "ml1m_sasrec_refcode": _ml1m({**SASREC, "model.dropout": 0.1, "model.sasrec.block": "reference",
+                                  "model.item_init_std": 0.02}),
 }
 
 

@@ -36,7 +36,8 @@ def dtype(name: str):
 def _common(cfg) -> dict:
   """The fields of config.model every encoder reads."""
   return dict(embed_dim=cfg.embed_dim, dropout=cfg.dropout, tie_embeddings=cfg.tie_embeddings,
-              remat=cfg.remat, dtype=dtype(cfg.compute_dtype), param_dtype=jnp.float32)
+              remat=cfg.remat, dtype=dtype(cfg.compute_dtype), param_dtype=jnp.float32,
+              item_init_std=float(cfg.get("item_init_std", 0.0)))
 
 
 def _item_columns(cfg, cls) -> dict:

@@ -23,9 +23,11 @@ def layer_norm(name: str, dtype, param_dtype) -> nn.LayerNorm:
                       bias_init=with_axes(nn.initializers.zeros, ("embed",)))
 
 
-def item_embedding(vocab_size: int, embed_dim: int, dtype, param_dtype, name: str | None = None) -> nn.Embed:
-  """An item table [vocab, embed] split on 'vocab' (catalogues of millions of items shard)."""
-  init = with_axes(nn.initializers.normal(stddev=embed_dim ** -0.5), ("vocab", "embed"))
+def item_embedding(vocab_size: int, embed_dim: int, dtype, param_dtype, name: str | None = None,
+                   init_std: float = 0.0) -> nn.Embed:
+  """An item table [vocab, embed] split on 'vocab' (catalogues of millions of items shard), drawn
+  from N(0, init_std^2) (0: N(0, 1/embed))."""
+  init = with_axes(nn.initializers.normal(stddev=init_std or embed_dim ** -0.5), ("vocab", "embed"))
   return nn.Embed(vocab_size, embed_dim, dtype=dtype, param_dtype=param_dtype, embedding_init=init, name=name)
 
 
@@ -169,13 +171,13 @@ class ScoresItems:
     width = len(getattr(self, "item_columns", ())) or embed_dim
     repr_ = getattr(self, "item_repr", "id")
     if repr_ == "id":
-      self.item_embed = item_embedding(vocab_size, width, dtype, param_dtype)
+      self.item_embed = item_embedding(vocab_size, width, dtype, param_dtype, init_std=self.item_init_std)
     else:
       mask_id = self.num_items + 1 if self.uses_mask_token else 0
       self.item_embed = TextItems(vocab_size, self.text_dim, embed_dim, self.text_experts, repr_ == "text+id",
                                   mask_id, dtype, param_dtype)
     if not self.tie_embeddings:
-      self.output_embed = item_embedding(vocab_size, width, dtype, param_dtype)
+      self.output_embed = item_embedding(vocab_size, width, dtype, param_dtype, init_std=self.item_init_std)
     self.output_bias = output_bias_param(self, vocab_size, param_dtype)
 
 
@@ -196,6 +198,7 @@ class Encoder(ScoresItems, nn.Module):
   item_repr: str = "id"  # model.item_repr: items by an ID table, their text (TextItems) or both
   text_dim: int = 0  # width of the item text embeddings (model.text.dim, set from the text encoder)
   text_experts: int = 8  # experts of the text adaptor (model.text.experts)
+  item_init_std: float = 0.0  # model.item_init_std: the ID item tables' init N(0, std^2); 0 = 1/sqrt(embed)
 
 
 def score_items(hidden, table, bias):

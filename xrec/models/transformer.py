@@ -61,11 +61,16 @@ class Attention(nn.Module):
                            bias_init=common.with_axes(nn.initializers.zeros, ("embed",)))(out)
 
 
+# model.<transformer>.block: how a block wires its sublayers (Block's docstring)
+BLOCKS = ("pre_ln", "reference")
+
+
 class MLP(nn.Module):
   mlp_dim: int
   dropout: float
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  activation: str = "gelu"  # gelu | relu
 
   @nn.compact
   def __call__(self, x, deterministic):
@@ -73,14 +78,23 @@ class MLP(nn.Module):
     h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="wi",
                  kernel_init=common.with_axes(nn.initializers.xavier_uniform(), ("embed", "mlp")),
                  bias_init=common.with_axes(nn.initializers.zeros, ("mlp",)))(x)
-    h = nn.Dropout(self.dropout)(nn.gelu(h), deterministic=deterministic)
+    h = nn.relu(h) if self.activation == "relu" else nn.gelu(h)
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     return nn.Dense(embed, dtype=self.dtype, param_dtype=self.param_dtype, name="wo",
                     kernel_init=common.with_axes(nn.initializers.xavier_uniform(), ("mlp", "embed")),
                     bias_init=common.with_axes(nn.initializers.zeros, ("embed",)))(h)
 
 
 class Block(nn.Module):
-  """x + attn(ln(x)), then + mlp(ln(.)); `attn` and `mlp` are the block's sublayers."""
+  """`attn` and `mlp` are the block's sublayers; `block` wires them:
+
+    pre_ln     x + attn(ln(x)), then + mlp(ln(.)) with a GELU feed-forward (the default)
+    reference  the block of SASRec's reference code (Kang & McAuley's TensorFlow, pmixer's PyTorch
+               port, SASRec+'s code): q = ln(x); q + attn(queries q, keys and values x), then
+               h = ln(.); h + mlp(h) with a ReLU feed-forward: the residuals add the *normalised*
+               input, and keys and values are not normalised
+  Both have the same params (ln_attn, attn, ln_mlp, mlp), so every strategy and checkpoint path
+  applies to either."""
 
   num_heads: int
   mlp_dim: int
@@ -88,21 +102,25 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   head_dim: int = 0
+  block: str = "pre_ln"
 
   @nn.compact
   def __call__(self, x, mask, deterministic, last_only=False):
     """last_only: only the last position's output [batch, 1, embed] (it still attends to all)."""
+    reference = self.block == "reference"
     h = common.layer_norm("ln_attn", self.dtype, self.param_dtype)(x)
+    kv = x if reference else h
     attn = Attention(self.num_heads, self.dtype, self.param_dtype, self.head_dim, name="attn")
     if last_only:
-      a = attn(h[:, -1:], mask[:, :, -1:], kv=h)
-      x = x[:, -1:]
+      a = attn(h[:, -1:], mask[:, :, -1:], kv=kv)
+      x, h = x[:, -1:], h[:, -1:]
     else:
-      a = attn(h, mask)
-    x = x + nn.Dropout(self.dropout)(a, deterministic=deterministic)
+      a = attn(h, mask, kv=kv)
+    x = (h if reference else x) + nn.Dropout(self.dropout)(a, deterministic=deterministic)
     h = common.layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
-    m = MLP(self.mlp_dim, self.dropout, self.dtype, self.param_dtype, name="mlp")(h, deterministic)
-    return x + nn.Dropout(self.dropout)(m, deterministic=deterministic)
+    m = MLP(self.mlp_dim, self.dropout, self.dtype, self.param_dtype, "relu" if reference else "gelu",
+            name="mlp")(h, deterministic)
+    return (h if reference else x) + nn.Dropout(self.dropout)(m, deterministic=deterministic)
 
 
 class TransformerEncoder(common.Encoder):
@@ -112,6 +130,7 @@ class TransformerEncoder(common.Encoder):
   num_heads: int = 1
   mlp_dim: int = 256
   head_dim: int = 0  # per-head size; 0 = embed_dim // num_heads (a head-pruned model keeps its size)
+  block: str = "pre_ln"  # BLOCKS: pre_ln | reference (SASRec's reference code; Block)
 
   causal = True
   uses_mask_token = False
@@ -120,12 +139,15 @@ class TransformerEncoder(common.Encoder):
   # ([batch, L], L <= max_len, positions max_len - L .. max_len - 1) give the same states
   trims_left_padding = True
   # config.model.<name>: this encoder's own fields (the common ones live in config.model)
-  config_defaults = {"num_layers": 2, "num_heads": 2, "mlp_dim": 256, "head_dim": 0}
+  config_defaults = {"num_layers": 2, "num_heads": 2, "mlp_dim": 256, "head_dim": 0, "block": "pre_ln"}
 
   @classmethod
   def from_config(cls, common_fields: dict, own, **shape):
+    block = own.get("block", "pre_ln")
+    if block not in BLOCKS:
+      raise ValueError(f"model.{cls.__name__.lower()}.block={block!r} is not valid; valid: {list(BLOCKS)}")
     return cls(**shape, **common_fields, num_layers=own.num_layers, num_heads=own.num_heads, mlp_dim=own.mlp_dim,
-               head_dim=own.get("head_dim", 0))
+               head_dim=own.get("head_dim", 0), block=block)
 
   @property
   def mask_token_id(self) -> int:
@@ -149,7 +171,7 @@ class TransformerEncoder(common.Encoder):
                               embedding_init=common.with_axes(nn.initializers.normal(0.02), (None, "embed")))
     block = nn.remat(Block, static_argnums=(3, 4)) if self.remat else Block
     self.blocks = [block(self.num_heads, self.mlp_dim, self.dropout, self.dtype, self.param_dtype, self.head_dim,
-                         name=f"block_{i}") for i in range(self.num_layers)]
+                         self.block, name=f"block_{i}") for i in range(self.num_layers)]
     self.final_ln = common.layer_norm("final_ln", self.dtype, self.param_dtype)
     self.embed_dropout = nn.Dropout(self.dropout)
 

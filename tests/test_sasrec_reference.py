@@ -1,0 +1,101 @@
+"""SASRec's reference-code block (model.sasrec.block="reference": queries normalised, keys and
+values not, residuals on the normalised input, ReLU feed-forward) against a numpy version of that
+code's formula, its last-position shortcut, and the item tables' init (model.item_init_std)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xrec import models
+from xrec.defaults import base_config
+from xrec.models.transformer import Block
+
+INPUTS = jnp.array([[0, 0, 3, 5, 7, 9], [0, 0, 0, 0, 1, 2], [4, 8, 15, 16, 23, 30]], jnp.int32)
+
+
+def _ln(x, p):
+  mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]
+
+
+def _attention(q_in, kv_in, p, mask, heads):
+  def proj(name, x):
+    return np.einsum("ld,dhk->lhk", x, p[name]["kernel"]) + p[name]["bias"]
+  q, k, v = proj("query", q_in), proj("key", kv_in), proj("value", kv_in)
+  scores = np.einsum("qhk,shk->hqs", q, k) / np.sqrt(q.shape[-1])
+  scores = np.where(mask[None], scores, -np.inf)
+  w = np.exp(scores - scores.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  return np.einsum("hqs,shk->qhk", w, v).reshape(len(q_in), -1) @ p["out"]["kernel"].reshape(-1, q_in.shape[-1]) \
+      + p["out"]["bias"]
+
+
+def _block_params(block, x, mask, seed=0):
+  params = block.init(jax.random.key(seed), x, mask, True)["params"]
+  params = jax.tree.map(np.asarray, nn.meta.unbox(params))
+  rng = np.random.default_rng(seed)  # non-zero biases and norms, so each one's place is checked
+  return jax.tree.map(lambda v: (v + rng.normal(0, 0.1, v.shape)).astype(np.float32), params)
+
+
+def test_the_reference_block_matches_the_reference_codes_formula():
+  block = Block(num_heads=2, mlp_dim=6, dropout=0.0, block="reference")
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 5, 4)).astype(np.float32)
+  causal = np.tril(np.ones((5, 5), bool))
+  mask = jnp.asarray(np.broadcast_to(causal, (2, 1, 5, 5)))
+  params = _block_params(block, x, mask)
+  got = np.asarray(block.apply({"params": params}, x, mask, True))
+  for b in range(2):
+    q = _ln(x[b], params["ln_attn"])
+    h = q + _attention(q, x[b], params["attn"], causal, 2)  # residual on the normalised queries
+    h = _ln(h, params["ln_mlp"])
+    mlp = params["mlp"]
+    want = h + np.maximum(h @ mlp["wi"]["kernel"] + mlp["wi"]["bias"], 0) @ mlp["wo"]["kernel"] + mlp["wo"]["bias"]
+    np.testing.assert_allclose(got[b], want, rtol=2e-5, atol=2e-5)
+  # the default pre-LN block on the same params computes something else
+  pre_ln = np.asarray(Block(num_heads=2, mlp_dim=6, dropout=0.0).apply({"params": params}, x, mask, True))
+  assert np.abs(pre_ln - got).max() > 1e-2
+  # the last-position shortcut (evaluation) gives the last row of the full computation
+  last = np.asarray(block.apply({"params": params}, x, mask, True, True))
+  np.testing.assert_allclose(last[:, 0], got[:, -1], rtol=2e-5, atol=2e-5)
+
+
+def _config(**model):
+  c = base_config()
+  c.model.update(dict(max_len=6, embed_dim=8, vocab_multiple=8, dropout=0.0))
+  c.model.sasrec.update(dict(num_layers=2, num_heads=2, mlp_dim=16))
+  for k, v in model.items():
+    if k == "block":
+      c.model.sasrec.block = v
+    else:
+      c.model[k] = v
+  return c.model
+
+
+def test_a_sasrec_with_the_reference_block_has_the_same_params_and_its_own_outputs():
+  ref, pre = models.build(_config(block="reference"), 30), models.build(_config(), 30)
+  params = jax.device_get(nn.unbox(ref.init(jax.random.key(0), INPUTS)["params"]))
+  same = jax.tree.map(lambda a: a.shape, nn.unbox(pre.init(jax.random.key(0), INPUTS)["params"]))
+  assert jax.tree.map(lambda a: a.shape, params) == same  # checkpoints and strategies apply to either
+  hidden = ref.apply({"params": params}, INPUTS, method="encode")
+  assert not np.allclose(hidden, pre.apply({"params": params}, INPUTS, method="encode"), atol=1e-3)
+  np.testing.assert_allclose(ref.apply({"params": params}, INPUTS, method="last_states"), hidden[:, -1], atol=1e-5)
+  changed = INPUTS.at[0, 5].set(11)  # still causal
+  np.testing.assert_allclose(ref.apply({"params": params}, changed, method="encode")[0, :5], hidden[0, :5], atol=1e-6)
+
+
+def test_a_bad_block_names_the_valid_ones():
+  with pytest.raises(ValueError, match=r"model.sasrec.block='post_ln' is not valid; valid: \['pre_ln', 'reference'\]"):
+    models.build(_config(block="post_ln"), 30)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "hstu"])
+def test_item_init_std_sets_the_item_tables_scale(name):
+  def table_std(**fields):
+    module = models.build(_config(name=name, embed_dim=64, **fields), 2000)
+    params = nn.unbox(module.init(jax.random.key(0), INPUTS)["params"])
+    return float(np.std(np.asarray(params["item_embed"]["embedding"])))
+  assert table_std() == pytest.approx(64 ** -0.5, rel=0.03)  # the default: 1/sqrt(embed)
+  assert table_std(item_init_std=0.02) == pytest.approx(0.02, rel=0.03)
