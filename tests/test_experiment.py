@@ -125,6 +125,16 @@ def test_step_budget_does_not_depend_on_the_fraction(data_dir, tmp_path):
     assert r["budget"]["evaluations"] == 3  # steps 0, 3, 6
     assert r["test"]["num_users"] == 60  # every target user
   assert results[0.1]["dataset"]["training_users"] == 6 and results[1.0]["dataset"]["training_users"] == 60
+  # the training interactions: every user's sequence without its validation and test items
+  from xrec.data import pipeline
+  c = tiny_config(data_dir)
+  c.data.domain = "target"
+  full = pipeline.load_domain(c.data)
+  assert results[1.0]["dataset"]["training_interactions"] == int((full.lengths - 2).sum())
+  assert 0 < results[0.1]["dataset"]["training_interactions"] < results[1.0]["dataset"]["training_interactions"]
+  # the item rows' share of the params: a tied table [rows, 16] and the output bias [rows]
+  rows = -(-(results[1.0]["dataset"]["items"] + 1) // 8) * 8
+  assert results[1.0]["item_param_count"] == rows * 16 + rows < results[1.0]["param_count"]
   # a pretrain -> transfer study refuses budgets in epochs (few-shot fractions would get fewer steps)
   c = _config(data_dir)
   c.train.num_steps = 0

@@ -104,6 +104,11 @@ class DomainSequences:
       lengths = lengths + np.array([sum(map(len, self.pseudo.get(u, ()))) for u in range(len(lengths))], np.int64)
     return lengths
 
+  def training_interactions(self) -> int:
+    """The interactions the training users' windows read (their training parts, pseudo-interactions
+    included): a study's measure of how much data a model was trained on."""
+    return int(np.maximum(self.train_lengths()[self.train_users], 0).sum())
+
   def train_part(self, u: int) -> np.ndarray:
     """What user u's training windows read: its sequence without the valid / test items, with the
     pseudo-interactions of data.synthesis around it."""

@@ -26,6 +26,7 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from xrec import models
 from xrec import runfiles
@@ -91,15 +92,22 @@ class Components:
   source: transfer.SourceEncoder | None  # the pretrained encoder (train.init_from), if any
 
 
-def _run_info(data_cfg, mesh, domain, module_params) -> dict:
+def _run_info(data_cfg, mesh, domain, module_params, roles=None) -> dict:
   dev = jax.devices()[0]
+  flat = common.flatten(module_params)
+  item_rows = roles.item_rows if roles is not None else ()
   return {
       "device_kind": dev.device_kind, "platform": dev.platform, "num_devices": jax.device_count(),
       "process_count": jax.process_count(), "mesh": dict(mesh.shape), "jax_version": jax.__version__,
       "param_count": common.param_count(module_params),
+      # of those, the params with one row per item (item table, output table, output bias): a
+      # size measured with and without the catalogue (the scaling study counts both)
+      "item_param_count": int(sum(np.prod(v.shape) for p, v in flat.items() if p in item_rows)),
       "dataset": {"name": data_cfg.name, "domain": domain.name, "users": domain.num_users,
                   "items": domain.num_items, "user_fraction": data_cfg.user_fraction,
                   "training_users": int(len(domain.train_users)),
+                  # the interactions the training windows read (valid / test items excluded)
+                  "training_interactions": domain.training_interactions(),
                   "evaluation_users": int(len(domain.eval_users)),
                   # what preprocessing did (duplicates dropped, targets repeating the last input)
                   # and the content of the files read (xrec/data/fingerprint.py)
@@ -403,7 +411,7 @@ def finish(run, hooks, model: Components, outcome: Outcome) -> dict:
       "test": test,
       "per_user": {"population_sha256": domain.population["keys_sha256"],
                    "valid_rank": valid_ranks.tolist(), "test_rank": test_ranks.tolist()},
-      **_run_info(spec.data, run.mesh, domain, outcome.state["params"]),
+      **_run_info(spec.data, run.mesh, domain, outcome.state["params"], plan.roles),
   }
   final = runtime.Final(best_params, outcome.state, valid, test)
   for hook in hooks:

@@ -1,0 +1,350 @@
+"""Fits transfer gain against the pretrained model's size and its source data (config.py here).
+
+  python experiments/scaling/analyze.py WORKDIR [--out DIR] [--resamples N]
+
+Reads WORKDIR's done cells (runs.jsonl) and each pretraining stage's results.json (its params with
+and without the item rows, the source interactions it trained on, where its validation peaked),
+then writes DIR (default WORKDIR/scaling) with:
+  scaling.json   every point (cell), every pretraining, every fit: what the README quotes
+  scaling.md     the tables below
+  gain_vs_params.png, gain_vs_params_no_items.png, gain_vs_source.png
+Definitions (per target fraction and seed, paired):
+  gain         test NDCG@10 of a transferred cell - scratch of the same size on the same target data
+  gain_best    the same - the best scratch of any size (the size with the best mean scratch)
+Fits, per (strategy, target fraction), over the models pretrained on all source users:
+  gain = a + b log10(params), and with a c log10(params)^2 term for curvature; 95% intervals of b
+  and c from a cluster bootstrap (each size's seeds resampled with replacement). The verdict:
+  "grows" (b's interval above 0), "reverses" (below 0), "no trend" (it holds 0), and
+  "saturates" when the curvature's interval is below 0 while b's is not. "Where it breaks": the
+  size farthest from the line (its residual in units of its own standard error).
+Source data: gain against log10(source interactions) for the sizes pretrained on 25 / 50 / 100%.
+Best strategy per size, and the compute-optimal size per target fraction: the size whose best
+strategy scores highest, with the wall seconds it cost (pretraining + the cell).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from xrec import runindex  # noqa: E402
+from xrec.train.runner import STAGES_DIR  # noqa: E402
+
+METRIC = "ndcg@10"
+SOURCE_FIELD = "experiment.pretrain.data.user_fraction"
+
+
+def pretraining(workdir: str, stage: str, cache: dict) -> dict:
+  """What the scaling fit needs of one pretraining stage (from its results.json)."""
+  if stage not in cache:
+    path = os.path.join(workdir, STAGES_DIR, stage, "results.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} is missing: analyze.py needs the study's pretraining stages "
+                              "(run it on the workdir the study ran in)")
+    with open(path) as f:
+      r = json.load(f)
+    cache[stage] = {"stage": stage, "params": int(r["param_count"]),
+                    "params_no_items": int(r["param_count"]) - int(r.get("item_param_count", 0)),
+                    "source_interactions": r["dataset"].get("training_interactions"),
+                    "source_users": r["dataset"]["training_users"], "valid": r["valid"][METRIC],
+                    "best_step": r["best_step"], "last_eval_step": r["budget"]["last_eval_step"],
+                    "best_is_last_eval": r["budget"]["best_is_last_eval"],
+                    "stopped_early": r["budget"]["stopped_early"],
+                    "wall_seconds": float(r["wall_seconds"]["total"] if isinstance(r.get("wall_seconds"), dict)
+                                          else r.get("wall_seconds", 0.0))}
+  return cache[stage]
+
+
+def points(workdir: str) -> tuple[list[dict], dict]:
+  """One point per done cell: its size, source fraction, strategy, target fraction, seed, test
+  NDCG@10, and its pretraining (None for scratch)."""
+  cache: dict = {}
+  out = []
+  for r in runindex.latest_runs(workdir).values():
+    if r.get("status") != "done":
+      continue
+    o = r["overrides"]
+    pre = pretraining(workdir, r["stages"]["pretrain"], cache) if "pretrain" in r.get("stages", {}) else None
+    out.append({"strategy": o["transfer.strategy"], "size": (int(o["model.embed_dim"]), int(o["model.sasrec.num_layers"])),
+                "source": float(o.get(SOURCE_FIELD, 1.0)) if pre else None,
+                "target": float(o["data.user_fraction"]), "seed": int(o["seed"]), "ndcg": float(r["test"][METRIC]),
+                "params": int(r["total_params"]), "best_is_last_eval": bool(r["budget"]["best_is_last_eval"]),
+                # the cell's trained stage, its learning-rate candidates included (the pretraining is counted apart)
+                "wall_seconds": float(r.get("stage_wall_seconds") or 0.0), "pretrain": pre["stage"] if pre else None})
+  return out, cache
+
+
+def add_gains(pts: list[dict]) -> None:
+  """Sets each transferred point's gain (over scratch of its size) and gain_best (over the best
+  scratch of any size), paired by target fraction and seed; None where the scratch cell is missing."""
+  scratch = {(p["size"], p["target"], p["seed"]): p["ndcg"] for p in pts if p["strategy"] == "scratch"}
+  by_size = defaultdict(list)
+  for (size, target, _), v in scratch.items():
+    by_size[(size, target)].append(v)
+  best_size = {}
+  for (size, target), vs in by_size.items():
+    if target not in best_size or np.mean(vs) > np.mean(by_size[(best_size[target], target)]):
+      best_size[target] = size
+  for p in pts:
+    if p["strategy"] == "scratch":
+      continue
+    same = scratch.get((p["size"], p["target"], p["seed"]))
+    best = scratch.get((best_size.get(p["target"]), p["target"], p["seed"]))
+    p["gain"] = None if same is None else p["ndcg"] - same
+    p["gain_best"] = None if best is None else p["ndcg"] - best
+
+
+def _design(x: np.ndarray, degree: int) -> np.ndarray:
+  return np.stack([x ** k for k in range(degree + 1)], axis=1)
+
+
+def fit(xs: np.ndarray, groups: list[np.ndarray], resamples: int = 2000, seed: int = 0) -> dict:
+  """Least squares of y on log10 x (and its square), with 95% cluster-bootstrap intervals: groups[i]
+  holds the gains (seeds) at xs[i]; each bootstrap resamples every group's seeds."""
+  x = np.log10(np.asarray(xs, float))
+  if len(x) < 2:
+    return {"points": int(len(x)), "verdict": "too few sizes"}
+  if min(len(g) for g in groups) < 2:  # a resampled single seed is itself: the interval would be a point
+    return {"points": int(len(x)), "verdict": "too few seeds (an interval needs >= 2 per size)"}
+  x0 = x - x.mean()  # centred: the slope and curvature do not trade off against the intercept
+
+  def coefs(gs, degree):
+    xx = np.concatenate([np.full(len(g), xi) for xi, g in zip(x0, gs)])
+    yy = np.concatenate(gs)
+    return np.linalg.lstsq(_design(xx, degree), yy, rcond=None)[0]
+
+  rng = np.random.default_rng(seed)
+  lin, quad = coefs(groups, 1), coefs(groups, 2) if len(x) >= 3 else None
+  boot_lin, boot_quad = [], []
+  for _ in range(resamples):
+    gs = [g[rng.integers(0, len(g), len(g))] for g in groups]
+    boot_lin.append(coefs(gs, 1)[1])
+    if quad is not None:
+      boot_quad.append(coefs(gs, 2)[2])
+  slope_ci = np.percentile(boot_lin, [2.5, 97.5])
+  out = {"points": int(len(x)), "slope_per_decade": float(lin[1]), "slope_ci": [float(v) for v in slope_ci],
+         "intercept_at_mean": float(lin[0]), "mean_log10": float(x.mean())}
+  if quad is not None:
+    curv_ci = np.percentile(boot_quad, [2.5, 97.5])
+    out.update(curvature=float(quad[2]), curvature_ci=[float(v) for v in curv_ci])
+  # where the line fits worst, in units of that size's standard error (one seed: its spread is unknown)
+  resid = []
+  for xi, g in zip(x0, groups):
+    se = g.std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else np.nan
+    resid.append((g.mean() - (lin[0] + lin[1] * xi)) / se if se and np.isfinite(se) and se > 0 else np.nan)
+  worst = int(np.nanargmax(np.abs(resid))) if np.any(np.isfinite(resid)) else None
+  out["worst_point"] = None if worst is None else {"log10": float(x[worst]), "residual_in_se": float(resid[worst])}
+  if slope_ci[0] > 0:
+    verdict = "grows"
+  elif slope_ci[1] < 0:
+    verdict = "reverses"
+  else:
+    verdict = "no trend"
+  if quad is not None and out["curvature_ci"][1] < 0 and verdict != "reverses":
+    verdict = "saturates" if verdict == "grows" else "rises then falls" if quad[1] > 0 else verdict
+  out["verdict"] = verdict
+  return out
+
+
+def _groups(pts, key, value="gain"):
+  g = defaultdict(list)
+  for p in pts:
+    if p.get(value) is not None:
+      g[key(p)].append(p[value])
+  return {k: np.asarray(v, float) for k, v in g.items()}
+
+
+def fits(pts: list[dict], pre: dict, resamples: int) -> dict:
+  """Every fit of the module docstring, keyed by a readable name."""
+  out = {}
+  full = [p for p in pts if p["strategy"] != "scratch" and p["source"] == 1.0]
+  for count in ("params", "params_no_items"):
+    for value in ("gain", "gain_best"):
+      groups = _groups(full, lambda p: (p["strategy"], p["target"], pre[p["pretrain"]][count]), value)
+      by = defaultdict(dict)
+      for (strategy, target, x), g in groups.items():
+        by[(strategy, target)][x] = g
+      for (strategy, target), gs in sorted(by.items()):
+        xs = sorted(gs)
+        out[f"{value} vs {count} · {strategy} · target {target:g}"] = fit(np.array(xs), [gs[x] for x in xs], resamples)
+  source = [p for p in pts if p["strategy"] != "scratch" and p["pretrain"]]
+  groups = _groups(source, lambda p: (p["strategy"], p["target"], p["size"], pre[p["pretrain"]]["source_interactions"]))
+  by = defaultdict(dict)
+  for (strategy, target, size, x), g in groups.items():
+    if x:
+      by[(strategy, target, size)][x] = g
+  for (strategy, target, size), gs in sorted(by.items()):
+    if len(gs) >= 2:
+      xs = sorted(gs)
+      out[f"gain vs source interactions · {strategy} · target {target:g} · d{size[0]} x{size[1]}"] = fit(
+          np.array(xs), [gs[x] for x in xs], resamples)
+  return out
+
+
+def best_strategies(pts: list[dict], pre: dict) -> list[dict]:
+  """Per (target fraction, size) on all source users: each strategy's mean NDCG@10, the best one, and
+  the wall seconds of its pretraining plus its cell (mean over seeds)."""
+  rows = []
+  cells = defaultdict(list)
+  for p in pts:
+    if p["strategy"] == "scratch" or p["source"] == 1.0:
+      cells[(p["target"], p["size"])].append(p)
+  for (target, size), ps in sorted(cells.items()):
+    means = {s: float(np.mean([p["ndcg"] for p in ps if p["strategy"] == s])) for s in {p["strategy"] for p in ps}}
+    best = max(means, key=means.get)
+    cost = [p["wall_seconds"] + (pre[p["pretrain"]]["wall_seconds"] if p["pretrain"] else 0.0)
+            for p in ps if p["strategy"] == best]
+    rows.append({"target": target, "size": list(size), "means": means, "best": best, "best_ndcg": means[best],
+                 "best_wall_seconds": float(np.mean(cost)),
+                 "params": next((pre[p["pretrain"]]["params"] for p in ps if p["pretrain"]), None)})
+  return rows
+
+
+def compute_optimal(rows: list[dict]) -> dict:
+  """Per target fraction: the size with the highest best-strategy NDCG@10, and the sizes on the
+  front of NDCG@10 against wall seconds (no cheaper size scores as high)."""
+  out = {}
+  for target in sorted({r["target"] for r in rows}):
+    rs = sorted((r for r in rows if r["target"] == target), key=lambda r: r["best_wall_seconds"])
+    top = max(rs, key=lambda r: r["best_ndcg"])
+    front, best_so_far = [], -np.inf
+    for r in rs:
+      if r["best_ndcg"] > best_so_far:
+        front.append({"size": r["size"], "ndcg": r["best_ndcg"], "wall_seconds": r["best_wall_seconds"],
+                      "strategy": r["best"]})
+        best_so_far = r["best_ndcg"]
+    out[f"{target:g}"] = {"best_size": top["size"], "best_strategy": top["best"], "ndcg": top["best_ndcg"],
+                          "front": front}
+  return out
+
+
+def _plot(pts, pre, count, path, title):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  targets = sorted({p["target"] for p in pts})
+  fig, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 4), squeeze=False)
+  for ax, target in zip(axes[0], targets):
+    groups = _groups([p for p in pts if p["target"] == target and p["source"] == 1.0],
+                     lambda p: (p["strategy"], pre[p["pretrain"]][count]))
+    for strategy in sorted({s for s, _ in groups}):
+      xs = sorted(x for s, x in groups if s == strategy)
+      means = [groups[(strategy, x)].mean() for x in xs]
+      errs = [1.96 * groups[(strategy, x)].std(ddof=1) / np.sqrt(len(groups[(strategy, x)]))
+              if len(groups[(strategy, x)]) > 1 else 0.0 for x in xs]
+      ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=strategy)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"pretrained {count.replace('_', ' ')}")
+    ax.set_ylabel("test NDCG@10 gain over scratch of the same size")
+    ax.set_title(f"{title}, target fraction {target:g}")
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _plot_source(pts, pre, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  groups = _groups([p for p in pts if p["pretrain"]],
+                   lambda p: (p["strategy"], p["target"], tuple(p["size"]), pre[p["pretrain"]]["source_interactions"]))
+  series = defaultdict(list)
+  for (strategy, target, size, x), g in groups.items():
+    series[(strategy, target, size)].append((x, g.mean()))
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for key, xy in sorted(series.items()):
+    if len(xy) >= 2:
+      xy.sort()
+      ax.plot([a for a, _ in xy], [b for _, b in xy], marker="o", label=f"{key[0]} t{key[1]:g} d{key[2][0]}x{key[2][1]}")
+  ax.axhline(0, color="gray", lw=0.8)
+  ax.set_xscale("log")
+  ax.set_xlabel("source interactions the pretraining read")
+  ax.set_ylabel("test NDCG@10 gain over scratch")
+  ax.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _markdown(result: dict) -> str:
+  lines = ["# Scaling study: transfer gain against the pretrained model", "",
+           "## Pretrainings", "", "| stage | params | without item rows | source users | source interactions | "
+           "valid NDCG@10 | best step / last evaluation |", "|---|---:|---:|---:|---:|---:|---|"]
+  for p in result["pretrainings"]:
+    lines.append(f"| {p['stage']} | {p['params']:,} | {p['params_no_items']:,} | {p['source_users']:,} | "
+                 f"{p['source_interactions'] or 0:,} | {p['valid']:.4f} | {p['best_step']} / {p['last_eval_step']}"
+                 f"{' (still improving)' if p['best_is_last_eval'] else ''} |")
+  lines += ["", "## Fits (slope per decade of params, 95% cluster-bootstrap interval)", "",
+            "| fit | sizes | slope | interval | curvature interval | verdict | worst point (log10, residual/SE) |",
+            "|---|---:|---:|---|---|---|---|"]
+  for name, f in result["fits"].items():
+    if "slope_per_decade" not in f:
+      lines.append(f"| {name} | {f['points']} | – | – | – | {f['verdict']} | – |")
+      continue
+    curv = f"[{f['curvature_ci'][0]:+.4f}, {f['curvature_ci'][1]:+.4f}]" if "curvature_ci" in f else "–"
+    worst = (f"{f['worst_point']['log10']:.2f}, {f['worst_point']['residual_in_se']:+.1f}"
+             if f.get("worst_point") else "–")
+    lines.append(f"| {name} | {f['points']} | {f['slope_per_decade']:+.4f} | [{f['slope_ci'][0]:+.4f}, "
+                 f"{f['slope_ci'][1]:+.4f}] | {curv} | {f['verdict']} | {worst} |")
+  lines += ["", "## Best strategy per size (all source users; mean test NDCG@10 over seeds)", "",
+            "| target fraction | d x blocks | best | its NDCG@10 | wall s (pretraining + cell) | every strategy |",
+            "|---:|---|---|---:|---:|---|"]
+  for r in result["best"]:
+    every = ", ".join(f"{s} {v:.4f}" for s, v in sorted(r["means"].items()))
+    lines.append(f"| {r['target']:g} | {r['size'][0]} x {r['size'][1]} | {r['best']} | {r['best_ndcg']:.4f} | "
+                 f"{r['best_wall_seconds']:.0f} | {every} |")
+  lines += ["", "## Compute-optimal size per target fraction", ""]
+  for target, c in result["compute_optimal"].items():
+    front = "; ".join(f"{f['size'][0]}x{f['size'][1]} {f['strategy']} {f['ndcg']:.4f} at {f['wall_seconds']:.0f} s"
+                      for f in c["front"])
+    lines.append(f"- target {target}: best {c['best_size'][0]} x {c['best_size'][1]} ({c['best_strategy']}, "
+                 f"{c['ndcg']:.4f}); front: {front}")
+  return "\n".join(lines) + "\n"
+
+
+def analyze(workdir: str, out_dir: str | None = None, resamples: int = 2000) -> dict:
+  pts, pre = points(workdir)
+  if not pts:
+    raise ValueError(f"{workdir} has no done cell (runs.jsonl): run the study first")
+  add_gains(pts)
+  result = {"workdir": os.path.abspath(workdir), "points": pts,
+            "pretrainings": sorted(pre.values(), key=lambda p: p["params"]),
+            "fits": fits(pts, pre, resamples)}
+  result["best"] = best_strategies(pts, pre)
+  result["compute_optimal"] = compute_optimal(result["best"])
+  out_dir = out_dir or os.path.join(workdir, "scaling")
+  os.makedirs(out_dir, exist_ok=True)
+  runindex.write_json_atomic(os.path.join(out_dir, "scaling.json"), result)
+  with open(os.path.join(out_dir, "scaling.md"), "w") as f:
+    f.write(_markdown(result))
+  transferred = [p for p in pts if p["strategy"] != "scratch" and p.get("gain") is not None]
+  if transferred:
+    _plot(transferred, pre, "params", os.path.join(out_dir, "gain_vs_params.png"), "item table included")
+    _plot(transferred, pre, "params_no_items", os.path.join(out_dir, "gain_vs_params_no_items.png"),
+          "item table excluded")
+    _plot_source(transferred, pre, os.path.join(out_dir, "gain_vs_source.png"))
+  return result
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("workdir")
+  parser.add_argument("--out", default=None, help="output folder (default WORKDIR/scaling)")
+  parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of each fit")
+  args = parser.parse_args(argv)
+  result = analyze(args.workdir, args.out, args.resamples)
+  print(f"{len(result['points'])} cells, {len(result['pretrainings'])} pretrainings, {len(result['fits'])} fits -> "
+        f"{args.out or os.path.join(args.workdir, 'scaling')}")
+
+
+if __name__ == "__main__":
+  main()

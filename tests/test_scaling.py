@@ -1,0 +1,127 @@
+"""The scaling study (experiments/scaling, issue 30): its grid, the fit's verdicts on known curves,
+and a few cells of the smoke preset run and analysed end to end (the source-data axis changes what
+the pretraining reads)."""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xrec import models
+from xrec.train import loop, runner
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+SCALING = os.path.join(ROOT, "experiments", "scaling")
+
+
+def _module(name):
+  return runner.load_config_module(os.path.join(SCALING, name + ".py"))
+
+
+def _analyze():
+  return runner.load_config_module(os.path.join(SCALING, "analyze.py"))
+
+
+def _param_counts(config, num_items):
+  module = models.build(config.model, num_items)
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.ones((1, config.model.max_len), jnp.int32)))
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): int(np.prod(v.shape))
+          for path, v in jax.tree_util.tree_flatten_with_path(nn.unbox(shapes["params"]))[0]}
+  items = sum(n for p, n in flat.items() if p in module.roles().item_rows)
+  return sum(flat.values()), sum(flat.values()) - items
+
+
+def test_the_cpu_grid_spans_the_sizes_and_seeds_the_issue_asks_for():
+  study = _module("config")
+  config = study.get_config("ml1m_cross_region")
+  cells = list(study.sweep())
+  sizes = {(c["model.embed_dim"], c["model.sasrec.num_layers"]) for c in cells}
+  assert {d for d, _ in sizes} == {32, 64, 128, 256} and {b for _, b in sizes} == {1, 2, 4}
+  pretrained = {(c["model.embed_dim"], c["model.sasrec.num_layers"], c["experiment.pretrain.data.user_fraction"])
+                for c in cells if c["transfer.strategy"] != "scratch"}
+  assert len(pretrained) == 12 and {f for *_, f in pretrained} == {0.25, 0.5, 1.0}
+  seeds = {}
+  for c in cells:
+    key = (c["transfer.strategy"], c["model.embed_dim"], c["model.sasrec.num_layers"],
+           c.get("experiment.pretrain.data.user_fraction"), c["data.user_fraction"])
+    seeds.setdefault(key, set()).add(c["seed"])
+  assert seeds[("adapter", 32, 1, 0.25, 0.05)] == {0, 1, 2, 3, 4}  # a corner: 5 seeds
+  assert seeds[("adapter", 256, 4, 1.0, 0.2)] == {0, 1, 2, 3, 4}
+  assert seeds[("adapter", 64, 2, 1.0, 0.2)] == {0, 1, 2}  # the interior: 3
+  assert seeds[("scratch", 256, 4, None, 0.05)] == {0, 1, 2, 3, 4}
+  assert {k[0] for k in seeds} == {"scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter"}
+  # every cell applies and passes the door's checks; tune once, one pretraining per (size, source)
+  for cell in runner.cells_of(study)[:: 7]:
+    c = runner.apply_overrides(config, cell.overrides)
+    loop.validate(c)
+    assert c.model.sasrec.mlp_dim == 4 * c.model.embed_dim and c.model.max_len == 50
+  assert config.tune.seed == 0 and config.experiment.pretrain.seed == 0
+  # params span >= 30x with ML-1M's item table (3,706 items), far more without it (the docstring's figures)
+  small = runner.apply_overrides(config, {"model.embed_dim": 32, "model.sasrec.num_layers": 1,
+                                          "model.sasrec.mlp_dim": 128})
+  large = runner.apply_overrides(config, {"model.embed_dim": 256, "model.sasrec.num_layers": 4,
+                                          "model.sasrec.mlp_dim": 1024})
+  (small_all, small_blocks), (large_all, large_blocks) = _param_counts(small, 3706), _param_counts(large, 3706)
+  assert large_all / small_all >= 30 and large_blocks / small_blocks >= 200
+  accelerator = list(_module("accelerator").sweep())
+  assert {(1024, 8), (512, 8)} <= {(c["model.embed_dim"], c["model.sasrec.num_layers"]) for c in accelerator}
+  assert _module("accelerator").get_config("ml1m_cross_region").model.max_len == 200
+  with pytest.raises(ValueError, match="name the scenario first"):
+    study.get_config("ml1m")
+
+
+def test_the_fit_tells_growth_reversal_saturation_and_noise_apart():
+  fit = _analyze().fit
+  rng = np.random.default_rng(0)
+  xs = np.array([1e4, 3e4, 1e5, 3e5, 1e6])
+  log = np.log10(xs)
+
+  def groups(curve, noise=0.002, seeds=5):
+    return [curve(v) + rng.normal(0, noise, seeds) for v in log]
+
+  grows = fit(xs, groups(lambda v: 0.01 + 0.02 * v), resamples=500)
+  assert grows["verdict"] == "grows" and grows["slope_per_decade"] == pytest.approx(0.02, abs=0.003)
+  assert grows["slope_ci"][0] < 0.02 < grows["slope_ci"][1]
+  assert fit(xs, groups(lambda v: 0.1 - 0.015 * v), resamples=500)["verdict"] == "reverses"
+  assert fit(xs, groups(lambda v: 0.0 * v, noise=0.01), resamples=500)["verdict"] == "no trend"
+  saturating = fit(xs, groups(lambda v: -0.02 * (v - 6.5) ** 2), resamples=500)  # rises, flattens at the top
+  assert saturating["verdict"] == "saturates" and saturating["curvature_ci"][1] < 0
+  assert fit(xs, groups(lambda v: 0.02 * v, seeds=1), resamples=50)["verdict"].startswith("too few seeds")
+  # the point off the line is the one named
+  off = groups(lambda v: 0.02 * v, noise=0.001)
+  off[2] = off[2] + 0.03
+  assert fit(xs, off, resamples=200)["worst_point"]["log10"] == pytest.approx(5.0)
+
+
+def test_smoke_cells_run_and_analyse_with_the_source_axis_changing_the_pretraining(data_dir, tmp_path):
+  study = _module("smoke")
+  config = study.get_config()
+  config.data.data_dir = data_dir
+  config.tune.lr = (3e-3,)
+  cells = runner.cells_of(study)
+  wanted = {("scratch", 8, None), ("zero_shot", 8, 0.5), ("zero_shot", 8, 1.0), ("full_finetune", 8, 1.0)}
+  workdir = str(tmp_path / "scaling")
+  for cell in cells:
+    o = cell.overrides
+    if (o["transfer.strategy"], o["model.embed_dim"], o.get("experiment.pretrain.data.user_fraction")) in wanted:
+      assert runner.run_study(config, study, workdir, only=str(cell.index))["failed"] == 0
+  result = _analyze().analyze(workdir, resamples=50)
+  pre = result["pretrainings"]
+  assert len(pre) == 2  # one per source fraction: full_finetune and zero_shot at 100% share theirs
+  half, whole = sorted(pre, key=lambda p: p["source_users"])
+  assert whole["source_users"] == 120 and half["source_users"] == 60
+  assert 0 < half["source_interactions"] < whole["source_interactions"]
+  assert half["params"] == whole["params"] and 0 < half["params_no_items"] < half["params"]
+  points = {(p["strategy"], p["source"]): p for p in result["points"]}
+  scratch = points[("scratch", None)]["ndcg"]
+  assert points[("zero_shot", 0.5)]["gain"] == pytest.approx(points[("zero_shot", 0.5)]["ndcg"] - scratch)
+  assert points[("full_finetune", 1.0)]["gain_best"] == pytest.approx(points[("full_finetune", 1.0)]["ndcg"] - scratch)
+  assert [r["size"] for r in result["best"]] == [[8, 1]]
+  out = os.path.join(workdir, "scaling")
+  for name in ("scaling.json", "scaling.md", "gain_vs_params.png", "gain_vs_source.png"):
+    assert os.path.getsize(os.path.join(out, name)) > 0
+  assert json.load(open(os.path.join(out, "scaling.json")))["compute_optimal"]["0.2"]["best_size"] == [8, 1]
