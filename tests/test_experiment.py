@@ -346,3 +346,22 @@ def test_multi_domain_reports_every_domain(data_dir, tmp_path):
   single.train.init_from = os.path.join(wd, "stages", runner.read_runs(wd)[0]["stages"]["pretrain"])
   with pytest.raises(ValueError, match=r"reads the stream\(s\) \['source'\].*data.source_domain"):
     train_and_evaluate(single, str(tmp_path / "single"))
+
+
+def test_a_pretraining_below_the_floor_fails_its_transfer_cells_and_the_rest_still_run(data_dir, tmp_path):
+  wd = str(tmp_path / "floor")
+  c = _config(data_dir)
+  c.experiment.strategies = ("scratch", "zero_shot")
+  c.experiment.min_pretrain_valid = 0.99  # no 2-epoch tiny model reaches it
+  counts = runner.run_study(c, runner.implicit_study(c), wd)
+  assert counts["failed"] == 1  # zero_shot; scratch loads nothing and runs
+  runs = {r["overrides"]["transfer.strategy"]: r for r in runner.read_runs(wd)}
+  assert runs["scratch"]["status"] == "done" and runs["zero_shot"]["status"] == "failed"
+  assert "below experiment.min_pretrain_valid=0.99" in runs["zero_shot"]["error"]
+  assert "give it a budget that converges" in runs["zero_shot"]["error"]
+  # the same pretraining passes a floor under what it reached (the stage is reused, not retrained)
+  pre = json.load(open(os.path.join(wd, "stages", runs["zero_shot"]["planned"][0], "results.json")))
+  c.experiment.min_pretrain_valid = pre["valid"]["ndcg@10"] * 0.9
+  runner.run_study(c, runner.implicit_study(c), wd)
+  runs = {r["overrides"]["transfer.strategy"]: r for r in runner.read_runs(wd)}
+  assert runs["zero_shot"]["status"] == "done" and "pretrain" in runs["zero_shot"]["reused"]

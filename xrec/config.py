@@ -248,7 +248,11 @@ def core_config() -> ml_collections.ConfigDict:
       # a display label of a study cell that other fields make a variant of its strategy (e.g.
       # "augment+cl4srec"); reports split rows by it with metrics() "row_detail": "experiment.variant".
       # Never part of a stage's hash (experiment.* is not).
-      variant=""))
+      variant="",
+      # > 0: a transfer cell fails (naming the value) when its pretraining's best validation
+      # train.best_metric is below this floor, e.g. 0.9 x the converged single-domain quality of
+      # the source model the study's README measured; 0 = no floor
+      min_pretrain_valid=0.0))
   # The pretraining stage is this config on source_domain (all its users, no transfer options)
   # with these overrides on top: any field of the config, nested as in the config
   # (e.g. c.experiment.pretrain.model = {"sasrec": {"num_layers": 4}} pretrains a deeper model).
@@ -325,6 +329,7 @@ RANGES = {
     "objective.distill_logits.temperature": (0.0, None, False, True, "float"),
     "objective.distill_ranking.top_k": (1, MAX_SIZE, True, True, "int"),
     "transfer.lr_mult": (0.0, None, True, True, "float"),
+    "experiment.min_pretrain_valid": (0.0, 1.0, True, True, "float"),
     "transfer.new_lr_mult": (0.0, None, True, True, "float"),
     "transfer.l2sp.alpha": (0.0, None, True, True, "float"),
     "transfer.l2sp.beta": (0.0, None, True, True, "float"),

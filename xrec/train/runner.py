@@ -339,6 +339,21 @@ def _field_value(config, field: str):
   return list(node) if isinstance(node, tuple) else node
 
 
+def check_pretraining(config, results: dict) -> None:
+  """experiment.min_pretrain_valid: a transfer cell refuses a pretrained model whose best validation
+  metric is below it (a source model that has not converged says nothing about transfer)."""
+  floor = float(config.experiment.min_pretrain_valid)
+  metric = config.train.best_metric
+  value = results["valid"][metric]
+  if floor > 0 and value < floor:
+    budget = results.get("budget") or {}
+    raise ValueError(
+        f"the pretraining {results['stage']['hash']} reached valid {metric}={value:.4f}, below "
+        f"experiment.min_pretrain_valid={floor:g} (best step {results.get('best_step')} of "
+        f"{budget.get('steps_run')}{', still improving' if budget.get('best_is_last_eval') else ''}): "
+        "give it a budget that converges (experiment.pretrain.train.num_epochs / num_steps) or lower the floor")
+
+
 def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> dict:
   """Runs one cell's stages; returns its run-index record (never raises for a failing cell)."""
   t_start = time.time()
@@ -358,8 +373,10 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> di
     tuning = tuning_stages(cfg, stages_dir, candidates)
     if tuning:  # tune.seed: the grid runs on that seed (cached stages, shared with its own cell)
       for st in (st for st in tuning if st.kind == "pretrain"):
-        if "stopped_at_step" in experiment.run_cached_stage(st.config, stages_dir, st.kind, st.depends_on):
+        results = experiment.run_cached_stage(st.config, stages_dir, st.kind, st.depends_on)
+        if "stopped_at_step" in results:
           raise RuntimeError("a tuning stage was stopped (train.stop_after_steps); rerun to resume it")
+        check_pretraining(cfg, results)
       grid = [st for st in tuning if st.kind != "pretrain"]
       tuned, halving = run_candidates(cfg, grid, stages_dir)
       if not tuned:
@@ -382,6 +399,7 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> di
         record["reused"].append(stage.kind)
       stage_seconds += results["wall_seconds"]["total"]
       record["stages"]["pretrain"] = stage.hash
+      check_pretraining(cfg, results)
       pretrain = results
     if stopped is None:
       done, halving = run_candidates(cfg, candidates, stages_dir)
