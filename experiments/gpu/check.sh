@@ -27,7 +27,6 @@
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 BUDGET=${BUDGET:-520}
-ROWS=${ROWS:-"0 1 2 3 4 5 6 7 8 9 10"}
 START=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 stamp() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/check.log"; }
@@ -45,6 +44,10 @@ else
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$ROOT PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 export XREC_REAL_DATA=/tmp/real XREC_DATA_DIR=$PREP
+# every row of the reproduction config, by index (ROWS="0 4" runs those only)
+ROWS=${ROWS:-$(JAX_PLATFORMS=cpu python3 -c "import importlib.util as u
+s = u.spec_from_file_location('c', 'experiments/reproduce/config.py'); c = u.module_from_spec(s)
+s.loader.exec_module(c); print(' '.join(map(str, range(len(c.ROWS)))))")}
 stamp "start (budget ${BUDGET}s, rows: $ROWS)"
 
 # 1. environment
