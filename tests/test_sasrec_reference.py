@@ -2,6 +2,8 @@
 values not, residuals on the normalised input, ReLU feed-forward) against a numpy version of that
 code's formula, its last-position shortcut, and the item tables' init (model.item_init_std)."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -99,3 +101,24 @@ def test_item_init_std_sets_the_item_tables_scale(name):
     return float(np.std(np.asarray(params["item_embed"]["embedding"])))
   assert table_std() == pytest.approx(64 ** -0.5, rel=0.03)  # the default: 1/sqrt(embed)
   assert table_std(item_init_std=0.02) == pytest.approx(0.02, rel=0.03)
+
+
+def test_the_benchmarks_plain_reference_block_is_the_same_function():
+  """experiments/bench's plain Flax loop writes the reference block with flax's own layers (its
+  time-to-quality baseline for a row with block=reference): the same output as xrec's on the same
+  weights, so the two loops train one model."""
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "bench"))
+  import bench
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 5, 4)).astype(np.float32)
+  causal = jnp.asarray(np.broadcast_to(np.tril(np.ones((5, 5), bool)), (2, 1, 5, 5)))
+  plain = bench.NaiveBlock(4, 2, 6, jnp.float32, 0.0, "reference")
+  pp = jax.tree.map(lambda v: np.asarray(v) + rng.normal(0, 0.1, v.shape).astype(np.float32),
+                    plain.init(jax.random.key(0), x, causal)["params"])
+  mine = {"ln_attn": pp["LayerNorm_0"], "ln_mlp": pp["LayerNorm_1"], "attn": pp["MultiHeadDotProductAttention_0"],
+          "mlp": {"wi": pp["Dense_1"], "wo": pp["Dense_0"]}}
+  ours = Block(num_heads=2, mlp_dim=6, dropout=0.0, block="reference").apply({"params": mine}, x, causal, True)
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(plain.apply({"params": pp}, x, causal)), rtol=2e-5, atol=2e-5)
+  pre_ln = bench.NaiveBlock(4, 2, 6, jnp.float32, 0.0).apply({"params": pp}, x, causal)
+  assert np.abs(np.asarray(pre_ln) - np.asarray(ours)).max() > 1e-2

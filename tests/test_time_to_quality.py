@@ -83,3 +83,19 @@ def test_merge_puts_loops_run_in_separate_processes_side_by_side(tmp_path):
   assert merged["best"] == {"xrec": [0.15], "plain": [0.12]} and merged["parts"] == [{"steps": 4}, {"steps": 4}]
   with pytest.raises(ValueError, match="an xrec and a plain curve"):
     tq.merge([xrec], [0.10])
+
+
+def test_a_reference_block_row_runs_the_plain_loop_with_the_same_model(tmp_path, monkeypatch):
+  monkeypatch.setenv("XREC_DATA_DIR", str(tmp_path / "prepared"))
+  F.write_ml1m(str(tmp_path / "real"), as_zip=False)
+  config = tq.ml1m_config(str(tmp_path / "real"), steps=2, eval_every=2, row="ml1m_sasrec_refcode")
+  assert config.model.sasrec.block == "reference" and config.model.item_init_std == 0.02
+  config.model.max_len, config.train.batch_size, config.eval.batch_size = 12, 8, 8
+  domain = pipeline.load_domain(config.data)
+  built = []
+  import bench
+  monkeypatch.setattr(bench, "plain_model", lambda p, dropout=0.0: built.append(p["block"]) or
+                      bench.NaiveSASRec(p["num_items"] + 1, p["embed_dim"], p["max_len"], p["num_layers"],
+                                        p["num_heads"], p["mlp_dim"], jnp.float32, dropout, p["block"]))
+  curve = tq.run_plain(config, domain, steps=2, eval_every=2)
+  assert built and set(built) == {"reference"} and len(curve) == 1

@@ -146,11 +146,16 @@ class NaiveBlock(nn.Module):
   mlp: int
   dtype: object
   dropout: float = 0.0
+  block: str = "pre_ln"  # or "reference": SASRec's reference code (residuals on the normalised input, ReLU)
 
   @nn.compact
   def __call__(self, x, mask, deterministic=True):
     drop = nn.Dropout(self.dropout, deterministic=deterministic or not self.dropout)
     h = nn.LayerNorm(dtype=self.dtype)(x)
+    if self.block == "reference":  # queries normalised, keys and values not
+      x = h + drop(nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype)(h, x, mask=mask))
+      h = nn.LayerNorm(dtype=self.dtype)(x)
+      return h + drop(nn.Dense(self.d, dtype=self.dtype)(nn.relu(nn.Dense(self.mlp, dtype=self.dtype)(h))))
     x = x + drop(nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype)(h, h, mask=mask))
     h = nn.LayerNorm(dtype=self.dtype)(x)
     return x + drop(nn.Dense(self.d, dtype=self.dtype)(nn.gelu(nn.Dense(self.mlp, dtype=self.dtype)(h))))
@@ -166,22 +171,28 @@ class NaiveSASRec(nn.Module):
   mlp: int
   dtype: object
   dropout: float = 0.0  # on the embeddings and each sublayer's output (0: none, as the step bench)
+  # "reference": SASRec's reference code as one writes it from pmixer's port (its block, item
+  # table N(0, 0.02^2), inputs scaled by sqrt(d)); "pre_ln": flax's defaults, no input scaling
+  block: str = "pre_ln"
 
   @nn.compact
   def __call__(self, ids, deterministic=True):
-    emb = nn.Embed(self.v, self.d)
-    x = emb(ids).astype(self.dtype) + nn.Embed(self.l, self.d)(jnp.arange(self.l))[None].astype(self.dtype)
+    reference = self.block == "reference"
+    emb = nn.Embed(self.v, self.d, embedding_init=nn.initializers.normal(0.02)) if reference else nn.Embed(self.v, self.d)
+    x = emb(ids).astype(self.dtype) * (self.d ** 0.5 if reference else 1.0)
+    x = x + nn.Embed(self.l, self.d)(jnp.arange(self.l))[None].astype(self.dtype)
     x = nn.Dropout(self.dropout, deterministic=deterministic or not self.dropout)(x)
     mask = nn.combine_masks(nn.make_causal_mask(ids), nn.make_attention_mask(ids > 0, ids > 0))
     for _ in range(self.layers):
-      x = NaiveBlock(self.d, self.heads, self.mlp, self.dtype, self.dropout)(x, mask, deterministic)
+      x = NaiveBlock(self.d, self.heads, self.mlp, self.dtype, self.dropout, self.block)(x, mask, deterministic)
     x = nn.LayerNorm()(x.astype(jnp.float32))
     return x @ emb.embedding.T  # fp32 logits
 
 
 def plain_model(p, dropout: float = 0.0) -> NaiveSASRec:
   return NaiveSASRec(p["num_items"] + 1, p["embed_dim"], p["max_len"], p["num_layers"], p["num_heads"],
-                     p.get("mlp_dim", 4 * p["embed_dim"]), models.dtype(p["compute_dtype"]), dropout)
+                     p.get("mlp_dim", 4 * p["embed_dim"]), models.dtype(p["compute_dtype"]), dropout,
+                     p.get("block", "pre_ln"))
 
 
 def plain_model_and_step(p, inputs, seed: int = 0, dropout: float = 0.0):

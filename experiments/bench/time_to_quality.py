@@ -14,7 +14,10 @@ of the same shape with the same dropout (flax.linen attention, fp32 logits, opta
 softmax CE), numpy batches of each user's last 201 training items, one jitted step; it is
 evaluated by the same protocol (the same evaluation batches, xrec's rank and metric functions:
 full ranking over all items, history masked, pessimistic ties), untimed. Quality is read on
-validation; both curves (NDCG@10 against seconds) go to --plot.
+validation; both curves (NDCG@10 against seconds) go to --plot. `--row` picks another reproduction
+row for both sides: for `ml1m_sasrec_refcode` (SASRec's reference-code model) the plain loop writes
+that model too (bench.NaiveBlock "reference": the same function as xrec's block, tested), so a
+faster-learning recipe shows on both sides and the ratio stays the loops' own.
 """
 
 from __future__ import annotations
@@ -95,11 +98,13 @@ def run_plain(config, domain, steps: int, eval_every: int, seed: int = 0) -> lis
   """The plain loop: numpy batches, one jitted step, an untimed evaluation every `eval_every`."""
   p = dict(num_items=domain.num_items, embed_dim=config.model.embed_dim, max_len=config.model.max_len,
            num_layers=config.model.sasrec.num_layers, num_heads=config.model.sasrec.num_heads,
-           mlp_dim=config.model.sasrec.mlp_dim, compute_dtype="float32")
+           mlp_dim=config.model.sasrec.mlp_dim, compute_dtype="float32",
+           # the row's recipe: SASRec's reference-code model when the row uses that block
+           block=config.model.sasrec.get("block", "pre_ln"))
   batch = bench.plain_batches(domain, config.train.batch_size, p["max_len"], steps, seed)
   start, evals = time.time(), 0.0
   params, opt, step = bench.plain_model_and_step(p, batch(0)["inputs"], seed, config.model.dropout)
-  model, key, out = bench.plain_model(p), jax.random.key(seed + 1), []
+  model, key, out = bench.plain_model(p), jax.random.key(seed + 1), []  # (dropout off: evaluation)
   for i in range(steps):
     params, opt, loss = step(params, opt, batch(i), jax.random.fold_in(key, i))
     if (i + 1) % eval_every == 0:
@@ -175,6 +180,8 @@ def main():
   ap.add_argument("--levels", default="0.10,0.14,0.16")
   ap.add_argument("--rounds", type=int, default=1, help="xrec then plain, this many times")
   ap.add_argument("--loops", default="xrec,plain")
+  ap.add_argument("--row", default="ml1m_sasrec", help="the reproduction row both sides follow (its model; "
+                  "the plain loop writes SASRec's reference-code model for a row with model.sasrec.block=reference)")
   ap.add_argument("--xrec_set", action="append", default=[],
                   help="field=value on xrec's side only (repeatable), e.g. "
                        "'objective.terms=((\"sampled_softmax\", 1.0),)'; recorded in the output")
@@ -192,12 +199,12 @@ def main():
     return
   if not args.data:
     ap.error("--data is required (unless --merge)")
-  config = ml1m_config(args.data, args.steps, args.eval_every, overrides=args.xrec_set)
-  plain_config = ml1m_config(args.data, args.steps, args.eval_every)  # the plain loop's shape ignores --xrec_set
+  config = ml1m_config(args.data, args.steps, args.eval_every, args.row, overrides=args.xrec_set)
+  plain_config = ml1m_config(args.data, args.steps, args.eval_every, args.row)  # the plain loop ignores --xrec_set
   domain = pipeline.load_domain(plain_config.data)
   curves = {name: [] for name in args.loops.split(",")}
   dev = jax.devices()[0]
-  result = {"data": "movielens-1m (real)", "steps": args.steps, "eval_every": args.eval_every, "levels": levels,
+  result = {"data": "movielens-1m (real)", "row": args.row, "steps": args.steps, "eval_every": args.eval_every, "levels": levels,
             "xrec_set": args.xrec_set,
             "device_kind": dev.device_kind, "platform": dev.platform, "jax_version": jax.__version__,
             "config": config.to_dict(), "curves": curves}
