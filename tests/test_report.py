@@ -383,3 +383,5 @@ def test_the_reproduction_rows_load_validate_and_differ_only_where_their_docstri
   assert differences(rows["beauty_sasrec_bce"], rows["beauty_sasrec"]) == {"objective.terms"}
   assert differences(rows["ml1m_sasrec_refcode"], rows["ml1m_sasrec"]) == {
       "model.dropout", "model.sasrec.block", "model.item_init_std"}
+  assert differences(rows["ml1m_sasrec_refblock"], rows["ml1m_sasrec"]) == {"model.sasrec.block"}
+  assert differences(rows["ml1m_sasrec_init002"], rows["ml1m_sasrec"]) == {"model.item_init_std"}

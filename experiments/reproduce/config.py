@@ -26,6 +26,8 @@ at the best validation step (early stopping on validation NDCG@10). Rows (`exper
                    feed-forward) and its item table init N(0, 0.02^2) (model.item_init_std): do
                    these close the gap to 0.1821 together? (one row for all three: a row costs ~3
                    hours of a core; the single-field rows say which one matters)
+  ml1m_sasrec_refblock  ablation: ml1m_sasrec with the reference code's block only
+  ml1m_sasrec_init002   ablation: ml1m_sasrec with the item table init N(0, 0.02^2) only
 
 The data are read from the published files (never copied into the repository): the MovieLens
 folder `ml-1m/` and `amazon-s3rec/<Name>.txt` under $XREC_REAL_DATA (default ../shared/data,
@@ -79,6 +81,8 @@ ROWS = {
     "ml1m_sasrec_dropout01": _ml1m({**SASREC, "model.dropout": 0.1}),
     "ml1m_sasrec_refcode": _ml1m({**SASREC, "model.dropout": 0.1, "model.sasrec.block": "reference",
                                   "model.item_init_std": 0.02}),
+    "ml1m_sasrec_refblock": _ml1m({**SASREC, "model.sasrec.block": "reference"}),
+    "ml1m_sasrec_init002": _ml1m({**SASREC, "model.item_init_std": 0.02}),
 }
 
 
