@@ -121,6 +121,12 @@ def test_smoke_cells_run_and_analyse_with_the_source_axis_changing_the_pretraini
   assert points[("zero_shot", 0.5)]["gain"] == pytest.approx(points[("zero_shot", 0.5)]["ndcg"] - scratch)
   assert points[("full_finetune", 1.0)]["gain_best"] == pytest.approx(points[("full_finetune", 1.0)]["ndcg"] - scratch)
   assert [r["size"] for r in result["best"]] == [[8, 1]]
+  records = {(r["overrides"]["transfer.strategy"], r["overrides"].get("experiment.pretrain.data.user_fraction")): r
+             for r in runner.read_runs(workdir)}
+  tuned = points[("full_finetune", 1.0)]  # its own stage's seconds: the record's less the pretraining's
+  assert tuned["wall_seconds"] == pytest.approx(records[("full_finetune", 1.0)]["stage_wall_seconds"]
+                                                - whole["wall_seconds"])
+  assert 0 < tuned["wall_seconds"] < records[("full_finetune", 1.0)]["stage_wall_seconds"]
   out = os.path.join(workdir, "scaling")
   for name in ("scaling.json", "scaling.md", "gain_vs_params.png", "gain_vs_source.png"):
     assert os.path.getsize(os.path.join(out, name)) > 0

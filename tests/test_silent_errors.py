@@ -348,9 +348,12 @@ def test_parallel_jobs_never_start_a_cell_whose_pretraining_another_worker_is_ru
   from xrec.train import parallel
   log_file = tmp_path / "order.txt"
 
-  def command(index):  # a cell that records when it starts and ends
-    return [sys.executable, "-c", f"import time; open({str(log_file)!r}, 'a').write('start {index}\\n'); "
-            f"time.sleep(1.0); open({str(log_file)!r}, 'a').write('end {index}\\n')"]
+  def command(index):  # a cell that records when it starts and ends; cell 0 (the pretraining's) ends
+    # only once cell 2 has started or after 60 s: the order below then holds whatever the machine's load
+    wait = (f"t = time.time()\nwhile 'start 2' not in open({str(log_file)!r}).read() and time.time() - t < 60: "
+            "time.sleep(0.05)\n") if index == 0 else ""
+    return [sys.executable, "-c", f"import time\nopen({str(log_file)!r}, 'a').write('start {index}\\n')\n{wait}"
+            f"time.sleep(0.2)\nopen({str(log_file)!r}, 'a').write('end {index}\\n')"]
 
   def finished():
     text = log_file.read_text() if log_file.exists() else ""

@@ -76,8 +76,10 @@ def points(workdir: str) -> tuple[list[dict], dict]:
                 "source": float(o.get(SOURCE_FIELD, 1.0)) if pre else None,
                 "target": float(o["data.user_fraction"]), "seed": int(o["seed"]), "ndcg": float(r["test"][METRIC]),
                 "params": int(r["total_params"]), "best_is_last_eval": bool(r["budget"]["best_is_last_eval"]),
-                # the cell's trained stage, its learning-rate candidates included (the pretraining is counted apart)
-                "wall_seconds": float(r.get("stage_wall_seconds") or 0.0), "pretrain": pre["stage"] if pre else None})
+                # the cell's trained stage, its learning-rate candidates included: the record's stage
+                # seconds count the pretraining too (reused or not), which is counted apart here
+                "wall_seconds": float(r.get("stage_wall_seconds") or 0.0) - (pre["wall_seconds"] if pre else 0.0),
+                "pretrain": pre["stage"] if pre else None})
   return out, cache
 
 
