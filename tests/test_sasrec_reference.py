@@ -122,3 +122,39 @@ def test_the_benchmarks_plain_reference_block_is_the_same_function():
   np.testing.assert_allclose(np.asarray(ours), np.asarray(plain.apply({"params": pp}, x, causal)), rtol=2e-5, atol=2e-5)
   pre_ln = bench.NaiveBlock(4, 2, 6, jnp.float32, 0.0).apply({"params": pp}, x, causal)
   assert np.abs(np.asarray(pre_ln) - np.asarray(ours)).max() > 1e-2
+
+
+def _reference_strategies():
+  import test_encoders as T
+  from xrec.transfer import strategies
+  mc = T.model_config("sasrec")
+  mc.model.sasrec.block = "reference"
+  encoder = models.build(mc.model, T.NUM_ITEMS)
+  return sorted(s for s in strategies.applicable(encoder.roles(), encoder.causal) if s in strategies.INSERTING)
+
+
+@pytest.mark.parametrize("strategy", _reference_strategies())
+def test_every_inserting_preset_starts_as_the_pretrained_reference_block_model(strategy):
+  """adapters, LoRA, prompts and patches sit in the reference block as in the pre-LN one: at step 0
+  the transferred model scores exactly as the pretrained one, and what they add is live."""
+  import test_encoders as T
+  from xrec.config import model_config as with_model_fields
+  from xrec.models import common
+  from xrec.transfer import apply as transfer_apply
+  from xrec.transfer import schedule as schedules
+  plan = transfer_apply.prepare(T.transfer_config(strategy).transfer)
+  mc = T.model_config("sasrec")
+  mc.model.sasrec.block = "reference"
+  encoder = models.build(with_model_fields(mc.model, plan.model_fields), T.NUM_ITEMS)
+  module, plan = plan.bind(encoder)
+  assert encoder.block == "reference"
+  pretrained = T.perturbed(T.init(encoder, seed=1))
+  params, _ = plan.init_params(T.init(module, seed=2), pretrained, T.KEYS, T.KEYS)
+  items = slice(1, T.NUM_ITEMS + 1)
+  want = encoder.apply({"params": pretrained}, T.INPUTS, method="score_last")[:, items]
+  np.testing.assert_array_equal(np.asarray(module.apply({"params": params}, T.INPUTS, method="score_last")[:, items]),
+                                np.asarray(want))
+  mults = schedules.resolve(params, plan.schedule)
+  nudged = common.unflatten({p: v + 0.5 if mults[p] is not None and p.startswith("inserted/") else v
+                             for p, v in common.flatten(params).items()})
+  assert not np.allclose(module.apply({"params": nudged}, T.INPUTS, method="score_last")[:, items], want)
