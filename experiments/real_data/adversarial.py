@@ -3,7 +3,7 @@ and multi_domain x target user fraction 0.05, 0.2, 1.0 x seeds 0-4, on one of th
 scenarios (the argument: ml1m_cross_region, ml1m_cross_genre or cross_app, then that scenario's own
 arguments). Protocol and budgets as in the scenario's study file (ml1m_cross_region.py).
 
-  python launch.py --config experiments/real_data/adversarial.py:ml1m_cross_region,short \\
+  python launch.py --config experiments/real_data/adversarial.py:ml1m_cross_region,cpu \\
       --workdir runs/adversarial_ml1m_cross_region
   python -m xrec.report runs/adversarial_ml1m_cross_region
 

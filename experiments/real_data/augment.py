@@ -16,7 +16,7 @@ scenario file, the rest go to it):
 x target user fraction 0.05, 0.2 x seeds 0-4. Protocol and budgets as in the scenario's study file
 (one pretraining per seed; every cell evaluated on the same target users).
 
-  python launch.py --config experiments/real_data/augment.py:ml1m_cross_region,short \\
+  python launch.py --config experiments/real_data/augment.py:ml1m_cross_region,cpu \\
       --workdir runs/augment_ml1m_cross_region
   python -m xrec.report runs/augment_ml1m_cross_region
 

@@ -8,7 +8,7 @@ heads / MLP channels / coldest items / item-table dims) x target user fraction 0
 dense smaller model); a plot puts quality against the served model's users/s. Protocol and
 budgets as in the scenario's study file.
 
-  python launch.py --config experiments/real_data/compress.py:ml1m_cross_region,short \\
+  python launch.py --config experiments/real_data/compress.py:ml1m_cross_region,cpu \\
       --workdir runs/compress_ml1m_cross_region
   python -m xrec.report runs/compress_ml1m_cross_region
 

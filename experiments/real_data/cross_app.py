@@ -14,9 +14,9 @@ Grid: scratch, zero_shot, full_finetune, frozen_encoder, adapter, lora x target 
       --workdir runs/cross_app_books_movies
   python -m xrec.report runs/cross_app_books_movies
 
-Arguments (comma-separated): the layout (one of the formats above, default sasrec) and `short` /
+Arguments (comma-separated): the layout (one of the formats above, default sasrec) and `cpu` /
 `full` (default) the budget preset (xrec/train/runner.py REAL_DATA_PRESETS), e.g.
-`cross_app.py:amazon2018,short`. Expected numbers: not yet run (no third-party data here).
+`cross_app.py:amazon2018,cpu`. Expected numbers: not yet run (no third-party data here).
 """
 
 from configs.sasrec_interactions import FORMATS
@@ -28,7 +28,7 @@ FRACTIONS = (0.05, 0.2, 1.0)
 
 
 def get_config(arg=None):
-  args = config_args(arg, FORMATS + ("short", "full"))
+  args = config_args(arg, FORMATS + ("cpu", "full"))
   formats = sorted(args & set(FORMATS))
   if len(formats) > 1:
     raise ValueError(f"pick one file layout of {list(FORMATS)}, got {formats}")
@@ -36,7 +36,7 @@ def get_config(arg=None):
   c.data.scenario.kind = "cross_app"
   c.data.scenario.target_name = "interactions"
   c.data.scenario.target_files.update(c.data.files.to_dict())  # the target file has the same layout
-  return as_transfer_study(c, "short" if "short" in args else "full")
+  return as_transfer_study(c, "cpu" if "cpu" in args else "full")
 
 
 def sweep():

@@ -10,12 +10,12 @@ scratch, zero_shot, full_finetune, frozen_encoder, adapter, lora x target user f
 0.2, 1.0 x seeds 0-4; one pretraining per seed. Protocol as in ml1m_cross_region.py.
 
   python launch.py --config experiments/real_data/ml1m_cross_genre.py --workdir runs/ml1m_cross_genre
-  python launch.py --config experiments/real_data/ml1m_cross_genre.py:short --workdir runs/ml1m_cross_genre_short
+  python launch.py --config experiments/real_data/ml1m_cross_genre.py:cpu --workdir runs/ml1m_cross_genre_cpu
   python -m xrec.report runs/ml1m_cross_genre
 
-Arguments (comma-separated): `first` assigns multi-genre movies by their first genre; `short` /
-`full` (default) the budget preset (xrec/train/runner.py REAL_DATA_PRESETS). Wall time of `short`
-on 2 CPU cores: experiments/real_data/README.md. Expected numbers: not yet run on the real archive.
+Arguments (comma-separated): `first` assigns multi-genre movies by their first genre; `cpu` /
+`full` (default) the budget preset (xrec/train/runner.py REAL_DATA_PRESETS). Expected numbers: not
+yet run on the real archive.
 """
 
 from configs.ml1m_cross_genre import get_config as scenario_config
@@ -26,9 +26,9 @@ FRACTIONS = (0.05, 0.2, 1.0)
 
 
 def get_config(arg=None):
-  args = config_args(arg, ("first", "short", "full"))
+  args = config_args(arg, ("first", "cpu", "full"))
   c = scenario_config("first" if "first" in args else None)
-  return as_transfer_study(c, "short" if "short" in args else "full")
+  return as_transfer_study(c, "cpu" if "cpu" in args else "full")
 
 
 def sweep():

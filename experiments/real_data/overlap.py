@@ -5,7 +5,7 @@ users, disjoint movies) or cross_app with two files that share user keys (e.g. t
 categories); ml1m_cross_region has disjoint users and fails naming that. Protocol and budgets as
 in the scenario's study file.
 
-  python launch.py --config experiments/real_data/overlap.py:ml1m_cross_genre,short \\
+  python launch.py --config experiments/real_data/overlap.py:ml1m_cross_genre,cpu \\
       --workdir runs/overlap_ml1m_cross_genre
   python launch.py --config experiments/real_data/overlap.py:cross_app,amazon2018 \\
       --config.data.files.path=/data/ratings_Books.csv \\

@@ -5,7 +5,7 @@ estimates on the target against its fine-tuned result. The argument: ml1m_cross_
 ml1m_cross_genre or cross_app, then that scenario's own arguments (one target per scenario: run
 all three for three targets). Protocol and budgets as in the scenario's study file.
 
-  python launch.py --config experiments/real_data/selection.py:ml1m_cross_region,short \\
+  python launch.py --config experiments/real_data/selection.py:ml1m_cross_region,cpu \\
       --workdir runs/selection_ml1m_cross_region
   python experiments/selection/analyze.py runs/selection_ml1m_cross_region
 

@@ -8,7 +8,7 @@ log-normal user activity); they carry no real preference signal, so metrics meas
 stand-in mean nothing. Use it only for wall times and for checking that a study runs end to end:
 
   python experiments/real_data/standin_ml1m.py --out /tmp/standin
-  python launch.py --config experiments/real_data/ml1m_cross_region.py:short \
+  python launch.py --config experiments/real_data/ml1m_cross_region.py:cpu \
       --config.data.movielens.manual_dir=/tmp/standin --config.data.movielens.download=False \
       --workdir runs/ml1m_cross_region_standin
 

@@ -9,7 +9,7 @@ protocol and budgets as in the scenario's study file; item text through the real
 `wordllama`; --config.model.text.encoder picks another. Note: the S3Rec attribute ids are numbered
 per file, so "attributes: 1, 2" carries nothing from Beauty to Sports as text (docs/datasets.md).
 
-  python launch.py --config experiments/real_data/text.py:ml1m_cross_genre,short --workdir runs/text_ml1m_genre
+  python launch.py --config experiments/real_data/text.py:ml1m_cross_genre,cpu --workdir runs/text_ml1m_genre
   python launch.py --config experiments/real_data/text.py:cross_app,s3rec \\
       --config.data.files.path=/data/Beauty.txt \\
       --config.data.files.item_attributes_path=/data/Beauty_item2attributes.json \\

@@ -1,6 +1,7 @@
 """How does transfer scale with the pretrained model and its data? (issue 30)
 
-One encoder family (SASRec: 1 head, feed-forward 4 x d) pretrained on a real scenario's source over
+One encoder family (SASRec: 1 head, feed-forward 4 x d, the real-data presets' reference-code
+block and item init) pretrained on a real scenario's source over
 a grid of sizes and of source data, then transferred to the target; `analyze.py` fits the gain
 over scratch against pretrained params (item table included and excluded) and source interactions.
 
@@ -81,7 +82,7 @@ def _scenario_config(scenario: str, preset: str, extra: list):
                         early_stopping_patience=2))
     c.tune.lr = (1e-3, 3e-3)
     return c
-  c = real_data_scenario(",".join([scenario, "short", *extra]), os.path.join(HERE, "..", "real_data"))
+  c = real_data_scenario(",".join([scenario, "cpu", *extra]), os.path.join(HERE, "..", "real_data"))
   c.experiment.pretrain.train.update(dict(num_epochs=100.0, eval_every_steps=100, checkpoint_every_steps=100,
                                           early_stopping_patience=10))
   c.train.update(dict(num_steps=1000, batch_size=128, eval_every_steps=50, checkpoint_every_steps=250,
