@@ -370,6 +370,7 @@ def test_the_real_data_presets_pretrain_to_convergence_with_the_reference_recipe
   assert pre.num_epochs == 200.0 and pre.early_stopping_patience == 10
   assert c.train.num_steps >= 1500 and c.train.early_stopping_patience == 5
   assert c.model.sasrec.block == "reference" and c.model.item_init_std == 0.02 and c.model.embed_dim == 64
+  assert c.tune.seed == 0 and c.tune.halving == 3 and len(c.tune.lr) == 3  # tune once, with halving
   with pytest.raises(ValueError, match=r"Unknown config argument\(s\) \['short'\]"):
     module.get_config("short")
 

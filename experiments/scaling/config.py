@@ -99,7 +99,7 @@ def study_config(arg, preset: str):
   # one pretraining per (size, source data), whatever the target cell's seed
   c.experiment.pretrain.seed = 0
   c.experiment.pretrain.data = ml_collections.ConfigDict({"user_fraction": 1.0, "fraction_seed": 0})
-  c.tune.seed = 0  # tune once: seed 0's cell runs the grid, the other seeds train its choice
+  c.tune.seed = 0  # tune once (the presets set it too): seed 0's cell runs the grid, the others train its choice
   if preset != "smoke":  # successive halving: every lr to budget / 3, the best one on to the budget
     c.tune.update(dict(halving=3, rungs=1))
   return c
