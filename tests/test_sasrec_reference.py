@@ -91,6 +91,11 @@ def test_a_sasrec_with_the_reference_block_has_the_same_params_and_its_own_outpu
 def test_a_bad_block_names_the_valid_ones():
   with pytest.raises(ValueError, match=r"model.sasrec.block='post_ln' is not valid; valid: \['pre_ln', 'reference'\]"):
     models.build(_config(block="post_ln"), 30)
+  from xrec.train import loop  # and the door refuses it before any data is read
+  c = base_config()
+  c.model.sasrec.block = "post_ln"
+  with pytest.raises(ValueError, match=r"model.sasrec.block='post_ln' is not valid"):
+    loop.validate(c)
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "hstu"])

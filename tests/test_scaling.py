@@ -83,18 +83,23 @@ def test_the_fit_tells_growth_reversal_saturation_and_noise_apart():
   def groups(curve, noise=0.002, seeds=5):
     return [curve(v) + rng.normal(0, noise, seeds) for v in log]
 
-  grows = fit(xs, groups(lambda v: 0.01 + 0.02 * v), resamples=500)
+  grows = fit(xs, groups(lambda v: 0.01 + 0.02 * v))
   assert grows["verdict"] == "grows" and grows["slope_per_decade"] == pytest.approx(0.02, abs=0.003)
   assert grows["slope_ci"][0] < 0.02 < grows["slope_ci"][1]
-  assert fit(xs, groups(lambda v: 0.1 - 0.015 * v), resamples=500)["verdict"] == "reverses"
-  assert fit(xs, groups(lambda v: 0.0 * v, noise=0.01), resamples=500)["verdict"] == "no trend"
-  saturating = fit(xs, groups(lambda v: -0.02 * (v - 6.5) ** 2), resamples=500)  # rises, flattens at the top
+  assert fit(xs, groups(lambda v: 0.1 - 0.015 * v))["verdict"] == "reverses"
+  flat = [0.005 * (-1) ** i + rng.normal(0, 0.002, 5) for i in range(len(xs))]  # scatter, no trend
+  assert fit(xs, flat)["verdict"] == "no trend"
+  saturating = fit(xs, groups(lambda v: -0.02 * (v - 6.5) ** 2))  # rises, flattens at the top
   assert saturating["verdict"] == "saturates" and saturating["curvature_ci"][1] < 0
-  assert fit(xs, groups(lambda v: 0.02 * v, seeds=1), resamples=50)["verdict"].startswith("too few seeds")
-  # the point off the line is the one named
+  peaked = fit(xs, groups(lambda v: -0.02 * (v - 5.0) ** 2))  # the top inside the sizes
+  assert peaked["verdict"] == "rises then falls" and peaked["vertex_log10"] == pytest.approx(5.0, abs=0.1)
+  # sizes that scatter around the line widen the interval: the same slope, one size off by 0.03
   off = groups(lambda v: 0.02 * v, noise=0.001)
   off[2] = off[2] + 0.03
-  assert fit(xs, off, resamples=200)["worst_point"]["log10"] == pytest.approx(5.0)
+  scattered = fit(xs, off)
+  assert scattered["worst_point"]["log10"] == pytest.approx(5.0)
+  assert np.diff(scattered["slope_ci"])[0] > 5 * np.diff(grows["slope_ci"])[0]
+  assert fit(xs[:2], groups(lambda v: 0.02 * v)[:2])["verdict"].startswith("too few sizes")
 
 
 def test_smoke_cells_run_and_analyse_with_the_source_axis_changing_the_pretraining(data_dir, tmp_path):
@@ -103,31 +108,47 @@ def test_smoke_cells_run_and_analyse_with_the_source_axis_changing_the_pretraini
   config.data.data_dir = data_dir
   config.tune.lr = (3e-3,)
   cells = runner.cells_of(study)
-  wanted = {("scratch", 8, None), ("zero_shot", 8, 0.5), ("zero_shot", 8, 1.0), ("full_finetune", 8, 1.0)}
+  wanted = {("scratch", 8, None), ("scratch", 16, None), ("zero_shot", 8, 0.5), ("zero_shot", 8, 1.0),
+            ("full_finetune", 8, 1.0)}
   workdir = str(tmp_path / "scaling")
   for cell in cells:
     o = cell.overrides
     if (o["transfer.strategy"], o["model.embed_dim"], o.get("experiment.pretrain.data.user_fraction")) in wanted:
       assert runner.run_study(config, study, workdir, only=str(cell.index))["failed"] == 0
-  result = _analyze().analyze(workdir, resamples=50)
+  result = _analyze().analyze(workdir)
   pre = result["pretrainings"]
   assert len(pre) == 2  # one per source fraction: full_finetune and zero_shot at 100% share theirs
   half, whole = sorted(pre, key=lambda p: p["source_users"])
   assert whole["source_users"] == 120 and half["source_users"] == 60
   assert 0 < half["source_interactions"] < whole["source_interactions"]
   assert half["params"] == whole["params"] and 0 < half["params_no_items"] < half["params"]
-  points = {(p["strategy"], p["source"]): p for p in result["points"]}
-  scratch = points[("scratch", None)]["ndcg"]
-  assert points[("zero_shot", 0.5)]["gain"] == pytest.approx(points[("zero_shot", 0.5)]["ndcg"] - scratch)
-  assert points[("full_finetune", 1.0)]["gain_best"] == pytest.approx(points[("full_finetune", 1.0)]["ndcg"] - scratch)
-  assert [r["size"] for r in result["best"]] == [[8, 1]]
+  points = {(p["strategy"], p["source"], p["size"][0]): p for p in result["points"]}
+  scratch = {d: points[("scratch", None, d)] for d in (8, 16)}
+  assert points[("zero_shot", 0.5, 8)]["gain"] == pytest.approx(points[("zero_shot", 0.5, 8)]["ndcg"] - scratch[8]["ndcg"])
+  best = max(scratch.values(), key=lambda p: p["valid"])  # the best scratch by validation, its test read
+  assert points[("full_finetune", 1.0, 8)]["gain_best"] == pytest.approx(points[("full_finetune", 1.0, 8)]["ndcg"]
+                                                                         - best["ndcg"])
+  assert [r["size"] for r in result["best"]] == [[8, 1], [16, 2]]
+  top = max(result["best"], key=lambda r: r["best_ndcg"])
   records = {(r["overrides"]["transfer.strategy"], r["overrides"].get("experiment.pretrain.data.user_fraction")): r
              for r in runner.read_runs(workdir)}
-  tuned = points[("full_finetune", 1.0)]  # its own stage's seconds: the record's less the pretraining's
+  tuned = points[("full_finetune", 1.0, 8)]  # its own stage's seconds: the record's less the pretraining's
   assert tuned["wall_seconds"] == pytest.approx(records[("full_finetune", 1.0)]["stage_wall_seconds"]
                                                 - whole["wall_seconds"])
   assert 0 < tuned["wall_seconds"] < records[("full_finetune", 1.0)]["stage_wall_seconds"]
   out = os.path.join(workdir, "scaling")
   for name in ("scaling.json", "scaling.md", "gain_vs_params.png", "gain_vs_source.png"):
     assert os.path.getsize(os.path.join(out, name)) > 0
-  assert json.load(open(os.path.join(out, "scaling.json")))["compute_optimal"]["0.2"]["best_size"] == [8, 1]
+  assert json.load(open(os.path.join(out, "scaling.json")))["compute_optimal"]["0.2"]["best_size"] == top["size"]
+
+
+def test_cells_that_do_not_apply_are_left_out_of_the_points(tmp_path):
+  from xrec import runindex
+  base = {"status": "done", "stages": {}, "test": {"ndcg@10": 0.1}, "valid": {"ndcg@10": 0.1}, "total_params": 10,
+          "budget": {"best_is_last_eval": False}, "stage_wall_seconds": 1.0}
+  size = {"model.embed_dim": 8, "model.sasrec.num_layers": 1, "data.user_fraction": 0.2, "seed": 0}
+  runindex.append_run(str(tmp_path), {**base, "key": "a", "overrides": {"transfer.strategy": "scratch", **size}})
+  runindex.append_run(str(tmp_path), {**base, "key": "b", "not_applicable": "zero_shot: no shared item",
+                                      "overrides": {"transfer.strategy": "zero_shot", **size}})
+  pts, _ = _analyze().points(str(tmp_path))
+  assert [p["strategy"] for p in pts] == ["scratch"]

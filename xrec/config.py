@@ -144,8 +144,9 @@ def core_config() -> ml_collections.ConfigDict:
   c.model.remat = False
   c.model.compute_dtype = "float32"  # "bfloat16": bf16 compute, fp32 params
   c.model.vocab_multiple = 128  # item table rows rounded up to this (even sharding on 'vocab')
-  # The ID item tables' initialisation N(0, std^2); 0 = 1/sqrt(embed_dim) (SASRec's reference code
-  # and SASRec+ use 0.02 with the same sqrt(embed_dim) input scaling)
+  # The ID models' item table (and output table, untied) initialisation N(0, std^2); 0 =
+  # 1/sqrt(embed_dim) (SASRec's reference code and SASRec+ use 0.02 with the same sqrt(embed_dim)
+  # input scaling). The ID table of model.item_repr=text+id keeps 1/sqrt(embed_dim).
   c.model.item_init_std = 0.0
   # How items enter the encoder: "id" (an ID table), "text" (their text through a pretrained
   # sentence encoder and an adaptor: ID-free, any item with a text is scored) or "text+id" (both).

@@ -6,7 +6,8 @@ target = 5-9; ml-1m.zip downloaded, or placed in $XREC_DATA_DIR/manual/ or
 adapter, lora x target user fraction 0.05, 0.2, 1.0 x seeds 0-4; one pretraining per seed.
 Protocol (DESIGN.md): the fraction limits training users only and every cell is evaluated on all
 target users; every trained cell gets the same budget in optimizer steps with early stopping;
-each strategy's learning rate is tuned per cell on validation; Holm-corrected paired tests.
+each strategy's learning rate is tuned on validation on seed 0's cell and reused by the other seeds
+(the presets' tune once, with successive halving); Holm-corrected paired tests.
 
   python launch.py --config experiments/real_data/ml1m_cross_region.py --workdir runs/ml1m_cross_region
   python launch.py --config experiments/real_data/ml1m_cross_region.py:cpu --workdir runs/ml1m_cross_region_cpu

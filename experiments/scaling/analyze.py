@@ -1,6 +1,6 @@
 """Fits transfer gain against the pretrained model's size and its source data (config.py here).
 
-  python experiments/scaling/analyze.py WORKDIR [--out DIR] [--resamples N]
+  python experiments/scaling/analyze.py WORKDIR [--out DIR]
 
 Reads WORKDIR's done cells (runs.jsonl) and each pretraining stage's results.json (its params with
 and without the item rows, the source interactions it trained on, where its validation peaked),
@@ -12,14 +12,23 @@ Definitions (per target fraction and seed, paired):
   gain         test NDCG@10 of a transferred cell - scratch of the same size on the same target data
   gain_best    the same - the best scratch of any size (the size with the best mean scratch)
 Fits, per (strategy, target fraction), over the models pretrained on all source users:
-  gain = a + b log10(params), and with a c log10(params)^2 term for curvature; 95% intervals of b
-  and c from a cluster bootstrap (each size's seeds resampled with replacement). The verdict:
-  "grows" (b's interval above 0), "reverses" (below 0), "no trend" (it holds 0), and
-  "saturates" when the curvature's interval is below 0 while b's is not. "Where it breaks": the
-  size farthest from the line (its residual in units of its own standard error).
-Source data: gain against log10(source interactions) for the sizes pretrained on 25 / 50 / 100%.
-Best strategy per size, and the compute-optimal size per target fraction: the size whose best
-strategy scores highest, with the wall seconds it cost (pretraining + the cell).
+  gain = a + b log10(params) on each size's mean gain over its seeds, and with a c log10(params)^2
+  term for curvature; 95% t intervals from the residuals around the fit (they hold both the seeds'
+  noise and how far the sizes, one pretraining each, scatter around the curve). The verdict:
+  "grows" (b's interval above 0), "reverses" (below 0), "no trend" (it holds 0); with a concave
+  curvature (c's interval below 0) "saturates" when the top of the parabola lies at or beyond the
+  largest size, "rises then falls" when it lies inside the sizes. The slope needs >= 3 sizes, the
+  curvature >= 4. "Where it breaks": the size farthest from the line (its residual, and in units
+  of the residuals' standard deviation).
+Source data: gain against log10(source interactions: the training parts of the source users
+the pretraining read from) for the sizes pretrained on 25 / 50 / 100%.
+Zero-shot cells that do not apply (a target catalogue that shares no item: the record's
+not_applicable) are left out, as the report leaves them n/a. The best scratch size of gain_best
+is chosen on validation, not on the test metric the gain is read from.
+Best strategy per size (mean test NDCG@10 over seeds), the size whose best strategy scores highest
+per target fraction, and the front of that NDCG@10 against the seconds it cost: its pretraining
+plus the cell's own stage as recorded (seed 0's cells carry the learning-rate grid's candidates;
+the other seeds' cells only their one run; candidates dropped by halving are not counted).
 """
 
 from __future__ import annotations
@@ -68,28 +77,31 @@ def points(workdir: str) -> tuple[list[dict], dict]:
   cache: dict = {}
   out = []
   for r in runindex.latest_runs(workdir).values():
-    if r.get("status") != "done":
+    if r.get("status") != "done" or r.get("not_applicable"):
       continue
     o = r["overrides"]
     pre = pretraining(workdir, r["stages"]["pretrain"], cache) if "pretrain" in r.get("stages", {}) else None
     out.append({"strategy": o["transfer.strategy"], "size": (int(o["model.embed_dim"]), int(o["model.sasrec.num_layers"])),
                 "source": float(o.get(SOURCE_FIELD, 1.0)) if pre else None,
                 "target": float(o["data.user_fraction"]), "seed": int(o["seed"]), "ndcg": float(r["test"][METRIC]),
+                "valid": float(r["valid"][METRIC]),
                 "params": int(r["total_params"]), "best_is_last_eval": bool(r["budget"]["best_is_last_eval"]),
-                # the cell's trained stage, its learning-rate candidates included: the record's stage
-                # seconds count the pretraining too (reused or not), which is counted apart here
+                # the cell's own stage as recorded (module docstring); the record's stage seconds count
+                # the pretraining too (reused or not), which is counted apart here
                 "wall_seconds": float(r.get("stage_wall_seconds") or 0.0) - (pre["wall_seconds"] if pre else 0.0),
                 "pretrain": pre["stage"] if pre else None})
   return out, cache
 
 
 def add_gains(pts: list[dict]) -> None:
-  """Sets each transferred point's gain (over scratch of its size) and gain_best (over the best
-  scratch of any size), paired by target fraction and seed; None where the scratch cell is missing."""
+  """Sets each transferred point's gain (over scratch of its size) and gain_best (over the scratch
+  size with the best mean validation metric), paired by target fraction and seed; None where the
+  scratch cell is missing."""
   scratch = {(p["size"], p["target"], p["seed"]): p["ndcg"] for p in pts if p["strategy"] == "scratch"}
   by_size = defaultdict(list)
-  for (size, target, _), v in scratch.items():
-    by_size[(size, target)].append(v)
+  for p in pts:
+    if p["strategy"] == "scratch":
+      by_size[(p["size"], p["target"])].append(p["valid"])
   best_size = {}
   for (size, target), vs in by_size.items():
     if target not in best_size or np.mean(vs) > np.mean(by_size[(best_size[target], target)]):
@@ -107,50 +119,51 @@ def _design(x: np.ndarray, degree: int) -> np.ndarray:
   return np.stack([x ** k for k in range(degree + 1)], axis=1)
 
 
-def fit(xs: np.ndarray, groups: list[np.ndarray], resamples: int = 2000, seed: int = 0) -> dict:
-  """Least squares of y on log10 x (and its square), with 95% cluster-bootstrap intervals: groups[i]
-  holds the gains (seeds) at xs[i]; each bootstrap resamples every group's seeds."""
+def _ols(x: np.ndarray, y: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray, int]:
+  """Coefficients, their standard errors and the residual degrees of freedom of a polynomial fit."""
+  design = _design(x, degree)
+  coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+  dof = len(x) - degree - 1
+  if dof < 1:
+    return coef, np.full(len(coef), np.nan), dof
+  sigma2 = float(((y - design @ coef) ** 2).sum()) / dof
+  cov = sigma2 * np.linalg.inv(design.T @ design)
+  return coef, np.sqrt(np.diag(cov)), dof
+
+
+def fit(xs: np.ndarray, groups: list[np.ndarray]) -> dict:
+  """gain = a + b log10 x (and + c log10(x)^2) fitted to each size's mean gain over its seeds, with
+  95% t intervals from the residuals around the fit: they hold both the seeds' noise in the means
+  and how far the sizes (one pretraining each) scatter around the curve. groups[i]: the gains
+  (one per seed) at xs[i]. The slope needs >= 3 sizes, the curvature >= 4."""
+  from scipy import stats
   x = np.log10(np.asarray(xs, float))
-  if len(x) < 2:
-    return {"points": int(len(x)), "verdict": "too few sizes"}
-  if min(len(g) for g in groups) < 2:  # a resampled single seed is itself: the interval would be a point
-    return {"points": int(len(x)), "verdict": "too few seeds (an interval needs >= 2 per size)"}
+  if len(x) < 3:
+    return {"points": int(len(x)), "verdict": "too few sizes (an interval needs >= 3)"}
   x0 = x - x.mean()  # centred: the slope and curvature do not trade off against the intercept
-
-  def coefs(gs, degree):
-    xx = np.concatenate([np.full(len(g), xi) for xi, g in zip(x0, gs)])
-    yy = np.concatenate(gs)
-    return np.linalg.lstsq(_design(xx, degree), yy, rcond=None)[0]
-
-  rng = np.random.default_rng(seed)
-  lin, quad = coefs(groups, 1), coefs(groups, 2) if len(x) >= 3 else None
-  boot_lin, boot_quad = [], []
-  for _ in range(resamples):
-    gs = [g[rng.integers(0, len(g), len(g))] for g in groups]
-    boot_lin.append(coefs(gs, 1)[1])
-    if quad is not None:
-      boot_quad.append(coefs(gs, 2)[2])
-  slope_ci = np.percentile(boot_lin, [2.5, 97.5])
-  out = {"points": int(len(x)), "slope_per_decade": float(lin[1]), "slope_ci": [float(v) for v in slope_ci],
-         "intercept_at_mean": float(lin[0]), "mean_log10": float(x.mean())}
-  if quad is not None:
-    curv_ci = np.percentile(boot_quad, [2.5, 97.5])
-    out.update(curvature=float(quad[2]), curvature_ci=[float(v) for v in curv_ci])
-  # where the line fits worst, in units of that size's standard error (one seed: its spread is unknown)
-  resid = []
-  for xi, g in zip(x0, groups):
-    se = g.std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else np.nan
-    resid.append((g.mean() - (lin[0] + lin[1] * xi)) / se if se and np.isfinite(se) and se > 0 else np.nan)
-  worst = int(np.nanargmax(np.abs(resid))) if np.any(np.isfinite(resid)) else None
-  out["worst_point"] = None if worst is None else {"log10": float(x[worst]), "residual_in_se": float(resid[worst])}
-  if slope_ci[0] > 0:
-    verdict = "grows"
-  elif slope_ci[1] < 0:
-    verdict = "reverses"
-  else:
-    verdict = "no trend"
-  if quad is not None and out["curvature_ci"][1] < 0 and verdict != "reverses":
-    verdict = "saturates" if verdict == "grows" else "rises then falls" if quad[1] > 0 else verdict
+  y = np.array([g.mean() for g in groups])
+  lin, lin_se, dof = _ols(x0, y, 1)
+  half = stats.t.ppf(0.975, dof) * lin_se[1]
+  out = {"points": int(len(x)), "seeds": [int(len(g)) for g in groups], "slope_per_decade": float(lin[1]),
+         "slope_ci": [float(lin[1] - half), float(lin[1] + half)], "intercept_at_mean": float(lin[0]),
+         "mean_log10": float(x.mean())}
+  resid = y - (lin[0] + lin[1] * x0)
+  scale = resid.std(ddof=2) if len(x) > 2 else np.nan
+  worst = int(np.argmax(np.abs(resid)))
+  out["worst_point"] = {"log10": float(x[worst]), "residual": float(resid[worst]),
+                        "residual_in_sd": float(resid[worst] / scale) if scale > 0 else None}
+  verdict = "grows" if out["slope_ci"][0] > 0 else "reverses" if out["slope_ci"][1] < 0 else "no trend"
+  if len(x) >= 4:
+    quad, quad_se, qdof = _ols(x0, y, 2)
+    qhalf = stats.t.ppf(0.975, qdof) * quad_se[2]
+    out.update(curvature=float(quad[2]), curvature_ci=[float(quad[2] - qhalf), float(quad[2] + qhalf)])
+    if out["curvature_ci"][1] < 0:  # concave: where is the top of the parabola?
+      vertex = -quad[1] / (2 * quad[2])
+      out["vertex_log10"] = float(vertex + x.mean())
+      if vertex >= x0.max():
+        verdict = "saturates"  # still rising, flattening, at the largest size
+      elif vertex > x0.min():
+        verdict = "rises then falls"  # the top lies inside the sizes measured
   out["verdict"] = verdict
   return out
 
@@ -163,7 +176,7 @@ def _groups(pts, key, value="gain"):
   return {k: np.asarray(v, float) for k, v in g.items()}
 
 
-def fits(pts: list[dict], pre: dict, resamples: int) -> dict:
+def fits(pts: list[dict], pre: dict) -> dict:
   """Every fit of the module docstring, keyed by a readable name."""
   out = {}
   full = [p for p in pts if p["strategy"] != "scratch" and p["source"] == 1.0]
@@ -175,7 +188,7 @@ def fits(pts: list[dict], pre: dict, resamples: int) -> dict:
         by[(strategy, target)][x] = g
       for (strategy, target), gs in sorted(by.items()):
         xs = sorted(gs)
-        out[f"{value} vs {count} · {strategy} · target {target:g}"] = fit(np.array(xs), [gs[x] for x in xs], resamples)
+        out[f"{value} vs {count} · {strategy} · target {target:g}"] = fit(np.array(xs), [gs[x] for x in xs])
   source = [p for p in pts if p["strategy"] != "scratch" and p["pretrain"]]
   groups = _groups(source, lambda p: (p["strategy"], p["target"], p["size"], pre[p["pretrain"]]["source_interactions"]))
   by = defaultdict(dict)
@@ -186,7 +199,7 @@ def fits(pts: list[dict], pre: dict, resamples: int) -> dict:
     if len(gs) >= 2:
       xs = sorted(gs)
       out[f"gain vs source interactions · {strategy} · target {target:g} · d{size[0]} x{size[1]}"] = fit(
-          np.array(xs), [gs[x] for x in xs], resamples)
+          np.array(xs), [gs[x] for x in xs])
   return out
 
 
@@ -211,7 +224,8 @@ def best_strategies(pts: list[dict], pre: dict) -> list[dict]:
 
 def compute_optimal(rows: list[dict]) -> dict:
   """Per target fraction: the size with the highest best-strategy NDCG@10, and the sizes on the
-  front of NDCG@10 against wall seconds (no cheaper size scores as high)."""
+  front of NDCG@10 against wall seconds (no cheaper size scores as high): which size to pretrain
+  for a compute budget is read off the front."""
   out = {}
   for target in sorted({r["target"] for r in rows}):
     rs = sorted((r for r in rows if r["target"] == target), key=lambda r: r["best_wall_seconds"])
@@ -285,16 +299,16 @@ def _markdown(result: dict) -> str:
     lines.append(f"| {p['stage']} | {p['params']:,} | {p['params_no_items']:,} | {p['source_users']:,} | "
                  f"{p['source_interactions'] or 0:,} | {p['valid']:.4f} | {p['best_step']} / {p['last_eval_step']}"
                  f"{' (still improving)' if p['best_is_last_eval'] else ''} |")
-  lines += ["", "## Fits (slope per decade of params, 95% cluster-bootstrap interval)", "",
-            "| fit | sizes | slope | interval | curvature interval | verdict | worst point (log10, residual/SE) |",
+  lines += ["", "## Fits (slope per decade of params, 95% t interval from the residuals)", "",
+            "| fit | sizes | slope | interval | curvature interval | verdict | worst point (log10, residual/SD) |",
             "|---|---:|---:|---|---|---|---|"]
   for name, f in result["fits"].items():
     if "slope_per_decade" not in f:
       lines.append(f"| {name} | {f['points']} | – | – | – | {f['verdict']} | – |")
       continue
     curv = f"[{f['curvature_ci'][0]:+.4f}, {f['curvature_ci'][1]:+.4f}]" if "curvature_ci" in f else "–"
-    worst = (f"{f['worst_point']['log10']:.2f}, {f['worst_point']['residual_in_se']:+.1f}"
-             if f.get("worst_point") else "–")
+    w = f.get("worst_point") or {}
+    worst = (f"{w['log10']:.2f}, {w['residual_in_sd']:+.1f}" if w.get("residual_in_sd") is not None else "–")
     lines.append(f"| {name} | {f['points']} | {f['slope_per_decade']:+.4f} | [{f['slope_ci'][0]:+.4f}, "
                  f"{f['slope_ci'][1]:+.4f}] | {curv} | {f['verdict']} | {worst} |")
   lines += ["", "## Best strategy per size (all source users; mean test NDCG@10 over seeds)", "",
@@ -313,14 +327,14 @@ def _markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def analyze(workdir: str, out_dir: str | None = None, resamples: int = 2000) -> dict:
+def analyze(workdir: str, out_dir: str | None = None) -> dict:
   pts, pre = points(workdir)
   if not pts:
     raise ValueError(f"{workdir} has no done cell (runs.jsonl): run the study first")
   add_gains(pts)
   result = {"workdir": os.path.abspath(workdir), "points": pts,
             "pretrainings": sorted(pre.values(), key=lambda p: p["params"]),
-            "fits": fits(pts, pre, resamples)}
+            "fits": fits(pts, pre)}
   result["best"] = best_strategies(pts, pre)
   result["compute_optimal"] = compute_optimal(result["best"])
   out_dir = out_dir or os.path.join(workdir, "scaling")
@@ -341,9 +355,8 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("workdir")
   parser.add_argument("--out", default=None, help="output folder (default WORKDIR/scaling)")
-  parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of each fit")
   args = parser.parse_args(argv)
-  result = analyze(args.workdir, args.out, args.resamples)
+  result = analyze(args.workdir, args.out)
   print(f"{len(result['points'])} cells, {len(result['pretrainings'])} pretrainings, {len(result['fits'])} fits -> "
         f"{args.out or os.path.join(args.workdir, 'scaling')}")
 

@@ -30,9 +30,9 @@ Grid (`sweep()`):
     one scratch cell per size serves every source fraction);
   * seeds: 5 for the grid's corners (smallest and largest size at 25% and 100% of the source) and
     their scratch baselines, 3 elsewhere.
-Budgets: pretraining up to 100 epochs with early stopping on validation (patience 10 evaluations,
-every 100 steps: a budget that converges rather than one that is cut; `analyze.py` reports every
-pretraining's best step against its last); every target cell 1,000 steps of batch 128 with
+Budgets: pretraining as the real-data presets' (up to 200 epochs, early stopping after 10
+evaluations every 100 steps: stopped by early stopping rather than cut, which `analyze.py` checks
+by reporting every pretraining's best step against its last); every target cell 1,000 steps of batch 128 with
 validation every 50 and early stopping after 5; learning rates {3e-4, 1e-3, 3e-3} tuned on seed
 0's cell only, the other seeds train the chosen value (tune once, recorded per record).
 
@@ -83,8 +83,6 @@ def _scenario_config(scenario: str, preset: str, extra: list):
     c.tune.lr = (1e-3, 3e-3)
     return c
   c = real_data_scenario(",".join([scenario, "cpu", *extra]), os.path.join(HERE, "..", "real_data"))
-  c.experiment.pretrain.train.update(dict(num_epochs=100.0, eval_every_steps=100, checkpoint_every_steps=100,
-                                          early_stopping_patience=10))
   c.train.update(dict(num_steps=1000, batch_size=128, eval_every_steps=50, checkpoint_every_steps=250,
                       early_stopping_patience=5))
   return c

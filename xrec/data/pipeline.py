@@ -105,8 +105,8 @@ class DomainSequences:
     return lengths
 
   def training_interactions(self) -> int:
-    """The interactions the training users' windows read (their training parts, pseudo-interactions
-    included): a study's measure of how much data a model was trained on."""
+    """The interactions in the training users' training parts (pseudo-interactions included): the
+    data a model's training windows are drawn from (a window reads at most max_len + 1 of them)."""
     return int(np.maximum(self.train_lengths()[self.train_users], 0).sum())
 
   def train_part(self, u: int) -> np.ndarray:

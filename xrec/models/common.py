@@ -198,7 +198,7 @@ class Encoder(ScoresItems, nn.Module):
   item_repr: str = "id"  # model.item_repr: items by an ID table, their text (TextItems) or both
   text_dim: int = 0  # width of the item text embeddings (model.text.dim, set from the text encoder)
   text_experts: int = 8  # experts of the text adaptor (model.text.experts)
-  item_init_std: float = 0.0  # model.item_init_std: the ID item tables' init N(0, std^2); 0 = 1/sqrt(embed)
+  item_init_std: float = 0.0  # model.item_init_std: ID models' item (and output) table init N(0, std^2); 0 = 1/sqrt(embed)
 
 
 def score_items(hidden, table, bias):

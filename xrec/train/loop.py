@@ -39,6 +39,7 @@ from xrec.data.preprocess import DEDUP
 from xrec.evaluate import evaluator as evaluation
 from xrec.evaluate.metrics import SAMPLED_PREFIX, TARGET_IN_HISTORY
 from xrec.models import common
+from xrec.models.transformer import BLOCKS
 from xrec.train import checkpoint as ckpt
 from xrec.train import hooks as runtime
 from xrec.train import objectives
@@ -57,6 +58,9 @@ def validate(config) -> None:
   check_ranges(config)
   models.model_class(config.model.name)
   models.dtype(config.model.compute_dtype)
+  own = config.model.get(config.model.name) or {}
+  if "block" in own and own["block"] not in BLOCKS:
+    raise ValueError(f"model.{config.model.name}.block={own['block']!r} is not valid; valid: {list(BLOCKS)}")
   metric = config.train.best_metric
   valid_metrics = [f"{m}@{k}" for m in ("hr", "recall", "ndcg", "mrr") for k in config.eval.ks]
   if config.eval.negatives:
@@ -106,7 +110,7 @@ def _run_info(data_cfg, mesh, domain, module_params, roles=None) -> dict:
       "dataset": {"name": data_cfg.name, "domain": domain.name, "users": domain.num_users,
                   "items": domain.num_items, "user_fraction": data_cfg.user_fraction,
                   "training_users": int(len(domain.train_users)),
-                  # the interactions the training windows read (valid / test items excluded)
+                  # the interactions of the training users' training parts (valid / test items excluded)
                   "training_interactions": domain.training_interactions(),
                   "evaluation_users": int(len(domain.eval_users)),
                   # what preprocessing did (duplicates dropped, targets repeating the last input)
