@@ -65,6 +65,13 @@ class Attention(nn.Module):
 BLOCKS = ("pre_ln", "reference")
 
 
+def check_block(model_name: str, block: str) -> str:
+  """`block` if it is one of BLOCKS, else an error naming the field and the valid values."""
+  if block not in BLOCKS:
+    raise ValueError(f"model.{model_name}.block={block!r} is not valid; valid: {list(BLOCKS)}")
+  return block
+
+
 class MLP(nn.Module):
   mlp_dim: int
   dropout: float
@@ -143,9 +150,7 @@ class TransformerEncoder(common.Encoder):
 
   @classmethod
   def from_config(cls, common_fields: dict, own, **shape):
-    block = own.get("block", "pre_ln")
-    if block not in BLOCKS:
-      raise ValueError(f"model.{cls.__name__.lower()}.block={block!r} is not valid; valid: {list(BLOCKS)}")
+    block = check_block(cls.__name__.lower(), own.get("block", "pre_ln"))
     return cls(**shape, **common_fields, num_layers=own.num_layers, num_heads=own.num_heads, mlp_dim=own.mlp_dim,
                head_dim=own.get("head_dim", 0), block=block)
 
