@@ -155,7 +155,13 @@ def core_config() -> ml_collections.ConfigDict:
   # weights), a folder with config.json, model.safetensors and vocab.txt or a Hugging Face model
   # id found in its cache; dim: its width
   # (0 = set from the encoder); experts: of the mixture-of-experts whitening adaptor (UniSRec).
-  c.model.text = ml_collections.ConfigDict(dict(encoder="", dim=0, experts=8))
+  # tune: "" = the encoder is frozen (its vectors cached once); "full" or "lora" = its top
+  # tune_layers layers train end to end with the model (in full, or LoRA of rank lora_rank on the
+  # attention's query and value; xrec/models/text_tower.py), the layers below are cached as token
+  # states; BERT-family encoders only. tokens: token slots per item (0 = the catalogue's longest
+  # text, capped by the encoder); arch: the encoder's shape, set by the trainer.
+  c.model.text = ml_collections.ConfigDict(dict(encoder="", dim=0, experts=8, tune="", tune_layers=1, lora_rank=8,
+                                                tokens=0, arch=()))
   # () = item tables as wide as embed_dim; else the embedding dims the item tables keep (a model
   # whose item tables were pruned by dims, prune.kind="dims": tables [vocab, len(item_columns)],
   # looked up into those dims of the model width, scored against those dims of the hidden states)

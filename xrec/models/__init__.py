@@ -11,6 +11,7 @@ import copy
 import jax.numpy as jnp
 
 from xrec.models import common
+from xrec.models import text_tower
 
 from xrec.models.bert4rec import BERT4Rec
 from xrec.models.gru4rec import GRU4Rec
@@ -79,6 +80,9 @@ def _item_repr(cfg, cls) -> dict:
   if repr_ not in common.ITEM_REPRS:
     raise ValueError(f"model.item_repr={repr_!r} is not valid; valid: {list(common.ITEM_REPRS)}")
   if repr_ == "id":
+    if (cfg.get("text") or {}).get("tune", ""):
+      raise ValueError(f"model.text.tune={cfg.text.tune!r} trains the text tower of items by their text, but "
+                       "model.item_repr='id' has none; set model.item_repr='text' or 'text+id', or model.text.tune=''")
     return {}
   if "item_repr" not in getattr(cls, "__dataclass_fields__", {}):
     raise ValueError(f"model.item_repr={repr_!r} (items by their text) is not supported by {cls.__name__}; "
@@ -94,7 +98,12 @@ def _item_repr(cfg, cls) -> dict:
                      "model.tie_embeddings=True")
   if tuple(cfg.get("item_columns", ())):
     raise ValueError(f"model.item_columns (dims pruning) does not apply to model.item_repr={repr_!r}")
-  return {"item_repr": repr_, "text_dim": int(text.dim), "text_experts": int(text.get("experts", 8))}
+  tower = None
+  if text.get("tune", ""):
+    tower = text_tower.TowerSpec(text.tune, text.get("tune_layers", 1), text.get("lora_rank", 8),
+                                 int(text.get("tokens", 0)), tuple(text.get("arch", ()))).checked()
+  return {"item_repr": repr_, "text_dim": int(text.dim), "text_experts": int(text.get("experts", 8)),
+          "text_tower_spec": tower}
 
 
 def check_item_repr(model_cfg) -> None:

@@ -68,6 +68,8 @@ class Roles:
   item_text: str | None = None  # the items' text embeddings [vocab, text]: set from the current
   #                               catalogue, never loaded from a checkpoint, never trained
   item_adaptor: str | None = None  # subtree of the adaptor from text embeddings to the model width
+  item_tower: str | None = None  # subtree of a tuned text tower's trainable part (model.text.tune; its
+  #                                frozen part, cached token states and base weights, is item_text)
 
   @property
   def item_rows(self) -> tuple[str, ...]:

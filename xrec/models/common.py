@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xrec.models import text_tower
+
 
 def with_axes(init, axes):
   """An initializer whose param carries logical axis names (sharding rules map them to the mesh)."""
@@ -37,6 +39,7 @@ def output_bias_param(module: nn.Module, vocab_size: int, param_dtype):
 
 
 ITEM_REPRS = ("id", "text", "text+id")
+TEXT_DATA = ("table", "text")  # TextItems' catalogue data (frozen vectors; a tuned tower's states and base)
 
 
 class MoEAdaptor(nn.Module):
@@ -73,7 +76,11 @@ class TextItems(nn.Module):
   never loaded from a checkpoint), `adaptor` (MoEAdaptor) maps it to the model's width, and with
   ids an ID table `id_embed` is added (text + ID, transductive). Text only is inductive: any item
   with a text is scored, seen in training or not. `embedding` is the adapted table [vocab, embed]
-  (what a tied encoder scores against), calling it adapts the rows of `ids`."""
+  (what a tied encoder scores against), calling it adapts the rows of `ids`.
+
+  With a tuned text tower (`tower_spec`, model.text.tune: xrec/models/text_tower.py) the text vectors
+  are computed every step: `text` holds the catalogue's cached token states and the tuned layers'
+  pretrained weights (set like `table`, never trained), `tower` what trains on top of them."""
 
   vocab_size: int
   text_dim: int
@@ -81,12 +88,17 @@ class TextItems(nn.Module):
   experts: int = 8
   with_ids: bool = False
   mask_id: int = 0  # encoders with a [MASK] token: its id, which gets a learned row (`mask_embed`)
+  tower_spec: text_tower.TowerSpec | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   def setup(self):
-    self.table = self.param("table", with_axes(nn.initializers.zeros, ("vocab", None)),
-                            (self.vocab_size, self.text_dim), self.param_dtype)
+    if self.tower_spec is None:
+      self.table = self.param("table", with_axes(nn.initializers.zeros, ("vocab", None)),
+                              (self.vocab_size, self.text_dim), self.param_dtype)
+    else:
+      self.text = text_tower.FrozenText(self.vocab_size, self.text_dim, self.tower_spec, self.param_dtype)
+      self.tower = text_tower.TextTower(self.tower_spec, self.dtype, self.param_dtype)
     self.adaptor = MoEAdaptor(self.embed_dim, self.experts, self.dtype, self.param_dtype)
     if self.with_ids:
       self.id_embed = item_embedding(self.vocab_size, self.embed_dim, self.dtype, self.param_dtype)
@@ -94,8 +106,14 @@ class TextItems(nn.Module):
       self.mask_embed = self.param("mask_embed", with_axes(nn.initializers.normal(self.embed_dim ** -0.5), ("embed",)),
                                    (self.embed_dim,), self.param_dtype)
 
+  def text_vectors(self):
+    """[vocab, text_dim]: the items' text vectors (the frozen table, or the tuned tower's output)."""
+    if self.tower_spec is None:
+      return self.table
+    return self.tower(*self.text())
+
   def __call__(self, ids):
-    rows = self.adaptor(jnp.take(self.table, ids, axis=0))
+    rows = self.adaptor(jnp.take(self.text_vectors(), ids, axis=0))
     if self.with_ids:
       rows = rows + self.id_embed(ids)
     if self.mask_id:
@@ -104,7 +122,7 @@ class TextItems(nn.Module):
 
   @property
   def embedding(self):
-    table = self.adaptor(self.table)
+    table = self.adaptor(self.text_vectors())
     if self.with_ids:
       table = table + self.id_embed.embedding.astype(table.dtype)
     if self.mask_id:
@@ -162,8 +180,10 @@ class ScoresItems:
     repr_ = getattr(self, "item_repr", "id")
     if repr_ == "id":
       return {"item_table": "item_embed/embedding"}
+    tuned = getattr(self, "text_tower_spec", None) is not None
     return {"item_table": "item_embed/id_embed/embedding" if repr_ == "text+id" else None,
-            "item_text": "item_embed/table", "item_adaptor": "item_embed/adaptor"}
+            "item_text": "item_embed/text" if tuned else "item_embed/table", "item_adaptor": "item_embed/adaptor",
+            "item_tower": "item_embed/tower" if tuned else None}
 
   def item_tables(self, vocab_size: int, embed_dim: int, dtype, param_dtype):
     """Creates item_embed (an ID table, or TextItems for model.item_repr text / text+id),
@@ -175,7 +195,7 @@ class ScoresItems:
     else:
       mask_id = self.num_items + 1 if self.uses_mask_token else 0
       self.item_embed = TextItems(vocab_size, self.text_dim, embed_dim, self.text_experts, repr_ == "text+id",
-                                  mask_id, dtype, param_dtype)
+                                  mask_id, self.text_tower_spec, dtype, param_dtype)
     if not self.tie_embeddings:
       self.output_embed = item_embedding(vocab_size, width, dtype, param_dtype, init_std=self.item_init_std)
     self.output_bias = output_bias_param(self, vocab_size, param_dtype)
@@ -198,6 +218,7 @@ class Encoder(ScoresItems, nn.Module):
   item_repr: str = "id"  # model.item_repr: items by an ID table, their text (TextItems) or both
   text_dim: int = 0  # width of the item text embeddings (model.text.dim, set from the text encoder)
   text_experts: int = 8  # experts of the text adaptor (model.text.experts)
+  text_tower_spec: Any = None  # a tuned text tower (text_tower.TowerSpec from model.text.tune ...); None: frozen
   item_init_std: float = 0.0  # model.item_init_std: ID models' item (and output) table init N(0, std^2); 0 = 1/sqrt(embed)
 
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xrec.models import common
+from xrec.models import text_tower
 from xrec.models.wordpiece import WordPiece
 
 # Part of every encoder's fingerprint (which names cached item embeddings): raise it when a change
@@ -128,31 +129,26 @@ class BertLayer(nn.Module):
   @nn.compact
   def __call__(self, x, keep):
     c = self.config
-    heads, width = c.num_attention_heads, c.hidden_size // c.num_attention_heads
-    split = lambda t: t.reshape(t.shape[:2] + (heads, width))  # noqa: E731
-    q, k, v = (split(nn.Dense(c.hidden_size, name=name)(x)) for name in ("query", "key", "value"))
-    scores = jnp.einsum("nqhd,nkhd->nhqk", q, k) / np.sqrt(width)
-    weights = jax.nn.softmax(jnp.where(keep, scores, jnp.finfo(scores.dtype).min), axis=-1)
-    context = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(x.shape)
-    x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="attn_ln")(x + nn.Dense(c.hidden_size, name="attn_out")(context))
-    hidden = jax.nn.gelu(nn.Dense(c.intermediate_size, name="mlp_in")(x), approximate=False)
-    return nn.LayerNorm(epsilon=c.layer_norm_eps, name="mlp_ln")(x + nn.Dense(c.hidden_size, name="mlp_out")(hidden))
+    dense = lambda name, h: nn.Dense(c.intermediate_size if name == "mlp_in" else c.hidden_size, name=name)(h)  # noqa: E731
+    norm = lambda name, h: nn.LayerNorm(epsilon=c.layer_norm_eps, name=name)(h)  # noqa: E731
+    return text_tower.bert_layer(x, keep, dense, norm, c.num_attention_heads)
 
 
 class Bert(nn.Module):
-  """BertModel's encoder (see the module docstring); returns the last hidden states [n, L, hidden]."""
+  """BertModel's encoder (see the module docstring); returns the last hidden states [n, L, hidden],
+  or with `layers` the states after the embeddings and the first `layers` layers."""
 
   config: BertConfig
 
   @nn.compact
-  def __call__(self, ids, mask):
+  def __call__(self, ids, mask, layers: int | None = None):
     c = self.config
     x = (nn.Embed(c.vocab_size, c.hidden_size, name="word_embed")(ids)
          + nn.Embed(c.max_position_embeddings, c.hidden_size, name="pos_embed")(jnp.arange(ids.shape[1]))[None]
          + nn.Embed(c.type_vocab_size, c.hidden_size, name="type_embed")(jnp.zeros_like(ids)))
     x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embed_ln")(x)
     keep = mask[:, None, None, :].astype(bool)  # [n, 1, 1, L]: padded keys are never attended to
-    for i in range(c.num_hidden_layers):
+    for i in range(c.num_hidden_layers if layers is None else layers):
       x = BertLayer(c, name=f"layer_{i}")(x, keep)
     return x
 
@@ -226,14 +222,7 @@ class SentenceEncoder:
 
   def _pooled(self, params, ids, mask):
     states = Bert(self.config).apply({"params": params}, ids, mask)
-    if self.pooling == "cls":
-      out = states[:, 0]
-    else:
-      weight = mask[..., None].astype(states.dtype)
-      out = (states * weight).sum(1) / jnp.maximum(weight.sum(1), 1e-9)
-    if self.normalize:
-      out = out / jnp.maximum(jnp.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
-    return out
+    return text_tower.pool(states, mask, self.pooling, self.normalize)
 
   def embed(self, texts: list[str], batch_size: int = 64, progress=None) -> np.ndarray:
     """Vectors of `texts` in their order. Texts are batched by length (widths rounded up to a
@@ -253,6 +242,45 @@ class SentenceEncoder:
       if progress is not None:
         progress(min(start + batch_size, len(order)), len(order))
     return out
+
+
+  def token_states(self, texts: list[str], layers: int, tokens: int = 0, batch_size: int = 64,
+                   progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """What a tuned text tower reads (text_tower): (states [n, T, hidden] float32, mask [n, T]
+    float32), each text's token states after the embeddings and the first `layers` layers. T =
+    `tokens`, or the longest text's token count when 0 (at most the tokenizer's max_len); a text
+    longer than T keeps its first T - 2 pieces between [CLS] and [SEP]."""
+    longest = max((len(self.tokenizer.tokenize(t)) + 2 for t in texts), default=2)
+    width = min(tokens or longest, self.tokenizer.max_len)
+    if width < 3:
+      raise ValueError(f"model.text.tokens={tokens} leaves no room for a word between [CLS] and [SEP] (>= 3)")
+    encoded = [[self.tokenizer.cls_id] + self.tokenizer.tokenize(t)[:width - 2] + [self.tokenizer.sep_id]
+               for t in texts]
+    states = np.zeros((len(texts), width, self.dim), np.float32)
+    mask = np.zeros((len(texts), width), np.float32)
+    run = jax.jit(lambda params, ids, m: Bert(self.config).apply({"params": params}, ids, m, layers=layers))
+    for start in range(0, len(texts), batch_size):
+      rows = list(range(start, min(start + batch_size, len(texts))))
+      ids = np.full((batch_size, width), self.tokenizer.pad_id, np.int32)
+      m = np.zeros((batch_size, width), np.int32)
+      for j, r in enumerate(rows):
+        ids[j, :len(encoded[r])], m[j, :len(encoded[r])] = encoded[r], 1
+      m[len(rows):, 0] = 1  # filler rows: one token, discarded
+      states[rows] = np.asarray(run(self.params, ids, m))[:len(rows)]
+      mask[rows] = m[:len(rows)]
+      if progress is not None:
+        progress(rows[-1] + 1, len(texts))
+    return states, mask
+
+  def layer_weights(self, first: int) -> dict:
+    """The pretrained weights of layers first.. (renumbered from layer_0), as the tower's base."""
+    n = self.config.num_hidden_layers
+    return {f"layer_{i - first}": jax.tree.map(np.asarray, self.params[f"layer_{i}"]) for i in range(first, n)}
+
+  def tower_arch(self) -> tuple:
+    """model.text.arch for a tuned tower: (heads, intermediate, LayerNorm eps, pooling, normalize)."""
+    c = self.config
+    return (c.num_attention_heads, c.intermediate_size, float(c.layer_norm_eps), self.pooling, bool(self.normalize))
 
 
 class StaticTokenEmbed(nn.Module):

@@ -92,6 +92,10 @@ def transfer_config(config, strategy: str, pretrain_dir: str):
 # computed before these fields existed keep their hashes)
 UNHASHED_FIELDS = ("train.stop_after_steps", "train.stop_at_step", "train.progress_bar", "train.log_every_steps",
                    "data.data_dir", "tune.halving", "tune.rungs")
+# Fields added after studies ran, left out of a stage's hash while they hold their default (the
+# behaviour before they existed), so stages computed before them keep their hashes.
+NEUTRAL_DEFAULTS = {"model.text.tune": "", "model.text.tune_layers": 1, "model.text.lora_rank": 8,
+                    "model.text.tokens": 0, "model.text.arch": []}
 STAGE_KINDS = ("single", "pretrain", "transfer")
 
 
@@ -111,6 +115,13 @@ def stage_hash(config, depends_on: dict[str, str] | None = None) -> str:
   tree = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored in results.json
   for field in UNHASHED_FIELDS:
     _drop_field(tree, field)
+  for field, default in NEUTRAL_DEFAULTS.items():
+    *parents, leaf = field.split(".")
+    node = tree
+    for name in parents:
+      node = node.get(name, {})
+    if node.get(leaf, default) == default:
+      node.pop(leaf, None)
   if depends_on:
     tree["train"]["init_from"] = {name: depends_on[name] for name in sorted(depends_on)}
   inputs = fingerprint.digests(config.data)

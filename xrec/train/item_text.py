@@ -136,3 +136,48 @@ def item_text_table(data_cfg, domain, encoder, progress: bool = True) -> tuple[n
   table = np.zeros((len(texts), encoder.dim), np.float32)
   table[1:] = vectors
   return table, info
+
+
+def item_text_tower(data_cfg, domain, encoder, layers: int, tokens: int = 0,
+                    progress: bool = True) -> tuple[dict, dict]:
+  """What a tuned text tower of the top `layers` layers reads (model.text.tune; text_tower):
+  ({"states": [num_items + 1, T, hidden], "mask": [num_items + 1, T], "base": the tuned layers'
+  pretrained weights}, info). Row 0 (padding) is zero. The states after the frozen bottom layers are
+  computed once per (encoder, texts, frozen layers, T) and cached next to the text vectors."""
+  texts, report = item_texts(data_cfg, domain)
+  encoder = load_encoder(encoder) if isinstance(encoder, str) else encoder
+  if not isinstance(encoder, text_encoder.SentenceEncoder):
+    raise ValueError(f"model.text.tune needs a BERT-family text encoder (layers to tune); {encoder.name!r} is a "
+                     "static token-embedding model: use model.text.encoder='minilm' or a BERT folder, or "
+                     "model.text.tune=''")
+  total = encoder.config.num_hidden_layers
+  if not 1 <= layers <= total:
+    raise ValueError(f"model.text.tune_layers={layers} must be in [1, {total}] ({encoder.name} has {total} layers)")
+  frozen = total - layers
+  sha = data_text.text_sha(texts)
+  folder = os.path.join(builders.data_dir_of(data_cfg), "item_text_embeddings", f"{encoder.name}-{encoder.fingerprint}")
+  path = os.path.join(folder, f"{sha}.states-{frozen}-{tokens}.npz")
+  info = {"encoder": encoder.name, "fingerprint": encoder.fingerprint, "dim": encoder.dim, "texts_sha": sha,
+          "items": len(texts) - 1, "text": report, "cache": path, "frozen_layers": frozen, "tuned_layers": layers}
+  start = time.time()
+  if os.path.isfile(path):
+    with np.load(path) as z:
+      states, mask = z["states"], z["mask"]
+    info["reused"] = True
+  else:
+    log.info("token states of %d item texts after %d of %d layers of %s (cached at %s)", len(texts) - 1, frozen,
+             total, encoder.name, path)
+    states, mask = encoder.token_states(texts[1:], frozen, tokens)
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, states=states, mask=mask)
+    os.replace(tmp, path)  # atomic: a reader never sees half a cache
+    info["reused"] = False
+  if states.shape[0] != len(texts) - 1 or states.shape[2] != encoder.dim:
+    raise ValueError(f"token-state cache {path} holds {states.shape} for {len(texts) - 1} items of width "
+                     f"{encoder.dim}: it is damaged; delete it to recompute")
+  info.update(seconds=time.time() - start, tokens=int(states.shape[1]),
+              truncated=int(sum(len(encoder.tokenizer.tokenize(t)) + 2 > states.shape[1] for t in texts[1:])),
+              state_bytes=int(states.nbytes))
+  pad = lambda a: np.concatenate([np.zeros((1,) + a.shape[1:], a.dtype), a])  # noqa: E731
+  return {"states": pad(states), "mask": pad(mask), "base": encoder.layer_weights(frozen)}, info

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import optax
 
+from xrec.models import common
 from xrec.models.base import Roles
 from xrec.transfer import insert
 from xrec.transfer import load as loading
@@ -140,8 +141,12 @@ class TransferPlan:
     pretrained = tree.tree_get(pretrained_params, self.source_subtree)
     rename = tuple(strategy.rename) + self.extra_rename
     dont_load = tuple(strategy.dont_load) + self.extra_dont_load
-    if roles.item_text:  # the current catalogue's text embeddings, set by the trainer
-      dont_load += (re.escape(roles.item_text),)
+    if roles.item_text:  # the current catalogue's text data, set by the trainer: a frozen table in the
+      # checkpoint and a tuned tower's cached states here (or the reverse) are both that data
+      parent = roles.item_text.rsplit("/", 1)[0]
+      dont_load += tuple(Roles.subtree_regex(f"{parent}/{name}") for name in common.TEXT_DATA)
+    if roles.item_tower and not any(p.startswith(roles.item_tower + "/") for p in tree.flatten(pretrained)):
+      dont_load += (Roles.subtree_regex(roles.item_tower),)  # the text was frozen there: the tower starts as the sentence encoder
     if strategy.load_roles is not None:
       pretrained, dont_load = self._by_role(pretrained, fresh_params, source_roles, strategy.load_roles,
                                             source)

@@ -118,8 +118,10 @@ def _sub(path: str | None) -> list[str]:
 
 
 def _item_tables(roles: Roles) -> str:
-  """The item side the presets train or freeze together: ID tables and, for text items, the adaptor."""
-  tables = [re.escape(p) for p in (roles.item_table, roles.output_table) if p] + _sub(roles.item_adaptor)
+  """The item side the presets train or freeze together: ID tables and, for text items, the adaptor
+  and a tuned text tower's trainable part."""
+  tables = ([re.escape(p) for p in (roles.item_table, roles.output_table) if p] + _sub(roles.item_adaptor)
+            + _sub(roles.item_tower))
   return "|".join(tables) or "(?!)"
 
 
@@ -177,10 +179,11 @@ def adaptor_only(options, roles):
   """Text items (model.item_repr text / text+id): everything loaded, the encoder and output bias
   frozen; the adaptor from the text embeddings to the model's width trains, and with text + ID the
   ID table too (UniSRec's inductive / transductive fine-tuning: a new catalogue's ID rows have
-  nothing pretrained in them)."""
+  nothing pretrained in them), and a tuned text tower (model.text.tune) with the adaptor."""
   ids = [(re.escape(roles.item_table), options.lr_mult)] if roles.item_table else []
+  tower = [(Roles.subtree_regex(roles.item_tower), options.lr_mult)] if roles.item_tower else []
   return Strategy("adaptor_only", schedule=tuple([(Roles.subtree_regex(roles.item_adaptor), options.lr_mult)]
-                                                 + ids + [(".*", None)]))
+                                                 + tower + ids + [(".*", None)]))
 
 
 def embedding_transfer(options, roles):

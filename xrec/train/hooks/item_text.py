@@ -28,33 +28,53 @@ class ItemText(Hook):
   def configure(self, run) -> dict:
     spec = run.spec
     models.check_item_repr(spec.model)  # an encoder or option that cannot take text fails before embedding
-    self.table, self.info = texts.item_text_table(spec.data, run.domain, spec.model.text.encoder,
-                                                  progress=spec.train.progress_bar and jax.process_index() == 0)
-    if spec.model.text.dim not in (0, self.table.shape[1]):
-      raise ValueError(f"model.text.dim={spec.model.text.dim} but the text encoder {self.info['encoder']!r} "
-                       f"gives {self.table.shape[1]}-d vectors; leave model.text.dim=0")
-    log.info("item text: %d items, %d without text (%s), %s (%s)", self.info["items"],
+    progress = spec.train.progress_bar and jax.process_index() == 0
+    text = spec.model.text
+    if text.tune:  # a tuned tower: cached token states below its layers, its layers' pretrained weights
+      encoder = texts.load_encoder(text.encoder)
+      self.values, self.info = texts.item_text_tower(spec.data, run.domain, encoder, text.tune_layers, text.tokens,
+                                                     progress=progress)
+      self.info.update(tune=text.tune, lora_rank=text.lora_rank if text.tune == "lora" else None)
+      width, extra = encoder.dim, {"model.text.tokens": self.info["tokens"], "model.text.arch": encoder.tower_arch()}
+    else:
+      table, self.info = texts.item_text_table(spec.data, run.domain, text.encoder, progress=progress)
+      self.values, width, extra = {"": table}, int(table.shape[1]), {}
+    if text.dim not in (0, width):
+      raise ValueError(f"model.text.dim={text.dim} but the text encoder {self.info['encoder']!r} "
+                       f"gives {width}-d vectors; leave model.text.dim=0")
+    log.info("item text: %d items, %d without text (%s), %s (%s)%s", self.info["items"],
              self.info["text"]["without_text"], self.info["text"]["missing_policy"], self.info["encoder"],
-             "cached" if self.info["reused"] else f"embedded in {self.info['seconds']:.1f}s")
-    return {"model.text.dim": int(self.table.shape[1])}
+             "cached" if self.info["reused"] else f"embedded in {self.info['seconds']:.1f}s",
+             f"; tower: {text.tune} on the top {text.tune_layers} layers, {self.info['tokens']} tokens per item"
+             if text.tune else "")
+    return {"model.text.dim": width, **extra}
 
   def after_init(self, run, state: dict) -> dict:
-    """The current catalogue's item text embeddings (never trained nor loaded)."""
-    params = set_item_text(sharding.to_host(state["params"]), run.plan.roles, self.table)
+    """The current catalogue's item text data (never trained nor loaded)."""
+    params = set_item_text(sharding.to_host(state["params"]), run.plan.roles, self.values)
     return {**state, "params": jax.device_put(params, run.param_sh)}
 
   def results(self, run, final) -> dict:
     return {"model": {"item_text": self.info}}
 
 
-def set_item_text(params, roles, table):
-  """`params` with the item text table (Roles.item_text) holding `table` [num_items + 1, dim] in
-  its first rows (the rest, sharding padding and a mask token, stay zero)."""
+def set_item_text(params, roles, values: dict):
+  """`params` with the item text data (Roles.item_text) set: `values` {path below the role ("" for
+  the role's own array): array}. Arrays with one row per item fill the first rows (the rest,
+  sharding padding and a mask token, stay zero); the others must fit exactly."""
   flat = common.flatten(params)
-  current = flat[roles.item_text]
-  if current.shape[1] != table.shape[1] or current.shape[0] < table.shape[0]:
-    raise ValueError(f"item text embeddings {table.shape} do not fit the model's text table {current.shape}")
-  value = np.zeros(current.shape, current.dtype)
-  value[:table.shape[0]] = table
-  flat[roles.item_text] = value
+  for sub, array in (values.items() if "" in values else common.flatten(values).items()):
+    path = roles.item_text + (f"/{sub}" if sub else "")
+    if path not in flat:
+      raise ValueError(f"item text data {path!r} has no place in the model (its text params: "
+                       f"{sorted(p for p in flat if p.startswith(roles.item_text))})")
+    current, array = flat[path], np.asarray(array)
+    by_rows = sub in ("", "states", "mask")  # one row per item id
+    fits = (current.shape[0] >= array.shape[0] and current.shape[1:] == array.shape[1:] if by_rows
+            else current.shape == array.shape)
+    if not fits:
+      raise ValueError(f"item text data {array.shape} does not fit the model's {path} {current.shape}")
+    value = np.zeros(current.shape, current.dtype)
+    value[:array.shape[0]] = array
+    flat[path] = value
   return common.unflatten(flat)
