@@ -32,14 +32,15 @@ TEXTS = ["bada kefi", "the matrix (1999) action|sci-fi", "hello world", "zuvo", 
 
 
 def _tower(encoder, mode: str, layers: int, texts=TEXTS, rank: int = 4):
-  """(module, params, states, mask, base) of a tower over `texts` (padding row first)."""
+  """(module, params, inputs) of a tower over `texts`, rows laid out as the trainer does (padding
+  row 0 first, sorted by token count, length buckets); inputs = (states, mask, rank, base)."""
   total = encoder.config.num_hidden_layers
-  states, mask = encoder.token_states(texts, total - layers)
-  spec = tt.TowerSpec(mode, layers, rank, states.shape[1], encoder.tower_arch()).checked()
-  base = jax.tree.map(jnp.asarray, encoder.layer_weights(total - layers))
+  data, extra = item_text.tower_rows(*encoder.token_states(texts, total - layers))
+  spec = tt.TowerSpec(mode, layers, rank, data["states"].shape[1], encoder.tower_arch(), extra["buckets"]).checked()
+  inputs = (data["states"], data["mask"], data["rank"], jax.tree.map(jnp.asarray, encoder.layer_weights(total - layers)))
   module = tt.TextTower(spec)
-  params = nn.unbox(module.init(jax.random.PRNGKey(0), states, mask, base)["params"])
-  return module, params, states, mask, base
+  params = nn.unbox(module.init(jax.random.PRNGKey(0), *inputs)["params"])
+  return module, params, inputs
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
@@ -47,12 +48,16 @@ def test_a_tower_at_step_zero_is_the_pretrained_encoder_and_its_params_move_it(e
   encoder = te.load(encoder_dir)
   want = encoder.embed(TEXTS)
   for layers in (1, encoder.config.num_hidden_layers):  # the top layer; every layer (only embeddings cached)
-    module, params, states, mask, base = _tower(encoder, mode, layers)
-    got = np.asarray(module.apply({"params": params}, states, mask, base))
-    np.testing.assert_allclose(got, want, atol=2e-5)
+    module, params, inputs = _tower(encoder, mode, layers)
+    assert len(module.spec.buckets) > 1  # the texts' lengths differ: several widths, and it still matches
+    _, extra = item_text.tower_rows(*te.load(encoder_dir).token_states(TEXTS, 1))
+    assert extra["token_slots"]["bucketed"] < extra["token_slots"]["padded"]
+    got = np.asarray(module.apply({"params": params}, *inputs))
+    assert not got[0].any()  # padding
+    np.testing.assert_allclose(got[1:], want, atol=2e-5)
     # the trainable part is live: a step on it changes every item's vector
     moved = jax.tree.map(lambda p: p + 0.05 * np.random.default_rng(1).normal(size=p.shape), params)
-    assert np.abs(np.asarray(module.apply({"params": moved}, states, mask, base)) - want).min(-1).max() > 1e-4
+    assert np.abs(np.asarray(module.apply({"params": moved}, *inputs))[1:] - want).max(-1).min() > 1e-4
   full = sum(p.size for p in jax.tree.leaves(_tower(encoder, "full", 1)[1]))
   lora = sum(p.size for p in jax.tree.leaves(_tower(encoder, "lora", 1)[1]))
   h, i = encoder.config.hidden_size, encoder.config.intermediate_size
@@ -68,10 +73,17 @@ def test_a_tower_at_step_zero_is_the_pretrained_encoder_and_its_params_move_it(e
 def test_padding_rows_get_finite_gradients(encoder_dir):
   """Rows without text (padding, sharding rows) pool to zero; the normalisation's gradient stays finite."""
   encoder = te.load(encoder_dir)
-  module, params, states, mask, base = _tower(encoder, "full", 1)
-  states = np.concatenate([np.zeros((3,) + states.shape[1:], np.float32), states])
-  mask = np.concatenate([np.zeros((3, mask.shape[1]), np.float32), mask])
-  grads = jax.grad(lambda p: jnp.sum(module.apply({"params": p}, states, mask, base) ** 2 * np.arange(9)[:, None]))(params)
+  module, params, (states, mask, rank, base) = _tower(encoder, "full", 1)
+  # three more rows past the buckets (sharding padding: width 1, no token), read through rank
+  states = np.concatenate([states, np.zeros((3,) + states.shape[1:], np.float32)])
+  mask = np.concatenate([mask, np.zeros((3, mask.shape[1]), np.float32)])
+  rank = np.concatenate([rank, np.arange(7, 10, dtype=np.float32)])
+  out = module.apply({"params": params}, states, mask, rank, base)
+  assert out.shape == (10, encoder.dim) and not np.asarray(out)[7:].any()
+  assert tt.length_buckets([0, 3, 3, 5, 9, 9, 9, 12], 12) == ((4, 5), (7, 9), (8, 12))
+  assert tt.length_buckets([0, 4, 4, 4], 8) == ((4, 4),)  # equal widths merge
+  grads = jax.grad(lambda p: jnp.sum(module.apply({"params": p}, states, mask, rank, base) ** 2
+                                     * np.arange(10)[:, None]))(params)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
   assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads)) > 0
 
@@ -125,6 +137,8 @@ def test_tuned_towers_train_end_to_end_and_transfer_from_a_frozen_text_model(dat
   data, _ = item_text.item_text_tower(c.data, domain, encoder_dir, 1, progress=False)
   text = params["lora"]["item_embed"]["text"]
   assert np.array_equal(np.asarray(text["states"])[:201], data["states"])
+  assert np.array_equal(np.asarray(text["rank"])[:201], data["rank"]) and not np.asarray(text["rank"])[201:].any()
+  assert info["token_slots"]["bucketed"] <= info["token_slots"]["padded"]  # (synthetic texts: one length)
   assert np.array_equal(np.asarray(text["base"]["layer_0"]["query"]["kernel"]),
                         np.asarray(data["base"]["layer_0"]["query"]["kernel"]))
   assert results["lora"]["transfer"]["trainable"] < results["full"]["transfer"]["trainable"]
@@ -164,23 +178,22 @@ def test_a_static_encoder_or_too_many_layers_is_refused_by_name(data_dir, encode
     set_item_text(params, roles, {"": np.ones((11, 4))})
 
 
-def _frozen_model():
+def _frozen_model(tune: str = ""):
   c = _text_config("/tmp", "unused").model
-  c.text.dim = 8
+  c.text.update(dict(dim=8, tune=tune))
   return c
 
 
 def test_common_text_items_use_the_tower_for_inputs_and_the_output_table(encoder_dir):
   """TextItems with a tower: the rows of `ids` are the adapted tower output's rows."""
   encoder = te.load(encoder_dir)
-  states, mask = encoder.token_states(TEXTS, 1)
-  spec = tt.TowerSpec("lora", 1, 2, states.shape[1], encoder.tower_arch())
+  data, extra = item_text.tower_rows(*encoder.token_states(TEXTS, 1))
+  spec = tt.TowerSpec("lora", 1, 2, data["states"].shape[1], encoder.tower_arch(), extra["buckets"])
   items = common.TextItems(vocab_size=8, text_dim=encoder.dim, embed_dim=4, experts=2, tower_spec=spec)
   ids = jnp.asarray([[1, 2, 0], [6, 6, 3]])
   params = nn.unbox(items.init(jax.random.PRNGKey(0), ids)["params"])
-  params["text"]["states"] = np.pad(states, ((1, 1), (0, 0), (0, 0)))
-  params["text"]["mask"] = np.pad(mask, ((1, 1), (0, 0)))
-  params["text"]["base"] = jax.tree.map(np.asarray, encoder.layer_weights(1))
+  params["text"] = set_item_text({"item_embed": params}, models.build(_frozen_model(tune="lora"), 10).roles(),
+                                 {**data, "base": encoder.layer_weights(1)})["item_embed"]["text"]
   rows = items.apply({"params": params}, ids)
   table = items.apply({"params": params}, method=lambda m: m.embedding)
   np.testing.assert_allclose(rows, np.asarray(table)[np.asarray(ids)], atol=1e-6)

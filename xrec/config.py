@@ -159,9 +159,10 @@ def core_config() -> ml_collections.ConfigDict:
   # tune_layers layers train end to end with the model (in full, or LoRA of rank lora_rank on the
   # attention's query and value; xrec/models/text_tower.py), the layers below are cached as token
   # states; BERT-family encoders only. tokens: token slots per item (0 = the catalogue's longest
-  # text, capped by the encoder); arch: the encoder's shape, set by the trainer.
+  # text, capped by the encoder); arch (the encoder's shape) and buckets (length buckets of the
+  # catalogue's rows sorted by token count): set by the trainer.
   c.model.text = ml_collections.ConfigDict(dict(encoder="", dim=0, experts=8, tune="", tune_layers=1, lora_rank=8,
-                                                tokens=0, arch=()))
+                                                tokens=0, arch=(), buckets=()))
   # () = item tables as wide as embed_dim; else the embedding dims the item tables keep (a model
   # whose item tables were pruned by dims, prune.kind="dims": tables [vocab, len(item_columns)],
   # looked up into those dims of the model width, scored against those dims of the hidden states)

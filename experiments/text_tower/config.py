@@ -21,10 +21,10 @@ trainable params are in its results; experiments/text_tower/cost.py times the it
   python launch.py --config experiments/text_tower/config.py:ml1m_cross_genre,full --workdir runs/text_tower_ml1m
   python -m xrec.report runs/text_tower_ml1m
 
-A tuned tower runs its layers over the whole catalogue's tokens every step (about 3,700 titles x 20
-tokens here): cost.py measures tens of seconds per step for 6 tuned layers on one CPU core, so
-this study is for an accelerator (experiments/gpu/check.sh); on a CPU run the frozen and
-full_top rows.
+A tuned tower runs its layers over the whole catalogue's tokens every step (about 3,700 titles of
+12 tokens on average here, in length buckets): cost.py measures about 5 s per 1,000 items per step
+for 6 tuned layers on one CPU core (README), so this study is for an accelerator; on a CPU run the
+frozen and full_top rows (--config.experiment.variant is not a filter: use --only with their indices).
 """
 
 import os

@@ -4,7 +4,8 @@ For a catalogue's item texts (MovieLens-1M's titles and genres from --data, or s
 builds the item side of a text model (common.TextItems: tower + UniSRec adaptor to d 64) for each
 tower and times the forward and backward pass of a full-softmax loss over the whole catalogue
 (every item scored, as a training step does), with the trainable params, the bytes a target stores
-and the cached token states. The sequence encoder's share of a step is the same for every tower
+and the cached token states; and checks that each tower at step 0 gives the frozen encoder's
+vectors (largest absolute difference over the catalogue). The sequence encoder's share of a step is the same for every tower
 (experiments/bench: about 1.1 s per step at ML-1M's shape on one core), so the difference between
 towers is this script's number.
 
@@ -49,14 +50,14 @@ def synthetic_texts(n: int, seed: int = 0) -> list[str]:
           + "|".join(rng.choice(genres, rng.integers(1, 4), replace=False)) for _ in range(n)]
 
 
-def time_tower(encoder, texts, mode: str, layers: int, embed_dim: int, rounds: int) -> dict:
+def time_tower(encoder, texts, mode: str, layers: int, embed_dim: int, rounds: int, bucketed: bool = True) -> dict:
   n = len(texts)
   if mode:
     frozen = encoder.config.num_hidden_layers - layers
-    states, mask = encoder.token_states(texts, frozen)
-    spec = tt.TowerSpec(mode, layers, 8, states.shape[1], encoder.tower_arch()).checked()
-    data = {"states": np.pad(states, ((1, 0), (0, 0), (0, 0))), "mask": np.pad(mask, ((1, 0), (0, 0))),
-            "base": jax.tree.map(np.asarray, encoder.layer_weights(frozen))}
+    data, extra = item_text.tower_rows(*encoder.token_states(texts, frozen))
+    buckets = extra["buckets"] if bucketed else ()
+    spec = tt.TowerSpec(mode, layers, 8, data["states"].shape[1], encoder.tower_arch(), buckets).checked()
+    data["base"] = jax.tree.map(np.asarray, encoder.layer_weights(frozen))
   else:
     spec, data = None, {"table": np.pad(encoder.embed(texts), ((1, 0), (0, 0)))}
   items = common.TextItems(vocab_size=n + 1, text_dim=encoder.dim, embed_dim=embed_dim, experts=8, tower_spec=spec)
@@ -74,6 +75,9 @@ def time_tower(encoder, texts, mode: str, layers: int, embed_dim: int, rounds: i
       return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(128), targets])
     return jax.value_and_grad(loss)(trainable)
 
+  # at step 0 a tuned tower is the pretrained encoder: its vectors against the frozen encoder's
+  vectors = np.asarray(items.apply({"params": {**frozen_part, **trainable}}, method=lambda m: m.text_vectors()))[1:]
+  step0 = float(np.abs(vectors - encoder.embed(texts)).max())
   jax.block_until_ready(step(trainable))  # compile
   times = []
   for _ in range(rounds):
@@ -84,7 +88,8 @@ def time_tower(encoder, texts, mode: str, layers: int, embed_dim: int, rounds: i
   return {"seconds_per_step": float(np.median(times)), "all_seconds": times,
           "trainable_params": count(trainable), "stored_bytes_per_target": 4 * count(trainable),
           "cached_bytes": int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(frozen_part))),
-          "tokens": int(spec.tokens) if spec else None}
+          "tokens": int(spec.tokens) if spec else None, "buckets": list(spec.buckets) if spec else None,
+          "step0_max_abs_diff_vs_frozen_encoder": step0}
 
 
 def main():
@@ -93,6 +98,8 @@ def main():
   ap.add_argument("--items", type=int, default=0, help="use the first N texts (0: all)")
   ap.add_argument("--encoder", default="minilm")
   ap.add_argument("--rounds", type=int, default=3)
+  ap.add_argument("--unbucketed", action="store_true", help="also time each tower with every row at the "
+                  "longest text's width (no length buckets)")
   ap.add_argument("--out", default="")
   args = ap.parse_args()
   texts = movielens_texts(args.data) if args.data else synthetic_texts(args.items or 2000)
@@ -104,6 +111,10 @@ def main():
   for name, mode, layers in TOWERS:
     result["towers"][name] = time_tower(encoder, texts, mode, layers, 64, args.rounds)
     print(name, json.dumps({k: v for k, v in result["towers"][name].items() if k != "all_seconds"}), flush=True)
+    if mode and args.unbucketed:
+      name += ", no length buckets"
+      result["towers"][name] = time_tower(encoder, texts, mode, layers, 64, args.rounds, bucketed=False)
+      print(name, json.dumps({k: v for k, v in result["towers"][name].items() if k != "all_seconds"}), flush=True)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -101,7 +101,8 @@ def _item_repr(cfg, cls) -> dict:
   tower = None
   if text.get("tune", ""):
     tower = text_tower.TowerSpec(text.tune, text.get("tune_layers", 1), text.get("lora_rank", 8),
-                                 int(text.get("tokens", 0)), tuple(text.get("arch", ()))).checked()
+                                 int(text.get("tokens", 0)), tuple(text.get("arch", ())),
+                                 tuple(tuple(b) for b in text.get("buckets", ()))).checked()
   return {"item_repr": repr_, "text_dim": int(text.dim), "text_experts": int(text.get("experts", 8)),
           "text_tower_spec": tower}
 

@@ -15,7 +15,8 @@ a tower at step 0 is the pretrained encoder exactly:
   mode "lora": B A added to the query and value kernels (Hu et al. 2022): A [hidden, rank] random,
                B [rank, hidden] zero, scaled by 1 / rank; everything else of the layer frozen.
 
-The tower's output is pooled like the encoder's (mean over the item's tokens or [CLS], optionally
+Rows are sorted by token count and run in up to four length buckets (each at its longest row's
+width), so a catalogue of short titles does not pay for its longest one. The tower's output is pooled like the encoder's (mean over the item's tokens or [CLS], optionally
 L2-normalised) and goes through the model's adaptor. Every step runs the tuned layers over the whole
 catalogue's tokens (the output table scores every item), so its cost grows with items x tokens x
 tuned layers; `layers` is the knob.
@@ -83,6 +84,9 @@ class TowerSpec:
   rank: int = 8  # LoRA rank (mode "lora")
   tokens: int = 0  # token slots per item (model.text.tokens; set by the trainer)
   arch: tuple = ()  # (heads, intermediate, eps, pooling, normalize); () until the encoder is loaded
+  # length buckets over the rows sorted by token count (model.text.buckets, set by the trainer):
+  # ((end_row, width), ...); rows from the last end on (sharding padding) run at width 1
+  buckets: tuple = ()
 
   def checked(self) -> "TowerSpec":
     if self.mode not in MODES:
@@ -122,9 +126,26 @@ def base_shapes(hidden: int, intermediate: int, layers: int) -> dict:
   return out
 
 
+def length_buckets(lengths, tokens: int, max_buckets: int = 4) -> tuple:
+  """((end_row, width), ...) over rows sorted by `lengths` (ascending): boundaries at 50 / 80 / 95 /
+  100% of the rows, each bucket as wide as its longest row (at least 1); equal widths merge."""
+  lengths = np.sort(np.asarray(lengths))
+  n = len(lengths)
+  ends = sorted({max(1, int(np.ceil(q * n))) for q in (0.5, 0.8, 0.95, 1.0)[-max_buckets:]})
+  out = []
+  for end in ends:
+    width = int(min(tokens, max(1, lengths[end - 1])))
+    if out and out[-1][1] == width:
+      out[-1] = (end, width)
+    else:
+      out.append((end, width))
+  return tuple(out)
+
+
 class FrozenText(nn.Module):
   """The catalogue's data for a tuned tower (Roles.item_text): token states after the frozen bottom
-  layers, their mask and the tuned layers' pretrained weights. Zeros here; the trainer sets them."""
+  layers and their mask, rows sorted by token count (length buckets), `rank` (item id -> its row)
+  and the tuned layers' pretrained weights. Zeros here; the trainer sets them."""
 
   vocab_size: int
   hidden: int
@@ -136,26 +157,28 @@ class FrozenText(nn.Module):
     tokens, (_, intermediate, *_) = self.spec.tokens, self.spec._arch()
     states = self.param("states", nn.initializers.zeros, (self.vocab_size, tokens, self.hidden), self.param_dtype)
     mask = self.param("mask", nn.initializers.zeros, (self.vocab_size, tokens), self.param_dtype)
+    # float32: a param (ids below 2^24 are exact); the identity until the trainer sets it
+    rank = self.param("rank", lambda _: jnp.arange(self.vocab_size, dtype=jnp.float32))
     shapes = base_shapes(self.hidden, intermediate, self.spec.layers)
     base = self.param("base", lambda _: jax.tree.map(lambda s: jnp.zeros(s, self.param_dtype), shapes,
                                                      is_leaf=lambda s: isinstance(s, tuple)))
-    return states, mask, base
+    return states, mask, rank, base
 
 
 class TextTower(nn.Module):
   """The trainable part of a tuned tower (Roles.item_tower): runs the top layers over the cached
-  token states with base + delta (full) or base + LoRA (lora) and pools them."""
+  token states with base + delta (full) or base + LoRA (lora), bucket by bucket at each bucket's
+  width, pools them and returns the vectors in item id order (through `rank`)."""
 
   spec: TowerSpec
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, states, mask, base):
+  def __call__(self, states, mask, rank, base):
     heads, _, eps, pooling, normalize = self.spec._arch()
     zeros = lambda shape: (lambda _: jnp.zeros(shape, self.param_dtype))  # noqa: E731
-    x = states.astype(self.dtype)
-    keep = mask[:, None, None, :] > 0
+    weights = []
     for i in range(self.spec.layers):
       w = base[f"layer_{i}"]
       if self.spec.mode == "full":
@@ -163,22 +186,35 @@ class TextTower(nn.Module):
         w = jax.tree.map(jnp.add, w, delta)
       lora = {}
       if self.spec.mode == "lora":
-        hidden, rank = w["query"]["kernel"].shape[0], self.spec.rank
+        hidden, r = w["query"]["kernel"].shape[0], self.spec.rank
         for name in ("query", "value"):
-          a = self.param(f"layer_{i}_{name}_lora_a", nn.initializers.normal(hidden ** -0.5), (hidden, rank),
+          a = self.param(f"layer_{i}_{name}_lora_a", nn.initializers.normal(hidden ** -0.5), (hidden, r),
                          self.param_dtype)
-          b = self.param(f"layer_{i}_{name}_lora_b", zeros((rank, hidden)))
+          b = self.param(f"layer_{i}_{name}_lora_b", zeros((r, hidden)))
           lora[name] = (a, b)
+      weights.append((w, lora))
 
-      def dense(name, h, w=w, lora=lora):
-        y = h @ w[name]["kernel"].astype(self.dtype) + w[name]["bias"].astype(self.dtype)
-        if name in lora:
-          a, b = lora[name]
-          y = y + (h @ a.astype(self.dtype)) @ b.astype(self.dtype) / self.spec.rank
-        return y
+    def run(x, m):
+      x, keep = x.astype(self.dtype), m[:, None, None, :] > 0
+      for w, lora in weights:
+        def dense(name, h, w=w, lora=lora):
+          y = h @ w[name]["kernel"].astype(self.dtype) + w[name]["bias"].astype(self.dtype)
+          if name in lora:
+            a, b = lora[name]
+            y = y + (h @ a.astype(self.dtype)) @ b.astype(self.dtype) / self.spec.rank
+          return y
 
-      def norm(name, h, w=w):
-        return layer_norm(h, w[name]["scale"].astype(self.dtype), w[name]["bias"].astype(self.dtype), eps)
+        def norm(name, h, w=w):
+          return layer_norm(h, w[name]["scale"].astype(self.dtype), w[name]["bias"].astype(self.dtype), eps)
 
-      x = bert_layer(x, keep, dense, norm, heads)
-    return pool(x, mask, pooling, bool(normalize))
+        x = bert_layer(x, keep, dense, norm, heads)
+      return pool(x, m, pooling, bool(normalize))
+
+    buckets = self.spec.buckets or ((states.shape[0], states.shape[1]),)
+    out, start = [], 0
+    for end, width in buckets + (((states.shape[0], 1),) if buckets[-1][0] < states.shape[0] else ()):
+      if end > start:
+        out.append(run(states[start:end, :width], mask[start:end, :width]))
+      start = end
+    sorted_vectors = jnp.concatenate(out) if len(out) > 1 else out[0]
+    return jnp.take(sorted_vectors, rank.astype(jnp.int32), axis=0)

@@ -95,7 +95,7 @@ UNHASHED_FIELDS = ("train.stop_after_steps", "train.stop_at_step", "train.progre
 # Fields added after studies ran, left out of a stage's hash while they hold their default (the
 # behaviour before they existed), so stages computed before them keep their hashes.
 NEUTRAL_DEFAULTS = {"model.text.tune": "", "model.text.tune_layers": 1, "model.text.lora_rank": 8,
-                    "model.text.tokens": 0, "model.text.arch": []}
+                    "model.text.tokens": 0, "model.text.arch": [], "model.text.buckets": []}
 STAGE_KINDS = ("single", "pretrain", "transfer")
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from xrec.data import builders
 from xrec.data import text as data_text
 from xrec.models import text_encoder
+from xrec.models import text_tower
 
 log = logging.getLogger("xrec")
 
@@ -141,8 +142,8 @@ def item_text_table(data_cfg, domain, encoder, progress: bool = True) -> tuple[n
 def item_text_tower(data_cfg, domain, encoder, layers: int, tokens: int = 0,
                     progress: bool = True) -> tuple[dict, dict]:
   """What a tuned text tower of the top `layers` layers reads (model.text.tune; text_tower):
-  ({"states": [num_items + 1, T, hidden], "mask": [num_items + 1, T], "base": the tuned layers'
-  pretrained weights}, info). Row 0 (padding) is zero. The states after the frozen bottom layers are
+  ({"states": [num_items + 1, T, hidden], "mask": [num_items + 1, T], "rank": [num_items + 1],
+  "base": the tuned layers' pretrained weights}, info); rows as tower_rows lays them out. The states after the frozen bottom layers are
   computed once per (encoder, texts, frozen layers, T) and cached next to the text vectors."""
   texts, report = item_texts(data_cfg, domain)
   encoder = load_encoder(encoder) if isinstance(encoder, str) else encoder
@@ -179,5 +180,23 @@ def item_text_tower(data_cfg, domain, encoder, layers: int, tokens: int = 0,
   info.update(seconds=time.time() - start, tokens=int(states.shape[1]),
               truncated=int(sum(len(encoder.tokenizer.tokenize(t)) + 2 > states.shape[1] for t in texts[1:])),
               state_bytes=int(states.nbytes))
+  data, extra = tower_rows(states, mask)
+  info.update(extra)
+  return {**data, "base": encoder.layer_weights(frozen)}, info
+
+
+def tower_rows(states: np.ndarray, mask: np.ndarray) -> tuple[dict, dict]:
+  """A tuned tower's rows from the items' token states [n, T, hidden] and mask [n, T] (item ids
+  1..n): a zero padding row 0 first, rows sorted by token count, `rank` (item id -> row) and the
+  length buckets (text_tower.length_buckets) with the token slots they run against padded rows."""
   pad = lambda a: np.concatenate([np.zeros((1,) + a.shape[1:], a.dtype), a])  # noqa: E731
-  return {"states": pad(states), "mask": pad(mask), "base": encoder.layer_weights(frozen)}, info
+  states, mask = pad(states), pad(mask)
+  lengths = mask.sum(1).astype(np.int64)
+  order = np.argsort(lengths, kind="stable")
+  rank = np.empty(len(order), np.float32)
+  rank[order] = np.arange(len(order), dtype=np.float32)
+  buckets = text_tower.length_buckets(lengths, int(states.shape[1]))
+  starts = [0] + [end for end, _ in buckets]
+  slots = {"padded": int(states.shape[0] * states.shape[1]),
+           "bucketed": int(sum((end - start) * width for start, (end, width) in zip(starts, buckets)))}
+  return {"states": states[order], "mask": mask[order], "rank": rank}, {"buckets": buckets, "token_slots": slots}

@@ -35,7 +35,8 @@ class ItemText(Hook):
       self.values, self.info = texts.item_text_tower(spec.data, run.domain, encoder, text.tune_layers, text.tokens,
                                                      progress=progress)
       self.info.update(tune=text.tune, lora_rank=text.lora_rank if text.tune == "lora" else None)
-      width, extra = encoder.dim, {"model.text.tokens": self.info["tokens"], "model.text.arch": encoder.tower_arch()}
+      width, extra = encoder.dim, {"model.text.tokens": self.info["tokens"], "model.text.arch": encoder.tower_arch(),
+                                   "model.text.buckets": self.info["buckets"]}
     else:
       table, self.info = texts.item_text_table(spec.data, run.domain, text.encoder, progress=progress)
       self.values, width, extra = {"": table}, int(table.shape[1]), {}
@@ -69,7 +70,7 @@ def set_item_text(params, roles, values: dict):
       raise ValueError(f"item text data {path!r} has no place in the model (its text params: "
                        f"{sorted(p for p in flat if p.startswith(roles.item_text))})")
     current, array = flat[path], np.asarray(array)
-    by_rows = sub in ("", "states", "mask")  # one row per item id
+    by_rows = sub in ("", "states", "mask", "rank")  # one row per item id
     fits = (current.shape[0] >= array.shape[0] and current.shape[1:] == array.shape[1:] if by_rows
             else current.shape == array.shape)
     if not fits:
