@@ -99,3 +99,20 @@ def test_a_reference_block_row_runs_the_plain_loop_with_the_same_model(tmp_path,
                                         p["num_heads"], p["mlp_dim"], jnp.float32, dropout, p["block"]))
   curve = tq.run_plain(config, domain, steps=2, eval_every=2)
   assert built and set(built) == {"reference"} and len(curve) == 1
+
+
+def test_an_xrec_curve_from_a_run_made_elsewhere_starts_at_its_step0_evaluation(tmp_path):
+  rows = [{"step": 0, "split": "valid", "time": 100.0, "eval_seconds": 5.0, "ndcg@10": 0.001},
+          {"step": 10, "split": "train", "time": 120.0, "loss": 3.0},
+          {"step": 20, "split": "valid", "time": 150.0, "eval_seconds": 6.0, "ndcg@10": 0.11},
+          {"step": 40, "split": "valid", "time": 200.0, "eval_seconds": 6.0, "ndcg@10": 0.15}]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+  curve = tq.curve_from_run(str(tmp_path))
+  # the step-0 evaluation ended at 100 (the clock starts there); later evaluations are taken out
+  assert curve == [{"step": 20, "seconds": 150.0 - 100.0 - 6.0, "ndcg@10": 0.11},
+                   {"step": 40, "seconds": 200.0 - 100.0 - 12.0, "ndcg@10": 0.15}]
+  # a clock started before the step-0 evaluation takes that evaluation out too
+  assert tq.curve_from_run(str(tmp_path), start=90.0)[1]["seconds"] == 150.0 - 90.0 - 11.0
+  (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[2]) + "\n")
+  with pytest.raises(ValueError, match="no step-0 evaluation"):
+    tq.curve_from_run(str(tmp_path))

@@ -77,6 +77,26 @@ def run_xrec(config, workdir: str) -> list[dict]:
   return out
 
 
+def curve_from_run(run_dir: str, start: float | None = None) -> list[dict]:
+  """xrec's curve from a run made elsewhere (e.g. a reproduction row's stage folder, launched on
+  its own core): [{step, seconds, ndcg@10}] per validation row of RUN_DIR/metrics.jsonl, seconds
+  since `start` (epoch seconds; default: when the step-0 evaluation began, so the data loading before
+  it is not counted) less every evaluation after it."""
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    rows = [r for r in map(json.loads, f) if r["split"] == "valid"]
+  if start is None:
+    first = next((r for r in rows if r["step"] == 0), None)
+    if first is None:
+      raise ValueError(f"{run_dir}/metrics.jsonl has no step-0 evaluation to start the clock from; pass --start")
+    start = first["time"]  # the row is written when that evaluation ends
+  out, evals = [], 0.0
+  for r in rows:
+    if r["time"] > start:  # evaluations after the clock started are not training time
+      evals += r["eval_seconds"]
+      out.append({"step": r["step"], "seconds": r["time"] - start - evals, "ndcg@10": r["ndcg@10"]})
+  return out
+
+
 def plain_eval(model, params, domain, config, split: str = "valid") -> float:
   """NDCG@10 of the plain model by xrec's protocol (same batches, ranks and sums)."""
   num_items = domain.num_items
@@ -174,6 +194,10 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--merge", nargs="+", default=[], help="instead of running: merge these outputs (xrec's and "
                                                          "plain's, run in separate processes) into --out")
+  ap.add_argument("--from_run", default="", help="instead of running: xrec's curve from this run folder's "
+                  "metrics.jsonl (a launch's stage, e.g. a reproduction row on its own core) into --out")
+  ap.add_argument("--start", type=float, default=None, help="with --from_run: epoch seconds the clock starts "
+                  "at (default: the run's step-0 evaluation)")
   ap.add_argument("--data", default="", help="the folder holding ml-1m/ (e.g. ../shared/data)")
   ap.add_argument("--steps", type=int, default=4700, help="budget of each run (47 steps = one epoch)")
   ap.add_argument("--eval_every", type=int, default=235)
@@ -191,6 +215,11 @@ def main():
                                               "if this is cut); default a temporary folder")
   args = ap.parse_args()
   levels = [float(x) for x in args.levels.split(",")]
+  if args.from_run:
+    curve = curve_from_run(args.from_run, args.start)
+    bench._write({"from_run": os.path.abspath(args.from_run), "row": args.row, "levels": levels,
+                  "curves": {"xrec": [curve]}, "time_to": summarise({"xrec": [curve]}, levels)}, args.out)
+    return
   if args.merge:
     result = merge(args.merge, levels)
     bench._write(result, args.out)
