@@ -201,18 +201,17 @@ def test_common_text_items_use_the_tower_for_inputs_and_the_output_table(encoder
   np.testing.assert_allclose(vectors[1:7], encoder.embed(TEXTS), atol=2e-5)
 
 
-def test_stage_hashes_ignore_the_tower_fields_at_their_defaults(data_dir, encoder_dir):
-  """Stages computed before model.text.tune existed keep their hashes; a tuned tower is another stage."""
+def test_stage_hashes_ignore_the_tower_fields_at_their_defaults():
+  """Stages computed before model.text.tune existed keep their hashes (the literal hashes were
+  computed at commit 75b1cf2, before the tower fields); a tuned tower is another stage."""
+  from conftest import tiny_config
   from xrec.train import experiment
-  c = _text_config(data_dir, encoder_dir)
-  plain = experiment.stage_hash(c)
-  legacy = c.to_dict()
-  for field in ("tune", "tune_layers", "lora_rank", "tokens", "arch"):
-    del legacy["model"]["text"][field]
-  import ml_collections
-  assert experiment.stage_hash(ml_collections.ConfigDict(legacy)) == plain
+  c = tiny_config("/tmp/unused")
+  assert experiment.stage_hash(c) == "b99d24689e886e58"
+  c.model.item_repr, c.model.text.encoder, c.model.text.experts = "text", "minilm", 2
+  assert experiment.stage_hash(c) == "013b5f077b3d99da"
   c.model.text.tune = "lora"
-  assert experiment.stage_hash(c) != plain
+  assert experiment.stage_hash(c) != "013b5f077b3d99da"
 
 
 def test_the_tower_study_shares_one_frozen_text_pretraining_and_varies_only_the_target(monkeypatch):
@@ -235,3 +234,63 @@ def test_the_tower_study_shares_one_frozen_text_pretraining_and_varies_only_the_
       pretrain.add(experiment.stage_hash(p))
     transfer.add(experiment.stage_hash(experiment.transfer_config(cfg, cell["transfer.strategy"], "/tmp/p")))
   assert len(pretrain) == 1 and len(transfer) == 9
+
+
+@pytest.mark.parametrize("name,repr_", [("sasrec", "text"), ("bert4rec", "text"), ("gru4rec", "text+id")])
+def test_a_step_runs_the_tower_once_and_every_text_encoder_takes_it(encoder_dir, name, repr_, monkeypatch):
+  """The inputs' rows and the scores read one tower pass (a training call and score_last); the
+  BERT4Rec mask token keeps its own row; text + ID adds the ID rows."""
+  encoder = te.load(encoder_dir)
+  data, extra = item_text.tower_rows(*encoder.token_states(TEXTS, 1))
+  c = _frozen_model(tune="full")
+  c.name, c.item_repr = name, repr_
+  c.text.update(dict(dim=encoder.dim, tokens=int(data["states"].shape[1]), arch=encoder.tower_arch(),
+                     buckets=extra["buckets"]))
+  model = models.build(c, len(TEXTS))
+  inputs = jnp.asarray([[0, 0, 1, 2, 3, 4, 5, 6, 2, 1, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6]])
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), inputs)["params"])
+  params = set_item_text(params, model.roles(), {**data, "base": encoder.layer_weights(1)})
+  calls = []
+  original = tt.TextTower.__call__
+  monkeypatch.setattr(tt.TextTower, "__call__", lambda self, *a: calls.append(1) or original(self, *a))
+  hidden, table, _ = model.apply({"params": params}, inputs)
+  assert len(calls) == 1
+  scores = model.apply({"params": params}, inputs, method="score_last")
+  assert len(calls) == 2 and np.isfinite(np.asarray(scores)).all()
+  # the shared table gives the inputs the rows the tower-computing path gives them
+  monkeypatch.setattr(tt.TextTower, "__call__", original)
+  rows = model.apply({"params": params}, inputs, method=lambda m, x: m.item_embed(x))
+  np.testing.assert_allclose(np.asarray(table)[np.asarray(inputs)], rows, atol=1e-6)
+  if model.uses_mask_token:
+    mask_row = np.asarray(table)[len(TEXTS) + 1]
+    assert np.abs(mask_row - np.asarray(params["item_embed"]["mask_embed"])).max() < 1e-6
+
+
+def test_a_bfloat16_tower_computes_in_bfloat16_close_to_float32(encoder_dir):
+  encoder = te.load(encoder_dir)
+  module, params, inputs = _tower(encoder, "lora", 2)
+  fp32 = np.asarray(module.apply({"params": params}, *inputs))
+  half = tt.TextTower(module.spec, dtype=jnp.bfloat16).apply({"params": params}, *inputs)
+  assert half.dtype == jnp.bfloat16
+  assert np.abs(np.asarray(half, np.float32) - fp32).max() < 0.05
+
+
+def test_a_tuned_source_refuses_a_frozen_target_naming_the_tower(data_dir, encoder_dir, tmp_path):
+  """A tower trained on the source cannot be dropped silently: the load names its params."""
+  c = _text_config(data_dir, encoder_dir)
+  c.model.text.tune = "lora"
+  train_and_evaluate(c, str(tmp_path / "tuned_source"))
+  t = _text_config(data_dir, encoder_dir)
+  t.data.domain, t.train.init_from, t.transfer.strategy = "target", str(tmp_path / "tuned_source"), "full_finetune"
+  with pytest.raises(ValueError, match=r"(?s)does not fit the model.*\+ item_embed/tower/layer_0_query_lora_a"):
+    train_and_evaluate(t, str(tmp_path / "frozen_target"))
+  t.model.text.tune, t.transfer.strategy = "lora", "zero_shot"  # tuned -> tuned: the tower loads as trained
+  r = train_and_evaluate(t, str(tmp_path / "tuned_target"))
+  assert np.isfinite(r["test"]["ndcg@10"])
+  src, _ = ckpt.restore_best_params(str(tmp_path / "tuned_source"))
+  dst, _ = ckpt.restore_best_params(str(tmp_path / "tuned_target"))
+  assert float(np.abs(src["item_embed"]["tower"]["layer_0_query_lora_b"]).max()) > 0
+  for name in ("layer_0_query_lora_a", "layer_0_query_lora_b", "layer_0_value_lora_b"):
+    assert np.array_equal(dst["item_embed"]["tower"][name], src["item_embed"]["tower"][name])
+  # while the text data are the target catalogue's own, never the source's
+  assert not np.array_equal(dst["item_embed"]["text"]["states"], src["item_embed"]["text"]["states"])

@@ -80,8 +80,8 @@ def run_xrec(config, workdir: str) -> list[dict]:
 def curve_from_run(run_dir: str, start: float | None = None) -> list[dict]:
   """xrec's curve from a run made elsewhere (e.g. a reproduction row's stage folder, launched on
   its own core): [{step, seconds, ndcg@10}] per validation row of RUN_DIR/metrics.jsonl, seconds
-  since `start` (epoch seconds; default: when the step-0 evaluation began, so the data loading before
-  it is not counted) less every evaluation after it."""
+  since `start` (epoch seconds; default: when the step-0 evaluation ended, so neither the data
+  loading nor that evaluation is counted) less every evaluation after it."""
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
     rows = [r for r in map(json.loads, f) if r["split"] == "valid"]
   if start is None:

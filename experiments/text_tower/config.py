@@ -23,8 +23,8 @@ trainable params are in its results; experiments/text_tower/cost.py times the it
 
 A tuned tower runs its layers over the whole catalogue's tokens every step (about 3,700 titles of
 12 tokens on average here, in length buckets): cost.py measures about 5 s per 1,000 items per step
-for 6 tuned layers on one CPU core (README), so this study is for an accelerator; on a CPU run the
-frozen and full_top rows (--config.experiment.variant is not a filter: use --only with their indices).
+for 6 tuned layers on one CPU core (README), so this study is for an accelerator. On a CPU, run
+only the frozen and full_top rows: pick their cells with --only (indices from --list).
 """
 
 import os

@@ -105,9 +105,16 @@ def main():
   texts = movielens_texts(args.data) if args.data else synthetic_texts(args.items or 2000)
   texts = texts[:args.items] if args.items else texts
   encoder = item_text.load_encoder(args.encoder)
-  result = {"encoder": encoder.name, "items": len(texts), "texts": "movielens-1m titles and genres" if args.data
-            else "synthetic", "device": jax.devices()[0].device_kind, "jax": jax.__version__,
-            "machine": platform.machine(), "towers": {}}
+  lengths = np.array([len(encoder.tokenizer.tokenize(t)) + 2 for t in texts])
+  result = {"encoder": args.encoder, "encoder_folder": encoder.name, "encoder_fingerprint": encoder.fingerprint,
+            "items": len(texts), "texts": "movielens-1m movies.dat: title (year) genres, the first --items lines"
+            if args.data else "synthetic", "tokens_per_text": {"mean": float(lengths.mean()), "max": int(lengths.max())},
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": jax.devices()[0].device_kind,
+            "jax": jax.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "towers": {}}
+  if args.data:
+    every = [len(encoder.tokenizer.tokenize(t)) + 2 for t in movielens_texts(args.data)]
+    result["tokens_per_text_all_movies"] = {"movies": len(every), "mean": float(np.mean(every)), "max": int(max(every))}
   for name, mode, layers in TOWERS:
     result["towers"][name] = time_tower(encoder, texts, mode, layers, 64, args.rounds)
     print(name, json.dumps({k: v for k, v in result["towers"][name].items() if k != "all_seconds"}), flush=True)

@@ -70,6 +70,8 @@ class Roles:
   item_adaptor: str | None = None  # subtree of the adaptor from text embeddings to the model width
   item_tower: str | None = None  # subtree of a tuned text tower's trainable part (model.text.tune; its
   #                                frozen part, cached token states and base weights, is item_text)
+  item_text_data: tuple[str, ...] = ()  # every subtree the items' text data may take in this encoder
+  #                                      (a frozen table, a tuned tower's states): never loaded
 
   @property
   def item_rows(self) -> tuple[str, ...]:

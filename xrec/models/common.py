@@ -3,6 +3,7 @@ flatten to `a/b/c` paths and strict loading of a checkpoint into a model."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -39,7 +40,7 @@ def output_bias_param(module: nn.Module, vocab_size: int, param_dtype):
 
 
 ITEM_REPRS = ("id", "text", "text+id")
-TEXT_DATA = ("table", "text")  # TextItems' catalogue data (frozen vectors; a tuned tower's states and base)
+TEXT_DATA = ("item_embed/table", "item_embed/text")  # TextItems' catalogue data, frozen or tuned tower
 
 
 class MoEAdaptor(nn.Module):
@@ -141,8 +142,26 @@ class ScoresItems:
     table = self.item_embed.embedding if self.tie_embeddings else self.output_embed.embedding
     return table, self.output_bias
 
+  def _tuned_tower(self) -> bool:
+    return getattr(self, "text_tower_spec", None) is not None
+
+  @contextlib.contextmanager
+  def _shared_table(self, table):
+    """Within it, embed_items reads the inputs' rows from `table` (the tied output table) instead
+    of computing them: a tuned text tower runs over the catalogue once per call, not once for the
+    inputs and again for the scores (whose backward passes XLA cannot merge). Only for tuned
+    towers; the rows are the same (text models tie their tables)."""
+    object.__setattr__(self, "_table_for_inputs", table if self._tuned_tower() else None)
+    try:
+      yield
+    finally:
+      object.__setattr__(self, "_table_for_inputs", None)
+
   def embed_items(self, inputs):
     """The item table's rows of `inputs` [..., embed] (item_columns: placed in those dims, 0 elsewhere)."""
+    shared = getattr(self, "_table_for_inputs", None)
+    if shared is not None:
+      return jnp.take(shared, inputs, axis=0)
     rows = self.item_embed(inputs)
     columns = getattr(self, "item_columns", ())
     if not columns:
@@ -157,14 +176,16 @@ class ScoresItems:
 
   def __call__(self, inputs, deterministic: bool = True):
     """Returns (hidden [batch, len, embed], item table [vocab, embed], bias [vocab])."""
-    hidden = self.encode(inputs, deterministic)
     table, bias = self.output_table()
+    with self._shared_table(table):
+      hidden = self.encode(inputs, deterministic)
     return self.scoring_hidden(hidden), table, bias
 
   def score_last(self, inputs):
     """Scores of every item as the next one after each sequence: [batch, vocab] float32."""
-    hidden = self.last_states(self.scoring_inputs(inputs))
     table, bias = self.output_table()
+    with self._shared_table(table):
+      hidden = self.last_states(self.scoring_inputs(inputs))
     return score_items(self.scoring_hidden(hidden), table, bias)
 
   def last_states(self, inputs):
@@ -180,10 +201,10 @@ class ScoresItems:
     repr_ = getattr(self, "item_repr", "id")
     if repr_ == "id":
       return {"item_table": "item_embed/embedding"}
-    tuned = getattr(self, "text_tower_spec", None) is not None
+    tuned = self._tuned_tower()
     return {"item_table": "item_embed/id_embed/embedding" if repr_ == "text+id" else None,
             "item_text": "item_embed/text" if tuned else "item_embed/table", "item_adaptor": "item_embed/adaptor",
-            "item_tower": "item_embed/tower" if tuned else None}
+            "item_tower": "item_embed/tower" if tuned else None, "item_text_data": TEXT_DATA}
 
   def item_tables(self, vocab_size: int, embed_dim: int, dtype, param_dtype):
     """Creates item_embed (an ID table, or TextItems for model.item_repr text / text+id),

@@ -46,7 +46,7 @@ from xrec.models.wordpiece import WordPiece
 
 # Part of every encoder's fingerprint (which names cached item embeddings): raise it when a change
 # here (tokenizer, pooling, architecture) changes the vectors, so no cache made before is reused.
-IMPLEMENTATION = 1
+IMPLEMENTATION = 2  # 2: attention scores scaled by a multiplication (bert_layer), not a division
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
 

@@ -12,8 +12,9 @@ a tower at step 0 is the pretrained encoder exactly:
   mode "full": a delta for every weight of the top layers (kernel, bias, LayerNorm scale and bias);
                the layer runs with base + delta (the same function as tuning the weights themselves,
                and weight decay pulls towards the pretrained weights, not towards zero);
-  mode "lora": B A added to the query and value kernels (Hu et al. 2022): A [hidden, rank] random,
-               B [rank, hidden] zero, scaled by 1 / rank; everything else of the layer frozen.
+  mode "lora": B A added to the query and value kernels (Hu et al. 2022): A [hidden, rank] random
+               (N(0, 1/hidden)), B [rank, hidden] zero, unscaled (alpha = rank), as the `lora` preset's
+               modules (transfer/insert/peft.py); everything else of the layer frozen.
 
 Rows are sorted by token count and run in up to four length buckets (each at its longest row's
 width), so a catalogue of short titles does not pay for its longest one. The tower's output is pooled like the encoder's (mean over the item's tokens or [CLS], optionally
@@ -48,7 +49,7 @@ def bert_layer(x, keep, dense: Callable, norm: Callable, heads: int):
   width = hidden // heads
   split = lambda t: t.reshape(t.shape[:2] + (heads, width))  # noqa: E731
   q, k, v = (split(dense(name, x)) for name in ("query", "key", "value"))
-  scores = jnp.einsum("nqhd,nkhd->nhqk", q, k) / np.sqrt(width)
+  scores = jnp.einsum("nqhd,nkhd->nhqk", q, k) * (width ** -0.5)  # a Python float: keeps the compute dtype
   weights = jax.nn.softmax(jnp.where(keep, scores, jnp.finfo(scores.dtype).min), axis=-1)
   context = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(x.shape)
   x = norm("attn_ln", x + dense("attn_out", context))
@@ -57,9 +58,11 @@ def bert_layer(x, keep, dense: Callable, norm: Callable, heads: int):
 
 
 def layer_norm(x, scale, bias, eps: float):
-  mean = x.mean(-1, keepdims=True)
-  var = jnp.square(x - mean).mean(-1, keepdims=True)
-  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+  """LayerNorm with its statistics in float32 (bfloat16 compute keeps its dtype)."""
+  h = x.astype(jnp.float32)
+  mean = h.mean(-1, keepdims=True)
+  var = jnp.square(h - mean).mean(-1, keepdims=True)
+  return ((h - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype) * scale + bias
 
 
 def pool(states, mask, pooling: str, normalize: bool):
@@ -201,7 +204,7 @@ class TextTower(nn.Module):
           y = h @ w[name]["kernel"].astype(self.dtype) + w[name]["bias"].astype(self.dtype)
           if name in lora:
             a, b = lora[name]
-            y = y + (h @ a.astype(self.dtype)) @ b.astype(self.dtype) / self.spec.rank
+            y = y + (h @ a.astype(self.dtype)) @ b.astype(self.dtype)
           return y
 
         def norm(name, h, w=w):

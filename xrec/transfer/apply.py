@@ -27,7 +27,6 @@ from typing import Callable, Sequence
 
 import optax
 
-from xrec.models import common
 from xrec.models.base import Roles
 from xrec.transfer import insert
 from xrec.transfer import load as loading
@@ -143,8 +142,7 @@ class TransferPlan:
     dont_load = tuple(strategy.dont_load) + self.extra_dont_load
     if roles.item_text:  # the current catalogue's text data, set by the trainer: a frozen table in the
       # checkpoint and a tuned tower's cached states here (or the reverse) are both that data
-      parent = roles.item_text.rsplit("/", 1)[0]
-      dont_load += tuple(Roles.subtree_regex(f"{parent}/{name}") for name in common.TEXT_DATA)
+      dont_load += tuple(Roles.subtree_regex(p) for p in (roles.item_text, *roles.item_text_data))
     if roles.item_tower and not any(p.startswith(roles.item_tower + "/") for p in tree.flatten(pretrained)):
       dont_load += (Roles.subtree_regex(roles.item_tower),)  # the text was frozen there: the tower starts as the sentence encoder
     if strategy.load_roles is not None:
