@@ -81,6 +81,7 @@ def test_merge_puts_loops_run_in_separate_processes_side_by_side(tmp_path):
   assert merged["time_to"]["0.1"]["median"] == {"xrec": 10.0, "plain": 25.0}
   assert merged["time_to"]["0.14"]["median"] == {"xrec": 20.0, "plain": None}
   assert merged["best"] == {"xrec": [0.15], "plain": [0.12]} and merged["parts"] == [{"steps": 4}, {"steps": 4}]
+  assert merged["steps_to"] == {"0.1": {"xrec": [2], "plain": [4]}, "0.14": {"xrec": [4], "plain": [None]}}
   with pytest.raises(ValueError, match="an xrec and a plain curve"):
     tq.merge([xrec], [0.10])
 

@@ -137,8 +137,15 @@ def run_plain(config, domain, steps: int, eval_every: int, seed: int = 0) -> lis
   return out
 
 
-def first_reach(curve: list[dict], level: float):
-  return next((r["seconds"] for r in curve if r["ndcg@10"] >= level), None)
+def first_reach(curve: list[dict], level: float, key: str = "seconds"):
+  return next((r[key] for r in curve if r["ndcg@10"] >= level), None)
+
+
+def steps_to(curves: dict, levels) -> dict:
+  """{level: {loop: [first step at or above it, per run]}}: load-independent (a curve's steps do not
+  depend on what else shares the machine; its seconds do)."""
+  return {f"{level:g}": {name: [first_reach(c, level, "step") for c in runs] for name, runs in curves.items()}
+          for level in levels}
 
 
 def summarise(curves: dict, levels) -> dict:
@@ -153,18 +160,18 @@ def summarise(curves: dict, levels) -> dict:
   return out
 
 
-def plot(curves: dict, levels, path: str) -> None:
+def plot(curves: dict, levels, path: str, x: str = "seconds") -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for (name, runs), color in zip(sorted(curves.items()), ("tab:orange", "tab:blue")):
     for r, c in enumerate(runs):
-      ax.plot([x["seconds"] for x in c], [x["ndcg@10"] for x in c], color=color, marker=".",
+      ax.plot([p[x] for p in c], [p["ndcg@10"] for p in c], color=color, marker=".",
               label=name if r == 0 else None, alpha=1.0 if r == 0 else 0.5)
   for level in levels:
     ax.axhline(level, color="grey", lw=0.6, ls=":")
-  ax.set_xlabel("training seconds (evaluations excluded)")
+  ax.set_xlabel("training seconds (evaluations excluded)" if x == "seconds" else "training steps (batches of 128)")
   ax.set_ylabel("valid NDCG@10 (full ranking)")
   ax.set_title("MovieLens-1M, SASRec d64: time to quality")
   ax.legend()
@@ -186,6 +193,7 @@ def merge(paths: list[str], levels) -> dict:
   if not curves.get("xrec") or not curves.get("plain"):
     raise ValueError(f"--merge needs an xrec and a plain curve among {paths}; found {sorted(curves)}")
   return {"merged_from": paths, "levels": levels, "curves": curves, "time_to": summarise(curves, levels),
+          "steps_to": steps_to(curves, levels),
           "best": {n: [max(x["ndcg@10"] for x in c) for c in runs] for n, runs in curves.items()},
           "parts": [{k: v for k, v in part.items() if k not in ("curves", "time_to", "best")} for part in parts]}
 
@@ -211,6 +219,7 @@ def main():
                        "'objective.terms=((\"sampled_softmax\", 1.0),)'; recorded in the output")
   ap.add_argument("--out", required=True)
   ap.add_argument("--plot", default="")
+  ap.add_argument("--plot_x", default="seconds", choices=("seconds", "step"), help="the plot's x axis")
   ap.add_argument("--workdir", default="", help="keep xrec's runs here (metrics.jsonl: its curve so far, even "
                                               "if this is cut); default a temporary folder")
   args = ap.parse_args()
@@ -224,7 +233,7 @@ def main():
     result = merge(args.merge, levels)
     bench._write(result, args.out)
     if args.plot:
-      plot(result["curves"], levels, args.plot)
+      plot(result["curves"], levels, args.plot, args.plot_x)
     return
   if not args.data:
     ap.error("--data is required (unless --merge)")
