@@ -243,7 +243,6 @@ class SentenceEncoder:
         progress(min(start + batch_size, len(order)), len(order))
     return out
 
-
   def token_states(self, texts: list[str], layers: int, tokens: int = 0, batch_size: int = 64,
                    progress=None) -> tuple[np.ndarray, np.ndarray]:
     """What a tuned text tower reads (text_tower): (states [n, T, hidden] float32, mask [n, T]

@@ -7,7 +7,7 @@ for every item of the catalogue ([vocab, tokens, hidden], `xrec/train/item_text.
 disk), and the pretrained weights of the top `layers` layers. Both are data of the current
 catalogue, like the frozen text table (`Roles.item_text`): set by the trainer after every load,
 never trained, never loaded from a checkpoint. What trains (`Roles.item_tower`) starts at zero, so
-a tower at step 0 is the pretrained encoder exactly:
+a tower at step 0 gives the pretrained encoder's vectors (to float rounding):
 
   mode "full": a delta for every weight of the top layers (kernel, bias, LayerNorm scale and bias);
                the layer runs with base + delta (the same function as tuning the weights themselves,
@@ -17,8 +17,9 @@ a tower at step 0 is the pretrained encoder exactly:
                modules (transfer/insert/peft.py); everything else of the layer frozen.
 
 Rows are sorted by token count and run in up to four length buckets (each at its longest row's
-width), so a catalogue of short titles does not pay for its longest one. The tower's output is pooled like the encoder's (mean over the item's tokens or [CLS], optionally
-L2-normalised) and goes through the model's adaptor. Every step runs the tuned layers over the whole
+width), so a catalogue of short titles does not pay for its longest one. The tower's output is
+pooled like the encoder's (mean over the item's tokens or [CLS], optionally L2-normalised) and goes
+through the model's adaptor. Every step runs the tuned layers over the whole
 catalogue's tokens (the output table scores every item), so its cost grows with items x tokens x
 tuned layers; `layers` is the knob.
 
@@ -101,10 +102,6 @@ class TowerSpec:
     if self.mode == "lora" and (not isinstance(self.rank, int) or self.rank < 1):
       raise ValueError(f"model.text.lora_rank={self.rank!r} must be a positive integer")
     return self
-
-  @property
-  def heads(self) -> int:
-    return int(self._arch()[0])
 
   def _arch(self) -> tuple:
     if len(self.arch) != 5 or not self.tokens:
