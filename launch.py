@@ -12,6 +12,12 @@ WORKDIR/results.json.
   python launch.py --config experiments/fraction_study/config.py --workdir runs/fraction --list
   python launch.py --config experiments/fraction_study/config.py --workdir runs/fraction [--only KEY|INDEX]
 
+A study carried to another machine by its committed records (study.json and runs.jsonl) goes on
+there without running its done cells again (their stages stay behind; the report needs only the
+records):
+
+  python launch.py --config CONFIG --workdir runs/x --continue_from experiments/<study>/<records folder>
+
 Multi-host: when cluster variables are present (SLURM with several tasks, Open MPI,
 Cloud TPU pods, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID),
 jax.distributed.initialize() is called first; each process then feeds its slice
@@ -36,6 +42,9 @@ flags.DEFINE_string("only", None, "Study: run only this cell (its key, or its in
 flags.DEFINE_bool("list", False, "Study: print the cells (index, key) and exit.")
 flags.DEFINE_integer("jobs", 1, "Study: run this many cells at once, one worker process per CPU core "
                      "(single-threaded XLA) or per GPU, sharing stages through the stage locks.", lower_bound=1)
+flags.DEFINE_string("continue_from", None, "Study: a folder with a study's study.json and runs.jsonl (e.g. the "
+                    "records a study commits): WORKDIR starts from them when it has none, and a cell whose done "
+                    "record planned the same stages is not run again though its stages are not on this machine.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 _CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
@@ -149,6 +158,8 @@ def main(argv):
     module = runner.load_config_module(config_file)
     study = runner.study_of(module, flags.FLAGS.config)
     if not flags.FLAGS.list:
+      if flags.FLAGS.continue_from and runner.is_main_process():
+        runner.continue_from(flags.FLAGS.continue_from, flags.FLAGS.workdir)
       runner.check_launch(flags.FLAGS.config, study, flags.FLAGS.workdir, flags.FLAGS.only)
     else:
       runner.check_study(flags.FLAGS.config, study)
@@ -168,7 +179,8 @@ def run_study(study, config_file: str, config_arg):
       counts = run_parallel(study)
     else:
       counts = runner.run_study(flags.FLAGS.config, study, flags.FLAGS.workdir, only=flags.FLAGS.only,
-                               config_file=config_file, config_arg=config_arg)
+                               config_file=config_file, config_arg=config_arg,
+                               trust_records=bool(flags.FLAGS.continue_from))
   except (runner.WorkdirInUse, runner.ConfigConflict) as e:  # another launch got there first
     return _fail(e)
   print(f"study {flags.FLAGS.workdir}: {counts}", flush=True)
@@ -186,7 +198,7 @@ def run_parallel(study) -> dict:
   """--jobs N: the cells not yet done, N at a time, each as `launch.py --only INDEX` (xrec/train/parallel.py)."""
   from xrec.train import parallel, runner
   with runner.launch_lock(flags.FLAGS.workdir):  # one --jobs launch per workdir; cells lock themselves
-    jobs = runner.parallel_jobs(flags.FLAGS.config, study, flags.FLAGS.workdir)
+    jobs = runner.parallel_jobs(flags.FLAGS.config, study, flags.FLAGS.workdir, bool(flags.FLAGS.continue_from))
     cached = len(runner.cells_of(study)) - len(jobs)
     done = parallel.run_jobs(jobs, parallel.launch_command(sys.argv), flags.FLAGS.jobs,
                              lambda: runner.finished_stages(flags.FLAGS.workdir))

@@ -200,3 +200,15 @@ def test_launch_list_and_only(finished_study, tmp_path):
   runs = runner.read_runs(wd)
   assert len(runs) == before + 1 and runs[-1]["key"] == key and runs[-1]["status"] == "done"
   assert runs[-1]["reused"] == ["pretrain"]
+  # the study's records alone, carried to a fresh workdir: every done cell counts, nothing trains
+  records, carried = str(tmp_path / "records"), str(tmp_path / "carried")
+  os.makedirs(records)
+  for name in ("study.json", "runs.jsonl"):
+    shutil.copyfile(os.path.join(wd, name), os.path.join(records, name))
+  carry = [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={cfg}", f"--workdir={carried}"]
+  out = subprocess.run(carry + [f"--continue_from={records}"], capture_output=True, text=True, env=env, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "'ran': 0, 'cached': 5" in out.stdout and not os.path.exists(os.path.join(carried, "stages"))
+  out = subprocess.run(carry + [f"--continue_from={tmp_path / 'none'}"], capture_output=True, text=True, env=env,
+                       timeout=120)
+  assert out.returncode == 2 and "has no study.json" in out.stderr

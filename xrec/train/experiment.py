@@ -96,6 +96,14 @@ UNHASHED_FIELDS = ("train.stop_after_steps", "train.stop_at_step", "train.progre
 # behaviour before they existed), so stages computed before them keep their hashes.
 NEUTRAL_DEFAULTS = {"model.text.tune": "", "model.text.tune_layers": 1, "model.text.lora_rank": 8,
                     "model.text.tokens": 0, "model.text.arch": [], "model.text.buckets": []}
+# Where a real source's files are: a stage whose inputs are fingerprinted by content
+# (xrec/data/fingerprint.py) is the same stage wherever the same bytes lie, so its hash keeps only a
+# file's name (the per-file key namespace, data.files.keys, is made from it) and no folder (a study
+# carried to another machine, launch.py --continue_from, finds its stages' hashes again).
+LOCATION_FIELDS = {"data.movielens.manual_dir": None, "data.files.path": os.path.basename,
+                   "data.files.item_attributes_path": os.path.basename,
+                   "data.scenario.target_files.path": os.path.basename,
+                   "data.scenario.target_files.item_attributes_path": os.path.basename}
 STAGE_KINDS = ("single", "pretrain", "transfer")
 
 
@@ -111,7 +119,7 @@ def stage_hash(config, depends_on: dict[str, str] | None = None) -> str:
   train.init_from replaced by the hash of the stage it loads, so a moved study keeps its hashes and
   a changed pretraining changes every transfer built on it, and the sha256 of every data file the
   stage reads (xrec/data/fingerprint.py), so an edited file never reuses a stage computed from the
-  old one."""
+  old one, and the same file in another folder does (LOCATION_FIELDS)."""
   tree = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored in results.json
   for field in UNHASHED_FIELDS:
     _drop_field(tree, field)
@@ -127,6 +135,16 @@ def stage_hash(config, depends_on: dict[str, str] | None = None) -> str:
   inputs = fingerprint.digests(config.data)
   if inputs:  # a real source: the content of the files it reads (an edited file is another stage)
     tree["data_input_sha256"] = inputs
+    for field, keep in LOCATION_FIELDS.items():
+      *parents, leaf = field.split(".")
+      node = tree
+      for name in parents:
+        node = node.get(name, {})
+      if leaf in node:
+        if keep is None or not node[leaf]:
+          node.pop(leaf)
+        else:
+          node[leaf] = keep(os.path.normpath(node[leaf]))
   text = json.dumps(tree, sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -38,12 +38,15 @@ import copy
 import dataclasses
 import datetime
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import shutil
 import socket
+import subprocess
 import time
 import traceback
 import types
@@ -354,12 +357,15 @@ def check_pretraining(config, results: dict) -> None:
         "give it a budget that converges (experiment.pretrain.train.num_epochs / num_steps) or lower the floor")
 
 
-def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> dict:
-  """Runs one cell's stages; returns its run-index record (never raises for a failing cell)."""
+def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None, records: dict | None = None) -> dict:
+  """Runs one cell's stages; returns its run-index record (never raises for a failing cell).
+  `records` (key -> last record; a study carried by its records): the tuning seed's choice is read
+  from its done record instead of training its grid again, and a pretraining run again is compared
+  with what the records saw of it."""
   t_start = time.time()
   stages_dir = os.path.join(workdir, STAGES_DIR)
   record = {"key": cell.key, "index": cell.index, "overrides": cell.overrides, "status": "failed",
-            "stages": {}, "reused": []}
+            "stages": {}, "reused": [], "code": code_version()}
   try:
     cfg = apply_overrides(config, cell.overrides)
     # the values of the table's fields (rows, columns, seed) in this cell, overridden or not
@@ -371,7 +377,16 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> di
     record["planned"] = _planned_hashes(prereq, candidates)
     stage_seconds, done, pretrain = 0.0, [], None
     tuning = tuning_stages(cfg, stages_dir, candidates)
-    if tuning:  # tune.seed: the grid runs on that seed (cached stages, shared with its own cell)
+    recorded = recorded_tuning(records, tuning)
+    if recorded is not None:  # the tuning seed's cell is done in the carried records: its choice
+      note.update(tuned_on_seed=int(cfg.tune.seed), tuning_from_record=recorded["key"],
+                  **{k: v for k, v in recorded["tuning"].items() if k == "halving"},
+                  tuning_candidates=recorded["tuning"]["candidates"])
+      chosen = recorded["tuning"]["chosen"]
+      candidates = [c for c in candidates if c.overrides == chosen]
+      record["planned"] = [st.hash for st in tuning] + _planned_hashes(prereq, candidates)
+      record["dropped"] = list(recorded.get("dropped") or [])
+    elif tuning:  # tune.seed: the grid runs on that seed (cached stages, shared with its own cell)
       for st in (st for st in tuning if st.kind == "pretrain"):
         results = experiment.run_cached_stage(st.config, stages_dir, st.kind, st.depends_on)
         if "stopped_at_step" in results:
@@ -399,6 +414,10 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> di
         record["reused"].append(stage.kind)
       stage_seconds += results["wall_seconds"]["total"]
       record["stages"]["pretrain"] = stage.hash
+      if records and not results["stage"]["reused"]:
+        rerun = compare_rerun(records, stage.hash, results, cfg.train.best_metric)
+        if rerun:
+          record["pretrain_rerun"] = rerun
       check_pretraining(cfg, results)
       pretrain = results
     if stopped is None:
@@ -446,6 +465,49 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None) -> di
   return record
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+  """The git commit of the xrec checkout that runs and whether tracked files differ from it (each
+  record carries it: a study carried across machines and sessions says which code made each cell);
+  {"commit": None} outside a git checkout."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  try:
+    commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                            timeout=10, check=True).stdout.strip()
+    status = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=10, check=True).stdout
+  except (OSError, subprocess.SubprocessError):
+    return {"commit": None}
+  return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def recorded_tuning(records: dict | None, tuning: list[Stage]) -> dict | None:
+  """The done record of the tuning seed's own cell (it planned exactly `tuning`'s stages: the same
+  prerequisites and grid), or None."""
+  if not records or not tuning:
+    return None
+  planned = [st.hash for st in tuning]
+  return next((r for r in records.values() if r.get("status") == "done" and r.get("planned") == planned
+               and (r.get("tuning") or {}).get("chosen") is not None), None)
+
+
+def compare_rerun(records: dict, stage_hash: str, results: dict, metric: str) -> dict | None:
+  """A pretraining trained again (its stage was not on this machine) against what the done records
+  that used it saw: {"recorded_valid", "valid", "difference", "cells"}; None when no record used it.
+  A difference beyond float noise (1e-4) is logged: the cells on either side of it transferred
+  from different source models (other hardware or library versions)."""
+  seen = [r for r in records.values() if r.get("status") == "done"
+          and (r.get("stages") or {}).get("pretrain") == stage_hash and "pretrain" in r]
+  if not seen:
+    return None
+  before = seen[0]["pretrain"]["valid"][metric]
+  now = results["valid"][metric]
+  if abs(now - before) > 1e-4:
+    log.warning("pretraining %s trained again reaches valid %s=%.4f, the records saw %.4f: the cells "
+                "before and after it transfer from different source models", stage_hash, metric, now, before)
+  return {"recorded_valid": before, "valid": now, "difference": now - before, "cells": len(seen)}
+
+
 def outcome(record: dict, metric: str) -> str:
   """One line of what a finished cell measured: its metric, the chosen values, its best step."""
   if record["status"] != "done":
@@ -468,8 +530,10 @@ def serving_cost(results: dict) -> dict:
           "eval_users_per_second": (results.get("throughput") or {}).get("eval_users_per_second")}
 
 
-def _cached(config, cell: Cell, workdir: str, previous: dict | None) -> bool:
-  """A cell is skipped when its last record is done and its stages (same hashes) still exist."""
+def _cached(config, cell: Cell, workdir: str, previous: dict | None, trust_records: bool = False) -> bool:
+  """A cell is skipped when its last record is done and its stages (same hashes) still exist; with
+  `trust_records` (a study carried to another machine by its records, launch.py --continue_from)
+  when its last record is done and planned the stages this config plans, present or not."""
   if not previous or previous.get("status") != "done":
     return False
   stages_dir = os.path.join(workdir, STAGES_DIR)
@@ -485,6 +549,8 @@ def _cached(config, cell: Cell, workdir: str, previous: dict | None) -> bool:
     ok = planned[:-1] == fixed and planned[-1:] and planned[-1] in {st.hash for st in candidates}
   else:
     ok = planned == _planned_hashes(prereq, candidates)
+  if trust_records:
+    return bool(ok)
   dropped = set(previous.get("dropped") or ())  # candidates successive halving left behind
   return bool(ok) and all(os.path.exists(os.path.join(stages_dir, h, "results.json")) for h in planned
                           if h not in dropped)
@@ -556,8 +622,14 @@ def check_same_config(workdir: str, config, module=None) -> None:
   if stored is None:  # a study from before configs were stored: this run records it
     return
   before, now = _dotted(stored), _dotted(_comparable(config))
+  if study.get("data_files"):  # the data are known by content (checked below), not by their folder
+    moved = {f for f in experiment.LOCATION_FIELDS if f in before and f in now}
+  else:
+    moved = set()
 
   def safe(field):
+    if field in moved or (field not in before and now.get(field) == experiment.NEUTRAL_DEFAULTS.get(field, "<none>")):
+      return True  # a moved data folder; a field added since, at the value that behaves as before it
     return any(field == s or field.startswith(s + ".") for s in SAFE_TO_CHANGE)
   changed = sorted(f for f in set(before) | set(now) if not safe(f) and before.get(f, "<absent>") != now.get(f, "<absent>"))
   if changed:
@@ -587,11 +659,13 @@ def check_launch(config, module, workdir: str, only: str | None) -> list[Cell]:
 
 
 def run_study(config, module, workdir: str, only: str | None = None, config_file: str = "",
-              config_arg: str | None = None) -> dict:
+              config_arg: str | None = None, trust_records: bool = False) -> dict:
   """Runs the sweep's cells (all, or `only` one) in order; returns {"ran", "cached", "failed", "stopped"}
   counts and writes WORKDIR/study.json and WORKDIR/runs.jsonl. The config check and the write of
   study.json happen together under the study lock, so two launches started at once with different
-  configs cannot both record their cells in one study: the second is refused (ConfigConflict)."""
+  configs cannot both record their cells in one study: the second is refused (ConfigConflict).
+  `trust_records`: done records count without their stages (a study carried by its records: see
+  continue_from)."""
   cells = cells_of(module)
   layout = layout_of(module)
   chosen = check_launch(config, module, workdir, only)
@@ -603,7 +677,7 @@ def run_study(config, module, workdir: str, only: str | None = None, config_file
             "config_file": config_file, "config_arg": config_arg, "layout": layout,
             "config": _comparable(config), "data_files": data_files(config, module),
             "cells": [dataclasses.asdict(c) for c in cells]})
-    return _run_cells(config, cells, chosen, layout, workdir)
+    return _run_cells(config, cells, chosen, layout, workdir, trust_records)
 
 
 @contextlib.contextmanager
@@ -653,16 +727,16 @@ def launch_lock(workdir: str, only: str | None = None):
     handle.close()  # releases the lock
 
 
-def _run_cells(config, cells, chosen, layout, workdir) -> dict:
+def _run_cells(config, cells, chosen, layout, workdir, trust_records: bool = False) -> dict:
   is_main = is_main_process()
   previous = latest_runs(workdir)
   counts = {"ran": 0, "cached": 0, "failed": 0, "stopped": 0}
   for cell in chosen:
-    if _cached(config, cell, workdir, previous.get(cell.key)):
+    if _cached(config, cell, workdir, previous.get(cell.key), trust_records):
       counts["cached"] += 1
       continue
     log.info("cell %d (of 0..%d): %s", cell.index, len(cells) - 1, cell.key)
-    record = run_cell(config, cell, workdir, layout)
+    record = run_cell(config, cell, workdir, layout, latest_runs(workdir) if trust_records else None)
     log.info("cell %d %s", cell.index, outcome(record, config.train.best_metric))
     if is_main:
       runindex.append_run(workdir, record)
@@ -809,18 +883,40 @@ def as_transfer_study(c, preset: str = "full", lr_grid=(3e-4, 1e-3, 3e-3)):
   return c
 
 
-def parallel_jobs(config, module, workdir: str) -> list:
+def parallel_jobs(config, module, workdir: str, trust_records: bool = False) -> list:
   """The cells a `--jobs N` launch still has to run (not cached), each with the hashes of its
   prerequisite stages (xrec/train/parallel.py schedules by them)."""
   from xrec.train import parallel
   previous = latest_runs(workdir)
   jobs = []
   for cell in cells_of(module):
-    if _cached(config, cell, workdir, previous.get(cell.key)):
+    if _cached(config, cell, workdir, previous.get(cell.key), trust_records):
       continue
     prereq, _, _ = plan_stages(apply_overrides(config, cell.overrides), os.path.join(workdir, STAGES_DIR))
     jobs.append(parallel.Job(cell.index, cell.key, tuple(st.hash for st in prereq)))
   return jobs
+
+
+def continue_from(records_dir: str, workdir: str) -> None:
+  """launch.py --continue_from: a study carried to this machine by its records (RECORDS_DIR/study.json
+  and runs.jsonl, e.g. the folder a study commits) starts WORKDIR from them when WORKDIR has no
+  records of its own (with its own, they are the newer and are kept). The launch then trusts the
+  done records: their cells are not run again though their stages are not here; what the other
+  cells need (a pretraining, nothing of the tuning grid a done record chose from) runs here."""
+  for name in (runindex.STUDY_FILE, runindex.RUNS_FILE):
+    if not os.path.isfile(os.path.join(records_dir, name)):
+      raise FileNotFoundError(f"--continue_from {records_dir!r} has no {name}: give the folder holding a "
+                              f"study's {runindex.STUDY_FILE} and {runindex.RUNS_FILE}")
+  if os.path.abspath(records_dir) == os.path.abspath(workdir):
+    return
+  runindex.check_writable(workdir)
+  if os.path.exists(os.path.join(workdir, runindex.RUNS_FILE)):
+    log.info("--continue_from: %s has records of its own; they are continued (%s is not read)", workdir, records_dir)
+    return
+  for name in (runindex.STUDY_FILE, runindex.RUNS_FILE):
+    shutil.copyfile(os.path.join(records_dir, name), os.path.join(workdir, name))
+  log.info("--continue_from: %d done cell(s) carried from %s", sum(
+      r.get("status") == "done" for r in latest_runs(workdir).values()), records_dir)
 
 
 def finished_stages(workdir: str) -> set[str]:

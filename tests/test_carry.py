@@ -1,0 +1,174 @@
+"""A study carried to another machine by its records (launch.py --continue_from): done cells are not
+run again though their stages stayed behind, the tuning seed's choice is read from its record, a
+pretraining trained again is compared with what the records saw, and each record names its code."""
+
+import json
+import os
+import shutil
+import types
+
+import pytest
+
+from conftest import tiny_config
+from xrec.train import experiment, runner
+
+SEEDS = (0, 1)
+
+
+def _config(data_dir):
+  c = tiny_config(data_dir)
+  c.experiment.mode = "pretrain_transfer"
+  c.experiment.pretrain.train.update(dict(num_epochs=1.0, batch_size=16, eval_every_steps=4,
+                                          checkpoint_every_steps=4))
+  c.train.update(dict(num_steps=4, eval_every_steps=2, checkpoint_every_steps=2))
+  c.tune.update(dict(lr=(1e-3, 3e-3), seed=0))  # seed 0 tunes, seed 1 trains its choice
+  return c
+
+
+def _module(cells):
+  return types.SimpleNamespace(sweep=lambda: iter(cells),
+                               metrics=lambda: {"metrics": ("ndcg@10",), "columns": ()})
+
+
+CELLS = [{"transfer.strategy": s, "seed": seed} for seed in SEEDS for s in ("scratch", "zero_shot", "full_finetune")]
+
+
+def _records(workdir):
+  return runner.latest_runs(workdir)
+
+
+def _counting(monkeypatch):
+  calls = []
+  real = experiment.train_and_evaluate
+  monkeypatch.setattr(experiment, "train_and_evaluate",
+                      lambda config, workdir: calls.append(os.path.basename(workdir)) or real(config, workdir))
+  return calls
+
+
+@pytest.fixture(scope="module")
+def finished(data_dir, tmp_path_factory):
+  """A finished study and its records alone (what a study commits), as on another machine."""
+  root = tmp_path_factory.mktemp("carry")
+  wd = str(root / "first")
+  assert runner.run_study(_config(data_dir), _module(CELLS), wd)["failed"] == 0
+  records = str(root / "records")
+  os.makedirs(records)
+  for name in ("study.json", "runs.jsonl"):
+    shutil.copyfile(os.path.join(wd, name), os.path.join(records, name))
+  return wd, records
+
+
+def test_records_name_their_code(finished):
+  wd, _ = finished
+  for record in _records(wd).values():
+    code = record["code"]
+    assert set(code) <= {"commit", "dirty"}
+    assert code["commit"] is None or (len(code["commit"]) == 40 and isinstance(code["dirty"], bool))
+
+
+def test_done_cells_are_not_run_again_without_their_stages(data_dir, finished, tmp_path, monkeypatch):
+  wd, records = finished
+  calls = _counting(monkeypatch)
+  carried = str(tmp_path / "carried")
+  runner.continue_from(records, carried)
+  assert not os.path.exists(os.path.join(carried, "stages"))
+  # without trusting the records every cell would run again: its stages are not here
+  cell = runner.cells_of(_module(CELLS))[0]
+  assert not runner._cached(_config(data_dir), cell, carried, _records(carried)[cell.key])
+  counts = runner.run_study(_config(data_dir), _module(CELLS), carried, trust_records=True)
+  assert counts == {"ran": 0, "cached": 6, "failed": 0, "stopped": 0} and not calls
+  from xrec import report
+  tables = [open(os.path.join(report.write_report(d) and d, "report", "table_ndcg_at_10.md")).read() for d in (wd, carried)]
+  assert tables[0] == tables[1]
+  # a workdir with records of its own keeps them (they are the newer)
+  extra = json.dumps({"key": "other", "status": "failed"})
+  with open(os.path.join(carried, "runs.jsonl"), "a") as f:
+    f.write(extra + "\n")
+  runner.continue_from(records, carried)
+  assert "other" in _records(carried)
+  with pytest.raises(FileNotFoundError, match="no study.json"):
+    runner.continue_from(str(tmp_path), str(tmp_path / "x"))
+
+
+def test_the_tuning_choice_and_the_pretraining_come_back_from_the_records(data_dir, finished, tmp_path, monkeypatch):
+  wd, records = finished
+  first = _records(wd)
+  seed1 = next(r for r in first.values() if r["overrides"] == {"transfer.strategy": "full_finetune", "seed": 1})
+  seed0 = next(r for r in first.values() if r["overrides"] == {"transfer.strategy": "full_finetune", "seed": 0})
+  assert len(seed0["tuning"]["candidates"]) == 2  # seed 0 trained the grid; seed 1 only its choice
+  # carried records in which seed 1's fine-tuning has not run yet
+  partial = str(tmp_path / "records")
+  os.makedirs(partial)
+  shutil.copyfile(os.path.join(records, "study.json"), os.path.join(partial, "study.json"))
+  with open(os.path.join(partial, "runs.jsonl"), "w") as f:
+    for r in first.values():
+      if r["key"] != seed1["key"]:
+        f.write(json.dumps(r) + "\n")
+  calls = _counting(monkeypatch)
+  carried = str(tmp_path / "carried")
+  runner.continue_from(partial, carried)
+  counts = runner.run_study(_config(data_dir), _module(CELLS), carried, trust_records=True)
+  assert counts == {"ran": 1, "cached": 5, "failed": 0, "stopped": 0}
+  # the pretraining (not on this machine) and seed 1's chosen candidate: not seed 0's grid
+  assert calls == [seed1["stages"]["pretrain"], seed1["stages"]["transfer"]]
+  again = _records(carried)[seed1["key"]]
+  assert again["tuning"]["tuning_from_record"] == seed0["key"]
+  assert again["tuning"]["chosen"] == seed0["tuning"]["chosen"] == seed1["tuning"]["chosen"]
+  assert again["planned"] == seed1["planned"]
+  timing = ("users_per_second", "eval_seconds")
+  assert {k: v for k, v in again["test"].items() if k not in timing} == \
+         {k: v for k, v in seed1["test"].items() if k not in timing}
+  # the pretraining trained again, compared with what the records saw of it (same code, same machine)
+  rerun = again["pretrain_rerun"]
+  zero_shot = next(r for r in first.values() if r["overrides"] == {"transfer.strategy": "zero_shot", "seed": 1})
+  assert rerun["cells"] == 1 and rerun["recorded_valid"] == zero_shot["pretrain"]["valid"]["ndcg@10"]
+  assert abs(rerun["difference"]) <= 1e-6
+
+
+def test_compare_rerun_reports_a_different_source_model(caplog):
+  records = {"a": {"status": "done", "stages": {"pretrain": "h"}, "pretrain": {"valid": {"ndcg@10": 0.20}}},
+             "b": {"status": "done", "stages": {"pretrain": "other"}, "pretrain": {"valid": {"ndcg@10": 0.5}}}}
+  with caplog.at_level("WARNING", logger="xrec"):
+    rerun = runner.compare_rerun(records, "h", {"valid": {"ndcg@10": 0.21}}, "ndcg@10")
+  assert rerun["cells"] == 1 and rerun["difference"] == pytest.approx(0.01)
+  assert "different source models" in caplog.text
+  assert runner.compare_rerun(records, "missing", {"valid": {"ndcg@10": 0.2}}, "ndcg@10") is None
+
+
+def _interactions(path, lines=("1 1\n", "1 2\n", "2 2\n", "2 3\n")):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.writelines(lines)
+  from xrec.defaults import base_config
+  c = base_config()
+  c.data.update(dict(name="interactions", domain="main"))
+  c.data.files.update(dict(format="sasrec", path=str(path)))
+  return c
+
+
+def test_the_same_file_in_another_folder_is_the_same_stage(tmp_path):
+  here = _interactions(str(tmp_path / "a" / "ratings.txt"))
+  there = _interactions(str(tmp_path / "b" / "c" / "ratings.txt"))
+  assert experiment.stage_hash(here) == experiment.stage_hash(there)
+  renamed = _interactions(str(tmp_path / "b" / "other.txt"))  # the name makes per-file keys: another stage
+  assert experiment.stage_hash(renamed) != experiment.stage_hash(here)
+  edited = _interactions(str(tmp_path / "d" / "ratings.txt"), lines=("1 1\n", "1 3\n", "2 2\n", "2 3\n"))
+  assert experiment.stage_hash(edited) != experiment.stage_hash(here)
+
+
+def test_a_carried_study_accepts_its_data_elsewhere_and_fields_added_since(tmp_path):
+  here = _interactions(str(tmp_path / "a" / "ratings.txt"))
+  wd = str(tmp_path / "study")
+  os.makedirs(wd)
+  stored = runner._comparable(here)
+  del stored["model"]["text"]["tune"]  # a field added after the study ran
+  with open(os.path.join(wd, "study.json"), "w") as f:
+    json.dump({"config": stored, "data_files": runner.data_files(here), "cells": []}, f)
+  runner.check_same_config(wd, _interactions(str(tmp_path / "b" / "ratings.txt")))  # moved, same bytes
+  tuned = _interactions(str(tmp_path / "b" / "ratings.txt"))
+  tuned.model.text.tune = "lora"  # the new field, not at the value that behaves as before it
+  with pytest.raises(runner.ConfigConflict, match=r"model.text.tune: '<absent>' -> 'lora'"):
+    runner.check_same_config(wd, tuned)
+  edited = _interactions(str(tmp_path / "c" / "ratings.txt"), lines=("1 1\n", "1 3\n", "2 2\n", "2 3\n"))
+  with pytest.raises(runner.ConfigConflict, match="other data"):
+    runner.check_same_config(wd, edited)
