@@ -172,3 +172,17 @@ def test_a_carried_study_accepts_its_data_elsewhere_and_fields_added_since(tmp_p
   edited = _interactions(str(tmp_path / "c" / "ratings.txt"), lines=("1 1\n", "1 3\n", "2 2\n", "2 3\n"))
   with pytest.raises(runner.ConfigConflict, match="other data"):
     runner.check_same_config(wd, edited)
+
+
+def test_the_report_names_the_code_and_a_pretraining_trained_again():
+  from xrec import report
+  a = {"key": "a", "code": {"commit": "1" * 40, "dirty": False}, "stages": {"pretrain": "h"}}
+  b = {"key": "b", "code": {"commit": "2" * 40, "dirty": True}, "stages": {"pretrain": "h"},
+       "pretrain_rerun": {"valid": 0.21, "recorded_valid": 0.2, "difference": 0.01, "cells": 1}}
+  assert report.code_section([a, a]) == ["", "Code: 2 cell(s) at 111111111111."]
+  assert report.code_section([a, b]) == ["", "Code: 1 cell(s) at 111111111111; 1 cell(s) at 222222222222 "
+                                             "with uncommitted changes."]
+  assert report.code_section([{"key": "old"}]) == []  # records from before they named their code
+  lines = report.pretraining_section([{**b, "overrides": {"seed": 0}, "pretrain": {
+      "valid": {"ndcg@10": 0.21}, "test": {"ndcg@10": 0.2}, "best_step": 4}}])
+  assert "reached valid 0.2100 where the records' 1 earlier cell(s) saw 0.2000" in lines[-1]

@@ -110,7 +110,26 @@ def pretraining_section(done: list[dict]) -> list[str]:
     budget = p.get("budget") or {}
     lines.append(f"| {stage} (seed {seed}) | {p['valid']['ndcg@10']:.4f} | {p['test']['ndcg@10']:.4f} | "
                  f"{p.get('best_step')} | {'yes' if budget.get('best_is_last_eval') else 'no'} |")
+  for r in done:  # a carried study (launch.py --continue_from) whose pretraining was trained again
+    rerun = r.get("pretrain_rerun")
+    if rerun and abs(rerun["difference"]) > 1e-4:
+      lines.append(f"\nTrained again for `{r['key']}`: pretraining {r['stages'].get('pretrain')} reached valid "
+                   f"{rerun['valid']:.4f} where the records' {rerun['cells']} earlier cell(s) saw "
+                   f"{rerun['recorded_valid']:.4f}: those cells and this one transferred from different source models.")
   return lines
+
+
+def code_section(done: list[dict]) -> list[str]:
+  """Which code made the cells (each record's `code`), when it was more than one commit or a
+  checkout with uncommitted changes."""
+  if not any("code" in r for r in done):  # records from before they named their code
+    return []
+  counts = {}
+  for r in done:
+    code = r.get("code") or {}
+    label = (code.get("commit") or "unknown")[:12] + (" with uncommitted changes" if code.get("dirty") else "")
+    counts[label] = counts.get(label, 0) + 1
+  return ["", "Code: " + "; ".join(f"{n} cell(s) at {label}" for label, n in counts.items()) + "."]
 
 
 def write_report(workdir: str, out_dir: str | None = None, alpha: float = tables.ALPHA) -> dict:
@@ -135,7 +154,7 @@ def write_report(workdir: str, out_dir: str | None = None, alpha: float = tables
     for png in plots.write_plots(table, done, layout, out_dir):
       files.append(png)
       sections.append(f"![{os.path.basename(png)}]({os.path.basename(png)})")
-  sections += tuning_section(study, done) + pretraining_section(done)
+  sections += tuning_section(study, done) + pretraining_section(done) + code_section(done)
   missing = [(c, runs.get(c["key"])) for c in study["cells"] if runs.get(c["key"], {}).get("status") != "done"]
   if missing:
     sections += ["", "## Cells not in the tables", "", "| index | key | status | error |", "|---:|---|---|---|"]
