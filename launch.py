@@ -158,8 +158,8 @@ def main(argv):
     module = runner.load_config_module(config_file)
     study = runner.study_of(module, flags.FLAGS.config)
     if not flags.FLAGS.list:
-      if flags.FLAGS.continue_from and runner.is_main_process():
-        runner.continue_from(flags.FLAGS.continue_from, flags.FLAGS.workdir)
+      if flags.FLAGS.continue_from:
+        runner.carry_records(flags.FLAGS.continue_from, flags.FLAGS.workdir, flags.FLAGS.config, study)
       runner.check_launch(flags.FLAGS.config, study, flags.FLAGS.workdir, flags.FLAGS.only)
     else:
       runner.check_study(flags.FLAGS.config, study)

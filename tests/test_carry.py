@@ -5,6 +5,7 @@ pretraining trained again is compared with what the records saw, and each record
 import json
 import os
 import shutil
+import subprocess
 import types
 
 import pytest
@@ -60,18 +61,20 @@ def finished(data_dir, tmp_path_factory):
 
 def test_records_name_their_code(finished):
   wd, _ = finished
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
+  if head.returncode != 0:
+    pytest.skip("not a git checkout: records name no commit")
   for record in _records(wd).values():
-    code = record["code"]
-    assert set(code) <= {"commit", "dirty"}
-    assert code["commit"] is None or (len(code["commit"]) == 40 and isinstance(code["dirty"], bool))
+    assert record["code"]["commit"] == head.stdout.strip() and isinstance(record["code"]["dirty"], bool)
 
 
 def test_done_cells_are_not_run_again_without_their_stages(data_dir, finished, tmp_path, monkeypatch):
   wd, records = finished
   calls = _counting(monkeypatch)
   carried = str(tmp_path / "carried")
-  runner.continue_from(records, carried)
-  assert not os.path.exists(os.path.join(carried, "stages"))
+  runner.continue_from(records, carried, _config(data_dir), _module(CELLS))
+  assert not os.path.exists(os.path.join(carried, "stages")) and runner.carried(carried)
   # without trusting the records every cell would run again: its stages are not here
   cell = runner.cells_of(_module(CELLS))[0]
   assert not runner._cached(_config(data_dir), cell, carried, _records(carried)[cell.key])
@@ -80,14 +83,34 @@ def test_done_cells_are_not_run_again_without_their_stages(data_dir, finished, t
   from xrec import report
   tables = [open(os.path.join(report.write_report(d) and d, "report", "table_ndcg_at_10.md")).read() for d in (wd, carried)]
   assert tables[0] == tables[1]
-  # a workdir with records of its own keeps them (they are the newer)
-  extra = json.dumps({"key": "other", "status": "failed"})
+  # later launches of the carried workdir trust its records without the flag
+  assert runner.run_study(_config(data_dir), _module(CELLS), carried)["cached"] == 6 and not calls
+  # carried again: records merge (a workdir's own records kept, nothing added twice)
   with open(os.path.join(carried, "runs.jsonl"), "a") as f:
-    f.write(extra + "\n")
-  runner.continue_from(records, carried)
-  assert "other" in _records(carried)
+    f.write(json.dumps({"key": "other", "status": "failed"}) + "\n")
+  lines = open(os.path.join(carried, "runs.jsonl")).read().splitlines()
+  runner.continue_from(records, carried, _config(data_dir), _module(CELLS))
+  assert open(os.path.join(carried, "runs.jsonl")).read().splitlines() == lines
   with pytest.raises(FileNotFoundError, match="no study.json"):
-    runner.continue_from(str(tmp_path), str(tmp_path / "x"))
+    runner.continue_from(str(tmp_path), str(tmp_path / "x"), _config(data_dir))
+  other = _config(data_dir)
+  other.model.dropout = 0.5  # records made with another config are refused before anything is copied
+  with pytest.raises(runner.ConfigConflict, match="model.dropout"):
+    runner.continue_from(records, str(tmp_path / "y"), other, _module(CELLS))
+  assert not os.path.exists(str(tmp_path / "y"))
+
+
+def test_a_one_cell_study_carries_without_its_stage(data_dir, tmp_path):
+  c = tiny_config(data_dir)
+  c.data.domain = "target"
+  one = _module([{}])
+  first = str(tmp_path / "first")
+  assert runner.run_study(c, one, first)["ran"] == 1
+  assert os.path.isfile(os.path.join(first, "results.json"))
+  carried = str(tmp_path / "carried")
+  runner.continue_from(first, carried, c, one)
+  assert runner.run_study(c, one, carried)["cached"] == 1  # no stage here: no results.json copy, no crash
+  assert not os.path.exists(os.path.join(carried, "results.json"))
 
 
 def test_the_tuning_choice_and_the_pretraining_come_back_from_the_records(data_dir, finished, tmp_path, monkeypatch):
@@ -106,8 +129,8 @@ def test_the_tuning_choice_and_the_pretraining_come_back_from_the_records(data_d
         f.write(json.dumps(r) + "\n")
   calls = _counting(monkeypatch)
   carried = str(tmp_path / "carried")
-  runner.continue_from(partial, carried)
-  counts = runner.run_study(_config(data_dir), _module(CELLS), carried, trust_records=True)
+  runner.continue_from(partial, carried, _config(data_dir), _module(CELLS))
+  counts = runner.run_study(_config(data_dir), _module(CELLS), carried)
   assert counts == {"ran": 1, "cached": 5, "failed": 0, "stopped": 0}
   # the pretraining (not on this machine) and seed 1's chosen candidate: not seed 0's grid
   assert calls == [seed1["stages"]["pretrain"], seed1["stages"]["transfer"]]
@@ -121,7 +144,7 @@ def test_the_tuning_choice_and_the_pretraining_come_back_from_the_records(data_d
   # the pretraining trained again, compared with what the records saw of it (same code, same machine)
   rerun = again["pretrain_rerun"]
   zero_shot = next(r for r in first.values() if r["overrides"] == {"transfer.strategy": "zero_shot", "seed": 1})
-  assert rerun["cells"] == 1 and rerun["recorded_valid"] == zero_shot["pretrain"]["valid"]["ndcg@10"]
+  assert rerun["cells"] == 1 and rerun["recorded_valid"] == [zero_shot["pretrain"]["valid"]["ndcg@10"]]
   assert abs(rerun["difference"]) <= 1e-6
 
 
@@ -172,13 +195,16 @@ def test_a_carried_study_accepts_its_data_elsewhere_and_fields_added_since(tmp_p
   edited = _interactions(str(tmp_path / "c" / "ratings.txt"), lines=("1 1\n", "1 3\n", "2 2\n", "2 3\n"))
   with pytest.raises(runner.ConfigConflict, match="other data"):
     runner.check_same_config(wd, edited)
+  renamed = _interactions(str(tmp_path / "b" / "other.txt"))  # same bytes, another name: other per-file keys
+  with pytest.raises(runner.ConfigConflict, match="data.files.path"):
+    runner.check_same_config(wd, renamed)
 
 
 def test_the_report_names_the_code_and_a_pretraining_trained_again():
   from xrec import report
   a = {"key": "a", "code": {"commit": "1" * 40, "dirty": False}, "stages": {"pretrain": "h"}}
   b = {"key": "b", "code": {"commit": "2" * 40, "dirty": True}, "stages": {"pretrain": "h"},
-       "pretrain_rerun": {"valid": 0.21, "recorded_valid": 0.2, "difference": 0.01, "cells": 1}}
+       "pretrain_rerun": {"valid": 0.21, "recorded_valid": [0.2], "difference": 0.01, "cells": 1}}
   assert report.code_section([a, a]) == ["", "Code: 2 cell(s) at 111111111111."]
   assert report.code_section([a, b]) == ["", "Code: 1 cell(s) at 111111111111; 1 cell(s) at 222222222222 "
                                              "with uncommitted changes."]

@@ -113,15 +113,16 @@ def pretraining_section(done: list[dict]) -> list[str]:
   for r in done:  # a carried study (launch.py --continue_from) whose pretraining was trained again
     rerun = r.get("pretrain_rerun")
     if rerun and abs(rerun["difference"]) > 1e-4:
+      seen = " / ".join(f"{v:.4f}" for v in rerun["recorded_valid"])
       lines.append(f"\nTrained again for `{r['key']}`: pretraining {r['stages'].get('pretrain')} reached valid "
                    f"{rerun['valid']:.4f} where the records' {rerun['cells']} earlier cell(s) saw "
-                   f"{rerun['recorded_valid']:.4f}: those cells and this one transferred from different source models.")
+                   f"{seen}: those cells and this one transferred from different source models.")
   return lines
 
 
 def code_section(done: list[dict]) -> list[str]:
-  """Which code made the cells (each record's `code`), when it was more than one commit or a
-  checkout with uncommitted changes."""
+  """Which code made the cells (each record's `code`: commit, uncommitted changes), counted per
+  commit; nothing for records from before they named it."""
   if not any("code" in r for r in done):  # records from before they named their code
     return []
   counts = {}

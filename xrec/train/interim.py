@@ -10,7 +10,8 @@ validation step so far, the last step evaluated and how many evaluations have pa
 best, against the run's early-stopping patience. Until the run finishes, a later evaluation can
 still beat that step: these are interim numbers, never a finished run's result. Nothing is written
 into the stage (what building the run writes goes to a temporary folder), so the run can go on or
-resume afterwards.
+resume afterwards. A transfer stage needs what it loads (its pretraining's folder) on this machine,
+as the run itself does.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def curve(stage_dir: str, metric: str) -> dict:
   path = os.path.join(stage_dir, "metrics.jsonl")
   rows = []
   if os.path.isfile(path):
-    with open(path) as f:
-      rows = [r for r in map(json.loads, f) if r.get("split") == "valid"]
+    with open(path) as f:  # one row per step: a resumed run may log an evaluation again
+      rows = list({r["step"]: r for r in map(json.loads, f) if r.get("split") == "valid"}.values())
+    rows.sort(key=lambda r: r["step"])
   if not rows:
     raise ValueError(f"{stage_dir} has no validation evaluation yet ({path}): nothing to report")
   best = max(rows, key=lambda r: (r[metric], -r["step"]))
@@ -71,7 +73,8 @@ def interim_results(stage_dir: str) -> dict:
     test = run.evaluate(params, run.domain, "test")
   if int(step) != int(seen["best_step"]):
     raise ValueError(f"{stage_dir}: the best checkpoint is step {step} but the validation curve's best is "
-                     f"step {seen['best_step']}: the stage is being written (retry) or inconsistent")
+                     f"step {seen['best_step']}: its checkpoint is being written (retry in a moment), or the run "
+                     "was killed between that evaluation and its checkpoint (resume it: it evaluates again)")
   return {"interim": True, "finished": os.path.isfile(os.path.join(stage_dir, "results.json")),
           "stage": os.path.basename(os.path.normpath(stage_dir)), "metric": f"valid {metric}", **seen,
           "early_stopping_patience": int(config.train.early_stopping_patience),

@@ -44,7 +44,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -384,6 +383,8 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None, recor
                   tuning_candidates=recorded["tuning"]["candidates"])
       chosen = recorded["tuning"]["chosen"]
       candidates = [c for c in candidates if c.overrides == chosen]
+      if not candidates:
+        raise ValueError(f"the record of {recorded['key']!r} chose {chosen}, which is not in this cell's grid")
       record["planned"] = [st.hash for st in tuning] + _planned_hashes(prereq, candidates)
       record["dropped"] = list(recorded.get("dropped") or [])
     elif tuning:  # tune.seed: the grid runs on that seed (cached stages, shared with its own cell)
@@ -493,19 +494,22 @@ def recorded_tuning(records: dict | None, tuning: list[Stage]) -> dict | None:
 
 def compare_rerun(records: dict, stage_hash: str, results: dict, metric: str) -> dict | None:
   """A pretraining trained again (its stage was not on this machine) against what the done records
-  that used it saw: {"recorded_valid", "valid", "difference", "cells"}; None when no record used it.
+  that used it saw: {"recorded_valid" (the distinct values), "valid", "difference" (the largest),
+  "cells"}; None when no record used it.
   A difference beyond float noise (1e-4) is logged: the cells on either side of it transferred
   from different source models (other hardware or library versions)."""
   seen = [r for r in records.values() if r.get("status") == "done"
           and (r.get("stages") or {}).get("pretrain") == stage_hash and "pretrain" in r]
   if not seen:
     return None
-  before = seen[0]["pretrain"]["valid"][metric]
+  before = sorted({r["pretrain"]["valid"][metric] for r in seen})  # one value, unless it was trained apart before
   now = results["valid"][metric]
-  if abs(now - before) > 1e-4:
-    log.warning("pretraining %s trained again reaches valid %s=%.4f, the records saw %.4f: the cells "
-                "before and after it transfer from different source models", stage_hash, metric, now, before)
-  return {"recorded_valid": before, "valid": now, "difference": now - before, "cells": len(seen)}
+  difference = max((now - v for v in before), key=abs)
+  if abs(difference) > 1e-4:
+    log.warning("pretraining %s trained again reaches valid %s=%.4f, the records saw %s: the cells "
+                "before and after it transfer from different source models", stage_hash, metric, now,
+                " / ".join(f"{v:.4f}" for v in before))
+  return {"recorded_valid": before, "valid": now, "difference": difference, "cells": len(seen)}
 
 
 def outcome(record: dict, metric: str) -> str:
@@ -623,13 +627,14 @@ def check_same_config(workdir: str, config, module=None) -> None:
     return
   before, now = _dotted(stored), _dotted(_comparable(config))
   if study.get("data_files"):  # the data are known by content (checked below), not by their folder
-    moved = {f for f in experiment.LOCATION_FIELDS if f in before and f in now}
+    moved = {f for f, keep in experiment.LOCATION_FIELDS.items() if f in before and f in now
+             and (keep is None or keep(os.path.normpath(str(before[f]))) == keep(os.path.normpath(str(now[f]))))}
   else:
     moved = set()
 
   def safe(field):
     if field in moved or (field not in before and now.get(field) == experiment.NEUTRAL_DEFAULTS.get(field, "<none>")):
-      return True  # a moved data folder; a field added since, at the value that behaves as before it
+      return True  # a moved data folder (same file names); a field added since, at its old behaviour
     return any(field == s or field.startswith(s + ".") for s in SAFE_TO_CHANGE)
   changed = sorted(f for f in set(before) | set(now) if not safe(f) and before.get(f, "<absent>") != now.get(f, "<absent>"))
   if changed:
@@ -664,19 +669,21 @@ def run_study(config, module, workdir: str, only: str | None = None, config_file
   counts and writes WORKDIR/study.json and WORKDIR/runs.jsonl. The config check and the write of
   study.json happen together under the study lock, so two launches started at once with different
   configs cannot both record their cells in one study: the second is refused (ConfigConflict).
-  `trust_records`: done records count without their stages (a study carried by its records: see
-  continue_from)."""
+  `trust_records` (or a workdir marked carried): done records count without their stages (a study
+  carried by its records: see continue_from)."""
   cells = cells_of(module)
   layout = layout_of(module)
   chosen = check_launch(config, module, workdir, only)
   with launch_lock(workdir, only):
+    trust_records = trust_records or carried(workdir)
     if is_main_process():
       with study_lock(workdir):
         check_same_config(workdir, config, module)
+        origin = runindex.read_study(workdir).get("carried_from") if carried(workdir) else None
         runindex.write_study(workdir, {
             "config_file": config_file, "config_arg": config_arg, "layout": layout,
             "config": _comparable(config), "data_files": data_files(config, module),
-            "cells": [dataclasses.asdict(c) for c in cells]})
+            "cells": [dataclasses.asdict(c) for c in cells], **({"carried_from": origin} if origin else {})})
     return _run_cells(config, cells, chosen, layout, workdir, trust_records)
 
 
@@ -746,8 +753,10 @@ def _run_cells(config, cells, chosen, layout, workdir, trust_records: bool = Fal
   log.info("study %s: %s", workdir, counts)
   if len(cells) == 1 and is_main:  # a one-cell study: its results also at WORKDIR/results.json
     record = latest_runs(workdir).get(cells[0].key)
-    if record and record.get("status") == "done":
-      with open(os.path.join(workdir, STAGES_DIR, record["stages"][_trained_kind(record)], "results.json")) as f:
+    stage = (os.path.join(workdir, STAGES_DIR, record["stages"][_trained_kind(record)], "results.json")
+             if record and record.get("status") == "done" else "")
+    if os.path.isfile(stage):  # a carried study's done cell has its record here, not its stage
+      with open(stage) as f:
         runindex.write_json_atomic(os.path.join(workdir, "results.json"), json.load(f))
   return counts
 
@@ -888,6 +897,7 @@ def parallel_jobs(config, module, workdir: str, trust_records: bool = False) -> 
   prerequisite stages (xrec/train/parallel.py schedules by them)."""
   from xrec.train import parallel
   previous = latest_runs(workdir)
+  trust_records = trust_records or carried(workdir)
   jobs = []
   for cell in cells_of(module):
     if _cached(config, cell, workdir, previous.get(cell.key), trust_records):
@@ -897,26 +907,57 @@ def parallel_jobs(config, module, workdir: str, trust_records: bool = False) -> 
   return jobs
 
 
-def continue_from(records_dir: str, workdir: str) -> None:
+def continue_from(records_dir: str, workdir: str, config, module=None) -> None:
   """launch.py --continue_from: a study carried to this machine by its records (RECORDS_DIR/study.json
-  and runs.jsonl, e.g. the folder a study commits) starts WORKDIR from them when WORKDIR has no
-  records of its own (with its own, they are the newer and are kept). The launch then trusts the
-  done records: their cells are not run again though their stages are not here; what the other
-  cells need (a pretraining, nothing of the tuning grid a done record chose from) runs here."""
+  and runs.jsonl, e.g. the folder a study commits). The records are checked against this launch's
+  config and data like any rerun's (check_same_config), then merged into WORKDIR: a cell's record
+  is added when WORKDIR has none for it or an older one (finished_at), so a workdir's own newer
+  records are kept. WORKDIR's study.json is marked `carried_from` and every later launch of it
+  trusts its done records (carried), with the flag or without: their cells are not run again though
+  their stages are not here; what the other cells need (a pretraining; nothing of a tuning grid a
+  done record chose from) runs here. Files are replaced atomically under the study lock."""
   for name in (runindex.STUDY_FILE, runindex.RUNS_FILE):
     if not os.path.isfile(os.path.join(records_dir, name)):
       raise FileNotFoundError(f"--continue_from {records_dir!r} has no {name}: give the folder holding a "
                               f"study's {runindex.STUDY_FILE} and {runindex.RUNS_FILE}")
+  check_same_config(records_dir, config, module)  # the records were made with this config and data
+  runindex.check_writable(workdir)
   if os.path.abspath(records_dir) == os.path.abspath(workdir):
     return
-  runindex.check_writable(workdir)
-  if os.path.exists(os.path.join(workdir, runindex.RUNS_FILE)):
-    log.info("--continue_from: %s has records of its own; they are continued (%s is not read)", workdir, records_dir)
-    return
-  for name in (runindex.STUDY_FILE, runindex.RUNS_FILE):
-    shutil.copyfile(os.path.join(records_dir, name), os.path.join(workdir, name))
-  log.info("--continue_from: %d done cell(s) carried from %s", sum(
-      r.get("status") == "done" for r in latest_runs(workdir).values()), records_dir)
+  with study_lock(workdir):
+    mine = latest_runs(workdir)
+    added = [r for r in latest_runs(records_dir).values() if r["key"] not in mine
+             or str(r.get("finished_at", "")) > str(mine[r["key"]].get("finished_at", ""))]
+    lines = [json.dumps(r) for r in read_runs(workdir) + added]
+    tmp = os.path.join(workdir, runindex.RUNS_FILE + ".tmp")
+    with open(tmp, "w") as f:
+      f.write("".join(line + "\n" for line in lines))
+    os.replace(tmp, os.path.join(workdir, runindex.RUNS_FILE))
+    have = os.path.isfile(os.path.join(workdir, runindex.STUDY_FILE))
+    study = runindex.read_study(workdir if have else records_dir)
+    runindex.write_study(workdir, {**study, "carried_from": os.path.abspath(records_dir)})
+  log.info("--continue_from: %d record(s) carried from %s (%d done)", len(added), records_dir,
+           sum(r.get("status") == "done" for r in added))
+
+
+def carry_records(records_dir: str, workdir: str, config, module=None) -> None:
+  """continue_from on the main process; every process of a multi-process job waits for it, so none
+  reads the workdir's records before they are merged."""
+  if is_main_process():
+    continue_from(records_dir, workdir, config, module)
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("xrec: --continue_from")
+
+
+def carried(workdir: str) -> bool:
+  """Whether WORKDIR's study was carried by its records (continue_from): its done records count
+  without their stages."""
+  path = os.path.join(workdir, runindex.STUDY_FILE)
+  if not os.path.isfile(path):
+    return False
+  return bool(runindex.read_study(workdir).get("carried_from"))
 
 
 def finished_stages(workdir: str) -> set[str]:
