@@ -11,17 +11,14 @@ import types
 import pytest
 
 from conftest import tiny_config
+from test_runner import study_config
 from xrec.train import experiment, runner
 
 SEEDS = (0, 1)
 
 
 def _config(data_dir):
-  c = tiny_config(data_dir)
-  c.experiment.mode = "pretrain_transfer"
-  c.experiment.pretrain.train.update(dict(num_epochs=1.0, batch_size=16, eval_every_steps=4,
-                                          checkpoint_every_steps=4))
-  c.train.update(dict(num_steps=4, eval_every_steps=2, checkpoint_every_steps=2))
+  c = study_config(data_dir)  # test_runner's tiny pretrain -> transfer study
   c.tune.update(dict(lr=(1e-3, 3e-3), seed=0))  # seed 0 tunes, seed 1 trains its choice
   return c
 
