@@ -69,8 +69,8 @@ def _config(**model):
   c.model.update(dict(max_len=6, embed_dim=8, vocab_multiple=8, dropout=0.0))
   c.model.sasrec.update(dict(num_layers=2, num_heads=2, mlp_dim=16))
   for k, v in model.items():
-    if k == "block":
-      c.model.sasrec.block = v
+    if k in ("block", "positions"):
+      c.model.sasrec[k] = v
     else:
       c.model[k] = v
   return c.model
@@ -96,6 +96,51 @@ def test_a_bad_block_names_the_valid_ones():
   c.model.sasrec.block = "post_ln"
   with pytest.raises(ValueError, match=r"model.sasrec.block='post_ln' is not valid"):
     loop.validate(c)
+
+
+def test_left_positions_count_from_the_windows_oldest_item():
+  """model.sasrec.positions="left" (SASRec+'s layout): the oldest item of a window reads position
+  row 0 and the newest row n - 1; the default puts the newest at max_len - 1. Checked against the
+  default model with its position table shifted per sequence length, so each slot's row is known."""
+  left, right = models.build(_config(positions="left"), 30), models.build(_config(), 30)
+  params = jax.device_get(nn.unbox(right.init(jax.random.key(0), INPUTS)["params"]))
+  assert jax.tree.map(np.shape, nn.unbox(left.init(jax.random.key(0), INPUTS)["params"])) == \
+      jax.tree.map(np.shape, params)  # the same checkpoint fits either
+  got = np.asarray(left.apply({"params": params}, INPUTS, method="encode"))
+  table = params["pos_embed"]["embedding"]
+  for b, row in enumerate(np.asarray(INPUTS)):
+    n = int((row > 0).sum())
+    shifted = jax.tree.map(lambda v: v, params)
+    shifted["pos_embed"]["embedding"] = np.concatenate([table[n:], table[:n]])  # slot max_len - n + i reads row i
+    want = np.asarray(right.apply({"params": shifted}, INPUTS[b:b + 1], method="encode"))[0]
+    np.testing.assert_allclose(got[b, 6 - n:], want[6 - n:], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(got, right.apply({"params": params}, INPUTS, method="encode"), atol=1e-3)
+  # less left padding (the evaluation's length buckets) changes nothing, and last_states agrees
+  trimmed = np.asarray(left.apply({"params": params}, INPUTS[1:2, 2:], method="encode"))
+  np.testing.assert_allclose(trimmed[0, -2:], got[1, -2:], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(left.apply({"params": params}, INPUTS, method="last_states"), got[:, -1], atol=1e-5)
+
+
+def test_a_bad_positions_value_names_the_valid_ones():
+  with pytest.raises(ValueError, match=r"model.sasrec.positions='center' is not valid; valid: \['right', 'left'\]"):
+    models.build(_config(positions="center"), 30)
+  from xrec.train import loop
+  c = base_config()
+  c.model.sasrec.positions = "center"
+  with pytest.raises(ValueError, match=r"model.sasrec.positions='center' is not valid"):
+    loop.validate(c)
+
+
+def test_positions_at_their_default_leave_a_stages_hash_as_before():
+  """Stages computed before the field existed (the committed reproduction rows) keep their hashes."""
+  from xrec.train import experiment
+  c = base_config()
+  before = experiment.stage_hash(c)
+  c.model.sasrec.positions = "left"
+  assert experiment.stage_hash(c) != before
+  c.model.sasrec.positions = "right"
+  del c.model.sasrec["positions"]
+  assert experiment.stage_hash(c) == before
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "hstu"])

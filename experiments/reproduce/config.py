@@ -30,6 +30,9 @@ at the best validation step (early stopping on validation NDCG@10). Rows (`exper
                    hours of a core; the single-field rows say which one matters)
   ml1m_sasrec_refblock  ablation: ml1m_sasrec with the reference code's block only
   ml1m_sasrec_init002   ablation: ml1m_sasrec with the item table init N(0, 0.02^2) only
+  ml1m_sasrec_refcode_left  ml1m_sasrec_refcode with the reference code's positions too
+                   (model.sasrec.positions="left": the window's oldest item is position 0, where
+                   ours puts the newest at max_len - 1): the last model difference from SASRec+
 
 The data are read from the published files (never copied into the repository): the MovieLens
 folder `ml-1m/` and `amazon-s3rec/<Name>.txt` under $XREC_REAL_DATA (default ../shared/data,
@@ -86,6 +89,8 @@ ROWS = {
                                   "model.item_init_std": 0.02}),
     "ml1m_sasrec_refblock": _ml1m({**SASREC, "model.sasrec.block": "reference"}),
     "ml1m_sasrec_init002": _ml1m({**SASREC, "model.item_init_std": 0.02}),
+    "ml1m_sasrec_refcode_left": _ml1m({**SASREC, "model.dropout": 0.1, "model.sasrec.block": "reference",
+                                       "model.item_init_std": 0.02, "model.sasrec.positions": "left"}),
 }
 
 

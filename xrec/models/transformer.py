@@ -65,11 +65,19 @@ class Attention(nn.Module):
 BLOCKS = ("pre_ln", "reference")
 
 
-def check_block(model_name: str, block: str) -> str:
-  """`block` if it is one of BLOCKS, else an error naming the field and the valid values."""
-  if block not in BLOCKS:
-    raise ValueError(f"model.{model_name}.block={block!r} is not valid; valid: {list(BLOCKS)}")
-  return block
+# model.<transformer>.positions: which position embedding each slot of a window reads. "right": the
+# newest item is always the last position (max_len - 1), as the inputs are right-aligned; "left": the
+# oldest item of the window is position 0 and the others count on from it, so the newest item's
+# position is the window's length - 1 (the layout of SASRec+'s and BERT4Rec's reference code, which
+# pad on the right). Either way a slot's position does not depend on the padding before it.
+POSITIONS = ("right", "left")
+
+
+def check_choice(model_name: str, field: str, value: str, valid: tuple) -> str:
+  """`value` if it is one of `valid`, else an error naming the field and the valid values."""
+  if value not in valid:
+    raise ValueError(f"model.{model_name}.{field}={value!r} is not valid; valid: {list(valid)}")
+  return value
 
 
 class MLP(nn.Module):
@@ -138,6 +146,7 @@ class TransformerEncoder(common.Encoder):
   mlp_dim: int = 256
   head_dim: int = 0  # per-head size; 0 = embed_dim // num_heads (a head-pruned model keeps its size)
   block: str = "pre_ln"  # BLOCKS: pre_ln | reference (SASRec's reference code; Block)
+  positions: str = "right"  # POSITIONS: right | left
 
   causal = True
   uses_mask_token = False
@@ -146,13 +155,16 @@ class TransformerEncoder(common.Encoder):
   # ([batch, L], L <= max_len, positions max_len - L .. max_len - 1) give the same states
   trims_left_padding = True
   # config.model.<name>: this encoder's own fields (the common ones live in config.model)
-  config_defaults = {"num_layers": 2, "num_heads": 2, "mlp_dim": 256, "head_dim": 0, "block": "pre_ln"}
+  config_defaults = {"num_layers": 2, "num_heads": 2, "mlp_dim": 256, "head_dim": 0, "block": "pre_ln",
+                     "positions": "right"}
 
   @classmethod
   def from_config(cls, common_fields: dict, own, **shape):
-    block = check_block(cls.__name__.lower(), own.get("block", "pre_ln"))
+    name = cls.__name__.lower()
+    block = check_choice(name, "block", own.get("block", "pre_ln"), BLOCKS)
+    positions = check_choice(name, "positions", own.get("positions", "right"), POSITIONS)
     return cls(**shape, **common_fields, num_layers=own.num_layers, num_heads=own.num_heads, mlp_dim=own.mlp_dim,
-               head_dim=own.get("head_dim", 0), block=block)
+               head_dim=own.get("head_dim", 0), block=block, positions=positions)
 
   @property
   def mask_token_id(self) -> int:
@@ -193,7 +205,10 @@ class TransformerEncoder(common.Encoder):
     length = inputs.shape[-1]  # right-aligned: the slots are the last `length` positions
     valid = inputs > 0
     x = self.embed_items(inputs) * jnp.asarray(self.embed_dim ** 0.5, self.dtype)
-    x = x + self.pos_embed(jnp.arange(self.max_len - length, self.max_len))[None]
+    if self.positions == "left":  # the window's oldest item at 0 (padding before it reads row 0, then zeroed)
+      x = x + self.pos_embed(jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0))
+    else:
+      x = x + self.pos_embed(jnp.arange(self.max_len - length, self.max_len))[None]
     x = self.embed_dropout(x, deterministic=deterministic)
     x = x * valid[..., None].astype(x.dtype)
     mask = valid[:, None, None, :]

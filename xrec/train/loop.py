@@ -39,7 +39,7 @@ from xrec.data.preprocess import DEDUP
 from xrec.evaluate import evaluator as evaluation
 from xrec.evaluate.metrics import SAMPLED_PREFIX, TARGET_IN_HISTORY
 from xrec.models import common
-from xrec.models.transformer import check_block
+from xrec.models.transformer import BLOCKS, POSITIONS, check_choice
 from xrec.train import checkpoint as ckpt
 from xrec.train import hooks as runtime
 from xrec.train import objectives
@@ -59,8 +59,9 @@ def validate(config) -> None:
   models.model_class(config.model.name)
   models.dtype(config.model.compute_dtype)
   own = config.model.get(config.model.name) or {}
-  if "block" in own:  # the transformers' own field, refused here before any data is read
-    check_block(config.model.name, own["block"])
+  for field, valid in (("block", BLOCKS), ("positions", POSITIONS)):
+    if field in own:  # the transformers' own fields, refused here before any data is read
+      check_choice(config.model.name, field, own[field], valid)
   metric = config.train.best_metric
   valid_metrics = [f"{m}@{k}" for m in ("hr", "recall", "ndcg", "mrr") for k in config.eval.ks]
   if config.eval.negatives:
