@@ -402,3 +402,5 @@ def test_the_reproduction_rows_load_validate_and_differ_only_where_their_docstri
   assert differences(rows["ml1m_sasrec_refblock"], rows["ml1m_sasrec"]) == {"model.sasrec.block"}
   assert differences(rows["ml1m_sasrec_init002"], rows["ml1m_sasrec"]) == {"model.item_init_std"}
   assert differences(rows["ml1m_sasrec_refcode_left"], rows["ml1m_sasrec_refcode"]) == {"model.sasrec.positions"}
+  assert differences(rows["ml1m_sasrec_refcode_dropinit"], rows["ml1m_sasrec_refcode"]) == {
+      "model.sasrec.attention_dropout", "model.sasrec.kernel_init_std"}

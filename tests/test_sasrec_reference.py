@@ -69,7 +69,7 @@ def _config(**model):
   c.model.update(dict(max_len=6, embed_dim=8, vocab_multiple=8, dropout=0.0))
   c.model.sasrec.update(dict(num_layers=2, num_heads=2, mlp_dim=16))
   for k, v in model.items():
-    if k in ("block", "positions"):
+    if k in ("block", "positions", "attention_dropout", "kernel_init_std"):
       c.model.sasrec[k] = v
     else:
       c.model[k] = v
@@ -131,16 +131,91 @@ def test_a_bad_positions_value_names_the_valid_ones():
     loop.validate(c)
 
 
-def test_positions_at_their_default_leave_a_stages_hash_as_before():
-  """Stages computed before the field existed (the committed reproduction rows) keep their hashes."""
+@pytest.mark.parametrize("field,value", [("positions", "left"), ("attention_dropout", "weights"),
+                                         ("kernel_init_std", 0.02)])
+def test_the_reference_fields_at_their_defaults_leave_a_stages_hash_as_before(field, value):
+  """Stages computed before these fields existed (the committed reproduction rows) keep their hashes."""
   from xrec.train import experiment
   c = base_config()
   before = experiment.stage_hash(c)
-  c.model.sasrec.positions = "left"
+  default = c.model.sasrec[field]
+  c.model.sasrec[field] = value
   assert experiment.stage_hash(c) != before
-  c.model.sasrec.positions = "right"
-  del c.model.sasrec["positions"]
+  c.model.sasrec[field] = default
+  del c.model.sasrec[field]
   assert experiment.stage_hash(c) == before
+
+
+def _attention_params(heads=2, embed=4, seed=0):
+  from xrec.models.transformer import Attention
+  x = np.random.default_rng(seed).normal(size=(2, 5, embed)).astype(np.float32)
+  mask = jnp.asarray(np.broadcast_to(np.tril(np.ones((5, 5), bool)), (2, 1, 5, 5)))
+  params = jax.device_get(nn.unbox(Attention(heads).init(jax.random.key(seed), x, mask)["params"]))
+  return x, mask, params
+
+
+def test_attention_dropout_on_the_weights_drops_weights_and_only_in_training():
+  """attention_dropout="weights" (the reference code's MultiheadAttention): in training the dropout
+  acts on the softmax weights [batch, heads, query, key], and the output is what the dropped
+  weights give (checked in numpy on the weights the dropout returned); in evaluation it is the
+  plain attention."""
+  from xrec.models.transformer import Attention
+  x, mask, params = _attention_params()
+  plain = np.asarray(Attention(2).apply({"params": params}, x, mask))
+  dropped = Attention(2, dropout=0.5)
+  np.testing.assert_allclose(dropped.apply({"params": params}, x, mask), plain, rtol=1e-6, atol=1e-6)
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    y = next_fun(*args, **kwargs)
+    if isinstance(context.module, nn.Dropout):
+      seen.append((np.asarray(args[0]), np.asarray(y)))
+    return y
+  with nn.intercept_methods(record):
+    got = np.asarray(dropped.apply({"params": params}, x, mask, deterministic=False,
+                                   rngs={"dropout": jax.random.key(3)}))
+  assert len(seen) == 1
+  weights_in, weights_out = seen[0]
+  p = jax.tree.map(np.asarray, params)
+  q, k, v = (np.einsum("bld,dhk->blhk", x, p[n]["kernel"]) + p[n]["bias"] for n in ("query", "key", "value"))
+  scores = np.where(np.asarray(mask), np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(2.0), -np.inf)
+  w = np.exp(scores - scores.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  np.testing.assert_allclose(weights_in, w, rtol=1e-5, atol=1e-6)  # what is dropped: the weights
+  kept = weights_out != 0
+  assert 0 < kept[w > 0].mean() < 1
+  np.testing.assert_allclose(weights_out[kept], 2 * w[kept], rtol=1e-5)  # rescaled by 1 / (1 - 0.5)
+  want = np.einsum("bhqk,bkhd->bqhd", weights_out, v)
+  want = np.einsum("bqhd,hde->bqe", want, p["out"]["kernel"]) + p["out"]["bias"]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(got, plain, atol=1e-3)
+
+
+def test_the_reference_fields_change_training_not_the_params():
+  """attention_dropout="weights" moves the block's dropout (a training step's loss differs, the
+  evaluation output does not); kernel_init_std=0.02 starts the feed-forward and attention-output
+  kernels at N(0, 0.02^2) and keeps query / key / value at Xavier uniform; a bad value is refused."""
+  base, moved = models.build(_config(dropout=0.3), 30), models.build(_config(dropout=0.3, attention_dropout="weights"), 30)
+  params = jax.device_get(nn.unbox(base.init(jax.random.key(0), INPUTS)["params"]))
+  rngs = {"dropout": jax.random.key(5)}
+  train = lambda m: np.asarray(m.apply({"params": params}, INPUTS, deterministic=False, method="encode", rngs=rngs))
+  assert not np.allclose(train(base), train(moved), atol=1e-3)
+  np.testing.assert_allclose(moved.apply({"params": params}, INPUTS, method="encode"),
+                             base.apply({"params": params}, INPUTS, method="encode"), rtol=1e-6, atol=1e-6)
+  wide = _config(embed_dim=64, kernel_init_std=0.02)
+  wide.sasrec.update(dict(mlp_dim=64, num_heads=1))
+  init = nn.unbox(models.build(wide, 30).init(jax.random.key(0), INPUTS)["params"])
+  block = jax.tree.map(lambda a: float(np.std(np.asarray(a))), init["block_0"])
+  for kernel in (block["mlp"]["wi"]["kernel"], block["mlp"]["wo"]["kernel"], block["attn"]["out"]["kernel"]):
+    assert kernel == pytest.approx(0.02, rel=0.1)
+  assert block["attn"]["query"]["kernel"] == pytest.approx((2 / (64 + 64)) ** 0.5, rel=0.1)  # Xavier uniform
+  with pytest.raises(ValueError, match=r"model.sasrec.attention_dropout='both' is not valid; valid: \['output', 'weights'\]"):
+    models.build(_config(attention_dropout="both"), 30)
+  from xrec.train import loop
+  c = base_config()
+  c.model.sasrec.kernel_init_std = -0.1
+  with pytest.raises(ValueError, match=r"model.sasrec.kernel_init_std=-0.1"):
+    loop.validate(c)
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "hstu"])

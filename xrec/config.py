@@ -305,6 +305,8 @@ RANGES = {
     "model.dropout": (0.0, 1.0, True, False, "float"),
     "model.vocab_multiple": (1, MAX_SIZE, True, True, "int"),
     "model.item_init_std": (0.0, None, True, True, "float"),
+    "model.sasrec.kernel_init_std": (0.0, None, True, True, "float"),
+    "model.bert4rec.kernel_init_std": (0.0, None, True, True, "float"),
     "optim.lr": (0.0, None, False, True, "float"),
     "optim.warmup_fraction": (0.0, 1.0, True, False, "float"),
     "optim.end_lr_factor": (0.0, 1.0, True, True, "float"),

@@ -32,7 +32,11 @@ at the best validation step (early stopping on validation NDCG@10). Rows (`exper
   ml1m_sasrec_init002   ablation: ml1m_sasrec with the item table init N(0, 0.02^2) only
   ml1m_sasrec_refcode_left  ml1m_sasrec_refcode with the reference code's positions too
                    (model.sasrec.positions="left": the window's oldest item is position 0, where
-                   ours puts the newest at max_len - 1): the last model difference from SASRec+
+                   ours puts the newest at max_len - 1)
+  ml1m_sasrec_refcode_dropinit  ml1m_sasrec_refcode with the rest of the reference code's block:
+                   dropout on the attention weights, not the attention output
+                   (model.sasrec.attention_dropout="weights"), and the feed-forward and
+                   attention-output kernels at N(0, 0.02^2) (model.sasrec.kernel_init_std)
 
 The data are read from the published files (never copied into the repository): the MovieLens
 folder `ml-1m/` and `amazon-s3rec/<Name>.txt` under $XREC_REAL_DATA (default ../shared/data,
@@ -91,6 +95,9 @@ ROWS = {
     "ml1m_sasrec_init002": _ml1m({**SASREC, "model.item_init_std": 0.02}),
     "ml1m_sasrec_refcode_left": _ml1m({**SASREC, "model.dropout": 0.1, "model.sasrec.block": "reference",
                                        "model.item_init_std": 0.02, "model.sasrec.positions": "left"}),
+    "ml1m_sasrec_refcode_dropinit": _ml1m({**SASREC, "model.dropout": 0.1, "model.sasrec.block": "reference",
+                                           "model.item_init_std": 0.02, "model.sasrec.attention_dropout": "weights",
+                                           "model.sasrec.kernel_init_std": 0.02}),
 }
 
 

@@ -31,15 +31,19 @@ Dtype = jnp.dtype
 
 class Attention(nn.Module):
   """Multi-head self-attention with named projections query, key, value [embed -> heads, kv]
-  and out [heads, kv -> embed] (the points where LoRA and prompts attach)."""
+  and out [heads, kv -> embed] (the points where LoRA and prompts attach). `dropout` drops the
+  attention weights in training (model.<name>.attention_dropout="weights"); `out_init_std` > 0
+  starts `out` at N(0, out_init_std^2) instead of Xavier uniform."""
 
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   head_dim: int = 0  # 0: embed // num_heads
+  dropout: float = 0.0
+  out_init_std: float = 0.0
 
   @nn.compact
-  def __call__(self, x, mask, kv=None):
+  def __call__(self, x, mask, kv=None, deterministic: bool = True):
     """x: [batch, len, embed] (the queries; also keys and values unless `kv` [batch, kv_len, embed]
     is given); mask: [batch, 1, len, kv_len] bool (True = may attend)."""
     kv = x if kv is None else kv
@@ -55,10 +59,21 @@ class Attention(nn.Module):
                              bias_init=common.with_axes(nn.initializers.zeros, ("heads", "kv")))
 
     q, k, v = proj("query")(x), proj("key")(kv), proj("value")(kv)  # [batch, len, heads, head_dim]
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    if self.dropout and not deterministic:  # the weights themselves are needed to drop them
+      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * jnp.asarray(head_dim ** -0.5, q.dtype)
+      scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+      weights = nn.Dropout(self.dropout)(jax.nn.softmax(scores, axis=-1), deterministic=False)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
     return nn.DenseGeneral(embed, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype, name="out",
-                           kernel_init=common.with_axes(nn.initializers.xavier_uniform(), ("heads", "kv", "embed")),
+                           kernel_init=common.with_axes(_kernel_init(self.out_init_std), ("heads", "kv", "embed")),
                            bias_init=common.with_axes(nn.initializers.zeros, ("embed",)))(out)
+
+
+def _kernel_init(std: float):
+  """N(0, std^2) when std > 0, else Xavier uniform (the default)."""
+  return nn.initializers.normal(std) if std > 0 else nn.initializers.xavier_uniform()
 
 
 # model.<transformer>.block: how a block wires its sublayers (Block's docstring)
@@ -71,6 +86,10 @@ BLOCKS = ("pre_ln", "reference")
 # position is the window's length - 1 (the layout of SASRec+'s and BERT4Rec's reference code, which
 # pad on the right). Either way a slot's position does not depend on the padding before it.
 POSITIONS = ("right", "left")
+# model.<transformer>.attention_dropout: where the attention sublayer's dropout acts. "output": on
+# its output, before the residual sum (the default); "weights": on the attention weights, the
+# output undropped (SASRec's reference code and BERT, through torch's MultiheadAttention).
+ATTENTION_DROPOUT = ("output", "weights")
 
 
 def check_choice(model_name: str, field: str, value: str, valid: tuple) -> str:
@@ -86,17 +105,18 @@ class MLP(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   activation: str = "gelu"  # gelu | relu
+  init_std: float = 0.0  # > 0: kernels N(0, init_std^2); 0: Xavier uniform
 
   @nn.compact
   def __call__(self, x, deterministic):
     embed = x.shape[-1]
     h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="wi",
-                 kernel_init=common.with_axes(nn.initializers.xavier_uniform(), ("embed", "mlp")),
+                 kernel_init=common.with_axes(_kernel_init(self.init_std), ("embed", "mlp")),
                  bias_init=common.with_axes(nn.initializers.zeros, ("mlp",)))(x)
     h = nn.relu(h) if self.activation == "relu" else nn.gelu(h)
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     return nn.Dense(embed, dtype=self.dtype, param_dtype=self.param_dtype, name="wo",
-                    kernel_init=common.with_axes(nn.initializers.xavier_uniform(), ("mlp", "embed")),
+                    kernel_init=common.with_axes(_kernel_init(self.init_std), ("mlp", "embed")),
                     bias_init=common.with_axes(nn.initializers.zeros, ("embed",)))(h)
 
 
@@ -109,7 +129,10 @@ class Block(nn.Module):
                h = ln(.); h + mlp(h) with a ReLU feed-forward: the residuals add the *normalised*
                input, and keys and values are not normalised
   Both have the same params (ln_attn, attn, ln_mlp, mlp), so every strategy and checkpoint path
-  applies to either."""
+  applies to either. `attention_dropout` (ATTENTION_DROPOUT) places the attention sublayer's
+  dropout; `kernel_init_std` > 0 starts the feed-forward's and the attention output's kernels at
+  N(0, std^2) (the reference code's nn.Linear / Conv1d init; torch's MultiheadAttention keeps its
+  query / key / value in-projection at Xavier uniform, and so does this)."""
 
   num_heads: int
   mlp_dim: int
@@ -118,6 +141,8 @@ class Block(nn.Module):
   param_dtype: Dtype = jnp.float32
   head_dim: int = 0
   block: str = "pre_ln"
+  attention_dropout: str = "output"
+  kernel_init_std: float = 0.0
 
   @nn.compact
   def __call__(self, x, mask, deterministic, last_only=False):
@@ -125,16 +150,20 @@ class Block(nn.Module):
     reference = self.block == "reference"
     h = common.layer_norm("ln_attn", self.dtype, self.param_dtype)(x)
     kv = x if reference else h
-    attn = Attention(self.num_heads, self.dtype, self.param_dtype, self.head_dim, name="attn")
+    on_weights = self.attention_dropout == "weights"
+    attn = Attention(self.num_heads, self.dtype, self.param_dtype, self.head_dim,
+                     dropout=self.dropout if on_weights else 0.0, out_init_std=self.kernel_init_std, name="attn")
     if last_only:
-      a = attn(h[:, -1:], mask[:, :, -1:], kv=kv)
+      a = attn(h[:, -1:], mask[:, :, -1:], kv=kv, deterministic=deterministic)
       x, h = x[:, -1:], h[:, -1:]
     else:
-      a = attn(h, mask, kv=kv)
-    x = (h if reference else x) + nn.Dropout(self.dropout)(a, deterministic=deterministic)
+      a = attn(h, mask, kv=kv, deterministic=deterministic)
+    if not on_weights:
+      a = nn.Dropout(self.dropout)(a, deterministic=deterministic)
+    x = (h if reference else x) + a
     h = common.layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
     m = MLP(self.mlp_dim, self.dropout, self.dtype, self.param_dtype, "relu" if reference else "gelu",
-            name="mlp")(h, deterministic)
+            self.kernel_init_std, name="mlp")(h, deterministic)
     return (h if reference else x) + nn.Dropout(self.dropout)(m, deterministic=deterministic)
 
 
@@ -147,6 +176,8 @@ class TransformerEncoder(common.Encoder):
   head_dim: int = 0  # per-head size; 0 = embed_dim // num_heads (a head-pruned model keeps its size)
   block: str = "pre_ln"  # BLOCKS: pre_ln | reference (SASRec's reference code; Block)
   positions: str = "right"  # POSITIONS: right | left
+  attention_dropout: str = "output"  # ATTENTION_DROPOUT: output | weights
+  kernel_init_std: float = 0.0  # > 0: the feed-forward and attention-output kernels at N(0, std^2)
 
   causal = True
   uses_mask_token = False
@@ -156,15 +187,18 @@ class TransformerEncoder(common.Encoder):
   trims_left_padding = True
   # config.model.<name>: this encoder's own fields (the common ones live in config.model)
   config_defaults = {"num_layers": 2, "num_heads": 2, "mlp_dim": 256, "head_dim": 0, "block": "pre_ln",
-                     "positions": "right"}
+                     "positions": "right", "attention_dropout": "output", "kernel_init_std": 0.0}
 
   @classmethod
   def from_config(cls, common_fields: dict, own, **shape):
     name = cls.__name__.lower()
     block = check_choice(name, "block", own.get("block", "pre_ln"), BLOCKS)
     positions = check_choice(name, "positions", own.get("positions", "right"), POSITIONS)
+    attention_dropout = check_choice(name, "attention_dropout", own.get("attention_dropout", "output"),
+                                     ATTENTION_DROPOUT)
     return cls(**shape, **common_fields, num_layers=own.num_layers, num_heads=own.num_heads, mlp_dim=own.mlp_dim,
-               head_dim=own.get("head_dim", 0), block=block, positions=positions)
+               head_dim=own.get("head_dim", 0), block=block, positions=positions,
+               attention_dropout=attention_dropout, kernel_init_std=float(own.get("kernel_init_std", 0.0)))
 
   @property
   def mask_token_id(self) -> int:
@@ -188,7 +222,8 @@ class TransformerEncoder(common.Encoder):
                               embedding_init=common.with_axes(nn.initializers.normal(0.02), (None, "embed")))
     block = nn.remat(Block, static_argnums=(3, 4)) if self.remat else Block
     self.blocks = [block(self.num_heads, self.mlp_dim, self.dropout, self.dtype, self.param_dtype, self.head_dim,
-                         self.block, name=f"block_{i}") for i in range(self.num_layers)]
+                         self.block, self.attention_dropout, self.kernel_init_std, name=f"block_{i}")
+                   for i in range(self.num_layers)]
     self.final_ln = common.layer_norm("final_ln", self.dtype, self.param_dtype)
     self.embed_dropout = nn.Dropout(self.dropout)
 

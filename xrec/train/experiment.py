@@ -96,7 +96,9 @@ UNHASHED_FIELDS = ("train.stop_after_steps", "train.stop_at_step", "train.progre
 # behaviour before they existed), so stages computed before them keep their hashes.
 NEUTRAL_DEFAULTS = {"model.text.tune": "", "model.text.tune_layers": 1, "model.text.lora_rank": 8,
                     "model.text.tokens": 0, "model.text.arch": [], "model.text.buckets": [],
-                    "model.sasrec.positions": "right", "model.bert4rec.positions": "right"}
+                    **{f"model.{name}.{field}": default for name in ("sasrec", "bert4rec")
+                       for field, default in (("positions", "right"), ("attention_dropout", "output"),
+                                              ("kernel_init_std", 0.0))}}
 # Where a real source's files are: a stage whose inputs are fingerprinted by content
 # (xrec/data/fingerprint.py) is the same stage wherever the same bytes lie, so its hash keeps only a
 # file's name (the per-file key namespace, data.files.keys, is made from it) and no folder (a study

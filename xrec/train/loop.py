@@ -39,7 +39,7 @@ from xrec.data.preprocess import DEDUP
 from xrec.evaluate import evaluator as evaluation
 from xrec.evaluate.metrics import SAMPLED_PREFIX, TARGET_IN_HISTORY
 from xrec.models import common
-from xrec.models.transformer import BLOCKS, POSITIONS, check_choice
+from xrec.models.transformer import ATTENTION_DROPOUT, BLOCKS, POSITIONS, check_choice
 from xrec.train import checkpoint as ckpt
 from xrec.train import hooks as runtime
 from xrec.train import objectives
@@ -59,7 +59,7 @@ def validate(config) -> None:
   models.model_class(config.model.name)
   models.dtype(config.model.compute_dtype)
   own = config.model.get(config.model.name) or {}
-  for field, valid in (("block", BLOCKS), ("positions", POSITIONS)):
+  for field, valid in (("block", BLOCKS), ("positions", POSITIONS), ("attention_dropout", ATTENTION_DROPOUT)):
     if field in own:  # the transformers' own fields, refused here before any data is read
       check_choice(config.model.name, field, own[field], valid)
   metric = config.train.best_metric
