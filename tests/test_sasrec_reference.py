@@ -88,13 +88,16 @@ def test_a_sasrec_with_the_reference_block_has_the_same_params_and_its_own_outpu
   np.testing.assert_allclose(ref.apply({"params": params}, changed, method="encode")[0, :5], hidden[0, :5], atol=1e-6)
 
 
-def test_a_bad_block_names_the_valid_ones():
-  with pytest.raises(ValueError, match=r"model.sasrec.block='post_ln' is not valid; valid: \['pre_ln', 'reference'\]"):
-    models.build(_config(block="post_ln"), 30)
+@pytest.mark.parametrize("field,bad,valid", [("block", "post_ln", "'pre_ln', 'reference'"),
+                                             ("positions", "center", "'right', 'left'"),
+                                             ("attention_dropout", "both", "'output', 'weights'")])
+def test_a_bad_choice_names_the_valid_ones(field, bad, valid):
+  with pytest.raises(ValueError, match=rf"model.sasrec.{field}='{bad}' is not valid; valid: \[{valid}\]"):
+    models.build(_config(**{field: bad}), 30)
   from xrec.train import loop  # and the door refuses it before any data is read
   c = base_config()
-  c.model.sasrec.block = "post_ln"
-  with pytest.raises(ValueError, match=r"model.sasrec.block='post_ln' is not valid"):
+  c.model.sasrec[field] = bad
+  with pytest.raises(ValueError, match=rf"model.sasrec.{field}='{bad}' is not valid"):
     loop.validate(c)
 
 
@@ -119,16 +122,6 @@ def test_left_positions_count_from_the_windows_oldest_item():
   trimmed = np.asarray(left.apply({"params": params}, INPUTS[1:2, 2:], method="encode"))
   np.testing.assert_allclose(trimmed[0, -2:], got[1, -2:], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(left.apply({"params": params}, INPUTS, method="last_states"), got[:, -1], atol=1e-5)
-
-
-def test_a_bad_positions_value_names_the_valid_ones():
-  with pytest.raises(ValueError, match=r"model.sasrec.positions='center' is not valid; valid: \['right', 'left'\]"):
-    models.build(_config(positions="center"), 30)
-  from xrec.train import loop
-  c = base_config()
-  c.model.sasrec.positions = "center"
-  with pytest.raises(ValueError, match=r"model.sasrec.positions='center' is not valid"):
-    loop.validate(c)
 
 
 @pytest.mark.parametrize("field,value", [("positions", "left"), ("attention_dropout", "weights"),
@@ -194,7 +187,7 @@ def test_attention_dropout_on_the_weights_drops_weights_and_only_in_training():
 def test_the_reference_fields_change_training_not_the_params():
   """attention_dropout="weights" moves the block's dropout (a training step's loss differs, the
   evaluation output does not); kernel_init_std=0.02 starts the feed-forward and attention-output
-  kernels at N(0, 0.02^2) and keeps query / key / value at Xavier uniform; a bad value is refused."""
+  kernels at N(0, 0.02^2) and keeps query / key / value at Xavier uniform; a negative std is refused."""
   base, moved = models.build(_config(dropout=0.3), 30), models.build(_config(dropout=0.3, attention_dropout="weights"), 30)
   params = jax.device_get(nn.unbox(base.init(jax.random.key(0), INPUTS)["params"]))
   rngs = {"dropout": jax.random.key(5)}
@@ -209,8 +202,6 @@ def test_the_reference_fields_change_training_not_the_params():
   for kernel in (block["mlp"]["wi"]["kernel"], block["mlp"]["wo"]["kernel"], block["attn"]["out"]["kernel"]):
     assert kernel == pytest.approx(0.02, rel=0.1)
   assert block["attn"]["query"]["kernel"] == pytest.approx((2 / (64 + 64)) ** 0.5, rel=0.1)  # Xavier uniform
-  with pytest.raises(ValueError, match=r"model.sasrec.attention_dropout='both' is not valid; valid: \['output', 'weights'\]"):
-    models.build(_config(attention_dropout="both"), 30)
   from xrec.train import loop
   c = base_config()
   c.model.sasrec.kernel_init_std = -0.1
