@@ -404,3 +404,6 @@ def test_the_reproduction_rows_load_validate_and_differ_only_where_their_docstri
   assert differences(rows["ml1m_sasrec_refcode_left"], rows["ml1m_sasrec_refcode"]) == {"model.sasrec.positions"}
   assert differences(rows["ml1m_sasrec_refcode_dropinit"], rows["ml1m_sasrec_refcode"]) == {
       "model.sasrec.attention_dropout", "model.sasrec.kernel_init_std"}
+  assert differences(rows["ml1m_sasrec_plus"], rows["ml1m_sasrec_refcode"]) == {
+      "model.sasrec.positions", "model.sasrec.attention_dropout", "model.sasrec.kernel_init_std",
+      "data.preprocess.item_core"}

@@ -37,6 +37,12 @@ at the best validation step (early stopping on validation NDCG@10). Rows (`exper
                    dropout on the attention weights, not the attention output
                    (model.sasrec.attention_dropout="weights"), and the feed-forward and
                    attention-output kernels at N(0, 0.02^2) (model.sasrec.kernel_init_std)
+  ml1m_sasrec_plus  all of SASRec+'s setup this copy of the data allows: every model field above
+                   (refcode, left positions, attention-weight dropout, kernel init) and its data,
+                   SASRec's ml-1m.txt, which keeps the 3,416 movies with at least 5 ratings
+                   (data.preprocess.item_core=5: 999,611 of the 1,000,209 ratings); what stays
+                   different is the order of tied timestamps (this copy has the order of the
+                   BERT4Rec preprocessing, not SASRec's) and validation every 5 epochs, not 1
 
 The data are read from the published files (never copied into the repository): the MovieLens
 folder `ml-1m/` and `amazon-s3rec/<Name>.txt` under $XREC_REAL_DATA (default ../shared/data,
@@ -76,6 +82,10 @@ def _amazon(name: str, extra: dict) -> dict:
 
 SASREC = {"model.name": "sasrec", "model.sasrec.num_heads": 1, "model.sasrec.mlp_dim": 64,
           "objective.terms": (("full_softmax", 1.0),)}
+# every model field of SASRec+'s code (src/models.py: pmixer's SASRec block) that xrec can set
+REFERENCE_MODEL = {"model.dropout": 0.1, "model.sasrec.block": "reference", "model.item_init_std": 0.02,
+                   "model.sasrec.positions": "left", "model.sasrec.attention_dropout": "weights",
+                   "model.sasrec.kernel_init_std": 0.02}
 ROWS = {
     "ml1m_sasrec": _ml1m(SASREC),
     "ml1m_bert4rec": _ml1m({"model.name": "bert4rec", "model.bert4rec.num_heads": 2, "model.bert4rec.mlp_dim": 256,
@@ -98,6 +108,7 @@ ROWS = {
     "ml1m_sasrec_refcode_dropinit": _ml1m({**SASREC, "model.dropout": 0.1, "model.sasrec.block": "reference",
                                            "model.item_init_std": 0.02, "model.sasrec.attention_dropout": "weights",
                                            "model.sasrec.kernel_init_std": 0.02}),
+    "ml1m_sasrec_plus": _ml1m({**SASREC, **REFERENCE_MODEL, "data.preprocess.item_core": 5}),
 }
 
 
