@@ -5,8 +5,14 @@ at the best validation step (early stopping on validation NDCG@10). Rows (`exper
 
   ml1m_sasrec      SASRec, full softmax, max_len 200, d 64, 2 blocks, 1 head, dropout 0.2
                    (published: SASRec+ 0.1821 test NDCG@10, HR@10 0.3152; Klenitskiy & Vasilev 2023)
-  ml1m_bert4rec    BERT4Rec, cloze, max_len 200, d 64, 2 blocks, 2 heads (published 0.1537, same paper)
-  ml1m_gru4rec     GRU4Rec, full softmax, max_len 200, d 64
+  ml1m_bert4rec    BERT4Rec, cloze, max_len 200, d 64, 2 blocks, 2 heads (published 0.1537, same paper),
+                   as SASRec+'s code sets it up (src/configs/BERT4Rec.yaml, HF BertModel): SASRec's
+                   3,416 movies, dropout 0.1 on the attention weights, left positions, init 0.02,
+                   20% of the items masked in the last 200 (no random prefix cut); what differs:
+                   xrec's pre-LN block (BERT is post-LN), query / key / value at Xavier init, and
+                   xrec's cloze always masks the newest item
+  ml1m_gru4rec     GRU4Rec, full softmax, max_len 200, d 64, as SASRec+'s code (src/configs/RNN.yaml):
+                   3,416 movies, dropout 0.1, item init 0.02
   <name>_sasrec    SASRec, full softmax, max_len 50, d 64, 2 blocks, 1 head, dropout 0.5, on the S3Rec
                    release of Amazon Beauty / Sports_and_Outdoors / Toys_and_Games
   <name>_cl4srec   the same + CL4SRec's contrastive term (weight 0.1) over crop / mask / reorder views
@@ -82,6 +88,8 @@ def _amazon(name: str, extra: dict) -> dict:
 
 SASREC = {"model.name": "sasrec", "model.sasrec.num_heads": 1, "model.sasrec.mlp_dim": 64,
           "objective.terms": (("full_softmax", 1.0),)}
+# SASRec's ml-1m.txt, the file SASRec+'s numbers come from: the movies with at least 5 ratings
+SASREC_PLUS_DATA = {"data.preprocess.item_core": 5}
 # every model field of SASRec+'s code (src/models.py: pmixer's SASRec block) that xrec can set
 REFERENCE_MODEL = {"model.dropout": 0.1, "model.sasrec.block": "reference", "model.item_init_std": 0.02,
                    "model.sasrec.positions": "left", "model.sasrec.attention_dropout": "weights",
@@ -89,8 +97,12 @@ REFERENCE_MODEL = {"model.dropout": 0.1, "model.sasrec.block": "reference", "mod
 ROWS = {
     "ml1m_sasrec": _ml1m(SASREC),
     "ml1m_bert4rec": _ml1m({"model.name": "bert4rec", "model.bert4rec.num_heads": 2, "model.bert4rec.mlp_dim": 256,
-                            "model.dropout": 0.1, "objective.terms": (("cloze", 1.0),)}),
-    "ml1m_gru4rec": _ml1m({"model.name": "gru4rec", "objective.terms": (("full_softmax", 1.0),)}),
+                            "model.dropout": 0.1, "objective.terms": (("cloze", 1.0),), **SASREC_PLUS_DATA,
+                            "model.item_init_std": 0.02, "model.bert4rec.positions": "left",
+                            "model.bert4rec.attention_dropout": "weights", "model.bert4rec.kernel_init_std": 0.02,
+                            "objective.cloze.prefix_prob": 0.0}),
+    "ml1m_gru4rec": _ml1m({"model.name": "gru4rec", "objective.terms": (("full_softmax", 1.0),), **SASREC_PLUS_DATA,
+                           "model.dropout": 0.1, "model.item_init_std": 0.02}),
     **{f"{name}_sasrec": _amazon(name, SASREC) for name in AMAZON},
     **{f"{name}_cl4srec": _amazon(name, {**SASREC, **AUGMENT,
                                          "objective.terms": (("full_softmax", 1.0), ("cl4srec", 0.1))})
@@ -108,7 +120,7 @@ ROWS = {
     "ml1m_sasrec_refcode_dropinit": _ml1m({**SASREC, "model.dropout": 0.1, "model.sasrec.block": "reference",
                                            "model.item_init_std": 0.02, "model.sasrec.attention_dropout": "weights",
                                            "model.sasrec.kernel_init_std": 0.02}),
-    "ml1m_sasrec_plus": _ml1m({**SASREC, **REFERENCE_MODEL, "data.preprocess.item_core": 5}),
+    "ml1m_sasrec_plus": _ml1m({**SASREC, **REFERENCE_MODEL, **SASREC_PLUS_DATA}),
 }
 
 
