@@ -49,6 +49,8 @@ at the best validation step (early stopping on validation NDCG@10). Rows (`exper
                    (data.preprocess.item_core=5: 999,611 of the 1,000,209 ratings); what stays
                    different is the order of tied timestamps (this copy has the order of the
                    BERT4Rec preprocessing, not SASRec's) and validation every 5 epochs, not 1
+  ml1m_sasrec_refcode_core5  ml1m_sasrec_refcode on SASRec's 3,416 movies: the data's share of
+                   what ml1m_sasrec_plus changes
 
 The data are read from the published files (never copied into the repository): the MovieLens
 folder `ml-1m/` and `amazon-s3rec/<Name>.txt` under $XREC_REAL_DATA (default ../shared/data,
@@ -121,6 +123,8 @@ ROWS = {
                                            "model.item_init_std": 0.02, "model.sasrec.attention_dropout": "weights",
                                            "model.sasrec.kernel_init_std": 0.02}),
     "ml1m_sasrec_plus": _ml1m({**SASREC, **REFERENCE_MODEL, **SASREC_PLUS_DATA}),
+    "ml1m_sasrec_refcode_core5": _ml1m({**SASREC, "model.dropout": 0.1, "model.sasrec.block": "reference",
+                                        "model.item_init_std": 0.02, **SASREC_PLUS_DATA}),
 }
 
 
