@@ -90,7 +90,7 @@ def test_a_sasrec_with_the_reference_block_has_the_same_params_and_its_own_outpu
 
 @pytest.mark.parametrize("field,bad,valid", [("block", "post_ln", "'pre_ln', 'reference'"),
                                              ("positions", "center", "'right', 'left'"),
-                                             ("attention_dropout", "both", "'output', 'weights'")])
+                                             ("attention_dropout", "all", "'output', 'weights', 'both'")])
 def test_a_bad_choice_names_the_valid_ones(field, bad, valid):
   with pytest.raises(ValueError, match=rf"model.sasrec.{field}='{bad}' is not valid; valid: \[{valid}\]"):
     models.build(_config(**{field: bad}), 30)
@@ -118,6 +118,13 @@ def test_left_positions_count_from_the_windows_oldest_item():
     want = np.asarray(right.apply({"params": shifted}, INPUTS[b:b + 1], method="encode"))[0]
     np.testing.assert_allclose(got[b, 6 - n:], want[6 - n:], rtol=1e-5, atol=1e-5)
   assert not np.allclose(got, right.apply({"params": params}, INPUTS, method="encode"), atol=1e-3)
+  # a blank inside the window (a masked item) keeps its slot: the newest item of [_, _, 3, 5, 0, 9]
+  # reads row 3, as in [_, _, 3, 5, 7, 9]
+  blank = INPUTS.at[0, 4].set(0)
+  shifted = jax.tree.map(lambda v: v, params)
+  shifted["pos_embed"]["embedding"] = np.concatenate([table[4:], table[:4]])
+  np.testing.assert_allclose(left.apply({"params": params}, blank[:1], method="encode")[0, 2:],
+                             right.apply({"params": shifted}, blank[:1], method="encode")[0, 2:], rtol=1e-5, atol=1e-5)
   # less left padding (the evaluation's length buckets) changes nothing, and last_states agrees
   trimmed = np.asarray(left.apply({"params": params}, INPUTS[1:2, 2:], method="encode"))
   np.testing.assert_allclose(trimmed[0, -2:], got[1, -2:], rtol=1e-5, atol=1e-5)
@@ -184,17 +191,36 @@ def test_attention_dropout_on_the_weights_drops_weights_and_only_in_training():
   assert not np.allclose(got, plain, atol=1e-3)
 
 
-def test_the_reference_fields_change_training_not_the_params():
-  """attention_dropout="weights" moves the block's dropout (a training step's loss differs, the
-  evaluation output does not); kernel_init_std=0.02 starts the feed-forward and attention-output
-  kernels at N(0, 0.02^2) and keeps query / key / value at Xavier uniform; a negative std is refused."""
-  base, moved = models.build(_config(dropout=0.3), 30), models.build(_config(dropout=0.3, attention_dropout="weights"), 30)
-  params = jax.device_get(nn.unbox(base.init(jax.random.key(0), INPUTS)["params"]))
-  rngs = {"dropout": jax.random.key(5)}
-  train = lambda m: np.asarray(m.apply({"params": params}, INPUTS, deterministic=False, method="encode", rngs=rngs))
-  assert not np.allclose(train(base), train(moved), atol=1e-3)
-  np.testing.assert_allclose(moved.apply({"params": params}, INPUTS, method="encode"),
-                             base.apply({"params": params}, INPUTS, method="encode"), rtol=1e-6, atol=1e-6)
+@pytest.mark.parametrize("mode,order", [("output", ["block", "mlp", "block"]),
+                                        ("weights", ["weights", "mlp", "block"]),
+                                        ("both", ["weights", "block", "mlp", "block"])])
+def test_attention_dropout_places_each_blocks_dropouts(mode, order):
+  """Per block, in call order: the dropouts on the attention weights ([batch, heads, query, key],
+  inside attn), on a sublayer's output before its residual sum (the block's own), and inside the
+  feed-forward. "output" drops the attention output and not its weights, "weights" the weights and
+  not the output, "both" both; evaluation is the same function for all three."""
+  model = models.build(_config(dropout=0.3, attention_dropout=mode), 30)
+  params = jax.device_get(nn.unbox(model.init(jax.random.key(0), INPUTS)["params"]))
+  seen = {}
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Dropout) and context.module.scope.path[0].startswith("block_"):
+      path = context.module.scope.path
+      kind = "weights" if path[1] == "attn" else "mlp" if path[1] == "mlp" else "block"
+      assert args[0].ndim == (4 if kind == "weights" else 3)
+      seen.setdefault(path[0], []).append(kind)
+    return next_fun(*args, **kwargs)
+  with nn.intercept_methods(record):
+    model.apply({"params": params}, INPUTS, deterministic=False, method="encode", rngs={"dropout": jax.random.key(5)})
+  assert seen == {"block_0": order, "block_1": order}
+  default = models.build(_config(dropout=0.3), 30)
+  np.testing.assert_allclose(model.apply({"params": params}, INPUTS, method="encode"),
+                             default.apply({"params": params}, INPUTS, method="encode"), rtol=1e-6, atol=1e-6)
+
+
+def test_kernel_init_std_sets_the_reference_kernels():
+  """kernel_init_std=0.02 starts the feed-forward and attention-output kernels at N(0, 0.02^2) and
+  keeps query / key / value at Xavier uniform; a negative std is refused by the door and the model."""
   wide = _config(embed_dim=64, kernel_init_std=0.02)
   wide.sasrec.update(dict(mlp_dim=64, num_heads=1))
   init = nn.unbox(models.build(wide, 30).init(jax.random.key(0), INPUTS)["params"])
@@ -207,6 +233,8 @@ def test_the_reference_fields_change_training_not_the_params():
   c.model.sasrec.kernel_init_std = -0.1
   with pytest.raises(ValueError, match=r"model.sasrec.kernel_init_std=-0.1"):
     loop.validate(c)
+  with pytest.raises(ValueError, match=r"model.sasrec.kernel_init_std=-0.1 is not valid; valid: a number >= 0"):
+    models.build(_config(kernel_init_std=-0.1), 30)
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "hstu"])

@@ -448,6 +448,33 @@ def test_position_resize_keeps_most_recent_positions(pretrained):
     V.resize_positions(np.zeros((4, 3)), np.zeros((4, 2)))
 
 
+def test_left_counted_positions_resize_from_the_start_and_a_layout_mismatch_is_refused(pretrained):
+  """model.<name>.positions="left" (Roles.positions_from "start"): row 0 is the window's oldest item
+  in both tables, so a shorter window keeps the first rows and a longer one adds fresh rows at the
+  end; a source counted from the other end is refused, naming the field (its rows mean other slots)."""
+  from xrec.transfer import SourceEncoder
+  from xrec.transfer import vocab as V
+  src = pretrained["pos_embed"]["embedding"]  # [8, 16]
+  _, plan = bound("full_finetune", positions="left")
+  left_source = SourceEncoder("SASRec", tiny_model(positions="left").roles())
+  assert left_source.roles.positions_from == "start" and tiny_model().roles().positions_from == "end"
+  for max_len in (5, 11):
+    fresh = init(tiny_model(), seed=3)
+    fresh["pos_embed"] = {"embedding": np.random.default_rng(max_len).normal(size=(max_len, 16)).astype(np.float32)}
+    params, report = plan.init_params(fresh, pretrained, KEYS, KEYS, source=left_source)
+    got = params["pos_embed"]["embedding"]
+    keep = min(max_len, 8)
+    np.testing.assert_array_equal(got[:keep], src[:keep])  # the oldest slots line up
+    np.testing.assert_array_equal(got[keep:], fresh["pos_embed"]["embedding"][keep:])  # new rows at the end
+    assert report["positions"] == {"source_max_len": 8, "target_max_len": max_len}
+  np.testing.assert_array_equal(V.resize_positions(src, np.zeros((5, 16), np.float32), "start"), src[:5])
+  with pytest.raises(ValueError, match=r"positions counted from 'middle'; valid: \['end', 'start'\]"):
+    V.resize_positions(src, src, "middle")
+  with pytest.raises(ValueError, match=r"pos_embed/embedding: the pretrained model's position rows count from "
+                                       r"the end of the window, the target's from the start .*model.<name>.positions"):
+    plan.init_params(init(tiny_model()), pretrained, KEYS, KEYS, source=SourceEncoder("SASRec", tiny_model().roles()))
+
+
 # --- strict loading: +/- errors, rename, dont_load, graft, subtree -----------------------------
 
 def test_unexplained_mismatch_lists_plus_and_minus_paths(pretrained):

@@ -7,12 +7,16 @@ at the best validation step (early stopping on validation NDCG@10). Rows (`exper
                    (published: SASRec+ 0.1821 test NDCG@10, HR@10 0.3152; Klenitskiy & Vasilev 2023)
   ml1m_bert4rec    BERT4Rec, cloze, max_len 200, d 64, 2 blocks, 2 heads (published 0.1537, same paper),
                    as SASRec+'s code sets it up (src/configs/BERT4Rec.yaml, HF BertModel): SASRec's
-                   3,416 movies, dropout 0.1 on the attention weights, left positions, init 0.02,
-                   20% of the items masked in the last 200 (no random prefix cut); what differs:
-                   xrec's pre-LN block (BERT is post-LN), query / key / value at Xavier init, and
-                   xrec's cloze always masks the newest item
+                   3,416 movies, dropout 0.1 on the attention weights and on the attention output
+                   (BERT's two), left positions, init 0.02, 20% of the items masked in the last
+                   200 (no random prefix cut); what differs: xrec's pre-LN block (BERT is post-LN),
+                   the item inputs scaled by sqrt(d) (BERT: a LayerNorm on the embeddings instead),
+                   LayerNorm eps 1e-6 (BERT 1e-12), a dropout after the feed-forward's GELU (BERT
+                   has none), query / key / value at Xavier init, an output bias, and xrec's cloze
+                   always masks the newest item
   ml1m_gru4rec     GRU4Rec, full softmax, max_len 200, d 64, as SASRec+'s code (src/configs/RNN.yaml):
-                   3,416 movies, dropout 0.1, item init 0.02
+                   3,416 movies, item init 0.02, no dropout (its dropout 0.1 is torch nn.GRU's
+                   between-layer dropout, inert with one layer)
   <name>_sasrec    SASRec, full softmax, max_len 50, d 64, 2 blocks, 1 head, dropout 0.5, on the S3Rec
                    release of Amazon Beauty / Sports_and_Outdoors / Toys_and_Games
   <name>_cl4srec   the same + CL4SRec's contrastive term (weight 0.1) over crop / mask / reorder views
@@ -47,8 +51,12 @@ at the best validation step (early stopping on validation NDCG@10). Rows (`exper
                    (refcode, left positions, attention-weight dropout, kernel init) and its data,
                    SASRec's ml-1m.txt, which keeps the 3,416 movies with at least 5 ratings
                    (data.preprocess.item_core=5: 999,611 of the 1,000,209 ratings); what stays
-                   different is the order of tied timestamps (this copy has the order of the
-                   BERT4Rec preprocessing, not SASRec's) and validation every 5 epochs, not 1
+                   different: the data's order of tied timestamps (this copy has the BERT4Rec
+                   preprocessing's, not SASRec's), the model's output bias, LayerNorm eps 1e-6
+                   (1e-8 there) and query / key / value init (Xavier per projection: variance 1/d,
+                   there 1/(2d)), and the schedule (1% warmup; validation every 5 epochs, patience
+                   10 evaluations, at most 200 epochs, where SASRec+ validates every epoch with a
+                   patience of 10 and stops at 100)
   ml1m_sasrec_refcode_core5  ml1m_sasrec_refcode on SASRec's 3,416 movies: the data's share of
                    what ml1m_sasrec_plus changes
 
@@ -101,10 +109,10 @@ ROWS = {
     "ml1m_bert4rec": _ml1m({"model.name": "bert4rec", "model.bert4rec.num_heads": 2, "model.bert4rec.mlp_dim": 256,
                             "model.dropout": 0.1, "objective.terms": (("cloze", 1.0),), **SASREC_PLUS_DATA,
                             "model.item_init_std": 0.02, "model.bert4rec.positions": "left",
-                            "model.bert4rec.attention_dropout": "weights", "model.bert4rec.kernel_init_std": 0.02,
+                            "model.bert4rec.attention_dropout": "both", "model.bert4rec.kernel_init_std": 0.02,
                             "objective.cloze.prefix_prob": 0.0}),
     "ml1m_gru4rec": _ml1m({"model.name": "gru4rec", "objective.terms": (("full_softmax", 1.0),), **SASREC_PLUS_DATA,
-                           "model.dropout": 0.1, "model.item_init_std": 0.02}),
+                           "model.dropout": 0.0, "model.item_init_std": 0.02}),
     **{f"{name}_sasrec": _amazon(name, SASREC) for name in AMAZON},
     **{f"{name}_cl4srec": _amazon(name, {**SASREC, **AUGMENT,
                                          "objective.terms": (("full_softmax", 1.0), ("cl4srec", 0.1))})

@@ -56,7 +56,10 @@ class Roles:
   item_table: str | None  # input item embedding [vocab, embed] (None: the model has none)
   output_bias: str  # per-item output bias [vocab]
   output_table: str | None = None  # separate output embedding [vocab, embed] (untied models)
-  positions: str | None = None  # position embedding [max_len, embed] (right-aligned inputs)
+  positions: str | None = None  # position embedding [max_len, embed]
+  # which end of the window the position rows count from: "end" (row max_len - 1 is the newest
+  # item, the inputs being right-aligned) or "start" (row 0 is the window's oldest item)
+  positions_from: str = "end"
   blocks: tuple[str, ...] = ()  # the ordered blocks (subtrees), bottom first
   final_norm: str | None = None  # subtree of the norm after the last block
   # Where the transfer layer may insert parameter-efficient modules (module paths):

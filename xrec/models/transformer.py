@@ -60,8 +60,8 @@ class Attention(nn.Module):
 
     q, k, v = proj("query")(x), proj("key")(kv), proj("value")(kv)  # [batch, len, heads, head_dim]
     if self.dropout and not deterministic:  # the weights themselves are needed to drop them
-      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * jnp.asarray(head_dim ** -0.5, q.dtype)
-      scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * head_dim ** -0.5
+      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
       weights = nn.Dropout(self.dropout)(jax.nn.softmax(scores, axis=-1), deterministic=False)
       out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
     else:
@@ -88,8 +88,9 @@ BLOCKS = ("pre_ln", "reference")
 POSITIONS = ("right", "left")
 # model.<transformer>.attention_dropout: where the attention sublayer's dropout acts. "output": on
 # its output, before the residual sum (the default); "weights": on the attention weights, the
-# output undropped (SASRec's reference code and BERT, through torch's MultiheadAttention).
-ATTENTION_DROPOUT = ("output", "weights")
+# output undropped (SASRec's reference code, through torch's MultiheadAttention); "both": on the
+# weights and on the output (BERT: attention_probs_dropout and the self-output's hidden dropout).
+ATTENTION_DROPOUT = ("output", "weights", "both")
 
 
 def check_choice(model_name: str, field: str, value: str, valid: tuple) -> str:
@@ -97,6 +98,14 @@ def check_choice(model_name: str, field: str, value: str, valid: tuple) -> str:
   if value not in valid:
     raise ValueError(f"model.{model_name}.{field}={value!r} is not valid; valid: {list(valid)}")
   return value
+
+
+def check_std(model_name: str, std) -> float:
+  """kernel_init_std as a float >= 0 (0: Xavier uniform), else an error naming the field."""
+  if not isinstance(std, (int, float)) or isinstance(std, bool) or not std >= 0:
+    raise ValueError(f"model.{model_name}.kernel_init_std={std!r} is not valid; valid: a number >= 0 "
+                     "(0: Xavier uniform)")
+  return float(std)
 
 
 class MLP(nn.Module):
@@ -131,8 +140,9 @@ class Block(nn.Module):
   Both have the same params (ln_attn, attn, ln_mlp, mlp), so every strategy and checkpoint path
   applies to either. `attention_dropout` (ATTENTION_DROPOUT) places the attention sublayer's
   dropout; `kernel_init_std` > 0 starts the feed-forward's and the attention output's kernels at
-  N(0, std^2) (the reference code's nn.Linear / Conv1d init; torch's MultiheadAttention keeps its
-  query / key / value in-projection at Xavier uniform, and so does this)."""
+  N(0, std^2) (the reference code's nn.Linear / Conv1d init); query / key / value stay Xavier
+  uniform per projection (torch's MultiheadAttention draws its stacked [3 embed, embed]
+  in-projection at Xavier uniform, a variance 1/(2 embed) where this has 1/embed)."""
 
   num_heads: int
   mlp_dim: int
@@ -150,7 +160,7 @@ class Block(nn.Module):
     reference = self.block == "reference"
     h = common.layer_norm("ln_attn", self.dtype, self.param_dtype)(x)
     kv = x if reference else h
-    on_weights = self.attention_dropout == "weights"
+    on_weights = self.attention_dropout in ("weights", "both")
     attn = Attention(self.num_heads, self.dtype, self.param_dtype, self.head_dim,
                      dropout=self.dropout if on_weights else 0.0, out_init_std=self.kernel_init_std, name="attn")
     if last_only:
@@ -158,7 +168,7 @@ class Block(nn.Module):
       x, h = x[:, -1:], h[:, -1:]
     else:
       a = attn(h, mask, kv=kv, deterministic=deterministic)
-    if not on_weights:
+    if self.attention_dropout != "weights":
       a = nn.Dropout(self.dropout)(a, deterministic=deterministic)
     x = (h if reference else x) + a
     h = common.layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
@@ -183,7 +193,8 @@ class TransformerEncoder(common.Encoder):
   uses_mask_token = False
   fitted = False
   # padded slots are zeroed and never attended to, so inputs without some of their left padding
-  # ([batch, L], L <= max_len, positions max_len - L .. max_len - 1) give the same states
+  # ([batch, L], L <= max_len; positions "right": rows max_len - L .. max_len - 1; "left": counted
+  # from each window's oldest item either way) give the same states
   trims_left_padding = True
   # config.model.<name>: this encoder's own fields (the common ones live in config.model)
   config_defaults = {"num_layers": 2, "num_heads": 2, "mlp_dim": 256, "head_dim": 0, "block": "pre_ln",
@@ -198,7 +209,7 @@ class TransformerEncoder(common.Encoder):
                                      ATTENTION_DROPOUT)
     return cls(**shape, **common_fields, num_layers=own.num_layers, num_heads=own.num_heads, mlp_dim=own.mlp_dim,
                head_dim=own.get("head_dim", 0), block=block, positions=positions,
-               attention_dropout=attention_dropout, kernel_init_std=float(own.get("kernel_init_std", 0.0)))
+               attention_dropout=attention_dropout, kernel_init_std=check_std(name, own.get("kernel_init_std", 0.0)))
 
   @property
   def mask_token_id(self) -> int:
@@ -209,7 +220,8 @@ class TransformerEncoder(common.Encoder):
     return base.Roles(
         **self.item_roles(), output_bias="output_bias",
         output_table=None if self.tie_embeddings else "output_embed/embedding",
-        positions="pos_embed/embedding", blocks=blocks, final_norm="final_ln",
+        positions="pos_embed/embedding", positions_from="start" if self.positions == "left" else "end",
+        blocks=blocks, final_norm="final_ln",
         sublayers=tuple(f"{b}/{s}" for b in blocks for s in ("attn", "mlp")),
         projections=tuple(f"{b}/attn/{p}" for b in blocks for p in ("query", "key", "value", "out"))
         + tuple(f"{b}/mlp/{p}" for b in blocks for p in ("wi", "wo")),
@@ -237,11 +249,13 @@ class TransformerEncoder(common.Encoder):
     """inputs [batch, len] -> hidden states [batch, len, embed] (compute dtype); last_only: the
     last block computes only the last position ([batch, 1, embed])."""
     base.check_inputs(inputs, self.max_len, shorter_ok=True)
-    length = inputs.shape[-1]  # right-aligned: the slots are the last `length` positions
+    length = inputs.shape[-1]  # right-aligned inputs: with positions "right", the last `length` rows
     valid = inputs > 0
     x = self.embed_items(inputs) * jnp.asarray(self.embed_dim ** 0.5, self.dtype)
-    if self.positions == "left":  # the window's oldest item at 0 (padding before it reads row 0, then zeroed)
-      x = x + self.pos_embed(jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0))
+    if self.positions == "left":  # slots counted from the window's oldest item (padding before it
+      # reads row 0 and is zeroed; a blank inside the window, e.g. a masked item, keeps its slot)
+      first = jnp.argmax(valid, axis=-1)[:, None]
+      x = x + self.pos_embed(jnp.maximum(jnp.arange(length)[None] - first, 0))
     else:
       x = x + self.pos_embed(jnp.arange(self.max_len - length, self.max_len))[None]
     x = self.embed_dropout(x, deterministic=deterministic)

@@ -124,7 +124,8 @@ class TransferPlan:
     pretrained_params: the pretrained param tree (or a tree holding it at transfer.source_subtree).
     source_item_keys, target_item_keys: raw item keys of both domains (needed whenever item
       tables are loaded). Item rows move by key (unseen rows by `unseen_items`), positions are
-      resized from the end when max_len differs (see vocab.resize_positions).
+      resized from the end (or the start, Roles.positions_from) when max_len differs (see
+      vocab.resize_positions).
     source: the pretrained encoder's class name and roles (None: the same encoder as the target).
       Presets that load every param by path need the same encoder; `embedding_transfer` loads
       only item roles and maps them across encoders.
@@ -164,9 +165,15 @@ class TransferPlan:
       return vocab.map_item_rows(pretrained_rows, init, source_item_keys, target_item_keys, self.unseen_items, mask)
 
     def positions(path, pretrained_rows, init):
-      del path
-      return vocab.resize_positions(pretrained_rows, init), {"source_max_len": int(pretrained_rows.shape[0]),
-                                                             "target_max_len": int(init.shape[0])}
+      if source_roles.positions_from != roles.positions_from:
+        raise ValueError(
+            f"{path}: the pretrained model's position rows count from the {source_roles.positions_from} "
+            f"of the window, the target's from the {roles.positions_from} (model.<name>.positions: "
+            "'right' counts from the end, 'left' from the start), so each row would mean another slot; "
+            "set the pretraining's model.<name>.positions, or keep the target's positions fresh with "
+            "transfer.dont_load=('pos_embed/embedding',)")
+      return (vocab.resize_positions(pretrained_rows, init, roles.positions_from),
+              {"source_max_len": int(pretrained_rows.shape[0]), "target_max_len": int(init.shape[0])})
 
     transforms = [(roles.item_rows_regex, item_rows)]
     if roles.positions:

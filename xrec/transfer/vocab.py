@@ -127,14 +127,18 @@ def item_overlap(source_keys: Sequence, target_keys: Sequence, target_frequency=
   return out
 
 
-def resize_positions(pretrained_pos, init_pos):
+def resize_positions(pretrained_pos, init_pos, counted_from: str = "end"):
   """Position table [source_max_len, embed] -> [target_max_len, embed].
 
-  SASRec inputs are right-aligned: the most recent item sits at position
-  max_len - 1. So positions are matched from the END: shrinking keeps the LAST
-  target_max_len pretrained rows; growing puts the pretrained rows at the end and
-  keeps the fresh init in the new rows at the FRONT (the oldest positions).
+  counted_from (Roles.positions_from) says which rows mean the same slot in both tables. "end":
+  the inputs are right-aligned and the most recent item sits at position max_len - 1, so rows are
+  matched from the END: shrinking keeps the LAST target_max_len pretrained rows; growing puts the
+  pretrained rows at the end and keeps the fresh init in the new rows at the FRONT (the oldest
+  positions). "start": row 0 is the window's oldest item, so rows are matched from the START:
+  shrinking keeps the FIRST rows; growing keeps the fresh init in the new rows at the end.
   """
+  if counted_from not in ("end", "start"):
+    raise ValueError(f"positions counted from {counted_from!r}; valid: ['end', 'start']")
   pretrained = np.asarray(pretrained_pos)
   init = np.asarray(init_pos)
   if pretrained.shape[1:] != init.shape[1:]:
@@ -142,6 +146,8 @@ def resize_positions(pretrained_pos, init_pos):
                      f"{init.shape[1:]}")
   keep = min(pretrained.shape[0], init.shape[0])
   rows = init.copy()
-  if keep:
+  if keep and counted_from == "end":
     rows[init.shape[0] - keep:] = pretrained[pretrained.shape[0] - keep:].astype(init.dtype)
+  elif keep:
+    rows[:keep] = pretrained[:keep].astype(init.dtype)
   return rows
