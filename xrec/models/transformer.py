@@ -186,7 +186,7 @@ class TransformerEncoder(common.Encoder):
   head_dim: int = 0  # per-head size; 0 = embed_dim // num_heads (a head-pruned model keeps its size)
   block: str = "pre_ln"  # BLOCKS: pre_ln | reference (SASRec's reference code; Block)
   positions: str = "right"  # POSITIONS: right | left
-  attention_dropout: str = "output"  # ATTENTION_DROPOUT: output | weights
+  attention_dropout: str = "output"  # ATTENTION_DROPOUT: output | weights | both
   kernel_init_std: float = 0.0  # > 0: the feed-forward and attention-output kernels at N(0, std^2)
 
   causal = True
