@@ -84,6 +84,33 @@ def test_every_encoder_meets_the_contract(name):
   assert same_prefix == module.causal
 
 
+@pytest.mark.parametrize("name", ENCODERS)
+def test_without_an_output_bias_the_scores_are_the_dot_products(name):
+  with_bias, without = build(name), build(name, output_bias=False)
+  params = perturbed(init(with_bias))
+  bare = {k: v for k, v in params.items() if k != "output_bias"}
+  assert sorted(common.flatten(init(without))) == sorted(common.flatten(bare))  # no bias param, the rest as before
+  roles = without.roles()
+  assert roles.output_bias is None and roles.item_rows == tuple(p for p in with_bias.roles().item_rows
+                                                                if p != "output_bias")
+  got = without.apply({"params": bare}, INPUTS, method="score_last")
+  want = with_bias.apply({"params": params}, INPUTS, method="score_last") - params["output_bias"][None]
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  assert not np.asarray(without.apply({"params": bare}, INPUTS)[2]).any()
+
+
+def test_a_checkpoint_with_an_output_bias_does_not_fit_a_model_without_one_unless_left_behind():
+  pretrained = perturbed(init(build("sasrec")), seed=1)
+  _, module, plan = bound("sasrec", "full_finetune", model_fields={"output_bias": False})
+  with pytest.raises(ValueError, match=r"does not fit the model.*\n\+ output_bias \(32,\)"):
+    plan.init_params(init(module, seed=2), pretrained, KEYS, KEYS)
+  _, module, plan = bound("sasrec", "full_finetune", model_fields={"output_bias": False}, dont_load=("output_bias",))
+  params, _ = plan.init_params(init(module, seed=2), pretrained, KEYS, KEYS)
+  assert "output_bias" not in params
+  np.testing.assert_array_equal(params["block_0"]["attn"]["query"]["kernel"],
+                                pretrained["block_0"]["attn"]["query"]["kernel"])
+
+
 def test_bert4rec_scores_the_appended_mask_token():
   module = build("bert4rec")
   params = init(module)
@@ -111,12 +138,13 @@ def transfer_config(strategy, **options):
   return with_overrides(c, {f"transfer.{k}": v for k, v in options.items()})
 
 
-def bound(name, strategy, **options):
+def bound(name, strategy, model_fields=None, **options):
   if strategy == "cross_user":  # the trainer sets these from the data (the source model's vocab: 32 here)
     options = {"cross_user.rows": 32, "cross_user.source_dim": 5, **options}
   cfg = transfer_config(strategy, **options)
   plan = transfer_apply.prepare(cfg.transfer)
-  encoder = models.build(with_model_fields(model_config(name).model, plan.model_fields), NUM_ITEMS)
+  encoder = models.build(with_model_fields(model_config(name, **(model_fields or {})).model, plan.model_fields),
+                         NUM_ITEMS)
   module, plan = plan.bind(encoder)
   return encoder, module, plan
 
@@ -161,6 +189,7 @@ def test_step0_identity_for_every_inserted_module(name, strategy):
 def _expected_trainable(strategy, flat: dict, roles: base.Roles) -> int:
   """Trainable scalars by an independent reading of each preset's docstring."""
   size = {p: int(np.prod(v.shape)) for p, v in flat.items()}
+  bias = size.get(roles.output_bias, 0)  # 0: a model without one (model.output_bias=False)
   under = lambda prefixes: sum(n for p, n in size.items() if any(p == x or p.startswith(x + "/") for x in prefixes))  # noqa: E731
   tables = [roles.item_table] + ([roles.output_table] if roles.output_table else [])
   if strategy in ("scratch", "full_finetune", "embedding_transfer", "dann", "shared_private", "distill", "prune",
@@ -170,15 +199,15 @@ def _expected_trainable(strategy, flat: dict, roles: base.Roles) -> int:
   if strategy == "zero_shot":
     return 0
   if strategy == "linear_probe":
-    return size[roles.output_table] + size[roles.output_bias]
+    return size[roles.output_table] + bias
   if strategy == "frozen_encoder":
-    return under(tables) + size[roles.output_bias]
+    return under(tables) + bias
   if strategy in ("partial_freeze", "reuse_bottom"):  # bottom 1 block and positions frozen
     frozen = [roles.blocks[0]] + ([roles.positions] if roles.positions else [])
     return sum(size.values()) - under(frozen)
   if strategy == "bitfit":
     return sum(n for p, n in size.items() if p.endswith("bias") or p.endswith("/scale"))
-  return under(["inserted"]) + size[roles.output_bias]  # adapter, lora, prompt, patch
+  return under(["inserted"]) + bias  # adapter, lora, prompt, patch
 
 
 @pytest.mark.parametrize("name,strategy", MATRIX)
@@ -188,6 +217,14 @@ def test_exact_trainable_counts(name, strategy):
   budget = plan.budget(params)
   assert budget["trainable"] == _expected_trainable(strategy, common.flatten(params), plan.roles)
   assert budget["total"] == common.param_count(params)
+
+
+@pytest.mark.parametrize("strategy", strategies.applicable(build("sasrec", output_bias=False).roles(), True))
+def test_every_strategy_applies_to_a_model_without_an_output_bias(strategy):
+  _, module, plan = bound("sasrec", strategy, model_fields={"output_bias": False})
+  params = init(module)
+  assert plan.roles.output_bias is None and "output_bias" not in common.flatten(params)
+  assert plan.budget(params)["trainable"] == _expected_trainable(strategy, common.flatten(params), plan.roles)
 
 
 # hand-computed counts on the tiny encoders (embed 8, adapter / patch bottleneck 4): one adapter is
@@ -207,13 +244,14 @@ def test_hand_computed_counts(key):
   assert plan.budget(init(module))["trainable"] == HAND_COUNTS[key]
 
 
-FROZEN_CHECK = [("gru4rec", "adapter"), ("nextitnet", "patch"), ("bert4rec", "prompt"), ("nextitnet", "frozen_encoder"),
-                ("gru4rec", "partial_freeze")]
+FROZEN_CHECK = [("gru4rec", "adapter", {}), ("nextitnet", "patch", {}), ("bert4rec", "prompt", {}),
+                ("nextitnet", "frozen_encoder", {}), ("gru4rec", "partial_freeze", {}),
+                ("sasrec", "frozen_encoder", {"output_bias": False})]
 
 
-@pytest.mark.parametrize("name,strategy", FROZEN_CHECK)
-def test_frozen_params_bit_identical_and_stateless(name, strategy):
-  encoder, module, plan = bound(name, strategy)
+@pytest.mark.parametrize("name,strategy,fields", FROZEN_CHECK)
+def test_frozen_params_bit_identical_and_stateless(name, strategy, fields):
+  encoder, module, plan = bound(name, strategy, fields)
   pretrained = perturbed(init(encoder, seed=1))
   params, _ = plan.init_params(init(module, seed=2), pretrained, KEYS, KEYS)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, model=1)))

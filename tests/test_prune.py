@@ -122,9 +122,9 @@ def test_pruned_entries_stay_zero_through_fine_tuning(data_dir, tmp_path, kind):
   assert report["nonzero_params"] < report["params"]
 
 
-@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
-def test_cold_item_rows_pruned_and_shrunk_to_the_kept_items(name):
-  module = build(name)
+@pytest.mark.parametrize("name,fields", [("sasrec", {}), ("gru4rec", {}), ("sasrec", {"output_bias": False})])
+def test_cold_item_rows_pruned_and_shrunk_to_the_kept_items(name, fields):
+  module = build(name, **fields)
   params = perturbed(init(module))
   counts = np.arange(NUM_ITEMS + 1) % 7  # item i has i mod 7 interactions (id 0 is padding)
   pruner = pruning.Pruner("items", module.roles(), counts)
@@ -135,10 +135,11 @@ def test_cold_item_rows_pruned_and_shrunk_to_the_kept_items(name):
   assert counts[dead].max() <= counts[np.flatnonzero(served[1:NUM_ITEMS + 1]) + 1].min()  # the coldest go
   masked = jax.tree.map(lambda p, m: p * m, params, masks)
   flat = common.flatten(masked)
-  assert (np.asarray(flat["item_embed/embedding"])[dead] == 0).all() and (np.asarray(flat["output_bias"])[dead] == 0).all()
+  for path in module.roles().item_rows:
+    assert (np.asarray(flat[path])[dead] == 0).all(), path
   # the dense model over the kept items: same scores for the kept items, the pruned ones read as its zero row
   kept = NUM_ITEMS - len(dead)
-  small = models.build(model_config(_encoder_config(name).model, {}), kept + 1)
+  small = models.build(model_config(_encoder_config(name, **fields).model, {}), kept + 1)
   shapes = {p: tuple(v.shape) for p, v in common.flatten(init(small)).items()}
   small_params, id_map = pruning.shrink_items(masked, masks, module.roles(), shapes, NUM_ITEMS)
   assert common.param_count(small_params) < common.param_count(params)
@@ -154,9 +155,9 @@ def test_cold_item_rows_pruned_and_shrunk_to_the_kept_items(name):
   assert (np.asarray(ranks) == module.vocab_size).all()  # a miss even at K >= the served items
 
 
-def _encoder_config(name):
+def _encoder_config(name, **fields):
   from test_encoders import model_config as encoder_config
-  return encoder_config(name)
+  return encoder_config(name, **fields)
 
 
 @pytest.mark.parametrize("kind", ["items", "dims"])

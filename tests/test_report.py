@@ -408,3 +408,4 @@ def test_the_reproduction_rows_load_validate_and_differ_only_where_their_docstri
       "model.sasrec.positions", "model.sasrec.attention_dropout", "model.sasrec.kernel_init_std",
       "data.preprocess.item_core"}
   assert differences(rows["ml1m_sasrec_refcode_core5"], rows["ml1m_sasrec_refcode"]) == {"data.preprocess.item_core"}
+  assert differences(rows["ml1m_sasrec_plus_nobias"], rows["ml1m_sasrec_plus"]) == {"model.output_bias"}

@@ -131,18 +131,22 @@ def test_left_positions_count_from_the_windows_oldest_item():
   np.testing.assert_allclose(left.apply({"params": params}, INPUTS, method="last_states"), got[:, -1], atol=1e-5)
 
 
-@pytest.mark.parametrize("field,value", [("positions", "left"), ("attention_dropout", "weights"),
-                                         ("kernel_init_std", 0.02)])
+@pytest.mark.parametrize("field,value", [("sasrec.positions", "left"), ("sasrec.attention_dropout", "weights"),
+                                         ("sasrec.kernel_init_std", 0.02), ("output_bias", False)])
 def test_the_reference_fields_at_their_defaults_leave_a_stages_hash_as_before(field, value):
   """Stages computed before these fields existed (the committed reproduction rows) keep their hashes."""
   from xrec.train import experiment
   c = base_config()
   before = experiment.stage_hash(c)
-  default = c.model.sasrec[field]
-  c.model.sasrec[field] = value
+  *parents, leaf = field.split(".")
+  node = c.model
+  for name in parents:
+    node = node[name]
+  default = node[leaf]
+  node[leaf] = value
   assert experiment.stage_hash(c) != before
-  c.model.sasrec[field] = default
-  del c.model.sasrec[field]
+  node[leaf] = default
+  del node[leaf]
   assert experiment.stage_hash(c) == before
 
 

@@ -148,6 +148,10 @@ def core_config() -> ml_collections.ConfigDict:
   # 1/sqrt(embed_dim) (SASRec's reference code and SASRec+ use 0.02 with the same sqrt(embed_dim)
   # input scaling). The ID table of model.item_repr=text+id keeps 1/sqrt(embed_dim).
   c.model.item_init_std = 0.0
+  # A learned per-item output bias [vocab] added to every score (popularity the encoder need not
+  # learn); False: scores are the dot products alone, as in SASRec's and SASRec+'s code (no bias
+  # param, nothing for a strategy to train or load there).
+  c.model.output_bias = True
   # How items enter the encoder: "id" (an ID table), "text" (their text through a pretrained
   # sentence encoder and an adaptor: ID-free, any item with a text is scored) or "text+id" (both).
   c.model.item_repr = "id"

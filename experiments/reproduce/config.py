@@ -12,18 +12,20 @@ at the best validation step (early stopping on validation NDCG@10). Rows (`exper
                    200 (no random prefix cut); what differs: xrec's pre-LN block (BERT is post-LN),
                    the item inputs scaled by sqrt(d) (BERT: a LayerNorm on the embeddings instead),
                    LayerNorm eps 1e-6 (BERT 1e-12), a dropout after the feed-forward's GELU (BERT
-                   has none), query / key / value at Xavier init, an output bias, and xrec's cloze
-                   always masks the newest item
+                   has none), query / key / value at Xavier init, and xrec's cloze always masks the
+                   newest item; no output bias (model.output_bias=False: the code's head is the
+                   tied item table, bias-free)
   ml1m_gru4rec     GRU4Rec, full softmax, max_len 200, d 64, as SASRec+'s code (src/configs/RNN.yaml):
                    3,416 movies, item init 0.02, no dropout (its dropout 0.1 is torch nn.GRU's
-                   between-layer dropout, inert with one layer)
+                   between-layer dropout, inert with one layer), no output bias (its tied head)
   <name>_sasrec    SASRec, full softmax, max_len 50, d 64, 2 blocks, 1 head, dropout 0.5, on the S3Rec
                    release of Amazon Beauty / Sports_and_Outdoors / Toys_and_Games
   <name>_cl4srec   the same + CL4SRec's contrastive term (weight 0.1) over crop / mask / reorder views
                    (published, MCLRec table: CL4SRec NDCG@20 Beauty 0.0428, Sports 0.0238)
   ml1m_hstu        HSTU (xrec/models/hstu.py: pointwise SiLU attention, relative position bias, no
                    time bias), full softmax, max_len 200, d 64, 2 blocks, 1 head, dropout 0.2, item table
-                   init N(0, 0.02^2) as the HSTU code's (truncated normal, std 0.02; embedding_modules.py)
+                   init N(0, 0.02^2) as the HSTU code's (truncated normal, std 0.02; embedding_modules.py),
+                   no output bias (its scores are dot products)
                    (published: HSTU 0.1720 test NDCG@10 with sampled softmax, HSTU-large 0.1893; Zhai et
                    al. 2024)
   beauty_sasrec_bce  ablation: beauty_sasrec with the original SASRec loss (binary cross-entropy on the
@@ -59,6 +61,9 @@ at the best validation step (early stopping on validation NDCG@10). Rows (`exper
                    patience of 10 and stops at 100)
   ml1m_sasrec_refcode_core5  ml1m_sasrec_refcode on SASRec's 3,416 movies: the data's share of
                    what ml1m_sasrec_plus changes
+  ml1m_sasrec_plus_nobias  ml1m_sasrec_plus without the per-item output bias
+                   (model.output_bias=False: scores are the dot products with the item table, as
+                   in SASRec+'s code), the last model difference that has a field
 
 The data are read from the published files (never copied into the repository): the MovieLens
 folder `ml-1m/` and `amazon-s3rec/<Name>.txt` under $XREC_REAL_DATA (default ../shared/data,
@@ -110,16 +115,16 @@ ROWS = {
                             "model.dropout": 0.1, "objective.terms": (("cloze", 1.0),), **SASREC_PLUS_DATA,
                             "model.item_init_std": 0.02, "model.bert4rec.positions": "left",
                             "model.bert4rec.attention_dropout": "both", "model.bert4rec.kernel_init_std": 0.02,
-                            "objective.cloze.prefix_prob": 0.0}),
+                            "objective.cloze.prefix_prob": 0.0, "model.output_bias": False}),
     "ml1m_gru4rec": _ml1m({"model.name": "gru4rec", "objective.terms": (("full_softmax", 1.0),), **SASREC_PLUS_DATA,
-                           "model.dropout": 0.0, "model.item_init_std": 0.02}),
+                           "model.dropout": 0.0, "model.item_init_std": 0.02, "model.output_bias": False}),
     **{f"{name}_sasrec": _amazon(name, SASREC) for name in AMAZON},
     **{f"{name}_cl4srec": _amazon(name, {**SASREC, **AUGMENT,
                                          "objective.terms": (("full_softmax", 1.0), ("cl4srec", 0.1))})
        for name in AMAZON},
     "beauty_sasrec_bce": _amazon("beauty", {**SASREC, "objective.terms": (("bce", 1.0),)}),
     "ml1m_hstu": _ml1m({"model.name": "hstu", "model.hstu.num_heads": 1, "model.item_init_std": 0.02,
-                        "objective.terms": (("full_softmax", 1.0),)}),
+                        "objective.terms": (("full_softmax", 1.0),), "model.output_bias": False}),
     "ml1m_sasrec_dropout01": _ml1m({**SASREC, "model.dropout": 0.1}),
     "ml1m_sasrec_refcode": _ml1m({**SASREC, "model.dropout": 0.1, "model.sasrec.block": "reference",
                                   "model.item_init_std": 0.02}),
@@ -133,6 +138,7 @@ ROWS = {
     "ml1m_sasrec_plus": _ml1m({**SASREC, **REFERENCE_MODEL, **SASREC_PLUS_DATA}),
     "ml1m_sasrec_refcode_core5": _ml1m({**SASREC, "model.dropout": 0.1, "model.sasrec.block": "reference",
                                         "model.item_init_std": 0.02, **SASREC_PLUS_DATA}),
+    "ml1m_sasrec_plus_nobias": _ml1m({**SASREC, **REFERENCE_MODEL, **SASREC_PLUS_DATA, "model.output_bias": False}),
 }
 
 

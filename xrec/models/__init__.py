@@ -34,11 +34,18 @@ def dtype(name: str):
   return _DTYPES[name]
 
 
+def _flag(cfg, field: str, default: bool) -> bool:
+  value = cfg.get(field, default)
+  if not isinstance(value, bool):
+    raise ValueError(f"model.{field}={value!r} must be True or False")
+  return value
+
+
 def _common(cfg) -> dict:
   """The fields of config.model every encoder reads."""
   return dict(embed_dim=cfg.embed_dim, dropout=cfg.dropout, tie_embeddings=cfg.tie_embeddings,
               remat=cfg.remat, dtype=dtype(cfg.compute_dtype), param_dtype=jnp.float32,
-              item_init_std=float(cfg.get("item_init_std", 0.0)))
+              item_init_std=float(cfg.get("item_init_std", 0.0)), use_output_bias=_flag(cfg, "output_bias", True))
 
 
 def _item_columns(cfg, cls) -> dict:

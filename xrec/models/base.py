@@ -54,7 +54,7 @@ class Roles:
   prefixes (`block_0` covers every path under it)."""
 
   item_table: str | None  # input item embedding [vocab, embed] (None: the model has none)
-  output_bias: str  # per-item output bias [vocab]
+  output_bias: str | None  # per-item output bias [vocab] (None: the model has none, model.output_bias=False)
   output_table: str | None = None  # separate output embedding [vocab, embed] (untied models)
   positions: str | None = None  # position embedding [max_len, embed]
   # which end of the window the position rows count from: "end" (row max_len - 1 is the newest

@@ -140,6 +140,8 @@ class ScoresItems:
     """Item table used for scoring: [vocab, embed] and bias [vocab] (with model.item_columns:
     [vocab, len(item_columns)], scored against those dims of the hidden states)."""
     table = self.item_embed.embedding if self.tie_embeddings else self.output_embed.embedding
+    if self.output_bias is None:  # model.output_bias=False: a constant, no param and no gradient
+      return table, jnp.zeros(table.shape[:1], jnp.float32)
     return table, self.output_bias
 
   def _tuned_tower(self) -> bool:
@@ -199,16 +201,17 @@ class ScoresItems:
   def item_roles(self) -> dict:
     """The item roles of `item_tables`' params (base.Roles fields)."""
     repr_ = getattr(self, "item_repr", "id")
+    bias = {"output_bias": "output_bias" if self.use_output_bias else None}
     if repr_ == "id":
-      return {"item_table": "item_embed/embedding"}
+      return {"item_table": "item_embed/embedding", **bias}
     tuned = self._tuned_tower()
-    return {"item_table": "item_embed/id_embed/embedding" if repr_ == "text+id" else None,
+    return {**bias, "item_table": "item_embed/id_embed/embedding" if repr_ == "text+id" else None,
             "item_text": "item_embed/text" if tuned else "item_embed/table", "item_adaptor": "item_embed/adaptor",
             "item_tower": "item_embed/tower" if tuned else None, "item_text_data": TEXT_DATA}
 
   def item_tables(self, vocab_size: int, embed_dim: int, dtype, param_dtype):
     """Creates item_embed (an ID table, or TextItems for model.item_repr text / text+id),
-    output_embed (untied only) and output_bias; call from setup."""
+    output_embed (untied only) and output_bias (model.output_bias; None without); call from setup."""
     width = len(getattr(self, "item_columns", ())) or embed_dim
     repr_ = getattr(self, "item_repr", "id")
     if repr_ == "id":
@@ -219,7 +222,7 @@ class ScoresItems:
                                   mask_id, self.text_tower_spec, dtype, param_dtype)
     if not self.tie_embeddings:
       self.output_embed = item_embedding(vocab_size, width, dtype, param_dtype, init_std=self.item_init_std)
-    self.output_bias = output_bias_param(self, vocab_size, param_dtype)
+    self.output_bias = output_bias_param(self, vocab_size, param_dtype) if self.use_output_bias else None
 
 
 class Encoder(ScoresItems, nn.Module):
@@ -241,6 +244,7 @@ class Encoder(ScoresItems, nn.Module):
   text_experts: int = 8  # experts of the text adaptor (model.text.experts)
   text_tower_spec: Any = None  # a tuned text tower (text_tower.TowerSpec from model.text.tune ...); None: frozen
   item_init_std: float = 0.0  # model.item_init_std: ID models' item (and output) table init N(0, std^2); 0 = 1/sqrt(embed)
+  use_output_bias: bool = True  # model.output_bias: a learned per-item output bias (False: none, scores are dot products)
 
 
 def score_items(hidden, table, bias):

@@ -64,7 +64,7 @@ class GRU4Rec(common.Encoder):
 
   def roles(self) -> base.Roles:
     layers = tuple(f"layer_{i}" for i in range(self.num_layers))
-    return base.Roles(**self.item_roles(), output_bias="output_bias",
+    return base.Roles(**self.item_roles(),
                       output_table=None if self.tie_embeddings else "output_embed/embedding",
                       blocks=layers, final_norm="final_ln", sublayers=layers)
 

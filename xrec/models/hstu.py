@@ -111,7 +111,7 @@ class HSTU(common.Encoder):
   def roles(self) -> base.Roles:
     blocks = tuple(f"block_{i}" for i in range(self.num_layers))
     return base.Roles(
-        **self.item_roles(), output_bias="output_bias",
+        **self.item_roles(),
         output_table=None if self.tie_embeddings else "output_embed/embedding",
         positions="pos_embed/embedding", blocks=blocks, final_norm="final_ln", sublayers=blocks,
         projections=tuple(f"{b}/{p}" for b in blocks for p in ("gate", "query", "key", "value", "out")),

@@ -68,7 +68,7 @@ class NextItNet(common.Encoder):
 
   def roles(self) -> base.Roles:
     blocks = tuple(f"block_{i}" for i in range(len(self.dilations)))
-    return base.Roles(**self.item_roles(), output_bias="output_bias",
+    return base.Roles(**self.item_roles(),
                       output_table=None if self.tie_embeddings else "output_embed/embedding",
                       blocks=blocks, final_norm="final_ln",
                       sublayers=tuple(f"{b}/conv_{j}" for b in blocks for j in (0, 1)))

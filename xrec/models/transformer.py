@@ -218,7 +218,7 @@ class TransformerEncoder(common.Encoder):
   def roles(self) -> base.Roles:
     blocks = tuple(f"block_{i}" for i in range(self.num_layers))
     return base.Roles(
-        **self.item_roles(), output_bias="output_bias",
+        **self.item_roles(),
         output_table=None if self.tie_embeddings else "output_embed/embedding",
         positions="pos_embed/embedding", positions_from="start" if self.positions == "left" else "end",
         blocks=blocks, final_norm="final_ln",

@@ -130,8 +130,10 @@ class Pruner:
 
 
 def served_items(masks, roles: Roles):
-  """[vocab] bool: the ids whose output-bias row is kept (items pruning); the rest are never ranked."""
-  return np.asarray(common.flatten(masks)[roles.output_bias]) > 0
+  """[vocab] bool: the ids whose item rows are kept (items pruning zeroes every row of a pruned
+  item: output bias, item and output tables); the rest are never ranked."""
+  rows = np.asarray(common.flatten(masks)[roles.item_rows[0]])
+  return rows.reshape(rows.shape[0], -1).max(axis=1) > 0
 
 
 def shrink_items(params, masks, roles: Roles, small_shapes: dict, num_items: int,

@@ -132,6 +132,11 @@ def _bottom_frozen(k: int, roles: Roles) -> list[tuple[str, None]]:
   return [(r, None) for r in _sub(roles.positions)] + [(roles.blocks_regex(range(k)), None)]
 
 
+def _bias(roles, lr_mult) -> tuple:
+  """The output bias's schedule rule, or none for a model without one (model.output_bias=False)."""
+  return ((re.escape(roles.output_bias), lr_mult),) if roles.output_bias else ()
+
+
 def _item_mult(options):
   """Item tables of the parameter-efficient presets: frozen unless train_item_embeddings is
   "always" (apply.prepare resolves "auto" from the item overlap before the presets run)."""
@@ -165,14 +170,14 @@ def linear_probe(options, roles):
                      "(model.tie_embeddings=False, set by the preset)")
   return Strategy("linear_probe", graft=((roles.output_table.rsplit("/", 1)[0], roles.item_table.rsplit("/", 1)[0]),),
                   schedule=((re.escape(roles.output_table), options.lr_mult),
-                            (re.escape(roles.output_bias), options.lr_mult), (".*", None)))
+                            *_bias(roles, options.lr_mult), (".*", None)))
 
 
 def frozen_encoder(options, roles):
   """Feature transfer: the encoder (blocks, positions, norms) frozen; item tables and output bias
   train."""
   return Strategy("frozen_encoder", schedule=((_item_tables(roles), options.lr_mult),
-                                              (re.escape(roles.output_bias), options.lr_mult), (".*", None)))
+                                              *_bias(roles, options.lr_mult), (".*", None)))
 
 
 def adaptor_only(options, roles):
@@ -191,7 +196,7 @@ def embedding_transfer(options, roles):
   loaded, by role and item key, so a SASRec's items can initialise a GRU4Rec or NextItNet; the
   rest of the target encoder starts fresh (new_lr_mult) and everything trains."""
   return Strategy("embedding_transfer", load_roles=("item_table", "output_table", "output_bias"),
-                  schedule=((_item_tables(roles), options.lr_mult), (re.escape(roles.output_bias), options.lr_mult),
+                  schedule=((_item_tables(roles), options.lr_mult), *_bias(roles, options.lr_mult),
                             (".*", options.new_lr_mult)))
 
 
@@ -235,7 +240,7 @@ def _peft(name: str, kind: str, options, roles, kind_options: dict) -> Strategy:
     raise ValueError(f"transfer.strategy={name!r} does not apply to this encoder (no points for {kind} "
                      f"modules in its roles); strategies that apply: {applicable(roles)}")
   return Strategy(name, dont_load=(INSERTED,), insert=spec,
-                  schedule=((INSERTED, options.new_lr_mult), (re.escape(roles.output_bias), options.lr_mult),
+                  schedule=((INSERTED, options.new_lr_mult), *_bias(roles, options.lr_mult),
                             (_item_tables(roles), _item_mult(options)), (".*", None)))
 
 
@@ -396,7 +401,7 @@ def l2sp(options, roles):
 def bitfit(options, roles):
   """Only biases (attention, MLP, convolutions, output bias) and norm parameters (scale, bias)."""
   lr = options.lr_mult
-  return Strategy("bitfit", schedule=((r"(.*/)?bias", lr), (r".*/scale", lr), (re.escape(roles.output_bias), lr),
+  return Strategy("bitfit", schedule=((r"(.*/)?bias", lr), (r".*/scale", lr), *_bias(roles, lr),
                                       (_item_tables(roles), _item_mult(options)), (".*", None)))
 
 
