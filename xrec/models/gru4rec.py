@@ -6,7 +6,7 @@ the recurrent state stays at zero over the left padding, so a sequence's states 
 on how much padding precedes it.
 
 Param tree:
-  item_embed/embedding [vocab, embed], output_embed/embedding (untied only), output_bias [vocab]
+  item_embed/embedding [vocab, embed], output_embed/embedding (untied only), output_bias [vocab] (model.output_bias)
   layer_{i}/cell/{ir,iz,in}/{kernel,bias}, layer_{i}/cell/{hr,hz,hn}/kernel   (flax GRUCell)
   final_ln/{scale,bias}
 Roles: blocks are the layers; adapters and patches attach to each layer (LoRA and prompts do not

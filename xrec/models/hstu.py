@@ -14,12 +14,13 @@ last state is scored against the item table.
 
 What this implementation leaves out, by the contract of xrec's encoders (item ids in, no
 timestamps): the paper's relative bias over time buckets (the positional part is kept), and its
-L2-normalised embeddings with a temperature (scores here are dot products with the item table plus
-a bias, like every encoder here, so all objectives and strategies apply unchanged).
+L2-normalised embeddings with a temperature (scores here are dot products with the item table, plus
+a per-item bias unless model.output_bias=False, like every encoder here, so all objectives and
+strategies apply unchanged).
 
 Param tree:
-  item_embed/embedding [vocab, embed], output_embed/embedding (untied only), output_bias [vocab],
-  pos_embed/embedding [max_len, embed],
+  item_embed/embedding [vocab, embed], output_embed/embedding (untied only), output_bias [vocab]
+  (model.output_bias), pos_embed/embedding [max_len, embed],
   block_{i}/ln_in, block_{i}/{gate,value,query,key}/{kernel [embed, heads * head], bias},
   block_{i}/rab [max_len] (relative attention bias), block_{i}/ln_attn, block_{i}/out/{kernel, bias}, final_ln
 Roles: blocks; LoRA on gate / query / key / value / out (projections; lora.targets picks: default

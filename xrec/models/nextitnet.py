@@ -8,7 +8,7 @@ at the input of every convolution and after every block, so a sequence's states 
 on how much padding precedes it.
 
 Param tree:
-  item_embed/embedding [vocab, embed], output_embed/embedding (untied only), output_bias [vocab]
+  item_embed/embedding [vocab, embed], output_embed/embedding (untied only), output_bias [vocab] (model.output_bias)
   block_{i}/ln_{0,1}/{scale,bias}, block_{i}/conv_{0,1}/{kernel [k, embed, embed], bias}
   final_ln/{scale,bias}
 Roles: blocks; adapters attach after each convolution, patches beside each block (PeterRec's

@@ -7,7 +7,7 @@ Param tree of the body (logical axes in brackets):
 
   item_embed/embedding        [vocab, embed]   input items; also the output table when tied
   output_embed/embedding      [vocab, embed]   only when tie_embeddings=False
-  output_bias                 [vocab]
+  output_bias                 [vocab]          only when model.output_bias (the default)
   pos_embed/embedding         [max_len, embed]
   block_{i}/ln_attn/{scale,bias}, block_{i}/attn/{query,key,value}/{kernel,bias}
       kernel [embed, heads, kv], out/kernel [heads, kv, embed]
