@@ -306,3 +306,30 @@ def test_every_inserting_preset_starts_as_the_pretrained_reference_block_model(s
   nudged = common.unflatten({p: v + 0.5 if mults[p] is not None and p.startswith("inserted/") else v
                              for p, v in common.flatten(params).items()})
   assert not np.allclose(module.apply({"params": nudged}, T.INPUTS, method="score_last")[:, items], want)
+
+
+def test_pretrain_then_transfer_without_an_output_bias(data_dir, tmp_path):
+  """model.output_bias=False through the whole loop: pretraining, a checkpoint with no bias, a
+  transfer that loads it (frozen encoder: only the item table trains) and evaluation."""
+  from conftest import tiny_config
+  from xrec.models import common
+  from xrec.train import checkpoint as ckpt
+  from xrec.train.loop import train_and_evaluate
+  pre = tiny_config(data_dir)
+  pre.model.output_bias = False
+  train_and_evaluate(pre, str(tmp_path / "pre"))
+  source, _ = ckpt.restore_best_params(str(tmp_path / "pre"))
+  assert "output_bias" not in source
+  c = tiny_config(data_dir)
+  c.model.output_bias = False
+  c.data.domain = "target"
+  c.transfer.strategy = "frozen_encoder"
+  c.train.init_from = str(tmp_path / "pre")
+  r = train_and_evaluate(c, str(tmp_path / "ft"))
+  assert np.isfinite(r["test"]["ndcg@10"])
+  tuned, _ = ckpt.restore_best_params(str(tmp_path / "ft"))
+  flat_src, flat = common.flatten(source), common.flatten(tuned)
+  assert sorted(flat) == sorted(flat_src)
+  frozen = [p for p in flat if p != "item_embed/embedding"]
+  assert all(np.array_equal(flat[p], flat_src[p]) for p in frozen)
+  assert not np.array_equal(flat["item_embed/embedding"], flat_src["item_embed/embedding"])
