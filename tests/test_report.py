@@ -409,3 +409,5 @@ def test_the_reproduction_rows_load_validate_and_differ_only_where_their_docstri
       "data.preprocess.item_core"}
   assert differences(rows["ml1m_sasrec_refcode_core5"], rows["ml1m_sasrec_refcode"]) == {"data.preprocess.item_core"}
   assert differences(rows["ml1m_sasrec_plus_nobias"], rows["ml1m_sasrec_plus"]) == {"model.output_bias"}
+  assert differences(rows["ml1m_sasrec_plus_adam"], rows["ml1m_sasrec_plus"]) == {
+      "optim.b2", "optim.clip_norm", "optim.warmup_fraction"}

@@ -56,14 +56,19 @@ at the best validation step (early stopping on validation NDCG@10). Rows (`exper
                    different: the data's order of tied timestamps (this copy has the BERT4Rec
                    preprocessing's, not SASRec's), the model's output bias, LayerNorm eps 1e-6
                    (1e-8 there) and query / key / value init (Xavier per projection: variance 1/d,
-                   there 1/(2d)), and the schedule (1% warmup; validation every 5 epochs, patience
-                   10 evaluations, at most 200 epochs, where SASRec+ validates every epoch with a
-                   patience of 10 and stops at 100)
+                   there 1/(2d)), the optimizer (Adam's b2 0.98 and clipping at global norm 1, where
+                   SASRec+'s code runs torch's Adam at its defaults: b2 0.999, no clipping) and the
+                   schedule (1% warmup; validation every 5 epochs, patience 10 evaluations, at most
+                   200 epochs, where SASRec+ validates every epoch with a patience of 10 and stops at
+                   100)
   ml1m_sasrec_refcode_core5  ml1m_sasrec_refcode on SASRec's 3,416 movies: the data's share of
                    what ml1m_sasrec_plus changes
   ml1m_sasrec_plus_nobias  ml1m_sasrec_plus without the per-item output bias
                    (model.output_bias=False: scores are the dot products with the item table, as
                    in SASRec+'s code), the last model difference that has a field
+  ml1m_sasrec_plus_adam  ml1m_sasrec_plus with SASRec+'s optimizer: torch's Adam at its defaults
+                   (b2 0.999 where xrec's default is 0.98), no gradient clipping (xrec: global norm 1)
+                   and no warmup (xrec's rows: 1% of the budget)
 
 The data are read from the published files (never copied into the repository): the MovieLens
 folder `ml-1m/` and `amazon-s3rec/<Name>.txt` under $XREC_REAL_DATA (default ../shared/data,
@@ -109,6 +114,8 @@ SASREC_PLUS_DATA = {"data.preprocess.item_core": 5}
 REFERENCE_MODEL = {"model.dropout": 0.1, "model.sasrec.block": "reference", "model.item_init_std": 0.02,
                    "model.sasrec.positions": "left", "model.sasrec.attention_dropout": "weights",
                    "model.sasrec.kernel_init_std": 0.02}
+# SASRec+'s optimizer (src/modules.py: torch.optim.Adam(lr) at its defaults; no clipping, no warmup)
+TORCH_ADAM = {"optim.b2": 0.999, "optim.clip_norm": 0.0, "optim.warmup_fraction": 0.0}
 ROWS = {
     "ml1m_sasrec": _ml1m(SASREC),
     "ml1m_bert4rec": _ml1m({"model.name": "bert4rec", "model.bert4rec.num_heads": 2, "model.bert4rec.mlp_dim": 256,
@@ -139,6 +146,7 @@ ROWS = {
     "ml1m_sasrec_refcode_core5": _ml1m({**SASREC, "model.dropout": 0.1, "model.sasrec.block": "reference",
                                         "model.item_init_std": 0.02, **SASREC_PLUS_DATA}),
     "ml1m_sasrec_plus_nobias": _ml1m({**SASREC, **REFERENCE_MODEL, **SASREC_PLUS_DATA, "model.output_bias": False}),
+    "ml1m_sasrec_plus_adam": _ml1m({**SASREC, **REFERENCE_MODEL, **SASREC_PLUS_DATA, **TORCH_ADAM}),
 }
 
 
