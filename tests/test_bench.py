@@ -21,6 +21,7 @@ def test_bench_reports_xrec_and_the_plain_flax_step_in_one_run(tmp_path):
   assert result["xrec"]["eval_users_per_s"] > 0 and result["speedup_vs_naive"] > 0
   assert result["xrec_no_clip"]["change"] == {"optim.clip_norm": 0.0} and result["xrec_no_clip"]["ms_per_step"] > 0
   assert result["xrec_constant_lr"]["speedup_vs_naive"] > 0
+  assert result["xrec_no_output_bias"]["change"] == {"model.output_bias": False}
   loop = result["loop"]
   assert loop["xrec_loop_sequences_per_s"] > 0 and loop["plain_loop_sequences_per_s"] > 0
   assert loop["training_users"] == 40 and loop["steps_per_run"] == 15
@@ -44,3 +45,31 @@ def test_catalogue_preset_reports_memory_per_device(tmp_path):
     assert row["memory_per_device"]["peak_estimate"] > 0 and row["ms_per_step"] > 0
   assert cat["evaluation"]["users_per_s"] > 0 and cat["evaluation"]["top10_users_per_s"] > 0
   assert cat["evaluation"]["largest_collective_elements"] < cat["evaluation"]["scores_elements_per_batch"] // 4
+
+
+def test_host_memory_times_both_steps_with_and_without_huge_pages(tmp_path):
+  out = tmp_path / "host.json"
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  proc = subprocess.run([sys.executable, "experiments/bench/host_memory.py", "--preset", "smoke", "--rounds", "1",
+                         "--steps", "1", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  for name in ("xrec", "plain_flax"):
+    sides = result["steps"][name]
+    for side in ("huge_pages", "no_huge_pages"):
+      assert sides[side]["ms_per_step"] > 0 and sides[side]["minor_faults_per_step"] >= 0
+    assert sides["speedup_with_huge_pages"] > 0
+  assert (result["note"] is None) == (result["transparent_hugepage_mode"] == "always")
+
+
+def test_the_host_hint_reads_the_kernels_mode(tmp_path):
+  from xrec.train import loop
+  mode = tmp_path / "enabled"
+  mode.write_text("always [madvise] never\n")
+  assert loop.transparent_hugepages(str(mode)) == "madvise"
+  assert "echo always" in loop.host_hint("cpu", "madvise") and "'never'" in loop.host_hint("cpu", "never")
+  mode.write_text("[always] madvise never\n")
+  assert loop.transparent_hugepages(str(mode)) == "always" and loop.host_hint("cpu", "always") is None
+  assert loop.host_hint("gpu", "madvise") is None  # only XLA:CPU's step buffers are host memory
+  assert loop.transparent_hugepages(str(tmp_path / "missing")) is None and loop.host_hint("cpu", None) is None

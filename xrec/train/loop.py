@@ -97,6 +97,29 @@ class Components:
   source: transfer.SourceEncoder | None  # the pretrained encoder (train.init_from), if any
 
 
+THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def transparent_hugepages(path: str = THP_MODE) -> str | None:
+  """The Linux kernel's transparent huge page mode ("always", "madvise", "never"); None elsewhere."""
+  try:
+    with open(path) as f:
+      text = f.read()
+  except OSError:
+    return None
+  start, end = text.find("["), text.find("]")
+  return text[start + 1:end] if 0 <= start < end else None
+
+
+def host_hint(platform: str, thp_mode: str | None) -> str | None:
+  """A one-line hint when the host makes XLA:CPU's steps slower than they need be, else None."""
+  if platform != "cpu" or thp_mode not in ("madvise", "never"):
+    return None
+  return (f"host: transparent huge pages are {thp_mode!r} here; XLA:CPU maps each step's temporary buffers "
+          "afresh and faults them in 4 KiB pages (experiments/bench/host_memory.py measures the cost); "
+          "as root, `echo always > " + THP_MODE + "` lets them come in 2 MiB pages")
+
+
 def _run_info(data_cfg, mesh, domain, module_params, roles=None) -> dict:
   dev = jax.devices()[0]
   flat = common.flatten(module_params)
@@ -104,6 +127,7 @@ def _run_info(data_cfg, mesh, domain, module_params, roles=None) -> dict:
   return {
       "device_kind": dev.device_kind, "platform": dev.platform, "num_devices": jax.device_count(),
       "process_count": jax.process_count(), "mesh": dict(mesh.shape), "jax_version": jax.__version__,
+      "transparent_hugepages": transparent_hugepages(),
       "param_count": common.param_count(module_params),
       # of those, the params with one row per item (item table, output table, output bias): a
       # size measured with and without the catalogue (the scaling study counts both)
@@ -275,6 +299,9 @@ def start_state(run, hooks, model: Components):
            spec.data.name, domain.name, domain.num_users, len(domain.train_users),
            len(domain.eval_users), domain.num_items, spec.model.name,
            f"{common.param_count(state['params']):,}", dict(run.mesh.shape))
+  hint = host_hint(jax.devices()[0].platform, transparent_hugepages())
+  if hint:
+    log.info(hint)
   log.info("init: %s %s (step %d of %d) | objective: %s", run.init.kind, run.init.path, int(state["step"]),
            run.num_steps, " + ".join(f"{w:g} {t.name}" for t, w in model.objective.terms))
   return state, state_sh, tx
