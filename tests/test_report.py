@@ -300,6 +300,36 @@ def test_study_configs_load_and_every_cell_applies(path, arg):
   assert f"--config {path}" in module.__doc__ or f"--config {path}:" in module.__doc__
 
 
+@pytest.mark.parametrize("path, arg", [("experiments/real_data/ml1m_cross_region.py", "cpu"),
+                                       ("experiments/real_data/overlap.py", "ml1m_cross_genre,cpu")])
+def test_one_pretraining_shares_the_seed_0_source_model_with_every_seed(path, arg):
+  from xrec.train import runner
+  module = runner.load_config_module(os.path.join(ROOT, path))
+
+  def pretrainings(arg):
+    config, out = module.get_config(arg), {}
+    for cell in runner.cells_of(module):
+      prereq, _, _ = runner.plan_stages(runner.apply_overrides(config, cell.overrides), "/tmp/stages")
+      out.setdefault(cell.overrides["seed"], set()).update(s.hash for s in prereq if s.kind == "pretrain")
+    return out
+  own, shared = pretrainings(arg), pretrainings(arg + ",one_pretraining")
+  assert len(set().union(*own.values())) == len(own) >= 5  # by default each seed pretrains its own
+  assert all(hashes == own[0] for hashes in shared.values())  # one: seed 0's, for every seed
+  with pytest.raises(ValueError, match="one_pretraining"):
+    module.get_config(arg + ",one_pretrain")
+
+
+def test_the_report_lists_a_shared_pretraining_once_with_its_seeds():
+  from xrec import report as R
+  pre = {"valid": {"ndcg@10": 0.15}, "test": {"ndcg@10": 0.14}, "best_step": 100, "budget": {}}
+  done = [{"overrides": {"seed": s}, "stages": {"pretrain": "abc"}, "pretrain": pre} for s in (0, 1, 2)]
+  lines = "\n".join(R.pretraining_section(done))
+  assert "| abc (seeds 0, 1, 2) | 0.1500 |" in lines and "one_pretraining" in lines
+  own = [{"overrides": {"seed": s}, "stages": {"pretrain": f"p{s}"}, "pretrain": pre} for s in (0, 1)]
+  lines = "\n".join(R.pretraining_section(own))
+  assert "| p0 (seed 0) |" in lines and "| p1 (seed 1) |" in lines and "one_pretraining" not in lines
+
+
 def test_compare_two_runs_of_a_study(tmp_path):
   from xrec.report import compare
 

@@ -17,18 +17,19 @@ Grid: scratch, zero_shot, full_finetune, frozen_encoder, adapter, lora x target 
 Arguments (comma-separated): the layout (one of the formats above, default sasrec) and `cpu` /
 `full` (default) the budget preset (xrec/train/runner.py REAL_DATA_PRESETS), e.g.
 `cross_app.py:amazon2018,cpu`. Expected numbers: not yet run (no third-party data here).
+`one_pretraining` pretrains one source model (seed 0) for every seed's cells instead of one per seed (runner.as_transfer_study).
 """
 
 from configs.sasrec_interactions import FORMATS
 from configs.sasrec_interactions import get_config as files_config
-from xrec.train.runner import SEEDS, as_transfer_study, config_args, strategy_grid
+from xrec.train.runner import ONE_PRETRAINING, SEEDS, as_transfer_study, config_args, strategy_grid
 
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")
 FRACTIONS = (0.05, 0.2, 1.0)
 
 
 def get_config(arg=None):
-  args = config_args(arg, FORMATS + ("cpu", "full"))
+  args = config_args(arg, FORMATS + ("cpu", "full", ONE_PRETRAINING))
   formats = sorted(args & set(FORMATS))
   if len(formats) > 1:
     raise ValueError(f"pick one file layout of {list(FORMATS)}, got {formats}")
@@ -36,7 +37,7 @@ def get_config(arg=None):
   c.data.scenario.kind = "cross_app"
   c.data.scenario.target_name = "interactions"
   c.data.scenario.target_files.update(c.data.files.to_dict())  # the target file has the same layout
-  return as_transfer_study(c, "cpu" if "cpu" in args else "full")
+  return as_transfer_study(c, "cpu" if "cpu" in args else "full", one_pretraining=ONE_PRETRAINING in args)
 
 
 def sweep():

@@ -16,19 +16,20 @@ scratch, zero_shot, full_finetune, frozen_encoder, adapter, lora x target user f
 Arguments (comma-separated): `first` assigns multi-genre movies by their first genre; `cpu` /
 `full` (default) the budget preset (xrec/train/runner.py REAL_DATA_PRESETS). Expected numbers: not
 yet run on the real archive.
+`one_pretraining` pretrains one source model (seed 0) for every seed's cells instead of one per seed (runner.as_transfer_study).
 """
 
 from configs.ml1m_cross_genre import get_config as scenario_config
-from xrec.train.runner import SEEDS, as_transfer_study, config_args, strategy_grid
+from xrec.train.runner import ONE_PRETRAINING, SEEDS, as_transfer_study, config_args, strategy_grid
 
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")
 FRACTIONS = (0.05, 0.2, 1.0)
 
 
 def get_config(arg=None):
-  args = config_args(arg, ("first", "cpu", "full"))
+  args = config_args(arg, ("first", "cpu", "full", ONE_PRETRAINING))
   c = scenario_config("first" if "first" in args else None)
-  return as_transfer_study(c, "cpu" if "cpu" in args else "full")
+  return as_transfer_study(c, "cpu" if "cpu" in args else "full", one_pretraining=ONE_PRETRAINING in args)
 
 
 def sweep():

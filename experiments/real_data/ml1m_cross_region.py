@@ -17,20 +17,21 @@ Arguments (comma-separated): `swap` exchanges the sides (pretrain on regions 5-9
 CPU budget preset (xrec/train/runner.py REAL_DATA_PRESETS: max_len 100, d 64, pretraining to
 convergence (up to 200 epochs, early stopping), 1,500 target steps), `full` (default) the
 accelerator one (max_len 200, 2,000 target steps). Both use SASRec's reference-code recipe.
+`one_pretraining` pretrains one source model (seed 0) for every seed's cells instead of one per seed (runner.as_transfer_study).
 Expected numbers: not yet run on the real archive (no internet here).
 """
 
 from configs.ml1m_cross_region import get_config as scenario_config
-from xrec.train.runner import SEEDS, as_transfer_study, config_args, strategy_grid
+from xrec.train.runner import ONE_PRETRAINING, SEEDS, as_transfer_study, config_args, strategy_grid
 
 STRATEGIES = ("scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter", "lora")
 FRACTIONS = (0.05, 0.2, 1.0)
 
 
 def get_config(arg=None):
-  args = config_args(arg, ("swap", "cpu", "full"))
+  args = config_args(arg, ("swap", "cpu", "full", ONE_PRETRAINING))
   c = scenario_config("swap" if "swap" in args else None)
-  return as_transfer_study(c, "cpu" if "cpu" in args else "full")
+  return as_transfer_study(c, "cpu" if "cpu" in args else "full", one_pretraining=ONE_PRETRAINING in args)
 
 
 def sweep():

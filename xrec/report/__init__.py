@@ -97,19 +97,27 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
 
 
 def pretraining_section(done: list[dict]) -> list[str]:
-  pre = {}
+  """Each pretraining once, with the seeds whose cells transferred from it."""
+  pre, seeds = {}, {}
   for r in done:
     if r.get("pretrain"):
-      seed = r["overrides"].get("seed", "default")
-      pre[(seed, r["stages"].get("pretrain"))] = r["pretrain"]
+      stage = r["stages"].get("pretrain")
+      pre[stage] = r["pretrain"]
+      seeds.setdefault(stage, set()).add(str(r["overrides"].get("seed", "default")))
   if not pre:
     return []
   lines = ["", "## Pretraining (source domain)", "", "| stage | valid ndcg@10 | test ndcg@10 | best step | "
            "still improving |", "|---|---:|---:|---:|---|"]
-  for (seed, stage), p in sorted(pre.items(), key=lambda x: str(x[0])):
+  for stage, p in sorted(pre.items(), key=lambda x: (sorted(seeds[x[0]]), str(x[0]))):
     budget = p.get("budget") or {}
-    lines.append(f"| {stage} (seed {seed}) | {p['valid']['ndcg@10']:.4f} | {p['test']['ndcg@10']:.4f} | "
-                 f"{p.get('best_step')} | {'yes' if budget.get('best_is_last_eval') else 'no'} |")
+    named = sorted(seeds[stage])
+    lines.append(f"| {stage} (seed{'s' if len(named) > 1 else ''} {', '.join(named)}) | {p['valid']['ndcg@10']:.4f} | "
+                 f"{p['test']['ndcg@10']:.4f} | {p.get('best_step')} | "
+                 f"{'yes' if budget.get('best_is_last_eval') else 'no'} |")
+  if any(len(s) > 1 for s in seeds.values()):
+    lines.append("\nSeveral seeds transferred from one pretrained model (the study's `one_pretraining`): their "
+                 "spread is the target side's (its training users, the fresh parts' init, the batches), not the "
+                 "pretraining's.")
   for r in done:  # a carried study (launch.py --continue_from) whose pretraining was trained again
     rerun = r.get("pretrain_rerun")
     if rerun and abs(rerun["difference"]) > 1e-4:

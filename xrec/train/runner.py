@@ -865,15 +865,28 @@ def strategy_variants_grid(rows, field: str, values, seeds=SEEDS):
         yield {"transfer.strategy": strategy, **extra, field: value, "seed": seed, "data.fraction_seed": seed}
 
 
-def as_transfer_study(c, preset: str = "full", lr_grid=(3e-4, 1e-3, 3e-3)):
+# The study argument of the real-data configs that pretrains once for every seed (as_transfer_study).
+ONE_PRETRAINING = "one_pretraining"
+
+
+def as_transfer_study(c, preset: str = "full", lr_grid=(3e-4, 1e-3, 3e-3), one_pretraining: bool = False):
   """Turns a scenario config (splits `source`, `target`) into a pretrain -> transfer study cell
   under the fixed protocol, with the budgets of REAL_DATA_PRESETS[preset]: early-stopped
   pretraining, the same target budget in optimizer steps for every strategy and fraction (early
   stopping on validation), learning rates tuned on validation from `lr_grid` (on seed 0, with
-  successive halving), evaluation on all target users, quiet runs."""
+  successive halving), evaluation on all target users, quiet runs.
+
+  By default each seed pretrains its own source model (the seeds' spread includes the
+  pretraining's); `one_pretraining` pretrains once, with seed 0, and every seed's cells transfer
+  from that one model (the seeds then vary the target side: its training users, the fresh
+  parts' init, the batches), as a team reusing one released checkpoint does, for a fifth of the
+  pretraining cost at 5 seeds. The report says which (its pretraining section)."""
   if preset not in REAL_DATA_PRESETS:
     raise ValueError(f"Unknown budget preset {preset!r}; valid: {list(REAL_DATA_PRESETS)}")
   b = REAL_DATA_PRESETS[preset]
+  if one_pretraining:  # the seed and the fraction seed are all a cell's seed changes in its pretraining
+    c.experiment.pretrain.seed = 0
+    c.experiment.pretrain.data = {"fraction_seed": 0}
   c.experiment.mode = "pretrain_transfer"
   c.experiment.source_domain, c.experiment.target_domain = "source", "target"
   c.experiment.pretrain.train.update(dict(num_epochs=b["pretrain_epochs"], batch_size=128,
