@@ -308,7 +308,11 @@ def test_one_pretraining_shares_the_seed_0_source_model_with_every_seed(path, ar
 
   def pretrainings(arg):
     config, out = module.get_config(arg), {}
-    for cell in runner.cells_of(module):
+    cells = [c for c in runner.cells_of(module) if c.overrides["transfer.strategy"] != "scratch"]
+    first = {k: cells[0].overrides[k] for k in cells[0].overrides if k not in ("seed", "data.fraction_seed")}
+    for cell in cells:  # the first transferring cell's strategy and fraction: a cell of every seed
+      if any(cell.overrides.get(k) != v for k, v in first.items()):
+        continue
       prereq, _, _ = runner.plan_stages(runner.apply_overrides(config, cell.overrides), "/tmp/stages")
       out.setdefault(cell.overrides["seed"], set()).update(s.hash for s in prereq if s.kind == "pretrain")
     return out
