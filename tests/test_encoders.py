@@ -613,3 +613,10 @@ def test_multi_domain_starts_as_the_shared_model_and_domains_then_differ(name, k
 def test_star_needs_projections():
   with pytest.raises(ValueError, match=r"kind='star' needs dense projections.*GRU4Rec has none"):
     bound("gru4rec", "multi_domain", **{"multi_domain.kind": "star"})
+
+
+def test_output_bias_must_be_a_bool():
+  cfg = ml_collections.ConfigDict({"output_bias": "no"})
+  with pytest.raises(ValueError, match=r"model.output_bias='no' must be True or False"):
+    models._flag(cfg, "output_bias", True)
+  assert models._flag(ml_collections.ConfigDict({}), "output_bias", True) is True
