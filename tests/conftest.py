@@ -4,7 +4,14 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# LLVM's optimisation level 0 for XLA:CPU's generated code: the suite's programs are tiny and
+# compiled once or twice each, so on a machine whose compilation cache is empty (a fresh machine,
+# CI) compiling dominates: the whole suite 1,383 s -> 958 s of pytest on 2 cores (experiments/bench/
+# README.md, "The test suite's time"). XLA's own passes (fusion, layout) still run, so the programs
+# tested are those users run, less tuned by LLVM. The benchmark tests start their scripts without
+# these flags (they time steps).
+COMPILE_FAST = "--xla_backend_optimization_level=0"  # also for the one-device launches tests start
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {COMPILE_FAST}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The tests, and every launch.py they start as a subprocess (which inherits this environment),
 # compile the same tiny programs again and again: a persistent compilation cache shared by the

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import COMPILE_FAST, tiny_config
 from xrec.train import checkpoint as ckpt
 from xrec.train.loop import train_and_evaluate
 
@@ -183,7 +183,7 @@ def _launch(args, workdir):
                          "--config", os.path.join(ROOT, "configs", "sasrec_synthetic.py"),
                          "--workdir", str(workdir), *args],
                         capture_output=True, text=True, cwd=ROOT, timeout=600,
-                        env={**os.environ, "XLA_FLAGS": ""})
+                        env={**os.environ, "XLA_FLAGS": COMPILE_FAST})
 
 
 @pytest.mark.parametrize("vocab_shards", [1, 3])  # the target's logit by a gather (1) or a select (3)

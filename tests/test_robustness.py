@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import tiny_config
+from conftest import COMPILE_FAST, tiny_config
 from xrec.train import checkpoint as ckpt
 from xrec.train.loop import DivergedError, train_and_evaluate
 
@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _launch(workdir, *args, config="sasrec_synthetic.py"):
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config", os.path.join(ROOT, "configs", config),
                          "--workdir", str(workdir), *args], capture_output=True, text=True, cwd=ROOT, timeout=600,
-                        env={**os.environ, "XLA_FLAGS": ""})
+                        env={**os.environ, "XLA_FLAGS": COMPILE_FAST})
 
 
 TINY = ["--config.data.synthetic.num_source_users=120", "--config.data.synthetic.num_target_users=60",
@@ -241,7 +241,7 @@ def _launch_killed_at(wd, args, config, pattern, nth) -> bool:
   import signal
   proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--config",
                            os.path.join(ROOT, "configs", config), "--workdir", str(wd), *args],
-                          cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, stdout=subprocess.DEVNULL,
+                          cwd=ROOT, env={**os.environ, "XLA_FLAGS": COMPILE_FAST}, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   seen = 0
   for line in proc.stderr:

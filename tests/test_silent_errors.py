@@ -13,6 +13,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from conftest import COMPILE_FAST
 from xrec.config import dotted, last_flag_wins
 from xrec.defaults import base_config
 from xrec.data import fingerprint, pipeline, prepared
@@ -117,7 +118,7 @@ def test_an_edited_data_file_is_another_stage_and_another_prepared_dataset(tmp_p
 def _launch(workdir, *args, config="sasrec_interactions.py"):
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config", os.path.join(ROOT, "configs", config),
                          "--workdir", str(workdir), *args], capture_output=True, text=True, cwd=ROOT, timeout=600,
-                        env={**os.environ, "XLA_FLAGS": ""})
+                        env={**os.environ, "XLA_FLAGS": COMPILE_FAST})
 
 
 TINY = ["--config.model.max_len=12", "--config.model.embed_dim=8", "--config.model.sasrec.mlp_dim=8",
@@ -161,9 +162,9 @@ def test_two_launches_with_different_configs_at_once_record_one_config(data_dir,
   cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--config", os.path.join(ROOT, "configs", "sasrec_synthetic.py"),
          "--workdir", str(wd), *args]
   procs = [subprocess.Popen(cmd + ["--only", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}),
+                            cwd=ROOT, env={**os.environ, "XLA_FLAGS": COMPILE_FAST}),
            subprocess.Popen(cmd + ["--only", "1", "--config.model.dropout=0.5"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""})]
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "XLA_FLAGS": COMPILE_FAST})]
   outs = [p.communicate(timeout=600) for p in procs]
   codes = [p.returncode for p in procs]
   assert sorted(codes) == [0, 2], [o[1][-2000:] for o in outs]
