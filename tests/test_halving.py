@@ -63,8 +63,12 @@ def test_halving_drops_at_rungs_and_survivors_equal_uninterrupted_runs(data_dir,
   for d in halving["dropped"]:  # stopped at its rung: no results, its evaluations up to the rung only
     folder = os.path.join(wd, "stages", d["stage"])
     assert not os.path.exists(os.path.join(folder, "results.json"))
-    steps = [r["step"] for r in map(json.loads, open(os.path.join(folder, "metrics.jsonl"))) if r["split"] == "valid"]
-    assert max(steps) == d["rung_step"]
+    valid = [r for r in map(json.loads, open(os.path.join(folder, "metrics.jsonl"))) if r["split"] == "valid"]
+    assert max(r["step"] for r in valid) == d["rung_step"]
+    # where its best validation so far was, and whether that was the rung (dropped while improving)
+    top = max(r["ndcg@10"] for r in valid)
+    assert d["valid_so_far"] == top and d["best_step_so_far"] == min(r["step"] for r in valid if r["ndcg@10"] == top)
+    assert d["improving"] == (d["best_step_so_far"] == d["rung_step"]) and d["kept_valid_so_far"] >= top
   # the survivor's results equal a run of the same candidate without rungs
   chosen = with_overrides(_config(data_dir), {**survivors[0]["overrides"], "tune.lr": ()})
   plain = real(chosen, str(tmp_path / "plain"))

@@ -231,6 +231,23 @@ def test_markdown_latex_csv_agree():
   assert tables.to_latex(table).startswith("\\begin{tabular}{lrr}\n\\toprule\nstrategy & user\\_fraction=0.1")
 
 
+def test_tuning_section_names_candidates_halving_dropped_while_improving():
+  from xrec.report import tuning_section
+  rs = records()[:2]
+  dropped = [{"overrides": {"optim.lr": 0.0003}, "stage": "a", "rung_step": 500, "valid_so_far": 0.0565,
+              "best_step_so_far": 500, "improving": True, "kept_valid_so_far": 0.0567},
+             {"overrides": {"optim.lr": 0.003}, "stage": "b", "rung_step": 500, "valid_so_far": 0.0537,
+              "best_step_so_far": 150, "improving": False, "kept_valid_so_far": 0.0567}]
+  rs[0] = dict(rs[0], tuning={"metric": "valid ndcg@10", "tuned": {"optim.lr": [0.0003, 0.001, 0.003]},
+                              "chosen": {"optim.lr": 0.001}, "halving": {"eta": 3, "rungs": [500], "dropped": dropped}})
+  lines = tuning_section({"layout": LAYOUT}, rs)
+  named = [line for line in lines if "dropped at step" in line]
+  assert named == ["- scratch, 0.1, seed 0: lr 0.0003 dropped at step 500 while still improving (valid 0.0565 at "
+                   "its last evaluation; the kept candidates' best so far 0.0567)"]
+  rs[0]["tuning"]["halving"]["dropped"] = dropped[1:]  # the other was past its best: nothing to say
+  assert not [line for line in tuning_section({"layout": LAYOUT}, rs) if "improving" in line]
+
+
 def test_unnamed_swept_field_fails_naming_it():
   rs = records()
   extra = dict(rs[0], overrides={**rs[0]["overrides"], "transfer.lr_mult": 0.5}, key="other")

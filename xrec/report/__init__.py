@@ -93,7 +93,29 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
         row = str(tables.row_label(r, layout))
         if row not in notes.setdefault(text, []):
           notes[text].append(row)
-  return lines + ([""] + [f"- {', '.join(rows)}: {text}" for text, rows in notes.items()] if notes else [])
+  return (lines + ([""] + [f"- {', '.join(rows)}: {text}" for text, rows in notes.items()] if notes else [])
+          + _dropped_while_improving(done, layout))
+
+
+def _dropped_while_improving(done: list[dict], layout: dict) -> list[str]:
+  """Candidates successive halving dropped at a rung where their validation was still rising (the
+  rung's ranking need not be the final one: the table's choice is then provisional)."""
+  out = []
+  for r in done:
+    for d in (((r.get("tuning") or {}).get("halving") or {}).get("dropped") or ()):
+      if not d.get("improving"):
+        continue
+      slot = ", ".join([str(tables.row_label(r, layout))] + [str(tables.label(r, f)) for f in layout["columns"]]
+                       + [f"seed {r['overrides']['seed']}"] * ("seed" in r.get("overrides", {})))
+      values = ", ".join(f"{k.rsplit('.', 1)[-1]} {_short(v)}" for k, v in sorted(d["overrides"].items()))
+      kept = d.get("kept_valid_so_far")
+      out.append(f"- {slot}: {values} dropped at step {d['rung_step']} while still improving (valid "
+                 f"{d['valid_so_far']:.4f} at its last evaluation"
+                 + (f"; the kept candidates' best so far {kept:.4f})" if kept is not None else ")"))
+  if not out:
+    return []
+  return ["", "Dropped by successive halving while still improving (best validation at the rung, its "
+          "last evaluation: a longer run might have ranked it otherwise):", ""] + out
 
 
 def pretraining_section(done: list[dict]) -> list[str]:

@@ -286,13 +286,15 @@ def rungs(config) -> list[int]:
   return sorted(p for p in points if every <= p < total)
 
 
-def _best_so_far(stage_dir: str, metric: str) -> float:
-  """The best validation `metric` a stopped stage has logged (metrics.jsonl)."""
+def _best_so_far(stage_dir: str, metric: str) -> tuple[float, int]:
+  """(value, step) of the best validation `metric` a stopped stage has logged (metrics.jsonl; the
+  earliest step of a tie)."""
   with open(os.path.join(stage_dir, "metrics.jsonl")) as f:
-    values = [r[metric] for r in map(json.loads, f) if r.get("split") == "valid"]
-  if not values:
+    rows = [(r[metric], -r["step"]) for r in map(json.loads, f) if r.get("split") == "valid"]
+  if not rows:
     raise RuntimeError(f"stage {stage_dir} stopped at a rung without an evaluation")
-  return max(values)
+  value, step = max(rows)
+  return value, -step
 
 
 def run_candidates(config, candidates: list[Stage], stages_dir: str) -> tuple[list, dict]:
@@ -308,18 +310,22 @@ def run_candidates(config, candidates: list[Stage], stages_dir: str) -> tuple[li
   for point in points:
     if len(live) < 2:
       break
-    values = {}
+    best = {}
     for i in live:
       st = candidates[i]
       cfg = apply_overrides(st.config, {"train.stop_at_step": point})
       results = experiment.run_cached_stage(cfg, stages_dir, st.kind, st.depends_on)
       if "stopped_at_step" in results and results["stopped_at_step"] < point:
         return [], {"stopped": results}  # train.stop_after_steps (a kill) inside a rung
-      values[i] = (results["valid"][metric] if "valid" in results
-                   else _best_so_far(os.path.join(stages_dir, st.hash), metric))
-    keep = sorted(live, key=lambda i: (-values[i], i))[:-(-len(live) // int(config.tune.halving))]
+      # (value, best step); a candidate that stopped early before the rung has its results
+      best[i] = ((results["valid"][metric], int(results["best_step"])) if "valid" in results
+                 else _best_so_far(os.path.join(stages_dir, st.hash), metric))
+    keep = sorted(live, key=lambda i: (-best[i][0], i))[:-(-len(live) // int(config.tune.halving))]
+    # "improving": its best validation so far was its evaluation at the rung, so it was dropped while
+    # still gaining (the report names such drops: the ranking at the rung may not be the final one)
     dropped += [{"overrides": candidates[i].overrides, "stage": candidates[i].hash, "rung_step": point,
-                 "valid_so_far": values[i]} for i in live if i not in keep]
+                 "valid_so_far": best[i][0], "best_step_so_far": best[i][1], "improving": best[i][1] == point,
+                 "kept_valid_so_far": max(best[k][0] for k in keep)} for i in live if i not in keep]
     live = sorted(keep)
   done = []
   for i in live:
