@@ -8,8 +8,8 @@ import tempfile
 # compiled once or twice each, so on a machine whose compilation cache is empty (a fresh machine,
 # CI) compiling dominates: the whole suite 1,383 s -> 958 s of pytest on 2 cores (experiments/bench/
 # README.md, "The test suite's time"). XLA's own passes (fusion, layout) still run, so the programs
-# tested are those users run, less tuned by LLVM. The benchmark tests start their scripts without
-# these flags (they time steps).
+# tested are those users run, less tuned by LLVM (the benchmark tests too: they check what the
+# scripts report, never a speed).
 COMPILE_FAST = "--xla_backend_optimization_level=0"  # also for the one-device launches tests start
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {COMPILE_FAST}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

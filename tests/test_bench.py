@@ -5,12 +5,23 @@ import os
 import subprocess
 import sys
 
+from conftest import COMPILE_FAST
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(*flags):
+  """The scripts' environment: one CPU device unless `flags` say otherwise, and conftest's fast
+  compilation (these tests check what the scripts report, never how fast: the numbers in
+  experiments/bench come from runs at XLA's default level)."""
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  env["XLA_FLAGS"] = " ".join((*flags, COMPILE_FAST))
+  return env
 
 
 def test_bench_reports_xrec_and_the_plain_flax_step_in_one_run(tmp_path):
   out = tmp_path / "bench.json"
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  env = _env()
   proc = subprocess.run([sys.executable, "experiments/bench/bench.py", "--preset", "smoke", "--loop", "15", "--ablate", "--out", str(out)],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -32,7 +43,7 @@ def test_bench_reports_xrec_and_the_plain_flax_step_in_one_run(tmp_path):
 
 def test_catalogue_preset_reports_memory_per_device(tmp_path):
   out = tmp_path / "catalog.json"
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  env = _env("--xla_force_host_platform_device_count=4")
   proc = subprocess.run([sys.executable, "experiments/bench/bench.py", "--preset=catalog_smoke", "--out", str(out)],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -49,7 +60,7 @@ def test_catalogue_preset_reports_memory_per_device(tmp_path):
 
 def test_host_memory_times_both_steps_with_and_without_huge_pages(tmp_path):
   out = tmp_path / "host.json"
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  env = _env()
   proc = subprocess.run([sys.executable, "experiments/bench/host_memory.py", "--preset", "smoke", "--rounds", "1",
                          "--steps", "1", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
