@@ -6,8 +6,8 @@ import tempfile
 
 # LLVM's optimisation level 0 for XLA:CPU's generated code: the suite's programs are tiny and
 # compiled once or twice each, so on a machine whose compilation cache is empty (a fresh machine,
-# CI) compiling dominates: the whole suite 1,383 s -> 958 s of pytest on 2 cores (experiments/bench/
-# README.md, "The test suite's time"). XLA's own passes (fusion, layout) still run, so the programs
+# CI) compiling dominates: the whole suite 1,383 s at the default level, 958-1,098 s at level 0, of
+# pytest on 2 cores (experiments/bench/README.md, "The test suite's time"). XLA's own passes (fusion, layout) still run, so the programs
 # tested are those users run, less tuned by LLVM (the benchmark tests too: they check what the
 # scripts report, never a speed).
 COMPILE_FAST = "--xla_backend_optimization_level=0"  # also for the one-device launches tests start
