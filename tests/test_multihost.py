@@ -36,7 +36,7 @@ def _launch(workdir, data_dir, devices: int, process=None):
           "--config.data.synthetic.mean_seq_len=12", "--config.data.synthetic.max_seq_len=30",
           "--config.model.max_len=20", "--config.model.embed_dim=16", "--config.model.sasrec.mlp_dim=32",
           "--config.model.vocab_multiple=8", "--config.train.num_steps=6", "--config.train.eval_every_steps=3",
-          "--config.train.batch_size=16", "--config.train.log_every_steps=1", "--config.eval.batch_size=16",
+          "--config.train.batch_size=16", "--config.train.log_every_steps=1", "--config.eval.batch_size=128",
           # the pretrain stage saves its latest and best checkpoints at the same steps (5, 10, ...)
           "--config.experiment.pretrain.train.num_epochs=4", "--config.experiment.pretrain.train.batch_size=16",
           "--config.experiment.pretrain.train.eval_every_steps=5",

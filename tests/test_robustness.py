@@ -26,7 +26,7 @@ TINY = ["--config.data.synthetic.num_source_users=120", "--config.data.synthetic
         "--config.data.synthetic.mean_seq_len=12", "--config.data.synthetic.max_seq_len=30",
         "--config.model.max_len=20", "--config.model.embed_dim=16", "--config.model.sasrec.mlp_dim=32",
         "--config.model.vocab_multiple=8", "--config.train.num_steps=8", "--config.train.eval_every_steps=4",
-        "--config.train.batch_size=16", "--config.eval.batch_size=16", "--config.train.progress_bar=False"]
+        "--config.train.batch_size=16", "--config.eval.batch_size=128", "--config.train.progress_bar=False"]
 
 
 def test_a_diverged_run_stops_at_the_first_bad_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
