@@ -278,9 +278,10 @@ def test_dann_trains_on_both_streams_and_needs_a_source(data_dir, tmp_path):
                                                    ["domain_adversarial", 0.1]]
   # the shared-private variant: private encoders, the orthogonality term, each domain's metrics
   c.experiment.strategies = ("shared_private",)
-  sp = str(tmp_path / "dann_sp")
+  sp = wd  # the same workdir: the pretraining stage is reused, not trained again
   assert runner.run_study(c, runner.implicit_study(c), sp)["failed"] == 0
-  sp_run = runner.read_runs(sp)[0]
+  sp_run = runner.latest_runs(sp)["transfer.strategy=shared_private"]
+  assert sp_run["reused"] == ["pretrain"]
   result = _stage(sp, sp_run)
   assert result["model"]["objective"][-1] == ["orthogonality", 0.1]
   assert set(result["domains"]) == {"target", "source"}
