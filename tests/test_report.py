@@ -161,7 +161,7 @@ def test_identical_columns_are_not_significant():
   assert all(c.marks == "" and all(p == 1.0 for p in c.p.values()) for c in table.cells.values())
 
 
-def _single_seed_records(ranks_by_strategy, still_improving=()):
+def _single_seed_records(ranks_by_strategy, still_improving=(), first_eval=()):
   out = []
   for strategy, ranks in ranks_by_strategy.items():
     o = {"transfer.strategy": strategy}
@@ -170,7 +170,9 @@ def _single_seed_records(ranks_by_strategy, still_improving=()):
                 "test": {"ndcg@10": ndcg}, "test_rank": list(ranks),
                 "population": {"kind": "all", "users": len(ranks), "keys_sha256": "abc",
                                "description": f"all {len(ranks)} users of domain 'target'"},
+                "best_step": 10 if strategy in first_eval else 50,
                 "budget": {"num_steps": 100, "eval_every_steps": 10, "early_stopping_patience": 3,
+                           "last_eval_step": 50 if strategy in still_improving else 80,
                            "best_is_last_eval": strategy in still_improving}})
   return out
 
@@ -192,6 +194,29 @@ def test_single_seed_tables_use_the_per_user_bootstrap():
   assert f"| full_finetune | **{ft.mean:.4f} ± {ft.ci:.4f}**▲△† |" in md
   assert "Every cell is evaluated on the same 300 users (all 300 users of domain 'target')" in md
   assert "100 steps, validation every 10, early stopping after 3 evaluations" in md
+  assert "‡" not in md  # no cell peaked at its first evaluation
+
+
+def test_a_cell_that_peaked_at_its_first_evaluation_is_marked_in_every_format():
+  ranks = np.random.default_rng(1).integers(0, 50, size=100)
+  rs = _single_seed_records({"scratch": ranks, "zero_shot": ranks, "full_finetune": ranks}, first_eval=("full_finetune",))
+  layout = {"metrics": ["ndcg@10"], "rows": "transfer.strategy", "columns": [], "seed": "seed"}
+  table = tables.build(rs, layout, "ndcg@10")
+  assert [table.cells[(s, ())].first_eval for s in ("scratch", "zero_shot", "full_finetune")] == [0, 0, 1]
+  md = tables.to_markdown(table)
+  assert "| full_finetune | " in md and [line for line in md.splitlines() if "‡" in line and "|" in line] == \
+      [line for line in md.splitlines() if line.startswith("| full_finetune |")]
+  assert "‡: the best validation step was the first evaluation after step 0" in md
+  assert r"$\ddagger$" in tables.to_latex(table)
+  row = [r for r in csv.DictReader(io.StringIO(tables.to_csv(table))) if r["row"] == "full_finetune"][0]
+  assert row["peaked_at_first_eval"] == "1"
+  # the first evaluation is the peak only when later ones were lower: a run whose only (last)
+  # evaluation is its best is still improving (†), not ‡; zero_shot (no steps) never is
+  base = {"best_step": 10, "budget": {"eval_every_steps": 10, "num_steps": 100, "last_eval_step": 10}}
+  assert not tables.peaked_at_first_eval(base)
+  assert tables.peaked_at_first_eval({**base, "budget": {**base["budget"], "last_eval_step": 30}})
+  assert not tables.peaked_at_first_eval({"best_step": 0, "budget": {"eval_every_steps": 10, "num_steps": 0}})
+  assert not tables.peaked_at_first_eval({"best_step": 20, "budget": {**base["budget"], "last_eval_step": 30}})
 
 
 def test_zero_shot_on_a_disjoint_catalogue_is_na():

@@ -17,7 +17,9 @@ Statistics (the protocol of DESIGN.md):
     interval over users for one seed);
   * ▼ marks negative transfer (significantly below scratch), ▽ significantly below zero_shot;
   * † marks cells whose best validation step was the last evaluation of the budget in some seed
-    (still improving when the budget ran out);
+    (still improving when the budget ran out); ‡ cells whose best validation step was the first
+    evaluation after step 0 in some seed, with later evaluations all lower (the peak may lie
+    before it: the evaluation cadence is too coarse to place it);
   * zero_shot on a target whose catalogue the source barely knows is "n/a (item overlap x%)".
 A "gain" table shows the per-seed (or per-user) differences to `scratch` with the same tests.
 """
@@ -38,8 +40,9 @@ BASELINES = ("scratch", "zero_shot")
 # (better, worse) markers per baseline
 MARKERS = {"scratch": ("▲", "▼"), "zero_shot": ("△", "▽")}
 STILL_IMPROVING = "†"
+FIRST_EVAL = "‡"
 LATEX_MARKERS = {"▲": r"\blacktriangle", "▼": r"\blacktriangledown", "△": r"\vartriangle",
-                 "▽": r"\triangledown", STILL_IMPROVING: r"\dagger"}
+                 "▽": r"\triangledown", STILL_IMPROVING: r"\dagger", FIRST_EVAL: r"\ddagger"}
 MISSING = "–"
 _TOL = 1e-12  # metrics live in [0, 1]: differences below this are float rounding
 
@@ -172,6 +175,7 @@ class TableCell:
   marks: str = ""
   best: bool = False
   still_improving: int = 0  # seeds whose best validation step was the last evaluation
+  first_eval: int = 0  # seeds whose best validation step was the first after step 0 (peaked_at_first_eval)
   not_applicable: str = ""  # e.g. zero_shot on a disjoint catalogue
 
   @property
@@ -358,6 +362,7 @@ def build(records: list[dict], layout: dict, metric: str, kind: str = "metric", 
           better, worse = MARKERS[baseline]
           cell.marks += better if t > 0 else worse
       cell.still_improving = sum(bool((r.get("budget") or {}).get("best_is_last_eval")) for r in raw.values())
+      cell.first_eval = sum(peaked_at_first_eval(r) for r in raw.values())
       cells[(row, column)] = cell
     means = [cells[(r, column)].mean for r in shown_rows
              if (r, column) in cells and not cells[(r, column)].not_applicable]
@@ -428,8 +433,21 @@ def cell_text(cell: TableCell, kind: str = "metric", plus_minus: str = "±") -> 
   return f"{mean} {plus_minus} {cell.ci:.4f}" if cell.ci == cell.ci else mean
 
 
+def peaked_at_first_eval(record: dict) -> bool:
+  """The record's best validation step is its first evaluation after step 0 (at
+  train.eval_every_steps) and later evaluations were all lower: it may have peaked anywhere before
+  that evaluation, which a finer cadence would show. Read from the record's budget, so records
+  written before this check get it too."""
+  budget = record.get("budget") or {}
+  every, steps, last = budget.get("eval_every_steps"), budget.get("num_steps"), budget.get("last_eval_step")
+  best = record.get("best_step")
+  if not (every and steps and best and last):
+    return False
+  return int(best) == min(int(every), int(steps)) and int(best) < int(last)
+
+
 def _marks(cell: TableCell) -> str:
-  return cell.marks + (STILL_IMPROVING if cell.still_improving else "")
+  return cell.marks + (STILL_IMPROVING if cell.still_improving else "") + (FIRST_EVAL if cell.first_eval else "")
 
 
 def legend(table: Table) -> str:
@@ -449,6 +467,9 @@ def legend(table: Table) -> str:
              f"table's {table.comparisons} comparisons, p < {table.alpha:g})")
   text += (f"; {STILL_IMPROVING}: the best validation step was the last evaluation of the budget in "
            "some seed (still improving)")
+  if any(c.first_eval for c in table.cells.values()):
+    text += (f"; {FIRST_EVAL}: the best validation step was the first evaluation after step 0 in some seed "
+             "(the peak may lie before it: a finer train.eval_every_steps would place it)")
   if any(c.not_applicable for c in table.cells.values()):
     text += "; n/a: zero_shot on a target whose items the source barely knows (transfer.min_item_overlap)"
   return text + "."
@@ -510,7 +531,7 @@ def to_latex(table: Table) -> str:
 
 CSV_COLUMNS = ("metric", "kind", "row", "column", "n", "mean", "std", "ci95", "p_vs_scratch", "p_vs_zero_shot",
                "p_raw_vs_scratch", "p_raw_vs_zero_shot", "test", "marks", "best", "still_improving",
-               "not_applicable", "values")
+               "peaked_at_first_eval", "not_applicable", "values")
 
 
 def to_csv(table: Table) -> str:
@@ -533,6 +554,6 @@ def to_csv(table: Table) -> str:
       w.writerow([table.metric, table.kind, row, table.column_text(column), cell.n, num(cell.mean, ".6f"),
                   num(cell.std, ".6f"), num(cell.ci, ".6f"), *[num(cell.p.get(b)) for b in BASELINES],
                   *[num(cell.p_raw.get(b)) for b in BASELINES], ";".join(sorted(set(cell.test.values()))),
-                  cell.marks, int(cell.best), cell.still_improving, cell.not_applicable,
+                  cell.marks, int(cell.best), cell.still_improving, cell.first_eval, cell.not_applicable,
                   ";".join(f"{s}:{v:.6f}" for s, v in cell.values.items())])
   return buf.getvalue()
