@@ -46,7 +46,7 @@ def tiny_config(data_dir: str):
   c.model.update(dict(max_len=20, embed_dim=16, vocab_multiple=8))
   c.model.sasrec.update(dict(num_layers=2, num_heads=2, mlp_dim=32))
   c.model.bert4rec.update(dict(num_layers=2, num_heads=2, mlp_dim=32))
-  c.train.update(dict(batch_size=16, num_steps=12, eval_every_steps=6, checkpoint_every_steps=4,
+  c.train.update(dict(batch_size=16, num_steps=12, eval_every_steps=6, checkpoint_every_steps=6,
                       log_every_steps=1, progress_bar=False))
   c.optim.warmup_fraction = 0.15
   # one evaluation batch per split (60 target, 120 source users): one input width, so one evaluation

@@ -291,6 +291,7 @@ def test_a_resumed_transfer_reports_what_its_first_start_loaded(data_dir, tmp_pa
   cfg.data.domain = "target"
   cfg.transfer.strategy = "adapter"
   cfg.train.init_from = str(tmp_path / "pre")
+  cfg.train.checkpoint_every_steps = 4
   full = train_and_evaluate(cfg, str(tmp_path / "full"))
   cfg.train.stop_after_steps = 5  # past the step-4 checkpoint
   train_and_evaluate(cfg, str(tmp_path / "killed"))

@@ -125,6 +125,7 @@ def uninterrupted(data_dir, tmp_path_factory):
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_path, damage, caplog,
                                                                          uninterrupted):
   cfg = tiny_config(data_dir)
+  cfg.train.checkpoint_every_steps = 4
   whole = uninterrupted
   cfg.train.stop_after_steps = 9  # checkpoints at 4 and 8
   wd = tmp_path / "w"

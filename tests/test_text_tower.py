@@ -207,7 +207,7 @@ def test_stage_hashes_ignore_the_tower_fields_at_their_defaults():
   from conftest import tiny_config
   from xrec.train import experiment
   c = tiny_config("/tmp/unused")
-  c.eval.batch_size = 32  # tiny_config's value at 75b1cf2
+  c.eval.batch_size, c.train.checkpoint_every_steps = 32, 4  # tiny_config's values at 75b1cf2
   assert experiment.stage_hash(c) == "b99d24689e886e58"
   c.model.item_repr, c.model.text.encoder, c.model.text.experts = "text", "minilm", 2
   assert experiment.stage_hash(c) == "013b5f077b3d99da"
