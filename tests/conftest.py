@@ -4,15 +4,14 @@ import os
 import sys
 import tempfile
 
-# LLVM's optimisation level 0 for XLA:CPU's generated code: the suite's programs are tiny and
-# compiled once or twice each, so on a machine whose compilation cache is empty (a fresh machine,
-# CI) compiling dominates: the whole suite 1,383 s at the default level, 958-1,098 s at level 0, of
-# pytest on 2 cores (experiments/bench/README.md, "The test suite's time"). XLA's own passes (fusion, layout) still run, so the programs
-# tested are those users run, less tuned by LLVM (the benchmark tests too: they check what the
-# scripts report, never a speed).
-# And XLA:CPU's older emitters instead of its MLIR fusion emitters: the same jitted functions
-# (reductions fused a little differently) compiled in about half the time; a tiny training run
-# 6.7 -> 4.6 s on a fresh machine (compiling 3.5 -> 1.9 s), its metrics the same to the last bit.
+# Compile fast, on a machine whose compilation cache is empty (a fresh machine, CI): the suite's
+# programs are tiny and compiled once or twice each, so compiling dominates. LLVM's optimisation
+# level 0 for XLA:CPU's generated code (the suite 1,383 -> 958-1,098 s of pytest on 2 cores), and
+# XLA:CPU's older emitters instead of its MLIR fusion emitters (reductions fused a little
+# differently; a tiny training run 6.7 -> 4.6 s, compiling 3.5 -> 1.9 s, its metrics the same to
+# the last bit): experiments/bench/README.md, "The test suite's time". The tests check what runs
+# compute and report, never a speed; test_foundation_train's test_launch_end_to_end compiles one
+# launch with XLA's defaults, as a user's run does.
 COMPILE_FAST = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"  # also for launches tests start
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {COMPILE_FAST}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -46,6 +45,8 @@ def tiny_config(data_dir: str):
   c.model.update(dict(max_len=20, embed_dim=16, vocab_multiple=8))
   c.model.sasrec.update(dict(num_layers=2, num_heads=2, mlp_dim=32))
   c.model.bert4rec.update(dict(num_layers=2, num_heads=2, mlp_dim=32))
+  # checkpoints at the evaluations (each save waits for orbax's writer: a warm tiny run 3.0 -> 2.6 s
+  # against every 4 steps); tests that need other checkpoints set them
   c.train.update(dict(batch_size=16, num_steps=12, eval_every_steps=6, checkpoint_every_steps=6,
                       log_every_steps=1, progress_bar=False))
   c.optim.warmup_fraction = 0.15
