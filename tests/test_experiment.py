@@ -167,6 +167,15 @@ def test_test_metrics_come_from_the_best_validation_step_not_the_last(data_dir, 
   # the final params score differently: a loop that evaluated them would fail the line above
   final = evaluate(_latest_params(str(tmp_path / "ft")), domain, "test")["ndcg@10"]
   assert final != pytest.approx(r["test"]["ndcg@10"], abs=1e-6)
+  # extra evaluations (train.eval_at_steps) are candidates for the best step but do not count toward
+  # the patience: at a learning rate too small to move the params no evaluation improves on step 0,
+  # and with patience 1 the run stops at the first regular evaluation (4), not at the first extra one
+  t.optim.lr = 1e-12
+  t.train.update(dict(eval_at_steps=(1, 2, 3), early_stopping_patience=1, num_steps=12))
+  r = train_and_evaluate(t, str(tmp_path / "early"))
+  steps = [json.loads(x)["step"] for x in open(tmp_path / "early" / "metrics.jsonl") if '"valid"' in x]
+  assert steps == [0, 1, 2, 3, 4] and r["final_step"] == 4 and r["stopped_early"] and r["best_step"] == 0
+  assert r["budget"]["eval_at_steps"] == [1, 2, 3] and r["budget"]["evaluations"] == 5
 
 
 def _latest_params(workdir):

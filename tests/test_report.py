@@ -195,6 +195,10 @@ def test_single_seed_tables_use_the_per_user_bootstrap():
   assert "Every cell is evaluated on the same 300 users (all 300 users of domain 'target')" in md
   assert "100 steps, validation every 10, early stopping after 3 evaluations" in md
   assert "‡" not in md  # no cell peaked at its first evaluation
+  for r in rs:  # the caption names the extra early evaluations of train.eval_at_steps
+    r["budget"]["eval_at_steps"] = [2, 4]
+  assert "100 steps, validation every 10 and at steps 2, 4, early stopping after 3 evaluations" in \
+      tables.to_markdown(tables.build(rs, layout, "ndcg@10"))
 
 
 def test_a_cell_that_peaked_at_its_first_evaluation_is_marked_in_every_format():
@@ -217,6 +221,10 @@ def test_a_cell_that_peaked_at_its_first_evaluation_is_marked_in_every_format():
   assert tables.peaked_at_first_eval({**base, "budget": {**base["budget"], "last_eval_step": 30}})
   assert not tables.peaked_at_first_eval({"best_step": 0, "budget": {"eval_every_steps": 10, "num_steps": 0}})
   assert not tables.peaked_at_first_eval({"best_step": 20, "budget": {**base["budget"], "last_eval_step": 30}})
+  # with extra early evaluations (train.eval_at_steps) the first of them is the first evaluation
+  early = {**base["budget"], "last_eval_step": 30, "eval_at_steps": [2, 4]}
+  assert tables.peaked_at_first_eval({"best_step": 2, "budget": early})
+  assert not tables.peaked_at_first_eval({"best_step": 10, "budget": early})
 
 
 def test_zero_shot_on_a_disjoint_catalogue_is_na():
@@ -447,6 +455,16 @@ def test_the_real_data_presets_pretrain_to_convergence_with_the_reference_recipe
   assert c.train.num_steps >= 1500 and c.train.early_stopping_patience == 5
   assert c.model.sasrec.block == "reference" and c.model.item_init_std == 0.02 and c.model.embed_dim == 64
   assert c.tune.seed == 0 and c.tune.halving == 3 and len(c.tune.lr) == 3  # tune once, with halving
+  # target cells are evaluated early too (fine-tuning on 164 users peaked within 50 steps); the
+  # pretraining is not, and its stage hash is that of a config without the field (neutral default)
+  assert c.train.eval_at_steps == runner.EARLY_EVALS and max(runner.EARLY_EVALS) < c.train.eval_every_steps
+  from xrec.train import experiment
+  pre_cfg = experiment.pretrain_config(c)
+  assert tuple(pre_cfg.train.eval_at_steps) == ()
+  without = copy.deepcopy(pre_cfg)
+  with without.unlocked():
+    del without.train["eval_at_steps"]
+  assert experiment.stage_hash(pre_cfg) == experiment.stage_hash(without)
   with pytest.raises(ValueError, match=r"Unknown config argument\(s\) \['short'\]"):
     module.get_config("short")
 

@@ -58,7 +58,7 @@ def test_a_diverged_study_cell_is_recorded_as_failed_and_the_launch_exits_non_ze
 
 
 @pytest.mark.parametrize("field,value", [
-    ("eval.ks", "(0,10)"), ("eval.ks", "(-1,)"), ("train.eval_every_steps", "0"),
+    ("eval.ks", "(0,10)"), ("eval.ks", "(-1,)"), ("train.eval_every_steps", "0"), ("train.eval_at_steps", "(0,10)"),
     ("train.checkpoint_every_steps", "0"), ("train.log_every_steps", "0"), ("optim.lr", "-1.0"),
     ("model.dropout", "1.5"), ("data.user_fraction", "0.0"), ("train.batch_size", "0"),
 ])

@@ -57,6 +57,14 @@ def test_train_budget_rules():
     dataclasses.replace(t, num_epochs=0.5).total_steps(4.5, 45)
   t = dataclasses.replace(t, eval_every_steps=4, log_every_steps=3, checkpoint_every_steps=6)
   assert [s for s in range(1, 13) if t.at(s, 12)[0]] == [4, 8, 12]
+  # extra evaluations (train.eval_at_steps) come on top of the cadence, inside the budget only
+  early = dataclasses.replace(t, eval_at_steps=(1, 2, 6))
+  assert [s for s in range(1, 13) if early.at(s, 12)[0]] == [1, 2, 4, 6, 8, 12]
+  assert dataclasses.replace(early, num_steps=12).total_steps(4.5, 45) == 12
+  with pytest.raises(ValueError, match=r"train.eval_at_steps=\(1, 2, 6\) has steps beyond the budget of 5 steps "
+                                       r"\(\[6\]\); valid: steps 1..5"):
+    dataclasses.replace(early, num_steps=5).total_steps(4.5, 45)
+  assert resolve_spec(base_config()).train.eval_at_steps == ()
   assert [s for s in range(1, 13) if t.at(s, 12)[1]] == [3, 6, 9, 12]
   assert [s for s in range(1, 13) if t.at(s, 12)[2]] == [6, 12]
   assert t.stop_at(5) is None

@@ -200,11 +200,15 @@ def core_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 0
   c.train.eval_every_steps = 500
   c.train.eval_at_start = True  # step 0 is a candidate for the best checkpoint
+  # extra evaluations at these steps besides every eval_every_steps, e.g. (10, 20, 30, 40): places
+  # the peak of a run that overfits before its first regular evaluation (fine-tuning on few users);
+  # they may set the best checkpoint but do not count toward early_stopping_patience
+  c.train.eval_at_steps = ()
   c.train.checkpoint_every_steps = 500
   c.train.keep_checkpoints = 2
   c.train.log_every_steps = 50
   c.train.best_metric = "ndcg@10"  # on the validation split, higher is better
-  c.train.early_stopping_patience = 0  # evaluations without improvement; 0 = off
+  c.train.early_stopping_patience = 0  # regular evaluations without improvement; 0 = off
   c.train.resume_from = ""  # explicit resume: another run's workdir (state, optimizer, step)
   c.train.init_from = ""  # pretrained init: a workdir whose best params initialise this model
   c.train.stop_after_steps = 0  # > 0: stop this process after that many steps (simulates a kill)
@@ -322,6 +326,7 @@ RANGES = {
     "train.num_epochs": (0.0, 1e6, True, True, "float"),
     "train.num_steps": (0, MAX_COUNT, True, True, "int"),  # 0 = from num_epochs
     "train.eval_every_steps": (1, MAX_COUNT, True, True, "int"),
+    "train.eval_at_steps": (1, MAX_COUNT, True, True, "int"),  # every step
     "train.checkpoint_every_steps": (1, MAX_COUNT, True, True, "int"),
     "train.keep_checkpoints": (1, 10**6, True, True, "int"),
     "train.log_every_steps": (1, MAX_COUNT, True, True, "int"),
@@ -517,6 +522,7 @@ class Train:
   num_epochs: float
   num_steps: int  # > 0: the budget in steps (num_epochs ignored)
   eval_every_steps: int
+  eval_at_steps: tuple
   eval_at_start: bool
   checkpoint_every_steps: int
   keep_checkpoints: int
@@ -532,7 +538,7 @@ class Train:
   @classmethod
   def of(cls, train_cfg) -> Train:
     kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-    cast = {"int": int, "float": float, "bool": bool, "str": str}
+    cast = {"int": int, "float": float, "bool": bool, "str": str, "tuple": lambda v: tuple(sorted({int(s) for s in v}))}
     return cls(**{name: cast[kind](train_cfg[name]) for name, kind in kinds.items()})
 
   def total_steps(self, steps_per_epoch: float, num_users: int) -> int:
@@ -544,7 +550,7 @@ class Train:
         raise ValueError(f"train.num_steps={self.num_steps} is below one evaluation interval "
                          f"(train.eval_every_steps={every}); use train.num_steps >= {every} or lower "
                          "train.eval_every_steps")
-      return self.num_steps
+      return self._check_eval_at(self.num_steps)
     steps = max(1, math.ceil(self.num_epochs * steps_per_epoch))
     over = f"train.num_epochs={self.num_epochs:g} over {num_users} training users (batch {self.batch_size})"
     if steps > MAX_COUNT:
@@ -552,6 +558,13 @@ class Train:
     if steps < every:
       raise ValueError(f"{over} is {steps} steps, below one evaluation interval (train.eval_every_steps={every}); "
                        f"set train.num_steps >= {every} (a budget in steps) or lower train.eval_every_steps")
+    return self._check_eval_at(steps)
+
+  def _check_eval_at(self, steps: int) -> int:
+    beyond = [s for s in self.eval_at_steps if s > steps]
+    if beyond:
+      raise ValueError(f"train.eval_at_steps={self.eval_at_steps} has steps beyond the budget of {steps} steps "
+                       f"({beyond}); valid: steps 1..{steps}")
     return steps
 
   def stop_at(self, start_step: int) -> int | None:
@@ -563,7 +576,8 @@ class Train:
   def at(self, step: int, num_steps: int) -> tuple[bool, bool, bool]:
     """(evaluate, log, checkpoint) after `step` of `num_steps` (the last step does all three)."""
     last = step == num_steps
-    return (step % self.eval_every_steps == 0 or last, step % self.log_every_steps == 0 or last,
+    return (step % self.eval_every_steps == 0 or last or step in self.eval_at_steps,
+            step % self.log_every_steps == 0 or last,
             step % self.checkpoint_every_steps == 0 or last)
 
 

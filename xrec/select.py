@@ -171,7 +171,8 @@ def estimate(entry_name: str, entry: dict, config, domain, examples, out_dir: st
     t = time.time()
     proxy = with_overrides(config, {"train.init_from": path, "transfer.strategy": "full_finetune",
                                     "train.num_steps": proxy_steps, "train.eval_every_steps": proxy_steps,
-                                    "train.checkpoint_every_steps": proxy_steps, "train.progress_bar": False})
+                                    "train.eval_at_steps": (), "train.checkpoint_every_steps": proxy_steps,
+                                    "train.progress_bar": False})
     with proxy.unlocked():  # the candidate's own architecture, fine-tuned whole
       proxy.model = ml_collections.ConfigDict(info["model"])
     # a cached stage like every run of the runner (hash of its config, lock, resumable): a rerun of

@@ -399,13 +399,16 @@ def protocol_caption(table: Table, grid: dict) -> list[str]:
     else:
       for text, cols in by_text.items():
         lines.append(f"{', '.join(table.column_text(c) for c in cols)}: evaluated on {text}.")
-  budgets = {(b.get("num_steps"), b.get("eval_every_steps"), b.get("early_stopping_patience"))
+  budgets = {(b.get("num_steps"), b.get("eval_every_steps"), tuple(b.get("eval_at_steps") or ()),
+              b.get("early_stopping_patience"))
              for slot in grid.values() for r in slot.values() for b in [r.get("budget") or {}]
              if b.get("num_steps")}
   if budgets:
-    text = "; ".join(f"{s:,} steps, validation every {e}, early stopping after {p} evaluations without "
-                     f"improvement" if p else f"{s:,} steps, validation every {e}, no early stopping"
-                     for s, e, p in sorted(budgets))
+    def cadence(every, extra):
+      return f"validation every {every}" + (f" and at steps {', '.join(map(str, extra))}" if extra else "")
+    text = "; ".join(f"{s:,} steps, {cadence(e, x)}, early stopping after {p} evaluations without "
+                     f"improvement" if p else f"{s:,} steps, {cadence(e, x)}, no early stopping"
+                     for s, e, x, p in sorted(budgets))
     lines.append(f"Training budget of every trained cell: {text}.")
   overlaps = {}
   for (row, column), slot in grid.items():
@@ -434,16 +437,17 @@ def cell_text(cell: TableCell, kind: str = "metric", plus_minus: str = "±") -> 
 
 
 def peaked_at_first_eval(record: dict) -> bool:
-  """The record's best validation step is its first evaluation after step 0 (at
-  train.eval_every_steps) and later evaluations were all lower: it may have peaked anywhere before
-  that evaluation, which a finer cadence would show. Read from the record's budget, so records
-  written before this check get it too."""
+  """The record's best validation step is its first evaluation after step 0 (the first of
+  train.eval_at_steps, or train.eval_every_steps) and later evaluations were all lower: it may have
+  peaked anywhere before that evaluation, which a finer cadence would show. Read from the record's
+  budget, so records written before this check get it too."""
   budget = record.get("budget") or {}
   every, steps, last = budget.get("eval_every_steps"), budget.get("num_steps"), budget.get("last_eval_step")
   best = record.get("best_step")
   if not (every and steps and best and last):
     return False
-  return int(best) == min(int(every), int(steps)) and int(best) < int(last)
+  first = min([int(s) for s in budget.get("eval_at_steps") or ()] + [int(every), int(steps)])
+  return int(best) == first and int(best) < int(last)
 
 
 def _marks(cell: TableCell) -> str:
@@ -469,7 +473,7 @@ def legend(table: Table) -> str:
            "some seed (still improving)")
   if any(c.first_eval for c in table.cells.values()):
     text += (f"; {FIRST_EVAL}: the best validation step was the first evaluation after step 0 in some seed "
-             "(the peak may lie before it: a finer train.eval_every_steps would place it)")
+             "(the peak may lie before it: earlier evaluations, train.eval_at_steps, would place it)")
   if any(c.not_applicable for c in table.cells.values()):
     text += "; n/a: zero_shot on a target whose items the source barely knows (transfer.min_item_overlap)"
   return text + "."

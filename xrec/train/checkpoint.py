@@ -231,7 +231,9 @@ class BestTracker:
     return {"best_value": None, "best_step": None, "evals_since_best": 0, "last_eval_step": None,
             "evaluations": 0}
 
-  def update(self, step: int, result: dict, params) -> None:
+  def update(self, step: int, result: dict, params, counts: bool = True) -> None:
+    """counts=False: an extra evaluation (train.eval_at_steps) may set the best but does not count
+    toward the patience, which stays in units of the regular cadence."""
     self.meta["evaluations"] = self.meta.get("evaluations", 0) + 1
     self.meta["last_eval_step"] = step
     if step < self.min_step:
@@ -240,7 +242,7 @@ class BestTracker:
     if self.meta["best_value"] is None or value > self.meta["best_value"]:
       self.meta.update(best_value=value, best_step=step, evals_since_best=0)
       save_best(self.manager, step, params, {"step": step, "valid": result})
-    else:
+    elif counts:
       self.meta["evals_since_best"] += 1
 
   @property

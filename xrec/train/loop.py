@@ -323,7 +323,8 @@ class Outcome:
 
 def fit(run, hooks, model: Components, state, state_sh, tx) -> Outcome:
   """The loop: the jitted step (xrec/train/step.py) over the streams, the hooks' work between
-  steps, evaluation every train.eval_every_steps (best checkpoint, early stopping), checkpoints,
+  steps, evaluation every train.eval_every_steps and at train.eval_at_steps (best checkpoint, early
+  stopping), checkpoints,
   divergence checks."""
   train, num_steps, workdir = run.spec.train, run.num_steps, run.workdir
   is_main = jax.process_index() == 0
@@ -342,7 +343,7 @@ def fit(run, hooks, model: Components, state, state_sh, tx) -> Outcome:
     t0 = time.time()
     result = run.evaluate(params, run.domain, "valid")
     writer.write(step, "valid", result)
-    best.update(step, result, params)
+    best.update(step, result, params, counts=step % train.eval_every_steps == 0 or step == num_steps)
     log.info("step %d valid %s=%.4f (best %s at step %s)", step, best.metric, result[best.metric],
              "-" if best.meta["best_value"] is None else f"{best.meta['best_value']:.4f}", best.meta["best_step"])
     side[0] += time.time() - t0
@@ -387,7 +388,8 @@ def fit(run, hooks, model: Components, state, state_sh, tx) -> Outcome:
       ckpt.save_state(latest, step, steps.checkpointed(state), dict(best.meta))
       side[0] += time.time() - t0
     if stopped_early:
-      log.info("early stopping at step %d: %d evaluations without improvement", step, best.meta["evals_since_best"])
+      log.info("early stopping at step %d: %d evaluations without improvement%s", step, best.meta["evals_since_best"],
+             f" (every {train.eval_every_steps} steps)" if train.eval_at_steps else "")
       break
     if stop_at is not None and step >= stop_at:
       killed = True
@@ -433,6 +435,7 @@ def finish(run, hooks, model: Components, outcome: Outcome) -> dict:
       "budget": {"num_steps": int(num_steps), "steps_run": int(step),
                  "warmup_steps": warmup,
                  "eval_every_steps": spec.train.eval_every_steps,
+                 "eval_at_steps": list(spec.train.eval_at_steps),
                  "early_stopping_patience": spec.train.early_stopping_patience,
                  "evaluations": int(meta.get("evaluations", 0)), "last_eval_step": last_eval,
                  "stopped_early": outcome.stopped_early,
