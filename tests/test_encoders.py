@@ -583,6 +583,32 @@ def test_ranking_distillation_rewards_the_teachers_top_items():
   assert np.isfinite(float(loss)) and float(jnp.abs(grads["output_bias"]).sum()) > 0
 
 
+def test_a_teacher_on_another_numbering_reads_and_scores_the_students_items_by_key():
+  """A teacher trained on another domain numbers the items its own way and may lack some of the
+  target's: it reads the student's inputs in its ids (an unknown item is a blank) and distillation
+  covers only the items it knows (the next-item terms train the rest)."""
+  student = build("gru4rec")
+  params = init(student)
+  teacher_module = build("sasrec")
+  teacher_params = perturbed(init(teacher_module), seed=3)
+  known = 25  # student items 26..30 are unknown to the teacher; the rest sit at reversed ids
+  id_map = np.zeros(student.vocab_size, np.int32)
+  id_map[1:known + 1] = np.arange(known, 0, -1)
+  teacher = objectives.Teacher(teacher_module, teacher_params, jnp.asarray(id_map))
+  got = teacher.logits(INPUTS)
+  hidden, table, bias = teacher_module.apply({"params": teacher_params}, jnp.asarray(id_map)[INPUTS])
+  want = common.score_items(hidden, table, bias)
+  np.testing.assert_allclose(got[..., 1:known + 1], want[..., id_map[1:known + 1]], rtol=1e-6, atol=1e-6)
+  unmapped, _, _ = teacher_module.apply({"params": teacher_params}, INPUTS)
+  assert not np.allclose(hidden, unmapped, atol=1e-4)  # reading the student's ids as its own would differ
+  assert list(np.asarray(teacher.known)[:NUM_ITEMS + 1]) == [False] + [True] * known + [False] * (NUM_ITEMS - known)
+  for term in ("distill_logits", "distill_ranking"):
+    grads = jax.grad(lambda p, term=term: getattr(objectives, term)(objectives.TermContext(
+        student, p, _batches(), jax.random.key(0), NUM_ITEMS, base_config().objective[term], teacher=teacher))[0])(params)
+    bias_grad = np.asarray(grads["output_bias"])
+    assert np.all(bias_grad[known + 1:NUM_ITEMS + 1] == 0) and np.abs(bias_grad[1:known + 1]).sum() > 0, term
+
+
 # --- multi-domain joint training ----------------------------------------------------------------
 
 @pytest.mark.parametrize("name,kind", [("sasrec", "shared_bottom"), ("sasrec", "star"), ("gru4rec", "shared_bottom")])

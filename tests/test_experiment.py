@@ -319,6 +319,7 @@ def test_distill_a_smaller_student_from_a_teacher(data_dir, tmp_path):
   r = train_and_evaluate(c, str(tmp_path / "student"))
   t = r["transfer"]["teacher"]
   assert t["encoder"] == "SASRec" and t["param_count"] > r["param_count"] and t["stored_bytes"] > 0
+  assert t["item_overlap"]["overlap_items"] == t["item_overlap"]["target_items"] == 200  # it knows every item
   assert r["model"]["objective"] == [["full_softmax", 1.0], ["distill_logits", 1.0], ["distill_ranking", 0.5],
                                      ["distill_hidden", 0.5]]
   rows = [json.loads(x) for x in open(tmp_path / "student" / "metrics.jsonl") if '"train"' in x]
@@ -336,7 +337,9 @@ def test_distill_a_smaller_student_from_a_teacher(data_dir, tmp_path):
   train_and_evaluate(source_teacher, str(tmp_path / "other_items"))
   c.transfer.distill.teacher = str(tmp_path / "other_items")
   c.data.synthetic.scenario = "cross_region"
-  with pytest.raises(ValueError, match=r"trained on another item vocabulary: 200 of the target's 200 items"):
+  with pytest.raises(ValueError, match=r"trained on another item vocabulary: it knows 0 of the target's 200 items "
+                                       r"\(0.0% of its interactions; not e.g. \['i000000', .*\]\), below "
+                                       r"transfer.min_item_overlap=0.5"):
     train_and_evaluate(c, str(tmp_path / "mismatch"))
 
 

@@ -1,8 +1,9 @@
 """Compression on real data: what serving cost does distillation or pruning save, at what quality?
 
 Rows: scratch, full_finetune, distill (a fresh student of width 16 from the pretrained model of the
-preset's width as the teacher: the scenario must share its items, so ml1m_cross_region or
-cross_app with shared items), prune:heads, prune:mlp, prune:items and prune:dims (half of the
+preset's width as the teacher: the scenario must share most of its items, at least
+transfer.min_item_overlap of the target's interactions, so ml1m_cross_region or cross_app with
+shared items; distillation covers the items the teacher knows), prune:heads, prune:mlp, prune:items and prune:dims (half of the
 heads / MLP channels / coldest items / item-table dims) x target user fraction 0.2, 1.0 x seeds
 0-4. results.json records params, stored bytes and users/s of each model (pruning: and of its
 dense smaller model); a plot puts quality against the served model's users/s. Protocol and

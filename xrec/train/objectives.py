@@ -162,35 +162,48 @@ def cl4srec(ctx: TermContext):
 @dataclasses.dataclass(frozen=True)
 class Teacher:
   """A frozen model for distillation: its module, params and, per student item id, the teacher's
-  id of the same item (`id_map` [student vocab], 0 where the student id is no item)."""
+  id of the same item (`id_map` [student vocab], 0 where the student id is no item or one the
+  teacher does not know). The teacher reads the student's inputs in its own ids (an item it does
+  not know is a blank, like padding) and scores the student's items it knows."""
 
   module: Any
   params: Any
   id_map: Any
 
+  def inputs(self, inputs):
+    """The student's inputs [batch, len] in the teacher's item ids."""
+    return jnp.asarray(self.id_map)[inputs]
+
   def hidden(self, inputs):
     """The teacher's hidden states [batch, len, teacher embed]."""
-    return self.module.apply({"params": self.params}, inputs, deterministic=True, method="encode")
+    return self.module.apply({"params": self.params}, self.inputs(inputs), deterministic=True, method="encode")
 
   def logits(self, inputs):
-    """Teacher scores of every student item at every position: [batch, len, student vocab] (fp32)."""
-    hidden, table, bias = self.module.apply({"params": self.params}, inputs, deterministic=True)
+    """Teacher scores of every student item at every position: [batch, len, student vocab] (fp32);
+    the items it does not know (`known` False) get its padding row's score: mask them."""
+    hidden, table, bias = self.module.apply({"params": self.params}, self.inputs(inputs), deterministic=True)
     scores = common.score_items(hidden, table, bias)
     return jax.lax.stop_gradient(scores[..., self.id_map])
 
+  @property
+  def known(self):
+    """[student vocab] bool: the student's items the teacher knows."""
+    return jnp.asarray(self.id_map) > 0
+
 
 def _student_and_teacher(ctx: TermContext):
-  """(student logits, teacher logits) [batch, len, vocab] over the real items (others -1e9), and
-  the positions that count (targets > 0)."""
+  """(student logits, teacher logits) [batch, len, vocab] over the real items the teacher knows
+  (others -1e9: distillation acts on the catalogue both models share, the next-item terms train
+  the rest), and the positions that count (targets > 0)."""
   if ctx.teacher is None:
     raise ValueError("distillation terms need a teacher: transfer.strategy=distill with transfer.distill.teacher")
   batch = ctx.batches["target"]
   hidden, table, bias = ctx.forward(batch["inputs"])
   student = common.score_items(hidden, table, bias)
   ids = jnp.arange(student.shape[-1])
-  real = (ids >= 1) & (ids <= ctx.num_items)
-  student = jnp.where(real, student, -1e9)
-  teacher = jnp.where(real, ctx.teacher.logits(batch["inputs"]), -1e9)
+  shared = (ids >= 1) & (ids <= ctx.num_items) & ctx.teacher.known
+  student = jnp.where(shared, student, -1e9)
+  teacher = jnp.where(shared, ctx.teacher.logits(batch["inputs"]), -1e9)
   return student, teacher, (batch["targets"] > 0).astype(jnp.float32)
 
 

@@ -317,7 +317,8 @@ def _adversarial(name: str, options, roles) -> Strategy:
 
 def distill(options, roles):
   """Distillation: a frozen teacher (any finished run: transfer.distill.teacher, else
-  train.init_from; any encoder, any size, the same items) trains this smaller student, which
+  train.init_from; any encoder, any size; items matched by raw key, distillation over those it
+  knows, at least transfer.min_item_overlap of the target's interactions) trains this student, which
   starts fresh, on the target: the objective's next-item terms plus logit distillation
   (distill.logit_weight) and ranking distillation on the teacher's top-K (distill.ranking_weight)."""
   del roles
