@@ -11,6 +11,7 @@ import pytest
 
 from conftest import tiny_config
 from test_encoders import INPUTS, NUM_ITEMS, build, init, perturbed
+from test_encoders import model_config as model_config_of
 from xrec import models
 from xrec.models import common
 from xrec.train import checkpoint as ckpt
@@ -44,6 +45,22 @@ def test_global_magnitude_masks_the_smallest_block_weights():
   gone = np.concatenate([np.abs(flat[p])[flat_m[p] == 0] for p in paths])
   assert gone.max() <= kept.min()  # global: every pruned weight is smaller than every kept one
   assert all((flat_m[p] == 1).all() for p in flat if p not in paths)  # tables, norms, biases untouched
+
+
+def test_a_ratio_that_removes_nothing_is_refused_before_training():
+  """Half of one head is no head: the run would fine-tune the unpruned model under a pruning label."""
+  def build_heads(heads):
+    cfg = model_config_of("sasrec")
+    cfg.model.sasrec.num_heads = heads
+    return models.build(cfg.model, NUM_ITEMS)
+  one_head = build_heads(1)
+  params = perturbed(init(one_head))
+  with pytest.raises(ValueError, match=r"transfer.prune.kind='heads' at transfer.prune.ratio=0.5 removes nothing "
+                                       r"from this model \(the ratio rounds down to none of its attention heads per block"):
+    pruning.Pruner("heads", one_head.roles()).check_removes_something(params, 0.5)
+  two_heads = build_heads(2)
+  pruning.Pruner("heads", two_heads.roles()).check_removes_something(perturbed(init(two_heads)), 0.5)  # one goes
+  pruning.Pruner("mlp", one_head.roles()).check_removes_something(params, 0.5)
 
 
 @pytest.mark.parametrize("kind,field", [("heads", "num_heads"), ("mlp", "mlp_dim")])

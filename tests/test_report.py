@@ -331,13 +331,17 @@ def test_report_cli_writes_tables_and_plots(tmp_path):
     ("experiments/text_transfer/config.py", None), ("experiments/text_transfer/signal.py", None),
     ("experiments/real_data/text.py", "ml1m_cross_genre,cpu")])
 def test_study_configs_load_and_every_cell_applies(path, arg):
-  from xrec.train import runner
+  from xrec.train import experiment, loop, runner
   module = runner.load_config_module(os.path.join(ROOT, path))
   config = module.get_config(arg)
   cells = runner.cells_of(module)
   layout = runner.layout_of(module)
   for cell in cells:
     c = runner.apply_overrides(config, cell.overrides)
+    loop.validate(c)  # names and ranges, the objective's terms on this encoder (BERT4Rec: no full_softmax)
+    loop.validate(experiment.pretrain_config(c))
+    if c.transfer.strategy == "prune" and c.transfer.prune.kind == "heads":  # half of one head is none
+      assert int(c.transfer.prune.ratio * c.model[c.model.name].num_heads) >= 1
     prereq, candidates, _ = runner.plan_stages(c, "/tmp/stages")
     assert [s.kind for s in prereq] == ([] if c.transfer.strategy == "scratch" else ["pretrain"])
     assert {s.kind for s in candidates} == {"transfer"}

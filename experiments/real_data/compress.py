@@ -4,7 +4,8 @@ Rows: scratch, full_finetune, distill (a fresh student of width 16 from the pret
 preset's width as the teacher: the scenario must share most of its items, at least
 transfer.min_item_overlap of the target's interactions, so ml1m_cross_region or cross_app with
 shared items; distillation covers the items the teacher knows), prune:heads, prune:mlp, prune:items and prune:dims (half of the
-heads / MLP channels / coldest items / item-table dims) x target user fraction 0.2, 1.0 x seeds
+heads / MLP channels / coldest items / item-table dims; the model gets two attention heads where the
+scenario has one, so that head pruning removes one per block) x target user fraction 0.2, 1.0 x seeds
 0-4. results.json records params, stored bytes and users/s of each model (pruning: and of its
 dense smaller model); a plot puts quality against the served model's users/s. Protocol and
 budgets as in the scenario's study file.
@@ -33,6 +34,9 @@ def get_config(arg=None):
   # the teacher (the pretrained model) keeps the preset's width when a cell narrows the student
   c.experiment.pretrain.model = ml_collections.ConfigDict({"embed_dim": c.model.embed_dim})
   c.transfer.prune.update(dict(ratio=0.5, events=3, start=0.0, end=0.5))
+  own = c.model[c.model.name]
+  if own.get("num_heads") == 1:  # the MovieLens scenarios' SASRec has one head, and half of one is none:
+    own.num_heads = 2  # two heads (teacher and students alike), so that prune:heads removes one per block
   return c
 
 

@@ -79,9 +79,11 @@ def validate(config) -> None:
     raise ValueError(f"data.preprocess.dedup={config.data.preprocess.dedup!r} is not valid; valid: {list(DEDUP)}")
   if config.transfer.strategy not in strategies.STRATEGIES:
     raise ValueError(f"Unknown transfer strategy {config.transfer.strategy!r}; valid: {sorted(strategies.STRATEGIES)}")
+  encoder = models.model_class(config.model.name)
   for pair in config.objective.terms:
     if len(pair) != 2 or pair[0] not in objectives.TERMS:
       raise ValueError(f"objective.terms entry {tuple(pair)!r}: (name, weight) with a name in {sorted(objectives.TERMS)}")
+    objectives.fitting_term(pair[0], encoder.causal, encoder.__name__)  # e.g. full_softmax on BERT4Rec
 
 
 # --- the model ---------------------------------------------------------------------------------

@@ -453,6 +453,20 @@ class Objective:
     return total, parts
 
 
+def fitting_term(name: str, causal: bool, encoder: str = "") -> Term:
+  """TERMS[name] if it fits an encoder of that kind (causal or bidirectional), else an error naming
+  the terms that do."""
+  if name not in TERMS:
+    raise ValueError(f"Unknown objective term {name!r}; valid: {sorted(TERMS)}")
+  term = TERMS[name]
+  kind = "causal" if causal else "bidirectional"
+  if term.encoders not in ("any", kind):
+    fits = sorted(n for n, t in TERMS.items() if t.encoders in ("any", kind))
+    raise ValueError(f"objective term {name!r} needs a {term.encoders} encoder; {encoder or 'this encoder'} "
+                     f"is {kind}: terms that apply: {fits}")
+  return term
+
+
 def assemble(objective_cfg, causal: bool, available_streams=("target",), encoder: str = "",
           extra_terms=()) -> Objective:
   """The objective of `objective_cfg` for an encoder (causal or bidirectional), plus the terms a
@@ -467,14 +481,7 @@ def assemble(objective_cfg, causal: bool, available_streams=("target",), encoder
     if len(pair) != 2:
       raise ValueError(f"objective.terms entries are (name, weight) pairs; got {pair!r}")
     name, weight = pair
-    if name not in TERMS:
-      raise ValueError(f"Unknown objective term {name!r}; valid: {sorted(TERMS)}")
-    term = TERMS[name]
-    kind = "causal" if causal else "bidirectional"
-    if term.encoders not in ("any", kind):
-      fits = sorted(n for n, t in TERMS.items() if t.encoders in ("any", kind))
-      raise ValueError(f"objective term {name!r} needs a {term.encoders} encoder; {encoder or 'this encoder'} "
-                       f"is {kind}: terms that apply: {fits}")
+    term = fitting_term(name, causal, encoder)
     missing = [s for s in term.streams if s not in available_streams]
     if missing:
       hint = (" (the source stream needs data.source_domain, set by a pretrain -> transfer experiment)"

@@ -72,6 +72,17 @@ class Pruner:
       raise ValueError(f"transfer.prune.kind={self.kind!r} needs a Transformer encoder (attention heads and MLP "
                        "channels in its roles); kinds that apply to this encoder: ['magnitude']")
 
+  UNITS = {"magnitude": "weights of the blocks' matrices", "heads": "attention heads per block (model.<encoder>.num_heads)",
+           "mlp": "feed-forward channels per block", "items": "items", "dims": "item-table dims"}
+
+  def check_removes_something(self, params, ratio: float) -> None:
+    """A schedule whose final `ratio` rounds down to no unit of this kind (half of 1 head) would
+    train the unpruned model under a pruning label: an error naming the unit, before any step."""
+    if ratio > 0 and all(np.all(m) for m in common.flatten(self.masks(params, ratio)).values()):
+      raise ValueError(f"transfer.prune.kind={self.kind!r} at transfer.prune.ratio={ratio:g} removes nothing from "
+                       f"this model (the ratio rounds down to none of its {self.UNITS[self.kind]}): use a model "
+                       f"with more of them, a higher ratio or another kind; valid kinds: {list(KINDS)}")
+
   def prunable(self, flat: dict) -> list[str]:
     """Paths magnitude pruning acts on: the blocks' matrices."""
     return [p for p, v in flat.items() if np.ndim(v) >= 2 and p.endswith("kernel")

@@ -33,6 +33,7 @@ class Prune(Hook):
   def init_state(self, run, state: dict):
     kind, ratio, events, start, end = run.plan.strategy.prune
     self.pruner = pruning.Pruner(kind, run.plan.roles, pipeline.item_counts(run.domain) if kind == "items" else None)
+    self.pruner.check_removes_something(sharding.to_host(state["params"]), ratio)
     self.events = dict(pruning.schedule(ratio, events, max(run.num_steps, 1), start, end))
     return jax.jit(lambda p: jax.tree.map(jnp.ones_like, p), out_shardings=run.param_sh)(state["params"])
 
