@@ -111,6 +111,6 @@ def files_cfg(**overrides):
   layouts) with `overrides`."""
   from xrec.defaults import base_config
   c = base_config().data.files
-  c.keys = "shared"
+  c.key_scope = "shared"
   c.update(overrides)
   return c

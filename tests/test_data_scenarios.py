@@ -121,9 +121,9 @@ def test_cross_app_pairs_two_sources_by_raw_key_when_the_files_share_their_keys(
                 ["m1", "m2", "x"] if shared else ["m1", "m2", "m3"])
   c = base_config()
   c.data.update(dict(name="interactions", domain="source", data_dir=str(tmp_path / "prepared")))
-  c.data.files.update(dict(format="sasrec", path=a, keys="shared"))
+  c.data.files.update(dict(format="sasrec", path=a, key_scope="shared"))
   c.data.scenario.kind = "cross_app"
-  c.data.scenario.target_files.update(dict(format="sasrec", path=b, keys="shared"))
+  c.data.scenario.target_files.update(dict(format="sasrec", path=b, key_scope="shared"))
   src = pipeline.load_domain(c.data)
   c.data.domain = "target"
   tgt = pipeline.load_domain(c.data)
@@ -143,9 +143,9 @@ def test_files_numbered_1_to_n_each_share_no_key_unless_declared(tmp_path, keys)
   toys.write_text("".join(f"{u} " + " ".join(str(i) for i in range(3, 8)) + "\n" for u in range(1, 4)))
   c = base_config()
   c.data.update(dict(name="interactions", domain="target", data_dir=str(tmp_path / "prepared")))
-  c.data.files.update(dict(format="s3rec", path=str(sports), keys=keys))
+  c.data.files.update(dict(format="s3rec", path=str(sports), key_scope=keys))
   c.data.scenario.kind = "cross_app"
-  c.data.scenario.target_files.update(dict(format="s3rec", path=str(toys), keys=keys))
+  c.data.scenario.target_files.update(dict(format="s3rec", path=str(toys), key_scope=keys))
   tgt = pipeline.load_domain(c.data)
   stats = tgt.metadata["statistics"]
   if keys == "auto":
@@ -165,7 +165,7 @@ def test_cross_app_with_movielens_target(tmp_path):
   a = write_app(tmp_path / "books.txt", ["1", "2", "99"], ["b1", "b2", "b3"])
   c = base_config()
   c.data.update(dict(name="interactions", domain="target", data_dir=str(tmp_path / "prepared")))
-  c.data.files.update(dict(format="sasrec", path=a, keys="shared"))  # the file uses MovieLens user ids
+  c.data.files.update(dict(format="sasrec", path=a, key_scope="shared"))  # the file uses MovieLens user ids
   c.data.movielens.update(dict(manual_dir=str(tmp_path / "manual"), download=False, verify_checksum=False))
   c.data.scenario.update(dict(kind="cross_app", target_name="movielens", target_release="100k"))
   tgt = pipeline.load_domain(c.data)
@@ -174,3 +174,19 @@ def test_cross_app_with_movielens_target(tmp_path):
   c.data.scenario.target_name = "netflix"
   with pytest.raises(ValueError, match=r"target_name='netflix' is not valid; valid: \['movielens', 'interactions'\]"):
     pipeline.load_domain(c.data)
+
+
+
+def test_the_key_scope_is_set_from_the_command_line(tmp_path):
+  """The field was named `keys`, which a ConfigDict's keys() method hid from absl's flag parser
+  (`--config.data.files.keys=shared` failed: "flag value must be a string, found <class 'method'>")."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  data = tmp_path / "Toys.txt"
+  data.write_text("".join(f"{u} {i}\n" for u in range(1, 5) for i in range(1, 6)))  # SASRec's "user item" lines
+  proc = subprocess.run([sys.executable, os.path.join(root, "launch.py"), "--config", os.path.join(root, "configs", "sasrec_interactions.py"),
+                         f"--config.data.files.path={data}", "--config.data.files.key_scope=everywhere",
+                         "--workdir", str(tmp_path / "run")], capture_output=True, text=True, cwd=root, timeout=300)
+  assert proc.returncode != 0  # the value reached the config: refused by name, with the valid ones
+  assert "data.files.key_scope='everywhere' is not valid; valid: ['auto', 'file', 'shared']" in proc.stdout + proc.stderr

@@ -190,7 +190,7 @@ def test_interaction_file_loads_through_the_pipeline(tmp_path):
   c.data.name, c.data.domain, c.data.data_dir = "interactions", "main", str(tmp_path / "prepared")
   c.data.files.update(dict(format="sasrec", path=str(path)))
   domain = pipeline.load_domain(c.data)
-  # a SASRec-layout file numbers its own users and items: keys are the file's (data.files.keys)
+  # a SASRec-layout file numbers its own users and items: keys are the file's (data.files.key_scope)
   assert domain.num_users == 5 and domain.item_keys == [f"Beauty.txt:{i}" for i in range(1, 9)]
   assert domain.sequence(domain.user_keys.index("Beauty.txt:3")).tolist() == [3, 4, 5, 6]
   before = pipeline.prepare_builder(c.data).data_dir

@@ -378,3 +378,21 @@ def test_a_pretraining_below_the_floor_fails_its_transfer_cells_and_the_rest_sti
   runner.run_study(c, runner.implicit_study(c), wd)
   runs = {r["overrides"]["transfer.strategy"]: r for r in runner.read_runs(wd)}
   assert runs["zero_shot"]["status"] == "done" and "pretrain" in runs["zero_shot"]["reused"]
+
+
+def test_a_renamed_field_keeps_stage_hashes_and_stored_study_configs(tmp_path):
+  """data.files.keys became data.files.key_scope (experiment.RENAMED_FIELDS): stages computed and
+  studies started under the old name keep their hashes and go on under the new one."""
+  import ml_collections
+  from xrec.defaults import base_config
+  config = base_config()
+  tree = json.loads(json.dumps(config.to_dict()))
+  for files in (tree["data"]["files"], tree["data"]["scenario"]["target_files"]):
+    files["keys"] = files.pop("key_scope")
+  assert experiment.stage_hash(ml_collections.ConfigDict(tree)) == experiment.stage_hash(config)
+  with open(tmp_path / "study.json", "w") as f:
+    json.dump({"config": tree}, f)
+  runner.check_same_config(str(tmp_path), config)  # the old name reads as the new one: no conflict
+  config.data.files.key_scope = "shared"  # a real change is still one
+  with pytest.raises(runner.ConfigConflict, match=r"data.files.key_scope: 'auto' -> 'shared'"):
+    runner.check_same_config(str(tmp_path), config)

@@ -100,8 +100,9 @@ def core_config() -> ml_collections.ConfigDict:
         on_malformed="raise",  # raise (error with file:line) | skip (counted in the statistics)
         # auto | file | shared: are user / item ids this file's own ("<file name>:<id>": the sasrec and
         # s3rec releases number every file 1..N) or raw keys shared with other files? auto = file for
-        # sasrec / s3rec, shared for the rest (xrec/data/formats.py key_namespace)
-        keys="auto",
+        # sasrec / s3rec, shared for the rest (xrec/data/formats.py key_namespace). Named `keys` until
+        # a ConfigDict's keys() method hid it from the command line (stage hashes keep that name)
+        key_scope="auto",
         item_attributes_path="",  # optional item -> attributes file
         item_attributes_format="json",  # json ({"item": [attr, ...]}) | csv | jsonl
         item_attributes_key="item_id",  # csv / jsonl: column / field with the item key

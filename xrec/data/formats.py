@@ -132,9 +132,9 @@ def read_interactions(files_cfg, name: str = "interactions") -> InteractionTable
   table = acc.table(has_ratings, has_timestamps, item_features=item_features)
   namespace = key_namespace(files_cfg)
   if namespace and item_features and _get(files_cfg, "item_attributes_format", "json") == "json":
-    log.warning("%s: the keys are numbered per file (data.files.keys), and so are the attribute ids of %s "
+    log.warning("%s: the keys are numbered per file (data.files.key_scope), and so are the attribute ids of %s "
                 "(S3Rec's item2attributes): as item text they carry nothing across files; set "
-                "data.files.keys='shared' only if both files share one numbering",
+                "data.files.key_scope=shared only if both files share one numbering",
                 path, _get(files_cfg, "item_attributes_path"))
   if namespace:  # the file numbers its own users and items: its keys mean nothing in another file
     table = dataclasses.replace(
@@ -151,13 +151,13 @@ KEY_SCOPES = ("auto", "file", "shared")
 
 
 def key_namespace(files_cfg) -> str:
-  """The prefix of this file's user and item keys ("" = the raw keys). data.files.keys: "file" keys
+  """The prefix of this file's user and item keys ("" = the raw keys). data.files.key_scope: "file" keys
   are the file's own ("<file name>:<id>", so no key matches another file's), "shared" keys are the
   raw ids (the user declares that files share a numbering: ASINs, MovieLens ids, one renumbering
   over several files), "auto" = "file" for layouts numbered per file (NUMBERED_PER_FILE) and
   "shared" for the others."""
-  scope = _get(files_cfg, "keys", "auto")
-  _check_choice("keys", scope, KEY_SCOPES)
+  scope = _get(files_cfg, "key_scope") or _get(files_cfg, "keys") or "auto"  # `keys`: records from before
+  _check_choice("key_scope", scope, KEY_SCOPES)
   if scope == "auto":
     scope = "file" if _get(files_cfg, "format") in NUMBERED_PER_FILE else "shared"
   return os.path.basename(_get(files_cfg, "path")) if scope == "file" else ""

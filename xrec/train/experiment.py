@@ -99,9 +99,13 @@ NEUTRAL_DEFAULTS = {"model.output_bias": True, "train.eval_at_steps": [], "model
                     **{f"model.{name}.{field}": default for name in ("sasrec", "bert4rec")
                        for field, default in (("positions", "right"), ("attention_dropout", "output"),
                                               ("kernel_init_std", 0.0))}}
+# Fields renamed after studies ran (old name -> new): a stage's hash keeps the old name, so stages
+# computed before the rename keep their hashes, and a workdir's stored config reads as the new one.
+RENAMED_FIELDS = {"data.files.keys": "data.files.key_scope",
+                  "data.scenario.target_files.keys": "data.scenario.target_files.key_scope"}
 # Where a real source's files are: a stage whose inputs are fingerprinted by content
 # (xrec/data/fingerprint.py) is the same stage wherever the same bytes lie, so its hash keeps only a
-# file's name (the per-file key namespace, data.files.keys, is made from it) and no folder (a study
+# file's name (the per-file key namespace, data.files.key_scope, is made from it) and no folder (a study
 # carried to another machine, launch.py --continue_from, finds its stages' hashes again).
 LOCATION_FIELDS = {"data.movielens.manual_dir": None, "data.files.path": os.path.basename,
                    "data.files.item_attributes_path": os.path.basename,
@@ -126,6 +130,13 @@ def stage_hash(config, depends_on: dict[str, str] | None = None) -> str:
   tree = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored in results.json
   for field in UNHASHED_FIELDS:
     _drop_field(tree, field)
+  for old, new in RENAMED_FIELDS.items():
+    *parents, leaf = new.split(".")
+    node = tree
+    for name in parents:
+      node = node.get(name, {})
+    if leaf in node:
+      node[old.rsplit(".", 1)[1]] = node.pop(leaf)
   for field, default in NEUTRAL_DEFAULTS.items():
     *parents, leaf = field.split(".")
     node = tree

@@ -632,6 +632,7 @@ def check_same_config(workdir: str, config, module=None) -> None:
   if stored is None:  # a study from before configs were stored: this run records it
     return
   before, now = _dotted(stored), _dotted(_comparable(config))
+  before = {experiment.RENAMED_FIELDS.get(f, f): v for f, v in before.items()}  # stored under an old name
   if study.get("data_files"):  # the data are known by content (checked below), not by their folder
     moved = {f for f, keep in experiment.LOCATION_FIELDS.items() if f in before and f in now
              and (keep is None or keep(os.path.normpath(str(before[f]))) == keep(os.path.normpath(str(now[f]))))}
