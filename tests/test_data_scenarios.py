@@ -177,6 +177,25 @@ def test_cross_app_with_movielens_target(tmp_path):
 
 
 
+def test_two_files_of_one_name_cannot_keep_per_file_keys(tmp_path):
+  """Per-file keys are made from the file's name: books/ratings.txt and movies/ratings.txt would
+  share every key. Refused, naming both files and the ways out."""
+  paths = []
+  for folder, first in (("books", 1), ("movies", 50)):
+    (tmp_path / folder).mkdir()
+    path = tmp_path / folder / "ratings.txt"
+    path.write_text("".join(f"{u} {i}\n" for u in range(1, 4) for i in range(first, first + 5)))
+    paths.append(str(path))
+  c = base_config()
+  c.data.update(dict(name="interactions", domain="target", data_dir=str(tmp_path / "prepared")))
+  c.data.files.update(dict(format="sasrec", path=paths[0]))
+  c.data.scenario.kind = "cross_app"
+  c.data.scenario.target_files.update(dict(format="sasrec", path=paths[1]))
+  with pytest.raises(ValueError, match=r"the source and target files are both named 'ratings.txt' .* rename one "
+                                       r"file, or declare a shared numbering"):
+    pipeline.load_domain(c.data)
+
+
 def test_the_key_scope_is_set_from_the_command_line(tmp_path):
   """The field was named `keys`, which a ConfigDict's keys() method hid from absl's flag parser
   (`--config.data.files.keys=shared` failed: "flag value must be a string, found <class 'method'>")."""

@@ -227,6 +227,11 @@ def test_a_cell_that_peaked_at_its_first_evaluation_is_marked_in_every_format():
   assert not tables.peaked_at_first_eval({"best_step": 10, "budget": early})
 
 
+def test_percentages_never_round_to_all_or_nothing():
+  assert [tables.percent(x) for x in (0.25, 0.9996, 0.99999, 1.0, 0.0, 0.0004, 0.123)] == \
+      ["25.0%", "99.96%", "99.999%", "100.0%", "0.0%", "0.04%", "12.3%"]
+
+
 def test_zero_shot_on_a_disjoint_catalogue_is_na():
   rs = _single_seed_records({"scratch": np.arange(50), "zero_shot": np.full(50, 400)})
   rs[1]["not_applicable"] = "n/a (item overlap 0%): the source knows 0.0% of the target's interactions"

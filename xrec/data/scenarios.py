@@ -28,6 +28,7 @@ minimum length hold within each domain.
 from __future__ import annotations
 
 import collections
+import os
 
 import numpy as np
 
@@ -70,6 +71,20 @@ def key_scope(source: dict) -> str:
     return "raw ids (MovieLens)"
   namespace = formats.key_namespace(source)
   return f"per file ({namespace}: no key matches another file)" if namespace else "raw ids"
+
+
+def check_distinct_namespaces(source: dict, target: dict) -> None:
+  """Per-file keys are made from a file's name: two different files of the same name (books/ratings.txt,
+  movies/ratings.txt) would share every key, the overlap of per-file numbering this prevents."""
+  if source["name"] == "movielens" or target["name"] == "movielens":
+    return
+  names = [formats.key_namespace(side) for side in (source, target)]
+  paths = [os.path.realpath(str(side.get("path", ""))) for side in (source, target)]
+  if names[0] and names[0] == names[1] and paths[0] != paths[1]:
+    raise ValueError(f"the source and target files are both named {names[0]!r} ({paths[0]}, {paths[1]}) and keep "
+                     "per-file keys, which are made from the file's name: every user and item key of one would "
+                     "match the other's; rename one file, or declare a shared numbering "
+                     "(data.files.key_scope=shared and data.scenario.target_files.key_scope=shared)")
 
 
 def _values(values) -> set:
@@ -162,6 +177,7 @@ def build_domains(options: dict, runtime: dict) -> tuple[dict, dict]:
     report.update(attribute=scenario["attribute"], multi_value_rule=scenario.get("multi_value_rule", "drop"),
                   **assigned)
   else:
+    check_distinct_namespaces(options["source"], options["target"])
     target = read_source(options["target"], runtime)
     report["skipped_lines"].update(target.skipped)
     # how users and items were matched between the two sources (overlap below is by these keys)

@@ -418,7 +418,7 @@ def protocol_caption(table: Table, grid: dict) -> list[str]:
         overlaps[column] = o
   if overlaps:
     texts = {column: (f"{o['overlap_items']:,} of {o['target_items']:,} target items "
-                      f"({100 * o.get('interaction_share', o['item_share']):.1f}% of target interactions)")
+                      f"({percent(o.get('interaction_share', o['item_share']))} of target interactions)")
              for column, o in overlaps.items()}
     if len(set(texts.values())) == 1:
       lines.append(f"Item overlap with the source: {next(iter(texts.values()))}.")
@@ -426,6 +426,16 @@ def protocol_caption(table: Table, grid: dict) -> list[str]:
       lines.append("Item overlap with the source: " + "; ".join(
           f"{table.column_text(c)}: {t}" for c, t in texts.items()) + ".")
   return lines
+
+
+def percent(share: float) -> str:
+  """`share` as a percentage at one decimal, with more where one would round a share below 1 up to
+  100.0% or one above 0 down to 0.0% (99.96%, not 100.0%: a caption must be literally true)."""
+  for decimals in range(1, 5):
+    text = f"{100 * share:.{decimals}f}"
+    if not ((share < 1 and float(text) >= 100) or (share > 0 and float(text) <= 0)):
+      break
+  return text + "%"
 
 
 def cell_text(cell: TableCell, kind: str = "metric", plus_minus: str = "±") -> str:
