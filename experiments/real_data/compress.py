@@ -8,7 +8,9 @@ heads / MLP channels / coldest items / item-table dims; the model gets two atten
 scenario has one, so that head pruning removes one per block) x target user fraction 0.2, 1.0 x seeds
 0-4. results.json records params, stored bytes and users/s of each model (pruning: and of its
 dense smaller model); a plot puts quality against the served model's users/s. Protocol and
-budgets as in the scenario's study file.
+budgets as in the scenario's study file. The pretrained model's width is fixed when the config is
+built (experiment.pretrain.model.embed_dim, so that the distill cells' narrower student does not
+narrow its teacher): to change the width, set it and model.embed_dim together.
 
   python launch.py --config experiments/real_data/compress.py:ml1m_cross_region,cpu \\
       --workdir runs/compress_ml1m_cross_region

