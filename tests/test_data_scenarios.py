@@ -209,3 +209,17 @@ def test_the_key_scope_is_set_from_the_command_line(tmp_path):
                          "--workdir", str(tmp_path / "run")], capture_output=True, text=True, cwd=root, timeout=300)
   assert proc.returncode != 0  # the value reached the config: refused by name, with the valid ones
   assert "data.files.key_scope='everywhere' is not valid; valid: ['auto', 'file', 'shared']" in proc.stdout + proc.stderr
+
+
+def test_loading_a_dataset_does_not_log_its_whole_builder_config(tmp_path, caplog):
+  """tfds warns "Using custom data configuration: <the builder config, a few KB>" whenever one of
+  xrec's builders is made, i.e. on every load (selection's analysis printed it per candidate)."""
+  import logging
+  c = base_config()
+  c.data.update(dict(data_dir=str(tmp_path)))
+  c.data.synthetic.update(dict(num_source_users=20, num_target_users=20, num_source_items=30, num_target_items=30,
+                               mean_seq_len=8.0, max_seq_len=12))
+  with caplog.at_level(logging.INFO):
+    pipeline.load_domain(c.data)
+    pipeline.load_domain(c.data)
+  assert not [r for r in caplog.records if str(r.msg).startswith("Using custom data configuration")]

@@ -14,12 +14,24 @@ in the dataset's metadata, so transfer can map items across domains by key.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from xrec.data import synthetic
+
+
+class _QuietConfigs(logging.Filter):
+  """tfds warns "Using custom data configuration: <the whole builder config>" (a few KB) each time
+  one of xrec's builders is made, i.e. on every dataset load: expected here, so dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Using custom data configuration")
+
+
+logging.getLogger("absl").addFilter(_QuietConfigs())
 
 DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), ".cache", "xrec", "datasets")
 
