@@ -206,7 +206,8 @@ def test_the_key_scope_is_set_from_the_command_line(tmp_path):
   data.write_text("".join(f"{u} {i}\n" for u in range(1, 5) for i in range(1, 6)))  # SASRec's "user item" lines
   proc = subprocess.run([sys.executable, os.path.join(root, "launch.py"), "--config", os.path.join(root, "configs", "sasrec_interactions.py"),
                          f"--config.data.files.path={data}", "--config.data.files.key_scope=everywhere",
-                         "--workdir", str(tmp_path / "run")], capture_output=True, text=True, cwd=root, timeout=300)
+                         "--workdir", str(tmp_path / "run")], capture_output=True, text=True, cwd=root, timeout=300,
+                        env={**os.environ, "XREC_DATA_DIR": str(tmp_path / "prepared")})
   assert proc.returncode != 0  # the value reached the config: refused by name, with the valid ones
   assert "data.files.key_scope='everywhere' is not valid; valid: ['auto', 'file', 'shared']" in proc.stdout + proc.stderr
 
