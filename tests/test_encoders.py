@@ -607,6 +607,14 @@ def test_a_teacher_on_another_numbering_reads_and_scores_the_students_items_by_k
         student, p, _batches(), jax.random.key(0), NUM_ITEMS, base_config().objective[term], teacher=teacher))[0])(params)
     bias_grad = np.asarray(grads["output_bias"])
     assert np.all(bias_grad[known + 1:NUM_ITEMS + 1] == 0) and np.abs(bias_grad[1:known + 1]).sum() > 0, term
+  # a teacher that knows fewer items than distill_ranking.top_k (10): its top-K is what it knows
+  few = np.zeros(student.vocab_size, np.int32)
+  few[1:4] = [3, 2, 1]
+  ctx = objectives.TermContext(student, params, _batches(), jax.random.key(0), NUM_ITEMS,
+                               base_config().objective.distill_ranking,
+                               teacher=objectives.Teacher(teacher_module, teacher_params, jnp.asarray(few)))
+  loss, _ = objectives.distill_ranking(ctx)
+  assert np.isfinite(float(loss)) and 0 < float(loss) < 100
 
 
 # --- multi-domain joint training ----------------------------------------------------------------

@@ -58,3 +58,17 @@ def test_interim_names_what_is_missing(tmp_path, capsys):
   (tmp_path / "stage.json").write_text(json.dumps({"config": {}}))
   with pytest.raises(ValueError, match="no validation evaluation yet"):
     interim.curve(str(tmp_path), "ndcg@10")
+
+
+def test_interim_counts_the_patience_as_the_loop_does_and_reads_old_field_names(tmp_path):
+  """Extra evaluations (train.eval_at_steps) do not count toward the patience; a stage.json written
+  before data.files.keys became data.files.key_scope still reads."""
+  rows = [(0, 0.10), (10, 0.20), (20, 0.19), (30, 0.18), (40, 0.17), (50, 0.16), (100, 0.15)]
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    for step, value in rows:
+      f.write(json.dumps({"step": step, "split": "valid", "ndcg@10": value}) + "\n")
+  seen = interim.curve(str(tmp_path), "ndcg@10", eval_every=50, num_steps=1500)
+  assert seen["best_step"] == 10 and seen["evals_since_best"] == 2 and seen["evaluations"] == 7  # 50, 100
+  assert interim.curve(str(tmp_path), "ndcg@10")["evals_since_best"] == 5  # every row, without a cadence
+  (tmp_path / "stage.json").write_text(json.dumps({"config": {"data": {"files": {"keys": "shared"}}}}))
+  assert interim.stage_config(str(tmp_path)).data.files.key_scope == "shared"

@@ -61,6 +61,16 @@ def test_a_ratio_that_removes_nothing_is_refused_before_training():
   two_heads = build_heads(2)
   pruning.Pruner("heads", two_heads.roles()).check_removes_something(perturbed(init(two_heads)), 0.5)  # one goes
   pruning.Pruner("mlp", one_head.roles()).check_removes_something(params, 0.5)
+  from xrec.defaults import base_config  # from the config alone, before any work (launch.py's checks)
+  from xrec.train import loop
+  c = base_config()
+  c.transfer.strategy, c.transfer.prune.kind, c.transfer.prune.ratio = "prune", "heads", 0.5
+  c.model.sasrec.num_heads = 1
+  with pytest.raises(ValueError, match=r"transfer.prune.kind='heads' at transfer.prune.ratio=0.5 removes nothing "
+                                       r"from model.sasrec \(1 attention heads per block"):
+    loop.validate(c)
+  c.model.sasrec.num_heads = 2
+  loop.validate(c)
 
 
 @pytest.mark.parametrize("kind,field", [("heads", "num_heads"), ("mlp", "mlp_dim")])

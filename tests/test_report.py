@@ -197,7 +197,7 @@ def test_single_seed_tables_use_the_per_user_bootstrap():
   assert "‡" not in md  # no cell peaked at its first evaluation
   for r in rs:  # the caption names the extra early evaluations of train.eval_at_steps
     r["budget"]["eval_at_steps"] = [2, 4]
-  assert "100 steps, validation every 10 and at steps 2, 4, early stopping after 3 evaluations" in \
+  assert "100 steps, validation every 10 and at steps 2, 4, early stopping after 3 regular evaluations" in \
       tables.to_markdown(tables.build(rs, layout, "ndcg@10"))
 
 
@@ -230,6 +230,7 @@ def test_a_cell_that_peaked_at_its_first_evaluation_is_marked_in_every_format():
 def test_percentages_never_round_to_all_or_nothing():
   assert [tables.percent(x) for x in (0.25, 0.9996, 0.99999, 1.0, 0.0, 0.0004, 0.123)] == \
       ["25.0%", "99.96%", "99.999%", "100.0%", "0.0%", "0.04%", "12.3%"]
+  assert [tables.percent(x) for x in (1e-9, 1 - 1e-9, float("nan"))] == ["<0.0001%", ">99.9999%", "n/a"]
 
 
 def test_zero_shot_on_a_disjoint_catalogue_is_na():

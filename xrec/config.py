@@ -247,7 +247,8 @@ def core_config() -> ml_collections.ConfigDict:
   # learn the target's items) | "always" | "never"
   c.transfer.train_item_embeddings = "auto"
   # share of the target's interactions on items the source has (by raw key) below which the
-  # catalogues count as disjoint: zero_shot is reported n/a, PEFT presets train item tables ("auto")
+  # catalogues count as disjoint: zero_shot is reported n/a, PEFT presets train item tables ("auto"),
+  # a distillation teacher that knows less of them is refused
   c.transfer.min_item_overlap = 0.5
   # target items absent from the source start as: random (fresh rows with the pretrained rows'
   # per-dimension mean and std) | mean (every unseen item the same mean row) | zero

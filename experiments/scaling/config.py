@@ -33,7 +33,7 @@ Grid (`sweep()`):
 Budgets: pretraining as the real-data presets' (up to 200 epochs, early stopping after 10
 evaluations every 100 steps: stopped by early stopping rather than cut, which `analyze.py` checks
 by reporting every pretraining's best step against its last); every target cell 1,000 steps of batch 128 with
-validation every 50 and early stopping after 5; learning rates {3e-4, 1e-3, 3e-3} tuned on seed
+validation at steps 10, 20, 30, 40 and every 50 and early stopping after 5 regular evaluations; learning rates {3e-4, 1e-3, 3e-3} tuned on seed
 0's cell only, the other seeds train the chosen value (tune once, recorded per record).
 
   python launch.py --config experiments/scaling/config.py:ml1m_cross_region --workdir runs/scaling_ml1m --jobs 2

@@ -62,6 +62,8 @@ def _plain(value):
 def _files_source(files_cfg) -> dict:
   files = _plain(files_cfg)
   files["name"] = "interactions"
+  if "key_scope" in files:  # under its old name (data.files.keys), so that datasets prepared before the
+    files["keys"] = files.pop("key_scope")  # rename keep the name their options were hashed to
   return files
 
 

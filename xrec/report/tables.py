@@ -406,8 +406,8 @@ def protocol_caption(table: Table, grid: dict) -> list[str]:
   if budgets:
     def cadence(every, extra):
       return f"validation every {every}" + (f" and at steps {', '.join(map(str, extra))}" if extra else "")
-    text = "; ".join(f"{s:,} steps, {cadence(e, x)}, early stopping after {p} evaluations without "
-                     f"improvement" if p else f"{s:,} steps, {cadence(e, x)}, no early stopping"
+    text = "; ".join(f"{s:,} steps, {cadence(e, x)}, early stopping after {p} {'regular ' if x else ''}evaluations "
+                     f"without improvement" if p else f"{s:,} steps, {cadence(e, x)}, no early stopping"
                      for s, e, x, p in sorted(budgets))
     lines.append(f"Training budget of every trained cell: {text}.")
   overlaps = {}
@@ -431,11 +431,13 @@ def protocol_caption(table: Table, grid: dict) -> list[str]:
 def percent(share: float) -> str:
   """`share` as a percentage at one decimal, with more where one would round a share below 1 up to
   100.0% or one above 0 down to 0.0% (99.96%, not 100.0%: a caption must be literally true)."""
+  if not math.isfinite(share):
+    return "n/a"
   for decimals in range(1, 5):
     text = f"{100 * share:.{decimals}f}"
     if not ((share < 1 and float(text) >= 100) or (share > 0 and float(text) <= 0)):
-      break
-  return text + "%"
+      return text + "%"
+  return "<0.0001%" if share < 0.5 else ">99.9999%"
 
 
 def cell_text(cell: TableCell, kind: str = "metric", plus_minus: str = "±") -> str:

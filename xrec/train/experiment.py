@@ -57,6 +57,10 @@ def check_transfer_protocol(config) -> None:
     raise ValueError(f"train.num_steps={config.train.num_steps} is below one evaluation interval "
                      f"(train.eval_every_steps={config.train.eval_every_steps}); use train.num_steps >= "
                      f"{config.train.eval_every_steps}")
+  beyond = [s for s in config.train.eval_at_steps if s > config.train.num_steps]
+  if beyond:  # also checked when a run starts (Train.total_steps); here before the pretraining runs
+    raise ValueError(f"train.eval_at_steps={tuple(config.train.eval_at_steps)} has steps beyond the budget of "
+                     f"{config.train.num_steps} steps ({beyond}); valid: steps 1..{config.train.num_steps}")
 
 
 def pretrain_config(config):
@@ -73,6 +77,7 @@ def pretrain_config(config):
     c.data.augment = core_config().data.augment
     c.data.synthesis = core_config().data.synthesis
     c.train.init_from = ""
+    c.train.eval_at_steps = ()  # the target's early evaluations (experiment.pretrain may set its own)
   return with_overrides(c, dotted(config.experiment.pretrain), "experiment.pretrain field")
 
 
@@ -103,6 +108,16 @@ NEUTRAL_DEFAULTS = {"model.output_bias": True, "train.eval_at_steps": [], "model
 # computed before the rename keep their hashes, and a workdir's stored config reads as the new one.
 RENAMED_FIELDS = {"data.files.keys": "data.files.key_scope",
                   "data.scenario.target_files.keys": "data.scenario.target_files.key_scope"}
+
+
+def renamed(fields: dict) -> dict:
+  """Dotted fields of a stored config (study.json, stage.json) under today's names (RENAMED_FIELDS);
+  where a config holds both names, the new one's value."""
+  out = {f: v for f, v in fields.items() if f not in RENAMED_FIELDS}
+  for old, new in RENAMED_FIELDS.items():
+    if old in fields and new not in fields:
+      out[new] = fields[old]
+  return out
 # Where a real source's files are: a stage whose inputs are fingerprinted by content
 # (xrec/data/fingerprint.py) is the same stage wherever the same bytes lie, so its hash keeps only a
 # file's name (the per-file key namespace, data.files.key_scope, is made from it) and no folder (a study

@@ -26,6 +26,7 @@ from xrec import runindex
 from xrec.config import dotted, with_overrides
 from xrec.defaults import base_config
 from xrec.train import checkpoint as ckpt
+from xrec.train import experiment
 from xrec.train import loop
 
 STAGE_FILE = "stage.json"
@@ -38,11 +39,13 @@ def stage_config(stage_dir: str):
     raise FileNotFoundError(f"{path} is missing: {stage_dir!r} is no stage folder (a study's "
                             "WORKDIR/stages/<hash>/, written when the stage starts)")
   with open(path) as f:
-    return with_overrides(base_config(), dotted(json.load(f)["config"]), "stage.json field")
+    return with_overrides(base_config(), experiment.renamed(dotted(json.load(f)["config"])), "stage.json field")
 
 
-def curve(stage_dir: str, metric: str) -> dict:
-  """What the stage's validation curve says so far (metrics.jsonl)."""
+def curve(stage_dir: str, metric: str, eval_every: int = 0, num_steps: int = 0) -> dict:
+  """What the stage's validation curve says so far (metrics.jsonl). `evals_since_best` counts the
+  regular evaluations after the best (every `eval_every` steps and the last step, `num_steps`), as
+  the loop's patience does: the extra ones of train.eval_at_steps do not count (0: every row)."""
   path = os.path.join(stage_dir, "metrics.jsonl")
   rows = []
   if os.path.isfile(path):
@@ -54,7 +57,9 @@ def curve(stage_dir: str, metric: str) -> dict:
   best = max(rows, key=lambda r: (r[metric], -r["step"]))
   last = rows[-1]["step"]
   return {"best_step": best["step"], "best_valid": best[metric], "last_eval_step": last,
-          "evaluations": len(rows), "evals_since_best": sum(r["step"] > best["step"] for r in rows)}
+          "evaluations": len(rows),
+          "evals_since_best": sum(r["step"] > best["step"] and (not eval_every or r["step"] % eval_every == 0
+                                                                or r["step"] == num_steps) for r in rows)}
 
 
 def interim_results(stage_dir: str) -> dict:
@@ -62,7 +67,7 @@ def interim_results(stage_dir: str) -> dict:
   metrics at the best checkpoint so far."""
   config = stage_config(stage_dir)
   metric = config.train.best_metric
-  seen = curve(stage_dir, metric)
+  seen = curve(stage_dir, metric, int(config.train.eval_every_steps), int(config.train.num_steps))
   with tempfile.TemporaryDirectory(prefix="xrec-interim-") as scratch:
     spec = loop.door(with_overrides(config, {"train.resume_from": ""}))
     run, hooks, model = loop.build_run(spec, scratch)

@@ -47,6 +47,7 @@ from xrec.train import optimizer as optim
 from xrec.train import step as steps
 from xrec.train import writer as writing
 from xrec.transfer import apply as transfer
+from xrec.transfer import prune as pruning
 from xrec.transfer import strategies
 from xrec.transfer import vocab
 
@@ -84,6 +85,14 @@ def validate(config) -> None:
     if len(pair) != 2 or pair[0] not in objectives.TERMS:
       raise ValueError(f"objective.terms entry {tuple(pair)!r}: (name, weight) with a name in {sorted(objectives.TERMS)}")
     objectives.fitting_term(pair[0], encoder.causal, encoder.__name__)  # e.g. full_softmax on BERT4Rec
+  prune = config.transfer.get("prune")
+  if config.transfer.strategy == "prune" and prune is not None and prune.kind in ("heads", "mlp"):
+    own = config.model.get(config.model.name) or {}
+    units = own.get("num_heads" if prune.kind == "heads" else "mlp_dim")
+    if units and int(float(prune.ratio) * int(units)) < 1:  # known from the config: before any work
+      raise ValueError(f"transfer.prune.kind={prune.kind!r} at transfer.prune.ratio={prune.ratio:g} removes nothing "
+                       f"from model.{config.model.name} ({int(units)} {pruning.Pruner.UNITS[prune.kind]}); use more "
+                       f"of them, a higher ratio or another kind; valid kinds: {list(pruning.KINDS)}")
 
 
 # --- the model ---------------------------------------------------------------------------------

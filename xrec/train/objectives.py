@@ -229,7 +229,8 @@ def distill_hidden(ctx: TermContext):
   student, _, _ = ctx.forward(inputs)
   projected = ctx.module.apply({"params": ctx.params}, student, method="project").astype(jnp.float32)
   teacher = jax.lax.stop_gradient(ctx.teacher.hidden(inputs)).astype(jnp.float32)
-  weight = (inputs > 0).astype(jnp.float32)
+  # positions the teacher reads as items (an item it does not know is a blank there)
+  weight = ((inputs > 0) & (ctx.teacher.inputs(inputs) > 0)).astype(jnp.float32)
   n = weight.sum()
   per_position = ((projected - teacher) ** 2).mean(-1)
   return (per_position * weight).sum() / jnp.maximum(n, 1.0), n
@@ -240,11 +241,12 @@ def distill_ranking(ctx: TermContext):
   the student's soft positives, weighted by 1/rank (normalised): - sum_k w_k log softmax(student)[k]."""
   student, teacher, weight = _student_and_teacher(ctx)
   k = int(ctx.options.top_k)
-  _, top = jax.lax.top_k(teacher, k)  # [batch, len, k]
-  w = 1.0 / jnp.arange(1, k + 1, dtype=jnp.float32)
-  w = w / w.sum()
+  scores, top = jax.lax.top_k(teacher, k)  # [batch, len, k]
+  # 1/rank weights over the top items the teacher knows (fewer than K when it knows fewer items)
+  w = (1.0 / jnp.arange(1, k + 1, dtype=jnp.float32)) * (scores > -1e8)
+  w = w / jnp.maximum(w.sum(-1, keepdims=True), 1e-9)
   log_p = jnp.take_along_axis(jax.nn.log_softmax(student, axis=-1), top, axis=-1)
-  loss = -(log_p * w).sum(-1)
+  loss = -(jnp.where(w > 0, log_p, 0.0) * w).sum(-1)
   n = weight.sum()
   return (loss * weight).sum() / jnp.maximum(n, 1.0), n
 

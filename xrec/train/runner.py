@@ -58,6 +58,7 @@ from xrec.data import fingerprint
 from xrec.config import model_config, with_overrides
 from xrec.train import experiment
 from xrec.train import loop
+from xrec.train import objectives
 from xrec.transfer import strategies
 
 log = logging.getLogger("xrec")
@@ -192,7 +193,11 @@ def _strategy_of(config):
   if model_cfg.get("item_repr", "id") != "id" and not model_cfg.text.dim:
     model_cfg.text.dim = 1  # text items: the trainer sets the width from the encoder; roles do not depend on it
   encoder = models.build(model_cfg, num_items=1)
-  return strategies.get_strategy(config.transfer.strategy, config.transfer, encoder.roles(), bool(encoder.causal))
+  options = config.transfer
+  if options.strategy == "distill" and options.distill.hidden_weight > 0 and not options.distill.teacher_embed_dim:
+    options = copy.deepcopy(options)  # the trainer sets the teacher's width from the teacher run; the
+    options.distill.teacher_embed_dim = 1  # preset's schedule and terms do not depend on it
+  return strategies.get_strategy(options.strategy, options, encoder.roles(), bool(encoder.causal))
 
 
 def lr_mult_matters(config) -> bool:
@@ -590,6 +595,10 @@ def check_study(config, module) -> None:
         loop.validate(experiment.pretrain_config(cell_config))
       experiment.check_transfer_protocol(cell_config)
       rungs(cell_config)  # tune.halving's settings
+      encoder = models.model_class(cell_config.model.name)
+      # the strategy applies to the encoder, and the terms it adds fit it (distill on BERT4Rec: no)
+      for name, _ in _strategy_of(cell_config).terms:
+        objectives.fitting_term(name, encoder.causal, encoder.__name__)
     except ValueError as e:
       raise ValueError(f"cell {cell.index} ({cell.key}): {e}") from e
 
@@ -632,7 +641,7 @@ def check_same_config(workdir: str, config, module=None) -> None:
   if stored is None:  # a study from before configs were stored: this run records it
     return
   before, now = _dotted(stored), _dotted(_comparable(config))
-  before = {experiment.RENAMED_FIELDS.get(f, f): v for f, v in before.items()}  # stored under an old name
+  before = experiment.renamed(before)  # fields stored under an old name
   if study.get("data_files"):  # the data are known by content (checked below), not by their folder
     moved = {f for f, keep in experiment.LOCATION_FIELDS.items() if f in before and f in now
              and (keep is None or keep(os.path.normpath(str(before[f]))) == keep(os.path.normpath(str(now[f]))))}

@@ -56,6 +56,10 @@ def read_teacher(path: str, model_cfg, domain, min_item_overlap: float = 0.0) ->
   if not ckpt.has_best_params(path):
     raise FileNotFoundError(f"distillation teacher {path!r} has no best params under {os.path.join(path, 'best')}")
   module, info = runfiles.build_encoder(path)
+  if not module.causal:
+    raise ValueError(f"the distillation teacher {path!r} is a {type(module).__name__}, a bidirectional encoder: its "
+                     "outputs on causal inputs are no next-item predictions; use a causal teacher (SASRec, "
+                     "GRU4Rec, NextItNet, HSTU)")
   teacher_keys = runfiles.read_item_keys(path)
   position = {key: i + 1 for i, key in enumerate(teacher_keys)}
   overlap = vocab.item_overlap(teacher_keys, domain.item_keys, domain.item_frequency)
@@ -63,7 +67,7 @@ def read_teacher(path: str, model_cfg, domain, min_item_overlap: float = 0.0) ->
   if not overlap["overlap_items"] or share < min_item_overlap:
     missing = [k for k in domain.item_keys if k not in position]
     raise ValueError(f"the distillation teacher {path!r} was trained on another item vocabulary: it knows "
-                     f"{overlap['overlap_items']} of the target's {domain.num_items} items ({share:.1%} of its "
+                     f"{overlap['overlap_items']} of the target's {domain.num_items} items ({100 * share:.6g}% of its "
                      f"interactions; not e.g. {missing[:3]}), below transfer.min_item_overlap={min_item_overlap:g}; "
                      "distill from a teacher that knows the target's items (e.g. a fine-tuned target run)")
   id_map = np.zeros(models.build(model_cfg, domain.num_items).vocab_size, np.int32)
