@@ -617,6 +617,38 @@ def test_a_teacher_on_another_numbering_reads_and_scores_the_students_items_by_k
   assert np.isfinite(float(loss)) and 0 < float(loss) < 100
 
 
+def test_hidden_state_matching_counts_only_positions_the_teacher_reads_as_items():
+  """distill_hidden regresses the teacher's hidden states where the teacher reads an item: at a
+  padding slot or an item the teacher does not know (a blank to it) its state says nothing about
+  that input, so those positions carry no weight (checked against a hand computation, which a loss
+  over every non-padding position would miss)."""
+  teacher_module = build("sasrec")
+  teacher_params = perturbed(init(teacher_module), seed=3)
+  known = 20  # student items 21..30 are unknown to the teacher
+  id_map = np.zeros(teacher_module.vocab_size, np.int32)
+  id_map[1:known + 1] = np.arange(1, known + 1)
+  teacher = objectives.Teacher(teacher_module, teacher_params, jnp.asarray(id_map))
+  batches = _batches()
+  inputs = np.asarray(batches["target"]["inputs"])
+  student_hidden = jax.random.normal(jax.random.key(7), inputs.shape + (EMBED,))
+
+  class Student:  # hidden states fixed per position, the projection head the identity
+    def apply(self, variables, x, deterministic=True, rngs=None, method=None):
+      if method == "project":
+        return x
+      return student_hidden, None, None
+
+  ctx = objectives.TermContext(Student(), {}, batches, jax.random.key(0), NUM_ITEMS, None, teacher=teacher)
+  loss, n = objectives.distill_hidden(ctx)
+  teacher_hidden = np.asarray(teacher_module.apply({"params": teacher_params}, id_map[inputs], method="encode"))
+  per_position = ((np.asarray(student_hidden) - teacher_hidden) ** 2).mean(-1)
+  reads_an_item = (inputs > 0) & (inputs <= known)
+  assert 0 < reads_an_item.sum() < (inputs > 0).sum()  # the batch has both kinds of non-padding input
+  assert int(n) == int(reads_an_item.sum())
+  assert float(loss) == pytest.approx(float(per_position[reads_an_item].mean()), rel=1e-5)
+  assert float(loss) != pytest.approx(float(per_position[inputs > 0].mean()), rel=1e-3)
+
+
 # --- multi-domain joint training ----------------------------------------------------------------
 
 @pytest.mark.parametrize("name,kind", [("sasrec", "shared_bottom"), ("sasrec", "star"), ("gru4rec", "shared_bottom")])
