@@ -7,7 +7,9 @@ import os
 
 import pytest
 
-from xrec.config import RunSpec, Train, resolve_spec
+import ml_collections
+
+from xrec.config import RunSpec, Train, copy_config, core_config, resolve_spec
 from xrec.defaults import base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +36,32 @@ def test_pieces_are_typed_copies_of_the_config():
     spec.train.num_steps = 1
   with pytest.raises(AttributeError):  # locked pieces: a misspelt field fails
     spec.model.max_lenn = 3
+
+
+def test_config_copies_are_deep_keep_locks_and_types_and_keep_a_users_field_links():
+  c = base_config()
+  c.lock()
+  c.data.files.update(dict(path="/x"))
+  with c.unlocked():
+    c.experiment.extra = [1, [2]]  # a mutable leaf
+  d = copy_config(c)
+  assert d.to_dict() == c.to_dict() and d.is_locked and d.is_type_safe
+  d.experiment.extra[1].append(3)
+  d.model.embed_dim = 7
+  assert c.experiment.extra == [1, [2]] and c.model.embed_dim != 7
+  with pytest.raises(AttributeError, match="embed_dimm"):
+    d.model.embed_dimm = 1  # locked
+  with pytest.raises(TypeError):
+    d.model.embed_dim = "wide"  # type-safe
+  linked = ml_collections.ConfigDict({"a": 1})
+  linked.b = linked.get_ref("a")
+  e = copy_config(linked)
+  e.a = 5
+  assert e.b == 5 and linked.b == 1
+  # core_config hands out copies of one prototype: changing one never reaches the next
+  core = core_config()
+  core.train.num_steps = 12345
+  assert core_config().train.num_steps != 12345
 
 
 def test_replace_applies_dotted_fields_and_names_the_valid_ones():

@@ -14,7 +14,6 @@ finished stage is reused and an unfinished one resumes from its own checkpoints.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import logging
@@ -22,7 +21,7 @@ import os
 
 import jax
 
-from xrec.config import Train, core_config, dotted, with_overrides
+from xrec.config import Train, copy_config, core_config, dotted, with_overrides
 from xrec import runindex
 from xrec.data import fingerprint
 from xrec.train.loop import train_and_evaluate
@@ -36,10 +35,10 @@ def stage_config(config):
   """A stage's own config: fields only the experiment reads (experiment.*, tune.*) are reset to
   their defaults, so a stage is reused whenever what it depends on is unchanged (e.g. adding a
   strategy or a grid value)."""
-  c = copy.deepcopy(config)
+  c, core = copy_config(config), core_config()
   with c.unlocked():
-    c.experiment = core_config().experiment
-    c.tune = core_config().tune
+    c.experiment = core.experiment
+    c.tune = core.tune
   return c
 
 

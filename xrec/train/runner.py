@@ -34,7 +34,6 @@ resumes where it stopped and a changed field re-runs only what depends on it.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import datetime
 import fcntl
@@ -55,7 +54,7 @@ from xrec import models
 from xrec.models import common
 from xrec import runindex
 from xrec.data import fingerprint
-from xrec.config import model_config, with_overrides
+from xrec.config import copy_config, model_config, with_overrides
 from xrec.train import experiment
 from xrec.train import loop
 from xrec.train import objectives
@@ -195,7 +194,7 @@ def _strategy_of(config):
   encoder = models.build(model_cfg, num_items=1)
   options = config.transfer
   if options.strategy == "distill" and options.distill.hidden_weight > 0 and not options.distill.teacher_embed_dim:
-    options = copy.deepcopy(options)  # the trainer sets the teacher's width from the teacher run; the
+    options = copy_config(options)  # the trainer sets the teacher's width from the teacher run; the
     options.distill.teacher_embed_dim = 1  # preset's schedule and terms do not depend on it
   return strategies.get_strategy(options.strategy, options, encoder.roles(), bool(encoder.causal))
 
@@ -205,7 +204,7 @@ def lr_mult_matters(config) -> bool:
   follow lr_mult and others (fresh modules, new blocks) do not. When every trained param follows
   it (full_finetune, frozen_encoder, ...), tuning optim.lr already tunes it; when none does
   (scratch), it has no effect."""
-  base, doubled = copy.deepcopy(config), copy.deepcopy(config)
+  base, doubled = copy_config(config), copy_config(config)
   doubled.transfer.lr_mult = 2.0 * config.transfer.lr_mult
   pairs = [(m1, m2) for (_, m1), (_, m2) in zip(_strategy_of(base).schedule, _strategy_of(doubled).schedule)
            if m1 is not None]
