@@ -11,8 +11,12 @@ import tempfile
 # differently; a tiny training run 6.7 -> 4.6 s, compiling 3.5 -> 1.9 s, its metrics the same to
 # the last bit): experiments/bench/README.md, "The test suite's time". The tests check what runs
 # compute and report, never a speed; test_foundation_train's test_launch_end_to_end compiles one
-# launch with XLA's defaults, as a user's run does.
-COMPILE_FAST = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"  # also for launches tests start
+# launch with XLA's defaults, as a user's run does. And single-threaded XLA (xrec.train.parallel's
+# SINGLE_THREADED_XLA): pytest runs one worker per core, and tiny programs gain nothing from a thread
+# pool that the other worker contends for (tests/test_experiment.py with 2 workers, warm cache,
+# alternating: 71-78 s against 78-83 s).
+COMPILE_FAST = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "  # also for launches tests start
+                "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {COMPILE_FAST}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The tests, and every launch.py they start as a subprocess (which inherits this environment),
