@@ -16,7 +16,7 @@ import tempfile
 # pool that the other worker contends for (tests/test_experiment.py with 2 workers, warm cache,
 # alternating: 71-78 s against 78-83 s).
 COMPILE_FAST = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "  # also for launches tests start
-                "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+                "--xla_cpu_multi_thread_eigen=false")
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {COMPILE_FAST}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The tests, and every launch.py they start as a subprocess (which inherits this environment),

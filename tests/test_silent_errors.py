@@ -367,6 +367,12 @@ def test_parallel_jobs_never_start_a_cell_whose_pretraining_another_worker_is_ru
   assert order.index("start 2") < order.index("end 0") < order.index("start 1")
   env = parallel.worker_env(1, 0, {"XLA_FLAGS": "--x"})
   assert env["XLA_FLAGS"] == "--x " + parallel.SINGLE_THREADED_XLA
+  # XLA parses every flag of a worker's environment (its parser stops at a token without "--" and
+  # drops the flags after it): a flag placed after them still counts
+  flags = parallel.worker_env(1, 0, {})["XLA_FLAGS"] + " --xla_force_host_platform_device_count=3"
+  probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.device_count())"], capture_output=True,
+                         text=True, env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}, timeout=120)
+  assert probe.stdout.strip() == "3", probe.stderr[-2000:]
   assert parallel.worker_env(3, 2, {})["CUDA_VISIBLE_DEVICES"] == "1"
   cmd = parallel.launch_command(["launch.py", "--config", "c.py", "--jobs", "2", "--workdir=w", "--jobs=3"])
   assert cmd(4)[2:] == ["--config", "c.py", "--workdir=w", "--only", "4"]

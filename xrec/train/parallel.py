@@ -21,7 +21,10 @@ import sys
 import threading
 
 log = logging.getLogger("xrec")
-SINGLE_THREADED_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+# XLA:CPU on one thread. Every token must start with "--": XLA's flag parser stops at the first that
+# does not, silently dropping the flags after it (`intra_op_parallelism_threads=1`, a TensorFlow
+# option that earlier records pass too, is no XLA flag and did nothing but that).
+SINGLE_THREADED_XLA = "--xla_cpu_multi_thread_eigen=false"
 
 
 @dataclasses.dataclass
