@@ -279,7 +279,11 @@ def test_tuning_section_names_candidates_halving_dropped_while_improving():
               "best_step_so_far": 150, "improving": False, "kept_valid_so_far": 0.0567}]
   rs[0] = dict(rs[0], tuning={"metric": "valid ndcg@10", "tuned": {"optim.lr": [0.0003, 0.001, 0.003]},
                               "chosen": {"optim.lr": 0.001}, "halving": {"eta": 3, "rungs": [500], "dropped": dropped}})
+  rs[1] = dict(rs[1], tuning={"metric": "valid ndcg@10", "tuned": {"optim.lr": [0.0003, 0.001, 0.003]},
+                              "chosen": {"optim.lr": 0.003}})
   lines = tuning_section({"layout": LAYOUT}, rs)
+  text = "\n".join(lines)
+  assert "lr 0.003 (edge)" in text and "lr 0.001 (edge)" not in text and "lr 0.001" in text
   named = [line for line in lines if "dropped at step" in line]
   assert named == ["- scratch, 0.1, seed 0: lr 0.0003 dropped at step 500 while still improving (valid 0.0565 at "
                    "its last evaluation; the kept candidates' best so far 0.0567)"]

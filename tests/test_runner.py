@@ -212,3 +212,17 @@ def test_launch_list_and_only(finished_study, tmp_path):
   out = subprocess.run(carry + [f"--continue_from={tmp_path / 'none'}"], capture_output=True, text=True, env=env,
                        timeout=120)
   assert out.returncode == 2 and "has no study.json" in out.stderr
+
+
+def test_a_finished_cells_line_names_its_metric_choice_and_a_choice_at_the_grids_edge():
+  record = {"status": "done", "valid": {"ndcg@10": 0.15191}, "test": {"ndcg@10": 0.1578}, "best_step": 1400,
+            "wall_seconds": 3619.2,
+            "tuning": {"tuned": {"optim.lr": [3e-4, 1e-3, 3e-3]}, "chosen": {"optim.lr": 3e-3}}}
+  line = runner.outcome(record, "ndcg@10")
+  assert line == ("done: valid ndcg@10=0.1519 test ndcg@10=0.1578, best step 1400, chosen optim.lr=0.003 "
+                  "(the grid's edge: the best value may lie outside it) (3619 s)")
+  record["tuning"]["chosen"] = {"optim.lr": 1e-3}
+  assert runner.outcome(record, "ndcg@10").endswith("chosen optim.lr=0.001 (3619 s)")
+  record["tuning"] = {"tuned": {}, "chosen": {}}  # nothing tuned (zero_shot)
+  assert runner.outcome(record, "ndcg@10").endswith("best step 1400 (3619 s)")
+  assert runner.outcome({"status": "failed", "error": "ValueError: boom"}, "ndcg@10") == "failed: ValueError: boom"

@@ -99,6 +99,14 @@ def latest_runs(workdir: str) -> dict[str, dict]:
   return {r["key"]: r for r in read_runs(workdir)}
 
 
+def grid_edges(tuning: dict) -> list[str]:
+  """The tuned fields of a record's `tuning` whose chosen value is the smallest or largest of a grid
+  of two or more: the best value may lie outside the grid."""
+  grid = tuning.get("tuned") or {}
+  return [k for k, v in (tuning.get("chosen") or {}).items()
+          if len(grid.get(k, ())) > 1 and v in (min(grid[k]), max(grid[k]))]
+
+
 def append_run(workdir: str, record: dict) -> None:
   """One write of one line in append mode (processes of a cluster sweep can share the index),
   always on a fresh line: a torn last line (a crash mid-append) is ended first, so the new record

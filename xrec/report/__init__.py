@@ -53,8 +53,7 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
     slot = (tables.row_label(r, layout), tuple(tables.label(r, f) for f in layout["columns"]))
     text = ", ".join(f"{k.rsplit('.', 1)[-1]} {_short(v)}" for k, v in sorted(tuning["chosen"].items()))
     unmoved = all(c.get("best_step") == 0 for c in tuning.get("candidates", ())) and tuning.get("candidates")
-    edges = [k for k, v in tuning["chosen"].items()
-             if len(tuning["tuned"].get(k, ())) > 1 and v in (min(tuning["tuned"][k]), max(tuning["tuned"][k]))]
+    edges = runindex.grid_edges(tuning)
     # every candidate best at step 0: training never beat the initial model, so no value was chosen
     text = "none moved (all best at step 0)" if unmoved else text + (" (edge)" if edges else "")
     if tuning.get("tuned_on_seed") is not None:

@@ -526,10 +526,13 @@ def outcome(record: dict, metric: str) -> str:
   """One line of what a finished cell measured: its metric, the chosen values, its best step."""
   if record["status"] != "done":
     return f"{record['status']}" + (f": {record['error']}" if record.get("error") else "")
-  chosen = (record.get("tuning") or {}).get("chosen") or {}
+  tuning = record.get("tuning") or {}
+  chosen, edges = tuning.get("chosen") or {}, runindex.grid_edges(tuning)
   return (f"done: valid {metric}={record['valid'].get(metric, float('nan')):.4f} test "
           f"{metric}={record['test'].get(metric, float('nan')):.4f}, best step {record.get('best_step')}"
-          + (", chosen " + ", ".join(f"{k}={v:g}" for k, v in chosen.items()) if chosen else "")
+          + (", chosen " + ", ".join(f"{k}={v:g}" + (" (the grid's edge: the best value may lie outside it)"
+                                                   if k in edges else "") for k, v in chosen.items())
+             if chosen else "")
           + f" ({record['wall_seconds']:.0f} s)")
 
 
