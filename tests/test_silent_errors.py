@@ -420,3 +420,38 @@ def test_tune_once_runs_the_grid_on_one_seed_and_the_other_seeds_reuse_its_choic
   stages = [h for h in os.listdir(os.path.join(wd, "stages")) if not h.endswith(".lock")]
   assert len(stages) == 3  # seed 0's two candidates and seed 1's one: not four
   assert runner.run_study(config, study, wd) == {"ran": 0, "cached": 2, "failed": 0, "stopped": 0}
+
+
+def test_a_choice_at_the_grids_edge_trains_one_candidate_beyond_it_and_tune_once_reuses_the_choice(data_dir, tmp_path):
+  """tune.extend_at_edge=1: a grid of two values is all edges, so seed 0's cell trains one more
+  learning rate one step beyond its choice (x3 or /3) and keeps the best of the three; seed 1 trains
+  that choice; a rerun reuses everything; the report's grid lists the added value."""
+  module = runner.load_config_module(os.path.join(ROOT, "configs", "sasrec_synthetic.py"))
+  from conftest import tiny_config
+  config = tiny_config(data_dir)
+  config.tune.update(dict(lr=(1e-3, 3e-3), seed=0, extend_at_edge=1))
+  config.train.update(dict(num_steps=6, eval_every_steps=3))
+  study = type("Study", (), {"sweep": staticmethod(lambda: iter([{"seed": 0}, {"seed": 1}])),
+                              "__file__": module.__file__})()
+  wd = str(tmp_path / "w")
+  assert runner.run_study(config, study, wd) == {"ran": 2, "cached": 0, "failed": 0, "stopped": 0}
+  runs = {r["overrides"]["seed"]: r for r in runner.read_runs(wd)}
+  tuning = runs[0]["tuning"]
+  (added,) = tuning["extended"]
+  grid = tuning["candidates"][:2]
+  grid_choice = grid[0] if grid[0]["valid"] >= grid[1]["valid"] else grid[1]
+  beyond = 9e-3 if grid_choice["overrides"]["optim.lr"] == 3e-3 else 1e-3 / 3
+  assert added["overrides"] == {"optim.lr": float(f"{beyond:.6g}")} and added["stage"] == tuning["candidates"][2]["stage"]
+  assert sorted(tuning["tuned"]["optim.lr"]) == sorted([1e-3, 3e-3, added["overrides"]["optim.lr"]])
+  best = max(tuning["candidates"], key=lambda c: c["valid"])
+  assert tuning["chosen"] == best["overrides"] and runs[0]["valid"]["ndcg@10"] == best["valid"]
+  assert runs[1]["tuning"]["chosen"] == tuning["chosen"] and runs[1]["tuning"]["tuned_on_seed"] == 0
+  assert runs[1]["tuning"]["extended"] == tuning["extended"]
+  with open(os.path.join(wd, "stages", runs[1]["stages"]["single"], "results.json")) as f:
+    assert json.load(f)["config"]["optim"]["lr"] == tuning["chosen"]["optim.lr"]
+  assert runner.run_study(config, study, wd) == {"ran": 0, "cached": 2, "failed": 0, "stopped": 0}
+  from xrec import runindex
+  from xrec.report import tuning_section
+  text = "\n".join(tuning_section(runindex.read_study(wd), runner.read_runs(wd)))
+  assert f"{added['overrides']['optim.lr']:g}" in text.split("Grid:")[1].split("\n")[0]
+  assert "tune.extend_at_edge added" in text

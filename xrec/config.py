@@ -331,7 +331,10 @@ def _core_fields() -> ml_collections.ConfigDict:
   # to train.num_steps / eta^rungs, the best 1/eta (by validation so far) go on to the next rung,
   # ..., the survivors to the whole budget (resumed, so their results equal uninterrupted runs);
   # 0 = every candidate trains the whole budget
-  c.tune = ml_collections.ConfigDict(dict(lr=(), lr_mult=(), seed=-1, halving=0, rungs=2))
+  # extend_at_edge = k: when the best candidate's value is the smallest or largest of its grid, one
+  # more candidate one step beyond that edge (the grid's outer ratio) trains the whole budget, up to
+  # k times per cell (runner.extend_at_edge; recorded in tuning.extended); 0 = the grid as given
+  c.tune = ml_collections.ConfigDict(dict(lr=(), lr_mult=(), seed=-1, halving=0, rungs=2, extend_at_edge=0))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
   c.sharding = ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))
@@ -383,6 +386,7 @@ RANGES = {
     "tune.seed": (-1, 2**30, True, True, "int"),  # -1 = every seed tunes itself
     "tune.halving": (0, 2**10, True, True, "int"),  # 0 = off; else the eta of successive halving (>= 2)
     "tune.rungs": (1, 10, True, True, "int"),
+    "tune.extend_at_edge": (0, 10, True, True, "int"),
     "objective.chunked_softmax.chunk_size": (1, MAX_COUNT, True, True, "int"),
     "objective.sampled_softmax.num_negatives": (1, MAX_SIZE, True, True, "int"),
     "objective.cloze.mask_prob": (0.0, 1.0, False, True, "float"),

@@ -45,7 +45,7 @@ def _short(value) -> str:
 def tuning_section(study: dict, done: list[dict]) -> list[str]:
   """The values chosen on validation per table slot, with how often (over seeds)."""
   layout = study["layout"]
-  chosen, grids = {}, {}
+  chosen, grids, extended = {}, {}, False
   for r in done:
     tuning = r.get("tuning") or {}
     if not tuning.get("tuned"):
@@ -61,7 +61,8 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
     chosen.setdefault(slot, {}).setdefault(text, 0)
     chosen[slot][text] += 1
     for field, values in tuning["tuned"].items():
-      grids[field] = values
+      grids.setdefault(field, set()).update(values)
+    extended = extended or bool(tuning.get("extended"))
   if not chosen:
     return []
   rows = tables.ordered(s[0] for s in chosen)
@@ -70,7 +71,9 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
   header = [layout["rows"].rsplit(".", 1)[-1]] + (
       [table.column_text(c) for c in columns] if layout["columns"] else ["chosen"])
   lines = ["", "## Values chosen on validation", "",
-           "Grid: " + "; ".join(f"`{f}` in {{{', '.join(_short(v) for v in vals)}}}" for f, vals in grids.items())
+           "Grid: " + "; ".join(f"`{f}` in {{{', '.join(_short(v) for v in sorted(vals))}}}" for f, vals in grids.items())
+           + (" (with the values tune.extend_at_edge added beyond an edge a cell chose: each such cell trained "
+              "one more candidate past it and chose among them all)" if extended else "")
            + f". Each cell's candidates were trained with the same budget; the one with the best "
            f"{(done[0].get('tuning') or {}).get('metric', 'validation metric')} was kept "
            "(counts: seeds that chose the value; \"(edge)\": the value is the smallest or largest of "

@@ -95,7 +95,7 @@ UNHASHED_FIELDS = ("train.stop_after_steps", "train.stop_at_step", "train.progre
                    "data.data_dir", "tune.halving", "tune.rungs")
 # Fields added after studies ran, left out of a stage's hash while they hold their default (the
 # behaviour before they existed), so stages computed before them keep their hashes.
-NEUTRAL_DEFAULTS = {"model.output_bias": True, "train.eval_at_steps": [], "model.text.tune": "", "model.text.tune_layers": 1, "model.text.lora_rank": 8,
+NEUTRAL_DEFAULTS = {"model.output_bias": True, "train.eval_at_steps": [], "tune.extend_at_edge": 0, "model.text.tune": "", "model.text.tune_layers": 1, "model.text.lora_rank": 8,
                     "model.text.tokens": 0, "model.text.arch": [], "model.text.buckets": [],
                     **{f"model.{name}.{field}": default for name in ("sasrec", "bert4rec")
                        for field, default in (("positions", "right"), ("attention_dropout", "output"),

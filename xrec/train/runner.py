@@ -54,7 +54,7 @@ from xrec import models
 from xrec.models import common
 from xrec import runindex
 from xrec.data import fingerprint
-from xrec.config import copy_config, model_config, with_overrides
+from xrec.config import TUNED_FIELDS, copy_config, model_config, with_overrides
 from xrec.train import experiment
 from xrec.train import loop
 from xrec.train import objectives
@@ -342,6 +342,47 @@ def run_candidates(config, candidates: list[Stage], stages_dir: str) -> tuple[li
   return done, note
 
 
+def stage_for(config, stages_dir: str, overrides: dict) -> Stage:
+  """The cell's trained stage at the tuned values `overrides` (a grid point or one beyond it): the
+  same stage, hash included, that a grid holding those values plans."""
+  tune = {f: ((overrides[target],) if target in overrides else ()) for f, target in TUNED_FIELDS.items()}
+  _, stages, _ = plan_stages(apply_overrides(config, tune), stages_dir)
+  if len(stages) != 1 or stages[0].overrides != overrides:
+    raise ValueError(f"tuned values {overrides} do not make one candidate of this cell "
+                     f"(got {[st.overrides for st in stages]})")
+  return stages[0]
+
+
+def extend_at_edge(config, stages_dir: str, done: list, tuned: dict) -> tuple[list, dict, dict]:
+  """tune.extend_at_edge = k: while the best of `done` ([(stage, results)], the grid's finished
+  candidates) has a value at an edge of its field's grid (two or more values) and fewer than k
+  candidates were added, one more candidate one step beyond that edge (the grid's outer ratio:
+  3e-3 after {1e-3, 3e-3}) trains the whole budget; the cell chooses among them all. Returns (done
+  with the added ones, {"extended": [...]} or {"stopped": results} (train.stop_after_steps), the
+  grids with the added values)."""
+  grids = {f: sorted(float(v) for v in values) for f, values in tuned.items()}
+  metric, added = config.train.best_metric, []
+  while len(added) < int(config.tune.extend_at_edge):
+    chosen = done[_select_candidate(config, [r for _, r in done])][0].overrides
+    edges = runindex.grid_edges({"tuned": grids, "chosen": chosen})
+    if not edges:
+      break
+    field, values = edges[0], grids[edges[0]]
+    outer = (values[-1], values[-2]) if chosen[field] == values[-1] else (values[0], values[1])
+    value = float(f"{chosen[field] * outer[0] / outer[1]:.6g}")
+    stage = stage_for(config, stages_dir, {**chosen, field: value})
+    results = experiment.run_cached_stage(stage.config, stages_dir, stage.kind, stage.depends_on)
+    if "stopped_at_step" in results:
+      return done, {"stopped": results}, grids
+    done = done + [(stage, results)]
+    grids[field] = sorted(values + [value])
+    added.append({"overrides": stage.overrides, "stage": stage.hash, "valid": results["valid"][metric],
+                  "beyond": {field: outer[0]}})
+    log.info("tune.extend_at_edge: %s=%g chosen at the grid's edge, so %s=%g trained too (valid %s=%.4f)",
+             field, chosen[field], field, value, metric, results["valid"][metric])
+  return done, ({"extended": added} if added else {}), grids
+
+
 def _field_value(config, field: str):
   node = config
   for name in field.split("."):
@@ -391,8 +432,11 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None, recor
       note.update(tuned_on_seed=int(cfg.tune.seed), tuning_from_record=recorded["key"],
                   **{k: v for k, v in recorded["tuning"].items() if k == "halving"},
                   tuning_candidates=recorded["tuning"]["candidates"])
+      note.update({k: v for k, v in recorded["tuning"].items() if k in ("tuned", "extended")})
       chosen = recorded["tuning"]["chosen"]
-      candidates = [c for c in candidates if c.overrides == chosen]
+      beyond = [e["overrides"] for e in recorded["tuning"].get("extended", ())]  # tune.extend_at_edge's
+      candidates = [c for c in candidates if c.overrides == chosen] or (
+          [stage_for(cfg, stages_dir, chosen)] if chosen in beyond else [])
       if not candidates:
         raise ValueError(f"the record of {recorded['key']!r} chose {chosen}, which is not in this cell's grid")
       record["planned"] = [st.hash for st in tuning] + _planned_hashes(prereq, candidates)
@@ -405,14 +449,17 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None, recor
         check_pretraining(cfg, results)
       grid = [st for st in tuning if st.kind != "pretrain"]
       tuned, halving = run_candidates(cfg, grid, stages_dir)
-      if not tuned:
+      if tuned:  # the grid's edges on the tuning seed's cell (its stages: cached when that cell ran)
+        tuned, extended, note["tuned"] = extend_at_edge(tuning_config(cfg), stages_dir, tuned, note["tuned"])
+        halving.update(extended)
+      if not tuned or "stopped" in halving:
         raise RuntimeError("a tuning stage was stopped (train.stop_after_steps); rerun to resume it")
       best = _select_candidate(cfg, [r for _, r in tuned])
       note.update(tuned_on_seed=int(cfg.tune.seed), **halving, tuning_candidates=[
           {"overrides": st.overrides, "valid": r["valid"][cfg.train.best_metric], "stage": st.hash,
            "best_step": r.get("best_step")} for st, r in tuned])
-      chosen = tuned[best][0].overrides
-      candidates = [c for c in candidates if c.overrides == chosen]  # the same grid point on this cell's seed
+      chosen = tuned[best][0].overrides  # the same point on this cell's seed (beyond the grid: its own stage)
+      candidates = [c for c in candidates if c.overrides == chosen] or [stage_for(cfg, stages_dir, chosen)]
       record["planned"] = [st.hash for st in tuning] + _planned_hashes(prereq, candidates)
       record["dropped"] = [d["stage"] for d in halving.get("halving", {}).get("dropped", [])]
     stopped = None
@@ -433,6 +480,10 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None, recor
       pretrain = results
     if stopped is None:
       done, halving = run_candidates(cfg, candidates, stages_dir)
+      if not tuning and done and len(candidates) > 1:  # a cell that tunes itself: the grid's edges
+        done, extended, note["tuned"] = extend_at_edge(cfg, stages_dir, done, note["tuned"])
+        halving.update(extended)
+        record["extended"] = [e["stage"] for e in extended.get("extended", ())]
       if not tuning and "stopped" not in halving:
         note.update(halving)
       if "stopped" in halving:
@@ -560,17 +611,23 @@ def _cached(config, cell: Cell, workdir: str, previous: dict | None, trust_recor
     tuning = tuning_stages(cfg, stages_dir, candidates)
   except Exception:  # noqa: BLE001 -- an invalid cell is not cached; run_cell records why
     return False
-  planned = previous.get("planned") or []
+  planned, tuned = previous.get("planned") or [], previous.get("tuning") or {}
+  extended = tuned.get("extended") or []
+  if len(extended) < int(cfg.tune.extend_at_edge) and runindex.grid_edges(tuned):
+    return False  # its choice sits at the grid's edge and this config extends the grid there
   if tuning:  # the tuning seed's stages, this cell's prerequisites and the one candidate it chose
     fixed = [st.hash for st in tuning] + _planned_hashes(prereq, [])
-    ok = planned[:-1] == fixed and planned[-1:] and planned[-1] in {st.hash for st in candidates}
+    chose = {st.hash for st in candidates}
+    if tuned.get("chosen") in [e["overrides"] for e in extended]:  # beyond the grid (tune.extend_at_edge)
+      chose.add(stage_for(cfg, stages_dir, tuned["chosen"]).hash)
+    ok = planned[:-1] == fixed and planned[-1:] and planned[-1] in chose
   else:
     ok = planned == _planned_hashes(prereq, candidates)
   if trust_records:
     return bool(ok)
   dropped = set(previous.get("dropped") or ())  # candidates successive halving left behind
-  return bool(ok) and all(os.path.exists(os.path.join(stages_dir, h, "results.json")) for h in planned
-                          if h not in dropped)
+  return bool(ok) and all(os.path.exists(os.path.join(stages_dir, h, "results.json"))
+                          for h in planned + list(previous.get("extended") or ()) if h not in dropped)
 
 
 def tuning_stages(config, stages_dir: str, candidates: list[Stage]) -> list[Stage]:
@@ -580,10 +637,16 @@ def tuning_stages(config, stages_dir: str, candidates: list[Stage]) -> list[Stag
   s = int(config.tune.seed)
   if s < 0 or len(candidates) < 2 or config.seed == s:
     return []
-  # seed s's cell: its few-shot users too when the sweep draws them with the seed (strategy_grid)
-  seeds = {"seed": s, **({"data.fraction_seed": s} if config.data.fraction_seed == config.seed else {})}
-  prereq, tuned, _ = plan_stages(apply_overrides(config, seeds), stages_dir)
+  prereq, tuned, _ = plan_stages(tuning_config(config), stages_dir)
   return prereq + tuned
+
+
+def tuning_config(config):
+  """The config of the tuning seed's (tune.seed = s) cell: its few-shot users too when the sweep
+  draws them with the seed (strategy_grid)."""
+  s = int(config.tune.seed)
+  return apply_overrides(config, {"seed": s, **({"data.fraction_seed": s} if config.data.fraction_seed == config.seed
+                                                 else {})})
 
 
 def check_study(config, module) -> None:
@@ -924,8 +987,10 @@ def as_transfer_study(c, preset: str = "full", lr_grid=(3e-4, 1e-3, 3e-3), one_p
   c.data.eval_population = "all"
   # tune once (the grid runs on seed 0's cell, the other seeds train its choice: recorded per
   # record and in the report's caption) with successive halving (every learning rate to a third
-  # of the budget, the best one on to the whole): what makes 5 seeds affordable on 2 cores
-  c.tune.update(dict(lr=tuple(lr_grid), seed=0, halving=3, rungs=1))
+  # of the budget, the best one on to the whole): what makes 5 seeds affordable on 2 cores; a choice
+  # at the grid's edge trains one rate beyond it (on ML-1M cross-region 9 of the first 11 cells chose
+  # an edge, scratch on all users with a clear trend: experiments/real_data/README.md)
+  c.tune.update(dict(lr=tuple(lr_grid), seed=0, halving=3, rungs=1, extend_at_edge=1))
   return c
 
 
