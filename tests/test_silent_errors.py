@@ -400,17 +400,23 @@ def test_a_study_launched_with_jobs_runs_every_cell_and_its_shared_pretraining_o
   assert again.returncode == 0 and "'ran': 0, 'cached': 3" in again.stdout
 
 
-def test_tune_once_runs_the_grid_on_one_seed_and_the_other_seeds_reuse_its_choice(data_dir, tmp_path):
-  """tune.seed=0: seed 1's cell trains only the grid point seed 0 chose; a rerun reuses everything."""
+def _two_seed_study(data_dir, tmp_path, **tune):
+  """A tiny study of seeds 0 and 1 with these tune fields, run once: (config, study, workdir)."""
   module = runner.load_config_module(os.path.join(ROOT, "configs", "sasrec_synthetic.py"))
   from conftest import tiny_config
   config = tiny_config(data_dir)
-  config.tune.update(dict(lr=(1e-4, 3e-3), seed=0))
+  config.tune.update(tune)
   config.train.update(dict(num_steps=6, eval_every_steps=3))
   study = type("Study", (), {"sweep": staticmethod(lambda: iter([{"seed": 0}, {"seed": 1}])),
                               "__file__": module.__file__})()
   wd = str(tmp_path / "w")
   assert runner.run_study(config, study, wd) == {"ran": 2, "cached": 0, "failed": 0, "stopped": 0}
+  return config, study, wd
+
+
+def test_tune_once_runs_the_grid_on_one_seed_and_the_other_seeds_reuse_its_choice(data_dir, tmp_path):
+  """tune.seed=0: seed 1's cell trains only the grid point seed 0 chose; a rerun reuses everything."""
+  config, study, wd = _two_seed_study(data_dir, tmp_path, lr=(1e-4, 3e-3), seed=0)
   runs = {r["overrides"]["seed"]: r for r in runner.read_runs(wd)}
   assert len(runs[0]["tuning"]["candidates"]) == 2 and "tuned_on_seed" not in runs[0]["tuning"]
   assert runs[1]["tuning"]["tuned_on_seed"] == 0 and len(runs[1]["tuning"]["candidates"]) == 1
@@ -426,15 +432,7 @@ def test_a_choice_at_the_grids_edge_trains_one_candidate_beyond_it_and_tune_once
   """tune.extend_at_edge=1: a grid of two values is all edges, so seed 0's cell trains one more
   learning rate one step beyond its choice (x3 or /3) and keeps the best of the three; seed 1 trains
   that choice; a rerun reuses everything; the report's grid lists the added value."""
-  module = runner.load_config_module(os.path.join(ROOT, "configs", "sasrec_synthetic.py"))
-  from conftest import tiny_config
-  config = tiny_config(data_dir)
-  config.tune.update(dict(lr=(1e-3, 3e-3), seed=0, extend_at_edge=1))
-  config.train.update(dict(num_steps=6, eval_every_steps=3))
-  study = type("Study", (), {"sweep": staticmethod(lambda: iter([{"seed": 0}, {"seed": 1}])),
-                              "__file__": module.__file__})()
-  wd = str(tmp_path / "w")
-  assert runner.run_study(config, study, wd) == {"ran": 2, "cached": 0, "failed": 0, "stopped": 0}
+  config, study, wd = _two_seed_study(data_dir, tmp_path, lr=(1e-3, 3e-3), seed=0, extend_at_edge=1)
   runs = {r["overrides"]["seed"]: r for r in runner.read_runs(wd)}
   tuning = runs[0]["tuning"]
   (added,) = tuning["extended"]
