@@ -431,9 +431,14 @@ def test_tune_once_runs_the_grid_on_one_seed_and_the_other_seeds_reuse_its_choic
 def test_a_choice_at_the_grids_edge_trains_one_candidate_beyond_it_and_tune_once_reuses_the_choice(data_dir, tmp_path):
   """tune.extend_at_edge=1: a grid of two values is all edges, so seed 0's cell trains one more
   learning rate one step beyond its choice (x3 or /3) and keeps the best of the three; seed 1 trains
-  that choice; a rerun reuses everything; the report's grid lists the added value."""
-  config, study, wd = _two_seed_study(data_dir, tmp_path, lr=(1e-3, 3e-3), seed=0, extend_at_edge=1)
-  runs = {r["overrides"]["seed"]: r for r in runner.read_runs(wd)}
+  that choice; a rerun reuses everything; the report's grid lists the added value. The study first
+  runs without it: raising it reruns the cells whose choice is at an edge (here both)."""
+  config, study, wd = _two_seed_study(data_dir, tmp_path, lr=(1e-3, 3e-3), seed=0)
+  assert not any("extended" in r["tuning"] for r in runner.read_runs(wd))
+  config.tune.extend_at_edge = 1
+  assert runner.run_study(config, study, wd) == {"ran": 2, "cached": 0, "failed": 0, "stopped": 0}
+  runs = runner.latest_runs(wd)
+  runs = {r["overrides"]["seed"]: r for r in runs.values()}
   tuning = runs[0]["tuning"]
   (added,) = tuning["extended"]
   grid = tuning["candidates"][:2]
@@ -450,6 +455,6 @@ def test_a_choice_at_the_grids_edge_trains_one_candidate_beyond_it_and_tune_once
   assert runner.run_study(config, study, wd) == {"ran": 0, "cached": 2, "failed": 0, "stopped": 0}
   from xrec import runindex
   from xrec.report import tuning_section
-  text = "\n".join(tuning_section(runindex.read_study(wd), runner.read_runs(wd)))
+  text = "\n".join(tuning_section(runindex.read_study(wd), list(runner.latest_runs(wd).values())))
   assert f"{added['overrides']['optim.lr']:g}" in text.split("Grid:")[1].split("\n")[0]
   assert "tune.extend_at_edge added" in text

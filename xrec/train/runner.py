@@ -357,7 +357,7 @@ def extend_at_edge(config, stages_dir: str, done: list, tuned: dict) -> tuple[li
   """tune.extend_at_edge = k: while the best of `done` ([(stage, results)], the grid's finished
   candidates) has a value at an edge of its field's grid (two or more values) and fewer than k
   candidates were added, one more candidate one step beyond that edge (the grid's outer ratio:
-  3e-3 after {1e-3, 3e-3}) trains the whole budget; the cell chooses among them all. Returns (done
+  9e-3 after {1e-3, 3e-3}) trains the whole budget; the cell chooses among them all. Returns (done
   with the added ones, {"extended": [...]} or {"stopped": results} (train.stop_after_steps), the
   grids with the added values)."""
   grids = {f: sorted(float(v) for v in values) for f, values in tuned.items()}
@@ -376,8 +376,7 @@ def extend_at_edge(config, stages_dir: str, done: list, tuned: dict) -> tuple[li
       return done, {"stopped": results}, grids
     done = done + [(stage, results)]
     grids[field] = sorted(values + [value])
-    added.append({"overrides": stage.overrides, "stage": stage.hash, "valid": results["valid"][metric],
-                  "beyond": {field: outer[0]}})
+    added.append({"overrides": stage.overrides, "stage": stage.hash, "valid": results["valid"][metric]})
     log.info("tune.extend_at_edge: %s=%g chosen at the grid's edge, so %s=%g trained too (valid %s=%.4f)",
              field, chosen[field], field, value, metric, results["valid"][metric])
   return done, ({"extended": added} if added else {}), grids
