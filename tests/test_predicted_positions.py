@@ -3,6 +3,7 @@ output head there only: the same loss and update as over the whole [batch, len] 
 padding's share of the work gone (objectives.predicted_positions, TrainBatches.pack_targets)."""
 
 import jax
+import optax
 import numpy as np
 import pytest
 
@@ -124,3 +125,41 @@ def test_a_run_feeds_its_steps_the_predicted_positions(data_dir, tmp_path, monke
   for step in fed:
     fields, targets = step["target"]
     assert "positions" in fields and (targets > 0).mean() < 0.9  # tiny synthetic windows hold padding
+
+
+def test_the_peak_learning_rate_is_an_input_of_the_compiled_step():
+  """Runs that differ only in optim.lr compile one program (a grid's candidates share it through the
+  compilation cache), and the rate still scales the update: Adam's first step moves every weight
+  by about lr * (sign(g) + decay * w), so doubling the rate doubles the step, and the schedule
+  inside the step is the one the loop logs."""
+  cfg = tiny_config("")
+  cfg.model.dropout = 0.0
+  cfg.optim.update(dict(warmup_fraction=0.0, weight_decay=0.1))
+  dom, max_len = _domain(num_items=40, seed=4), cfg.model.max_len
+  batches = pipeline.TrainBatches(dom, cfg.train.batch_size, max_len, 0)
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding.rules)
+  module = models.build(cfg.model, dom.num_items, max_len)
+  objective = objectives.assemble(cfg.objective, module.causal)
+  batch, rng = sharding.put_batch({"target": batches.batch(0)}, mesh), jax.random.key(0)
+  texts, moves = {}, {}
+  for lr in (1e-3, 2e-3):
+    cfg.optim.lr = lr
+    tx = optimizer.at_rate(cfg.optim, 10)
+    state, state_sh = create_state(module, tx.tx, max_len, 0, mesh, rules)
+    before = jax.device_get(state["params"])
+    step = make_train_step(module, tx, objective, dom.num_items, state_sh, mesh)
+    texts[lr] = step.lower(state, batch, rng).as_text()
+    state, _ = step(state, batch, rng)
+    moves[lr] = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), jax.device_get(state["params"]), before)
+  assert texts[1e-3] == texts[2e-3]
+  assert repr(1e-3) not in texts[1e-3] and "0.001" not in texts[1e-3]
+  for small, large in zip(jax.tree.leaves(moves[1e-3]), jax.tree.leaves(moves[2e-3])):
+    assert np.abs(small).max() > 0
+    # to the rounding of the weights (float32 near 1.0: 1.2e-7); the smallest moves (decay alone) are 2e-6
+    np.testing.assert_allclose(large, 2 * small, rtol=1e-3, atol=2.5e-7)
+  # the schedule the step applies is the logged one: optax's warmup-cosine at the peak
+  cfg.optim.update(dict(lr=3e-3, warmup_fraction=0.2, end_lr_factor=0.1))
+  logged = optimizer.learning_rate_schedule(cfg.optim, 10)
+  reference = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 2, 10, 3e-4)
+  np.testing.assert_allclose([float(logged(i)) for i in range(10)], [float(reference(i)) for i in range(10)],
+                             rtol=1e-6)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from xrec import sharding
-from xrec.train import objectives
+from xrec.train import objectives, optimizer
 from xrec.transfer import schedule as schedules
 
 FROZEN = "frozen"  # state key of the hooks' constants (replicated, never checkpointed)
@@ -56,10 +56,14 @@ def make_train_step(module, tx, objective: objectives.Objective, num_items: int,
                     sampling_probs=None, num_steps: int = 1, hooks=(), vocab_shards: int = 1):
   """One jitted step over the streams' batches: the objective's weighted terms and each hook's
   penalty, one update, each hook's after_update. `state_sh` covers every key of the state.
+  tx: an optimizer.AtRate (its peak learning rate an input of the compiled step, so runs that
+  differ only in it share one program) or a fixed optax transformation.
   vocab_shards: the devices the item table is split over (sharding.axis_shards), for terms that
   lay out their work per shard (chunked_softmax)."""
+  rated = tx if isinstance(tx, optimizer.AtRate) else optimizer.AtRate(lambda _lr: tx, 0.0)
 
-  def step(state, batches, base_rng):
+  def step(state, batches, base_rng, lr):
+    tx = rated.build(lr)
     rng = jax.random.fold_in(base_rng, state["step"])
     progress = state["step"].astype(jnp.float32) / max(num_steps, 1)
     inputs = {}
@@ -89,19 +93,22 @@ def make_train_step(module, tx, objective: objectives.Objective, num_items: int,
              **{(k if "/" in k else f"loss/{k}"): v for k, v in parts.items()}}
     return new_state, {**stats, "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
 
-  jitted = jax.jit(step, in_shardings=(state_sh, sharding.batch_sharding(mesh), None),
-                   out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
-  return TrainStep(jitted)
+  replicated = sharding.replicated(mesh)
+  jitted = jax.jit(step, in_shardings=(state_sh, sharding.batch_sharding(mesh), None, replicated),
+                   out_shardings=(state_sh, replicated), donate_argnums=(0,))
+  return TrainStep(jitted, jax.device_put(jnp.float32(rated.lr), replicated))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
-  """`step(state, batches, base_rng) -> (state, stats)`; `lower(...)` for cost analysis."""
+  """`step(state, batches, base_rng) -> (state, stats)`; `lower(...)` for cost analysis. `lr`: the
+  peak learning rate the compiled step is given at every call."""
 
   jitted: object
+  lr: jax.Array
 
   def __call__(self, state, batches, base_rng):
-    return self.jitted(state, batches, base_rng)
+    return self.jitted(state, batches, base_rng, self.lr)
 
   def lower(self, state, batches, base_rng):
-    return self.jitted.lower(state, batches, base_rng)
+    return self.jitted.lower(state, batches, base_rng, self.lr)
