@@ -5,13 +5,18 @@ from __future__ import annotations
 import numbers
 import os
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from xrec.report import tables
 
-from xrec.report import tables  # noqa: E402
+
+def _pyplot():
+  """matplotlib (Agg: files only, no display on servers), imported when a plot is drawn: about 1 s of
+  every launch that writes a report with nothing to plot."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
 
 
 def _numeric(values) -> bool:
@@ -24,6 +29,7 @@ def metric_vs_column(table: tables.Table, path: str) -> str | None:
   if len(table.column_fields) != 1 or not _numeric([c[0] for c in table.columns]):
     return None
   field = table.column_fields[0]
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
   xs_all = sorted(c[0] for c in table.columns)
   for row in table.rows:
@@ -69,6 +75,7 @@ def _metric_vs_slot_value(table: tables.Table, values: dict, path: str, xlabel: 
   error bars, labelled by row; None when `values` is empty. n/a cells are left out."""
   if not values:
     return None
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
   for column in table.columns:
     rows = [r for r in table.rows if (r, column) in table.cells and (r, column) in values
@@ -120,6 +127,9 @@ def slug(text: str) -> str:
 
 
 def write_plots(table: tables.Table, records: list[dict], layout: dict, out_dir: str) -> list[str]:
+  """The table's plots; none for a table of one cell (a single run: one point plots nothing)."""
+  if len(table.cells) < 2:
+    return []
   name = f"{table.kind}_{slug(table.metric)}" if table.kind == "gain" else slug(table.metric)
   paths = []
   if table.column_fields:

@@ -31,7 +31,6 @@ import itertools
 import math
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 ALPHA = 0.05  # two-sided threshold of the markers, on Holm-corrected p-values
 CONFIDENCE = 0.95
@@ -57,13 +56,20 @@ def mean_std(values) -> tuple[float, float]:
   return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else float("nan")
 
 
+def _t_distribution():
+  """scipy's Student t, imported when a statistic needs it (two or more values): scipy.stats takes
+  about 1.3 s to import, which every launch paid for a one-seed report that has no interval."""
+  from scipy import stats
+  return stats.t
+
+
 def t_interval(values, confidence: float = CONFIDENCE) -> float:
   """Half-width of the t confidence interval of the mean (nan for fewer than two values)."""
   x = np.asarray(values, dtype=np.float64)
   n = len(x)
   if n < 2:
     return float("nan")
-  return float(scipy_stats.t.ppf(0.5 + confidence / 2, df=n - 1) * x.std(ddof=1) / math.sqrt(n))
+  return float(_t_distribution().ppf(0.5 + confidence / 2, df=n - 1) * x.std(ddof=1) / math.sqrt(n))
 
 
 def sign_flip_p(d) -> float:
@@ -91,7 +97,7 @@ def paired_t_test(a, b) -> tuple[float, float]:
       return 0.0, 1.0
     return math.copysign(math.inf, mean), sign_flip_p(d)
   t = mean / (sd / math.sqrt(n))
-  return t, float(2.0 * scipy_stats.t.sf(abs(t), df=n - 1))
+  return t, float(2.0 * _t_distribution().sf(abs(t), df=n - 1))
 
 
 def _resample_means(x: np.ndarray, num_resamples: int, seed: int) -> np.ndarray:
