@@ -127,11 +127,11 @@ def test_a_run_feeds_its_steps_the_predicted_positions(data_dir, tmp_path, monke
     assert "positions" in fields and (targets > 0).mean() < 0.9  # tiny synthetic windows hold padding
 
 
-def test_the_peak_learning_rate_is_an_input_of_the_compiled_step():
-  """Runs that differ only in optim.lr compile one program (a grid's candidates share it through the
-  compilation cache), and the rate still scales the update: Adam's first step moves every weight
-  by about lr * (sign(g) + decay * w), so doubling the rate doubles the step, and the schedule
-  inside the step is the one the loop logs."""
+def test_the_learning_rate_and_the_budget_are_inputs_of_the_compiled_step():
+  """Runs that differ only in optim.lr (a grid's candidates) or in their step budget compile one
+  program (shared through the compilation cache), and the rate still scales the update: Adam's
+  first step moves every weight by about lr * (sign(g) + decay * w), so doubling the rate doubles
+  the step; the schedule inside the step is optax's warmup-cosine (or warmup-constant) at the peak."""
   cfg = tiny_config("")
   cfg.model.dropout = 0.0
   cfg.optim.update(dict(warmup_fraction=0.0, weight_decay=0.1))
@@ -142,24 +142,32 @@ def test_the_peak_learning_rate_is_an_input_of_the_compiled_step():
   objective = objectives.assemble(cfg.objective, module.causal)
   batch, rng = sharding.put_batch({"target": batches.batch(0)}, mesh), jax.random.key(0)
   texts, moves = {}, {}
-  for lr in (1e-3, 2e-3):
+  for lr, steps in ((1e-3, 10), (2e-3, 10), (1e-3, 37)):
     cfg.optim.lr = lr
-    tx = optimizer.at_rate(cfg.optim, 10)
+    tx = optimizer.runtime(cfg.optim, steps)
     state, state_sh = create_state(module, tx.tx, max_len, 0, mesh, rules)
     before = jax.device_get(state["params"])
-    step = make_train_step(module, tx, objective, dom.num_items, state_sh, mesh)
-    texts[lr] = step.lower(state, batch, rng).as_text()
+    step = make_train_step(module, tx, objective, dom.num_items, state_sh, mesh, num_steps=steps)
+    texts[lr, steps] = step.lower(state, batch, rng).as_text()
     state, _ = step(state, batch, rng)
-    moves[lr] = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), jax.device_get(state["params"]), before)
-  assert texts[1e-3] == texts[2e-3]
-  assert repr(1e-3) not in texts[1e-3] and "0.001" not in texts[1e-3]
-  for small, large in zip(jax.tree.leaves(moves[1e-3]), jax.tree.leaves(moves[2e-3])):
+    moves[lr, steps] = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), jax.device_get(state["params"]),
+                                    before)
+  assert texts[1e-3, 10] == texts[2e-3, 10] == texts[1e-3, 37]
+  assert "0.001" not in texts[1e-3, 10] and "1.000000e-03" not in texts[1e-3, 10]
+  for small, large in zip(jax.tree.leaves(moves[1e-3, 10]), jax.tree.leaves(moves[2e-3, 10])):
     assert np.abs(small).max() > 0
     # to the rounding of the weights (float32 near 1.0: 1.2e-7); the smallest moves (decay alone) are 2e-6
     np.testing.assert_allclose(large, 2 * small, rtol=1e-3, atol=2.5e-7)
-  # the schedule the step applies is the logged one: optax's warmup-cosine at the peak
-  cfg.optim.update(dict(lr=3e-3, warmup_fraction=0.2, end_lr_factor=0.1))
-  logged = optimizer.learning_rate_schedule(cfg.optim, 10)
-  reference = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 2, 10, 3e-4)
-  np.testing.assert_allclose([float(logged(i)) for i in range(10)], [float(reference(i)) for i in range(10)],
-                             rtol=1e-6)
+  counts = np.arange(14)
+  for schedule, warmup, reference in (
+      ("cosine", 0.2, optax.warmup_cosine_decay_schedule(0.0, 3e-3, 2, 10, 3e-4)),
+      ("cosine", 0.0, optax.cosine_decay_schedule(3e-3, 10, 0.1)),
+      ("constant", 0.3, optax.join_schedules([optax.linear_schedule(0.0, 3e-3, 3), optax.constant_schedule(3e-3)],
+                                             [3]))):
+    cfg.optim.update(dict(lr=3e-3, warmup_fraction=warmup, end_lr_factor=0.1, schedule=schedule))
+    ours = optimizer.learning_rate_schedule(cfg.optim, 10)
+    np.testing.assert_allclose([float(ours(c)) for c in counts], [float(reference(c)) for c in counts], rtol=2e-6,
+                               err_msg=f"{schedule} warmup {warmup}")
+    jitted = jax.jit(lambda c, v: optimizer.learning_rate_schedule(cfg.optim, 10, v)(c))
+    values = optimizer.schedule_values(cfg.optim, 10)
+    np.testing.assert_allclose([float(jitted(c, values)) for c in counts], [float(ours(c)) for c in counts], rtol=1e-7)

@@ -232,7 +232,7 @@ def bench_xrec(p, batch, config):
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.sharding.rules)
   module = models.build(config.model, p["num_items"], p["max_len"])
-  tx = optimizer.at_rate(config.optim, 1000)  # as a run builds it: the peak rate an input of the step
+  tx = optimizer.runtime(config.optim, 1000)  # as a run builds it: the peak rate an input of the step
   state, state_sh = create_state(module, tx.tx, p["max_len"], 0, mesh, rules)
   objective = objectives.assemble(config.objective, module.causal)
   step = make_train_step(module, tx, objective, p["num_items"], state_sh, mesh)
@@ -437,7 +437,7 @@ def bench_catalogue(p, steps: int = 2) -> dict:
   config.objective.sampled_softmax.num_negatives = p["num_negatives"]
   mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.sharding.rules)
   module = models.build(config.model, p["num_items"], p["max_len"])
-  tx = optimizer.at_rate(config.optim, 1000)
+  tx = optimizer.runtime(config.optim, 1000)
   t = time.perf_counter()
   state, state_sh = create_state(module, tx.tx, p["max_len"], 0, mesh, rules)
   jax.block_until_ready(state)

@@ -221,7 +221,7 @@ def main():
   from xrec.train import objectives, optimizer
   mesh = sharding.make_mesh(config.mesh)
   module = models.build(config.model, p["num_items"], p["max_len"])
-  tx = optimizer.at_rate(config.optim, 1000)
+  tx = optimizer.runtime(config.optim, 1000)
   state, state_sh = create_state(module, tx.tx, p["max_len"], 0, mesh, sharding.logical_rules(config.sharding.rules))
   xstep = make_train_step(module, tx, objectives.assemble(config.objective, True), p["num_items"], state_sh, mesh)
   dev_batch = sharding.put_batch({"target": {k: np.asarray(v) for k, v in batch.items()}}, mesh)

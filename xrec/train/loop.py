@@ -287,7 +287,7 @@ def start_state(run, hooks, model: Components):
   the params, checkpointed), loaded by the load priority, then each hook's after-load work and
   constants (state["frozen"], never checkpointed)."""
   spec = run.spec
-  tx = optim.at_rate(spec.optim, max(run.num_steps, 1), model.plan.make_optimizer)
+  tx = optim.runtime(spec.optim, max(run.num_steps, 1), model.plan.make_optimizer)
   state, state_sh = steps.create_state(run.module, tx.tx, spec.model.max_len, spec.seed, run.mesh, run.rules)
   run.param_sh = state_sh["params"]
   run.evaluate = evaluation.Evaluator(run.module, run.domain.num_items, spec.model.max_len, spec.eval,

@@ -1,9 +1,9 @@
 """AdamW with linear warmup + cosine decay and global-norm clipping.
 
-The peak learning rate is an input of the compiled training step, not a constant inside it
-(`AtRate`): every candidate of a learning-rate grid, and every run that differs from another only
-in `optim.lr`, compiles to the same program, which the persistent compilation cache then serves
-(on an accelerator a model's compile takes tens of seconds; each extra candidate of a grid paid it).
+The peak learning rate and the schedule's step counts are inputs of the compiled training step, not
+constants inside it (`Runtime`): runs that differ only in `optim.lr` (every candidate of a grid) or in
+their step budget compile to the same program, which the persistent compilation cache then serves
+(on an accelerator a model's compile takes tens of seconds; each such run paid it again).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import dataclasses
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -23,21 +24,36 @@ def warmup_steps(optim_cfg, total_steps: int) -> int:
   return min(int(round(fraction * total_steps)), max(total_steps - 1, 0))
 
 
-def learning_rate_schedule(optim_cfg, total_steps: int, lr=None):
-  """The schedule peaking at `lr` (default optim.lr; inside a step a traced scalar): `lr` times the
-  schedule's shape at peak 1, so the peak is a factor the compiled step can take as an input."""
+def schedule_values(optim_cfg, total_steps: int) -> dict:
+  """The schedule's inputs for a budget: peak lr, warmup steps, the step the decay ends at."""
   warmup = warmup_steps(optim_cfg, total_steps)
-  if optim_cfg.schedule == "cosine":
-    shape = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=1.0, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=float(optim_cfg.end_lr_factor))
-  elif optim_cfg.schedule == "constant":
-    shape = optax.join_schedules([optax.linear_schedule(0.0, 1.0, max(warmup, 1)), optax.constant_schedule(1.0)],
-                                 [warmup]) if warmup else optax.constant_schedule(1.0)
-  else:
+  return {"lr": float(optim_cfg.lr), "warmup": warmup, "decay": max(total_steps, warmup + 1)}
+
+
+def learning_rate_schedule(optim_cfg, total_steps: int, values: dict | None = None):
+  """count -> learning rate: linear warmup from 0 to the peak, then cosine decay to
+  peak x optim.end_lr_factor at `decay` (schedule "cosine"), or the peak held (schedule "constant").
+  `values` (schedule_values; inside a step traced scalars) default to the config's at `total_steps`.
+  The arithmetic is optax's warmup_cosine_decay_schedule / linear_schedule + constant_schedule at
+  peak 1, times the peak, written so that every input may be traced."""
+  if optim_cfg.schedule not in ("constant", "cosine"):
     raise ValueError(f"Unknown lr schedule {optim_cfg.schedule!r}; valid: ['constant', 'cosine']")
-  peak = optim_cfg.lr if lr is None else lr
-  return lambda count: peak * shape(count)
+  v = values if values is not None else schedule_values(optim_cfg, total_steps)
+  cosine, alpha = optim_cfg.schedule == "cosine", float(optim_cfg.end_lr_factor)
+
+  def schedule(count):
+    warmup = jnp.asarray(v["warmup"], jnp.int32)
+    ramp_steps = jnp.maximum(warmup, 1)  # warmup 0: the ramp is never used (count < 0 never holds)
+    ramp = (0.0 - 1.0) * (1 - jnp.clip(count, 0, ramp_steps) / ramp_steps) + 1.0
+    if cosine:
+      span = (jnp.asarray(v["decay"], jnp.int32) - warmup).astype(jnp.float32)
+      t = jnp.minimum((count - warmup).astype(jnp.float32), span)
+      after = (1 - alpha) * (0.5 * (1 + jnp.cos(jnp.pi * t / span))) + alpha
+    else:
+      after = jnp.ones((), jnp.float32)
+    return v["lr"] * jnp.where(count < warmup, ramp, after)
+
+  return schedule
 
 
 def _decay_mask(params):
@@ -45,11 +61,11 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(optim_cfg, total_steps: int, lr=None):
-  """(tx, schedule) peaking at `lr` (default optim.lr)."""
+def make_optimizer(optim_cfg, total_steps: int, values: dict | None = None):
+  """(tx, schedule) at the schedule `values` (default: the config's at `total_steps`)."""
   if optim_cfg.name != "adamw":
     raise ValueError(f"Unknown optimizer {optim_cfg.name!r}; valid: ['adamw']")
-  schedule = learning_rate_schedule(optim_cfg, total_steps, lr)
+  schedule = learning_rate_schedule(optim_cfg, total_steps, values)
   parts = []
   if optim_cfg.clip_norm and optim_cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(optim_cfg.clip_norm))
@@ -59,22 +75,24 @@ def make_optimizer(optim_cfg, total_steps: int, lr=None):
 
 
 @dataclasses.dataclass(frozen=True)
-class AtRate:
-  """An optimizer with its peak learning rate as an input: `build(lr)` is the transformation at
-  peak `lr` (inside the training step a traced scalar), `lr` the run's value. Its state does not
-  depend on the rate (`tx` inits and shards it), so a checkpoint is the same as a fixed rate's."""
+class Runtime:
+  """An optimizer whose schedule values (peak lr, warmup, decay end: `values`) are inputs:
+  `build(values)` is the transformation at those values (inside the training step traced scalars).
+  Its state does not depend on them (`tx` inits and shards it), so a checkpoint is the same as a
+  fixed optimizer's."""
 
-  build: Callable[..., optax.GradientTransformation]
-  lr: float
+  build: Callable[[dict], optax.GradientTransformation]
+  values: dict
 
   @property
   def tx(self) -> optax.GradientTransformation:
-    return self.build(self.lr)
+    return self.build(self.values)
 
 
-def at_rate(optim_cfg, total_steps: int,
+def runtime(optim_cfg, total_steps: int,
             wrap: Callable[[Callable[[], optax.GradientTransformation]], optax.GradientTransformation]
-            = lambda base: base()) -> AtRate:
-  """The run's optimizer as an AtRate; `wrap(base_tx_fn)` puts it in a transfer plan's optimizer
+            = lambda base: base()) -> Runtime:
+  """The run's optimizer as a Runtime; `wrap(base_tx_fn)` puts it in a transfer plan's optimizer
   (`plan.make_optimizer`)."""
-  return AtRate(lambda lr: wrap(lambda: make_optimizer(optim_cfg, total_steps, lr)[0]), float(optim_cfg.lr))
+  return Runtime(lambda values: wrap(lambda: make_optimizer(optim_cfg, total_steps, values)[0]),
+                 schedule_values(optim_cfg, total_steps))

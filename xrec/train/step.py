@@ -56,23 +56,23 @@ def make_train_step(module, tx, objective: objectives.Objective, num_items: int,
                     sampling_probs=None, num_steps: int = 1, hooks=(), vocab_shards: int = 1):
   """One jitted step over the streams' batches: the objective's weighted terms and each hook's
   penalty, one update, each hook's after_update. `state_sh` covers every key of the state.
-  tx: an optimizer.AtRate (its peak learning rate an input of the compiled step, so runs that
-  differ only in it share one program) or a fixed optax transformation.
+  tx: an optimizer.Runtime (its peak learning rate and schedule steps inputs of the compiled step,
+  as is num_steps: runs that differ only in them share one program) or a fixed optax transformation.
   vocab_shards: the devices the item table is split over (sharding.axis_shards), for terms that
   lay out their work per shard (chunked_softmax)."""
-  rated = tx if isinstance(tx, optimizer.AtRate) else optimizer.AtRate(lambda _lr: tx, 0.0)
+  rt = tx if isinstance(tx, optimizer.Runtime) else optimizer.Runtime(lambda _values: tx, {})
 
-  def step(state, batches, base_rng, lr):
-    tx = rated.build(lr)
+  def step(state, batches, base_rng, inputs):
+    tx = rt.build({k: v for k, v in inputs.items() if k != "num_steps"})
     rng = jax.random.fold_in(base_rng, state["step"])
-    progress = state["step"].astype(jnp.float32) / max(num_steps, 1)
-    inputs = {}
+    progress = state["step"].astype(jnp.float32) / inputs["num_steps"].astype(jnp.float32)
+    hook_inputs = {}
     for hook in hooks:
-      inputs.update(hook.objective_inputs(state))
+      hook_inputs.update(hook.objective_inputs(state))
 
     def total(params):
       loss, parts = objective.loss(module, params, batches, rng, num_items, sampling_probs, progress,
-                                   vocab_shards=vocab_shards, **inputs)
+                                   vocab_shards=vocab_shards, **hook_inputs)
       for hook in hooks:
         extra = hook.penalty(params, state)
         if extra is not None:
@@ -96,19 +96,21 @@ def make_train_step(module, tx, objective: objectives.Objective, num_items: int,
   replicated = sharding.replicated(mesh)
   jitted = jax.jit(step, in_shardings=(state_sh, sharding.batch_sharding(mesh), None, replicated),
                    out_shardings=(state_sh, replicated), donate_argnums=(0,))
-  return TrainStep(jitted, jax.device_put(jnp.float32(rated.lr), replicated))
+  inputs = {k: jnp.asarray(v, jnp.float32 if isinstance(v, float) else jnp.int32)
+            for k, v in {**rt.values, "num_steps": max(num_steps, 1)}.items()}
+  return TrainStep(jitted, jax.device_put(inputs, replicated))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
-  """`step(state, batches, base_rng) -> (state, stats)`; `lower(...)` for cost analysis. `lr`: the
-  peak learning rate the compiled step is given at every call."""
+  """`step(state, batches, base_rng) -> (state, stats)`; `lower(...)` for cost analysis. `inputs`:
+  the run's values the compiled step is given at every call (the schedule's, num_steps)."""
 
   jitted: object
-  lr: jax.Array
+  inputs: dict
 
   def __call__(self, state, batches, base_rng):
-    return self.jitted(state, batches, base_rng, self.lr)
+    return self.jitted(state, batches, base_rng, self.inputs)
 
   def lower(self, state, batches, base_rng):
-    return self.jitted.lower(state, batches, base_rng, self.lr)
+    return self.jitted.lower(state, batches, base_rng, self.inputs)
