@@ -340,7 +340,7 @@ def fit(run, hooks, model: Components, state, state_sh, tx) -> Outcome:
   train, num_steps, workdir = run.spec.train, run.num_steps, run.workdir
   is_main = jax.process_index() == 0
   start_step = int(state["step"])
-  schedule = optim.learning_rate_schedule(run.spec.optim, max(num_steps, 1))
+  schedule = jax.jit(optim.learning_rate_schedule(run.spec.optim, max(num_steps, 1)))  # logged: one program
   writer = writing.MetricWriter(workdir, resume_step=start_step if run.init.kind == "resume_workdir" else None,
                                 enabled=is_main)
   latest = ckpt.latest_manager(workdir, train.keep_checkpoints)
