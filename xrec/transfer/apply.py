@@ -5,8 +5,8 @@
     plan = transfer.prepare(config.transfer, overlap)  # names and options checked; item-table rule resolved
     encoder = models.build(config.model with plan.model_fields, num_items)   # e.g. untied for linear_probe
     module, plan = plan.bind(encoder)             # the preset on the encoder's roles; modules inserted
-    tx = plan.make_optimizer(lambda: optimizer.make_optimizer(config.optim, num_steps)[0])
-    # create the sharded state with this tx (frozen params have no state: optax MaskedNodes)
+    tx = optimizer.runtime(config.optim, num_steps, plan.make_optimizer)  # tx.tx: at the config's values
+    # create the sharded state with tx.tx (frozen params have no state: optax MaskedNodes)
     if plan.strategy.load:                         # every preset but scratch
       params, report = plan.init_params(fresh_params, pretrained_params, source_item_keys,
                                         target_item_keys, source)   # source: the pretrained Encoder info
