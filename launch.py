@@ -99,6 +99,34 @@ def summary(results: dict) -> str:
   return "\n".join(lines)
 
 
+COMPILATION_CACHE_MAX_BYTES = 4 * 2**30  # the default folder's size cap (least recently used programs go)
+
+
+def compilation_cache_dir(env=os.environ) -> str | None:
+  """Where compiled programs persist between launches: JAX_COMPILATION_CACHE_DIR when set (empty:
+  none), else $XDG_CACHE_HOME/xrec/jax (~/.cache/xrec/jax). A cell whose programs repeat another's
+  (the other seeds, the learning-rate candidates, other budgets: the rate and the budget are inputs
+  of the step, xrec/train/optimizer.py) loads them instead of compiling, in this launch, in a
+  `--jobs` worker, or in a later launch; on an accelerator a model's step compiles for tens of
+  seconds. JAX caches the programs that took at least 1 s to compile
+  (JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS), keyed by the program, XLA's flags and the devices."""
+  if "JAX_COMPILATION_CACHE_DIR" in env:
+    return env["JAX_COMPILATION_CACHE_DIR"] or None
+  base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "xrec", "jax")
+
+
+def _compilation_cache() -> None:
+  import jax
+  path = compilation_cache_dir()
+  if path and "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # ours: capped (JAX evicts the least recently used)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path  # the --jobs workers inherit both
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(COMPILATION_CACHE_MAX_BYTES)
+  logging.getLogger("xrec").info("compilation cache: %s", path or "off (JAX_COMPILATION_CACHE_DIR is empty)")
+
+
 def _quiet_logs():
   """xrec's own progress lines on stderr; library INFO chatter (orbax, tfds) hidden."""
   from absl import logging as absl_logging
@@ -149,6 +177,7 @@ def parse_flags(argv):
 def main(argv):
   del argv
   _quiet_logs()
+  _compilation_cache()
   if in_cluster():
     start_distributed()
   from xrec.train import runner

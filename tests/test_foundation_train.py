@@ -178,12 +178,12 @@ def test_sampled_softmax_with_every_item_equals_full_softmax():
   assert float(est) == pytest.approx(float(full), rel=0.02)
 
 
-def _launch(args, workdir, xla_flags=COMPILE_FAST):
+def _launch(args, workdir, xla_flags=COMPILE_FAST, env=None):
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"),
                          "--config", os.path.join(ROOT, "configs", "sasrec_synthetic.py"),
                          "--workdir", str(workdir), *args],
                         capture_output=True, text=True, cwd=ROOT, timeout=600,
-                        env={**os.environ, "XLA_FLAGS": xla_flags})
+                        env={**(os.environ if env is None else env), "XLA_FLAGS": xla_flags})
 
 
 @pytest.mark.parametrize("vocab_shards", [1, 3])  # the target's logit by a gather (1) or a select (3)
@@ -234,9 +234,21 @@ def test_launch_end_to_end(data_dir, tmp_path):
           "--config.train.num_steps=6", "--config.train.eval_every_steps=3",
           "--config.train.batch_size=16", "--config.model.vocab_multiple=8"]
   # the one launch compiled as a user's is (XLA's default code generation; every other test
-  # compiles faster with conftest.COMPILE_FAST)
-  res = _launch(args, wd, xla_flags="")
+  # compiles faster with conftest.COMPILE_FAST), with a user's compilation cache: the launcher's own
+  # folder, not the tests' (JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 kept: every program is cached)
+  user_env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  user_env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+  cache = tmp_path / "xdg" / "xrec" / "jax"
+  res = _launch(args, wd, xla_flags="", env=user_env)
   assert res.returncode == 0, res.stderr[-3000:]
+  assert f"compilation cache: {cache}" in res.stderr
+  steps_compiled = sorted(f for f in os.listdir(cache) if f.startswith("jit_step"))
+  assert len(steps_compiled) >= 2  # the training step and the evaluation step
+  # another learning rate and budget: the same programs, loaded from the cache, none compiled again
+  again = _launch(args + ["--config.optim.lr=0.003", "--config.train.num_steps=9"], tmp_path / "again",
+                  xla_flags="", env=user_env)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert sorted(f for f in os.listdir(cache) if f.startswith("jit_step")) == steps_compiled
   assert "test  ndcg@10=" in res.stdout
   r = json.load(open(wd / "results.json"))
   for key in ("config", "protocol", "valid", "test", "param_count", "wall_seconds", "device_kind", "best_step"):
