@@ -265,7 +265,7 @@ def test_launch_end_to_end(data_dir, tmp_path):
   assert (wd / "report" / "report.md").exists()
 
 
-def test_multi_host_start_only_in_a_cluster():
+def test_multi_host_start_only_in_a_cluster_and_where_compiled_programs_persist():
   import importlib.util
   spec = importlib.util.spec_from_file_location("xrec_launch_under_test", os.path.join(ROOT, "launch.py"))
   launch = importlib.util.module_from_spec(spec)
@@ -278,6 +278,11 @@ def test_multi_host_start_only_in_a_cluster():
   # explicit variables come together (jax itself reads only the coordinator address)
   with pytest.raises(ValueError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
     launch.start_distributed({"JAX_COORDINATOR_ADDRESS": "localhost:1", "JAX_NUM_PROCESSES": "2"})
+  # the compilation cache: the user's folder when set, none when set empty, else XDG's or ~/.cache
+  assert launch.compilation_cache_dir({"JAX_COMPILATION_CACHE_DIR": "/c", "XDG_CACHE_HOME": "/x"}) == "/c"
+  assert launch.compilation_cache_dir({"JAX_COMPILATION_CACHE_DIR": ""}) is None
+  assert launch.compilation_cache_dir({"XDG_CACHE_HOME": "/x"}) == os.path.join("/x", "xrec", "jax")
+  assert launch.compilation_cache_dir({}) == os.path.join(os.path.expanduser("~"), ".cache", "xrec", "jax")
 
 
 def test_killed_before_first_checkpoint_reruns_cleanly(data_dir, tmp_path):

@@ -63,9 +63,10 @@ def make_train_step(module, tx, objective: objectives.Objective, num_items: int,
   rt = tx if isinstance(tx, optimizer.Runtime) else optimizer.Runtime(lambda _values: tx, {})
 
   def step(state, batches, base_rng, inputs):
-    tx = rt.build({k: v for k, v in inputs.items() if k != "num_steps"})
+    values, total_steps = inputs
+    tx = rt.build(values)
     rng = jax.random.fold_in(base_rng, state["step"])
-    progress = state["step"].astype(jnp.float32) / inputs["num_steps"].astype(jnp.float32)
+    progress = state["step"].astype(jnp.float32) / total_steps.astype(jnp.float32)
     hook_inputs = {}
     for hook in hooks:
       hook_inputs.update(hook.objective_inputs(state))
@@ -96,18 +97,17 @@ def make_train_step(module, tx, objective: objectives.Objective, num_items: int,
   replicated = sharding.replicated(mesh)
   jitted = jax.jit(step, in_shardings=(state_sh, sharding.batch_sharding(mesh), None, replicated),
                    out_shardings=(state_sh, replicated), donate_argnums=(0,))
-  inputs = {k: jnp.asarray(v, jnp.float32 if isinstance(v, float) else jnp.int32)
-            for k, v in {**rt.values, "num_steps": max(num_steps, 1)}.items()}
-  return TrainStep(jitted, jax.device_put(inputs, replicated))
+  values = {k: jnp.asarray(v, jnp.float32 if isinstance(v, float) else jnp.int32) for k, v in rt.values.items()}
+  return TrainStep(jitted, jax.device_put((values, jnp.int32(max(num_steps, 1))), replicated))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
   """`step(state, batches, base_rng) -> (state, stats)`; `lower(...)` for cost analysis. `inputs`:
-  the run's values the compiled step is given at every call (the schedule's, num_steps)."""
+  what the compiled step is given at every call: (the schedule's values, num_steps)."""
 
   jitted: object
-  inputs: dict
+  inputs: tuple
 
   def __call__(self, state, batches, base_rng):
     return self.jitted(state, batches, base_rng, self.inputs)
