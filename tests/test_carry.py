@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import types
 
 import pytest
@@ -209,3 +210,67 @@ def test_the_report_names_the_code_and_a_pretraining_trained_again():
   lines = report.pretraining_section([{**b, "overrides": {"seed": 0}, "pretrain": {
       "valid": {"ndcg@10": 0.21}, "test": {"ndcg@10": 0.2}, "best_step": 4}}])
   assert "reached valid 0.2100 where the records' 1 earlier cell(s) saw 0.2000" in lines[-1]
+
+
+def test_a_carried_choice_at_its_grids_edge_extends_from_the_record(data_dir, finished, tmp_path, monkeypatch):
+  """tune.extend_at_edge raised on a carried study: a cell that tuned itself trains only the one
+  candidate beyond its edge (its grid's results are in its record) and chooses as the same cell with
+  its stages here does; the cells that reuse its choice wait for it and run again only if it moved."""
+  wd, records = finished
+  first = _records(wd)
+  extended = _config(data_dir)
+  extended.tune.extend_at_edge = 1  # every choice of a two-value grid sits at an edge
+  local = str(tmp_path / "local")  # the same study with its stages here
+  shutil.copytree(wd, local)
+  assert runner.run_study(extended, _module(CELLS), local)["failed"] == 0
+  want = _records(local)
+  calls = _counting(monkeypatch)
+  carried = str(tmp_path / "carried")
+  runner.continue_from(records, carried, extended, _module(CELLS))
+  jobs = {job.key: job for job in runner.parallel_jobs(extended, _module(CELLS), carried)}
+  index = {r["key"]: r["index"] for r in first.values()}
+  for strategy in ("scratch", "full_finetune"):  # seed 1 waits for seed 0's extension
+    tuner, reuser = (runner.cell_key({"transfer.strategy": strategy, "seed": s}) for s in (0, 1))
+    assert jobs[reuser].after == (index[tuner],) and jobs[tuner].after == ()
+  assert "transfer.strategy=zero_shot,seed=0" not in jobs  # nothing to extend
+  assert runner.run_study(extended, _module(CELLS), carried)["failed"] == 0
+  got = _records(carried)
+  timing = ("users_per_second", "eval_seconds")
+  retrained = set()
+  for key, old in first.items():
+    new, local_new = got[key], want[key]
+    assert new["tuning"].get("chosen") == local_new["tuning"].get("chosen")
+    assert {k: v for k, v in new["test"].items() if k not in timing} == \
+           {k: v for k, v in local_new["test"].items() if k not in timing}
+    if old["overrides"]["transfer.strategy"] == "zero_shot":
+      continue
+    if old["overrides"]["seed"] == 0:  # its grid from the record, the extension trained here
+      assert [c["stage"] for c in old["tuning"]["candidates"]] == [c["stage"] for c in new["tuning"]["candidates"][:2]]
+      assert new["tuning"]["candidates"] == local_new["tuning"]["candidates"]
+      assert len(new["tuning"]["extended"]) == 1 and new["extended"] == [new["tuning"]["extended"][0]["stage"]]
+      assert new["tuning"]["extended"][0]["stage"] in calls
+      assert not {c["stage"] for c in old["tuning"]["candidates"]} & set(calls)
+    elif new["tuning"]["chosen"] != old["tuning"]["chosen"]:
+      retrained.add(new["stages"]["transfer"])
+    else:  # the same choice: not run again
+      assert new["finished_at"] == old["finished_at"]
+  # the pretrainings of the cells run again (not here), the two extensions, the seed-1 cells whose choice moved
+  pretrains = {r["stages"]["pretrain"] for k, r in got.items() if "pretrain" in r["stages"]
+               and r["finished_at"] != first[k]["finished_at"]}
+  extensions = [got[runner.cell_key({"transfer.strategy": s, "seed": 0})]["tuning"]["extended"][0]["stage"]
+                for s in ("scratch", "full_finetune")]
+  assert sorted(calls) == sorted([*pretrains, *extensions, *retrained])
+
+
+def test_a_cell_waits_for_the_cells_it_runs_after(tmp_path):
+  from xrec.train import parallel
+  log_file = tmp_path / "order.txt"
+
+  def command(index):
+    return [sys.executable, "-c", f"import time\nopen({str(log_file)!r}, 'a').write('start {index}\\n')\n"
+            f"time.sleep(0.5)\nopen({str(log_file)!r}, 'a').write('end {index}\\n')"]
+  jobs = [parallel.Job(0, "a", ()), parallel.Job(1, "b", (), after=(0,)), parallel.Job(2, "c", ())]
+  assert parallel.run_jobs(jobs, command, 3, lambda: set())["failed"] == 0
+  order = log_file.read_text().split("\n")
+  # three free workers: c starts beside a, b only once a has ended
+  assert order.index("start 2") < order.index("end 0") < order.index("start 1")

@@ -7,7 +7,8 @@ One worker per core with single-threaded XLA is the fastest scheme measured on C
 workers gave 1.46x the throughput of one process using both cores: XLA's own threads spent about
 half their time in the kernel). The scheduler starts, at each free slot, the first cell in sweep
 order whose prerequisite stages (a shared pretraining) are finished or not being run by another
-worker, so no worker waits on a stage lock while other cells are ready.
+worker, so no worker waits on a stage lock while other cells are ready, and whose `after` cells (the
+tuning seed's own cell, for a cell that reuses its choice) have finished.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Job:
   index: int
   key: str
   prereq: tuple[str, ...]  # stage hashes the cell needs before its own (a pretraining)
+  after: tuple[int, ...] = ()  # cells to finish first (the tuning seed's own cell, whose choice it reuses)
 
 
 def visible_gpus() -> int:
@@ -71,6 +73,8 @@ def run_jobs(jobs: list[Job], command, num_workers: int, done_stages) -> dict:
   codes, wake = {}, threading.Event()
 
   def ready(job: Job) -> bool:
+    if any(j.index in job.after for j in (*pending, *running.values())):
+      return False
     busy = {h for j in running.values() for h in j.prereq}
     finished = done_stages()
     return all(h in finished or h not in busy for h in job.prereq)

@@ -353,15 +353,17 @@ def stage_for(config, stages_dir: str, overrides: dict) -> Stage:
   return stages[0]
 
 
-def extend_at_edge(config, stages_dir: str, done: list, tuned: dict) -> tuple[list, dict, dict]:
+def extend_at_edge(config, stages_dir: str, done: list, tuned: dict,
+                   added: list | None = None) -> tuple[list, dict, dict]:
   """tune.extend_at_edge = k: while the best of `done` ([(stage, results)], the grid's finished
   candidates) has a value at an edge of its field's grid (two or more values) and fewer than k
   candidates were added, one more candidate one step beyond that edge (the grid's outer ratio:
-  9e-3 after {1e-3, 3e-3}) trains the whole budget; the cell chooses among them all. Returns (done
+  9e-3 after {1e-3, 3e-3}) trains the whole budget; the cell chooses among them all. `added`: the
+  extensions already in `done` and `tuned` (a record's, when k was raised since). Returns (done
   with the added ones, {"extended": [...]} or {"stopped": results} (train.stop_after_steps), the
   grids with the added values)."""
   grids = {f: sorted(float(v) for v in values) for f, values in tuned.items()}
-  metric, added = config.train.best_metric, []
+  metric, added = config.train.best_metric, list(added or [])
   while len(added) < int(config.tune.extend_at_edge):
     chosen = done[_select_candidate(config, [r for _, r in done])][0].overrides
     edges = runindex.grid_edges({"tuned": grids, "chosen": chosen})
@@ -426,7 +428,7 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None, recor
     record["planned"] = _planned_hashes(prereq, candidates)
     stage_seconds, done, pretrain = 0.0, [], None
     tuning = tuning_stages(cfg, stages_dir, candidates)
-    recorded = recorded_tuning(records, tuning)
+    recorded = recorded_tuning(records, tuning, int(cfg.tune.extend_at_edge))
     if recorded is not None:  # the tuning seed's cell is done in the carried records: its choice
       note.update(tuned_on_seed=int(cfg.tune.seed), tuning_from_record=recorded["key"],
                   **{k: v for k, v in recorded["tuning"].items() if k == "halving"},
@@ -477,10 +479,19 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None, recor
           record["pretrain_rerun"] = rerun
       check_pretraining(cfg, results)
       pretrain = results
+    # a carried cell that tuned itself, run again to extend its grid (tune.extend_at_edge raised):
+    # the grid's results come from its own record, only the extension trains here
+    own = (recorded_grid(cfg, stages_dir, records, cell.key, record["planned"])
+           if not tuning and len(candidates) > 1 else None)
     if stopped is None:
-      done, halving = run_candidates(cfg, candidates, stages_dir)
+      if own is not None:
+        done, halving = own["done"], {k: v for k, v in own["tuning"].items() if k == "halving"}
+      else:
+        done, halving = run_candidates(cfg, candidates, stages_dir)
       if not tuning and done and len(candidates) > 1:  # a cell that tunes itself: the grid's edges
-        done, extended, note["tuned"] = extend_at_edge(cfg, stages_dir, done, note["tuned"])
+        done, extended, note["tuned"] = extend_at_edge(
+            cfg, stages_dir, done, own["tuning"]["tuned"] if own else note["tuned"],
+            own["tuning"].get("extended") if own else None)
         halving.update(extended)
         record["extended"] = [e["stage"] for e in extended.get("extended", ())]
       if not tuning and "stopped" not in halving:
@@ -504,16 +515,17 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None, recor
           "metric": f"valid {metric}", **note, "chosen": stage.overrides,
           "candidates": [{"overrides": st.overrides, "valid": r["valid"][metric], "stage": st.hash,
                           "best_step": r.get("best_step")} for st, r in done]}
-      budget = results.get("transfer") or {}
-      record.update(
-          status="done", valid=results["valid"], test=results["test"],
-          best_step=results.get("best_step"), trainable_params=budget.get("trainable"),
-          total_params=budget.get("total", results.get("param_count")),
-          stored_bytes=budget.get("stored_bytes"), stage_wall_seconds=stage_seconds,
-          budget=results.get("budget"), population=results["protocol"].get("population"),
-          item_overlap=budget.get("item_overlap"), item_tables=budget.get("item_tables"),
-          not_applicable=budget.get("not_applicable"),
-          test_rank=results.get("per_user", {}).get("test_rank"), serving=serving_cost(results))
+      if "from_record" in results:  # the recorded choice still wins: its recorded results
+        if stage.overrides != own["tuning"]["chosen"]:
+          raise ValueError(f"the record of {cell.key!r} chose {own['tuning']['chosen']}, its candidates' "
+                           f"recorded values choose {stage.overrides}: the record is inconsistent")
+        fields = {k: own.get(k) for k in RESULT_FIELDS}
+      else:
+        fields = result_fields(results)
+      if own is not None:  # the grid's cost as recorded (its pretraining's included) and the extension's
+        stage_seconds = (own.get("stage_wall_seconds") or 0.0) + sum(
+            r["wall_seconds"]["total"] for _, r in done if "from_record" not in r)
+      record.update(status="done", stage_wall_seconds=stage_seconds, **fields)
       if pretrain is not None:
         record["pretrain"] = {"valid": pretrain["valid"], "test": pretrain["test"],
                               "best_step": pretrain.get("best_step"), "budget": pretrain.get("budget")}
@@ -542,14 +554,57 @@ def code_version() -> dict:
   return {"commit": commit, "dirty": bool(status.strip())}
 
 
-def recorded_tuning(records: dict | None, tuning: list[Stage]) -> dict | None:
+# a done record's results of its chosen candidate (result_fields)
+RESULT_FIELDS = ("valid", "test", "best_step", "trainable_params", "total_params", "stored_bytes", "budget",
+                 "population", "item_overlap", "item_tables", "not_applicable", "test_rank", "serving")
+
+
+def result_fields(results: dict) -> dict:
+  """A trained stage's results as its cell's record holds them (RESULT_FIELDS)."""
+  budget = results.get("transfer") or {}
+  return dict(valid=results["valid"], test=results["test"], best_step=results.get("best_step"),
+              trainable_params=budget.get("trainable"), total_params=budget.get("total", results.get("param_count")),
+              stored_bytes=budget.get("stored_bytes"), budget=results.get("budget"),
+              population=results["protocol"].get("population"), item_overlap=budget.get("item_overlap"),
+              item_tables=budget.get("item_tables"), not_applicable=budget.get("not_applicable"),
+              test_rank=results.get("per_user", {}).get("test_rank"), serving=serving_cost(results))
+
+
+def complete(tuning: dict, extend: int) -> bool:
+  """Whether a record's tuning is final under tune.extend_at_edge = `extend`: its choice is inside
+  its grid, or the grid was extended that many times."""
+  return not runindex.grid_edges(tuning) or len(tuning.get("extended") or ()) >= extend
+
+
+def recorded_tuning(records: dict | None, tuning: list[Stage], extend: int = 0) -> dict | None:
   """The done record of the tuning seed's own cell (it planned exactly `tuning`'s stages: the same
-  prerequisites and grid), or None."""
+  prerequisites and grid) whose choice is final under tune.extend_at_edge = `extend`, or None."""
   if not records or not tuning:
     return None
   planned = [st.hash for st in tuning]
   return next((r for r in records.values() if r.get("status") == "done" and r.get("planned") == planned
-               and (r.get("tuning") or {}).get("chosen") is not None), None)
+               and (r.get("tuning") or {}).get("chosen") is not None and complete(r["tuning"], extend)), None)
+
+
+def recorded_grid(config, stages_dir: str, records: dict | None, key: str, planned: list) -> dict | None:
+  """A carried cell that tunes itself, run again (tune.extend_at_edge raised since its record):
+  {"tuning": its record's, "done": [(stage, results)] of the candidates it chose among, their
+  results read from the record (valid metric and best step, marked "from_record"), **the record}
+  when its done record planned the same stages; else None (its grid trains)."""
+  own = (records or {}).get(key)
+  if not own or own.get("status") != "done" or own.get("planned") != planned:
+    return None
+  tuning, metric = own.get("tuning") or {}, config.train.best_metric
+  if tuning.get("chosen") is None or len(tuning.get("candidates") or ()) < 1:
+    return None
+  done = []
+  for c in tuning["candidates"]:
+    stage = stage_for(config, stages_dir, c["overrides"])
+    if stage.hash != c["stage"]:
+      return None  # the record's candidate is another stage under this config: train the grid
+    done.append((stage, {"valid": {metric: c["valid"]}, "best_step": c.get("best_step"), "from_record": own["key"],
+                         "stage": {"reused": True, "kind": stage.kind}, "wall_seconds": {"total": 0.0}}))
+  return {**own, "done": done}
 
 
 def compare_rerun(records: dict, stage_hash: str, results: dict, metric: str) -> dict | None:
@@ -597,10 +652,13 @@ def serving_cost(results: dict) -> dict:
           "eval_users_per_second": (results.get("throughput") or {}).get("eval_users_per_second")}
 
 
-def _cached(config, cell: Cell, workdir: str, previous: dict | None, trust_records: bool = False) -> bool:
+def _cached(config, cell: Cell, workdir: str, previous: dict | None, trust_records: bool = False,
+            records: dict | None = None) -> bool:
   """A cell is skipped when its last record is done and its stages (same hashes) still exist; with
   `trust_records` (a study carried to another machine by its records, launch.py --continue_from)
-  when its last record is done and planned the stages this config plans, present or not."""
+  when its last record is done and planned the stages this config plans, present or not. A cell
+  that reuses another seed's choice (tune.seed) is judged by that seed's final record in `records`
+  (every cell's last) when there is one: it runs again when that choice is another."""
   if not previous or previous.get("status") != "done":
     return False
   stages_dir = os.path.join(workdir, STAGES_DIR)
@@ -611,9 +669,15 @@ def _cached(config, cell: Cell, workdir: str, previous: dict | None, trust_recor
   except Exception:  # noqa: BLE001 -- an invalid cell is not cached; run_cell records why
     return False
   planned, tuned = previous.get("planned") or [], previous.get("tuning") or {}
-  extended = tuned.get("extended") or []
-  if len(extended) < int(cfg.tune.extend_at_edge) and runindex.grid_edges(tuned):
+  extend = int(cfg.tune.extend_at_edge)
+  source = recorded_tuning(records, tuning, extend) if trust_records else None
+  if source is not None:  # the tuning seed's final choice (its grid extended since, perhaps)
+    if source["tuning"]["chosen"] != tuned.get("chosen"):
+      return False
+    tuned = source["tuning"]
+  elif not complete(tuned, extend):
     return False  # its choice sits at the grid's edge and this config extends the grid there
+  extended = tuned.get("extended") or []
   if tuning:  # the tuning seed's stages, this cell's prerequisites and the one candidate it chose
     fixed = [st.hash for st in tuning] + _planned_hashes(prereq, [])
     chose = {st.hash for st in candidates}
@@ -819,7 +883,7 @@ def _run_cells(config, cells, chosen, layout, workdir, trust_records: bool = Fal
   previous = latest_runs(workdir)
   counts = {"ran": 0, "cached": 0, "failed": 0, "stopped": 0}
   for cell in chosen:
-    if _cached(config, cell, workdir, previous.get(cell.key), trust_records):
+    if _cached(config, cell, workdir, previous.get(cell.key), trust_records, latest_runs(workdir)):
       counts["cached"] += 1
       continue
     log.info("cell %d (of 0..%d): %s", cell.index, len(cells) - 1, cell.key)
@@ -995,17 +1059,28 @@ def as_transfer_study(c, preset: str = "full", lr_grid=(3e-4, 1e-3, 3e-3), one_p
 
 def parallel_jobs(config, module, workdir: str, trust_records: bool = False) -> list:
   """The cells a `--jobs N` launch still has to run (not cached), each with the hashes of its
-  prerequisite stages (xrec/train/parallel.py schedules by them)."""
+  prerequisite stages and the cells to finish first: the tuning seed's own cell, when it runs in
+  this launch, before the cells that reuse its choice (tune.seed), so that they read its final
+  record rather than train its grid beside it (xrec/train/parallel.py schedules by both)."""
   from xrec.train import parallel
   previous = latest_runs(workdir)
   trust_records = trust_records or carried(workdir)
-  jobs = []
+  stages_dir = os.path.join(workdir, STAGES_DIR)
+  pending = []  # (cell, prerequisite hashes, its planned stages, the tuning seed's planned stages)
   for cell in cells_of(module):
-    if _cached(config, cell, workdir, previous.get(cell.key), trust_records):
+    if _cached(config, cell, workdir, previous.get(cell.key), trust_records, previous):
       continue
-    prereq, _, _ = plan_stages(apply_overrides(config, cell.overrides), os.path.join(workdir, STAGES_DIR))
-    jobs.append(parallel.Job(cell.index, cell.key, tuple(st.hash for st in prereq)))
-  return jobs
+    cfg = apply_overrides(config, cell.overrides)
+    try:
+      prereq, candidates, _ = plan_stages(cfg, stages_dir)
+      tuning = tuning_stages(cfg, stages_dir, candidates)
+    except Exception:  # noqa: BLE001 -- an invalid cell runs (and fails) on its own; run_cell records why
+      prereq, candidates, tuning = [], [], []
+    pending.append((cell, tuple(st.hash for st in prereq), _planned_hashes(prereq, candidates),
+                    [st.hash for st in tuning]))
+  return [parallel.Job(cell.index, cell.key, prereq,
+                       tuple(other.index for other, _, planned, _ in pending if tuning and planned == tuning))
+          for cell, prereq, _, tuning in pending]
 
 
 def continue_from(records_dir: str, workdir: str, config, module=None) -> None:
