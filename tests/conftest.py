@@ -61,3 +61,14 @@ def tiny_config(data_dir: str):
   c.mesh.data = 1
   c.mesh.model = 1
   return c
+
+
+def jitted(fn, **static):
+  """`fn` (a module's init or apply, a loss's gradient) as one compiled program, `static` keyword
+  arguments bound (e.g. method="score_last"). Called eagerly, every JAX operation of a model is
+  compiled on its own: a tiny encoder's forward and backward pass made 100-350 one-operation
+  programs per test, most of such a test's time on a fresh machine."""
+  import functools
+
+  import jax
+  return jax.jit(functools.partial(fn, **static) if static else fn)

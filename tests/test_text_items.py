@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import tiny_config  # noqa: E402
+from conftest import jitted, tiny_config  # noqa: E402
 import test_text_encoder as T  # noqa: E402
 
 from xrec import models  # noqa: E402
@@ -184,7 +184,8 @@ def test_every_encoder_trains_its_adaptor_through_text_items(name):
   module = models.build(c, 30)
   pool = np.array([i for i in range(1, 31) if i not in (5, 7)])  # items 5 and 7 are in no input
   x = jnp.asarray(np.random.default_rng(0).choice(pool, size=(4, c.max_len)), jnp.int32)
-  params = nn.unbox(module.init(jax.random.PRNGKey(0), x)["params"])
+  # jitted: one program each instead of hundreds of one-operation programs (tests/conftest.py, jitted)
+  params = nn.unbox(jitted(module.init)(jax.random.PRNGKey(0), x)["params"])
   table = np.random.default_rng(1).normal(size=params["item_embed"]["table"].shape).astype(np.float32)
   params["item_embed"]["table"] = jnp.asarray(table)
   targets = jnp.roll(x, -1, axis=1)
@@ -193,13 +194,14 @@ def test_every_encoder_trains_its_adaptor_through_text_items(name):
     hidden, tbl, bias = module.apply({"params": p}, x)
     return losses.full_softmax(hidden, targets, tbl, bias, num_items=30)[0]
 
-  grads = jax.grad(loss)(params)
-  assert np.isfinite(float(loss(params)))
+  value, grads = jitted(jax.value_and_grad(loss))(params)
+  assert np.isfinite(float(value))
   assert float(jnp.abs(grads["item_embed"]["adaptor"]["kernel"]).max()) > 0
   assert float(jnp.abs(grads["item_embed"]["id_embed"]["embedding"]).max()) > 0
-  scores = module.apply({"params": params}, x, method="score_last")
+  score = jitted(module.apply, method="score_last")
+  scores = score({"params": params}, x)
   params["item_embed"]["table"] = params["item_embed"]["table"].at[5].set(table[7])
-  moved = module.apply({"params": params}, x, method="score_last")
+  moved = score({"params": params}, x)
   assert not np.allclose(scores[:, 5], moved[:, 5]) and np.allclose(scores[:, 7], moved[:, 7], atol=1e-5)
   # item 5 now has item 7's text: with text + ID they differ only by their ID rows and biases
 
