@@ -210,6 +210,17 @@ def test_the_report_names_the_code_and_a_pretraining_trained_again():
   lines = report.pretraining_section([{**b, "overrides": {"seed": 0}, "pretrain": {
       "valid": {"ndcg@10": 0.21}, "test": {"ndcg@10": 0.2}, "best_step": 4}}])
   assert "reached valid 0.2100 where the records' 1 earlier cell(s) saw 0.2000" in lines[-1]
+  # one stage trained twice gave two source models: two rows, each with its seeds, said under the table
+  first = {**a, "overrides": {"seed": 0}, "pretrain": {"valid": {"ndcg@10": 0.2}, "test": {"ndcg@10": 0.19},
+                                                       "best_step": 6}}
+  again = [{**b, "key": k, "overrides": {"seed": s}, "pretrain": {"valid": {"ndcg@10": 0.21}, "test": {"ndcg@10": 0.2},
+                                                                  "best_step": 4}} for k, s in (("b", 1), ("c", 2))]
+  lines = report.pretraining_section([first, first, *again])
+  rows = [line for line in lines if line.startswith("| h ")]
+  assert rows == ["| h (seed 0) | 0.2000 | 0.1900 | 6 | no |", "| h (seeds 1, 2) | 0.2100 | 0.2000 | 4 | no |"]
+  said = next(line for line in lines if "was trained 2 times" in line)
+  assert "valid 0.2000 at step 6 (seeds 0; code 1111111)" in said and "(seeds 1, 2; code 2222222)" in said
+  assert len(report.pretraining_section([first, first])) == 6  # one model: one row, no such line
 
 
 def test_a_carried_choice_at_its_grids_edge_extends_from_the_record(data_dir, finished, tmp_path, monkeypatch):

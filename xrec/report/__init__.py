@@ -121,27 +121,40 @@ def _dropped_while_improving(done: list[dict], layout: dict) -> list[str]:
 
 
 def pretraining_section(done: list[dict]) -> list[str]:
-  """Each pretraining once, with the seeds whose cells transferred from it."""
-  pre, seeds = {}, {}
+  """Each pretrained source model once, with the seeds whose cells transferred from it. A model is a
+  pretraining stage and what it reached: one stage trained again (a carried study on another
+  machine or session, launch.py --continue_from) can give another model, listed apart."""
+  pre, seeds, codes = {}, {}, {}
   for r in done:
     if r.get("pretrain"):
-      stage = r["stages"].get("pretrain")
-      pre[stage] = r["pretrain"]
-      seeds.setdefault(stage, set()).add(str(r["overrides"].get("seed", "default")))
+      p = r["pretrain"]
+      model = (r["stages"].get("pretrain"), round(float(p["valid"]["ndcg@10"]), 6), p.get("best_step"))
+      pre[model] = p
+      seeds.setdefault(model, set()).add(str(r["overrides"].get("seed", "default")))
+      codes.setdefault(model, set()).add(((r.get("code") or {}).get("commit") or "")[:7])
   if not pre:
     return []
   lines = ["", "## Pretraining (source domain)", "", "| stage | valid ndcg@10 | test ndcg@10 | best step | "
            "still improving |", "|---|---:|---:|---:|---|"]
-  for stage, p in sorted(pre.items(), key=lambda x: (sorted(seeds[x[0]]), str(x[0]))):
+  for model, p in sorted(pre.items(), key=lambda x: (sorted(seeds[x[0]]), str(x[0]))):
     budget = p.get("budget") or {}
-    named = sorted(seeds[stage])
-    lines.append(f"| {stage} (seed{'s' if len(named) > 1 else ''} {', '.join(named)}) | {p['valid']['ndcg@10']:.4f} | "
+    named = sorted(seeds[model])
+    lines.append(f"| {model[0]} (seed{'s' if len(named) > 1 else ''} {', '.join(named)}) | {p['valid']['ndcg@10']:.4f} | "
                  f"{p['test']['ndcg@10']:.4f} | {p.get('best_step')} | "
                  f"{'yes' if budget.get('best_is_last_eval') else 'no'} |")
   if any(len(s) > 1 for s in seeds.values()):
     lines.append("\nSeveral seeds transferred from one pretrained model (the study's `one_pretraining`): their "
                  "spread is the target side's (its training users, the fresh parts' init, the batches), not the "
                  "pretraining's.")
+  stages = [m[0] for m in pre]
+  for stage in sorted({h for h in stages if stages.count(h) > 1}, key=str):
+    models = [m for m in pre if m[0] == stage]
+    each = "; ".join(f"valid {m[1]:.4f} at step {m[2]} (seeds {', '.join(sorted(seeds[m]))}; code "
+                     f"{', '.join(sorted(c or '?' for c in codes[m]))})" for m in models)
+    lines.append(f"\nPretraining {stage} was trained {len(models)} times with one config (a study carried "
+                 f"across machines or sessions) and gave {len(models)} different source models: {each}. A "
+                 "seed's cells transferred from the model listed with it; the comparisons within a seed are "
+                 "paired, the spread over seeds includes the source models'.")
   for r in done:  # a carried study (launch.py --continue_from) whose pretraining was trained again
     rerun = r.get("pretrain_rerun")
     if rerun and abs(rerun["difference"]) > 1e-4:
