@@ -34,8 +34,12 @@ def learning_rate_schedule(optim_cfg, total_steps: int, values: dict | None = No
   """count -> learning rate: linear warmup from 0 to the peak, then cosine decay to
   peak x optim.end_lr_factor at `decay` (schedule "cosine"), or the peak held (schedule "constant").
   `values` (schedule_values; inside a step traced scalars) default to the config's at `total_steps`.
-  The arithmetic is optax's warmup_cosine_decay_schedule / linear_schedule + constant_schedule at
-  peak 1, times the peak, written so that every input may be traced."""
+  The values are, bit for bit, those of optax's warmup_cosine_decay_schedule / linear_schedule +
+  constant_schedule at peak 1 with the budget's step counts as constants, times the peak: XLA folds
+  those constants (x / n -> x * (1 / n), pi * t / n -> t * (pi * (1 / n))), so the traced inputs are
+  combined in that order; dividing by them instead moves about a quarter of the steps' rates by one
+  float32 ulp, which changed a 3,500-step ML-1M pretraining's best validation NDCG@10 from 0.1569 to
+  0.1567 (experiments/real_data/README.md)."""
   if optim_cfg.schedule not in ("constant", "cosine"):
     raise ValueError(f"Unknown lr schedule {optim_cfg.schedule!r}; valid: ['constant', 'cosine']")
   v = values if values is not None else schedule_values(optim_cfg, total_steps)
@@ -44,11 +48,12 @@ def learning_rate_schedule(optim_cfg, total_steps: int, values: dict | None = No
   def schedule(count):
     warmup = jnp.asarray(v["warmup"], jnp.int32)
     ramp_steps = jnp.maximum(warmup, 1)  # warmup 0: the ramp is never used (count < 0 never holds)
-    ramp = (0.0 - 1.0) * (1 - jnp.clip(count, 0, ramp_steps) / ramp_steps) + 1.0
+    done = jnp.clip(count, 0, ramp_steps).astype(jnp.float32)
+    ramp = (0.0 - 1.0) * (1 - done * (1.0 / ramp_steps.astype(jnp.float32))) + 1.0
     if cosine:
       span = (jnp.asarray(v["decay"], jnp.int32) - warmup).astype(jnp.float32)
       t = jnp.minimum((count - warmup).astype(jnp.float32), span)
-      after = (1 - alpha) * (0.5 * (1 + jnp.cos(jnp.pi * t / span))) + alpha
+      after = (1 - alpha) * (0.5 * (1 + jnp.cos(t * (jnp.pi * (1.0 / span))))) + alpha
     else:
       after = jnp.ones((), jnp.float32)
     return v["lr"] * jnp.where(count < warmup, ramp, after)
