@@ -408,6 +408,50 @@ def check_pretraining(config, results: dict) -> None:
         "give it a budget that converges (experiment.pretrain.train.num_epochs / num_steps) or lower the floor")
 
 
+def _tuned_choice(cfg, stages_dir: str, prereq: list, candidates: list, tuning: list, records: dict | None,
+                  note: dict, record: dict) -> list:
+  """A cell that reuses tune.seed's choice: the candidate it trains (its one stage), that choice read
+  from the tuning seed's final record in the carried `records`, or from the tuning seed's grid run
+  here (cached stages, shared with its own cell). Fills the tuning note and the record's planned
+  and dropped stages."""
+  recorded = recorded_tuning(records, tuning, int(cfg.tune.extend_at_edge))
+  if recorded is not None:  # the tuning seed's cell is done in the carried records: its choice
+    note.update(tuned_on_seed=int(cfg.tune.seed), tuning_from_record=recorded["key"],
+                **{k: v for k, v in recorded["tuning"].items() if k == "halving"},
+                tuning_candidates=recorded["tuning"]["candidates"])
+    note.update({k: v for k, v in recorded["tuning"].items() if k in ("tuned", "extended")})
+    chosen = recorded["tuning"]["chosen"]
+    beyond = [e["overrides"] for e in recorded["tuning"].get("extended", ())]  # tune.extend_at_edge's
+    candidates = [c for c in candidates if c.overrides == chosen] or (
+        [stage_for(cfg, stages_dir, chosen)] if chosen in beyond else [])
+    if not candidates:
+      raise ValueError(f"the record of {recorded['key']!r} chose {chosen}, which is not in this cell's grid")
+    record["planned"] = [st.hash for st in tuning] + _planned_hashes(prereq, candidates)
+    record["dropped"] = list(recorded.get("dropped") or [])
+  else:  # tune.seed: the grid runs on that seed (cached stages, shared with its own cell)
+    for st in (st for st in tuning if st.kind == "pretrain"):
+      results = experiment.run_cached_stage(st.config, stages_dir, st.kind, st.depends_on)
+      if "stopped_at_step" in results:
+        raise RuntimeError("a tuning stage was stopped (train.stop_after_steps); rerun to resume it")
+      check_pretraining(cfg, results)
+    grid = [st for st in tuning if st.kind != "pretrain"]
+    tuned, halving = run_candidates(cfg, grid, stages_dir)
+    if tuned:  # the grid's edges on the tuning seed's cell (its stages: cached when that cell ran)
+      tuned, extended, note["tuned"] = extend_at_edge(tuning_config(cfg), stages_dir, tuned, note["tuned"])
+      halving.update(extended)
+    if not tuned or "stopped" in halving:
+      raise RuntimeError("a tuning stage was stopped (train.stop_after_steps); rerun to resume it")
+    best = _select_candidate(cfg, [r for _, r in tuned])
+    note.update(tuned_on_seed=int(cfg.tune.seed), **halving, tuning_candidates=[
+        {"overrides": st.overrides, "valid": r["valid"][cfg.train.best_metric], "stage": st.hash,
+         "best_step": r.get("best_step")} for st, r in tuned])
+    chosen = tuned[best][0].overrides  # the same point on this cell's seed (beyond the grid: its own stage)
+    candidates = [c for c in candidates if c.overrides == chosen] or [stage_for(cfg, stages_dir, chosen)]
+    record["planned"] = [st.hash for st in tuning] + _planned_hashes(prereq, candidates)
+    record["dropped"] = [d["stage"] for d in halving.get("halving", {}).get("dropped", [])]
+  return candidates
+
+
 def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None, records: dict | None = None) -> dict:
   """Runs one cell's stages; returns its run-index record (never raises for a failing cell).
   `records` (key -> last record; a study carried by its records): the tuning seed's choice is read
@@ -428,41 +472,8 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None, recor
     record["planned"] = _planned_hashes(prereq, candidates)
     stage_seconds, done, pretrain = 0.0, [], None
     tuning = tuning_stages(cfg, stages_dir, candidates)
-    recorded = recorded_tuning(records, tuning, int(cfg.tune.extend_at_edge))
-    if recorded is not None:  # the tuning seed's cell is done in the carried records: its choice
-      note.update(tuned_on_seed=int(cfg.tune.seed), tuning_from_record=recorded["key"],
-                  **{k: v for k, v in recorded["tuning"].items() if k == "halving"},
-                  tuning_candidates=recorded["tuning"]["candidates"])
-      note.update({k: v for k, v in recorded["tuning"].items() if k in ("tuned", "extended")})
-      chosen = recorded["tuning"]["chosen"]
-      beyond = [e["overrides"] for e in recorded["tuning"].get("extended", ())]  # tune.extend_at_edge's
-      candidates = [c for c in candidates if c.overrides == chosen] or (
-          [stage_for(cfg, stages_dir, chosen)] if chosen in beyond else [])
-      if not candidates:
-        raise ValueError(f"the record of {recorded['key']!r} chose {chosen}, which is not in this cell's grid")
-      record["planned"] = [st.hash for st in tuning] + _planned_hashes(prereq, candidates)
-      record["dropped"] = list(recorded.get("dropped") or [])
-    elif tuning:  # tune.seed: the grid runs on that seed (cached stages, shared with its own cell)
-      for st in (st for st in tuning if st.kind == "pretrain"):
-        results = experiment.run_cached_stage(st.config, stages_dir, st.kind, st.depends_on)
-        if "stopped_at_step" in results:
-          raise RuntimeError("a tuning stage was stopped (train.stop_after_steps); rerun to resume it")
-        check_pretraining(cfg, results)
-      grid = [st for st in tuning if st.kind != "pretrain"]
-      tuned, halving = run_candidates(cfg, grid, stages_dir)
-      if tuned:  # the grid's edges on the tuning seed's cell (its stages: cached when that cell ran)
-        tuned, extended, note["tuned"] = extend_at_edge(tuning_config(cfg), stages_dir, tuned, note["tuned"])
-        halving.update(extended)
-      if not tuned or "stopped" in halving:
-        raise RuntimeError("a tuning stage was stopped (train.stop_after_steps); rerun to resume it")
-      best = _select_candidate(cfg, [r for _, r in tuned])
-      note.update(tuned_on_seed=int(cfg.tune.seed), **halving, tuning_candidates=[
-          {"overrides": st.overrides, "valid": r["valid"][cfg.train.best_metric], "stage": st.hash,
-           "best_step": r.get("best_step")} for st, r in tuned])
-      chosen = tuned[best][0].overrides  # the same point on this cell's seed (beyond the grid: its own stage)
-      candidates = [c for c in candidates if c.overrides == chosen] or [stage_for(cfg, stages_dir, chosen)]
-      record["planned"] = [st.hash for st in tuning] + _planned_hashes(prereq, candidates)
-      record["dropped"] = [d["stage"] for d in halving.get("halving", {}).get("dropped", [])]
+    if tuning:  # tune.seed: this cell trains the tuning seed's choice
+      candidates = _tuned_choice(cfg, stages_dir, prereq, candidates, tuning, records, note, record)
     stopped = None
     for stage in prereq:
       results = experiment.run_cached_stage(stage.config, stages_dir, stage.kind, stage.depends_on)
