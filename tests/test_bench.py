@@ -84,3 +84,19 @@ def test_the_host_hint_reads_the_kernels_mode(tmp_path):
   assert loop.transparent_hugepages(str(mode)) == "always" and loop.host_hint("cpu", "always") is None
   assert loop.host_hint("gpu", "madvise") is None  # only XLA:CPU's step buffers are host memory
   assert loop.transparent_hugepages(str(tmp_path / "missing")) is None and loop.host_hint("cpu", None) is None
+
+
+def test_the_host_names_what_moves_xlas_arithmetic(tmp_path, monkeypatch):
+  """Each run records its CPU, instruction set and the cores its process may use: one config on one
+  commit trained with one core visible (a --jobs worker) or on another CPU gives another model."""
+  from xrec.train import loop
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse4_2 avx2 fma avx512f amx_tile aes\n\n"
+                  "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse4_2 avx2 fma avx512f amx_tile aes\n")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+  got = loop.host(str(info))
+  assert got["cpu"] == "Test CPU 9000" and got["isa"] == ["amx_tile", "avx2", "avx512f", "fma", "sse4_2"]
+  assert got["cores_visible"] == len(os.sched_getaffinity(0)) and got["cores"] == os.cpu_count()
+  assert got["xla_flags"] == "--xla_cpu_multi_thread_eigen=false" and got["jaxlib_version"]
+  missing = loop.host(str(tmp_path / "missing"))  # no /proc (macOS): the processor's name, no flags
+  assert missing["isa"] == [] and missing["cores_visible"] >= 1

@@ -57,8 +57,11 @@ def finished(data_dir, tmp_path_factory):
   return wd, records
 
 
-def test_records_name_their_code(finished):
+def test_records_name_their_code_and_host(finished):
   wd, _ = finished
+  for record in _records(wd).values():  # where each cell and its source model trained (XLA:CPU's arithmetic)
+    assert record["host"]["cores_visible"] == len(os.sched_getaffinity(0)) and "isa" in record["host"]
+    assert "pretrain" not in record or record["pretrain"]["host"] == record["host"]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
   if head.returncode != 0:
@@ -213,13 +216,16 @@ def test_the_report_names_the_code_and_a_pretraining_trained_again():
   # one stage trained twice gave two source models: two rows, each with its seeds, said under the table
   first = {**a, "overrides": {"seed": 0}, "pretrain": {"valid": {"ndcg@10": 0.2}, "test": {"ndcg@10": 0.19},
                                                        "best_step": 6}}
+  host = {"cpu": "Test CPU", "cores": 2, "cores_visible": 1}
   again = [{**b, "key": k, "overrides": {"seed": s}, "pretrain": {"valid": {"ndcg@10": 0.21}, "test": {"ndcg@10": 0.2},
-                                                                  "best_step": 4}} for k, s in (("b", 1), ("c", 2))]
+                                                                  "best_step": 4, "host": host}}
+           for k, s in (("b", 1), ("c", 2))]
   lines = report.pretraining_section([first, first, *again])
   rows = [line for line in lines if line.startswith("| h ")]
   assert rows == ["| h (seed 0) | 0.2000 | 0.1900 | 6 | no |", "| h (seeds 1, 2) | 0.2100 | 0.2000 | 4 | no |"]
   said = next(line for line in lines if "was trained 2 times" in line)
-  assert "valid 0.2000 at step 6 (seeds 0; code 1111111)" in said and "(seeds 1, 2; code 2222222)" in said
+  assert "valid 0.2000 at step 6 (seeds 0; code 1111111; host not recorded)" in said
+  assert "(seeds 1, 2; code 2222222; Test CPU, 1 of 2 cores visible)" in said
   assert len(report.pretraining_section([first, first])) == 6  # one model: one row, no such line
 
 

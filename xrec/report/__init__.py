@@ -124,7 +124,7 @@ def pretraining_section(done: list[dict]) -> list[str]:
   """Each pretrained source model once, with the seeds whose cells transferred from it. A model is a
   pretraining stage and what it reached: one stage trained again (a carried study on another
   machine or session, launch.py --continue_from) can give another model, listed apart."""
-  pre, seeds, codes = {}, {}, {}
+  pre, seeds, codes, hosts = {}, {}, {}, {}
   for r in done:
     if r.get("pretrain"):
       p = r["pretrain"]
@@ -132,6 +132,7 @@ def pretraining_section(done: list[dict]) -> list[str]:
       pre[model] = p
       seeds.setdefault(model, set()).add(str(r["overrides"].get("seed", "default")))
       codes.setdefault(model, set()).add(((r.get("code") or {}).get("commit") or "")[:7])
+      hosts.setdefault(model, set()).add(host_label(p.get("host")))
   if not pre:
     return []
   lines = ["", "## Pretraining (source domain)", "", "| stage | valid ndcg@10 | test ndcg@10 | best step | "
@@ -150,11 +151,14 @@ def pretraining_section(done: list[dict]) -> list[str]:
   for stage in sorted({h for h in stages if stages.count(h) > 1}, key=str):
     models = [m for m in pre if m[0] == stage]
     each = "; ".join(f"valid {m[1]:.4f} at step {m[2]} (seeds {', '.join(sorted(seeds[m]))}; code "
-                     f"{', '.join(sorted(c or '?' for c in codes[m]))})" for m in models)
+                     f"{', '.join(sorted(c or '?' for c in codes[m]))}; {', '.join(sorted(hosts[m]))})"
+                     for m in models)
     lines.append(f"\nPretraining {stage} was trained {len(models)} times with one config (a study carried "
                  f"across machines or sessions) and gave {len(models)} different source models: {each}. A "
                  "seed's cells transferred from the model listed with it; the comparisons within a seed are "
-                 "paired, the spread over seeds includes the source models'.")
+                 "paired, the spread over seeds includes the source models'. XLA:CPU's arithmetic follows the "
+                 "CPU and the cores a process may use, so one config on one commit trained on another machine, "
+                 "or in a `--jobs` worker (one core) instead of a whole launch, gives another model.")
   for r in done:  # a carried study (launch.py --continue_from) whose pretraining was trained again
     rerun = r.get("pretrain_rerun")
     if rerun and abs(rerun["difference"]) > 1e-4:
@@ -163,6 +167,14 @@ def pretraining_section(done: list[dict]) -> list[str]:
                    f"{rerun['valid']:.4f} where the records' {rerun['cells']} earlier cell(s) saw "
                    f"{seen}: those cells and this one transferred from different source models.")
   return lines
+
+
+def host_label(host: dict | None) -> str:
+  """Where a run trained, as far as it moves XLA:CPU's arithmetic (xrec/train/loop.py: host)."""
+  if not host:
+    return "host not recorded"
+  cores = f"{host.get('cores_visible')} of {host.get('cores')} cores visible"
+  return f"{host.get('cpu') or 'unknown CPU'}, {cores}"
 
 
 def code_section(done: list[dict]) -> list[str]:

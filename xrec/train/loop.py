@@ -21,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import platform
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
 from xrec import models
@@ -122,6 +124,35 @@ def transparent_hugepages(path: str = THP_MODE) -> str | None:
   return text[start + 1:end] if 0 <= start < end else None
 
 
+CPUINFO = "/proc/cpuinfo"
+# the instruction-set flags XLA:CPU compiles for (vector width, fused multiply-add, matrix units)
+ISA_PREFIXES = ("avx", "amx", "sse4", "fma", "f16c", "neon", "sve", "asimd")
+
+
+def host(cpuinfo: str = CPUINFO) -> dict:
+  """The machine a run trained on, as far as it moves the arithmetic: XLA:CPU compiles for the CPU's
+  instruction set and splits work by the cores the process may use, so one config on one commit gives
+  another model, bitwise at first and in its metrics after thousands of steps, on another CPU or with
+  another number of cores visible (a `--jobs` worker sees one; measured in experiments/real_data/
+  README.md). Each run and record carries it, so that two such models can be told apart."""
+  cpu, flags = None, []
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "Model", "Hardware") and cpu is None:
+          cpu = value.strip()
+        elif key in ("flags", "Features") and not flags:
+          flags = value.split()
+  except OSError:
+    pass
+  visible = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 0)
+  return {"cpu": cpu or platform.processor() or None, "isa": sorted(f for f in set(flags) if f.startswith(ISA_PREFIXES)),
+          "cores": os.cpu_count(), "cores_visible": len(visible), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "jaxlib_version": getattr(jaxlib, "__version__", None)}
+
+
 def host_hint(platform: str, thp_mode: str | None) -> str | None:
   """A one-line hint when the host makes XLA:CPU's steps slower than they need be, else None."""
   if platform != "cpu" or thp_mode not in ("madvise", "never"):
@@ -138,7 +169,7 @@ def _run_info(data_cfg, mesh, domain, module_params, roles=None) -> dict:
   return {
       "device_kind": dev.device_kind, "platform": dev.platform, "num_devices": jax.device_count(),
       "process_count": jax.process_count(), "mesh": dict(mesh.shape), "jax_version": jax.__version__,
-      "transparent_hugepages": transparent_hugepages(),
+      "transparent_hugepages": transparent_hugepages(), "host": host(),
       "param_count": common.param_count(module_params),
       # of those, the params with one row per item (item table, output table, output bias): a
       # size measured with and without the catalogue (the scaling study counts both)

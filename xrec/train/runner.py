@@ -539,7 +539,8 @@ def run_cell(config, cell: Cell, workdir: str, layout: dict | None = None, recor
       record.update(status="done", stage_wall_seconds=stage_seconds, **fields)
       if pretrain is not None:
         record["pretrain"] = {"valid": pretrain["valid"], "test": pretrain["test"],
-                              "best_step": pretrain.get("best_step"), "budget": pretrain.get("budget")}
+                              "best_step": pretrain.get("best_step"), "budget": pretrain.get("budget"),
+                              "host": pretrain.get("host")}
   except Exception as e:  # noqa: BLE001 -- a failing cell is recorded and the study goes on
     tail = traceback.format_exc()[-ERROR_TAIL_CHARS:]
     record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=tail)
@@ -567,7 +568,7 @@ def code_version() -> dict:
 
 # a done record's results of its chosen candidate (result_fields)
 RESULT_FIELDS = ("valid", "test", "best_step", "trainable_params", "total_params", "stored_bytes", "budget",
-                 "population", "item_overlap", "item_tables", "not_applicable", "test_rank", "serving")
+                 "population", "item_overlap", "item_tables", "not_applicable", "test_rank", "serving", "host")
 
 
 def result_fields(results: dict) -> dict:
@@ -578,7 +579,8 @@ def result_fields(results: dict) -> dict:
               stored_bytes=budget.get("stored_bytes"), budget=results.get("budget"),
               population=results["protocol"].get("population"), item_overlap=budget.get("item_overlap"),
               item_tables=budget.get("item_tables"), not_applicable=budget.get("not_applicable"),
-              test_rank=results.get("per_user", {}).get("test_rank"), serving=serving_cost(results))
+              test_rank=results.get("per_user", {}).get("test_rank"), serving=serving_cost(results),
+              host=results.get("host"))
 
 
 def complete(tuning: dict, extend: int) -> bool:
