@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import jitted  # noqa: E402
 from test_text_items import _text_config, encoder_dir  # noqa: E402,F401  (the tiny BERT folder fixture)
 
 from xrec import models  # noqa: E402
@@ -39,7 +40,7 @@ def _tower(encoder, mode: str, layers: int, texts=TEXTS, rank: int = 4):
   spec = tt.TowerSpec(mode, layers, rank, data["states"].shape[1], encoder.tower_arch(), extra["buckets"]).checked()
   inputs = (data["states"], data["mask"], data["rank"], jax.tree.map(jnp.asarray, encoder.layer_weights(total - layers)))
   module = tt.TextTower(spec)
-  params = nn.unbox(module.init(jax.random.PRNGKey(0), *inputs)["params"])
+  params = nn.unbox(jitted(module.init)(jax.random.PRNGKey(0), *inputs)["params"])  # one program, not hundreds
   return module, params, inputs
 
 
@@ -52,12 +53,13 @@ def test_a_tower_at_step_zero_is_the_pretrained_encoder_and_its_params_move_it(e
     assert len(module.spec.buckets) > 1  # the texts' lengths differ: several widths, and it still matches
     _, extra = item_text.tower_rows(*te.load(encoder_dir).token_states(TEXTS, 1))
     assert extra["token_slots"]["bucketed"] < extra["token_slots"]["padded"]
-    got = np.asarray(module.apply({"params": params}, *inputs))
+    apply = jitted(module.apply)
+    got = np.asarray(apply({"params": params}, *inputs))
     assert not got[0].any()  # padding
     np.testing.assert_allclose(got[1:], want, atol=2e-5)
     # the trainable part is live: a step on it changes every item's vector
     moved = jax.tree.map(lambda p: p + 0.05 * np.random.default_rng(1).normal(size=p.shape), params)
-    assert np.abs(np.asarray(module.apply({"params": moved}, *inputs))[1:] - want).max(-1).min() > 1e-4
+    assert np.abs(np.asarray(apply({"params": moved}, *inputs))[1:] - want).max(-1).min() > 1e-4
   full = sum(p.size for p in jax.tree.leaves(_tower(encoder, "full", 1)[1]))
   lora = sum(p.size for p in jax.tree.leaves(_tower(encoder, "lora", 1)[1]))
   h, i = encoder.config.hidden_size, encoder.config.intermediate_size
@@ -78,12 +80,12 @@ def test_padding_rows_get_finite_gradients(encoder_dir):
   states = np.concatenate([states, np.zeros((3,) + states.shape[1:], np.float32)])
   mask = np.concatenate([mask, np.zeros((3, mask.shape[1]), np.float32)])
   rank = np.concatenate([rank, np.arange(7, 10, dtype=np.float32)])
-  out = module.apply({"params": params}, states, mask, rank, base)
+  out = jitted(module.apply)({"params": params}, states, mask, rank, base)
   assert out.shape == (10, encoder.dim) and not np.asarray(out)[7:].any()
   assert tt.length_buckets([0, 3, 3, 5, 9, 9, 9, 12], 12) == ((4, 5), (7, 9), (8, 12))
   assert tt.length_buckets([0, 4, 4, 4], 8) == ((4, 4),)  # equal widths merge
-  grads = jax.grad(lambda p: jnp.sum(module.apply({"params": p}, states, mask, rank, base) ** 2
-                                     * np.arange(10)[:, None]))(params)
+  grads = jitted(jax.grad(lambda p: jnp.sum(module.apply({"params": p}, states, mask, rank, base) ** 2
+                                            * np.arange(10)[:, None])))(params)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
   assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads)) > 0
 
@@ -191,13 +193,13 @@ def test_common_text_items_use_the_tower_for_inputs_and_the_output_table(encoder
   spec = tt.TowerSpec("lora", 1, 2, data["states"].shape[1], encoder.tower_arch(), extra["buckets"])
   items = common.TextItems(vocab_size=8, text_dim=encoder.dim, embed_dim=4, experts=2, tower_spec=spec)
   ids = jnp.asarray([[1, 2, 0], [6, 6, 3]])
-  params = nn.unbox(items.init(jax.random.PRNGKey(0), ids)["params"])
+  params = nn.unbox(jitted(items.init)(jax.random.PRNGKey(0), ids)["params"])
   params["text"] = set_item_text({"item_embed": params}, models.build(_frozen_model(tune="lora"), 10).roles(),
                                  {**data, "base": encoder.layer_weights(1)})["item_embed"]["text"]
-  rows = items.apply({"params": params}, ids)
-  table = items.apply({"params": params}, method=lambda m: m.embedding)
+  rows = jitted(items.apply)({"params": params}, ids)
+  table = jitted(items.apply, method=lambda m: m.embedding)({"params": params})
   np.testing.assert_allclose(rows, np.asarray(table)[np.asarray(ids)], atol=1e-6)
-  vectors = np.asarray(items.apply({"params": params}, method=lambda m: m.text_vectors()))
+  vectors = np.asarray(jitted(items.apply, method=lambda m: m.text_vectors())({"params": params}))
   np.testing.assert_allclose(vectors[1:7], encoder.embed(TEXTS), atol=2e-5)
 
 
@@ -270,8 +272,8 @@ def test_a_step_runs_the_tower_once_and_every_text_encoder_takes_it(encoder_dir,
 def test_a_bfloat16_tower_computes_in_bfloat16_close_to_float32(encoder_dir):
   encoder = te.load(encoder_dir)
   module, params, inputs = _tower(encoder, "lora", 2)
-  fp32 = np.asarray(module.apply({"params": params}, *inputs))
-  half = tt.TextTower(module.spec, dtype=jnp.bfloat16).apply({"params": params}, *inputs)
+  fp32 = np.asarray(jitted(module.apply)({"params": params}, *inputs))
+  half = jitted(tt.TextTower(module.spec, dtype=jnp.bfloat16).apply)({"params": params}, *inputs)
   assert half.dtype == jnp.bfloat16
   assert np.abs(np.asarray(half, np.float32) - fp32).max() < 0.05
 
