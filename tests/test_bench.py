@@ -100,3 +100,20 @@ def test_the_host_names_what_moves_xlas_arithmetic(tmp_path, monkeypatch):
   assert got["xla_flags"] == "--xla_cpu_multi_thread_eigen=false" and got["jaxlib_version"]
   missing = loop.host(str(tmp_path / "missing"))  # no /proc (macOS): the processor's name, no flags
   assert missing["isa"] == [] and missing["cores_visible"] >= 1
+
+
+def test_the_cores_probe_trains_a_stored_stage_and_hashes_what_it_ends_with(data_dir, tmp_path):
+  """experiments/real_data/probes/cores.py: a stage's config for N steps -> a parameter hash (the same
+  again in one setting), or its own budget cut after N steps -> the validation curve so far."""
+  sys.path.insert(0, os.path.join(ROOT, "experiments", "real_data", "probes"))
+  import cores
+  from conftest import tiny_config
+  c = tiny_config(data_dir)
+  c.data.domain = "source"
+  stage = tmp_path / "stage.json"
+  stage.write_text(json.dumps({"config": c.to_dict()}))
+  first, again = cores.stage(str(stage), 6, "", 0), cores.stage(str(stage), 6, "", 0)
+  assert first == again and len(first["params"]) == 16 and first["step"] == 6
+  cut = cores.stage(str(stage), 0, "", 6)  # the 12-step budget, stopped after 6: evaluations at 0 and 6
+  assert sorted(cut["valid_ndcg@10"]) == [0, 6]
+  assert cores.kernel(rows=64, items=10) == cores.kernel(rows=64, items=10) != cores.kernel(rows=64, items=11)

@@ -40,10 +40,11 @@ def digest(*arrays) -> str:
   return h.hexdigest()[:16]
 
 
-def kernel() -> dict:
+def kernel(rows: int = 128 * 200, items: int = 3700) -> dict:
+  """A batch of 128 sequences of 200 positions scored against ML-1M's ~3,700 items, as a step does."""
   k = jax.random.split(jax.random.PRNGKey(0), 3)
-  x, w = jax.random.normal(k[0], (128 * 200, 64)), jax.random.normal(k[1], (64, 3700))
-  y = jax.random.randint(k[2], (128 * 200,), 0, 3700)
+  x, w = jax.random.normal(k[0], (rows, 64)), jax.random.normal(k[1], (64, items))
+  y = jax.random.randint(k[2], (rows,), 0, items)
 
   def loss(w, x):
     logits = x @ w
