@@ -146,16 +146,18 @@ def test_the_tuning_choice_and_the_pretraining_come_back_from_the_records(data_d
   rerun = again["pretrain_rerun"]
   zero_shot = next(r for r in first.values() if r["overrides"] == {"transfer.strategy": "zero_shot", "seed": 1})
   assert rerun["cells"] == 1 and rerun["recorded_valid"] == [zero_shot["pretrain"]["valid"]["ndcg@10"]]
-  assert abs(rerun["difference"]) <= 1e-6
+  assert abs(rerun["difference"]) <= 1e-6 and rerun["recorded_hosts"] == [rerun["host"]]  # this machine
 
 
 def test_compare_rerun_reports_a_different_source_model(caplog):
   records = {"a": {"status": "done", "stages": {"pretrain": "h"}, "pretrain": {"valid": {"ndcg@10": 0.20}}},
              "b": {"status": "done", "stages": {"pretrain": "other"}, "pretrain": {"valid": {"ndcg@10": 0.5}}}}
   with caplog.at_level("WARNING", logger="xrec"):
-    rerun = runner.compare_rerun(records, "h", {"valid": {"ndcg@10": 0.21}}, "ndcg@10")
+    rerun = runner.compare_rerun(records, "h", {"valid": {"ndcg@10": 0.21}, "host": {
+        "cpu": "Test CPU", "cores": 2, "cores_visible": 1}}, "ndcg@10")
   assert rerun["cells"] == 1 and rerun["difference"] == pytest.approx(0.01)
-  assert "different source models" in caplog.text
+  assert "different source models (trained here on Test CPU, 1 of 2 cores visible; the records' on host " \
+         "not recorded)" in caplog.text
   assert runner.compare_rerun(records, "missing", {"valid": {"ndcg@10": 0.2}}, "ndcg@10") is None
 
 

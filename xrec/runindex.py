@@ -107,6 +107,14 @@ def grid_edges(tuning: dict) -> list[str]:
           if len(grid.get(k, ())) > 1 and v in (min(grid[k]), max(grid[k]))]
 
 
+def host_label(host: dict | None) -> str:
+  """Where a run trained, as far as it moves XLA:CPU's arithmetic (a record's `host`, written by
+  xrec/train/loop.py: host): the CPU and the cores visible to the process."""
+  if not host:
+    return "host not recorded"
+  return f"{host.get('cpu') or 'unknown CPU'}, {host.get('cores_visible')} of {host.get('cores')} cores visible"
+
+
 def append_run(workdir: str, record: dict) -> None:
   """One write of one line in append mode (processes of a cluster sweep can share the index),
   always on a fresh line: a torn last line (a crash mid-append) is ended first, so the new record

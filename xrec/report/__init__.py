@@ -132,7 +132,7 @@ def pretraining_section(done: list[dict]) -> list[str]:
       pre[model] = p
       seeds.setdefault(model, set()).add(str(r["overrides"].get("seed", "default")))
       codes.setdefault(model, set()).add(((r.get("code") or {}).get("commit") or "")[:7])
-      hosts.setdefault(model, set()).add(host_label(p.get("host")))
+      hosts.setdefault(model, set()).add(runindex.host_label(p.get("host")))
   if not pre:
     return []
   lines = ["", "## Pretraining (source domain)", "", "| stage | valid ndcg@10 | test ndcg@10 | best step | "
@@ -167,14 +167,6 @@ def pretraining_section(done: list[dict]) -> list[str]:
                    f"{rerun['valid']:.4f} where the records' {rerun['cells']} earlier cell(s) saw "
                    f"{seen}: those cells and this one transferred from different source models.")
   return lines
-
-
-def host_label(host: dict | None) -> str:
-  """Where a run trained, as far as it moves XLA:CPU's arithmetic (xrec/train/loop.py: host)."""
-  if not host:
-    return "host not recorded"
-  cores = f"{host.get('cores_visible')} of {host.get('cores')} cores visible"
-  return f"{host.get('cpu') or 'unknown CPU'}, {cores}"
 
 
 def code_section(done: list[dict]) -> list[str]:

@@ -633,11 +633,15 @@ def compare_rerun(records: dict, stage_hash: str, results: dict, metric: str) ->
   before = sorted({r["pretrain"]["valid"][metric] for r in seen})  # one value, unless it was trained apart before
   now = results["valid"][metric]
   difference = max((now - v for v in before), key=abs)
+  hosts = sorted({runindex.host_label(r["pretrain"].get("host")) for r in seen})
+  host = runindex.host_label(results.get("host"))
   if abs(difference) > 1e-4:
     log.warning("pretraining %s trained again reaches valid %s=%.4f, the records saw %s: the cells "
-                "before and after it transfer from different source models", stage_hash, metric, now,
-                " / ".join(f"{v:.4f}" for v in before))
-  return {"recorded_valid": before, "valid": now, "difference": difference, "cells": len(seen)}
+                "before and after it transfer from different source models (trained here on %s; the "
+                "records' on %s)", stage_hash, metric, now, " / ".join(f"{v:.4f}" for v in before), host,
+                " / ".join(hosts))
+  return {"recorded_valid": before, "valid": now, "difference": difference, "cells": len(seen),
+          "recorded_hosts": hosts, "host": host}
 
 
 def outcome(record: dict, metric: str) -> str:
