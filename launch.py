@@ -180,7 +180,8 @@ def main(argv):
   _compilation_cache()
   if in_cluster():
     start_distributed()
-  from xrec.train import runner
+  from xrec.train import parallel, runner
+  parallel.pin_worker()  # a --jobs worker on the CPU: its own core, a launch's arithmetic
   try:
     # config_flags hands over only the ConfigDict; sweep() / metrics() live in the file (`path[:arg]`)
     config_file, config_arg = runner.config_file_of(config_flags.get_config_filename(flags.FLAGS["config"]))

@@ -378,6 +378,33 @@ def test_parallel_jobs_never_start_a_cell_whose_pretraining_another_worker_is_ru
   assert cmd(4)[2:] == ["--config", "c.py", "--workdir=w", "--only", "4"]
 
 
+def test_a_cpu_worker_runs_on_its_core_and_computes_as_a_launch_that_sees_every_core():
+  """XLA:CPU splits a large reduction by the cores a process sees when JAX starts: a --jobs worker
+  pins itself to its core after that (parallel.pin_worker), so a cell computes the same in a worker
+  as in a launch of its own, where a worker pinned before JAX started computed otherwise."""
+  from xrec.train import parallel
+  cores = sorted(os.sched_getaffinity(0))
+  if len(cores) < 2:
+    pytest.skip("one core: no worker is pinned apart from a launch")
+  script = (f"import os, sys; sys.path.insert(0, {ROOT!r}); from xrec.train import parallel; core = parallel.pin_worker()\n"
+            "import jax, jax.numpy as jnp, numpy as np\n"
+            "x = jax.random.normal(jax.random.split(jax.random.PRNGKey(0), 4)[0], (25600, 64))\n"
+            "print(core, ','.join(map(str, sorted(os.sched_getaffinity(0)))), np.asarray(jax.jit(lambda a: jnp.sum(a, 0))(x)).tobytes().hex())")
+  base = {**os.environ, "XLA_FLAGS": parallel.SINGLE_THREADED_XLA, "JAX_PLATFORMS": "cpu"}
+  base.pop(parallel.PIN_ENV, None)
+
+  def run(env, **kw):
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, **kw)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+  launch, worker = run(base), run(parallel.worker_env(1, 0, base))
+  assert launch[:2] == ["None", ",".join(map(str, cores))] and worker[:2] == [str(cores[1])] * 2  # its own core
+  assert worker[2] == launch[2]  # the column sums of 25,600 rows, bit for bit
+  before = run(base, preexec_fn=lambda: os.sched_setaffinity(0, {cores[1]}))  # pinned before JAX starts
+  if before[2] == launch[2]:
+    pytest.skip("XLA:CPU does not split this reduction by cores here: nothing told the two pinnings apart")
+
+
 def test_a_study_launched_with_jobs_runs_every_cell_and_its_shared_pretraining_once(data_dir, tmp_path):
   wd = tmp_path / "w"
   args = ["--config.experiment.strategies=('full_finetune','scratch','frozen_encoder')",
@@ -392,6 +419,8 @@ def test_a_study_launched_with_jobs_runs_every_cell_and_its_shared_pretraining_o
   assert proc.returncode == 0, proc.stderr[-3000:]
   runs = [json.loads(line) for line in (wd / "runs.jsonl").read_text().splitlines()]
   assert sorted(r["index"] for r in runs) == [0, 1, 2] and {r["status"] for r in runs} == {"done"}
+  cores = sorted(os.sched_getaffinity(0))  # each worker on its own core, with a launch's arithmetic
+  assert {r["host"]["pinned_core"] for r in runs} <= set(cores) and {r["host"]["cores_visible"] for r in runs} == {len(cores)}
   kinds = [json.loads((wd / "stages" / h / "stage.json").read_text())["kind"] for h in os.listdir(wd / "stages")
            if (wd / "stages" / h / "stage.json").exists()]
   assert kinds.count("pretrain") == 1 and kinds.count("transfer") == 3

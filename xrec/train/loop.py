@@ -133,8 +133,9 @@ def host(cpuinfo: str = CPUINFO) -> dict:
   """The machine a run trained on, as far as it moves the arithmetic: XLA:CPU compiles for the CPU's
   instruction set and splits work by the cores the process may use, so one config on one commit gives
   another model, bitwise at first and in its metrics after thousands of steps, on another CPU or with
-  another number of cores visible (a `--jobs` worker sees one; measured in experiments/real_data/
-  README.md). Each run and record carries it, so that two such models can be told apart."""
+  another number of cores visible when JAX started (measured in experiments/real_data/README.md;
+  a `--jobs` worker pins itself to one core after that, so it computes as a launch does). Each run
+  and record carries it, so that two such models can be told apart."""
   cpu, flags = None, []
   try:
     with open(cpuinfo) as f:
@@ -147,10 +148,13 @@ def host(cpuinfo: str = CPUINFO) -> dict:
           flags = value.split()
   except OSError:
     pass
-  visible = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 0)
+  visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  # a --jobs worker pins itself to one core after JAX sized its threads by the cores it saw then
+  at_start = os.environ.get("XREC_CORES_AT_START")  # xrec/train/parallel.py: pin_worker
   return {"cpu": cpu or platform.processor() or None, "isa": sorted(f for f in set(flags) if f.startswith(ISA_PREFIXES)),
-          "cores": os.cpu_count(), "cores_visible": len(visible), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "jaxlib_version": getattr(jaxlib, "__version__", None)}
+          "cores": os.cpu_count(), "cores_visible": int(at_start) if at_start else visible,
+          "pinned_core": int(os.environ["XREC_PIN_CORE"]) if at_start and os.environ.get("XREC_PIN_CORE") else None,
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "jaxlib_version": getattr(jaxlib, "__version__", None)}
 
 
 def host_hint(platform: str, thp_mode: str | None) -> str | None:

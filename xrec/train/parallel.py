@@ -1,6 +1,6 @@
 """`launch.py --jobs N`: a study's cells run by N worker processes at once, each one
-`launch.py --only INDEX` pinned to its own CPU core with single-threaded XLA (on a machine with N
-GPUs: one device each), sharing finished stages through the stage locks like cells launched as
+`launch.py --only INDEX` pinned to its own CPU core (once JAX has started: pin_worker) with
+single-threaded XLA (on a machine with N GPUs: one device each), sharing finished stages through the stage locks like cells launched as
 separate cluster jobs.
 
 One worker per core with single-threaded XLA is the fastest scheme measured on CPU here (two pinned
@@ -47,22 +47,43 @@ def visible_gpus() -> int:
   return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
+PIN_ENV = "XREC_PIN_CORE"  # a CPU worker's core, pinned once JAX has started (pin_worker)
+CORES_AT_START_ENV = "XREC_CORES_AT_START"  # the cores JAX saw when it sized its thread pool
+
+
 def worker_env(slot: int, gpus: int, env=os.environ) -> dict:
-  """The environment of worker `slot`: its GPU, or single-threaded XLA on the CPU."""
+  """The environment of worker `slot`: its GPU, or single-threaded XLA and its own core on the CPU
+  (round robin over the cores this launch may use), taken by pin_worker in the worker."""
   out = dict(env)
   if gpus:
     out["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
   else:
     out["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREADED_XLA).strip()
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [slot]
+    out[PIN_ENV] = str(cores[slot % len(cores)])
   return out
 
 
-def _pin(slot: int):
-  cores = sorted(os.sched_getaffinity(0))
-
-  def pin():  # runs in the child before exec: one core each, round robin
-    os.sched_setaffinity(0, {cores[slot % len(cores)]})
-  return pin
+def pin_worker(env=os.environ) -> int | None:
+  """In a CPU worker (PIN_ENV set): start JAX's CPU client, then pin every thread of this process to
+  the worker's core; returns the core (None elsewhere). Pinned before JAX starts, the worker would
+  see one core, and XLA:CPU splits large reductions (a gradient summed over the batch) by the cores
+  it sees at start: a cell would train another model in a worker than in a launch of its own.
+  Pinned after, its thread pool is the machine's, its arithmetic a launch's, and it still runs on
+  one core (2-core VM: the same steps per second either way; experiments/real_data/README.md)."""
+  if not env.get(PIN_ENV) or not hasattr(os, "sched_setaffinity"):
+    return None
+  import jax  # noqa: PLC0415 -- only a worker pays for it here; launch.py imports it anyway
+  core = int(env[PIN_ENV])
+  os.environ[CORES_AT_START_ENV] = str(len(os.sched_getaffinity(0)))
+  jax.devices()  # the CPU client and its thread pool, sized by the cores visible now
+  tasks = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]
+  for task in tasks:  # the threads started so far; later ones inherit their creator's core
+    try:
+      os.sched_setaffinity(int(task), {core})
+    except (ProcessLookupError, PermissionError):  # a thread that has just ended
+      continue
+  return core
 
 
 def run_jobs(jobs: list[Job], command, num_workers: int, done_stages) -> dict:
@@ -81,8 +102,7 @@ def run_jobs(jobs: list[Job], command, num_workers: int, done_stages) -> dict:
 
   def start(slot: int, job: Job):
     log.info("worker %d: cell %d %s", slot, job.index, job.key[:120])
-    proc = subprocess.Popen(command(job.index), env=worker_env(slot, gpus),
-                            preexec_fn=None if gpus else _pin(slot))
+    proc = subprocess.Popen(command(job.index), env=worker_env(slot, gpus))
 
     def wait():
       codes[job.index] = proc.wait()

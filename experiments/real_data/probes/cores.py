@@ -4,6 +4,7 @@
   python experiments/real_data/probes/cores.py kernel
   taskset -c 1 python experiments/real_data/probes/cores.py stage STAGE_JSON --steps 40 [--manual_dir DIR]
   taskset -c 1 python experiments/real_data/probes/cores.py stage STAGE_JSON --stop_after 300
+  XREC_PIN_CORE=1 python experiments/real_data/probes/cores.py stage STAGE_JSON --steps 60  (a --jobs worker's pinning)
 
 `kernel`: a softmax cross-entropy's gradient over 25,600 rows and a 1.6M-element sum (jitted), each
 printed as the sha256 of its bytes. `stage`: the config of a stored stage (a workdir's
@@ -29,6 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xrec.train import parallel  # noqa: E402
 from xrec.train.checkpoint import restore_best_params  # noqa: E402
 from xrec.train.loop import host, train_and_evaluate  # noqa: E402
 
@@ -71,7 +73,8 @@ def stage(path: str, steps: int, manual_dir: str, stop_after: int) -> dict:
                         early_stopping_patience=0)
     results = train_and_evaluate(config, workdir)
     return {"params": digest(*jax.tree_util.tree_leaves(restore_best_params(workdir))),
-            "step": results.get("best_step"), "valid_ndcg@10": results["valid"]["ndcg@10"]}
+            "step": results.get("best_step"), "valid_ndcg@10": results["valid"]["ndcg@10"],
+            "train_sequences_per_second": results["throughput"]["train_sequences_per_second"]}
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -85,11 +88,13 @@ def main():
                       help="keep the stage's budget, stop after this many steps and print its validation curve")
   parser.add_argument("--manual_dir", default="", help="data.movielens.manual_dir (the stage's is relative to its launch)")
   args = parser.parse_args()
+  pinned = parallel.pin_worker()  # XREC_PIN_CORE=k: pinned to core k after JAX started, as a --jobs worker
   if args.what == "stage" and not args.stage_json:
     parser.error("stage needs STAGE_JSON (stages/<hash>/stage.json)")
   out = kernel() if args.what == "kernel" else stage(args.stage_json, args.steps, args.manual_dir, args.stop_after)
   seen = host()
-  print(json.dumps({**out, "cores_visible": seen["cores_visible"], "xla_flags": seen["xla_flags"]}))
+  print(json.dumps({**out, "cores_visible": seen["cores_visible"], "pinned_after_start": pinned,
+                    "xla_flags": seen["xla_flags"]}))
 
 
 if __name__ == "__main__":
