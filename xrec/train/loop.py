@@ -46,6 +46,7 @@ from xrec.train import checkpoint as ckpt
 from xrec.train import hooks as runtime
 from xrec.train import objectives
 from xrec.train import optimizer as optim
+from xrec.train import parallel
 from xrec.train import step as steps
 from xrec.train import writer as writing
 from xrec.transfer import apply as transfer
@@ -150,10 +151,11 @@ def host(cpuinfo: str = CPUINFO) -> dict:
     pass
   visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   # a --jobs worker pins itself to one core after JAX sized its threads by the cores it saw then
-  at_start = os.environ.get("XREC_CORES_AT_START")  # xrec/train/parallel.py: pin_worker
+  at_start = os.environ.get(parallel.CORES_AT_START_ENV)
+  pinned = os.environ.get(parallel.PIN_ENV) if at_start else None
   return {"cpu": cpu or platform.processor() or None, "isa": sorted(f for f in set(flags) if f.startswith(ISA_PREFIXES)),
           "cores": os.cpu_count(), "cores_visible": int(at_start) if at_start else visible,
-          "pinned_core": int(os.environ["XREC_PIN_CORE"]) if at_start and os.environ.get("XREC_PIN_CORE") else None,
+          "pinned_core": int(pinned) if pinned else None,
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "jaxlib_version": getattr(jaxlib, "__version__", None)}
 
 

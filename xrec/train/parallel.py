@@ -1,7 +1,7 @@
 """`launch.py --jobs N`: a study's cells run by N worker processes at once, each one
 `launch.py --only INDEX` pinned to its own CPU core (once JAX has started: pin_worker) with
-single-threaded XLA (on a machine with N GPUs: one device each), sharing finished stages through the stage locks like cells launched as
-separate cluster jobs.
+single-threaded XLA (on a machine with N GPUs: one device each), sharing finished stages through
+the stage locks like cells launched as separate cluster jobs.
 
 One worker per core with single-threaded XLA is the fastest scheme measured on CPU here (two pinned
 workers gave 1.46x the throughput of one process using both cores: XLA's own threads spent about
