@@ -179,10 +179,14 @@ def main(argv):
   _quiet_logs()
   _compilation_cache()
   if in_cluster():
+    if flags.FLAGS.jobs > 1:  # the workers would inherit the cluster's process ids
+      return _fail(ValueError(f"--jobs {flags.FLAGS.jobs} starts worker processes on one machine; this launch is "
+                              "one process of a cluster job (its variables are set), which already runs "
+                              "one cell per process: launch without --jobs"))
     start_distributed()
   from xrec.train import parallel, runner
-  parallel.pin_worker()  # a --jobs worker on the CPU: its own core, a launch's arithmetic
   try:
+    parallel.pin_worker()  # a --jobs worker on the CPU: its own core, a launch's arithmetic
     # config_flags hands over only the ConfigDict; sweep() / metrics() live in the file (`path[:arg]`)
     config_file, config_arg = runner.config_file_of(config_flags.get_config_filename(flags.FLAGS["config"]))
     module = runner.load_config_module(config_file)

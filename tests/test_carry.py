@@ -60,7 +60,8 @@ def finished(data_dir, tmp_path_factory):
 def test_records_name_their_code_and_host(finished):
   wd, _ = finished
   for record in _records(wd).values():  # where each cell and its source model trained (XLA:CPU's arithmetic)
-    assert record["host"]["cores_visible"] == len(os.sched_getaffinity(0)) and "isa" in record["host"]
+    visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert record["host"]["cores_visible"] == visible and "isa" in record["host"]
     assert "pretrain" not in record or record["pretrain"]["host"] == record["host"]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
@@ -146,7 +147,7 @@ def test_the_tuning_choice_and_the_pretraining_come_back_from_the_records(data_d
   rerun = again["pretrain_rerun"]
   zero_shot = next(r for r in first.values() if r["overrides"] == {"transfer.strategy": "zero_shot", "seed": 1})
   assert rerun["cells"] == 1 and rerun["recorded_valid"] == [zero_shot["pretrain"]["valid"]["ndcg@10"]]
-  assert abs(rerun["difference"]) <= 1e-6 and rerun["recorded_hosts"] == [rerun["host"]]  # this machine
+  assert abs(rerun["difference"]) <= 1e-6 and rerun["recorded_host_labels"] == [rerun["host_label"]]  # this machine
 
 
 def test_compare_rerun_reports_a_different_source_model(caplog):
@@ -227,7 +228,12 @@ def test_the_report_names_the_code_and_a_pretraining_trained_again():
   assert rows == ["| h (seed 0) | 0.2000 | 0.1900 | 6 | no |", "| h (seeds 1, 2) | 0.2100 | 0.2000 | 4 | no |"]
   said = next(line for line in lines if "was trained 2 times" in line)
   assert "valid 0.2000 at step 6 (seeds 0; code 1111111; host not recorded)" in said
-  assert "(seeds 1, 2; code 2222222; Test CPU, 1 of 2 cores visible)" in said
+  assert "(seeds 1, 2; code 2222222; Test CPU, 1 of 2 cores visible)" in said and "XLA:CPU's arithmetic" in said
+  from xrec import runindex
+  gpu = {"platform": "gpu", "device_kind": "NVIDIA H100", "cpu": "Test CPU", "cores": 16, "cores_visible": 16}
+  assert runindex.host_label(gpu) == "NVIDIA H100 (Test CPU, 16 of 16 cores visible)"
+  on_gpus = [{**r, "pretrain": {**r["pretrain"], "host": gpu}} for r in (first, *again)]
+  assert "XLA:CPU" not in "".join(report.pretraining_section(on_gpus))  # an accelerator's models: no CPU note
   assert len(report.pretraining_section([first, first])) == 6  # one model: one row, no such line
 
 

@@ -4,6 +4,7 @@ configs, repeated list flags, and the user errors that were tracebacks (docs/fai
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -381,28 +382,46 @@ def test_parallel_jobs_never_start_a_cell_whose_pretraining_another_worker_is_ru
 def test_a_cpu_worker_runs_on_its_core_and_computes_as_a_launch_that_sees_every_core():
   """XLA:CPU splits a large reduction by the cores a process sees when JAX starts: a --jobs worker
   pins itself to its core after that (parallel.pin_worker), so a cell computes the same in a worker
-  as in a launch of its own, where a worker pinned before JAX started computed otherwise."""
+  as in a launch of its own (XLA's default flags), where a worker pinned before JAX started computed
+  otherwise."""
   from xrec.train import parallel
+  if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+    pytest.skip("one core, or no CPU affinity here: no worker is pinned apart from a launch")
   cores = sorted(os.sched_getaffinity(0))
-  if len(cores) < 2:
-    pytest.skip("one core: no worker is pinned apart from a launch")
-  script = (f"import os, sys; sys.path.insert(0, {ROOT!r}); from xrec.train import parallel; core = parallel.pin_worker()\n"
+  script = (f"import glob, os, sys; sys.path.insert(0, {ROOT!r}); from xrec.train import parallel\n"
+            "core = parallel.pin_worker()\n"
             "import jax, jax.numpy as jnp, numpy as np\n"
             "x = jax.random.normal(jax.random.split(jax.random.PRNGKey(0), 4)[0], (25600, 64))\n"
-            "print(core, ','.join(map(str, sorted(os.sched_getaffinity(0)))), np.asarray(jax.jit(lambda a: jnp.sum(a, 0))(x)).tobytes().hex())")
-  base = {**os.environ, "XLA_FLAGS": parallel.SINGLE_THREADED_XLA, "JAX_PLATFORMS": "cpu"}
-  base.pop(parallel.PIN_ENV, None)
+            "sums = np.asarray(jax.jit(lambda a: jnp.sum(a, 0))(x)).tobytes().hex()\n"
+            "allowed = {[l.split()[1] for l in open(t) if l.startswith('Cpus_allowed_list')][0]\n"
+            "           for t in glob.glob('/proc/self/task/*/status')}\n"
+            "print(core, '|'.join(sorted(allowed)), sums)")
+  base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", parallel.PIN_ENV)}
+  base["JAX_PLATFORMS"] = "cpu"
 
-  def run(env, **kw):
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, **kw)
+  def run(env, prefix=()):
+    out = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.split()
-  launch, worker = run(base), run(parallel.worker_env(1, 0, base))
-  assert launch[:2] == ["None", ",".join(map(str, cores))] and worker[:2] == [str(cores[1])] * 2  # its own core
+  launch, worker = run(base), run(parallel.worker_env(1, 0, base))  # a worker: its XLA flags, its core
+  assert launch[0] == "None" and worker[:2] == [str(cores[1])] * 2  # every thread of the worker on its core
   assert worker[2] == launch[2]  # the column sums of 25,600 rows, bit for bit
-  before = run(base, preexec_fn=lambda: os.sched_setaffinity(0, {cores[1]}))  # pinned before JAX starts
+  with pytest.raises(ValueError, match=r"XREC_PIN_CORE='x' is not a core this process may use; valid: \["):
+    parallel.pin_worker({parallel.PIN_ENV: "x"})
+  if not shutil.which("taskset"):
+    return
+  before = run(parallel.worker_env(1, 0, base), prefix=("taskset", "-c", str(cores[1])))  # pinned before JAX starts
   if before[2] == launch[2]:
     pytest.skip("XLA:CPU does not split this reduction by cores here: nothing told the two pinnings apart")
+
+
+def test_jobs_inside_a_cluster_launch_is_refused(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config",
+                         os.path.join(ROOT, "configs", "sasrec_synthetic.py"), "--workdir", str(tmp_path / "w"),
+                         "--jobs", "2"], capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "SLURM_NTASKS": "2"})
+  assert proc.returncode == 2 and "--jobs 2 starts worker processes on one machine" in proc.stderr
+  assert not (tmp_path / "w").exists()
 
 
 def test_a_study_launched_with_jobs_runs_every_cell_and_its_shared_pretraining_once(data_dir, tmp_path):

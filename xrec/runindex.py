@@ -112,7 +112,10 @@ def host_label(host: dict | None) -> str:
   xrec/train/loop.py: host): the CPU and the cores visible to the process."""
   if not host:
     return "host not recorded"
-  return f"{host.get('cpu') or 'unknown CPU'}, {host.get('cores_visible')} of {host.get('cores')} cores visible"
+  cpu = f"{host.get('cpu') or 'unknown CPU'}, {host.get('cores_visible')} of {host.get('cores')} cores visible"
+  if host.get("platform") not in (None, "cpu"):  # an accelerator's arithmetic is its own
+    return f"{host.get('device_kind')} ({cpu})"
+  return cpu
 
 
 def append_run(workdir: str, record: dict) -> None:

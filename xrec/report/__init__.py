@@ -156,10 +156,12 @@ def pretraining_section(done: list[dict]) -> list[str]:
     lines.append(f"\nPretraining {stage} was trained {len(models)} times with one config (a study carried "
                  f"across machines or sessions) and gave {len(models)} different source models: {each}. A "
                  "seed's cells transferred from the model listed with it; the comparisons within a seed are "
-                 "paired, the spread over seeds includes the source models'. XLA:CPU's arithmetic follows the "
-                 "CPU and the cores a process saw when JAX started, so one config on one commit trained on another "
-                 "machine, or pinned to one core (`taskset`, or a `--jobs` worker of xrec before workers pinned "
-                 "themselves after JAX started), gives another model.")
+                 "paired, the spread over seeds includes the source models'."
+                 + (" XLA:CPU's arithmetic follows the CPU and the cores a process saw when JAX started, so one "
+                    "config on one commit trained on another machine, or pinned to one core (`taskset`, or a "
+                    "`--jobs` worker of xrec before workers pinned themselves after JAX started), gives another "
+                    "model." if any((pre[m].get("host") or {}).get("platform", "cpu") == "cpu" for m in models)
+                    else ""))
   for r in done:  # a carried study (launch.py --continue_from) whose pretraining was trained again
     rerun = r.get("pretrain_rerun")
     if rerun and abs(rerun["difference"]) > 1e-4:

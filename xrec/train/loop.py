@@ -153,7 +153,9 @@ def host(cpuinfo: str = CPUINFO) -> dict:
   # a --jobs worker pins itself to one core after JAX sized its threads by the cores it saw then
   at_start = os.environ.get(parallel.CORES_AT_START_ENV)
   pinned = os.environ.get(parallel.PIN_ENV) if at_start else None
-  return {"cpu": cpu or platform.processor() or None, "isa": sorted(f for f in set(flags) if f.startswith(ISA_PREFIXES)),
+  dev = jax.devices()[0]
+  return {"platform": dev.platform, "device_kind": dev.device_kind,
+          "cpu": cpu or platform.processor() or None, "isa": sorted(f for f in set(flags) if f.startswith(ISA_PREFIXES)),
           "cores": os.cpu_count(), "cores_visible": int(at_start) if at_start else visible,
           "pinned_core": int(pinned) if pinned else None,
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "jaxlib_version": getattr(jaxlib, "__version__", None)}

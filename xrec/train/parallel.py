@@ -73,17 +73,27 @@ def pin_worker(env=os.environ) -> int | None:
   one core (2-core VM: the same steps per second either way; experiments/real_data/README.md)."""
   if not env.get(PIN_ENV) or not hasattr(os, "sched_setaffinity"):
     return None
+  allowed = sorted(os.sched_getaffinity(0))
+  try:
+    core = int(env[PIN_ENV])
+  except ValueError:
+    core = None
+  if core not in allowed:
+    raise ValueError(f"{PIN_ENV}={env[PIN_ENV]!r} is not a core this process may use; valid: {allowed}")
   import jax  # noqa: PLC0415 -- only a worker pays for it here; launch.py imports it anyway
-  core = int(env[PIN_ENV])
-  os.environ[CORES_AT_START_ENV] = str(len(os.sched_getaffinity(0)))
+  os.environ[CORES_AT_START_ENV] = str(len(allowed))
   jax.devices()  # the CPU client and its thread pool, sized by the cores visible now
-  tasks = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]
-  for task in tasks:  # the threads started so far; later ones inherit their creator's core
-    try:
-      os.sched_setaffinity(int(task), {core})
-    except (ProcessLookupError, PermissionError):  # a thread that has just ended
-      continue
-  return core
+  pinned = set()
+  while True:  # until a pass finds no new thread (one not yet pinned may have started another)
+    tasks = set(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else {"0"}
+    if tasks <= pinned:
+      return core
+    for task in sorted(tasks - pinned):
+      try:
+        os.sched_setaffinity(int(task), {core})
+      except (ProcessLookupError, PermissionError):  # a thread that has just ended
+        pass
+      pinned.add(task)
 
 
 def run_jobs(jobs: list[Job], command, num_workers: int, done_stages) -> dict:

@@ -641,7 +641,7 @@ def compare_rerun(records: dict, stage_hash: str, results: dict, metric: str) ->
                 "records' on %s)", stage_hash, metric, now, " / ".join(f"{v:.4f}" for v in before), host,
                 " / ".join(hosts))
   return {"recorded_valid": before, "valid": now, "difference": difference, "cells": len(seen),
-          "recorded_hosts": hosts, "host": host}
+          "recorded_host_labels": hosts, "host_label": host}
 
 
 def outcome(record: dict, metric: str) -> str:
