@@ -287,6 +287,10 @@ def test_tuning_section_names_candidates_halving_dropped_while_improving():
   named = [line for line in lines if "dropped at step" in line]
   assert named == ["- scratch, 0.1, seed 0: lr 0.0003 dropped at step 500 while still improving (valid 0.0565 at "
                    "its last evaluation; the kept candidates' best so far 0.0567)"]
+  reused = dict(rs[0], key="seed 1", overrides={**rs[0]["overrides"], "seed": 1},
+                tuning=dict(rs[0]["tuning"], tuned_on_seed=0, tuning_from_record=rs[0]["key"]))
+  lines = tuning_section({"layout": LAYOUT}, rs + [reused])  # seed 1 reused seed 0's grid: listed once
+  assert [line for line in lines if "dropped at step" in line] == named
   rs[0]["tuning"]["halving"]["dropped"] = dropped[1:]  # the other was past its best: nothing to say
   assert not [line for line in tuning_section({"layout": LAYOUT}, rs) if "improving" in line]
 

@@ -104,6 +104,8 @@ def _dropped_while_improving(done: list[dict], layout: dict) -> list[str]:
   rung's ranking need not be the final one: the table's choice is then provisional)."""
   out = []
   for r in done:
+    if (r.get("tuning") or {}).get("tuning_from_record"):
+      continue  # reused another seed's tuning (tune.seed): its drops are listed once, under that seed
     for d in (((r.get("tuning") or {}).get("halving") or {}).get("dropped") or ()):
       if not d.get("improving"):
         continue
