@@ -134,7 +134,7 @@ def host(cpuinfo: str = CPUINFO) -> dict:
   """The machine a run trained on, as far as it moves the arithmetic: XLA:CPU compiles for the CPU's
   instruction set and splits work by the cores the process may use, so one config on one commit gives
   another model, bitwise at first and in its metrics after thousands of steps, on another CPU or with
-  another number of cores visible when JAX started (measured in experiments/real_data/README.md;
+  another number of cores visible when JAX started (measured in experiments/real_data/ml1m_cross_region_history.md;
   a `--jobs` worker pins itself to one core after that, so it computes as a launch does). Each run
   and record carries it, so that two such models can be told apart."""
   cpu, flags = None, []

@@ -70,7 +70,7 @@ def pin_worker(env=os.environ) -> int | None:
   see one core, and XLA:CPU splits large reductions (a gradient summed over the batch) by the cores
   it sees at start: a cell would train another model in a worker than in a launch of its own.
   Pinned after, its thread pool is the machine's, its arithmetic a launch's, and it still runs on
-  one core (2-core VM: the same steps per second either way; experiments/real_data/README.md)."""
+  one core (2-core VM: the same steps per second either way; experiments/real_data/ml1m_cross_region_history.md)."""
   if not env.get(PIN_ENV) or not hasattr(os, "sched_setaffinity"):
     return None
   allowed = sorted(os.sched_getaffinity(0))
