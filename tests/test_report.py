@@ -449,6 +449,59 @@ def test_compare_two_runs_of_a_study(tmp_path):
   assert "cells identical" in compare.cells_markdown(same)
 
 
+def _study(wd, means: dict, seeds: int = 6):
+  """A study directory whose strategy x fraction cells have the given means plus seeded noise."""
+  rng = np.random.default_rng(len(str(wd)))
+  wd.mkdir()
+  rs = []
+  for strategy, by_fraction in means.items():
+    for fraction, mean in by_fraction.items():
+      for seed in range(seeds):
+        o = {"transfer.strategy": strategy, "data.user_fraction": fraction, "seed": seed}
+        rs.append({"key": ",".join(f"{k}={x}" for k, x in o.items()), "overrides": o, "status": "done",
+                   "test": {"ndcg@10": mean + float(rng.normal(0, 0.004))}})
+  cells = [{"index": i, "key": r["key"], "overrides": r["overrides"]} for i, r in enumerate(rs)]
+  (wd / "study.json").write_text(json.dumps({"config_file": "x.py", "layout": LAYOUT, "cells": cells}))
+  (wd / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+  return str(wd)
+
+
+def test_findings_of_two_studies_hold_reverse_or_show_in_one_only(tmp_path):
+  from xrec.report import compare
+  synthetic = _study(tmp_path / "synthetic", {"scratch": {0.1: 0.10, 1.0: 0.30}, "zero_shot": {0.1: 0.20, 1.0: 0.20},
+                                             "adapter": {0.1: 0.20, 1.0: 0.25}, "lora": {0.1: 0.20, 1.0: 0.30}})
+  real = _study(tmp_path / "real", {"scratch": {0.05: 0.10, 1.0: 0.30}, "zero_shot": {0.05: 0.20, 1.0: 0.20},
+                                    "adapter": {0.05: 0.20, 1.0: 0.40}, "lora": {0.05: 0.20, 1.0: 0.25}})
+  with pytest.raises(ValueError, match=r"share no column.*--columns"):  # 0.1 vs 0.05: nothing matches but 1
+    compare.findings(synthetic, _study(tmp_path / "other", {"scratch": {0.5: 0.1}, "adapter": {0.5: 0.2}}))
+  with pytest.raises(ValueError, match=r"columns the studies lack: first \['0.2'\].*valid: first \['0.1', '1'\]"):
+    compare.findings(synthetic, real, columns=compare.parse_columns("0.2=0.05"))
+  result = compare.findings(synthetic, real, columns=compare.parse_columns("0.1=0.05, 1=1"))
+  got = {(r["row"], r["columns"][0]): (r["vs_scratch"], r["vs_zero_shot"], r["verdict"]) for r in result["rows"]}
+  assert got == {
+      ("zero_shot", "user_fraction=0.1"): (("above", "above"), ("-", "-"), "yes"),
+      ("adapter", "user_fraction=0.1"): (("above", "above"), ("level", "level"), "yes"),
+      ("lora", "user_fraction=0.1"): (("above", "above"), ("level", "level"), "yes"),
+      ("zero_shot", "user_fraction=1"): (("below", "below"), ("-", "-"), "yes"),
+      ("adapter", "user_fraction=1"): (("below", "above"), ("above", "above"), "reversed"),
+      ("lora", "user_fraction=1"): (("level", "below"), ("above", "above"), "one study only")}
+  assert result["holds"] == 4 and result["findings"] == 6
+  top = result["best"][1]  # at 100%: lora level with scratch (synthetic), adapter far above it (real)
+  assert (top["first"], top["second"], top["holds"]) == ("lora", "adapter", False)
+  text = compare.findings_markdown(result)
+  assert "4 of 6 findings hold" in text and "1 reversed" in text and "**no**: reversed" in text
+  assert "| adapter | user_fraction=0.1 / user_fraction=0.05 |" in text and "lora / adapter (**differs**)" in text
+
+
+def test_a_study_agrees_with_itself_in_findings(tmp_path, capsys):
+  from xrec.report import compare
+  study = _study(tmp_path / "s", {"scratch": {0.1: 0.10, 1.0: 0.30}, "zero_shot": {0.1: 0.20, 1.0: 0.20},
+                                  "adapter": {0.1: 0.15, 1.0: 0.25}})
+  assert compare.main([study, study, "--findings"]) == 0
+  out = capsys.readouterr().out
+  assert "4 of 4 findings hold" in out and "0 reversed" in out and "**no**" not in out and "differs" not in out
+
+
 def test_row_detail_splits_one_strategy_into_its_variants():
   rng = np.random.default_rng(1)
   rs = _single_seed_records({"scratch": rng.integers(20, 200, 100), "cross_user": rng.integers(0, 5, 100)})
