@@ -545,6 +545,7 @@ def test_the_real_data_presets_pretrain_to_convergence_with_the_reference_recipe
   assert c.train.num_steps >= 1500 and c.train.early_stopping_patience == 5
   assert c.model.sasrec.block == "reference" and c.model.item_init_std == 0.02 and c.model.embed_dim == 64
   assert c.tune.seed == 0 and c.tune.halving == 3 and len(c.tune.lr) == 3  # tune once, with halving
+  assert c.tune.extend_at_edge == 2  # up to two rates past an edge (cross-region: 6 of 15 rows at the once-extended edge)
   # target cells are evaluated early too (fine-tuning on 164 users peaked within 50 steps); the
   # pretraining is not, and its stage hash is that of a config without the field (neutral default)
   assert c.train.eval_at_steps == runner.EARLY_EVALS and max(runner.EARLY_EVALS) < c.train.eval_every_steps
