@@ -6,6 +6,7 @@ import glob
 import io
 import json
 import math
+import zlib
 import os
 import subprocess
 import sys
@@ -289,7 +290,11 @@ def test_tuning_section_names_candidates_halving_dropped_while_improving():
                    "its last evaluation; the kept candidates' best so far 0.0567)"]
   reused = dict(rs[0], key="seed 1", overrides={**rs[0]["overrides"], "seed": 1},
                 tuning=dict(rs[0]["tuning"], tuned_on_seed=0, tuning_from_record=rs[0]["key"]))
-  lines = tuning_section({"layout": LAYOUT}, rs + [reused])  # seed 1 reused seed 0's grid: listed once
+  ran_grid = dict(reused, key="seed 2", overrides={**rs[0]["overrides"], "seed": 2},  # --jobs: ran seed 0's grid
+                  tuning=dict(rs[0]["tuning"], tuned_on_seed=0))                   # itself, before seed 0's cell
+  lines = tuning_section({"layout": LAYOUT}, rs + [reused, ran_grid])  # one grid: its drops listed once
+  assert [line for line in lines if "dropped at step" in line] == named
+  lines = tuning_section({"layout": LAYOUT}, [reused, rs[1]])  # seed 0's record not here: still under seed 0
   assert [line for line in lines if "dropped at step" in line] == named
   rs[0]["tuning"]["halving"]["dropped"] = dropped[1:]  # the other was past its best: nothing to say
   assert not [line for line in tuning_section({"layout": LAYOUT}, rs) if "improving" in line]
@@ -449,34 +454,41 @@ def test_compare_two_runs_of_a_study(tmp_path):
   assert "cells identical" in compare.cells_markdown(same)
 
 
-def _study(wd, means: dict, seeds: int = 6):
-  """A study directory whose strategy x fraction cells have the given means plus seeded noise."""
-  rng = np.random.default_rng(len(str(wd)))
+def _study(wd, means: dict, seeds: int = 6, field: str = "data.user_fraction"):
+  """A study directory whose strategy x column cells have the given means plus seeded noise (sd
+  0.004 over 6 seeds: differences of 0.05 are significant, equal means are not)."""
   wd.mkdir()
+  noise = np.random.default_rng(zlib.crc32(wd.name.encode())).normal(0, 0.004, (len(means), seeds))
   rs = []
-  for strategy, by_fraction in means.items():
-    for fraction, mean in by_fraction.items():
+  for i, (strategy, by_column) in enumerate(means.items()):
+    for value, mean in by_column.items():
       for seed in range(seeds):
-        o = {"transfer.strategy": strategy, "data.user_fraction": fraction, "seed": seed}
+        o = {"transfer.strategy": strategy, field: value, "seed": seed}
         rs.append({"key": ",".join(f"{k}={x}" for k, x in o.items()), "overrides": o, "status": "done",
-                   "test": {"ndcg@10": mean + float(rng.normal(0, 0.004))}})
+                   "test": {"ndcg@10": mean + float(noise[i, seed])}})
   cells = [{"index": i, "key": r["key"], "overrides": r["overrides"]} for i, r in enumerate(rs)]
-  (wd / "study.json").write_text(json.dumps({"config_file": "x.py", "layout": LAYOUT, "cells": cells}))
+  layout = dict(LAYOUT, columns=[field])
+  (wd / "study.json").write_text(json.dumps({"config_file": "x.py", "layout": layout, "cells": cells}))
   (wd / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
   return str(wd)
 
 
+SYNTHETIC = {"scratch": {0.1: 0.10, 1.0: 0.30}, "zero_shot": {0.1: 0.20, 1.0: 0.20},
+             "adapter": {0.1: 0.20, 1.0: 0.25}, "lora": {0.1: 0.20, 1.0: 0.30}, "prompt": {0.1: 0.2, 1.0: 0.2}}
+REAL = {"scratch": {0.05: 0.10, 1.0: 0.30}, "zero_shot": {0.05: 0.20, 1.0: 0.20},
+        "adapter": {0.05: 0.20, 1.0: 0.40}, "lora": {0.05: 0.20, 1.0: 0.25}, "bitfit": {0.05: 0.2, 1.0: 0.2}}
+
+
 def test_findings_of_two_studies_hold_reverse_or_show_in_one_only(tmp_path):
   from xrec.report import compare
-  synthetic = _study(tmp_path / "synthetic", {"scratch": {0.1: 0.10, 1.0: 0.30}, "zero_shot": {0.1: 0.20, 1.0: 0.20},
-                                             "adapter": {0.1: 0.20, 1.0: 0.25}, "lora": {0.1: 0.20, 1.0: 0.30}})
-  real = _study(tmp_path / "real", {"scratch": {0.05: 0.10, 1.0: 0.30}, "zero_shot": {0.05: 0.20, 1.0: 0.20},
-                                    "adapter": {0.05: 0.20, 1.0: 0.40}, "lora": {0.05: 0.20, 1.0: 0.25}})
-  with pytest.raises(ValueError, match=r"share no column.*--columns"):  # 0.1 vs 0.05: nothing matches but 1
+  synthetic, real = _study(tmp_path / "synthetic", SYNTHETIC), _study(tmp_path / "real", REAL)
+  with pytest.raises(ValueError, match=r"share no column.*--columns"):
     compare.findings(synthetic, _study(tmp_path / "other", {"scratch": {0.5: 0.1}, "adapter": {0.5: 0.2}}))
-  with pytest.raises(ValueError, match=r"columns the studies lack: first \['0.2'\].*valid: first \['0.1', '1'\]"):
+  with pytest.raises(ValueError, match=r"values the studies lack: first \[0.2\].*valid: first \[0.1, 1.0\]"):
     compare.findings(synthetic, real, columns=compare.parse_columns("0.2=0.05"))
-  result = compare.findings(synthetic, real, columns=compare.parse_columns("0.1=0.05, 1=1"))
+  with pytest.raises(ValueError, match=r"sweep different columns"):
+    compare.findings(synthetic, _study(tmp_path / "steps", {"scratch": {1: 0.1}}, field="train.num_steps"))
+  result = compare.findings(synthetic, real, columns=compare.parse_columns("0.1=0.05, 1=1.0"))
   got = {(r["row"], r["columns"][0]): (r["vs_scratch"], r["vs_zero_shot"], r["verdict"]) for r in result["rows"]}
   assert got == {
       ("zero_shot", "user_fraction=0.1"): (("above", "above"), ("-", "-"), "yes"),
@@ -485,21 +497,42 @@ def test_findings_of_two_studies_hold_reverse_or_show_in_one_only(tmp_path):
       ("zero_shot", "user_fraction=1"): (("below", "below"), ("-", "-"), "yes"),
       ("adapter", "user_fraction=1"): (("below", "above"), ("above", "above"), "reversed"),
       ("lora", "user_fraction=1"): (("level", "below"), ("above", "above"), "one study only")}
-  assert result["holds"] == 4 and result["findings"] == 6
-  top = result["best"][1]  # at 100%: lora level with scratch (synthetic), adapter far above it (real)
-  assert (top["first"], top["second"], top["holds"]) == ("lora", "adapter", False)
+  assert (result["holds"], result["findings"], result["reversed"]) == (4, 6, 1)
+  assert result["only"]["rows"] == [["prompt"], ["bitfit"]]  # one study's strategies: listed, not compared
+  top = result["best"][1]  # at 100%: lora level with scratch in the first, adapter far above it in the second
+  assert top["first"] in ("scratch", "lora") and top["second"] == "adapter" and not top["same"]
+  cell = lambda mean: tables.TableCell(values={0: mean}, mean=mean, std=0.0, ci=0.0, p={}, p_raw={}, test={})
+  tie = tables.Table("ndcg@10", "gain", "transfer.strategy", [], ["a", "b"], [()], {("a", ()): cell(0.1),
+                                                                                     ("b", ()): cell(0.1)})
+  assert compare._largest(tie, (), ["scratch", "a", "b"]) is None  # a tie names no strategy
+  assert compare._largest(tie, (), ["scratch", "a"]) == "a"
   text = compare.findings_markdown(result)
   assert "4 of 6 findings hold" in text and "1 reversed" in text and "**no**: reversed" in text
-  assert "| adapter | user_fraction=0.1 / user_fraction=0.05 |" in text and "lora / adapter (**differs**)" in text
+  assert "| adapter | user_fraction=0.1 / user_fraction=0.05 |" in text and " / adapter (differ)" in text
+  assert "strategies of one study only: first ['prompt']; second ['bitfit']" in text
+  matched = compare.findings(synthetic, _study(tmp_path / "half", {k: {1.0: v[1.0]} for k, v in REAL.items()}))
+  assert matched["only"]["columns"] == [["user_fraction=0.1"], []] and len(matched["rows"]) == 3
 
 
-def test_a_study_agrees_with_itself_in_findings(tmp_path, capsys):
+def test_findings_compare_only_what_both_studies_tested(tmp_path, capsys):
+  """A baseline one study lacks (zero_shot n/a or not run) leaves the verdict to scratch; a cell
+  whose test could not run (one seed, no per-user ranks) is not comparable, not 'level'."""
   from xrec.report import compare
-  study = _study(tmp_path / "s", {"scratch": {0.1: 0.10, 1.0: 0.30}, "zero_shot": {0.1: 0.20, 1.0: 0.20},
-                                  "adapter": {0.1: 0.15, 1.0: 0.25}})
-  assert compare.main([study, study, "--findings"]) == 0
-  out = capsys.readouterr().out
-  assert "4 of 4 findings hold" in out and "0 reversed" in out and "**no**" not in out and "differs" not in out
+  synthetic = _study(tmp_path / "synthetic", SYNTHETIC)
+  no_zero_shot = _study(tmp_path / "nozs", {k: v for k, v in REAL.items() if k != "zero_shot"})
+  result = compare.findings(synthetic, no_zero_shot, columns={0.1: 0.05, 1.0: 1.0})
+  got = {(r["row"], r["columns"][0]): (r["vs_zero_shot"], r["verdict"]) for r in result["rows"]}
+  assert got[("adapter", "user_fraction=0.1")] == (("level", "-"), "yes")
+  assert got[("lora", "user_fraction=1")] == (("above", "-"), "one study only")
+  one_seed = _study(tmp_path / "one", REAL, seeds=1)
+  result = compare.findings(synthetic, one_seed, columns={0.1: 0.05, 1.0: 1.0})
+  assert {r["verdict"] for r in result["rows"]} == {"not comparable"} and result["findings"] == 0
+  assert result["rows"][1]["vs_scratch"] == ("above", "untested")
+  assert compare.main([synthetic, one_seed, "--findings", "--columns", "0.1=0.05,1=1"]) == 0
+  assert "0 of 0 findings hold" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    compare.main([synthetic, one_seed, "--columns", "0.1=0.05"])  # --columns means --findings
+  assert "add --findings" in capsys.readouterr().err
 
 
 def test_row_detail_splits_one_strategy_into_its_variants():

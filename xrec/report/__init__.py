@@ -104,18 +104,20 @@ def _dropped_while_improving(done: list[dict], layout: dict) -> list[str]:
   rung's ranking need not be the final one: the table's choice is then provisional)."""
   out = []
   for r in done:
-    if (r.get("tuning") or {}).get("tuning_from_record"):
-      continue  # reused another seed's tuning (tune.seed): its drops are listed once, under that seed
-    for d in (((r.get("tuning") or {}).get("halving") or {}).get("dropped") or ()):
+    tuning = r.get("tuning") or {}
+    seed = tuning.get("tuned_on_seed", r.get("overrides", {}).get("seed"))  # a reused grid: the seed it ran on
+    for d in ((tuning.get("halving") or {}).get("dropped") or ()):
       if not d.get("improving"):
         continue
       slot = ", ".join([str(tables.row_label(r, layout))] + [str(tables.label(r, f)) for f in layout["columns"]]
-                       + [f"seed {r['overrides']['seed']}"] * ("seed" in r.get("overrides", {})))
+                       + [f"seed {seed}"] * (seed is not None))
       values = ", ".join(f"{k.rsplit('.', 1)[-1]} {_short(v)}" for k, v in sorted(d["overrides"].items()))
       kept = d.get("kept_valid_so_far")
-      out.append(f"- {slot}: {values} dropped at step {d['rung_step']} while still improving (valid "
-                 f"{d['valid_so_far']:.4f} at its last evaluation"
-                 + (f"; the kept candidates' best so far {kept:.4f})" if kept is not None else ")"))
+      line = (f"- {slot}: {values} dropped at step {d['rung_step']} while still improving (valid "
+              f"{d['valid_so_far']:.4f} at its last evaluation"
+              + (f"; the kept candidates' best so far {kept:.4f})" if kept is not None else ")"))
+      if line not in out:  # the seeds that reused one grid (tune.seed) carry its drops: listed once
+        out.append(line)
   if not out:
     return []
   return ["", "Dropped by successive halving while still improving (best validation at the rung, its "

@@ -2,6 +2,7 @@
 
   python -m xrec.report.compare BEFORE_DIR AFTER_DIR [--metric ndcg@10]
   python -m xrec.report.compare BEFORE_DIR AFTER_DIR --cells   # cell by cell (a rerun of some cells)
+  python -m xrec.report.compare FIRST_DIR SECOND_DIR --findings [--columns 0.01=0.05,1=1]
 
 For every (row, column) cell both studies have, the means, their difference and whether it is
 within noise: |after - before| <= sqrt(ci_before^2 + ci_after^2), the half-width of an approximate
@@ -10,12 +11,13 @@ With --cells, every study cell (one seed, one fraction, ...) that finished in bo
 metrics' largest absolute difference and whether its best step and chosen values are the same;
 for a rerun of part of a study (e.g. one seed's cells) after a change that should move nothing.
 With --findings, two studies of one design on different data (the synthetic fraction study and its
-real-data counterpart): for every strategy and matched column, each side's gain over scratch and
-where the tests put it (significantly above scratch, below it, or neither; the same against
-zero_shot); a finding holds when both studies put the strategy on the same sides, and the best
-strategy of a column holds when both name the same one. Columns match by their values, or by
---columns FIRST=SECOND,... (e.g. 0.05=0.05,0.2=0.2,1=1). The tables' magnitudes are not compared:
-two datasets need not share a scale.
+real-data counterpart): for every strategy both ran and every matched column, each side's gain over
+scratch and where its tests put it (significantly above scratch, below it, or neither; the same
+against zero_shot); a finding holds when both studies put the strategy on the same sides of every
+baseline both tested, is reversed when one finds it above and the other below. Columns match by
+their values, or by --columns FIRST=SECOND,... for one column field (e.g. 0.01=0.05); strategies and
+columns of one study only are listed, not compared. The tables' magnitudes are not compared: two
+datasets need not share a scale (the largest mean gain per column is named, as means).
 Prints a Markdown table and a summary line; exits 0 (a report, not a test).
 """
 
@@ -83,71 +85,116 @@ def cells_markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _column_key(column) -> str:
-  return ",".join(tables._value_text(v) for v in column)
-
-
 def parse_columns(text: str) -> dict:
-  """'0.05=0.05,1=1' -> {'0.05': '0.05', '1': '1'} (first study's column values -> the second's)."""
+  """'0.01=0.05,1=1' -> {0.01: 0.05, 1.0: 1.0}: the first study's column value -> the second's
+  (layouts with one column field; numbers compare as numbers, so 1.0 and 1 are one value)."""
   out = {}
   for pair in filter(None, (p.strip() for p in text.split(","))):
     if pair.count("=") != 1:
       raise ValueError(f"--columns takes FIRST=SECOND pairs separated by commas, got {pair!r}")
-    first, second = (x.strip() for x in pair.split("="))
+    first, second = (_number(x.strip()) for x in pair.split("="))
     out[first] = second
   return out
 
 
+def _number(value):
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return value
+
+
 def _side(cell: tables.TableCell, baseline: str) -> str:
-  """Where the table's test put a strategy against a baseline: above, below, level (not
-  significantly apart), or '-' (not tested: the baseline itself, or it did not run)."""
+  """Where the table's test put a strategy against a baseline: above, below, level (tested, not
+  significantly apart), untested (the test could not run: one seed without per-user ranks, or two
+  populations), or '-' (no such comparison: the baseline itself, or it did not run or is n/a)."""
   if baseline not in cell.p:
     return "-"
+  if cell.p[baseline] != cell.p[baseline]:
+    return "untested"
   better, worse = tables.MARKERS[baseline]
   return "above" if better in cell.marks else "below" if worse in cell.marks else "level"
 
 
+def _verdict(sides: list) -> str:
+  """yes / reversed / one study only over the baselines both studies tested; not comparable when
+  there is none (or a test could not run on either side)."""
+  tested = [(s, t) for s, t in sides if "-" not in (s, t)]
+  if not tested or any("untested" in pair for pair in tested):
+    return "not comparable"
+  if all(s == t for s, t in tested):
+    return "yes"
+  return "reversed" if any({s, t} == {"above", "below"} for s, t in tested) else "one study only"
+
+
+def _largest(table: tables.Table, column, rows: list):
+  """The row of `rows` with the largest mean gain in `column` (scratch counts as 0), or None when
+  two tie or no cell applies: a comparison of means, not a test."""
+  means = {"scratch": 0.0} if "scratch" in rows else {}
+  for row in rows:
+    cell = table.cells.get((row, column))
+    if cell is not None and not cell.not_applicable and cell.mean == cell.mean:
+      means[row] = cell.mean
+  if len(means) < 2:
+    return None
+  top = max(means.values())
+  winners = [r for r, m in means.items() if m == top]
+  return winners[0] if len(winners) == 1 else None
+
+
 def findings(first: str, second: str, metric: str = "ndcg@10", columns: dict | None = None) -> dict:
-  """For each strategy and matched column of two studies' gain-over-scratch tables: both gains and
-  where each study's tests put the strategy against scratch and zero_shot; `holds` when they agree."""
+  """For each strategy both studies ran and each matched column of their gain-over-scratch tables:
+  both gains and where each study's tests put the strategy against scratch and zero_shot, with a
+  verdict (_verdict); the strategies and columns of one study only are listed, not compared."""
   a, b = _table(first, metric, "gain"), _table(second, metric, "gain")
-  by_key = {_column_key(c): c for c in b.columns}
+  if a.column_fields != b.column_fields:
+    raise ValueError(f"the two studies sweep different columns: {a.column_fields} against {b.column_fields}")
   if columns:
-    unknown = sorted(set(columns) - {_column_key(c) for c in a.columns})
-    missing = sorted(set(columns.values()) - set(by_key))
+    if len(a.column_fields) != 1:
+      raise ValueError(f"--columns pairs the values of one column field; these studies have {a.column_fields}")
+    a_values, b_values = {_number(c[0]): c for c in a.columns}, {_number(c[0]): c for c in b.columns}
+    unknown, missing = sorted(set(columns) - set(a_values)), sorted(set(columns.values()) - set(b_values))
     if unknown or missing:
-      raise ValueError(f"--columns names columns the studies lack: first {unknown}, second {missing}; valid: first "
-                       f"{[_column_key(c) for c in a.columns]}, second {list(by_key)}")
-    pairs = [(ca, by_key[columns[_column_key(ca)]]) for ca in a.columns if _column_key(ca) in columns]
+      raise ValueError(f"--columns names values the studies lack: first {unknown}, second {missing}; valid: first "
+                       f"{sorted(a_values)}, second {sorted(b_values)}")
+    pairs = [(a_values[x], b_values[y]) for x, y in columns.items()]
   else:
-    pairs = [(ca, by_key[_column_key(ca)]) for ca in a.columns if _column_key(ca) in by_key]
+    b_keys = {tuple(map(_number, c)): c for c in b.columns}
+    pairs = [(c, b_keys[tuple(map(_number, c))]) for c in a.columns if tuple(map(_number, c)) in b_keys]
   if not pairs:
-    raise ValueError(f"the two studies share no column: first {[_column_key(c) for c in a.columns]}, second "
-                     f"{list(by_key)}; match them with --columns FIRST=SECOND")
+    raise ValueError(f"the two studies share no column: first {[a.column_text(c) for c in a.columns]}, second "
+                     f"{[b.column_text(c) for c in b.columns]}; pair them with --columns FIRST=SECOND")
+  shared = [r for r in a.rows if r in b.rows]
   rows, best = [], []
   for ca, cb in pairs:
-    for row in [r for r in a.rows if r in b.rows]:
+    for row in shared:
       x, y = a.cells.get((row, ca)), b.cells.get((row, cb))
       if x is None or y is None or x.not_applicable or y.not_applicable:
         continue
       sides = [(_side(x, base), _side(y, base)) for base in tables.BASELINES]
-      verdict = ("yes" if all(s == t for s, t in sides) else
-                 "reversed" if any({s, t} == {"above", "below"} for s, t in sides) else "one study only")
+      verdict = _verdict(sides)
       rows.append({"row": row, "columns": [a.column_text(ca), b.column_text(cb)], "first": x, "second": y,
-                   "vs_scratch": sides[0], "vs_zero_shot": sides[1], "holds": verdict == "yes",
-                   "verdict": verdict})
-    tops = [next((r for r in t.rows if t.cells.get((r, c)) is not None and t.cells[(r, c)].best), None)
-            for t, c in ((a, ca), (b, cb))]
+                   "vs_scratch": sides[0], "vs_zero_shot": sides[1], "verdict": verdict, "holds": verdict == "yes"})
+    tops = [_largest(a, ca, ["scratch"] + shared), _largest(b, cb, ["scratch"] + shared)]
     best.append({"columns": [a.column_text(ca), b.column_text(cb)], "first": tops[0], "second": tops[1],
-                 "holds": tops[0] == tops[1]})
-  return {"metric": metric, "studies": [first, second], "rows": rows, "best": best,
-          "holds": sum(r["holds"] for r in rows), "findings": len(rows)}
+                 "same": tops[0] is not None and tops[0] == tops[1]})
+  paired_a, paired_b = {ca for ca, _ in pairs}, {cb for _, cb in pairs}
+  only = {"rows": [[r for r in a.rows if r not in b.rows], [r for r in b.rows if r not in a.rows]],
+          "columns": [[a.column_text(c) for c in a.columns if c not in paired_a],
+                      [b.column_text(c) for c in b.columns if c not in paired_b]]}
+  comparable = [r for r in rows if r["verdict"] != "not comparable"]
+  return {"metric": metric, "studies": [first, second], "rows": rows, "best": best, "only": only,
+          "holds": sum(r["holds"] for r in rows), "findings": len(comparable),
+          "reversed": sum(r["verdict"] == "reversed" for r in rows),
+          "not_comparable": len(rows) - len(comparable)}
+
+
+VERDICT_TEXT = {"yes": "yes", "not comparable": "not comparable"}
 
 
 def findings_markdown(result: dict) -> str:
   def gain(cell):
-    ci = f" ± {cell.ci:.4f}" if cell.ci == cell.ci else ""
-    return f"{cell.mean:+.4f}{ci}{cell.marks} (n={cell.n})"
+    return f"{tables.cell_text(cell, 'gain')}{tables.marks_text(cell)} (n={cell.n})"
 
   def sides(pair):
     return pair[0] if pair[0] == pair[1] else f"{pair[0]} / {pair[1]}"
@@ -156,16 +203,23 @@ def findings_markdown(result: dict) -> str:
   for r in result["rows"]:
     column = r["columns"][0] if r["columns"][0] == r["columns"][1] else " / ".join(r["columns"])
     lines.append(f"| {r['row']} | {column} | {gain(r['first'])} | {gain(r['second'])} | {sides(r['vs_scratch'])} | "
-                 f"{sides(r['vs_zero_shot'])} | {'yes' if r['holds'] else '**no**: ' + r['verdict']} |")
-  lines += ["", "Best mean per column (first / second): " + "; ".join(
-      f"{b['columns'][0]}: {b['first']} / {b['second']}{'' if b['holds'] else ' (**differs**)'}"
-      for b in result["best"]),
-      "", f"test {result['metric']}, first: {result['studies'][0]}, second: {result['studies'][1]}. "
-      f"{result['holds']} of {result['findings']} findings hold (both studies put the strategy on the same side "
-      "of scratch and of zero_shot: significantly above, below, or neither, each table's own tests); "
-      f"{sum(r['verdict'] == 'reversed' for r in result['rows'])} reversed (significantly above in one, below in "
-      "the other); the rest significant in one study only, which fewer seeds or a smaller effect can "
-      "explain. A side pair reads first / second where they differ."]
+                 f"{sides(r['vs_zero_shot'])} | {VERDICT_TEXT.get(r['verdict'], '**no**: ' + r['verdict'])} |")
+  lines += ["", "Largest mean gain per column, scratch counted as 0 (first / second; a comparison of means, not "
+            "a test; none where two tie): " + "; ".join(
+                f"{b['columns'][0]}: {b['first']} / {b['second']}" + ("" if b["same"] else " (differ)")
+                for b in result["best"])]
+  only = result["only"]
+  for kind, (x, y) in (("strategies", only["rows"]), ("columns", only["columns"])):
+    if x or y:
+      lines.append(f"Not compared, {kind} of one study only: first {x or 'none'}; second {y or 'none'}.")
+  lines += ["", f"test {result['metric']}, first: {result['studies'][0]}, second: {result['studies'][1]}. "
+            f"{result['holds']} of {result['findings']} findings hold: both studies put the strategy on the same "
+            "side of each baseline both tested (scratch, zero_shot): significantly above, below, or neither, by "
+            "each table's own tests, Holm-corrected within its own table (a study with more seeds, or with fewer "
+            f"columns or rows in its family, has more power); {result['reversed']} reversed (significantly above "
+            "in one study, below in the other); the rest significant in one study only. "
+            f"{result['not_comparable']} not comparable (no baseline tested in both, or a test could not run). "
+            "A side pair reads first / second where they differ; '-': no such comparison."]
   return "\n".join(lines) + "\n"
 
 
@@ -182,14 +236,16 @@ def to_markdown(result: dict) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m xrec.report.compare", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("before")
-  parser.add_argument("after")
+  parser.add_argument("before", help="a study directory (with --findings: the first study)")
+  parser.add_argument("after", help="a study directory (with --findings: the second study)")
   parser.add_argument("--metric", default="ndcg@10")
   parser.add_argument("--cells", action="store_true", help="cell by cell (compare_cells) instead of table means")
   parser.add_argument("--findings", action="store_true",
                       help="do two studies of one design (e.g. synthetic and real data) find the same?")
   parser.add_argument("--columns", default="", help="with --findings: FIRST=SECOND column values, comma-separated")
   args = parser.parse_args(argv)
+  if args.columns and not args.findings:
+    parser.error("--columns pairs the columns of two studies for --findings; add --findings")
   if args.findings:
     print(findings_markdown(findings(args.before, args.after, args.metric, parse_columns(args.columns))))
     return 0

@@ -468,7 +468,8 @@ def peaked_at_first_eval(record: dict) -> bool:
   return int(best) == first and int(best) < int(last)
 
 
-def _marks(cell: TableCell) -> str:
+def marks_text(cell: TableCell) -> str:
+  """The cell's test marks, then † (still improving) and ‡ (peaked at the first evaluation) where they apply."""
   return cell.marks + (STILL_IMPROVING if cell.still_improving else "") + (FIRST_EVAL if cell.first_eval else "")
 
 
@@ -508,7 +509,7 @@ def to_markdown(table: Table) -> str:
         out.append(MISSING)
         continue
       text = cell_text(cell, table.kind)
-      out.append((f"**{text}**" if cell.best else text) + _marks(cell))
+      out.append((f"**{text}**" if cell.best else text) + marks_text(cell))
     lines.append("| " + " | ".join(out) + " |")
   lines += ["", legend(table)]
   if table.caption:
@@ -541,7 +542,7 @@ def to_latex(table: Table) -> str:
         continue
       text = _latex_escape(cell_text(cell, table.kind, r"$\pm$")).replace(r"\$\pm\$", r"$\pm$")
       text = rf"\textbf{{{text}}}" if cell.best else text
-      marks = _marks(cell)
+      marks = marks_text(cell)
       if marks:
         text += "$^{" + "".join(LATEX_MARKERS[m] for m in marks) + "}$"
       out.append(text)
