@@ -5,8 +5,9 @@ preset's width as the teacher: the scenario must share most of its items, at lea
 transfer.min_item_overlap of the target's interactions, so ml1m_cross_region or cross_app with
 shared items; distillation covers the items the teacher knows), prune:heads, prune:mlp, prune:items and prune:dims (half of the
 heads / MLP channels / coldest items / item-table dims; the model gets two attention heads where the
-scenario has one, so that head pruning removes one per block) x target user fraction 0.2, 1.0 x seeds
-0-4. results.json records params, stored bytes and users/s of each model (pruning: and of its
+scenario has one, so that head pruning removes one per block) at 20% of the target's users x seeds
+0-4 (the real counterpart of experiments/distill_prune, which measured 300 training users: one
+fraction, 35 cells where two made 70; add fractions to FRACTIONS for more). results.json records params, stored bytes and users/s of each model (pruning: and of its
 dense smaller model); a plot puts quality against the served model's users/s. Protocol and
 budgets as in the scenario's study file. The pretrained model's width is fixed when the config is
 built (experiment.pretrain.model.embed_dim, so that the distill cells' narrower student does not
@@ -28,7 +29,7 @@ from xrec.train.runner import SEEDS, real_data_scenario, strategy_variants_grid
 ROWS = (("scratch", {}), ("full_finetune", {}), ("distill", {"model.embed_dim": 16}),
         ("prune", {"transfer.prune.kind": "heads"}), ("prune", {"transfer.prune.kind": "mlp"}),
         ("prune", {"transfer.prune.kind": "items"}), ("prune", {"transfer.prune.kind": "dims"}))
-FRACTIONS = (0.2, 1.0)
+FRACTIONS = (0.2,)
 
 
 def get_config(arg=None):
