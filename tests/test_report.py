@@ -296,6 +296,12 @@ def test_tuning_section_names_candidates_halving_dropped_while_improving():
   assert [line for line in lines if "dropped at step" in line] == named
   lines = tuning_section({"layout": LAYOUT}, [reused, rs[1]])  # seed 0's record not here: still under seed 0
   assert [line for line in lines if "dropped at step" in line] == named
+  # seed 0's grid and the seeds that trained its choice are counted together; a reusing seed whose own
+  # run stayed at step 0 says so (not "none moved": it had one candidate, the grid's choice)
+  stuck = dict(reused, key="seed 3", overrides={**rs[0]["overrides"], "seed": 3},
+               tuning=dict(reused["tuning"], candidates=[{"overrides": {"optim.lr": 0.001}, "best_step": 0}]))
+  row = next(line for line in tuning_section({"layout": LAYOUT}, [rs[0], reused, stuck]) if line.startswith("| scratch"))
+  assert row == "| scratch | lr 0.001 [tuned on seed 0] ×2; lr 0.001, best at step 0 [tuned on seed 0] ×1 |", row
   rs[0]["tuning"]["halving"]["dropped"] = dropped[1:]  # the other was past its best: nothing to say
   assert not [line for line in tuning_section({"layout": LAYOUT}, rs) if "improving" in line]
 

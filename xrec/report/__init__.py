@@ -46,18 +46,32 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
   """The values chosen on validation per table slot, with how often (over seeds)."""
   layout = study["layout"]
   chosen, grids, extended = {}, {}, False
+
+  def slot_of(r):
+    return tables.row_label(r, layout), tuple(tables.label(r, f) for f in layout["columns"])
+  tuning_seeds = {}  # slot -> the seeds whose grid other seeds reused (tune.seed)
+  for r in done:
+    if (r.get("tuning") or {}).get("tuned_on_seed") is not None:
+      tuning_seeds.setdefault(slot_of(r), set()).add(r["tuning"]["tuned_on_seed"])
   for r in done:
     tuning = r.get("tuning") or {}
     if not tuning.get("tuned"):
       continue
-    slot = (tables.row_label(r, layout), tuple(tables.label(r, f) for f in layout["columns"]))
+    slot = slot_of(r)
     text = ", ".join(f"{k.rsplit('.', 1)[-1]} {_short(v)}" for k, v in sorted(tuning["chosen"].items()))
     unmoved = all(c.get("best_step") == 0 for c in tuning.get("candidates", ())) and tuning.get("candidates")
     edges = runindex.grid_edges(tuning)
-    # every candidate best at step 0: training never beat the initial model, so no value was chosen
-    text = "none moved (all best at step 0)" if unmoved else text + (" (edge)" if edges else "")
-    if tuning.get("tuned_on_seed") is not None:
-      text += f" [tuned on seed {tuning['tuned_on_seed']}]"
+    tuned_on = tuning.get("tuned_on_seed")
+    if unmoved and tuned_on is None:
+      # every candidate best at step 0: training never beat the initial model, so no value was chosen
+      text = "none moved (all best at step 0)"
+    else:  # a seed that trained another seed's choice: its own run may still have stayed at step 0
+      text += (" (edge)" if edges else "") + (", best at step 0" if unmoved else "")
+    seed = (r.get("overrides") or {}).get(layout.get("seed", "seed"))
+    if tuned_on is None and seed in tuning_seeds.get(slot, ()):
+      tuned_on = seed  # the grid's own seed, whose choice the others reused
+    if tuned_on is not None:
+      text += f" [tuned on seed {tuned_on}]"
     chosen.setdefault(slot, {}).setdefault(text, 0)
     chosen[slot][text] += 1
     for field, values in tuning["tuned"].items():
@@ -79,7 +93,8 @@ def tuning_section(study: dict, done: list[dict]) -> list[str]:
            "(counts: seeds that chose the value; \"(edge)\": the value is the smallest or largest of "
            "its grid, so the best one may lie outside it; \"none moved\": every candidate's best validation "
            "was its step 0, so training never improved on the initial model; \"[tuned on seed s]\": the "
-           "grid ran on seed s only and the other seeds reused its choice, tune.seed).", "",
+           "grid ran on seed s only and the other seeds trained its choice, tune.seed, counted with it; "
+           "\"best at step 0\": such a seed's own run never beat its initial model).", "",
            "| " + " | ".join(header) + " |", "|---" + "|---" * len(columns) + "|"]
   for row in rows:
     out = [str(row)]
