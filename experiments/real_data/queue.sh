@@ -17,6 +17,7 @@
 # model C (ml1m_cross_region_cpu_early/source_model), the adversarial study on cross-genre from the
 # overlap study's source model, so that their cells are paired with those tables' source models.
 # A study that fails goes on to the next (its log says which cells failed; the next start retries them).
+# The reproduction rows not yet run (experiments/reproduce) go JOBS at a time, each in its own workdir.
 set -u
 RUNS=${1:?usage: queue.sh RUNS [FIRST]}
 FIRST=${2:-}
@@ -47,6 +48,35 @@ study() {  # study NAME CONFIG [FLAGS...]
   echo "== $name: exit $? $(date -u +%FT%TZ)"
 }
 
+# in lane order for two lanes: the three ML-1M rows (3-4 core-hours each) first, the Amazon ones (about 2.5) after
+REPRODUCE_ROWS=(ml1m_hstu ml1m_bert4rec ml1m_gru4rec sports_sasrec beauty_cl4srec toys_cl4srec sports_cl4srec)
+
+reproduce() {  # JOBS lanes, lane k on core k runs rows k, k+JOBS, ... one after another (single-threaded XLA),
+  # each row in its own workdir RUNS/reproduce_<row>
+  if [ "$started" = no ] && [ "$FIRST" != reproduce ]; then echo "== reproduce: skipped (starting at $FIRST)"; return; fi
+  started=yes
+  echo "== reproduce: start $(date -u +%FT%TZ)"
+  local lane
+  for ((lane = 0; lane < JOBS; lane++)); do
+    (
+      for ((i = lane; i < ${#REPRODUCE_ROWS[@]}; i += JOBS)); do
+        row=${REPRODUCE_ROWS[i]}
+        XREC_REAL_DATA="$DATA" XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+            taskset -c "$lane" "$PY" launch.py --config experiments/reproduce/config.py \
+            --workdir "$RUNS/reproduce_$row" --only "$(reproduce_key "$row")" > "$RUNS/reproduce_$row.log" 2>&1
+        echo "== reproduce $row: exit $? $(date -u +%FT%TZ)"
+      done
+    ) &
+  done
+  wait
+  echo "== reproduce: done $(date -u +%FT%TZ) (logs: $RUNS/reproduce_<row>.log; records: each workdir's runs.jsonl)"
+}
+
+reproduce_key() {  # the cell key of a reproduction row (launch.py --list prints index and key)
+  XREC_REAL_DATA="$DATA" "$PY" launch.py --config experiments/reproduce/config.py --workdir "$RUNS/reproduce_list" \
+      --list 2>/dev/null | awk -F'\t' -v v="experiment.variant=$1," 'index($2, v) == 1 {print $2}'
+}
+
 CROSS_REGION_C="$HERE/ml1m_cross_region_cpu_early/source_model/8b5816904a973bc7"
 CROSS_GENRE_SOURCE="$HERE/overlap_ml1m_cross_genre_cpu/source_model/4485bf6231622eca"
 
@@ -57,6 +87,7 @@ seed_stage adversarial_ml1m_cross_region_cpu "$CROSS_REGION_C"
 study adversarial_ml1m_cross_region_cpu "$HERE/adversarial.py:ml1m_cross_region,cpu,one_pretraining" "${ML[@]}"
 seed_stage augment_ml1m_cross_region_cpu "$CROSS_REGION_C"
 study augment_ml1m_cross_region_cpu "$HERE/augment.py:ml1m_cross_region,cpu,one_pretraining" "${ML[@]}"
+reproduce  # the reproduction rows not yet run (experiments/reproduce), two at a time
 study text_ml1m_cross_genre_cpu "$HERE/text.py:ml1m_cross_genre,cpu,one_pretraining" "${ML[@]}" \
     --config.model.text.encoder=minilm
 study compress_ml1m_cross_region_cpu "$HERE/compress.py:ml1m_cross_region,cpu,one_pretraining" "${ML[@]}"
