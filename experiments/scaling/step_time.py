@@ -1,0 +1,55 @@
+"""Seconds per training step of each CPU size of the scaling study, to size its budget.
+
+xrec's jitted SASRec step (experiments/bench/bench.py's bench_xrec: full-length random batches of
+128, full softmax over ML-1M cross-region's 3,629 target movies, fp32) at each (d, blocks) of
+config.py's `cpu` preset (max_len 50), beside the real-data presets' d 64 x 2 blocks at max_len 100
+whose cells have measured wall times; plus one full-ranking evaluation batch of 256 users.
+Real batches are shorter than full length (the step computes only predicted positions), so these are
+upper bounds; their ratios are what the budget estimate uses. Run it single-threaded on one core:
+
+  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \\
+      taskset -c 1 python experiments/scaling/step_time.py --out experiments/scaling/step_time.json
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(HERE, "..", "bench"))
+
+import bench  # noqa: E402
+
+from xrec.train.runner import load_config_module  # noqa: E402
+
+PRESETS = load_config_module(os.path.join(HERE, "config.py")).PRESETS
+
+REFERENCE = (64, 2, 100)  # the real-data `cpu` preset's model (experiments/real_data, REAL_DATA_PRESETS)
+NUM_ITEMS = 3629  # ML-1M cross-region's target catalogue
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--out", default="")
+  args = ap.parse_args()
+  shapes = [REFERENCE] + [(d, blocks, PRESETS["cpu"]["max_len"]) for d, blocks in PRESETS["cpu"]["sizes"]]
+  rows = {}
+  for d, blocks, max_len in shapes:
+    p = dict(num_items=NUM_ITEMS, embed_dim=d, max_len=max_len, num_layers=blocks, num_heads=1, mlp_dim=4 * d,
+             batch_size=128, compute_dtype="float32", eval_batch=256)
+    step, evaluate, flops = bench.bench_xrec(p, bench._batch(p, np.random.default_rng(0)), bench._config(p))
+    rows[f"d{d}x{blocks}_len{max_len}"] = dict(step_s=bench._time(step, n_warm=2, n=8),
+                                               eval_256_users_s=bench._time(evaluate, n_warm=1, n=3),
+                                               step_gflop=flops / 1e9)
+    print(f"d{d}x{blocks}_len{max_len}", json.dumps(rows[f"d{d}x{blocks}_len{max_len}"]), flush=True)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump({"rows": rows, "host": os.uname().nodename, "xla_flags": os.environ.get("XLA_FLAGS", "")}, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
