@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from xrec.data import pipeline
+from xrec.data import pipeline, streams
 from xrec.train import experiment, runner
 from xrec.train.loop import train_and_evaluate
 
@@ -307,6 +307,21 @@ def test_dann_trains_on_both_streams_and_needs_a_source(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"objective term 'source_full_softmax' reads the stream\(s\) \['source'\].*"
                                        r"data.source_domain"):
     train_and_evaluate(single, str(tmp_path / "single"))
+
+
+def test_a_source_stream_over_a_disjoint_catalogue_is_refused_naming_its_terms(data_dir):
+  # dann / shared_private / multi_domain read the source's users in the target's item ids: with no
+  # shared item (ML-1M cross-genre, two S3Rec files) nothing is left, and the error says why and what works
+  c = tiny_config(data_dir)
+  c.data.synthetic.item_overlap = 0.0
+  c.data.domain, c.data.source_domain = "target", "source"
+  target = pipeline.load_domain(c.data)
+  with pytest.raises(ValueError, match=r"objective terms \['source_full_softmax', 'domain_adversarial'\] train on "
+                                       r"the source domain 'source'.*\(0 shared items.*need domains that share items"):
+    streams.train_streams(target, c.data, 8, 20, 0, source=("source_full_softmax", "domain_adversarial"))
+  c.data.synthetic.item_overlap = 1.0  # the same catalogue: the stream is built
+  built = streams.train_streams(pipeline.load_domain(c.data), c.data, 8, 20, 0, source=("source_full_softmax",))
+  assert set(built) == {"target", "source"}
 
 
 def test_distill_a_smaller_student_from_a_teacher(data_dir, tmp_path):

@@ -21,10 +21,11 @@ log = logging.getLogger("xrec")
 
 
 def train_streams(domain: pipeline.DomainSequences, data_cfg, batch_size: int, max_len: int, seed: int, *,
-                  mask_id: int = 0, views: tuple[str, ...] = (), source: bool = False) -> dict:
+                  mask_id: int = 0, views: tuple[str, ...] = (), source: tuple[str, ...] = ()) -> dict:
   """{stream name: pipeline.TrainBatches}. mask_id: the mask token an augmenter writes (0: the
   model has none); views: the objective terms that contrast two augmented views (they need
-  data.augment.ops); source: whether a term reads the source stream (data.source_domain)."""
+  data.augment.ops); source: the objective terms that read the source stream (data.source_domain;
+  () builds none)."""
   augmenter = augment.from_config(data_cfg.augment, mask_id, (domain.sequence(u)[:-2] for u in domain.train_users),
                                   domain.num_items)
   if views and augmenter is None:
@@ -37,7 +38,17 @@ def train_streams(domain: pipeline.DomainSequences, data_cfg, batch_size: int, m
     source_cfg = copy.deepcopy(data_cfg)  # the source domain's every user, in the target's item ids
     with source_cfg.unlocked():
       source_cfg.domain, source_cfg.user_fraction, source_cfg.eval_population = data_cfg.source_domain, 1.0, "all"
-    other = pipeline.remap(pipeline.load_domain(source_cfg), domain.item_keys)
+    try:
+      other = pipeline.remap(pipeline.load_domain(source_cfg), domain.item_keys)
+    except ValueError as e:
+      if "shares too few items" not in str(e):
+        raise
+      raise ValueError(
+          f"objective terms {list(source)} train on the source domain {data_cfg.source_domain!r} in the target's "
+          f"item ids (its items the target's catalogue lacks are dropped), and it shares too few items with the "
+          f"target: {e}. These terms (the dann, shared_private and multi_domain strategies) need domains that share "
+          "items, e.g. ML-1M cross-region (the same movies); with disjoint catalogues (ML-1M cross-genre, two "
+          "S3Rec files) use a strategy that does not read the source stream") from e
     log.info("source stream: domain %r, %d users, %.1f%% of its interactions on the target's items",
              other.name, other.num_users, 100 * other.metadata["remap"]["interactions_kept"])
     streams["source"] = pipeline.TrainBatches(other, batch_size, max_len, seed + 7919, jax.process_index(),

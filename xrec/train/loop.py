@@ -245,7 +245,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                       mask_id=module.num_items + 1 if module.uses_mask_token else 0,
                                       views=tuple(objective.names) if {"view_a", "view_b"} & set(objective.fields)
                                       else (),
-                                      source="source" in objective.streams)
+                                      source=tuple(t.name for t, _ in objective.terms if "source" in t.streams))
   target = run.streams["target"]
   run.num_steps = (spec.train.total_steps(target.steps_per_epoch, len(target.users))
                    if model.plan.train and not module.fitted else 0)  # 0: evaluate only
