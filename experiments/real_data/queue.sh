@@ -14,7 +14,8 @@
 # Studies whose source pretraining another study already trained start from that stage, copied
 # into their workdir from the committed source model (the launcher reuses a finished stage of the
 # same hash): the adversarial and augment studies on cross-region transfer from the fraction study's
-# model C (ml1m_cross_region_cpu_early/source_model), so that their cells are paired with its table's.
+# model C (ml1m_cross_region_cpu_early/source_model), so that their cells are paired with its table's;
+# the overlap study's own source model is committed too (on a fresh machine it is not trained again).
 # (The adversarial strategies need items shared by the two domains: not on cross-genre.)
 # A study that fails goes on to the next (its log says which cells failed; the next start retries them).
 # The reproduction rows not yet run (experiments/reproduce) go JOBS at a time, each in its own workdir.
@@ -79,6 +80,7 @@ reproduce_key() {  # the cell key of a reproduction row (launch.py --list prints
 
 CROSS_REGION_C="$HERE/ml1m_cross_region_cpu_early/source_model/8b5816904a973bc7"
 
+seed_stage overlap_ml1m_cross_genre_cpu "$HERE/overlap_ml1m_cross_genre_cpu/source_model/4485bf6231622eca"
 study overlap_ml1m_cross_genre_cpu "$HERE/overlap.py:ml1m_cross_genre,cpu,one_pretraining" "${ML[@]}"
 seed_stage adversarial_ml1m_cross_region_cpu "$CROSS_REGION_C"
 study adversarial_ml1m_cross_region_cpu "$HERE/adversarial.py:ml1m_cross_region,cpu,one_pretraining" "${ML[@]}"
