@@ -49,8 +49,10 @@ study() {  # study NAME CONFIG [FLAGS...]
   echo "== $name: exit $? $(date -u +%FT%TZ)"
 }
 
-# in lane order for two lanes: the three ML-1M rows (3-4 core-hours each) first, the Amazon ones (about 2.5) after
-REPRODUCE_ROWS=(ml1m_hstu ml1m_bert4rec ml1m_gru4rec sports_sasrec beauty_cl4srec toys_cl4srec sports_cl4srec)
+# in lane order for two lanes: the three ML-1M rows (3-4 core-hours each) first, the Amazon ones (about 2.5) after,
+# then the two ablations of the ML-1M gap that were paused unfinished (their checkpoints are gone: they start again)
+REPRODUCE_ROWS=(ml1m_hstu ml1m_bert4rec ml1m_gru4rec sports_sasrec beauty_cl4srec toys_cl4srec sports_cl4srec
+                ml1m_sasrec_plus_nobias ml1m_sasrec_plus_adam)
 
 reproduce() {  # JOBS lanes, lane k on core k runs rows k, k+JOBS, ... one after another (single-threaded XLA),
   # each row in its own workdir RUNS/reproduce_<row>
