@@ -492,8 +492,16 @@ def test_findings_of_two_studies_hold_reverse_or_show_in_one_only(tmp_path):
     compare.findings(synthetic, _study(tmp_path / "other", {"scratch": {0.5: 0.1}, "adapter": {0.5: 0.2}}))
   with pytest.raises(ValueError, match=r"values the studies lack: first \[0.2\].*valid: first \[0.1, 1.0\]"):
     compare.findings(synthetic, real, columns=compare.parse_columns("0.2=0.05"))
-  with pytest.raises(ValueError, match=r"sweep different columns"):
-    compare.findings(synthetic, _study(tmp_path / "steps", {"scratch": {1: 0.1}}, field="train.num_steps"))
+  # another column field (the synthetic overlap study's user_overlap against a real user_fraction):
+  # refused unless --columns names the pairs, then compared on them with both labels
+  overlap = _study(tmp_path / "overlap", {k: {1.0: v[0.1]} for k, v in SYNTHETIC.items()},
+                   field="data.synthetic.user_overlap")
+  with pytest.raises(ValueError, match=r"sweep different columns.*pair the cells to compare with --columns"):
+    compare.findings(overlap, real)
+  across = compare.findings(overlap, real, columns=compare.parse_columns("1=0.05"))
+  assert {r["row"]: r["verdict"] for r in across["rows"]} == {"zero_shot": "yes", "adapter": "yes", "lora": "yes"}
+  assert "| adapter | user_overlap=1 / user_fraction=0.05 |" in compare.findings_markdown(across)
+  assert "user_overlap=1 / user_fraction=0.05: " in compare.findings_markdown(across)
   result = compare.findings(synthetic, real, columns=compare.parse_columns("0.1=0.05, 1=1.0"))
   got = {(r["row"], r["columns"][0]): (r["vs_scratch"], r["vs_zero_shot"], r["verdict"]) for r in result["rows"]}
   assert got == {

@@ -16,7 +16,9 @@ scratch and where its tests put it (significantly above scratch, below it, or ne
 against zero_shot); a finding holds when both studies put the strategy on the same sides of every
 baseline both tested, is reversed when one finds it above and the other below. Columns match by
 their values, or by --columns FIRST=SECOND,... for one column field (e.g. 0.01=0.05); strategies and
-columns of one study only are listed, not compared. The tables' magnitudes are not compared: two
+columns of one study only are listed, not compared. Studies that sweep different column fields
+(user overlap in one, user fraction in the other) are compared only on the pairs --columns names
+(the field names stay in the table's column labels). The tables' magnitudes are not compared: two
 datasets need not share a scale (the largest mean gain per column is named, as means).
 Prints a Markdown table and a summary line; exits 0 (a report, not a test).
 """
@@ -87,7 +89,8 @@ def cells_markdown(result: dict) -> str:
 
 def parse_columns(text: str) -> dict:
   """'0.01=0.05,1=1' -> {0.01: 0.05, 1.0: 1.0}: the first study's column value -> the second's
-  (layouts with one column field; numbers compare as numbers, so 1.0 and 1 are one value)."""
+  (layouts with one column field each, the same field or not; numbers compare as numbers, so 1.0 and
+  1 are one value)."""
   out = {}
   for pair in filter(None, (p.strip() for p in text.split(","))):
     if pair.count("=") != 1:
@@ -147,11 +150,14 @@ def findings(first: str, second: str, metric: str = "ndcg@10", columns: dict | N
   both gains and where each study's tests put the strategy against scratch and zero_shot, with a
   verdict (_verdict); the strategies and columns of one study only are listed, not compared."""
   a, b = _table(first, metric, "gain"), _table(second, metric, "gain")
-  if a.column_fields != b.column_fields:
-    raise ValueError(f"the two studies sweep different columns: {a.column_fields} against {b.column_fields}")
+  if a.column_fields != b.column_fields and not columns:
+    raise ValueError(f"the two studies sweep different columns: {a.column_fields} against {b.column_fields}; "
+                     "pair the cells to compare with --columns FIRST=SECOND (e.g. the synthetic overlap study's "
+                     "user_overlap 1 against a real study's user_fraction 0.05)")
   if columns:
-    if len(a.column_fields) != 1:
-      raise ValueError(f"--columns pairs the values of one column field; these studies have {a.column_fields}")
+    if len(a.column_fields) != 1 or len(b.column_fields) != 1:
+      raise ValueError(f"--columns pairs the values of one column field per study; these studies have "
+                       f"{a.column_fields} and {b.column_fields}")
     a_values, b_values = {_number(c[0]): c for c in a.columns}, {_number(c[0]): c for c in b.columns}
     unknown, missing = sorted(set(columns) - set(a_values)), sorted(set(columns.values()) - set(b_values))
     if unknown or missing:
@@ -192,6 +198,11 @@ def findings(first: str, second: str, metric: str = "ndcg@10", columns: dict | N
 VERDICT_TEXT = {"yes": "yes", "not comparable": "not comparable"}
 
 
+def _pair_text(columns: list[str]) -> str:
+  """A matched column pair's label: the one text when both read alike, else 'first / second'."""
+  return columns[0] if columns[0] == columns[1] else " / ".join(columns)
+
+
 def findings_markdown(result: dict) -> str:
   def gain(cell):
     return f"{tables.cell_text(cell, 'gain')}{tables.marks_text(cell)} (n={cell.n})"
@@ -201,12 +212,12 @@ def findings_markdown(result: dict) -> str:
   lines = [f"| strategy | column | first: gain over scratch | second: gain over scratch | vs scratch | vs zero_shot "
            "| holds |", "|---|---|---:|---:|---|---|---|"]
   for r in result["rows"]:
-    column = r["columns"][0] if r["columns"][0] == r["columns"][1] else " / ".join(r["columns"])
+    column = _pair_text(r["columns"])
     lines.append(f"| {r['row']} | {column} | {gain(r['first'])} | {gain(r['second'])} | {sides(r['vs_scratch'])} | "
                  f"{sides(r['vs_zero_shot'])} | {VERDICT_TEXT.get(r['verdict'], '**no**: ' + r['verdict'])} |")
   lines += ["", "Largest mean gain per column, scratch counted as 0 (first / second; a comparison of means, not "
             "a test; none where two tie): " + "; ".join(
-                f"{b['columns'][0]}: {b['first']} / {b['second']}" + ("" if b["same"] else " (differ)")
+                f"{_pair_text(b['columns'])}: {b['first']} / {b['second']}" + ("" if b["same"] else " (differ)")
                 for b in result["best"])]
   only = result["only"]
   for kind, (x, y) in (("strategies", only["rows"]), ("columns", only["columns"])):
