@@ -373,7 +373,7 @@ def test_a_one_run_report_has_its_table_no_plot_and_imports_neither_matplotlib_n
     ("experiments/real_data/augment.py", "cross_app,amazon2018"),
     ("experiments/selection/config.py", None), ("experiments/selection/sources.py", None), ("experiments/real_data/selection.py", "ml1m_cross_region,cpu"),
     ("experiments/text_transfer/config.py", None), ("experiments/text_transfer/signal.py", None),
-    ("experiments/real_data/text.py", "ml1m_cross_genre,cpu")])
+    ("experiments/real_data/text.py", "ml1m_cross_genre,cpu"), ("experiments/text_tower/cpu.py", None)])
 def test_study_configs_load_and_every_cell_applies(path, arg):
   from xrec.train import experiment, loop, runner
   module = runner.load_config_module(os.path.join(ROOT, path))

@@ -217,17 +217,22 @@ def test_stage_hashes_ignore_the_tower_fields_at_their_defaults():
   assert experiment.stage_hash(c) != "013b5f077b3d99da"
 
 
-def test_the_tower_study_shares_one_frozen_text_pretraining_and_varies_only_the_target(monkeypatch):
+@pytest.mark.parametrize("config, rows, tuned_layers", [("config.py", 9, {1, 6}), ("cpu.py", 7, {1})])
+def test_the_tower_study_shares_one_frozen_text_pretraining_and_varies_only_the_target(monkeypatch, config, rows,
+                                                                                       tuned_layers):
+  """config.py (an accelerator's: LoRA on 6 layers, the top one or all 6 in full) and cpu.py (LoRA and
+  full tuning of the same top layer): every tower transfers the same frozen-text pretraining."""
   from xrec.config import with_overrides
   from xrec.data import fingerprint
   from xrec.train import experiment
   from xrec.train.runner import load_config_module
   monkeypatch.setattr(fingerprint, "digests", lambda data: {})  # no real files in tests
   study = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments",
-                                          "text_tower", "config.py"))
+                                          "text_tower", config))
   base = study.get_config()
   cells = [c for c in study.sweep() if c["seed"] == 0 and c["data.user_fraction"] == 0.05]
-  assert len(cells) == 9 and {c.get("model.text.tune", "") for c in cells} == {"", "lora", "full"}
+  assert len(cells) == rows and {c.get("model.text.tune", "") for c in cells} == {"", "lora", "full"}
+  assert {c["model.text.tune_layers"] for c in cells if "model.text.tune_layers" in c} == tuned_layers
   pretrain, transfer = set(), set()
   for cell in cells:
     cfg = with_overrides(base, cell)
@@ -236,7 +241,7 @@ def test_the_tower_study_shares_one_frozen_text_pretraining_and_varies_only_the_
       assert p.model.item_repr == "text" and p.model.text.tune == ""
       pretrain.add(experiment.stage_hash(p))
     transfer.add(experiment.stage_hash(experiment.transfer_config(cfg, cell["transfer.strategy"], "/tmp/p")))
-  assert len(pretrain) == 1 and len(transfer) == 9
+  assert len(pretrain) == 1 and len(transfer) == rows
 
 
 @pytest.mark.parametrize("name,repr_", [("sasrec", "text"), ("bert4rec", "text"), ("gru4rec", "text+id")])

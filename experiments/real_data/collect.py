@@ -1,6 +1,8 @@
 """Carries the records of the queue's studies (queue.sh) from their workdirs into the repository:
-RUNS/<study>/runs.jsonl -> experiments/real_data/<study>/runs.jsonl (with its study.json), and each
-reproduction row's RUNS/reproduce_<row>/runs.jsonl -> experiments/reproduce/runs.jsonl. Append-only:
+RUNS/<study>/runs.jsonl -> experiments/real_data/<study>/runs.jsonl (with its study.json; a study
+whose folder is committed elsewhere, experiments/*/<study>, goes there, and text_tower_* studies to
+experiments/text_tower/), and each reproduction row's RUNS/reproduce_<row>/runs.jsonl ->
+experiments/reproduce/runs.jsonl. Append-only:
 a committed record stays, the workdir's records not yet committed go after it (a cell's last record
 counts, as everywhere), so a rerun never erases what an earlier run recorded. Prints, per study,
 its cells, how many are done and failed, and each new record's test NDCG@10.
@@ -63,6 +65,15 @@ def _summary(name: str, dest: str, new: list[dict], dry_run: bool) -> None:
     print(f"  {r['key'][:90]}  {r.get('status')}  {'' if ndcg is None else f'{ndcg:.4f}'}")
 
 
+def _destination(name: str) -> str:
+  """experiments/*/NAME where committed, else experiments/text_tower/NAME for the text-tower
+  studies and experiments/real_data/NAME for the others."""
+  found = sorted(glob.glob(os.path.join(HERE, "..", "*", name)))
+  if found:
+    return found[0]
+  return os.path.join(HERE, "..", "text_tower" if name.startswith("text_tower_") else "real_data", name)
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("runs", help="the folder of the studies' workdirs (queue.sh's RUNS)")
@@ -75,7 +86,7 @@ def main():
     if name.startswith("reproduce_"):
       dest, copy_study = REPRODUCE, False  # one study, its rows run apart: the committed study.json stays
     else:
-      dest, copy_study = os.path.join(HERE, name), True
+      dest, copy_study = _destination(name), True
       if name not in args.studies and not (not args.studies and os.path.isdir(dest)):
         print(f"{name}: not carried ({'not named' if args.studies else 'no folder in the repository yet: name it'})")
         continue

@@ -32,6 +32,7 @@ started=${FIRST:+no}
 
 seed_stage() {  # seed_stage STUDY SOURCE_MODEL_DIR: a finished stage copied into STUDY's stages/
   local dst="$RUNS/$1/stages/$(basename "$2")"
+  if [ ! -e "$2" ]; then echo "== $1: no stage $2 to start from (its pretraining runs)"; return; fi
   if [ ! -e "$dst" ]; then mkdir -p "$RUNS/$1/stages" && cp -r "$2" "$dst"; fi
 }
 
@@ -42,8 +43,9 @@ study() {  # study NAME CONFIG [FLAGS...]
     if [ "$name" != "$FIRST" ]; then echo "== $name: skipped (starting at $FIRST)"; return; fi
     started=yes
   fi
-  local carry=()
-  if [ -f "$HERE/$name/runs.jsonl" ]; then carry=(--continue_from "$HERE/$name"); fi
+  local carry=() committed
+  committed=$(ls -d experiments/*/"$name" 2>/dev/null | head -n 1)  # its committed records (collect.py)
+  if [ -n "$committed" ] && [ -f "$committed/runs.jsonl" ]; then carry=(--continue_from "$committed"); fi
   echo "== $name: start $(date -u +%FT%TZ)"
   "$PY" launch.py --config "$config" --workdir "$RUNS/$name" --jobs "$JOBS" "${carry[@]}" "$@"
   echo "== $name: exit $? $(date -u +%FT%TZ)"
@@ -91,6 +93,10 @@ study augment_ml1m_cross_region_cpu "$HERE/augment.py:ml1m_cross_region,cpu,one_
 reproduce  # the reproduction rows not yet run (experiments/reproduce), two at a time
 study text_ml1m_cross_genre_cpu "$HERE/text.py:ml1m_cross_genre,cpu,one_pretraining" "${ML[@]}" \
     --config.model.text.encoder=minilm
+# the text-tower comparison at a CPU's cost (experiments/text_tower/cpu.py, issue 30); its source pretraining
+# has the text study's config (the same stage hash), so it starts from that study's stage
+seed_stage text_tower_ml1m_cross_genre_cpu "$RUNS/text_ml1m_cross_genre_cpu/stages/c8fac0a2b38b31b7"
+study text_tower_ml1m_cross_genre_cpu experiments/text_tower/cpu.py "${ML[@]}" --config.model.text.encoder=minilm
 study compress_ml1m_cross_region_cpu "$HERE/compress.py:ml1m_cross_region,cpu,one_pretraining" "${ML[@]}"
 for target in Toys_and_Games Sports_and_Outdoors; do
   short=${target%%_*}

@@ -23,8 +23,8 @@ trainable params are in its results; experiments/text_tower/cost.py times the it
 
 A tuned tower runs its layers over the whole catalogue's tokens every step (about 3,700 titles of
 12 tokens on average here, in length buckets): cost.py measures about 5 s per 1,000 items per step
-for 6 tuned layers on one CPU core (README), so this study is for an accelerator. On a CPU, run
-only the frozen and full_top rows: pick their cells with --only (indices from --list).
+for 6 tuned layers on one CPU core (README), so this study is for an accelerator. On a CPU,
+experiments/text_tower/cpu.py runs the same comparison with towers that tune the top layer only.
 """
 
 import os
@@ -39,9 +39,13 @@ TEXT = {"model.item_repr": "text"}
 TOWERS = {"frozen": {}, "lora": {"model.text.tune": "lora", "model.text.tune_layers": 6, "model.text.lora_rank": 8},
           "full_top": {"model.text.tune": "full", "model.text.tune_layers": 1},
           "full": {"model.text.tune": "full", "model.text.tune_layers": 6}}
-ROWS = [("scratch", {"experiment.variant": "id"})] + [
-    (strategy, {**TEXT, **fields, "experiment.variant": f"text:{tower}"})
-    for strategy in ("adaptor_only", "full_finetune") for tower, fields in TOWERS.items()]
+
+
+def rows(towers: dict) -> list:
+  """The study's rows: a fresh ID model, then adaptor_only and full_finetune with each tower."""
+  return [("scratch", {"experiment.variant": "id"})] + [
+      (strategy, {**TEXT, **fields, "experiment.variant": f"text:{tower}"})
+      for strategy in ("adaptor_only", "full_finetune") for tower, fields in towers.items()]
 
 
 def get_config(arg=None):
@@ -55,7 +59,7 @@ def get_config(arg=None):
 
 
 def sweep():
-  return strategy_variants_grid(ROWS, "data.user_fraction", FRACTIONS, SEEDS)
+  return strategy_variants_grid(rows(TOWERS), "data.user_fraction", FRACTIONS, SEEDS)
 
 
 def metrics():
