@@ -1,7 +1,7 @@
 """Carries the records of the queue's studies (queue.sh) from their workdirs into the repository:
 RUNS/<study>/runs.jsonl -> experiments/real_data/<study>/runs.jsonl (with its study.json; a study
-whose folder is committed elsewhere, experiments/*/<study>, goes there, and text_tower_* studies to
-experiments/text_tower/), and each reproduction row's RUNS/reproduce_<row>/runs.jsonl ->
+whose folder is committed elsewhere, experiments/*/<study>, goes there; text_tower_* studies to
+experiments/text_tower/, scaling_* to experiments/scaling/), and each reproduction row's RUNS/reproduce_<row>/runs.jsonl ->
 experiments/reproduce/runs.jsonl. Append-only:
 a committed record stays, the workdir's records not yet committed go after it (a cell's last record
 counts, as everywhere), so a rerun never erases what an earlier run recorded. Prints, per study,
@@ -66,12 +66,15 @@ def _summary(name: str, dest: str, new: list[dict], dry_run: bool) -> None:
 
 
 def _destination(name: str) -> str:
-  """experiments/*/NAME where committed, else experiments/text_tower/NAME for the text-tower
-  studies and experiments/real_data/NAME for the others."""
+  """experiments/*/NAME where committed, else experiments/text_tower/NAME or experiments/scaling/NAME
+  by the name's prefix, and experiments/real_data/NAME for the others."""
   found = sorted(glob.glob(os.path.join(HERE, "..", "*", name)))
   if found:
     return found[0]
-  return os.path.join(HERE, "..", "text_tower" if name.startswith("text_tower_") else "real_data", name)
+  for prefix, folder in (("text_tower_", "text_tower"), ("scaling_", "scaling")):
+    if name.startswith(prefix):
+      return os.path.join(HERE, "..", folder, name)
+  return os.path.join(HERE, "..", "real_data", name)
 
 
 def main():
