@@ -38,7 +38,8 @@ def _param_counts(config, num_items):
 def test_the_cpu_grid_spans_the_sizes_and_seeds_the_issue_asks_for():
   study = _module("config")
   config = study.get_config("ml1m_cross_region")
-  cells = list(study.sweep())
+  every = list(study.sweep())
+  cells = [c for c in every if "model.name" not in c]  # SASRec, the config's model
   sizes = {(c["model.embed_dim"], c["model.sasrec.num_layers"]) for c in cells}
   assert {d for d, _ in sizes} == {32, 64, 128, 256} and {b for _, b in sizes} == {1, 2, 4}
   pretrained = {(c["model.embed_dim"], c["model.sasrec.num_layers"], c["experiment.pretrain.data.user_fraction"])
@@ -54,11 +55,21 @@ def test_the_cpu_grid_spans_the_sizes_and_seeds_the_issue_asks_for():
   assert seeds[("adapter", 64, 2, 1.0, 0.2)] == {0, 1, 2}  # the interior: 3
   assert seeds[("scratch", 256, 4, None, 0.05)] == {0, 1, 2, 3, 4}
   assert {k[0] for k in seeds} == {"scratch", "zero_shot", "full_finetune", "frozen_encoder", "adapter"}
-  # every cell applies and passes the door's checks; tune once, one pretraining per (size, source)
+  # the second family: HSTU at the same sizes, on all source users, seeds 0-2, with its own scratch models
+  hstu = [c for c in every if c.get("model.name") == "hstu"]
+  assert {(c["model.embed_dim"], c["model.hstu.num_layers"]) for c in hstu} == sizes
+  assert {c["seed"] for c in hstu} == {0, 1, 2} and len(hstu) == 6 * 2 * 5 * 3
+  assert {c.get("experiment.pretrain.data.user_fraction") for c in hstu} == {None, 1.0}
+  assert {c["transfer.strategy"] for c in hstu} == {k[0] for k in seeds}
+  # every cell applies and passes the door's checks; tune once, one pretraining per (family, size, source)
   for cell in runner.cells_of(study)[:: 7]:
     c = runner.apply_overrides(config, cell.overrides)
     loop.validate(c)
-    assert c.model.sasrec.mlp_dim == 4 * c.model.embed_dim and c.model.max_len == 50
+    assert c.model.max_len == 50
+    if c.model.name == "sasrec":
+      assert c.model.sasrec.mlp_dim == 4 * c.model.embed_dim
+    else:
+      assert c.model.name == "hstu" and c.model.hstu.num_heads == 1
   assert config.tune.seed == 0 and config.experiment.pretrain.seed == 0
   # params span >= 30x with ML-1M's item table (3,706 items), far more without it (the docstring's figures)
   small = runner.apply_overrides(config, {"model.embed_dim": 32, "model.sasrec.num_layers": 1,
@@ -68,7 +79,7 @@ def test_the_cpu_grid_spans_the_sizes_and_seeds_the_issue_asks_for():
   (small_all, small_blocks), (large_all, large_blocks) = _param_counts(small, 3706), _param_counts(large, 3706)
   assert large_all / small_all >= 30 and large_blocks / small_blocks >= 200
   accelerator = list(_module("accelerator").sweep())
-  assert {(1024, 8), (512, 8)} <= {(c["model.embed_dim"], c["model.sasrec.num_layers"]) for c in accelerator}
+  assert {(1024, 8), (512, 8)} <= {(c["model.embed_dim"], c.get("model.sasrec.num_layers")) for c in accelerator}
   assert _module("accelerator").get_config("ml1m_cross_region").model.max_len == 200
   with pytest.raises(ValueError, match="name the scenario first"):
     study.get_config("ml1m")
@@ -108,16 +119,25 @@ def test_smoke_cells_run_and_analyse_with_the_source_axis_changing_the_pretraini
   config.data.data_dir = data_dir
   config.tune.lr = (3e-3,)
   cells = runner.cells_of(study)
-  wanted = {("scratch", 8, None), ("scratch", 16, None), ("zero_shot", 8, 0.5), ("zero_shot", 8, 1.0),
-            ("full_finetune", 8, 1.0)}
+  wanted = {("sasrec", "scratch", 8, None), ("sasrec", "scratch", 16, None), ("sasrec", "zero_shot", 8, 0.5),
+            ("sasrec", "zero_shot", 8, 1.0), ("sasrec", "full_finetune", 8, 1.0), ("hstu", "scratch", 8, None),
+            ("hstu", "full_finetune", 8, 1.0)}
   workdir = str(tmp_path / "scaling")
   for cell in cells:
     o = cell.overrides
-    if (o["transfer.strategy"], o["model.embed_dim"], o.get("experiment.pretrain.data.user_fraction")) in wanted:
+    if (o.get("model.name", "sasrec"), o["transfer.strategy"], o["model.embed_dim"],
+        o.get("experiment.pretrain.data.user_fraction")) in wanted:
       assert runner.run_study(config, study, workdir, only=str(cell.index))["failed"] == 0
   result = _analyze().analyze(workdir)
+  # the HSTU family: paired with its own scratch model, fitted and ranked apart from SASRec
+  hstu = {p["strategy"]: p for p in result["points"] if p["family"] == "hstu"}
+  assert hstu["full_finetune"]["gain"] == pytest.approx(hstu["full_finetune"]["ndcg"] - hstu["scratch"]["ndcg"])
+  assert [r["size"] for r in result["best"] if r["family"] == "hstu"] == [[8, 1]]
+  result["pretrainings"] = [p for p in result["pretrainings"] if p["stage"] != hstu["full_finetune"]["pretrain"]]
+  result["best"] = [r for r in result["best"] if r["family"] == "sasrec"]
+  result["points"] = [p for p in result["points"] if p["family"] == "sasrec"]
   pre = result["pretrainings"]
-  assert len(pre) == 2  # one per source fraction: full_finetune and zero_shot at 100% share theirs
+  assert len(pre) == 2  # SASRec's, one per source fraction: full_finetune and zero_shot at 100% share theirs
   half, whole = sorted(pre, key=lambda p: p["source_users"])
   assert whole["source_users"] == 120 and half["source_users"] == 60
   assert 0 < half["source_interactions"] < whole["source_interactions"]
@@ -131,7 +151,7 @@ def test_smoke_cells_run_and_analyse_with_the_source_axis_changing_the_pretraini
   assert [r["size"] for r in result["best"]] == [[8, 1], [16, 2]]
   top = max(result["best"], key=lambda r: r["best_ndcg"])
   records = {(r["overrides"]["transfer.strategy"], r["overrides"].get("experiment.pretrain.data.user_fraction")): r
-             for r in runner.read_runs(workdir)}
+             for r in runner.read_runs(workdir) if "model.name" not in r["overrides"]}  # SASRec's
   tuned = points[("full_finetune", 1.0, 8)]  # its own stage's seconds: the record's less the pretraining's
   assert tuned["wall_seconds"] == pytest.approx(records[("full_finetune", 1.0)]["stage_wall_seconds"]
                                                 - whole["wall_seconds"])
@@ -139,7 +159,8 @@ def test_smoke_cells_run_and_analyse_with_the_source_axis_changing_the_pretraini
   out = os.path.join(workdir, "scaling")
   for name in ("scaling.json", "scaling.md", "gain_vs_params.png", "gain_vs_source.png"):
     assert os.path.getsize(os.path.join(out, name)) > 0
-  assert json.load(open(os.path.join(out, "scaling.json")))["compute_optimal"]["0.2"]["best_size"] == top["size"]
+  optimal = json.load(open(os.path.join(out, "scaling.json")))["compute_optimal"]["0.2"]
+  assert [optimal["best_family"], optimal["best_size"]] in (["sasrec", top["size"]], ["hstu", [8, 1]])
 
 
 def test_cells_that_do_not_apply_are_left_out_of_the_points(tmp_path):

@@ -8,10 +8,11 @@ then writes DIR (default WORKDIR/scaling) with:
   scaling.json   every point (cell), every pretraining, every fit: what the README quotes
   scaling.md     the tables below
   gain_vs_params.png, gain_vs_params_no_items.png, gain_vs_source.png
-Definitions (per target fraction and seed, paired):
-  gain         test NDCG@10 of a transferred cell - scratch of the same size on the same target data
-  gain_best    the same - the best scratch of any size (the size with the best mean scratch)
-Fits, per (strategy, target fraction), over the models pretrained on all source users:
+Definitions (per target fraction and seed, paired; per encoder family, SASRec and HSTU):
+  gain         test NDCG@10 of a transferred cell - scratch of the same family and size on the same
+               target data
+  gain_best    the same - the family's best scratch of any size (the size with the best mean scratch)
+Fits, per (family, strategy, target fraction), over the models pretrained on all source users:
   gain = a + b log10(params) on each size's mean gain over its seeds, and with a c log10(params)^2
   term for curvature; 95% t intervals from the residuals around the fit (they hold both the seeds'
   noise and how far the sizes, one pretraining each, scatter around the curve). The verdict:
@@ -25,8 +26,8 @@ the pretraining read from) for the sizes pretrained on 25 / 50 / 100%.
 Zero-shot cells that do not apply (a target catalogue that shares no item: the record's
 not_applicable) are left out, as the report leaves them n/a. The best scratch size of gain_best
 is chosen on validation, not on the test metric the gain is read from.
-Best strategy per size (mean test NDCG@10 over seeds), the size whose best strategy scores highest
-per target fraction, and the front of that NDCG@10 against the seconds it cost: its pretraining
+Best strategy per family and size (mean test NDCG@10 over seeds), the family and size whose best
+strategy scores highest per target fraction, and the front of that NDCG@10 against the seconds it cost: its pretraining
 plus the cell's own stage as recorded (seed 0's cells carry the learning-rate grid's candidates;
 the other seeds' cells only their one run; candidates dropped by halving are not counted).
 """
@@ -81,7 +82,9 @@ def points(workdir: str) -> tuple[list[dict], dict]:
       continue
     o = r["overrides"]
     pre = pretraining(workdir, r["stages"]["pretrain"], cache) if "pretrain" in r.get("stages", {}) else None
-    out.append({"strategy": o["transfer.strategy"], "size": (int(o["model.embed_dim"]), int(o["model.sasrec.num_layers"])),
+    family = o.get("model.name", "sasrec")
+    out.append({"strategy": o["transfer.strategy"], "family": family,
+                "size": (int(o["model.embed_dim"]), int(o[f"model.{family}.num_layers"])),
                 "source": float(o.get(SOURCE_FIELD, 1.0)) if pre else None,
                 "target": float(o["data.user_fraction"]), "seed": int(o["seed"]), "ndcg": float(r["test"][METRIC]),
                 "valid": float(r["valid"][METRIC]),
@@ -94,23 +97,24 @@ def points(workdir: str) -> tuple[list[dict], dict]:
 
 
 def add_gains(pts: list[dict]) -> None:
-  """Sets each transferred point's gain (over scratch of its size) and gain_best (over the scratch
-  size with the best mean validation metric), paired by target fraction and seed; None where the
-  scratch cell is missing."""
-  scratch = {(p["size"], p["target"], p["seed"]): p["ndcg"] for p in pts if p["strategy"] == "scratch"}
+  """Sets each transferred point's gain (over scratch of its family and size) and gain_best (over
+  the family's scratch size with the best mean validation metric), paired by target fraction and
+  seed; None where the scratch cell is missing."""
+  scratch = {(p["family"], p["size"], p["target"], p["seed"]): p["ndcg"] for p in pts if p["strategy"] == "scratch"}
   by_size = defaultdict(list)
   for p in pts:
     if p["strategy"] == "scratch":
-      by_size[(p["size"], p["target"])].append(p["valid"])
+      by_size[(p["family"], p["size"], p["target"])].append(p["valid"])
   best_size = {}
-  for (size, target), vs in by_size.items():
-    if target not in best_size or np.mean(vs) > np.mean(by_size[(best_size[target], target)]):
-      best_size[target] = size
+  for (family, size, target), vs in by_size.items():
+    key = (family, target)
+    if key not in best_size or np.mean(vs) > np.mean(by_size[(family, best_size[key], target)]):
+      best_size[key] = size
   for p in pts:
     if p["strategy"] == "scratch":
       continue
-    same = scratch.get((p["size"], p["target"], p["seed"]))
-    best = scratch.get((best_size.get(p["target"]), p["target"], p["seed"]))
+    same = scratch.get((p["family"], p["size"], p["target"], p["seed"]))
+    best = scratch.get((p["family"], best_size.get((p["family"], p["target"])), p["target"], p["seed"]))
     p["gain"] = None if same is None else p["ndcg"] - same
     p["gain_best"] = None if best is None else p["ndcg"] - best
 
@@ -182,49 +186,52 @@ def fits(pts: list[dict], pre: dict) -> dict:
   full = [p for p in pts if p["strategy"] != "scratch" and p["source"] == 1.0]
   for count in ("params", "params_no_items"):
     for value in ("gain", "gain_best"):
-      groups = _groups(full, lambda p: (p["strategy"], p["target"], pre[p["pretrain"]][count]), value)
+      groups = _groups(full, lambda p: (p["family"], p["strategy"], p["target"], pre[p["pretrain"]][count]), value)
       by = defaultdict(dict)
-      for (strategy, target, x), g in groups.items():
-        by[(strategy, target)][x] = g
-      for (strategy, target), gs in sorted(by.items()):
+      for (family, strategy, target, x), g in groups.items():
+        by[(family, strategy, target)][x] = g
+      for (family, strategy, target), gs in sorted(by.items()):
         xs = sorted(gs)
-        out[f"{value} vs {count} · {strategy} · target {target:g}"] = fit(np.array(xs), [gs[x] for x in xs])
+        out[f"{value} vs {count} · {family} · {strategy} · target {target:g}"] = fit(np.array(xs),
+                                                                                    [gs[x] for x in xs])
   source = [p for p in pts if p["strategy"] != "scratch" and p["pretrain"]]
-  groups = _groups(source, lambda p: (p["strategy"], p["target"], p["size"], pre[p["pretrain"]]["source_interactions"]))
+  groups = _groups(source, lambda p: (p["family"], p["strategy"], p["target"], p["size"],
+                                      pre[p["pretrain"]]["source_interactions"]))
   by = defaultdict(dict)
-  for (strategy, target, size, x), g in groups.items():
+  for (family, strategy, target, size, x), g in groups.items():
     if x:
-      by[(strategy, target, size)][x] = g
-  for (strategy, target, size), gs in sorted(by.items()):
+      by[(family, strategy, target, size)][x] = g
+  for (family, strategy, target, size), gs in sorted(by.items()):
     if len(gs) >= 2:
       xs = sorted(gs)
-      out[f"gain vs source interactions · {strategy} · target {target:g} · d{size[0]} x{size[1]}"] = fit(
+      out[f"gain vs source interactions · {family} · {strategy} · target {target:g} · d{size[0]} x{size[1]}"] = fit(
           np.array(xs), [gs[x] for x in xs])
   return out
 
 
 def best_strategies(pts: list[dict], pre: dict) -> list[dict]:
-  """Per (target fraction, size) on all source users: each strategy's mean NDCG@10, the best one, and
-  the wall seconds of its pretraining plus its cell (mean over seeds)."""
+  """Per (target fraction, family, size) on all source users: each strategy's mean NDCG@10, the best
+  one, and the wall seconds of its pretraining plus its cell (mean over seeds)."""
   rows = []
   cells = defaultdict(list)
   for p in pts:
     if p["strategy"] == "scratch" or p["source"] == 1.0:
-      cells[(p["target"], p["size"])].append(p)
-  for (target, size), ps in sorted(cells.items()):
+      cells[(p["target"], p["family"], p["size"])].append(p)
+  for (target, family, size), ps in sorted(cells.items()):
     means = {s: float(np.mean([p["ndcg"] for p in ps if p["strategy"] == s])) for s in {p["strategy"] for p in ps}}
     best = max(means, key=means.get)
     cost = [p["wall_seconds"] + (pre[p["pretrain"]]["wall_seconds"] if p["pretrain"] else 0.0)
             for p in ps if p["strategy"] == best]
-    rows.append({"target": target, "size": list(size), "means": means, "best": best, "best_ndcg": means[best],
+    rows.append({"target": target, "family": family, "size": list(size), "means": means, "best": best,
+                 "best_ndcg": means[best],
                  "best_wall_seconds": float(np.mean(cost)),
                  "params": next((pre[p["pretrain"]]["params"] for p in ps if p["pretrain"]), None)})
   return rows
 
 
 def compute_optimal(rows: list[dict]) -> dict:
-  """Per target fraction: the size with the highest best-strategy NDCG@10, and the sizes on the
-  front of NDCG@10 against wall seconds (no cheaper size scores as high): which size to pretrain
+  """Per target fraction: the (family, size) with the highest best-strategy NDCG@10, and those on
+  the front of NDCG@10 against wall seconds (no cheaper one scores as high): which model to pretrain
   for a compute budget is read off the front."""
   out = {}
   for target in sorted({r["target"] for r in rows}):
@@ -233,10 +240,11 @@ def compute_optimal(rows: list[dict]) -> dict:
     front, best_so_far = [], -np.inf
     for r in rs:
       if r["best_ndcg"] > best_so_far:
-        front.append({"size": r["size"], "ndcg": r["best_ndcg"], "wall_seconds": r["best_wall_seconds"],
-                      "strategy": r["best"]})
+        front.append({"family": r["family"], "size": r["size"], "ndcg": r["best_ndcg"],
+                      "wall_seconds": r["best_wall_seconds"], "strategy": r["best"]})
         best_so_far = r["best_ndcg"]
-    out[f"{target:g}"] = {"best_size": top["size"], "best_strategy": top["best"], "ndcg": top["best_ndcg"],
+    out[f"{target:g}"] = {"best_family": top["family"], "best_size": top["size"], "best_strategy": top["best"],
+                          "ndcg": top["best_ndcg"],
                           "front": front}
   return out
 
@@ -249,13 +257,13 @@ def _plot(pts, pre, count, path, title):
   fig, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 4), squeeze=False)
   for ax, target in zip(axes[0], targets):
     groups = _groups([p for p in pts if p["target"] == target and p["source"] == 1.0],
-                     lambda p: (p["strategy"], pre[p["pretrain"]][count]))
-    for strategy in sorted({s for s, _ in groups}):
-      xs = sorted(x for s, x in groups if s == strategy)
-      means = [groups[(strategy, x)].mean() for x in xs]
-      errs = [1.96 * groups[(strategy, x)].std(ddof=1) / np.sqrt(len(groups[(strategy, x)]))
-              if len(groups[(strategy, x)]) > 1 else 0.0 for x in xs]
-      ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=strategy)
+                     lambda p: (p["family"], p["strategy"], pre[p["pretrain"]][count]))
+    for family, strategy in sorted({(f, s) for f, s, _ in groups}):
+      xs = sorted(x for f, s, x in groups if (f, s) == (family, strategy))
+      gs = [groups[(family, strategy, x)] for x in xs]
+      errs = [1.96 * g.std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else 0.0 for g in gs]
+      ax.errorbar(xs, [g.mean() for g in gs], yerr=errs, marker="o" if family == "sasrec" else "s", capsize=3,
+                  linestyle="-" if family == "sasrec" else "--", label=f"{family} {strategy}")
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel(f"pretrained {count.replace('_', ' ')}")
@@ -272,15 +280,17 @@ def _plot_source(pts, pre, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   groups = _groups([p for p in pts if p["pretrain"]],
-                   lambda p: (p["strategy"], p["target"], tuple(p["size"]), pre[p["pretrain"]]["source_interactions"]))
+                   lambda p: (p["family"], p["strategy"], p["target"], tuple(p["size"]),
+                              pre[p["pretrain"]]["source_interactions"]))
   series = defaultdict(list)
-  for (strategy, target, size, x), g in groups.items():
-    series[(strategy, target, size)].append((x, g.mean()))
+  for (family, strategy, target, size, x), g in groups.items():
+    series[(family, strategy, target, size)].append((x, g.mean()))
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for key, xy in sorted(series.items()):
     if len(xy) >= 2:
       xy.sort()
-      ax.plot([a for a, _ in xy], [b for _, b in xy], marker="o", label=f"{key[0]} t{key[1]:g} d{key[2][0]}x{key[2][1]}")
+      ax.plot([a for a, _ in xy], [b for _, b in xy], marker="o",
+              label=f"{key[0]} {key[1]} t{key[2]:g} d{key[3][0]}x{key[3][1]}")
   ax.axhline(0, color="gray", lw=0.8)
   ax.set_xscale("log")
   ax.set_xlabel("source interactions the pretraining read")
@@ -311,18 +321,21 @@ def _markdown(result: dict) -> str:
     worst = (f"{w['log10']:.2f}, {w['residual_in_sd']:+.1f}" if w.get("residual_in_sd") is not None else "–")
     lines.append(f"| {name} | {f['points']} | {f['slope_per_decade']:+.4f} | [{f['slope_ci'][0]:+.4f}, "
                  f"{f['slope_ci'][1]:+.4f}] | {curv} | {f['verdict']} | {worst} |")
-  lines += ["", "## Best strategy per size (all source users; mean test NDCG@10 over seeds)", "",
-            "| target fraction | d x blocks | best | its NDCG@10 | wall s (pretraining + cell) | every strategy |",
-            "|---:|---|---|---:|---:|---|"]
+  lines += ["", "## Best strategy per family and size (all source users; mean test NDCG@10 over seeds)", "",
+            "| target fraction | family | d x blocks | best | its NDCG@10 | wall s (pretraining + cell) "
+            "| every strategy |",
+            "|---:|---|---|---|---:|---:|---|"]
   for r in result["best"]:
     every = ", ".join(f"{s} {v:.4f}" for s, v in sorted(r["means"].items()))
-    lines.append(f"| {r['target']:g} | {r['size'][0]} x {r['size'][1]} | {r['best']} | {r['best_ndcg']:.4f} | "
+    lines.append(f"| {r['target']:g} | {r['family']} | {r['size'][0]} x {r['size'][1]} | {r['best']} | "
+                 f"{r['best_ndcg']:.4f} | "
                  f"{r['best_wall_seconds']:.0f} | {every} |")
   lines += ["", "## Compute-optimal size per target fraction", ""]
   for target, c in result["compute_optimal"].items():
-    front = "; ".join(f"{f['size'][0]}x{f['size'][1]} {f['strategy']} {f['ndcg']:.4f} at {f['wall_seconds']:.0f} s"
-                      for f in c["front"])
-    lines.append(f"- target {target}: best {c['best_size'][0]} x {c['best_size'][1]} ({c['best_strategy']}, "
+    front = "; ".join(f"{f['family']} {f['size'][0]}x{f['size'][1]} {f['strategy']} {f['ndcg']:.4f} at "
+                      f"{f['wall_seconds']:.0f} s" for f in c["front"])
+    lines.append(f"- target {target}: best {c['best_family']} {c['best_size'][0]} x {c['best_size'][1]} "
+                 f"({c['best_strategy']}, "
                  f"{c['ndcg']:.4f}); front: {front}")
   return "\n".join(lines) + "\n"
 

@@ -30,6 +30,10 @@ Grid (`sweep()`):
     one scratch cell per size serves every source fraction);
   * seeds: 5 for the grid's corners (smallest and largest size at 25% and 100% of the source) and
     their scratch baselines, 3 elsewhere.
+  * a second family, HSTU (xrec/models/hstu.py: pointwise SiLU attention, 1 head, no feed-forward)
+    at the same (d, blocks), pretrained on all the source users, with scratch and the same four
+    strategies at both target fractions, seeds 0-2: its gains are paired with its own scratch
+    models, and the fits and the best strategy per size are per family.
 Budgets: pretraining as the real-data presets' (up to 200 epochs, early stopping after 10
 evaluations every 100 steps: stopped by early stopping rather than cut, which `analyze.py` checks
 by reporting every pretraining's best step against its last); every target cell 1,000 steps of batch 128 with
@@ -56,6 +60,9 @@ PRESETS = {
                                             (1024, 8))),
     "smoke": dict(max_len=20, sizes=((8, 1), (16, 2)), target_fractions=(0.2,), source_fractions=(0.5, 1.0)),
 }
+# the second family (issue 30): HSTU (xrec/models/hstu.py) at the same (d, blocks), pretrained on all
+# the source users, with the interior's seeds; the source-data axis and the 5-seed corners are SASRec's
+FAMILIES = ("sasrec", "hstu")
 STRATEGIES = ("zero_shot", "full_finetune", "frozen_encoder", "adapter")
 TARGET_FRACTIONS = (0.05, 0.2)
 SOURCE_FRACTIONS = (0.25, 0.5, 1.0)
@@ -94,6 +101,7 @@ def study_config(arg, preset: str):
   c = _scenario_config(scenario, preset, extra)
   c.model.max_len = PRESETS[preset]["max_len"]
   c.model.sasrec.update(dict(num_heads=1, num_layers=1, mlp_dim=4 * c.model.embed_dim))
+  c.model.hstu.update(dict(num_heads=1, num_layers=1))
   # one pretraining per (size, source data), whatever the target cell's seed
   c.experiment.pretrain.seed = 0
   c.experiment.pretrain.data = ml_collections.ConfigDict({"user_fraction": 1.0, "fraction_seed": 0})
@@ -103,8 +111,18 @@ def study_config(arg, preset: str):
   return c
 
 
+def model_fields(family: str, d: int, blocks: int) -> dict:
+  """A cell's model overrides: SASRec's (the config's model, feed-forward 4 x d) or HSTU's (no
+  feed-forward: its gate U takes that role)."""
+  if family == "sasrec":
+    return {"model.embed_dim": d, "model.sasrec.num_layers": blocks, "model.sasrec.mlp_dim": 4 * d}
+  if family == "hstu":
+    return {"model.name": "hstu", "model.embed_dim": d, "model.hstu.num_layers": blocks}
+  raise ValueError(f"Unknown scaling family {family!r}; valid: {list(FAMILIES)}")
+
+
 def grid(preset: str = "cpu"):
-  """The cells of `preset` (see the module docstring), seed outermost."""
+  """The cells of `preset` (see the module docstring), seed outermost; the HSTU family's after SASRec's."""
   sizes = PRESETS[preset]["sizes"]
   targets = PRESETS[preset].get("target_fractions", TARGET_FRACTIONS)
   sources = PRESETS[preset].get("source_fractions", SOURCE_FRACTIONS)
@@ -114,7 +132,7 @@ def grid(preset: str = "cpu"):
   for seed in seeds:
     for size in sizes:
       d, blocks = size
-      model = {"model.embed_dim": d, "model.sasrec.num_layers": blocks, "model.sasrec.mlp_dim": 4 * d}
+      model = model_fields("sasrec", d, blocks)
       corner_size = any(size == s for s, _ in corners)
       for target in targets:
         if seed in INTERIOR_SEEDS or corner_size:
@@ -128,6 +146,15 @@ def grid(preset: str = "cpu"):
           for strategy in STRATEGIES:
             yield {"transfer.strategy": strategy, **model, "experiment.pretrain.data.user_fraction": source,
                    "data.user_fraction": target, "seed": seed, "data.fraction_seed": seed}
+  for seed in (s for s in seeds if s in INTERIOR_SEEDS):
+    for d, blocks in sizes:
+      model = model_fields("hstu", d, blocks)
+      for target in targets:
+        yield {"transfer.strategy": "scratch", **model, "data.user_fraction": target, "seed": seed,
+               "data.fraction_seed": seed}
+        for strategy in STRATEGIES:
+          yield {"transfer.strategy": strategy, **model, "experiment.pretrain.data.user_fraction": sources[-1],
+                 "data.user_fraction": target, "seed": seed, "data.fraction_seed": seed}
 
 
 def get_config(arg=None):
