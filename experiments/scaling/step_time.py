@@ -1,8 +1,8 @@
 """Seconds per training step of each CPU size of the scaling study, to size its budget.
 
-xrec's jitted SASRec step (experiments/bench/bench.py's bench_xrec: full-length random batches of
-128, full softmax over ML-1M cross-region's 3,629 target movies, fp32) at each (d, blocks) of
-config.py's `cpu` preset (max_len 50), beside the real-data presets' d 64 x 2 blocks at max_len 100
+xrec's jitted step (experiments/bench/bench.py's bench_xrec: full-length random batches of 128, full
+softmax over ML-1M cross-region's 3,629 target movies, fp32) at each (d, blocks) of config.py's `cpu`
+preset (max_len 50), for SASRec and HSTU (the study's two families), beside the real-data presets' d 64 x 2 blocks at max_len 100
 whose cells have measured wall times; plus one full-ranking evaluation batch of 256 users.
 Real batches are shorter than full length (the step computes only predicted positions), so these are
 upper bounds; their ratios are what the budget estimate uses. Run it single-threaded on one core:
@@ -35,17 +35,23 @@ NUM_ITEMS = 3629  # ML-1M cross-region's target catalogue
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--out", default="")
+  ap.add_argument("--families", nargs="+", default=["sasrec", "hstu"], choices=["sasrec", "hstu"])
   args = ap.parse_args()
-  shapes = [REFERENCE] + [(d, blocks, PRESETS["cpu"]["max_len"]) for d, blocks in PRESETS["cpu"]["sizes"]]
+  shapes = [("sasrec",) + REFERENCE] + [(family, d, blocks, PRESETS["cpu"]["max_len"]) for family in args.families
+                                        for d, blocks in PRESETS["cpu"]["sizes"]]
   rows = {}
-  for d, blocks, max_len in shapes:
+  for family, d, blocks, max_len in shapes:
     p = dict(num_items=NUM_ITEMS, embed_dim=d, max_len=max_len, num_layers=blocks, num_heads=1, mlp_dim=4 * d,
              batch_size=128, compute_dtype="float32", eval_batch=256)
-    step, evaluate, flops = bench.bench_xrec(p, bench._batch(p, np.random.default_rng(0)), bench._config(p))
-    rows[f"d{d}x{blocks}_len{max_len}"] = dict(step_s=bench._time(step, n_warm=2, n=8),
-                                               eval_256_users_s=bench._time(evaluate, n_warm=1, n=3),
-                                               step_gflop=flops / 1e9)
-    print(f"d{d}x{blocks}_len{max_len}", json.dumps(rows[f"d{d}x{blocks}_len{max_len}"]), flush=True)
+    config = bench._config(p)
+    if family == "hstu":  # the scaling study's second family: 1 head, no feed-forward
+      config.model.name = "hstu"
+      config.model.hstu.update(dict(num_layers=blocks, num_heads=1))
+    step, evaluate, flops = bench.bench_xrec(p, bench._batch(p, np.random.default_rng(0)), config)
+    name = f"{'' if family == 'sasrec' else family + '_'}d{d}x{blocks}_len{max_len}"
+    rows[name] = dict(step_s=bench._time(step, n_warm=2, n=8), eval_256_users_s=bench._time(evaluate, n_warm=1, n=3),
+                      step_gflop=flops / 1e9)
+    print(name, json.dumps(rows[name]), flush=True)
   if args.out:
     with open(args.out, "w") as f:
       json.dump({"rows": rows, "host": os.uname().nodename, "xla_flags": os.environ.get("XLA_FLAGS", "")}, f, indent=1)
