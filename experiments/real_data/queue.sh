@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real-data studies of issue 27 still to finish, one after another, each resumable: run it in a
+# The real-data studies of issues 27 and 30 still to finish, one after another, each resumable: run it in a
 # clone at a fixed commit, in the background, and start it again after a stop (finished cells are
 # skipped in seconds, a stopped stage resumes from its last checkpoint).
 #
@@ -90,7 +90,7 @@ seed_stage adversarial_ml1m_cross_region_cpu "$CROSS_REGION_C"
 study adversarial_ml1m_cross_region_cpu "$HERE/adversarial.py:ml1m_cross_region,cpu,one_pretraining" "${ML[@]}"
 seed_stage augment_ml1m_cross_region_cpu "$CROSS_REGION_C"
 study augment_ml1m_cross_region_cpu "$HERE/augment.py:ml1m_cross_region,cpu,one_pretraining" "${ML[@]}"
-reproduce  # the reproduction rows not yet run (experiments/reproduce), two at a time
+reproduce  # the reproduction rows not yet run (experiments/reproduce), JOBS lanes
 study text_ml1m_cross_genre_cpu "$HERE/text.py:ml1m_cross_genre,cpu,one_pretraining" "${ML[@]}" \
     --config.model.text.encoder=minilm
 # the text-tower comparison at a CPU's cost (experiments/text_tower/cpu.py, issue 30); its source pretraining
