@@ -38,6 +38,20 @@ def test_records_are_carried_append_only_and_once(tmp_path):
   assert runner.latest_runs(str(dest))["b"]["status"] == "done"  # the last record of a cell counts
 
 
+def test_an_older_record_never_follows_a_newer_one_and_no_machine_path_is_committed(tmp_path):
+  collect = _collect()
+  newer, older = tmp_path / "newer", tmp_path / "older"
+  for wd, when, status in ((newer, "2026-12-06T12:00:00", "done"), (older, "2026-12-05T12:00:00", "failed")):
+    wd.mkdir()
+    (wd / "study.json").write_text(json.dumps({"cells": [{"key": "a"}], "carried_from": f"/machine/{wd.name}"}))
+    _write(wd / "runs.jsonl", [{"key": "a", "status": status, "finished_at": when}])
+  dest = tmp_path / "repo"
+  assert [r["status"] for r in collect.collect(str(newer), str(dest), True, dry_run=False)] == ["done"]
+  assert collect.collect(str(older), str(dest), True, dry_run=False) == []  # older than the committed record
+  assert runner.latest_runs(str(dest))["a"]["status"] == "done"
+  assert json.loads((dest / "study.json").read_text()) == {"cells": [{"key": "a"}]}
+
+
 def test_each_study_goes_to_its_experiment_folder():
   collect = _collect()
   where = lambda name: os.path.relpath(collect._destination(name), os.path.join(ROOT, "experiments"))  # noqa: E731

@@ -20,7 +20,6 @@ import argparse
 import glob
 import json
 import os
-import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,18 +38,27 @@ def _lines(path: str) -> list[str]:
 
 
 def collect(workdir: str, dest: str, copy_study: bool, dry_run: bool) -> list[dict]:
-  """Appends WORKDIR's records that DEST lacks to DEST's runs.jsonl; returns the new records."""
-  src = os.path.join(workdir, runindex.RUNS_FILE)
-  committed = _lines(os.path.join(dest, runindex.RUNS_FILE))
-  have = {json.dumps(json.loads(line), sort_keys=True) for line in committed}
-  new = [line for line in _lines(src) if json.dumps(json.loads(line), sort_keys=True) not in have]
+  """Appends WORKDIR's records that DEST lacks to DEST's runs.jsonl, oldest first by finished_at, and
+  not one older than DEST's last record of its cell (that one stays the cell's record); returns the
+  new records. With copy_study, WORKDIR's study.json replaces DEST's, less this machine's
+  `carried_from` path."""
+  study = os.path.join(workdir, runindex.STUDY_FILE)
+  if copy_study and not os.path.isfile(study):
+    raise FileNotFoundError(f"{workdir} has runs.jsonl but no {runindex.STUDY_FILE}: not a study's workdir")
+  committed = [json.loads(line) for line in _lines(os.path.join(dest, runindex.RUNS_FILE))]
+  have = {json.dumps(r, sort_keys=True) for r in committed}
+  last = {r["key"]: str(r.get("finished_at", "")) for r in committed}
+  new = [r for r in map(json.loads, _lines(os.path.join(workdir, runindex.RUNS_FILE)))
+         if json.dumps(r, sort_keys=True) not in have and str(r.get("finished_at", "")) >= last.get(r["key"], "")]
+  new.sort(key=lambda r: str(r.get("finished_at", "")))
   if new and not dry_run:
     os.makedirs(dest, exist_ok=True)
     with open(os.path.join(dest, runindex.RUNS_FILE), "a") as f:
-      f.write("".join(line + "\n" for line in new))
+      f.write("".join(json.dumps(r) + "\n" for r in new))
     if copy_study:
-      shutil.copyfile(os.path.join(workdir, runindex.STUDY_FILE), os.path.join(dest, runindex.STUDY_FILE))
-  return [json.loads(line) for line in new]
+      record = {k: v for k, v in runindex.read_study(workdir).items() if k != "carried_from"}
+      runindex.write_json_atomic(os.path.join(dest, runindex.STUDY_FILE), record)
+  return new
 
 
 def _summary(name: str, dest: str, new: list[dict], dry_run: bool) -> None:
@@ -83,6 +91,9 @@ def main():
   ap.add_argument("studies", nargs="*", help="workdir names to carry (default: those already committed)")
   ap.add_argument("--dry_run", action="store_true", help="print what would be carried, write nothing")
   args = ap.parse_args()
+  found = {os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(args.runs, "*", runindex.RUNS_FILE))}
+  for name in sorted(set(args.studies) - found):
+    print(f"{name}: no workdir {os.path.join(args.runs, name)} with {runindex.RUNS_FILE}")
   for src in sorted(glob.glob(os.path.join(args.runs, "*", runindex.RUNS_FILE))):
     workdir = os.path.dirname(src)
     name = os.path.basename(workdir)

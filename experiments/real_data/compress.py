@@ -6,11 +6,13 @@ cell by cell (`python -m xrec.report.compare experiments/distill_prune <this stu
 columns are the model's width (model.embed_dim 16, 32, 64). Rows: scratch (trained on the target
 alone) and distill (a fresh student of that width trained from the pretrained teacher's logits and
 top-10 ranking) at every width, so that each student is tested against a scratch model of its own
-width; at 64, the teacher's own width (the presets'), also full_finetune and prune:heads, prune:mlp,
-prune:items and prune:dims (the teacher fine-tuned while pruned to half of its heads / MLP channels
-/ coldest items / item-table dims, served as a smaller dense model; the model gets two attention
-heads where the scenario has one, so that head pruning removes one per block). 11 cells per seed,
-seeds 0-4. The scenario must share most of its items (at least transfer.min_item_overlap of the
+width; at 64, the teacher's own width (the presets'), also full_finetune and prune:magnitude,
+prune:heads, prune:mlp, prune:items and prune:dims (the teacher fine-tuned while pruned to half: of
+its blocks' weights by magnitude, or of its heads / MLP channels / coldest items / item-table dims,
+served as a smaller dense model; prune:mlp is this study's own, the other four distill_prune's; the
+model gets two attention heads where the scenario has one, so that head pruning removes one per
+block). Distillation weights as distill_prune's (logits 1.0, top-10 ranking 0.5). 12 cells per
+seed, seeds 0-4. The scenario must share most of its items (at least transfer.min_item_overlap of the
 target's interactions: ml1m_cross_region, or cross_app with shared items); distillation covers the
 items the teacher knows. results.json records params, stored bytes and users/s of each model
 (pruning: and of its dense smaller model); a plot puts quality against the served model's users/s.
@@ -32,7 +34,7 @@ import ml_collections
 from xrec.train.runner import SEEDS, real_data_scenario
 
 WIDTHS = (16, 32, 64)  # experiments/distill_prune's; the last is the teacher's (the presets' model.embed_dim)
-PRUNE_KINDS = ("heads", "mlp", "items", "dims")
+PRUNE_KINDS = ("magnitude", "heads", "mlp", "items", "dims")  # distill_prune's four, and mlp
 FRACTION = 0.2
 
 
@@ -44,6 +46,7 @@ def get_config(arg=None):
   c.data.user_fraction = FRACTION
   # the teacher (the pretrained model) keeps the preset's width when a cell narrows the student
   c.experiment.pretrain.model = ml_collections.ConfigDict({"embed_dim": c.model.embed_dim})
+  c.transfer.distill.update(dict(logit_weight=1.0, ranking_weight=0.5))  # distill_prune's
   c.transfer.prune.update(dict(ratio=0.5, events=3, start=0.0, end=0.5))
   own = c.model[c.model.name]
   if own.get("num_heads") == 1:  # the MovieLens scenarios' SASRec has one head, and half of one is none:

@@ -29,11 +29,20 @@ HERE=experiments/real_data
 ML=(--config.data.movielens.download=false "--config.data.movielens.manual_dir=$DATA")
 S3="$DATA/amazon-s3rec"
 started=${FIRST:+no}
+NAMES=(overlap_ml1m_cross_genre_cpu adversarial_ml1m_cross_region_cpu augment_ml1m_cross_region_cpu reproduce
+       text_ml1m_cross_genre_cpu text_tower_ml1m_cross_genre_cpu compress_ml1m_cross_region_cpu
+       cross_app_beauty_toys_cpu cross_app_beauty_sports_cpu selection_ml1m_cross_region_cpu
+       scaling_ml1m_cross_region_cpu)
+if [ -n "$FIRST" ] && [[ " ${NAMES[*]} " != *" $FIRST "* ]]; then
+  echo "queue.sh: unknown study FIRST=$FIRST; valid: ${NAMES[*]}" >&2
+  exit 2
+fi
 
 seed_stage() {  # seed_stage STUDY SOURCE_MODEL_DIR: a finished stage copied into STUDY's stages/
   local dst="$RUNS/$1/stages/$(basename "$2")"
-  if [ ! -e "$2" ]; then echo "== $1: no stage $2 to start from (its pretraining runs)"; return; fi
-  if [ ! -e "$dst" ]; then mkdir -p "$RUNS/$1/stages" && cp -r "$2" "$dst"; fi
+  if [ ! -f "$2/results.json" ]; then echo "== $1: no finished stage $2 to start from (its pretraining runs)"; return; fi
+  if [ -f "$dst/results.json" ]; then return; fi
+  rm -rf "$dst" && mkdir -p "$RUNS/$1/stages" && cp -r "$2" "$dst"  # (an unfinished copy is replaced)
 }
 
 study() {  # study NAME CONFIG [FLAGS...]
@@ -66,9 +75,14 @@ reproduce() {  # JOBS lanes, lane k on core k runs rows k, k+JOBS, ... one after
     (
       for ((i = lane; i < ${#REPRODUCE_ROWS[@]}; i += JOBS)); do
         row=${REPRODUCE_ROWS[i]}
-        XREC_REAL_DATA="$DATA" XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+        key=$(reproduce_key "$row")
+        if [ -z "$key" ]; then  # never --only "": that would run every row of the study
+          echo "== reproduce $row: no such row in experiments/reproduce/config.py (launch.py --list), skipped"
+          continue
+        fi
+        XREC_REAL_DATA="$DATA" XLA_FLAGS="--xla_cpu_multi_thread_eigen=false" \
             taskset -c "$lane" "$PY" launch.py --config experiments/reproduce/config.py \
-            --workdir "$RUNS/reproduce_$row" --only "$(reproduce_key "$row")" > "$RUNS/reproduce_$row.log" 2>&1
+            --workdir "$RUNS/reproduce_$row" --only "$key" > "$RUNS/reproduce_$row.log" 2>&1
         echo "== reproduce $row: exit $? $(date -u +%FT%TZ)"
       done
     ) &

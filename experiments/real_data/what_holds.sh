@@ -8,16 +8,19 @@
 #
 # A pair is compared only once its real study is whole (every cell done): a partial table is not a
 # finding. Pairs, synthetic -> real, and why these columns:
-#   fraction_study -> ml1m_cross_region_cpu_early: the same strategies and target user fractions.
+#   fraction_study -> ml1m_cross_region_cpu_early: the same strategies; the 5 / 20 / 100% columns
+#     (the synthetic 1% has no real counterpart).
 #   fraction_study -> cross_app_beauty_{toys,sports}_cpu: the same grid; Amazon's files share no
 #     item (zero_shot is n/a there), the synthetic domains share all: what survives fresh item tables.
 #   cross_user -> overlap_ml1m_cross_genre_cpu, user_overlap 1 = user_fraction 0.05: the synthetic
 #     study trains on 5% of the target's users, every one with a source history; on ML-1M
-#     cross-genre 89.7% of the target's users have one (5,236 of 5,835), and the movies are disjoint.
+#     cross-genre 89.7% of the target's users have one (5,236 of 5,835, as each cross_user run logs),
+#     and the movies are disjoint.
 #   toolbox -> adversarial_ml1m_cross_region_cpu, shift 0.25 = 0.05 and shift 0.75 = 0.05: the
 #     synthetic study trains on 5% at two generator shifts; the real one at 5% on one real shift.
 #   text_transfer -> text_ml1m_cross_genre_cpu: the same grid (1 / 5 / 20%).
-#   distill_prune -> compress_ml1m_cross_region_cpu: the same layout (widths 16 / 32 / 64 at 20%).
+#   distill_prune -> compress_ml1m_cross_region_cpu: the same layout (widths 16 / 32 / 64 at 20%;
+#     prune:mlp is the real study's only).
 #   augment -> augment_ml1m_cross_region_cpu: the same grid (5 / 20%).
 set -u
 PY=${1:-python}
@@ -44,10 +47,15 @@ pair() {  # pair SYNTHETIC REAL [SUFFIX COLUMNS]
   if ! whole "$real"; then echo "$2: not whole, not compared"; return; fi
   local flags=(--findings)
   if [ -n "$columns" ]; then flags+=(--columns "$columns"); fi
-  "$PY" -m xrec.report.compare "experiments/$synthetic" "$real" "${flags[@]}" \
-      > "$real/findings_vs_$synthetic$suffix.md"
-  "$PY" -m xrec.report.compare "experiments/$synthetic" "$real" "${flags[@]}" --metric hr@10 \
-      > "$real/findings_vs_$synthetic${suffix}_hr10.md"
+  local out metric
+  for metric in ndcg@10 hr@10; do  # written only when the comparison succeeds
+    out="$real/findings_vs_$synthetic$suffix$([ "$metric" = hr@10 ] && echo _hr10).md"
+    if "$PY" -m xrec.report.compare "experiments/$synthetic" "$real" "${flags[@]}" --metric "$metric" > "$out.tmp"; then
+      mv "$out.tmp" "$out"
+    else
+      rm -f "$out.tmp"; echo "$2: the comparison with $synthetic failed"; return
+    fi
+  done
   echo "$2 vs $synthetic${suffix}: $(grep -o '[0-9]* of [0-9]* findings hold' "$real/findings_vs_$synthetic$suffix.md"), $(
       grep -o '[0-9]* reversed' "$real/findings_vs_$synthetic$suffix.md" | tail -n 1)"
 }

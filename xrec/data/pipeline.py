@@ -377,6 +377,10 @@ def index_domain(name, source, item_keys, user_fraction=1.0, fraction_seed=0, me
       population=info, item_frequency=frequency, metadata=metadata or {}, items=flat, offsets=offsets)
 
 
+class NoSharedItems(ValueError):
+  """remap: the domain keeps no training example in the other vocabulary (too few shared items)."""
+
+
 def remap(domain: DomainSequences, item_keys: list[str]) -> DomainSequences:
   """`domain`'s users with their items numbered in another vocabulary (`item_keys`, id i ->
   item_keys[i - 1]) by raw key; items the vocabulary lacks are dropped from the sequences. Used
@@ -394,7 +398,7 @@ def remap(domain: DomainSequences, item_keys: list[str]) -> DomainSequences:
                             metadata={**domain.metadata, "remap": {"interactions_kept": kept,
                                                                     "items_shared": int((id_map > 0).sum())}})
   if not (lengths >= 4).any():
-    raise ValueError(f"Domain {domain.name!r} shares too few items with the model's vocabulary: after mapping "
+    raise NoSharedItems(f"Domain {domain.name!r} shares too few items with the model's vocabulary: after mapping "
                      f"by raw key ({int((id_map > 0).sum())} shared items, {kept:.1%} of its interactions kept) "
                      "no user has the >= 4 items a training example needs")
   return out

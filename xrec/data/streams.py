@@ -40,15 +40,12 @@ def train_streams(domain: pipeline.DomainSequences, data_cfg, batch_size: int, m
       source_cfg.domain, source_cfg.user_fraction, source_cfg.eval_population = data_cfg.source_domain, 1.0, "all"
     try:
       other = pipeline.remap(pipeline.load_domain(source_cfg), domain.item_keys)
-    except ValueError as e:
-      if "shares too few items" not in str(e):
-        raise
+    except pipeline.NoSharedItems as e:
       raise ValueError(
           f"objective terms {list(source)} train on the source domain {data_cfg.source_domain!r} in the target's "
           f"item ids (its items the target's catalogue lacks are dropped), and it shares too few items with the "
-          f"target: {e}. These terms (the dann, shared_private and multi_domain strategies) need domains that share "
-          "items, e.g. ML-1M cross-region (the same movies); with disjoint catalogues (ML-1M cross-genre, two "
-          "S3Rec files) use a strategy that does not read the source stream") from e
+          f"target: {e}. These terms need domains that share items; with disjoint catalogues use terms (a "
+          "strategy) that do not read the source stream") from e
     log.info("source stream: domain %r, %d users, %.1f%% of its interactions on the target's items",
              other.name, other.num_users, 100 * other.metadata["remap"]["interactions_kept"])
     streams["source"] = pipeline.TrainBatches(other, batch_size, max_len, seed + 7919, jax.process_index(),
