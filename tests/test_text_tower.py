@@ -242,6 +242,13 @@ def test_the_tower_study_shares_one_frozen_text_pretraining_and_varies_only_the_
       pretrain.add(experiment.stage_hash(p))
     transfer.add(experiment.stage_hash(experiment.transfer_config(cfg, cell["transfer.strategy"], "/tmp/p")))
   assert len(pretrain) == 1 and len(transfer) == rows
+  # the real-data text study pretrains the same model, so the queue starts this study from its stage
+  text = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments",
+                                         "real_data", "text.py"))
+  text_base = text.get_config("ml1m_cross_genre,cpu,one_pretraining")
+  zero_shot = next(c for c in text.sweep() if c["transfer.strategy"] == "zero_shot")
+  if config == "cpu.py":
+    assert pretrain == {experiment.stage_hash(experiment.pretrain_config(with_overrides(text_base, zero_shot)))}
 
 
 @pytest.mark.parametrize("name,repr_", [("sasrec", "text"), ("bert4rec", "text"), ("gru4rec", "text+id")])

@@ -118,6 +118,6 @@ for target in Toys_and_Games Sports_and_Outdoors; do
       "--config.data.files.path=$S3/Beauty.txt" "--config.data.scenario.target_files.path=$S3/$target.txt"
 done
 study selection_ml1m_cross_region_cpu "$HERE/selection.py:ml1m_cross_region,cpu,one_pretraining" "${ML[@]}"
-# issue 30's scaling study, CPU sizes, SASRec and HSTU (experiments/scaling: about 90 core-hours by its README)
+# issue 30's scaling study, CPU sizes, SASRec and HSTU (experiments/scaling: about 100 core-hours by its README)
 study scaling_ml1m_cross_region_cpu experiments/scaling/config.py:ml1m_cross_region "${ML[@]}"
 echo "== queue done $(date -u +%FT%TZ)"

@@ -1,5 +1,6 @@
 """The scaling study (config.py here) at accelerator sizes: max_len 200 and sizes (d, blocks) up to
-(512,8) and (1024,8) beside the CPU preset's; same scenarios, strategies, fractions and seeds.
+(512,8) and (1024,8) beside the CPU preset's, for both families (SASRec and HSTU); same scenarios,
+strategies, fractions and seeds.
 
   python launch.py --config experiments/scaling/accelerator.py:ml1m_cross_region --workdir runs/scaling_ml1m_gpu
   python experiments/scaling/analyze.py runs/scaling_ml1m_gpu
