@@ -643,3 +643,20 @@ def test_the_reproduction_rows_load_validate_and_differ_only_where_their_docstri
   assert differences(rows["ml1m_sasrec_plus_nobias"], rows["ml1m_sasrec_plus"]) == {"model.output_bias"}
   assert differences(rows["ml1m_sasrec_plus_adam"], rows["ml1m_sasrec_plus"]) == {
       "optim.b2", "optim.clip_norm", "optim.warmup_fraction"}
+
+
+def test_the_real_compress_study_has_every_cell_of_the_synthetic_one():
+  """compress.py mirrors experiments/distill_prune (issue 27's toolbox table on real data), so that
+  compare --findings pairs them cell by cell: the same column field and values, every synthetic
+  (strategy, prune kind, width) cell, and the same distillation weights."""
+  from xrec.train import runner
+  real = runner.load_config_module(os.path.join(ROOT, "experiments", "real_data", "compress.py"))
+  synthetic = runner.load_config_module(os.path.join(ROOT, "experiments", "distill_prune", "config.py"))
+  assert real.metrics()["columns"] == synthetic.metrics()["columns"] == "model.embed_dim"
+  slots = lambda module: {(c["transfer.strategy"], c.get("transfer.prune.kind"), c["model.embed_dim"])  # noqa: E731
+                          for c in module.sweep()}
+  assert slots(synthetic) <= slots(real) and slots(real) - slots(synthetic) == {("prune", "mlp", 64)}
+  c, s = real.get_config("ml1m_cross_region,cpu"), synthetic.get_config()
+  assert (c.transfer.distill.logit_weight, c.transfer.distill.ranking_weight) == (
+      s.transfer.distill.logit_weight, s.transfer.distill.ranking_weight)
+  assert c.data.user_fraction == s.data.user_fraction == 0.2
